@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine with Python 3.11, pip, make and gcc:
+#   make run   - create .venv if missing, install, run the main job and print a verdict
+#   make test  - create .venv if missing, install .[test], run ruff, mypy --strict, pytest
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck pytest bench soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/crdt-kv demo
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check crdt_kv tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy --strict crdt_kv
+
+pytest: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m soak
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_local.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,76 @@
+"""``crdt_kv.open``: wire a configured backend, the system clock and randomness to a Store."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from crdt_kv.backends import DEFAULT_BACKEND, open_backend
+from crdt_kv.backends.base import Backend
+from crdt_kv.clocks import system_clock
+from crdt_kv.config import load_config
+from crdt_kv.errors import ConfigError
+from crdt_kv.store import DEFAULT_MAX_OFFSET_MS, Store
+from crdt_kv.version import Resolver
+
+__all__ = ["open"]
+
+
+def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
+    path: str | os.PathLike[str] | None = None,
+    *,
+    config: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    backend: str | Backend | None = None,
+    peer_id: str | None = None,
+    key_encoding: str | None = None,
+    value_encoding: str | None = None,
+    resolver: Resolver | None = None,
+    sync_writes: bool | None = None,
+    max_offset_ms: int | None = None,
+    clock: Callable[[], int] | None = None,
+    rng: random.Random | None = None,
+) -> Store:
+    """Open (creating if needed) a replicated store.
+
+    Effective defaults: backend ``"rocksdb"``, ``key_encoding="utf-8"``,
+    ``value_encoding="cbor"``, ``sync_writes=False``, ``max_offset_ms=500``, the system
+    clock, a random persisted ``peer_id``. ``config`` is a mapping or a TOML file path;
+    keyword arguments override it. ``backend`` may also be an open
+    :class:`~crdt_kv.backends.base.Backend` instance. ``clock`` returns wall time in integer
+    milliseconds and ``rng`` supplies randomness (ids), so tests and the simulator control
+    both. Raises :class:`ConfigError` for an unknown backend (listing the available ones)
+    or options that contradict the stored ones.
+    """
+    cfg = load_config(config)
+    storage, node = cfg["storage"], cfg["node"]
+
+    def pick(arg: Any, table: dict[str, Any], key: str, default: Any) -> Any:
+        return arg if arg is not None else table.get(key, default)
+
+    the_path = path if path is not None else storage.get("path")
+    if isinstance(backend, Backend):
+        be = backend
+    else:
+        name = pick(backend, storage, "backend", DEFAULT_BACKEND)
+        if name != "memory" and the_path is None:
+            raise ConfigError(f"the {name!r} backend needs a path")
+        be = open_backend(
+            name,
+            None if the_path is None else os.fspath(the_path),
+            sync_writes=bool(pick(sync_writes, storage, "sync_writes", False)),
+        )
+    if clock is not None and not callable(clock):
+        be.close()
+        raise ConfigError("clock must be a callable returning integer milliseconds")
+    return Store(
+        be,
+        clock=clock or system_clock,
+        rng=rng or random.SystemRandom(),
+        peer_id=pick(peer_id, node, "peer_id", None),
+        key_encoding=pick(key_encoding, storage, "key_encoding", "utf-8"),
+        value_encoding=pick(value_encoding, storage, "value_encoding", "cbor"),
+        resolver=resolver,
+        max_offset_ms=pick(max_offset_ms, node, "max_offset_ms", DEFAULT_MAX_OFFSET_MS),
+    )

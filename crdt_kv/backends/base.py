@@ -1,0 +1,94 @@
+"""The storage-backend interface: an ordered bytes map with atomic batches.
+
+A backend knows nothing about registers, clocks or replication. It must provide
+byte-ordered keys, point reads, atomic multi-key writes (all or nothing, durable against a
+process crash once ``write`` returns, and against power loss when opened with
+``sync_writes=True``), and half-open range iteration in either direction. The conformance
+suite in ``tests/test_backends.py`` runs unchanged against every implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+
+from crdt_kv.errors import ClosedError
+
+__all__ = ["Backend", "Op"]
+
+Op = tuple[bytes, bytes | None]
+"""One write of a batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
+
+
+class Backend(abc.ABC):
+    """Abstract ordered bytes map. Subclasses implement the ``_``-prefixed methods."""
+
+    name: str = "abstract"
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.name} backend is closed")
+
+    def get(self, key: bytes) -> bytes | None:
+        """Return the value stored under ``key`` or None."""
+        self._check()
+        return self._get(key)
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Point-read several keys at once (backends may do it in one call)."""
+        self._check()
+        return self._get_many(keys)
+
+    def write(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` atomically, in order (a later op on the same key wins)."""
+        self._check()
+        if ops:
+            self._write(ops)
+
+    def iterate(
+        self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Yield ``(key, value)`` for ``start <= key < stop`` in byte order (or reversed).
+
+        Writes made while iterating may or may not be seen, but iteration never fails
+        because of them and never yields a key twice.
+        """
+        self._check()
+        return self._iterate(start, stop, reverse)
+
+    def close(self) -> None:
+        """Release the backend. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def _get(self, key: bytes) -> bytes | None: ...
+
+    def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self._get(k) for k in keys]
+
+    @abc.abstractmethod
+    def _write(self, ops: Sequence[Op]) -> None: ...
+
+    @abc.abstractmethod
+    def _iterate(
+        self, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    @abc.abstractmethod
+    def _close(self) -> None: ...

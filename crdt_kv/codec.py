@@ -1,0 +1,248 @@
+"""Encodings of keys and values, and the on-disk record layout.
+
+Key encodings: ``utf-8`` (``str`` keys) and ``binary`` (``bytes`` keys). Value encodings:
+``binary``, ``utf-8``, ``json`` and ``cbor`` (the default). Every encoder raises
+:class:`EncodingError` *before* anything is written, so a value the encoding cannot hold
+leaves the store untouched.
+
+Storage layout (format version 1, see ``spec/data-model.md``): the store keeps an ordered
+bytes map with one-byte namespaces: ``d`` + key -> record, ``l`` + seq -> log entry,
+``c`` + remote -> cursor, ``m`` + name -> metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+
+from crdt_kv.errors import ConfigError, CorruptionError, EncodingError
+from crdt_kv.version import RawEntry
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY_ENCODINGS",
+    "VALUE_ENCODINGS",
+    "key_codec",
+    "value_codec",
+]
+
+FORMAT_VERSION = 1
+
+Encoder = Callable[[Any], bytes]
+Decoder = Callable[[bytes], Any]
+
+
+def _enc_binary(v: Any) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, bytearray | memoryview):
+        return bytes(v)
+    raise EncodingError(f"binary encoding holds bytes, not {type(v).__name__}")
+
+
+def _enc_utf8(v: Any) -> bytes:
+    if not isinstance(v, str):
+        raise EncodingError(f"utf-8 encoding holds str, not {type(v).__name__}")
+    try:
+        return v.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(f"string is not encodable as utf-8: {exc}") from exc
+
+
+def _dec_utf8(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EncodingError(f"bytes are not valid utf-8: {exc}") from exc
+
+
+def _enc_json(v: Any) -> bytes:
+    try:
+        return json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise EncodingError(f"value is not JSON-encodable: {exc}") from exc
+
+
+def _dec_json(b: bytes) -> Any:
+    try:
+        return json.loads(b)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EncodingError(f"bytes are not valid JSON: {exc}") from exc
+
+
+def _enc_cbor(v: Any) -> bytes:
+    try:
+        return cbor2.dumps(v)
+    except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
+        raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
+
+
+def _dec_cbor(b: bytes) -> Any:
+    try:
+        return cbor2.loads(b)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
+        raise EncodingError(f"bytes are not valid CBOR: {exc}") from exc
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+VALUE_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
+    "binary": (_enc_binary, _identity),
+    "utf-8": (_enc_utf8, _dec_utf8),
+    "json": (_enc_json, _dec_json),
+    "cbor": (_enc_cbor, _dec_cbor),
+}
+KEY_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
+    "utf-8": (_enc_utf8, _dec_utf8),
+    "binary": (_enc_binary, _identity),
+}
+
+
+def value_codec(name: str) -> tuple[Encoder, Decoder]:
+    """Return ``(encode, decode)`` for a value encoding name."""
+    try:
+        return VALUE_ENCODINGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown value_encoding {name!r}; available: {', '.join(sorted(VALUE_ENCODINGS))}"
+        ) from None
+
+
+def key_codec(name: str) -> tuple[Encoder, Decoder]:
+    """Return ``(encode, decode)`` for a key encoding name."""
+    try:
+        return KEY_ENCODINGS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown key_encoding {name!r}; available: {', '.join(sorted(KEY_ENCODINGS))}"
+        ) from None
+
+
+# --- storage layout -------------------------------------------------------------------
+
+DATA = b"d"
+DATA_END = b"e"
+LOG = b"l"
+LOG_END = b"m"
+CURSOR = b"c"
+CURSOR_END = b"d"
+META = b"m"
+
+_RECORD = struct.Struct(">BBQB")  # format, flags, hlc, len(peer); then peer, value, seq
+_FLAG_DELETED = 1
+_SEQ = struct.Struct(">Q")
+_TRAILER = struct.Struct(">BQ32sQ")  # kind=1, live count, digest, hlc high-water mark
+_LOG_PLAIN = b"\x00"
+_KEYLEN = struct.Struct(">I")
+RECORD_HEAD = _RECORD.size
+
+
+def log_key(seq: int) -> bytes:
+    """The storage key of change-log position ``seq``."""
+    return LOG + _SEQ.pack(seq)
+
+
+def seq_of_log_key(k: bytes) -> int:
+    return int(_SEQ.unpack_from(k, 1)[0])
+
+
+def record_body(hlc: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
+    """The replica-independent part of a record: everything but the local ``seq``.
+
+    A stored record is ``body + seq`` (8 bytes, big-endian). Keeping the body contiguous
+    lets the digest hash it as it lies on disk, and puts the old log key at ``record[-8:]``.
+    """
+    return _RECORD.pack(FORMAT_VERSION, _FLAG_DELETED if deleted else 0, hlc, len(peer_b)) + (
+        peer_b + value
+    )
+
+
+def pack_record(hlc: int, seq: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
+    """Serialise one key's register state."""
+    return record_body(hlc, peer_b, deleted, value) + _SEQ.pack(seq)
+
+
+def body_hash(key: bytes, body: bytes) -> int:
+    """Digest contribution of one key's state: blake2b-256 of ``len(key) key body``."""
+    h = hashlib.blake2b(_KEYLEN.pack(len(key)) + key + body, digest_size=32).digest()
+    return int.from_bytes(h, "big")
+
+
+def record_is_deleted(blob: bytes) -> bool:
+    return bool(blob[1] & _FLAG_DELETED)
+
+
+def record_value(blob: bytes) -> bytes:
+    """The encoded value inside a record (no validation: the caller checks the format)."""
+    return blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -8]
+
+
+def unpack_record(key: bytes, blob: bytes) -> RawEntry:
+    """Parse a record stored under data key ``key`` (without the namespace byte)."""
+    try:
+        fmt, flags, hlc, plen = _RECORD.unpack_from(blob)
+    except struct.error as exc:
+        raise CorruptionError(f"record of key {key!r} is truncated") from exc
+    if fmt != FORMAT_VERSION:
+        raise CorruptionError(f"record of key {key!r} has unknown format {fmt}")
+    start = RECORD_HEAD
+    if len(blob) < start + plen + 8:
+        raise CorruptionError(f"record of key {key!r} is truncated")
+    try:
+        peer = blob[start : start + plen].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptionError(f"record of key {key!r} has a corrupt peer id") from exc
+    seq = int(_SEQ.unpack_from(blob, len(blob) - 8)[0])
+    return RawEntry(key, blob[start + plen : -8], hlc, peer, bool(flags & _FLAG_DELETED), seq)
+
+
+def pack_log(key: bytes, trailer: tuple[int, int, int] | None) -> bytes:
+    """Serialise a log entry; the last entry of every commit carries the store's state.
+
+    ``trailer`` is ``(live_count, digest, hlc_high_water)``: reading it from the newest log
+    entry on open restores those counters in O(1) with no extra write per commit.
+    """
+    if trailer is None:
+        return _LOG_PLAIN + key
+    count, digest, hlc = trailer
+    return _TRAILER.pack(1, count, digest.to_bytes(32, "big"), hlc) + key
+
+
+def unpack_log(blob: bytes) -> tuple[bytes, tuple[int, int, int] | None]:
+    """Parse a log entry into ``(key, trailer or None)``."""
+    if not blob:
+        raise CorruptionError("empty change-log entry")
+    if blob[0] == 0:
+        return blob[1:], None
+    if blob[0] != 1 or len(blob) < _TRAILER.size:
+        raise CorruptionError("malformed change-log entry")
+    _, count, digest, hlc = _TRAILER.unpack_from(blob)
+    return blob[_TRAILER.size :], (count, int.from_bytes(digest, "big"), hlc)
+
+
+def pack_u64(n: int) -> bytes:
+    return _SEQ.pack(n)
+
+
+def unpack_u64(b: bytes) -> int:
+    if len(b) != 8:
+        raise CorruptionError("expected an 8-byte integer")
+    return int(_SEQ.unpack(b)[0])
+
+
+def cursor_key(peer: str, incarnation: bytes) -> bytes:
+    """Storage key of the delta-sync cursor for one remote peer incarnation."""
+    pb = peer.encode("utf-8")
+    return CURSOR + bytes([len(pb)]) + pb + incarnation
+
+
+def parse_cursor_key(k: bytes) -> tuple[str, bytes]:
+    n = k[1]
+    return k[2 : 2 + n].decode("utf-8"), k[2 + n :]

@@ -1,0 +1,77 @@
+"""The exception hierarchy.
+
+Every error raised on purpose by crdt_kv derives from :class:`CrdtKvError`, so callers can
+catch the library's failures without catching their own bugs. Subclasses say *whose* fault
+it is: bad configuration, a value the encoding cannot hold, a peer's clock or bytes, or our
+own misuse of a closed resource or a protocol session.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ClockSkewError",
+    "ClosedError",
+    "ConfigError",
+    "CorruptionError",
+    "CrdtKvError",
+    "EncodingError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ResolverError",
+]
+
+
+class CrdtKvError(Exception):
+    """Base class of every error crdt_kv raises deliberately."""
+
+
+class ConfigError(CrdtKvError, ValueError):
+    """A configuration value is unknown, malformed or contradicts what the store holds."""
+
+
+class EncodingError(CrdtKvError, ValueError):
+    """A key or value cannot be held by the chosen encoding; nothing was written."""
+
+
+class CorruptionError(CrdtKvError):
+    """Bytes read back from the storage backend do not parse; the store refuses to guess."""
+
+
+class ClosedError(CrdtKvError):
+    """The resource (store, node, session) was used after ``close()``."""
+
+
+class ClockSkewError(CrdtKvError):
+    """A remote hybrid-logical-clock stamp is further ahead of our wall clock than allowed.
+
+    Raised before anything changes, so a peer with a fast clock cannot make its writes win
+    every conflict forever (the classic last-writer-wins failure).
+    """
+
+    def __init__(
+        self, message: str, *, remote_hlc: int, local_wall_ms: int, max_offset_ms: int
+    ) -> None:
+        super().__init__(message)
+        self.remote_hlc = remote_hlc
+        self.local_wall_ms = local_wall_ms
+        self.max_offset_ms = max_offset_ms
+
+
+class ResolverError(CrdtKvError, AssertionError):
+    """A user conflict resolver is not a deterministic strict total order.
+
+    Raised by :func:`crdt_kv.testing.check_resolver` with a counterexample in the message.
+    """
+
+
+class ProtocolError(CrdtKvError):
+    """The replication protocol was violated; the session that saw it is closed."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote peer sent bytes or messages that break the protocol (their fault)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side misused a protocol session (our fault), e.g. sending after close."""
