@@ -1,0 +1,196 @@
+"""Helpers for testing code built on crdt_kv: property-test a conflict resolver.
+
+A resolver ``fn(a, b) -> bool`` ("``a`` wins over ``b``") decides between two versions of
+one key that carry the *same* HLC. The store asks it only in a canonical order (see
+:func:`crdt_kv.version.supersedes`), so every replica asks the same question; replicas still
+converge only if the answer is a deterministic, consistent order. :func:`check_resolver`
+searches for inputs that break that with hypothesis and raises
+:class:`~crdt_kv.errors.ResolverError` with the offending entries.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import FlakyFailure
+
+from crdt_kv.errors import ResolverError
+from crdt_kv.version import Entry, RawEntry, Resolver, supersedes
+
+__all__ = ["check_resolver", "entries"]
+
+_SEQS = st.integers(min_value=0, max_value=1000)
+_PEERS = st.sampled_from(["a", "b", "c", "peer-1", "z"]) | st.text(min_size=1, max_size=4)
+_SMALL_INTS = st.integers(min_value=-2, max_value=3)
+_SCALARS: st.SearchStrategy[Any] = st.one_of(
+    _SMALL_INTS,
+    _SMALL_INTS,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(alphabet="ab\u00e9", max_size=3),
+    st.text(max_size=4),
+)
+_VALUES: st.SearchStrategy[Any] = st.one_of(
+    _SCALARS,
+    _SCALARS,
+    st.lists(_SCALARS, max_size=3),
+    st.dictionaries(st.text(alphabet="xyz", max_size=2), _SCALARS, max_size=3),
+)
+
+
+@st.composite
+def _entry(draw: st.DrawFn, hlc: int, key: str, values: st.SearchStrategy[Any]) -> Entry:
+    peer = draw(_PEERS)
+    seq = draw(_SEQS)
+    if draw(st.booleans()) and draw(st.booleans()):
+        return Entry(key, None, hlc, peer, True, seq, b"")
+    value = draw(values)
+    return Entry(key, value, hlc, peer, False, seq, cbor2.dumps(value))
+
+
+def entries(
+    n: int, *, values: st.SearchStrategy[Any] | None = None
+) -> st.SearchStrategy[list[Entry]]:
+    """``n`` entries of one key sharing one HLC: the only inputs a resolver ever sees.
+
+    Peers repeat and values are mostly small, so ties and equal values are common.
+    Each entry's ``raw`` holds its CBOR encoding, as entries read from a store do.
+    """
+    vals = _VALUES if values is None else values
+
+    @st.composite
+    def build(draw: st.DrawFn) -> list[Entry]:
+        hlc = draw(st.integers(min_value=0, max_value=(1 << 64) - 1))
+        key = draw(st.sampled_from(["k", "user:1"]))
+        return [draw(_entry(hlc, key, vals)) for _ in range(n)]
+
+    return build()
+
+
+def _raw(e: Entry) -> RawEntry:
+    value = b"" if e.deleted else (e.raw if e.raw is not None else cbor2.dumps(e.value))
+    return RawEntry(b"", value, e.hlc, e.peer, e.deleted, e.seq)
+
+
+def _same_question(a: Entry, b: Entry) -> bool:
+    """True when the store would never ask about this pair (identical candidates)."""
+    ra, rb = _raw(a), _raw(b)
+    return (ra.peer, ra.deleted, ra.value) == (rb.peer, rb.deleted, rb.value)
+
+
+def _fail(what: str, *pairs: tuple[str, object]) -> ResolverError:
+    shown = "; ".join(f"{name}={value!r}" for name, value in pairs)
+    return ResolverError(f"resolver {what}; counterexample: {shown}")
+
+
+def _ask(fn: Resolver, a: Entry, b: Entry) -> bool:
+    try:
+        result: object = fn(a, b)
+    except Exception as exc:
+        raise _fail(f"raised {type(exc).__name__}: {exc}", ("a", a), ("b", b)) from exc
+    if not isinstance(result, bool):
+        raise _fail(
+            f"returned {result!r} (a {type(result).__name__}), not a bool", ("a", a), ("b", b)
+        )
+    return result
+
+
+def _copy(e: Entry, seq: int) -> Entry:
+    """An equal-but-distinct copy: new objects, and another replica's local ``seq``."""
+    return dataclasses.replace(e, value=copy.deepcopy(e.value), seq=seq)
+
+
+def check_resolver(
+    fn: Resolver,
+    *,
+    max_examples: int = 200,
+    values: st.SearchStrategy[Any] | None = None,
+) -> None:
+    """Property-test a conflict resolver; raise :class:`ResolverError` on a counterexample.
+
+    Checked over entries of one key with equal HLC, varied peers, values and tombstones:
+
+    - it returns a ``bool`` and does not raise (tombstones, whose ``value`` is None, included);
+    - determinism: the same question gets the same answer, also when asked with
+      equal-but-distinct copies that differ only in replica-local fields (``seq``);
+    - antisymmetry: ``fn(a, b)`` and ``fn(b, a)`` are never both True for two different
+      candidates (it may call them tied: the store then breaks the tie canonically);
+    - transitivity of the order the store derives from it (:func:`supersedes`): if ``x``
+      beats ``y`` and ``y`` beats ``z`` then ``x`` beats ``z``; otherwise the winner of
+      three concurrent writes depends on arrival order and replicas diverge.
+
+    ``values`` restricts the generated values (a hypothesis strategy) for a resolver that
+    only handles the value types an application stores; tombstones are always generated.
+    The search is derandomized so one resolver always gets the same verdict.
+    """
+    if not callable(fn):
+        raise TypeError(f"resolver must be callable, not {type(fn).__name__}")
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )
+    @given(entries(3, values=values), _SEQS, _SEQS)
+    def run(triple: list[Entry], seq_a: int, seq_b: int) -> None:
+        a, b, _ = triple
+        first = _ask(fn, a, b)
+        if _ask(fn, a, b) != first:
+            raise _fail("is not deterministic (asked twice)", ("a", a), ("b", b))
+        ca, cb = _copy(a, seq_a), _copy(b, seq_b)
+        if _ask(fn, ca, cb) != first:
+            raise _fail(
+                "answers differently for equal copies of its arguments",
+                ("a", a),
+                ("b", b),
+                ("copy of a", ca),
+                ("copy of b", cb),
+            )
+        if not _same_question(a, b) and first and _ask(fn, b, a):
+            raise _fail("is not antisymmetric: both a and b win", ("a", a), ("b", b))
+        if any(_same_question(x, y) for i, x in enumerate(triple) for y in triple[i + 1 :]):
+            return
+        raws = [_raw(e) for e in triple]
+        by_raw = {id(r): e for r, e in zip(raws, triple, strict=True)}
+        resolver = _checked(fn)
+
+        def beats(i: int, j: int) -> bool:
+            return supersedes(raws[i], raws[j], resolver, lambda r: by_raw[id(r)])
+
+        for i, j, k in itertools.permutations(range(3)):
+            if beats(i, j) and beats(j, k) and not beats(i, k):
+                raise _fail(
+                    "does not induce a transitive order: x beats y and y beats z, but z beats x",
+                    ("x", triple[i]),
+                    ("y", triple[j]),
+                    ("z", triple[k]),
+                )
+
+    try:
+        run()
+    except FlakyFailure as group:
+        inner = next((e for e in group.exceptions if isinstance(e, ResolverError)), None)
+        detail = str(inner) if inner is not None else str(group)
+        raise ResolverError(
+            f"{detail} (the failure did not reproduce on a second run: the resolver is "
+            "not deterministic)"
+        ) from group
+
+
+def _checked(fn: Resolver) -> Callable[[Entry, Entry], bool]:
+    def call(a: Entry, b: Entry) -> bool:
+        return _ask(fn, a, b)
+
+    return call
