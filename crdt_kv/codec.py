@@ -140,6 +140,9 @@ _FLAG_DELETED = 1
 _SEQ = struct.Struct(">Q")
 _TRAILER = struct.Struct(">BQ32sQ")  # kind=1, live count, digest, hlc high-water mark
 _LOG_PLAIN = b"\x00"
+_LOG_HAS_TRAILER = 1
+_LOG_HAS_SOURCE = 2
+_SOURCE = struct.Struct(">I")
 _KEYLEN = struct.Struct(">I")
 RECORD_HEAD = _RECORD.size
 
@@ -203,28 +206,71 @@ def unpack_record(key: bytes, blob: bytes) -> RawEntry:
     return RawEntry(key, blob[start + plen : -8], hlc, peer, bool(flags & _FLAG_DELETED), seq)
 
 
-def pack_log(key: bytes, trailer: tuple[int, int, int] | None) -> bytes:
+def pack_log(key: bytes, trailer: tuple[int, int, int] | None, source: int = 0) -> bytes:
     """Serialise a log entry; the last entry of every commit carries the store's state.
 
     ``trailer`` is ``(live_count, digest, hlc_high_water)``: reading it from the newest log
     entry on open restores those counters in O(1) with no extra write per commit.
+    ``source`` (0 = a local write) numbers the remote peer incarnation the entry was applied
+    from, so replication never echoes an entry back to the replica that sent it.
     """
-    if trailer is None:
+    if trailer is None and not source:
         return _LOG_PLAIN + key
-    count, digest, hlc = trailer
-    return _TRAILER.pack(1, count, digest.to_bytes(32, "big"), hlc) + key
+    kind = (_LOG_HAS_TRAILER if trailer is not None else 0) | (_LOG_HAS_SOURCE if source else 0)
+    out = bytes([kind])
+    if trailer is not None:
+        count, digest, hlc = trailer
+        out += _TRAILER.pack(1, count, digest.to_bytes(32, "big"), hlc)[1:]
+    if source:
+        out += _SOURCE.pack(source)
+    return out + key
+
+
+def _log_parts(blob: bytes) -> tuple[bytes, tuple[int, int, int] | None, int]:
+    if not blob:
+        raise CorruptionError("empty change-log entry")
+    kind = blob[0]
+    if kind == 0:
+        return blob[1:], None, 0
+    if kind > _LOG_HAS_TRAILER | _LOG_HAS_SOURCE:
+        raise CorruptionError(f"change-log entry of unknown kind {kind}")
+    pos = 1
+    trailer = None
+    try:
+        if kind & _LOG_HAS_TRAILER:
+            _, count, digest, hlc = _TRAILER.unpack_from(blob)
+            trailer = (count, int.from_bytes(digest, "big"), hlc)
+            pos = _TRAILER.size
+        source = 0
+        if kind & _LOG_HAS_SOURCE:
+            (source,) = _SOURCE.unpack_from(blob, pos)
+            pos += _SOURCE.size
+    except struct.error as exc:
+        raise CorruptionError("malformed change-log entry") from exc
+    return blob[pos:], trailer, source
 
 
 def unpack_log(blob: bytes) -> tuple[bytes, tuple[int, int, int] | None]:
     """Parse a log entry into ``(key, trailer or None)``."""
-    if not blob:
-        raise CorruptionError("empty change-log entry")
-    if blob[0] == 0:
-        return blob[1:], None
-    if blob[0] != 1 or len(blob) < _TRAILER.size:
-        raise CorruptionError("malformed change-log entry")
-    _, count, digest, hlc = _TRAILER.unpack_from(blob)
-    return blob[_TRAILER.size :], (count, int.from_bytes(digest, "big"), hlc)
+    key, trailer, _ = _log_parts(blob)
+    return key, trailer
+
+
+def unpack_log_source(blob: bytes) -> tuple[bytes, int]:
+    """Parse a log entry into ``(key, source id)``; 0 means a local write."""
+    key, _, source = _log_parts(blob)
+    return key, source
+
+
+def pack_source(peer: str, incarnation: bytes) -> bytes:
+    """Meta value naming a source id: ``len(peer) peer incarnation``."""
+    pb = peer.encode("utf-8")
+    return bytes([len(pb)]) + pb + incarnation
+
+
+def unpack_source(blob: bytes) -> tuple[str, bytes]:
+    n = blob[0]
+    return blob[1 : 1 + n].decode("utf-8"), blob[1 + n :]
 
 
 def pack_u64(n: int) -> bytes:

@@ -37,12 +37,15 @@ from crdt_kv.codec import (
     key_codec,
     log_key,
     pack_log,
+    pack_source,
     pack_u64,
     parse_cursor_key,
     record_body,
     seq_of_log_key,
     unpack_log,
+    unpack_log_source,
     unpack_record,
+    unpack_source,
     unpack_u64,
     value_codec,
 )
@@ -66,6 +69,9 @@ _M_PEER = META + b"peer"
 _M_INCARNATION = META + b"incarnation"
 _M_KEYENC = META + b"key_encoding"
 _M_VALENC = META + b"value_encoding"
+_M_OPEN = META + b"open"
+_M_SOURCE = META + b"src:"
+_M_SOURCE_END = META + b"src;"
 
 
 def _check_peer_id(peer_id: object, what: str = "peer_id") -> str:
@@ -166,9 +172,18 @@ class Store:
             ):
                 if want != have:
                     raise ConfigError(f"store was created with {name}={have!r}, not {want!r}")
+            if b.get(_M_OPEN) is not None and not b.power_safe:
+                # Unclean shutdown without fsync: the log tail may be lost, so peers' cursors
+                # into it could skip reissued sequences. A new incarnation restarts them.
+                incarnation = rng.getrandbits(128).to_bytes(16, "big")
+                b.write([(_M_INCARNATION, incarnation)])
+        b.write([(_M_OPEN, b"1")])
         self._peer_id = peer
         self._peer_b = peer.encode("utf-8")
         self._incarnation = incarnation
+        self._sources: dict[tuple[str, bytes], int] = {}
+        for k, v in b.iterate(_M_SOURCE, _M_SOURCE_END):
+            self._sources[unpack_source(v)] = unpack_u64(k[len(_M_SOURCE) :])
 
     def _load_state(self) -> None:
         last = next(self._backend.iterate(LOG, LOG_END, reverse=True), None)
@@ -379,24 +394,39 @@ class Store:
         for r in self._range(gt, gte, lt, lte, reverse, limit):
             yield vdec(r.value)
 
-    def raw_changes(self, since: int = 0, *, limit: int | None = None) -> Iterator[RawEntry]:
+    def raw_changes(
+        self,
+        since: int = 0,
+        *,
+        limit: int | None = None,
+        exclude_source: tuple[str, bytes] | None = None,
+    ) -> Iterator[RawEntry]:
         """Change-log entries with ``seq > since`` in sequence order, in wire form.
 
         The log is compact: a key appears once, at the sequence of its latest change.
         Writes made while iterating are either seen at their new sequence or not at all.
+        ``exclude_source=(peer, incarnation)`` skips entries whose current state was applied
+        from that replica: sending them back to it could never change it.
         """
         self._check()
         if not isinstance(since, int) or since < 0:
             raise ValueError(f"since must be a non-negative int, got {since!r}")
+        skip = self._sources.get(exclude_source, -1) if exclude_source is not None else -1
         n = 0
         pending: list[tuple[int, bytes]] = []
         it = self._backend.iterate(log_key(since + 1), LOG_END)
         while True:
             pending.clear()
+            scanned = 0
             for lk, lv in it:
-                pending.append((seq_of_log_key(lk), unpack_log(lv)[0]))
-                if len(pending) >= 256:
+                scanned += 1
+                k, source = unpack_log_source(lv)
+                if source != skip:
+                    pending.append((seq_of_log_key(lk), k))
+                if scanned >= 256:
                     break
+            if not scanned:
+                return
             if not pending:
                 return
             blobs = self._backend.get_many([DATA + k for _, k in pending])
@@ -410,7 +440,7 @@ class Store:
                 n += 1
                 if limit is not None and n >= limit:
                     return
-            if len(pending) < 256:
+            if scanned < 256:
                 return
 
     def changes(self, since: int = 0) -> Iterator[Entry]:
@@ -435,7 +465,7 @@ class Store:
 
     # --- writes ---------------------------------------------------------------------
 
-    def _commit(self, items: Sequence[_Change], extra: Sequence[Op]) -> None:
+    def _commit(self, items: Sequence[_Change], extra: Sequence[Op], source: int = 0) -> None:
         """Write ``(key, new body, old record or None)`` changes plus ``extra`` atomically.
 
         The hot path of every write: keep it lean. Counters change only after the backend
@@ -463,8 +493,8 @@ class Store:
         first = self._seq + 1
         if log_ops:
             *plain, (last_key, last_k) = log_ops
-            ops.extend((lk, pack_log(k, None)) for lk, k in plain)
-            ops.append((last_key, pack_log(last_k, (count, digest, self._hlc.last))))
+            ops.extend((lk, pack_log(k, None, source)) for lk, k in plain)
+            ops.append((last_key, pack_log(last_k, (count, digest, self._hlc.last), source)))
         ops.extend(extra)
         self._bwrite(ops)
         self._seq, self._count, self._digest = seq, count, digest
@@ -589,12 +619,17 @@ class Store:
             self.stats["apply_rejected"] += 1
             raise
         extra: list[Op] = []
+        source = 0
         if cursor is not None:
             peer, incarnation, seq = cursor
             extra.append((cursor_key(_check_peer_id(peer), incarnation), pack_u64(seq)))
+            source = self._sources.get((peer, incarnation), 0)
+            if not source:
+                source = len(self._sources) + 1
+                extra.append((_M_SOURCE + pack_u64(source), pack_source(peer, incarnation)))
         if not batch:
             if extra:
-                self._backend.write(extra)
+                self._backend.write(extra[:1])
             return 0
         self._hlc.update(max(e.hlc for e in batch))
         winners: dict[bytes, RawEntry] = {}
@@ -614,8 +649,12 @@ class Store:
                 if pb is None:
                     pb = peer_bytes[new.peer] = new.peer.encode("utf-8")
                 items.append((k, record_body(new.hlc, pb, new.deleted, new.value), blob))
-        if items or extra:
-            self._commit(items, extra)
+        if items:
+            if source and (peer, incarnation) not in self._sources:
+                self._sources[(peer, incarnation)] = source
+            self._commit(items, extra, source)
+        elif extra:
+            self._backend.write(extra[:1])
         self.stats["applied"] += len(items)
         return len(items)
 
@@ -678,7 +717,11 @@ class Store:
         """Close the store and its backend. Idempotent; later use raises :class:`ClosedError`."""
         if not self._closed:
             self._closed = True
-            self._backend.close()
+            try:
+                if not self._backend.closed:
+                    self._backend.write([(_M_OPEN, None)])
+            finally:
+                self._backend.close()
 
     def __enter__(self) -> Store:
         return self

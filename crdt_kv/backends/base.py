@@ -24,6 +24,10 @@ class Backend(abc.ABC):
     """Abstract ordered bytes map. Subclasses implement the ``_``-prefixed methods."""
 
     name: str = "abstract"
+    power_safe: bool = False
+    """True when a batch whose ``write`` returned survives power loss (fsync per batch, or
+    nothing to lose). The store rotates its incarnation after an unclean shutdown of a
+    backend that is not power-safe, because the tail of its log may be gone."""
 
     def __init__(self) -> None:
         self._closed = False

@@ -22,6 +22,7 @@ class MemoryBackend(Backend):
     """Ordered in-memory map. ``path`` is accepted for interface symmetry and ignored."""
 
     name = "memory"
+    power_safe = True  # its contents outlive a Store object by construction
 
     def __init__(self) -> None:
         super().__init__()

@@ -26,6 +26,7 @@ class RocksDBBackend(Backend):
 
     def __init__(self, path: str, *, sync_writes: bool = False) -> None:
         super().__init__()
+        self.power_safe = sync_writes
         os.makedirs(path, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)

@@ -27,6 +27,7 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: str, *, sync_writes: bool = False) -> None:
         super().__init__()
+        self.power_safe = sync_writes
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -1,0 +1,63 @@
+"""The sans-I/O replication protocol: wire messages and the session state machine."""
+
+from __future__ import annotations
+
+from crdt_kv.protocol.messages import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Abort,
+    AbortCode,
+    Ack,
+    Batch,
+    FrameDecoder,
+    Hello,
+    Message,
+    MsgType,
+    Request,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+from crdt_kv.protocol.session import (
+    MODES,
+    BatchApplied,
+    Connected,
+    ConnectionClosed,
+    ConnState,
+    Event,
+    InState,
+    OutState,
+    Session,
+    SessionFailed,
+    SessionStats,
+    SyncComplete,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "MODES",
+    "PROTOCOL_VERSION",
+    "Abort",
+    "AbortCode",
+    "Ack",
+    "Batch",
+    "BatchApplied",
+    "ConnState",
+    "Connected",
+    "ConnectionClosed",
+    "Event",
+    "FrameDecoder",
+    "Hello",
+    "InState",
+    "Message",
+    "MsgType",
+    "OutState",
+    "Request",
+    "Session",
+    "SessionFailed",
+    "SessionStats",
+    "SyncComplete",
+    "decode_message",
+    "encode_frame",
+    "encode_message",
+]

@@ -1,0 +1,352 @@
+"""Wire messages of the replication protocol and their CBOR encoding.
+
+A frame is a 4-byte big-endian payload length followed by one CBOR array whose first
+element is the message type (``spec/protocol.cddl``). Decoding treats every byte as
+hostile: types are checked exactly, integers are range-checked, trailing bytes and unknown
+types are rejected, and any violation raises :class:`RemoteProtocolError` naming the field.
+Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import cbor2
+
+from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
+from crdt_kv.version import RawEntry
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "Abort",
+    "AbortCode",
+    "Ack",
+    "Batch",
+    "FrameDecoder",
+    "Hello",
+    "Message",
+    "MsgType",
+    "Request",
+    "decode_message",
+    "encode_frame",
+    "encode_message",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 8 << 20
+_LEN = struct.Struct(">I")
+_U64 = (1 << 64) - 1
+_WALL_MAX = (1 << 48) - 1
+_LOGICAL_MAX = 0xFFFF
+
+
+class MsgType(IntEnum):
+    """First element of every message array."""
+
+    HELLO = 0
+    REQUEST = 1
+    BATCH = 2
+    ACK = 3
+    ABORT = 4
+
+
+class AbortCode(IntEnum):
+    """Why a session was aborted (sent in :class:`Abort`)."""
+
+    PROTOCOL = 1
+    CLOCK_SKEW = 2
+    INCOMPATIBLE = 3
+    REJECTED_DATA = 4
+    SHUTDOWN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message of each side: who I am and what I will do.
+
+    ``send``: I am willing to stream my log to you; ``receive``: I want your log;
+    ``live``: keep streaming new commits after catching up. ``max_batch_entries`` is the
+    most entries I accept in one :class:`Batch`.
+    """
+
+    version: int
+    cluster_id: str
+    peer_id: str
+    incarnation: bytes
+    hlc: int
+    last_seq: int
+    send: bool
+    receive: bool
+    live: bool
+    key_encoding: str
+    value_encoding: str
+    max_batch_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Ask the peer to stream its change log after sequence ``since`` (my cursor)."""
+
+    since: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries of the sender's log in ``(from_seq, to_seq]``; ``done``: reached its head."""
+
+    from_seq: int
+    to_seq: int
+    done: bool
+    entries: tuple[RawEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The batch ending at ``seq`` was applied and its cursor stored durably."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """The sender is closing the session because of ``code``; ``reason`` is for humans."""
+
+    code: int
+    reason: str
+
+
+Message = Hello | Request | Batch | Ack | Abort
+
+_FLAG_SEND, _FLAG_RECEIVE, _FLAG_LIVE = 1, 2, 4
+
+
+def encode_message(msg: Message) -> bytes:
+    """CBOR-encode one message (without the length prefix)."""
+    if isinstance(msg, Batch):
+        return _encode_batch(msg)
+    if isinstance(msg, Ack):
+        return cbor2.dumps([MsgType.ACK, msg.seq])
+    if isinstance(msg, Request):
+        return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live])
+    if isinstance(msg, Hello):
+        flags = (
+            (_FLAG_SEND if msg.send else 0)
+            | (_FLAG_RECEIVE if msg.receive else 0)
+            | (_FLAG_LIVE if msg.live else 0)
+        )
+        return cbor2.dumps(
+            [
+                MsgType.HELLO,
+                msg.version,
+                msg.cluster_id,
+                msg.peer_id,
+                msg.incarnation,
+                msg.hlc,
+                msg.last_seq,
+                flags,
+                msg.key_encoding,
+                msg.value_encoding,
+                msg.max_batch_entries,
+            ]
+        )
+    if isinstance(msg, Abort):
+        return cbor2.dumps([MsgType.ABORT, msg.code, msg.reason])
+    raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _encode_batch(b: Batch) -> bytes:
+    entries = b.entries
+    base = min(e.hlc for e in entries) >> 16 if entries else 0
+    peers: dict[str, int] = {}
+    rows: list[list[Any]] = []
+    for e in entries:
+        idx = peers.get(e.peer)
+        if idx is None:
+            idx = peers[e.peer] = len(peers)
+        h = e.hlc
+        rows.append(
+            [e.key, (h >> 16) - base, h & _LOGICAL_MAX, idx, None if e.deleted else e.value]
+        )
+    return cbor2.dumps([MsgType.BATCH, b.from_seq, b.to_seq, b.done, base, list(peers), rows])
+
+
+def encode_frame(msg: Message) -> bytes:
+    """One length-prefixed frame."""
+    payload = encode_message(msg)
+    return _LEN.pack(len(payload)) + payload
+
+
+# --- decoding -------------------------------------------------------------------------
+
+
+def _fail(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError(what)
+
+
+def _uint(v: object, field: str, maximum: int = _U64) -> int:
+    if type(v) is not int or not 0 <= v <= maximum:
+        raise _fail(f"field {field!r} must be an unsigned integer <= {maximum}, got {v!r:.60}")
+    return v
+
+
+def _bool(v: object, field: str) -> bool:
+    if type(v) is not bool:
+        raise _fail(f"field {field!r} must be a boolean, got {v!r:.60}")
+    return v
+
+
+def _text(v: object, field: str, max_bytes: int = 255) -> str:
+    if type(v) is not str or len(v.encode("utf-8")) > max_bytes:
+        raise _fail(f"field {field!r} must be text of at most {max_bytes} bytes, got {v!r:.60}")
+    return v
+
+
+def _array(v: object, field: str, length: int | None = None) -> list[Any]:
+    if type(v) is not list or (length is not None and len(v) != length):
+        want = "an array" if length is None else f"an array of {length}"
+        raise _fail(f"field {field!r} must be {want}, got {v!r:.60}")
+    return v
+
+
+def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
+    """Decode and validate one message payload; raises :class:`RemoteProtocolError`."""
+    try:
+        fp = io.BytesIO(payload)
+        obj = cbor2.CBORDecoder(fp).decode()
+        if fp.tell() != len(payload):
+            raise _fail(f"{len(payload) - fp.tell()} trailing bytes after the message")
+    except RemoteProtocolError:
+        raise
+    except (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError) as exc:
+        raise _fail(f"frame is not valid CBOR: {exc}") from None
+    msg = _array(obj, "message")
+    if not msg:
+        raise _fail("empty message array")
+    kind = msg[0]
+    if type(kind) is not int or kind not in MsgType._value2member_map_:
+        raise _fail(f"unknown message type {kind!r:.30}")
+    if kind == MsgType.BATCH:
+        return _decode_batch(msg, max_batch_entries)
+    if kind == MsgType.ACK:
+        _array(msg, "ack", 2)
+        return Ack(_uint(msg[1], "ack.seq"))
+    if kind == MsgType.REQUEST:
+        _array(msg, "request", 3)
+        return Request(_uint(msg[1], "request.since"), _bool(msg[2], "request.live"))
+    if kind == MsgType.HELLO:
+        if len(msg) < 11:
+            raise _fail(f"hello has {len(msg)} elements, needs at least 11")
+        flags = _uint(msg[7], "hello.flags", 0xFF)
+        incarnation = msg[4]
+        if type(incarnation) is not bytes or not 1 <= len(incarnation) <= 64:
+            raise _fail("field 'hello.incarnation' must be 1..64 bytes")
+        peer = _text(msg[3], "hello.peer_id")
+        if not peer:
+            raise _fail("field 'hello.peer_id' must not be empty")
+        return Hello(
+            version=_uint(msg[1], "hello.version"),
+            cluster_id=_text(msg[2], "hello.cluster_id"),
+            peer_id=peer,
+            incarnation=incarnation,
+            hlc=_uint(msg[5], "hello.hlc"),
+            last_seq=_uint(msg[6], "hello.last_seq"),
+            send=bool(flags & _FLAG_SEND),
+            receive=bool(flags & _FLAG_RECEIVE),
+            live=bool(flags & _FLAG_LIVE),
+            key_encoding=_text(msg[8], "hello.key_encoding", 32),
+            value_encoding=_text(msg[9], "hello.value_encoding", 32),
+            max_batch_entries=_uint(msg[10], "hello.max_batch_entries"),
+        )
+    _array(msg, "abort", 3)
+    return Abort(_uint(msg[1], "abort.code", 0xFFFF), _text(msg[2], "abort.reason", 4096))
+
+
+def _decode_batch(msg: list[Any], max_entries: int | None) -> Batch:
+    _array(msg, "batch", 7)
+    from_seq = _uint(msg[1], "batch.from_seq")
+    to_seq = _uint(msg[2], "batch.to_seq")
+    if to_seq < from_seq:
+        raise _fail(f"batch.to_seq {to_seq} is below batch.from_seq {from_seq}")
+    done = _bool(msg[3], "batch.done")
+    base = _uint(msg[4], "batch.base_wall", _WALL_MAX)
+    peers = _array(msg[5], "batch.peers")
+    for i, p in enumerate(peers):
+        if not _text(p, f"batch.peers[{i}]"):
+            raise _fail(f"batch.peers[{i}] is empty")
+    rows = _array(msg[6], "batch.entries")
+    if max_entries is not None and len(rows) > max_entries:
+        raise _fail(f"batch has {len(rows)} entries, more than the agreed {max_entries}")
+    if len(rows) > to_seq - from_seq:
+        raise _fail(f"batch carries {len(rows)} entries for only {to_seq - from_seq} sequences")
+    npeers = len(peers)
+    entries: list[RawEntry] = []
+    append = entries.append
+    for i, row in enumerate(rows):
+        if type(row) is not list or len(row) != 5:
+            raise _fail(f"batch.entries[{i}] must be an array of 5")
+        key, dwall, logical, pidx, value = row
+        if (
+            type(key) is not bytes
+            or type(dwall) is not int
+            or type(logical) is not int
+            or type(pidx) is not int
+        ):
+            raise _fail(f"batch.entries[{i}] has a field of the wrong type")
+        wall = base + dwall
+        if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
+            raise _fail(f"batch.entries[{i}] has an out-of-range timestamp")
+        if not 0 <= pidx < npeers:
+            raise _fail(f"batch.entries[{i}] names peer index {pidx} of {npeers}")
+        if value is None:
+            append(RawEntry(key, b"", (wall << 16) | logical, peers[pidx], True))
+        elif type(value) is bytes:
+            append(RawEntry(key, value, (wall << 16) | logical, peers[pidx], False))
+        else:
+            raise _fail(f"batch.entries[{i}].value must be bytes or null")
+    return Batch(from_seq, to_seq, done, tuple(entries))
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads, refusing frames over ``max_frame_bytes``.
+
+    The length is checked before any payload is buffered, so a hostile length prefix
+    cannot make us allocate.
+    """
+
+    __slots__ = ("_buf", "max_frame_bytes")
+
+    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self.max_frame_bytes = max_frame_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete payload now available."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if length > self.max_frame_bytes:
+                raise RemoteProtocolError(
+                    f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+                )
+            if n - pos - 4 < length:
+                break
+            out.append(bytes(buf[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return out
