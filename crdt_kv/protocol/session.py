@@ -403,11 +403,21 @@ class Session:
         if self.out_state is OutState.LIVE and not self.closed:
             self._pump()
 
+    @property
+    def settled(self) -> bool:
+        """True when nothing is in flight: every direction ended or is tailing live."""
+        return (
+            self.state is ConnState.OPEN
+            and self.in_state in (_I.DISABLED, _I.DONE, _I.LIVE)
+            and self.out_state in (_O.DISABLED, _O.DONE, _O.LIVE)
+            and not self._unacked
+        )
+
     def close(self, reason: str = "closed by local side") -> None:
-        """Close the session; an unfinished one tells the peer why. Idempotent."""
+        """Close the session; one that is not settled tells the peer why. Idempotent."""
         if self.closed:
             return
-        if self.state is not ConnState.IDLE and not self._complete:
+        if self.state is not ConnState.IDLE and not self._complete and not self.settled:
             self._send(Abort(AbortCode.SHUTDOWN, reason[:4096]))
         self.state = CONN_TABLE[(self.state, _Stop)]
 
@@ -508,7 +518,8 @@ class Session:
                 "incarnation"
             )
         self._out_pos = r.since
-        self._remote_live = r.live
+        # Our own ``live`` bounds how long we serve: a one-shot side never tails its log.
+        self._remote_live = r.live and self.live
         self._pump()
         return None
 
