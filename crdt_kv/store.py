@@ -101,12 +101,18 @@ class Store:
         resolver: Resolver | None = None,
         max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
     ) -> None:
-        self._kenc, self._kdec = key_codec(key_encoding)
-        self._venc, self._vdec = value_codec(value_encoding)
-        if resolver is not None and not callable(resolver):
-            raise ConfigError("resolver must be callable (a, b) -> bool")
-        if not isinstance(max_offset_ms, int) or max_offset_ms < 0:
-            raise ConfigError(f"max_offset_ms must be a non-negative int, got {max_offset_ms!r}")
+        try:
+            self._kenc, self._kdec = key_codec(key_encoding)
+            self._venc, self._vdec = value_codec(value_encoding)
+            if resolver is not None and not callable(resolver):
+                raise ConfigError("resolver must be callable (a, b) -> bool")
+            if not isinstance(max_offset_ms, int) or max_offset_ms < 0:
+                raise ConfigError(
+                    f"max_offset_ms must be a non-negative int, got {max_offset_ms!r}"
+                )
+        except BaseException:
+            backend.close()  # a rejected option must not leave the backend (its lock) open
+            raise
         self._backend = backend
         self._bget = backend.get
         self._bwrite = backend.write
