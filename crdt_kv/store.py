@@ -434,7 +434,7 @@ class Store:
             if not scanned:
                 return
             if not pending:
-                return
+                continue  # a whole chunk from the excluded source: keep scanning
             blobs = self._backend.get_many([DATA + k for _, k in pending])
             for (seq, k), blob in zip(pending, blobs, strict=True):
                 if blob is None:
