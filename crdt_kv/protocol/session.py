@@ -599,7 +599,8 @@ class Session:
         self.stats.entries_changed += changed
         self._send(Ack(b.to_seq))
         if b.done:
-            event = _TailBatch() if self.live else _FinalBatch()
+            # The sender tails its log only if both sides asked for live (see _on_request).
+            event = _TailBatch() if self.live and remote.live else _FinalBatch()
             self.in_state = _step(IN_TABLE, self.in_state, event, "our receiving side")
         self._events.append(BatchApplied(len(b.entries), changed, b.from_seq, b.to_seq, b.done))
         self._check_complete()
