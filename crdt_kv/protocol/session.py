@@ -226,6 +226,13 @@ IN_TABLE: dict[tuple[InState, type], InState] = {
 
 
 _S = TypeVar("_S", ConnState, OutState, InState)
+MAX_REASON_BYTES = 4096
+
+
+def _clip_reason(text: str) -> str:
+    """``text`` as valid UTF-8 of at most :data:`MAX_REASON_BYTES` bytes (the wire limit)."""
+    raw = text.encode("utf-8", "replace")[:MAX_REASON_BYTES]
+    return raw.decode("utf-8", "ignore")
 
 
 def _step(table: dict[tuple[_S, type], _S], state: _S, event: object, what: str) -> _S:
@@ -418,7 +425,7 @@ class Session:
         if self.closed:
             return
         if self.state is not ConnState.IDLE and not self._complete and not self.settled:
-            self._send(Abort(AbortCode.SHUTDOWN, reason[:4096]))
+            self._send(Abort(AbortCode.SHUTDOWN, _clip_reason(reason)))
         self.state = CONN_TABLE[(self.state, _Stop)]
 
     # --- internals ------------------------------------------------------------------
@@ -436,7 +443,7 @@ class Session:
     def _fail(self, error: CrdtKvError, code: AbortCode) -> None:
         if self.closed:
             return
-        self._send(Abort(code, str(error)[:4096]))
+        self._send(Abort(code, _clip_reason(str(error))))
         self.state = ConnState.FAILED
         self.error = error
         self.stats.errors += 1
