@@ -31,6 +31,7 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     max_offset_ms: int | None = None,
     clock: Callable[[], int] | None = None,
     rng: random.Random | None = None,
+    new_incarnation: bool = False,
 ) -> Store:
     """Open (creating if needed) a replicated store.
 
@@ -40,8 +41,10 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     keyword arguments override it. ``backend`` may also be an open
     :class:`~crdt_kv.backends.base.Backend` instance. ``clock`` returns wall time in integer
     milliseconds and ``rng`` supplies randomness (ids), so tests and the simulator control
-    both. Raises :class:`ConfigError` for an unknown backend (listing the available ones)
-    or options that contradict the stored ones.
+    both. Encodings not given default to those the store was created with. Open a store
+    restored from a backup (or copied) once with ``new_incarnation=True`` so peers do not
+    mistake it for the life it was copied from. Raises :class:`ConfigError` for an unknown
+    backend (listing the available ones) or options that contradict the stored ones.
     """
     cfg = load_config(config)
     storage, node = cfg["storage"], cfg["node"]
@@ -69,8 +72,9 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         clock=clock or system_clock,
         rng=rng or random.SystemRandom(),
         peer_id=pick(peer_id, node, "peer_id", None),
-        key_encoding=pick(key_encoding, storage, "key_encoding", "utf-8"),
-        value_encoding=pick(value_encoding, storage, "value_encoding", "cbor"),
+        key_encoding=pick(key_encoding, storage, "key_encoding", None),
+        value_encoding=pick(value_encoding, storage, "value_encoding", None),
         resolver=resolver,
         max_offset_ms=pick(max_offset_ms, node, "max_offset_ms", DEFAULT_MAX_OFFSET_MS),
+        new_incarnation=new_incarnation,
     )

@@ -118,7 +118,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every available subcommand registered."""
-    parser = argparse.ArgumentParser(prog="crdt-kv", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="crdt-kv",
+        description="Inspect a crdt_kv store, run replicating nodes, and run the convergence "
+        "simulation suite.",
+    )
     parser.add_argument("--version", action="version", version=crdt_kv.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 

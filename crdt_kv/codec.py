@@ -13,6 +13,7 @@ bytes map with one-byte namespaces: ``d`` + key -> record, ``l`` + seq -> log en
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 from collections.abc import Callable
@@ -84,9 +85,13 @@ def _enc_cbor(v: Any) -> bytes:
 
 def _dec_cbor(b: bytes) -> Any:
     try:
-        return cbor2.loads(b)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
+        fp = io.BytesIO(b)
+        value = cbor2.CBORDecoder(fp).decode()
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError, RecursionError) as exc:
         raise EncodingError(f"bytes are not valid CBOR: {exc}") from exc
+    if fp.tell() != len(b):
+        raise EncodingError(f"{len(b) - fp.tell()} trailing bytes after the CBOR value")
+    return value
 
 
 def _identity(b: bytes) -> bytes:

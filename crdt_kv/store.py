@@ -77,7 +77,11 @@ _M_SOURCE_END = META + b"src;"
 def _check_peer_id(peer_id: object, what: str = "peer_id") -> str:
     if not isinstance(peer_id, str) or not peer_id:
         raise ConfigError(f"{what} must be a non-empty string, got {peer_id!r}")
-    if len(peer_id.encode("utf-8")) > 255:
+    try:
+        size = len(peer_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} {peer_id!r} is not encodable as utf-8") from None
+    if size > 255:
         raise ConfigError(f"{what} {peer_id[:20]!r}... is longer than 255 utf-8 bytes")
     return peer_id
 
@@ -96,14 +100,17 @@ class Store:
         clock: Callable[[], int],
         rng: random.Random,
         peer_id: str | None = None,
-        key_encoding: str = "utf-8",
-        value_encoding: str = "cbor",
+        key_encoding: str | None = None,
+        value_encoding: str | None = None,
         resolver: Resolver | None = None,
         max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
+        new_incarnation: bool = False,
     ) -> None:
         try:
-            self._kenc, self._kdec = key_codec(key_encoding)
-            self._venc, self._vdec = value_codec(value_encoding)
+            if key_encoding is not None:
+                key_codec(key_encoding)
+            if value_encoding is not None:
+                value_codec(value_encoding)
             if resolver is not None and not callable(resolver):
                 raise ConfigError("resolver must be callable (a, b) -> bool")
             if not isinstance(max_offset_ms, int) or max_offset_ms < 0:
@@ -117,8 +124,6 @@ class Store:
         self._bget = backend.get
         self._bwrite = backend.write
         self._closed = False
-        self.key_encoding = key_encoding
-        self.value_encoding = value_encoding
         self.resolver = resolver
         self._commit_listeners: list[Callable[[int], object]] = []
         self._change_listeners: list[Callable[[Entry], object]] = []
@@ -130,7 +135,7 @@ class Store:
             "hook_errors": 0,
         }
         try:
-            self._load_meta(peer_id, rng)
+            self._load_meta(peer_id, rng, key_encoding, value_encoding, new_incarnation)
             self._load_state()
         except BaseException:
             backend.close()
@@ -139,7 +144,19 @@ class Store:
 
     # --- opening --------------------------------------------------------------------
 
-    def _load_meta(self, peer_id: str | None, rng: random.Random) -> None:
+    def _load_meta(
+        self,
+        peer_id: str | None,
+        rng: random.Random,
+        key_encoding: str | None,
+        value_encoding: str | None,
+        new_incarnation: bool,
+    ) -> None:
+        """Create or check the store's metadata; settle peer id, incarnation, encodings.
+
+        Encodings not given default to what the store was created with (``utf-8``/``cbor``
+        for a new store); given ones must match it.
+        """
         b = self._backend
         fmt = b.get(_M_FORMAT)
         if peer_id is not None:
@@ -149,13 +166,14 @@ class Store:
                 raise CorruptionError("backend holds data but no crdt_kv metadata")
             peer = peer_id or f"{rng.getrandbits(64):016x}"
             incarnation = rng.getrandbits(128).to_bytes(16, "big")
+            kname, vname = key_encoding or "utf-8", value_encoding or "cbor"
             b.write(
                 [
                     (_M_FORMAT, pack_u64(FORMAT_VERSION)),
                     (_M_PEER, peer.encode("utf-8")),
                     (_M_INCARNATION, incarnation),
-                    (_M_KEYENC, self.key_encoding.encode()),
-                    (_M_VALENC, self.value_encoding.encode()),
+                    (_M_KEYENC, kname.encode()),
+                    (_M_VALENC, vname.encode()),
                 ]
             )
         else:
@@ -172,17 +190,22 @@ class Store:
             peer = peer_b.decode("utf-8")
             if peer_id is not None and peer_id != peer:
                 raise ConfigError(f"this store belongs to peer {peer!r}, not {peer_id!r}")
+            kname, vname = kenc.decode(), venc.decode()
             for name, want, have in (
-                ("key_encoding", self.key_encoding, kenc.decode()),
-                ("value_encoding", self.value_encoding, venc.decode()),
+                ("key_encoding", key_encoding, kname),
+                ("value_encoding", value_encoding, vname),
             ):
-                if want != have:
+                if want is not None and want != have:
                     raise ConfigError(f"store was created with {name}={have!r}, not {want!r}")
-            if b.get(_M_OPEN) is not None and not b.power_safe:
-                # Unclean shutdown without fsync: the log tail may be lost, so peers' cursors
-                # into it could skip reissued sequences. A new incarnation restarts them.
+            if new_incarnation or (b.get(_M_OPEN) is not None and not b.power_safe):
+                # A restored copy, or an unclean shutdown without fsync (the log tail may be
+                # lost): peers' cursors into our log could skip reissued sequences, so a new
+                # incarnation makes them start over.
                 incarnation = rng.getrandbits(128).to_bytes(16, "big")
                 b.write([(_M_INCARNATION, incarnation)])
+        self._kenc, self._kdec = key_codec(kname)
+        self._venc, self._vdec = value_codec(vname)
+        self.key_encoding, self.value_encoding = kname, vname
         b.write([(_M_OPEN, b"1")])
         self._peer_id = peer
         self._peer_b = peer.encode("utf-8")
@@ -211,8 +234,12 @@ class Store:
 
     @property
     def incarnation(self) -> bytes:
-        """16 random bytes minted when this store was created; a restored copy gets a new one
-        only if recreated, so peers never confuse two lives of one peer id."""
+        """16 random bytes naming this life of the store; peers key their cursors by it.
+
+        Minted at creation, and again when reopened with ``new_incarnation=True`` (a restored
+        or copied store) or after an unclean shutdown of a backend that is not power-safe
+        (its log tail may be gone), so peers never confuse two lives of one peer id.
+        """
         return self._incarnation
 
     @property
@@ -586,6 +613,10 @@ class Store:
             raise TypeError(f"expected RawEntry, got {type(e).__name__}")
         if not isinstance(e.key, bytes) or not isinstance(e.value, bytes):
             raise EncodingError(f"entry key and value must be bytes (key {e.key!r})")
+        try:
+            self._kdec(e.key)
+        except EncodingError as exc:
+            raise EncodingError(f"entry key {e.key!r} is corrupt: {exc}") from None
         if not isinstance(e.hlc, int) or isinstance(e.hlc, bool) or not 0 <= e.hlc <= MAX_STAMP:
             raise EncodingError(f"entry of key {e.key!r} has invalid hlc {e.hlc!r}")
         try:
@@ -631,7 +662,7 @@ class Store:
             extra.append((cursor_key(_check_peer_id(peer), incarnation), pack_u64(seq)))
             source = self._sources.get((peer, incarnation), 0)
             if not source:
-                source = len(self._sources) + 1
+                source = max(self._sources.values(), default=0) + 1
                 extra.append((_M_SOURCE + pack_u64(source), pack_source(peer, incarnation)))
         if not batch:
             if extra:
@@ -656,9 +687,9 @@ class Store:
                     pb = peer_bytes[new.peer] = new.peer.encode("utf-8")
                 items.append((k, record_body(new.hlc, pb, new.deleted, new.value), blob))
         if items:
-            if source and (peer, incarnation) not in self._sources:
-                self._sources[(peer, incarnation)] = source
             self._commit(items, extra, source)
+            if source:
+                self._sources[(peer, incarnation)] = source
         elif extra:
             self._backend.write(extra[:1])
         self.stats["applied"] += len(items)

@@ -31,7 +31,10 @@ class RocksDBBackend(Backend):
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         self.path = path
-        self._db = Rdict(path, opts)
+        try:
+            self._db = Rdict(path, opts)
+        except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
+            raise ConfigError(f"cannot open RocksDB store at {path!r}: {exc}") from exc
         self._wopt = WriteOptions()
         self._wopt.sync = sync_writes
 
