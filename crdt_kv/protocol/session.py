@@ -235,6 +235,13 @@ def _clip_reason(text: str) -> str:
     return raw.decode("utf-8", "ignore")
 
 
+def _utf8_len(text: str) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return 1 << 30  # a lone surrogate cannot go on the wire at all
+
+
 def _step(table: dict[tuple[_S, type], _S], state: _S, event: object, what: str) -> _S:
     try:
         return table[(state, type(event))]
@@ -300,6 +307,10 @@ class Session:
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(cluster_id, str) or _utf8_len(cluster_id) > 255:
+            raise ConfigError(
+                f"cluster_id must be text of at most 255 UTF-8 bytes: {cluster_id!r:.60}"
+            )
         self.store = store
         self.mode = mode
         self.live = live
