@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NoReturn
 
 import cbor2
 
@@ -214,11 +215,37 @@ def _array(v: object, field: str, length: int | None = None) -> list[Any]:
     return v
 
 
+class _NoTags(Mapping[int, Any]):
+    """A semantic-decoder table that refuses every CBOR tag: no message carries one.
+
+    cbor2 would otherwise turn tags into values that pass the exact type checks below
+    (bignums into ints, string and shared references into texts and aliased arrays).
+    """
+
+    def __getitem__(self, tag: int) -> Any:
+        def refuse(*_: object) -> NoReturn:
+            raise _fail(f"CBOR tag {tag} is not allowed in a message")
+
+        return refuse
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _NoTags()
+
+
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
     """Decode and validate one message payload; raises :class:`RemoteProtocolError`."""
     try:
         fp = io.BytesIO(payload)
-        obj = cbor2.CBORDecoder(fp).decode()
+        obj = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS).decode()
         if fp.tell() != len(payload):
             raise _fail(f"{len(payload) - fp.tell()} trailing bytes after the message")
     except RemoteProtocolError:
