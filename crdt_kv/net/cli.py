@@ -1,0 +1,140 @@
+"""``crdt-kv serve``: run a replication node from a TOML file and/or flags.
+
+Registered into the main ``crdt-kv`` parser by :func:`register`. Flags override the
+file's ``[node]`` table, except ``--peer``, which adds to its ``peers``. On startup the
+command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it); it
+stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
+the store is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import crdt_kv
+from crdt_kv.config import load_config
+from crdt_kv.errors import ConfigError
+from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, format_address, serve
+from crdt_kv.protocol import MODES
+from crdt_kv.store import Store
+
+__all__ = ["node_options", "register", "run_node"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` subcommand to the ``crdt-kv`` parser."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run a replication node (TCP listener, peers, live sync)",
+        description="Run a replication node until SIGINT/SIGTERM.",
+    )
+    p.add_argument("--config", help="TOML file with [storage] and [node] tables")
+    p.add_argument("--path", help="store directory (or file for sqlite)")
+    p.add_argument("--backend", help="storage backend (default rocksdb)")
+    p.add_argument("--peer-id", help="this replica's peer id (must match an existing store)")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:0)")
+    p.add_argument(
+        "--peer",
+        action="append",
+        dest="peers",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer to replicate with (repeatable; adds to the config's peers)",
+    )
+    p.add_argument("--cluster-id", help="only peers with the same cluster id are accepted")
+    p.add_argument("--mode", choices=MODES, help="both (default), push or pull")
+    p.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep live sessions open and push commits as they happen (default on)",
+    )
+    p.add_argument(
+        "--sync-interval",
+        type=float,
+        dest="sync_interval_s",
+        help=f"seconds between anti-entropy rounds (default {DEFAULT_SYNC_INTERVAL_S:g})",
+    )
+    p.add_argument(
+        "--discovery",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce and find peers by UDP multicast",
+    )
+    p.add_argument("--multicast-group", help="discovery multicast group")
+    p.add_argument("--multicast-port", type=int, help="discovery UDP port")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    p.set_defaults(func=_cmd_serve)
+
+
+_FLAG_KEYS = (
+    "listen",
+    "cluster_id",
+    "mode",
+    "live",
+    "sync_interval_s",
+    "discovery",
+    "multicast_group",
+    "multicast_port",
+)
+
+
+def node_options(node_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`serve` from the ``[node]`` table overridden by flags."""
+    opts: dict[str, Any] = {}
+    for key in _FLAG_KEYS:
+        flag = getattr(args, key, None)
+        value = flag if flag is not None else node_cfg.get(key)
+        if value is not None:
+            opts[key] = value
+    peers = list(node_cfg.get("peers", [])) + list(getattr(args, "peers", []) or [])
+    for p in peers:
+        if not isinstance(p, str):
+            raise ConfigError(f"config node.peers must hold 'host:port' strings, got {p!r}")
+    opts["peers"] = peers
+    return opts
+
+
+async def run_node(
+    store: Store,
+    options: dict[str, Any],
+    *,
+    announce: Callable[[str], object] = print,
+) -> str:
+    """Serve ``store`` until SIGINT/SIGTERM; returns the name of the signal that stopped it."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serve(store, **options) as node:
+            announce(f"listening on {format_address(*node.address)}")
+            async for signum in signals:
+                return signal.Signals(signum).name
+    return "end"  # pragma: no cover - the signal iterator never ends by itself
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(args.config)
+    options = node_options(cfg["node"], args)
+    store = crdt_kv.open(args.path, config=args.config, backend=args.backend, peer_id=args.peer_id)
+    try:
+
+        def announce(line: str) -> None:
+            print(line, flush=True)
+
+        try:
+            name = trio.run(functools.partial(run_node, store, options, announce=announce))
+        except OSError as exc:
+            print(f"error: cannot serve: {exc}", file=sys.stderr)
+            return 2
+        print(f"stopped by {name}", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
