@@ -22,6 +22,7 @@ from crdt_kv.errors import (
     ResolverError,
 )
 from crdt_kv.hlc import HLC
+from crdt_kv.net import Node, replicate, serve
 from crdt_kv.store import Batch, Store
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
@@ -39,6 +40,7 @@ __all__ = [
     "EncodingError",
     "Entry",
     "LocalProtocolError",
+    "Node",
     "ProtocolError",
     "RawEntry",
     "RemoteProtocolError",
@@ -49,4 +51,6 @@ __all__ = [
     "__version__",
     "available_backends",
     "open",
+    "replicate",
+    "serve",
 ]
