@@ -1,0 +1,896 @@
+"""Replication speed over loopback TCP between two RocksDB stores, against pycrdt (Yjs).
+
+Measures (issue 4, "Speed"):
+
+1. full sync of ``--full`` entries (default 100,000) into an empty store: entries/s and wire
+   bytes per entry; also with the sending store in a second process (both cores busy);
+2. delta sync of 100 changed keys among N entries (N = 10,000, the full-sync pair, and
+   1,000,000 with ``--big``): milliseconds and wire bytes, and the 1M/10k time ratio;
+3. write-to-visible latency on a live session: p50/p99 over ``--writes`` paced writes;
+4. the same full and delta sync with ``pycrdt`` (a Y.Map in memory): ``doc.get_update()``
+   applied to a fresh doc, then 100 changes sent with a state vector.
+
+Wire bytes are counted at the socket (every byte both sides wrote: Hello, Request, Batch,
+Ack frames), so they are comparable across engines. ``--engine raw`` drives
+``crdt_kv.protocol.Session`` objects with the small pump below; ``--engine replicate`` uses
+``crdt_kv.replicate`` (the default when it exists). Each figure is the median of
+``--repeat`` runs. ``--sweep`` times full sync over ``max_batch_entries`` x ``window``;
+``--profile`` prints where a full sync spends its time.
+
+Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--profile] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import pstats
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+import crdt_kv
+from crdt_kv.protocol import ConnectionClosed, Session, SessionFailed, SyncComplete
+from crdt_kv.store import Store
+
+CHANGES = 100
+
+
+# --- stores ------------------------------------------------------------------------------
+
+
+def key_of(i: int) -> str:
+    return f"key-{i:07d}"
+
+
+def value_of(i: int, gen: int = 0) -> str:
+    return f"value-{gen:02d}-{i:07d}"
+
+
+def fill(store: Store, n: int, *, chunk: int = 10_000) -> None:
+    """Write ``n`` keys in atomic batches of ``chunk`` (one commit each)."""
+    for lo in range(0, n, chunk):
+        with store.batch() as b:
+            for i in range(lo, min(n, lo + chunk)):
+                b.put(key_of(i), value_of(i))
+
+
+def change(store: Store, keys: list[int], gen: int) -> None:
+    """Overwrite ``keys`` one put (one commit) each, like independent application writes."""
+    for i in keys:
+        store.put(key_of(i), value_of(i, gen))
+
+
+class Workdir:
+    """A temp directory of RocksDB stores, removed on exit."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="bench_sync_")
+        self._n = 0
+
+    def store(self, peer: str) -> Store:
+        self._n += 1
+        return crdt_kv.open(os.path.join(self.path, f"{self._n}-{peer}"), peer_id=peer)
+
+    def new_path(self, peer: str) -> str:
+        self._n += 1
+        return os.path.join(self.path, f"{self._n}-{peer}")
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+# --- moving bytes ------------------------------------------------------------------------
+
+
+class CountingStream(trio.abc.HalfCloseableStream):
+    """Wraps a trio stream and counts the bytes written to it (the wire bytes we send)."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.sent = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += len(data)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def raw_session(
+    store: Store, stream: trio.abc.Stream, *, live: bool = False, **session_kw: Any
+) -> Session:
+    """Drive one protocol Session over ``stream`` until SyncComplete (or, live, cancellation).
+
+    A receive loop feeds the session; a sender task drains ``data_to_send`` whenever kicked,
+    so both directions flow at once. A live session is woken by the store's ``on_commit``.
+    """
+    session = Session(store, live=live, **session_kw)
+    kick_tx, kick_rx = trio.open_memory_channel[None](math.inf)
+
+    async def sender() -> None:
+        async with kick_rx:
+            async for _ in kick_rx:
+                out = session.data_to_send()
+                if out:
+                    await stream.send_all(out)
+
+    def on_commit(_seq: int) -> None:
+        session.local_changed()
+        kick_tx.send_nowait(None)
+
+    unsubscribe = store.on_commit(on_commit) if live else None
+    session.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            kick_tx.send_nowait(None)
+            while True:
+                data = await stream.receive_some(1 << 18)
+                events = session.receive_data(bytes(data))
+                kick_tx.send_nowait(None)
+                for ev in events:
+                    if isinstance(ev, SessionFailed):
+                        raise RuntimeError(f"session of {store.peer_id} failed: {ev.error}")
+                if not data or any(isinstance(e, SyncComplete | ConnectionClosed) for e in events):
+                    break
+            kick_tx.close()  # the sender flushes what is left (our final Ack), then ends
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+    return session
+
+
+Runner = Callable[..., Awaitable[Any]]
+
+
+def pick_runner(engine: str) -> Runner:
+    if engine == "replicate":
+        replicate = crdt_kv.replicate  # type: ignore[attr-defined]
+
+        async def run(store: Store, stream: trio.abc.Stream, **kw: Any) -> Any:
+            return await replicate(store, stream, **kw)
+
+        return run
+    return raw_session
+
+
+@dataclass
+class SyncResult:
+    seconds: float
+    bytes_total: int
+    bytes_a: int
+    bytes_b: int
+    cpu_seconds: float = 0.0  # this process's main thread: both sessions when in-process
+
+
+async def tcp_sync(
+    runner: Runner, a: Store, b: Store, *, mode_a: str = "both", mode_b: str = "both", **kw: Any
+) -> SyncResult:
+    """One non-live session between ``a`` (client) and ``b`` (server) over 127.0.0.1 TCP."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    t0, c0 = time.perf_counter(), time.thread_time()
+    counted: dict[str, CountingStream] = {}
+
+    async def serve_one() -> None:
+        stream = CountingStream(await listeners[0].accept())
+        counted["b"] = stream
+        async with stream:
+            await runner(b, stream, mode=mode_b, **kw)
+
+    async def client() -> None:
+        stream = CountingStream(await trio.open_tcp_stream("127.0.0.1", port))
+        counted["a"] = stream
+        async with stream:
+            await runner(a, stream, mode=mode_a, **kw)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        nursery.start_soon(client)
+    dt, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    await listeners[0].aclose()
+    sa, sb = counted["a"].sent, counted["b"].sent
+    return SyncResult(dt, sa + sb, sa, sb, cpu)
+
+
+def sync(runner: Runner, a: Store, b: Store, **kw: Any) -> SyncResult:
+    async def main() -> SyncResult:
+        return await tcp_sync(runner, a, b, **kw)
+
+    return trio.run(main)
+
+
+# --- the sender in its own process ---------------------------------------------------------
+
+
+def _serve_process(path: str, peer: str, port_conn: Any, engine: str, kw: dict[str, Any]) -> None:
+    """Child process: open store ``path`` and serve non-live sessions until told to stop."""
+    store = crdt_kv.open(path, peer_id=peer)
+    runner = pick_runner(engine)
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port_conn.send(listeners[0].socket.getsockname()[1])
+        while True:
+            stream = await listeners[0].accept()
+            if await stream.receive_some(1) == b"q":
+                return
+            async with stream:
+                await runner(store, stream, mode="both", **kw)
+
+    try:
+        trio.run(main)
+    finally:
+        store.close()
+
+
+def sync_from_process(runner: Runner, port: int, b: Store, **kw: Any) -> SyncResult:
+    async def main() -> SyncResult:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        stream = CountingStream(await trio.open_tcp_stream("127.0.0.1", port))
+        await stream.send_all(b"s")
+        stream.sent = 0
+        async with stream:
+            await runner(b, stream, mode="both", **kw)
+        cpu = time.thread_time() - c0
+        return SyncResult(time.perf_counter() - t0, stream.sent, 0, stream.sent, cpu)
+
+    return trio.run(main)
+
+
+# --- live latency --------------------------------------------------------------------------
+
+
+async def live_latency(
+    a: Store, b: Store, *, writes: int, interval: float, engine: str
+) -> list[float]:
+    """Write ``writes`` keys on ``a`` at a steady pace; time until each is visible on ``b``.
+
+    Both stores live in this process, each served by its own trio task over loopback TCP.
+    Visibility is ``b``'s ``on_change`` hook firing for the key (the apply committed).
+    """
+    runner = pick_runner(engine)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    put_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    all_seen = trio.Event()
+    prefix = f"live-{random.getrandbits(32):08x}-"
+
+    def on_change(entry: Any) -> None:
+        k = entry.key
+        if k in put_at and k not in seen_at:
+            seen_at[k] = time.perf_counter()
+            if len(seen_at) == writes:
+                all_seen.set()
+
+    unsubscribe = b.on_change(on_change)
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_one() -> None:
+                stream = await listeners[0].accept()
+                async with stream:
+                    await runner(b, stream, mode="both", live=True)
+
+            async def client() -> None:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream:
+                    await runner(a, stream, mode="both", live=True)
+
+            nursery.start_soon(serve_one)
+            nursery.start_soon(client)
+            await trio.sleep(0.2)  # let the sessions connect and catch up
+            for i in range(writes):
+                k = f"{prefix}{i:06d}"
+                put_at[k] = time.perf_counter()
+                a.put(k, i)
+                await trio.sleep(interval)
+            with trio.move_on_after(10):
+                await all_seen.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        unsubscribe()
+        await listeners[0].aclose()
+    missing = writes - len(seen_at)
+    if missing:
+        raise RuntimeError(f"{missing} of {writes} live writes never became visible")
+    return [seen_at[k] - put_at[k] for k in put_at]
+
+
+# --- pycrdt ----------------------------------------------------------------------------------
+
+
+@dataclass
+class YResult:
+    full_seconds: list[float] = field(default_factory=list)
+    full_bytes: int = 0
+    delta_seconds: list[float] = field(default_factory=list)
+    delta_bytes: list[int] = field(default_factory=list)
+    state_vector_bytes: int = 0
+
+
+def pycrdt_bench(n: int, repeat: int, seed: int) -> YResult:
+    """Full sync of a Y.Map of ``n`` keys, then ``repeat`` rounds of 100 changed keys."""
+    from pycrdt import Doc, Map
+
+    res = YResult()
+    doc = Doc()
+    ymap = doc.get("m", type=Map)
+    with doc.transaction():
+        for i in range(n):
+            ymap[key_of(i)] = value_of(i)
+    other = Doc()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        update = doc.get_update()
+        fresh = Doc()
+        fresh.apply_update(update)
+        res.full_seconds.append(time.perf_counter() - t0)
+        res.full_bytes = len(update)
+        other = fresh
+    if len(other.get("m", type=Map)) != n:
+        raise RuntimeError("pycrdt full sync lost keys")
+    rng = random.Random(seed)
+    for gen in range(1, repeat + 1):
+        keys = rng.sample(range(n), CHANGES)
+        with doc.transaction():
+            for i in keys:
+                ymap[key_of(i)] = value_of(i, gen)
+        t0 = time.perf_counter()
+        sv = other.get_state()
+        update = doc.get_update(sv)
+        other.apply_update(update)
+        res.delta_seconds.append(time.perf_counter() - t0)
+        res.delta_bytes.append(len(update))
+        res.state_vector_bytes = len(sv)
+    om = other.get("m", type=Map)
+    if om[key_of(keys[0])] != value_of(keys[0], repeat):
+        raise RuntimeError("pycrdt delta sync did not deliver the change")
+    return res
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def check_equal(a: Store, b: Store, what: str) -> None:
+    if a.digest() != b.digest():
+        raise RuntimeError(f"{what}: stores did not converge (digests differ)")
+
+
+@dataclass
+class DeltaResult:
+    n: int
+    first_seconds: float
+    first_bytes: int
+    seconds: list[float]
+    bytes: list[int]
+
+
+def delta_rounds(
+    runner: Runner, a: Store, b: Store, n: int, repeat: int, seed: int, kw: dict[str, Any]
+) -> DeltaResult:
+    """``repeat + 1`` rounds of: 100 random keys rewritten on ``a``, then one session.
+
+    The first round after a full sync is reported apart: it is the one where ``b`` first
+    answers ``a``'s request for its own log (entries it got from ``a``, never echoed).
+    """
+    rng = random.Random(seed)
+    times: list[float] = []
+    sizes: list[int] = []
+    first = (0.0, 0)
+    for gen in range(1, repeat + 2):
+        change(a, rng.sample(range(n), CHANGES), gen)
+        r = sync(runner, a, b, **kw)
+        check_equal(a, b, f"delta sync among {n}")
+        if gen == 1:
+            first = (r.seconds, r.bytes_total)
+        else:
+            times.append(r.seconds)
+            sizes.append(r.bytes_total)
+    return DeltaResult(n, first[0], first[1], times, sizes)
+
+
+def full_sync_runs(
+    runner: Runner, wd: Workdir, a: Store, n: int, repeat: int, kw: dict[str, Any]
+) -> list[SyncResult]:
+    out = []
+    for r in range(repeat):
+        b = wd.store(f"bench-b{r}")
+        try:
+            res = sync(runner, a, b, **kw)
+            if len(b) != n:
+                raise RuntimeError(f"full sync delivered {len(b)} of {n} keys")
+            check_equal(a, b, "full sync")
+            out.append(res)
+        finally:
+            b.close()
+    return out
+
+
+def full_sync_two_procs(
+    engine: str, wd: Workdir, n: int, repeat: int, kw: dict[str, Any]
+) -> list[SyncResult]:
+    """Full sync with the sending store served by a child process (true parallelism)."""
+    path = wd.new_path("bench-src")
+    src = crdt_kv.open(path, peer_id="bench-src")
+    fill(src, n)
+    digest = src.digest()
+    src.close()
+    runner = pick_runner(engine)
+    out = []
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_serve_process, args=(path, "bench-src", child, engine, kw), daemon=True
+    )
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("sender process did not start")
+        port = int(parent.recv())
+        for r in range(repeat):
+            b = wd.store(f"bench-pb{r}")
+            try:
+                res = sync_from_process(runner, port, b, **kw)
+                if len(b) != n or b.digest() != digest:
+                    raise RuntimeError("two-process full sync did not converge")
+                out.append(res)
+            finally:
+                b.close()
+    finally:
+
+        async def stop() -> None:
+            s = await trio.open_tcp_stream("127.0.0.1", port)
+            await s.send_all(b"q")
+            await s.aclose()
+
+        with contextlib.suppress(OSError):
+            trio.run(stop)
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    return out
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("store.raw_changes (log scan + record reads)", ("store.py:", "raw_changes")),
+    ("encode Batch (CBOR)", ("messages.py:", "encode_frame")),
+    ("decode Batch (CBOR + checks)", ("messages.py:", "decode_message")),
+    ("apply_raw: validate (decode each value)", ("store.py:", "_validate")),
+    ("apply_raw: merge + commit (digest, RocksDB write)", ("store.py:", "apply_raw")),
+    ("store._commit (of which)", ("store.py:", "_commit")),
+    ("body_hash (blake2b, of which)", ("codec.py:", "body_hash")),
+    ("RocksDB write (of which)", ("rocksdb.py:", "write")),
+]
+
+
+def profile_full_sync(runner: Runner, wd: Workdir, a: Store, kw: dict[str, Any]) -> dict[str, Any]:
+    """cProfile one full sync; return cumulative seconds per bucket and the top functions."""
+    b = wd.store("bench-prof")
+    prof = cProfile.Profile()
+    try:
+        prof.enable()
+        res = sync(runner, a, b, **kw)
+        prof.disable()
+    finally:
+        b.close()
+    st = pstats.Stats(prof)
+    stats: dict[tuple[str, int, str], Any] = st.stats  # type: ignore[attr-defined]
+    total = res.seconds
+    buckets: dict[str, float] = {}
+    for label, (file_part, func) in PROFILE_BUCKETS:
+        cum = 0.0
+        for (fname, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items():
+            if name == func and fname.endswith(file_part.rstrip(":")):
+                cum = max(cum, ct)
+        buckets[label] = cum
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+    return {"wall_seconds_profiled": total, "buckets": buckets, "top_tottime": buf.getvalue()}
+
+
+def stage_times(wd: Workdir, a: Store, batch: int) -> dict[str, float]:
+    """Seconds per pipeline stage of a full sync of ``a``, each timed alone, no network.
+
+    The stages a session runs per batch: read the sender's log, encode the frame, split and
+    decode it, validate the entries, merge and commit them with the cursor. Timed without a
+    profiler (whose per-call overhead inflates Python-heavy code), main-thread CPU.
+    """
+    from crdt_kv.codec import value_codec
+    from crdt_kv.protocol import Batch, FrameDecoder, decode_message, encode_frame
+
+    b = wd.store("bench-stages")
+    out: dict[str, float] = {}
+    clock = time.thread_time
+    try:
+        t = clock()
+        chunks: list[list[Any]] = []
+        pos, head = 0, a.last_seq
+        while pos < head:
+            entries = list(a.raw_changes(pos, limit=batch))
+            end = entries[-1].seq if len(entries) == batch else head
+            chunks.append([pos, end, entries])
+            pos = end
+        out["sender: store.raw_changes"] = clock() - t
+        t = clock()
+        frames = [encode_frame(Batch(lo, hi, hi >= head, tuple(es))) for lo, hi, es in chunks]
+        out["sender: encode Batch frames (CBOR)"] = clock() - t
+        t = clock()
+        dec = FrameDecoder()
+        msgs = [decode_message(p, max_batch_entries=batch) for f in frames for p in dec.feed(f)]
+        out["receiver: split + decode + check frames"] = clock() - t
+        vdec = value_codec(b.value_encoding)[1]
+        t = clock()
+        for m in msgs:
+            for e in m.entries:  # type: ignore[union-attr]
+                vdec(e.value)
+        out["receiver: decode each value (apply_raw's check, of which)"] = clock() - t
+        t = clock()
+        for m in msgs:
+            b.apply_raw(m.entries, cursor=(a.peer_id, a.incarnation, m.to_seq))  # type: ignore[union-attr]
+        out["receiver: store.apply_raw (validate + merge + commit)"] = clock() - t
+        if b.digest() != a.digest():
+            raise RuntimeError("stage replay did not converge")
+    finally:
+        b.close()
+    return out
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    engine = args.engine
+    runner = pick_runner(engine)
+    kw = {"max_batch_entries": args.batch, "window": args.window}
+    out: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "engine": engine,
+        "session": kw,
+        "repeat": args.repeat,
+    }
+    wd = Workdir()
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
+    try:
+        n = args.full
+        log(f"building {n} entries ...")
+        a = wd.store("bench-a")
+        t0 = time.perf_counter()
+        fill(a, n)
+        out["build_entries_per_s"] = n / (time.perf_counter() - t0)
+
+        log("full sync (one process) ...")
+        full = full_sync_runs(runner, wd, a, n, args.repeat, kw)
+        out["full"] = {
+            "n": n,
+            "seconds": [r.seconds for r in full],
+            "bytes": full[0].bytes_total,
+            "entries_per_s": n / med([r.seconds for r in full]),
+            "bytes_per_entry": full[0].bytes_total / n,
+        }
+        if not args.no_procs:
+            log("full sync (sender in a second process) ...")
+            full2 = full_sync_two_procs(engine, wd, n, args.repeat, kw)
+            out["full_two_procs"] = {
+                "n": n,
+                "seconds": [r.seconds for r in full2],
+                "entries_per_s": n / med([r.seconds for r in full2]),
+            }
+
+        log("pycrdt ...")
+        y = pycrdt_bench(n, args.repeat, args.seed)
+        out["pycrdt"] = {
+            "n": n,
+            "full_seconds": y.full_seconds,
+            "full_entries_per_s": n / med(y.full_seconds),
+            "full_bytes_per_entry": y.full_bytes / n,
+            "delta_seconds": y.delta_seconds,
+            "delta_bytes": y.delta_bytes,
+            "state_vector_bytes": y.state_vector_bytes,
+        }
+
+        deltas: dict[str, Any] = {}
+        sizes = [10_000, n] + ([1_000_000] if args.big else [])
+        for size in sizes:
+            log(f"delta sync among {size} ...")
+            if size == n:
+                pa = a
+                pb = wd.store("bench-dn")
+                sync(runner, pa, pb, **kw)
+            else:
+                pa, pb = wd.store(f"bench-d{size}a"), wd.store(f"bench-d{size}b")
+                fill(pa, size)
+                t0 = time.perf_counter()
+                r = sync(runner, pa, pb, **kw)
+                if size == 1_000_000:
+                    out["full_1m"] = {"seconds": r.seconds, "entries_per_s": size / r.seconds}
+                    log(f"  (1M full sync: {size / r.seconds:,.0f} entries/s)")
+            check_equal(pa, pb, f"initial sync among {size}")
+            d = delta_rounds(runner, pa, pb, size, args.repeat, args.seed + size, kw)
+            deltas[str(size)] = {
+                "n": size,
+                "first_round_ms": d.first_seconds * 1e3,
+                "first_round_bytes": d.first_bytes,
+                "ms": [s * 1e3 for s in d.seconds],
+                "bytes": d.bytes,
+                "median_ms": med(d.seconds) * 1e3,
+                "median_bytes": med([float(x) for x in d.bytes]),
+            }
+            pb.close()
+            if pa is not a:
+                pa.close()
+        out["delta"] = deltas
+
+        log("live latency ...")
+        la, lb = wd.store("bench-la"), wd.store("bench-lb")
+        p50s, p99s, maxs = [], [], []
+        lat_all: list[float] = []
+        for _ in range(args.live_repeat):
+            lat = trio.run(
+                lambda: live_latency(
+                    la, lb, writes=args.writes, interval=args.interval, engine=engine
+                )
+            )
+            qs = statistics.quantiles(lat, n=100)
+            p50s.append(qs[49] * 1e3)
+            p99s.append(qs[98] * 1e3)
+            maxs.append(max(lat) * 1e3)
+            lat_all += lat
+        out["live"] = {
+            "writes": args.writes,
+            "interval_ms": args.interval * 1e3,
+            "runs": args.live_repeat,
+            "p50_ms": med(p50s),
+            "p99_ms": med(p99s),
+            "max_ms": max(maxs),
+            "p50_ms_runs": p50s,
+            "p99_ms_runs": p99s,
+            "topology": "one process, two trio tasks, loopback TCP",
+        }
+        la.close()
+        lb.close()
+
+        if args.sweep:
+            sweep = []
+            for be in (250, 1000, 4000):
+                for w in (2, 4, 8):
+                    log(f"sweep max_batch_entries={be} window={w} ...")
+                    skw = {"max_batch_entries": be, "window": w}
+                    rs = full_sync_runs(runner, wd, a, n, args.sweep_repeat, skw)
+                    sweep.append(
+                        {
+                            "max_batch_entries": be,
+                            "window": w,
+                            "entries_per_s": n / med([r.seconds for r in rs]),
+                            "seconds": [r.seconds for r in rs],
+                        }
+                    )
+            out["sweep"] = sweep
+
+        if args.profile:
+            log("profiling one full sync ...")
+            out["profile"] = profile_full_sync(runner, wd, a, kw)
+        a.close()
+    finally:
+        wd.close()
+    return out
+
+
+def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Rows: (measure, crdt_kv, comparison, target, verdict)."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    full, y = res["full"], res["pycrdt"]
+    ok = full["entries_per_s"] >= 50_000
+    rows.append(
+        (
+            f"full sync {full['n']:,} entries, 1 process",
+            f"{full['entries_per_s']:,.0f} entries/s",
+            f"pycrdt {y['full_entries_per_s']:,.0f}/s "
+            f"({full['entries_per_s'] / y['full_entries_per_s']:.2f}x)",
+            ">= 50,000/s",
+            "MET" if ok else "MISSED",
+        )
+    )
+    if "full_two_procs" in res:
+        f2 = res["full_two_procs"]
+        rows.append(
+            (
+                "full sync, sender in 2nd process",
+                f"{f2['entries_per_s']:,.0f} entries/s",
+                f"{f2['entries_per_s'] / full['entries_per_s']:.2f}x of 1 process",
+                ">= 50,000/s",
+                "MET" if f2["entries_per_s"] >= 50_000 else "MISSED",
+            )
+        )
+    if "full_1m" in res:
+        f1 = res["full_1m"]
+        rows.append(
+            (
+                "full sync 1,000,000 entries (1 run)",
+                f"{f1['entries_per_s']:,.0f} entries/s",
+                f"{f1['seconds']:.1f} s",
+                ">= 50,000/s",
+                "MET" if f1["entries_per_s"] >= 50_000 else "MISSED",
+            )
+        )
+    rows.append(
+        (
+            "full sync wire bytes / entry",
+            f"{full['bytes_per_entry']:.1f} B",
+            f"pycrdt {y['full_bytes_per_entry']:.1f} B "
+            f"({full['bytes_per_entry'] / y['full_bytes_per_entry']:.2f}x)",
+            "-",
+            "-",
+        )
+    )
+    y_bytes = min(y["delta_bytes"])
+    y_ms = med(y["delta_seconds"]) * 1e3
+    for key, d in res["delta"].items():
+        n = int(key)
+        ratio = d["median_bytes"] / y_bytes
+        rows.append(
+            (
+                f"delta: {CHANGES} changed among {n:,}",
+                f"{d['median_ms']:.1f} ms, {d['median_bytes']:,.0f} B",
+                f"pycrdt {y_ms:.1f} ms, {y_bytes:,} B ({ratio:.2f}x bytes)",
+                "bytes <= 1.2x pycrdt",
+                "MET" if ratio <= 1.2 else "MISSED",
+            )
+        )
+    small = res["delta"].get("10000")
+    big = res["delta"].get("1000000") or res["delta"].get(str(res["full"]["n"]))
+    if small and big and big is not small:
+        r = big["median_ms"] / small["median_ms"]
+        rows.append(
+            (
+                f"delta time {big['n']:,} vs 10,000",
+                f"{r:.2f}x",
+                f"{big['median_ms']:.1f} / {small['median_ms']:.1f} ms",
+                "<= 1.5x",
+                "MET" if r <= 1.5 else "MISSED",
+            )
+        )
+    live = res["live"]
+    rows.append(
+        (
+            f"live write-to-visible ({live['writes']} writes x {live['runs']})",
+            f"p50 {live['p50_ms']:.2f} ms, p99 {live['p99_ms']:.2f} ms",
+            f"max {live['max_ms']:.1f} ms",
+            "p99 < 50 ms",
+            "MET" if live["p99_ms"] < 50 else "MISSED",
+        )
+    )
+    return rows
+
+
+def print_report(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(150, Console().width))
+    t = Table(title=f"crdt_kv sync over loopback TCP, RocksDB ({res['engine']} engine)")
+    for col in ("measure", "crdt_kv", "comparison", "target", "verdict"):
+        t.add_column(col)
+    for row in verdicts(res):
+        style = {"MET": "green", "MISSED": "red"}.get(row[4], "")
+        t.add_row(*row[:4], f"[{style}]{row[4]}[/]" if style else row[4])
+    console.print(t)
+    d_first = {
+        k: (round(v["first_round_ms"], 1), v["first_round_bytes"]) for k, v in res["delta"].items()
+    }
+    console.print(f"first delta round after the full sync (ms, bytes): {d_first}")
+    console.print(
+        f"pycrdt delta bytes per round: {res['pycrdt']['delta_bytes']} "
+        f"(+ {res['pycrdt']['state_vector_bytes']} B state vector)"
+    )
+    if "sweep" in res:
+        st = Table(title="full sync: max_batch_entries x window (entries/s, median)")
+        st.add_column("max_batch_entries")
+        for w in (2, 4, 8):
+            st.add_column(f"window {w}")
+        for be in (250, 1000, 4000):
+            cells = [
+                f"{s['entries_per_s']:,.0f}" for s in res["sweep"] if s["max_batch_entries"] == be
+            ]
+            st.add_row(str(be), *cells)
+        console.print(st)
+    if "profile" in res:
+        p = res["profile"]
+        pt = Table(title=f"cProfile of one full sync ({p['wall_seconds_profiled']:.2f} s profiled)")
+        pt.add_column("where")
+        pt.add_column("cumulative s")
+        pt.add_column("share")
+        for label, secs in p["buckets"].items():
+            pt.add_row(label, f"{secs:.2f}", f"{secs / p['wall_seconds_profiled']:.0%}")
+        console.print(pt)
+        console.print(p["top_tottime"])
+    console.print(f"{res['date']} | {res['machine']} | {res['command']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    has_replicate = hasattr(crdt_kv, "replicate")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--full", type=int, default=100_000, help="entries in the full sync")
+    ap.add_argument("--big", action="store_true", help="add the 1,000,000-entry delta case")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    ap.add_argument("--writes", type=int, default=1000, help="live writes per run")
+    ap.add_argument("--interval", type=float, default=0.002, help="seconds between live writes")
+    ap.add_argument("--live-repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1000, help="max_batch_entries")
+    ap.add_argument("--window", type=int, default=4)
+    ap.add_argument(
+        "--engine",
+        choices=("raw", "replicate"),
+        default="replicate" if has_replicate else "raw",
+        help="crdt_kv.replicate, or the raw Session pump in this file",
+    )
+    ap.add_argument("--no-procs", action="store_true", help="skip the two-process full sync")
+    ap.add_argument("--sweep", action="store_true", help="max_batch_entries x window sweep")
+    ap.add_argument("--sweep-repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="cProfile one full sync")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.engine == "replicate" and not has_replicate:
+        ap.error("crdt_kv.replicate does not exist yet; use --engine raw")
+    res = run(args)
+    if args.json:
+        res["verdicts"] = [
+            dict(zip(("measure", "crdt_kv", "comparison", "target", "verdict"), r, strict=True))
+            for r in verdicts(res)
+        ]
+        print(json.dumps(res, indent=2, default=str))
+    else:
+        print_report(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

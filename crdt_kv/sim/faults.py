@@ -1,0 +1,188 @@
+"""Fault actions and generators of timed fault plans.
+
+A scenario describes its faults as a list of ``(time_ms, action)`` pairs built up front
+from the run's fault generator, so a plan is part of what the seed determines. The engine
+applies each action at its virtual time (:meth:`crdt_kv.sim.runner.Simulation.apply`).
+Actions are frozen dataclasses; plans are plain lists that scenarios may combine.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from crdt_kv.sim.network import LinkFaults
+
+__all__ = [
+    "ClockJump",
+    "Crash",
+    "Cut",
+    "FaultAction",
+    "Freeze",
+    "Heal",
+    "Join",
+    "Partition",
+    "Plan",
+    "Restart",
+    "SetLinkFaults",
+    "Unfreeze",
+    "crash_plan",
+    "cut_plan",
+    "partition_plan",
+    "random_groups",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Split the network into these groups (unlisted nodes form one more group)."""
+
+    groups: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heal:
+    """Remove every partition."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """Kill a node: sessions, in-flight messages and its Store object are lost."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Reopen a crashed node from its backend; ``clock_jump_ms`` steps its clock first."""
+
+    node: int
+    clock_jump_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Bring a not-yet-started node up with an empty store."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClockJump:
+    """Step a node's wall clock by ``delta_ms`` (negative: backwards)."""
+
+    node: int
+    delta_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    """Hold a node's wall clock at its current reading."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unfreeze:
+    """Let a frozen wall clock run again."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Reset one open connection, picked by the network generator (none open: nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetLinkFaults:
+    """Change the per-message fault probabilities."""
+
+    faults: LinkFaults
+
+
+FaultAction = (
+    Partition | Heal | Crash | Restart | Join | ClockJump | Freeze | Unfreeze | Cut | SetLinkFaults
+)
+Plan = list[tuple[float, FaultAction]]
+
+
+def random_groups(rng: random.Random, nodes: Sequence[int], k: int) -> tuple[tuple[int, ...], ...]:
+    """Split ``nodes`` into ``k`` non-empty random groups (``k`` capped at ``len(nodes)``)."""
+    order = list(nodes)
+    rng.shuffle(order)
+    k = max(1, min(k, len(order)))
+    groups: list[list[int]] = [[order[i]] for i in range(k)]
+    for n in order[k:]:
+        groups[rng.randrange(k)].append(n)
+    return tuple(tuple(sorted(g)) for g in groups)
+
+
+def partition_plan(
+    rng: random.Random,
+    nodes: int,
+    start_ms: float,
+    end_ms: float,
+    *,
+    episodes: int = 3,
+    max_groups: int = 3,
+) -> Plan:
+    """``episodes`` partitions of random groups in ``[start_ms, end_ms)``; the last one
+    lasts until ``end_ms`` (the engine heals everything when faults stop)."""
+    plan: Plan = []
+    if nodes < 2 or episodes < 1 or end_ms <= start_ms:
+        return plan
+    span = (end_ms - start_ms) / episodes
+    for i in range(episodes):
+        t0 = start_ms + i * span + rng.random() * span * 0.2
+        plan.append((t0, Partition(random_groups(rng, range(nodes), rng.randint(2, max_groups)))))
+        if i < episodes - 1:
+            plan.append((t0 + span * (0.4 + 0.4 * rng.random()), Heal()))
+    return plan
+
+
+def crash_plan(
+    rng: random.Random,
+    nodes: Sequence[int],
+    start_ms: float,
+    end_ms: float,
+    *,
+    crashes: int,
+    downtime_ms: tuple[float, float] = (200.0, 3000.0),
+    clock_jump_back_ms: int = 0,
+) -> Plan:
+    """``crashes`` crash/restart pairs at random times on random ``nodes``.
+
+    A node is not crashed again while down. Each restart may step the node's clock back by
+    up to ``clock_jump_back_ms`` (a reboot with a bad RTC: the HLC must not go backwards).
+    """
+    plan: Plan = []
+    if not nodes or crashes < 1 or end_ms <= start_ms:
+        return plan
+    down_until: dict[int, float] = {}
+    times = sorted(start_ms + rng.random() * (end_ms - start_ms) for _ in range(crashes))
+    for t in times:
+        candidates = [n for n in nodes if down_until.get(n, -1.0) < t]
+        if not candidates:
+            continue
+        n = rng.choice(candidates)
+        back = rng.randint(0, clock_jump_back_ms) if clock_jump_back_ms else 0
+        up = t + rng.uniform(*downtime_ms)
+        down_until[n] = up
+        plan.append((t, Crash(n)))
+        plan.append((up, Restart(n, -back)))
+    return plan
+
+
+def cut_plan(rng: random.Random, start_ms: float, end_ms: float, *, per_s: float) -> Plan:
+    """Connection resets as a Poisson process of ``per_s`` per virtual second."""
+    plan: Plan = []
+    if per_s <= 0:
+        return plan
+    t = start_ms
+    while True:
+        t += rng.expovariate(per_s) * 1000
+        if t >= end_ms:
+            return plan
+        plan.append((t, Cut()))

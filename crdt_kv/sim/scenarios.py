@@ -1,0 +1,194 @@
+"""The scenario registry: named fault schedules over the same engine.
+
+A scenario is a ``setup(sim)`` function run before any store opens. It may change the
+network (latency, message faults), the nodes' clocks, ``sim.cfg`` fields (``max_offset_ms``,
+``keys``, ``live_peers``, ...), mark nodes rogue or pending, and schedule fault actions
+with :meth:`~crdt_kv.sim.runner.Simulation.schedule`, drawing every random choice from
+``sim.fault_rng``. When the workload ends the engine stops all faults and heals by itself,
+so a scenario only describes the fault phase, ``[0, sim.duration_ms)``.
+
+Register a new one with the :func:`scenario` decorator::
+
+    @scenario("my-case", "two partitions that never overlap")
+    def _my_case(sim: Simulation) -> None:
+        sim.schedule(partition_plan(sim.fault_rng, sim.cfg.nodes, 0, sim.duration_ms))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from crdt_kv.errors import ConfigError
+from crdt_kv.sim.clocks import BASE_WALL_MS
+from crdt_kv.sim.faults import (
+    ClockJump,
+    Freeze,
+    Join,
+    Unfreeze,
+    crash_plan,
+    cut_plan,
+    partition_plan,
+)
+from crdt_kv.sim.network import Latency, LinkFaults
+from crdt_kv.sim.workload import WorkloadMix
+
+if TYPE_CHECKING:
+    from crdt_kv.sim.runner import Simulation
+
+__all__ = ["SCENARIOS", "Scenario", "expand", "get_scenario", "scenario", "scenario_names"]
+
+Setup = Callable[["Simulation"], None]
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A named fault schedule."""
+
+    name: str
+    description: str
+    setup: Setup
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, description: str) -> Callable[[Setup], Setup]:
+    """Register ``setup`` under ``name`` (``all`` runs every registered one, in order)."""
+
+    def register(fn: Setup) -> Setup:
+        if name == "all" or name in SCENARIOS:
+            raise ConfigError(f"scenario name {name!r} is reserved or already registered")
+        SCENARIOS[name] = Scenario(name, description, fn)
+        return fn
+
+    return register
+
+
+def scenario_names() -> list[str]:
+    """Every registered scenario name, in registration order."""
+    return list(SCENARIOS)
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario called ``name``; :class:`ConfigError` lists the known ones."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown scenario {name!r}; choose one of: {', '.join(SCENARIOS)}, all"
+        ) from None
+
+
+def expand(name: str) -> list[str]:
+    """``"all"`` -> every scenario; a single name -> ``[name]`` (checked)."""
+    if name == "all":
+        return scenario_names()
+    return [get_scenario(name).name]
+
+
+def _ntp_clocks(sim: Simulation, *, spread_ms: int = 50, drift_ppm: int = 100) -> None:
+    """Clocks as NTP keeps them: a few tens of ms apart, drifting slightly."""
+    rng = sim.fault_rng
+    for node in sim.nodes:
+        node.clock.offset_ms = rng.randint(-spread_ms, spread_ms)
+        node.clock.drift_ppm = rng.randint(-drift_ppm, drift_ppm)
+
+
+@scenario("clean", "no faults; gossip plus a ring of live sessions")
+def _clean(sim: Simulation) -> None:
+    sim.network.latency = Latency(base_ms=1, jitter_ms=9)
+    if sim.cfg.live_peers == 0:
+        sim.cfg.live_peers = 1
+    _ntp_clocks(sim)
+
+
+@scenario("flaky", "message loss, duplication, reordering, heavy-tailed latency, resets")
+def _flaky(sim: Simulation) -> None:
+    sim.network.latency = Latency(base_ms=2, jitter_ms=30, tail_p=0.05, tail_ms=100)
+    sim.network.faults = LinkFaults(loss=0.03, duplicate=0.02, reorder=0.03, reorder_ms=80)
+    per_s = max(0.5, sim.cfg.nodes / 8)
+    sim.schedule(cut_plan(sim.fault_rng, 0, sim.duration_ms, per_s=per_s))
+    _ntp_clocks(sim)
+
+
+@scenario("partition-heal", "the cluster splits into 2-3 groups several times, then heals")
+def _partition_heal(sim: Simulation) -> None:
+    sim.network.latency = Latency(base_ms=1, jitter_ms=15)
+    d = sim.duration_ms
+    sim.schedule(partition_plan(sim.fault_rng, sim.cfg.nodes, 0.1 * d, d, episodes=3))
+    _ntp_clocks(sim)
+
+
+@scenario(
+    "clock-skew",
+    "clocks hours apart within max_offset (4 h), drift, a jump back and a freeze; one rogue "
+    "node beyond max_offset whose stamps every peer must refuse",
+)
+def _clock_skew(sim: Simulation) -> None:
+    cfg, rng = sim.cfg, sim.fault_rng
+    cfg.max_offset_ms = 4 * HOUR_MS
+    spread = HOUR_MS * 5 // 4  # legit clocks within +-1h15m: pairwise < 2h30m
+    legit = list(range(cfg.nodes))
+    if cfg.nodes >= 3:
+        rogue = cfg.nodes - 1
+        legit.remove(rogue)
+        sim.set_rogue(rogue)
+        # Ahead of the fastest legit clock by 5 h > max_offset: refused by everyone.
+        sim.nodes[rogue].clock.offset_ms = spread + cfg.max_offset_ms + HOUR_MS
+    for i in legit:
+        sim.nodes[i].clock.offset_ms = rng.randint(-spread, spread)
+        sim.nodes[i].clock.drift_ppm = rng.randint(-2000, 2000)
+    d = sim.duration_ms
+    jumper, freezer = legit[0], legit[-1]
+    sim.schedule([(0.5 * d, ClockJump(jumper, -HOUR_MS))])  # still within 3h45m of all
+    sim.schedule([(0.3 * d, Freeze(freezer)), (0.6 * d, Unfreeze(freezer))])
+
+
+@scenario("ties", "every clock equal and frozen: HLC ties between peers on a tiny key space")
+def _ties(sim: Simulation) -> None:
+    cfg = sim.cfg
+    for node in sim.nodes:
+        node.clock.freeze(BASE_WALL_MS)
+    sim.unfreeze_on_heal = False
+    if cfg.keys is None:
+        cfg.keys = max(4, min(12, cfg.effective_keys()))
+    cfg.value_domain = 3
+    cfg.mix = WorkloadMix(put=0.75, delete=0.15, batch=0.10, read=0.0)
+    sim.network.latency = Latency(base_ms=1, jitter_ms=5)
+
+
+@scenario(
+    "crash-restart",
+    "nodes crash (sessions, in-flight messages and the Store object lost) and restart from "
+    "their backend, some with the clock stepped back",
+)
+def _crash_restart(sim: Simulation) -> None:
+    cfg, d = sim.cfg, sim.duration_ms
+    sim.network.latency = Latency(base_ms=1, jitter_ms=10)
+    _ntp_clocks(sim)
+    sim.schedule(
+        crash_plan(
+            sim.fault_rng,
+            range(cfg.nodes),
+            0.05 * d,
+            0.95 * d,
+            crashes=max(2, cfg.nodes),
+            downtime_ms=(200.0, min(3000.0, 0.3 * d)),
+            clock_jump_back_ms=300,
+        )
+    )
+
+
+@scenario("churn", "about a third of the nodes join late with empty stores, one only at the heal")
+def _churn(sim: Simulation) -> None:
+    cfg, rng, d = sim.cfg, sim.fault_rng, sim.duration_ms
+    sim.network.latency = Latency(base_ms=1, jitter_ms=10)
+    _ntp_clocks(sim)
+    late = sorted(rng.sample(range(1, cfg.nodes), max(1, cfg.nodes // 3)))
+    for i in late:
+        sim.set_pending(i)
+    for i in late[:-1]:
+        sim.schedule([(d * (0.1 + 0.8 * rng.random()), Join(i))])
