@@ -10,7 +10,7 @@ import crdt_kv
 
 PKG = pathlib.Path(crdt_kv.__file__).parent
 CORE = ["hlc.py", "version.py", "store.py", "codec.py", "errors.py", "config.py"]
-CORE_DIRS = ["protocol", "backends"]
+CORE_DIRS = ["protocol", "backends", "sim"]
 FORBIDDEN = {"socket", "trio", "threading", "time", "asyncio", "selectors"}
 
 
