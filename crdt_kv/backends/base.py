@@ -14,10 +14,33 @@ from collections.abc import Iterator, Sequence
 
 from crdt_kv.errors import ClosedError
 
-__all__ = ["Backend", "Op"]
+__all__ = ["Backend", "Op", "checked_ops"]
 
 Op = tuple[bytes, bytes | None]
 """One write of a batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
+
+
+def checked_ops(ops: Sequence[Op]) -> list[Op]:
+    """Validate a batch before any of it is applied, so a bad op cannot half-apply it.
+
+    Keys and values must be bytes-like (values may be None for a delete); anything else
+    raises :class:`TypeError` naming the op. Returns the ops with plain ``bytes``.
+    """
+    out: list[Op] = []
+    for i, op in enumerate(ops):
+        try:
+            k, v = op
+        except (TypeError, ValueError):
+            raise TypeError(f"op {i} of the batch is not a (key, value) pair: {op!r}") from None
+        if not isinstance(k, bytes | bytearray | memoryview):
+            raise TypeError(f"op {i} of the batch: key must be bytes, not {type(k).__name__}")
+        if v is not None and not isinstance(v, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"op {i} of the batch (key {bytes(k)!r}): value must be bytes or None, "
+                f"not {type(v).__name__}"
+            )
+        out.append((bytes(k), None if v is None else bytes(v)))
+    return out
 
 
 class Backend(abc.ABC):
@@ -52,7 +75,11 @@ class Backend(abc.ABC):
         return self._get_many(keys)
 
     def write(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` atomically, in order (a later op on the same key wins)."""
+        """Apply ``ops`` atomically, in order (a later op on the same key wins).
+
+        An op that is not ``(bytes, bytes | None)`` raises :class:`TypeError` (or, from
+        backends that check inside their batch, ``ValueError``) and nothing is written.
+        """
         self._check()
         if ops:
             self._write(ops)
@@ -63,7 +90,9 @@ class Backend(abc.ABC):
         """Yield ``(key, value)`` for ``start <= key < stop`` in byte order (or reversed).
 
         Writes made while iterating may or may not be seen, but iteration never fails
-        because of them and never yields a key twice.
+        because of them and never yields a key twice. Closing the backend makes a running
+        iteration raise :class:`ClosedError` (at the latest after its current page), never
+        read freed resources.
         """
         self._check()
         return self._iterate(start, stop, reverse)

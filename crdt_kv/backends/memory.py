@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from sortedcontainers import SortedDict
 
-from crdt_kv.backends.base import Backend, Op
+from crdt_kv.backends.base import Backend, Op, checked_ops
 
 __all__ = ["MemoryBackend", "open_backend"]
 
@@ -34,11 +34,11 @@ class MemoryBackend(Backend):
 
     def _write(self, ops: Sequence[Op]) -> None:
         data = self._data
-        for k, v in ops:
+        for k, v in checked_ops(ops):  # validated first: applying bytes cannot fail midway
             if v is None:
                 data.pop(k, None)
             else:
-                data[k] = bytes(v)
+                data[k] = v
 
     def _iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 
-from crdt_kv.backends.base import Backend, Op
+from crdt_kv.backends.base import Backend, Op, checked_ops
 from crdt_kv.errors import ConfigError
 
 __all__ = ["SQLiteBackend", "open_backend"]
@@ -41,10 +41,11 @@ class SQLiteBackend(Backend):
         return None if row is None else bytes(row[0])
 
     def _write(self, ops: Sequence[Op]) -> None:
+        checked = checked_ops(ops)  # a str value would otherwise be stored as TEXT
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for k, v in ops:
+            for k, v in checked:
                 if v is None:
                     db.execute("DELETE FROM kv WHERE k = ?", (k,))
                 else:
