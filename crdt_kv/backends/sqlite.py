@@ -2,7 +2,10 @@
 
 ``synchronous=NORMAL`` in WAL mode survives a process crash; ``sync_writes=True`` switches
 to ``FULL`` for power-loss durability. Range reads page through the table in chunks so a
-long scan never pins a read transaction while the store writes.
+long scan never pins a read transaction while the store writes. The connection holds an
+exclusive lock (``locking_mode=EXCLUSIVE``) from open to close: a second opener gets
+:class:`ConfigError`, as with RocksDB, because two stores writing one file would corrupt
+each other's sequence numbers and counters.
 """
 
 from __future__ import annotations
@@ -29,12 +32,27 @@ class SQLiteBackend(Backend):
         super().__init__()
         self.power_safe = sync_writes
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if sync_writes else 'NORMAL'}")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID"
-        )
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open SQLite store at {path!r}: {exc}") from exc
+        try:
+            db = self._db
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if sync_writes else 'NORMAL'}")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID"
+            )
+            db.execute("BEGIN EXCLUSIVE")  # take the lock now, not at the first write
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise ConfigError(
+                f"cannot open SQLite store at {path!r} (is another process using it?): {exc}"
+            ) from exc
 
     def _get(self, key: bytes) -> bytes | None:
         row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
