@@ -55,7 +55,11 @@ def open_backend(name: str, path: str | None = None, *, sync_writes: bool = Fals
     """Open backend ``name`` at ``path``; raises :class:`ConfigError` for unknown names."""
     if not isinstance(name, str):
         raise ConfigError(f"backend name must be a string, not {type(name).__name__}")
-    backend = _opener(name)(path, sync_writes=sync_writes)
+    opener = _opener(name)
+    try:
+        backend = opener(path, sync_writes=sync_writes)
+    except OSError as exc:  # e.g. the path is a file, or not writable
+        raise ConfigError(f"cannot open the {name} backend at {path!r}: {exc}") from exc
     if not isinstance(backend, Backend):
         raise ConfigError(f"backend {name!r} did not return a crdt_kv Backend")
     return backend
