@@ -57,8 +57,6 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         be = backend
     else:
         name = pick(backend, storage, "backend", DEFAULT_BACKEND)
-        if name != "memory" and the_path is None:
-            raise ConfigError(f"the {name!r} backend needs a path")
         be = open_backend(
             name,
             None if the_path is None else os.fspath(the_path),
