@@ -251,6 +251,8 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
     except RemoteProtocolError:
         raise
     except (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError) as exc:
+        if isinstance(exc.__cause__, RemoteProtocolError):
+            raise exc.__cause__ from None  # our tag refusal, wrapped by cbor2
         raise _fail(f"frame is not valid CBOR: {exc}") from None
     msg = _array(obj, "message")
     if not msg:
