@@ -290,6 +290,16 @@ def _tune_socket(stream: trio.abc.Stream) -> None:
                 sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
 
 
+def _connect_failure(exc: BaseException) -> str:
+    """Why a dial failed: trio's "all attempts failed" hides the causes in an exception group."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return "; ".join(str(e) for e in cause.exceptions)
+    return str(exc)
+
+
 def _peer_address(stream: trio.abc.Stream) -> str:
     if isinstance(stream, trio.SocketStream):
         with contextlib.suppress(OSError):
@@ -671,7 +681,7 @@ class Node:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
         except (OSError, trio.TooSlowError) as exc:
             target.connect_errors += 1
-            target.last_error = f"connect to {target.address} failed: {exc!r}"
+            target.last_error = f"connect to {target.address} failed: {_connect_failure(exc)}"
             self._emit(ErrorEvent(target.peer_id, target.address, True, exc))
             return exc
         _tune_socket(stream)
