@@ -1,0 +1,460 @@
+"""``crdt_kv.serve`` / ``Node`` over real loopback TCP: chains converge, stats, events,
+hostile clients, clean shutdown, reconnect with backoff (crdt_kv/net/node.py)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+from net_helpers import (
+    RawPeer,
+    assert_converged,
+    free_tcp_port,
+    hello_for,
+    raw_frame,
+    tcp_refused,
+    wait_until,
+)
+
+import crdt_kv
+from crdt_kv import ClosedError, ConfigError, Node, Store
+from crdt_kv.net import (
+    UNIDENTIFIED,
+    ChangeEvent,
+    ConnectEvent,
+    ConnectionEvent,
+    DisconnectEvent,
+    ErrorEvent,
+    parse_address,
+)
+from crdt_kv.protocol.messages import Abort, Hello, Request
+
+
+def addr(node: Node) -> str:
+    host, port = node.address
+    return f"{host}:{port}"
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Any:
+    """RocksDB stores on the system clock; all closed at teardown."""
+    opened: list[Store] = []
+
+    def make(peer: str) -> Store:
+        s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+FAST: dict[str, Any] = {
+    "backoff_base_s": 0.05,
+    "backoff_max_s": 0.2,
+    "rng": random.Random(7),
+}
+
+
+@asynccontextmanager
+async def chain(stores: list[Store], **kw: Any) -> AsyncIterator[list[Node]]:
+    """Serve ``stores`` so that each knows only the next one (A -> B -> C)."""
+    async with AsyncExitStack() as stack:
+        nodes: list[Node] = []
+        for s in reversed(stores):
+            peers = [addr(nodes[0])] if nodes else []
+            node = await stack.enter_async_context(
+                crdt_kv.serve(s, listen="127.0.0.1:0", peers=peers, **{**FAST, **kw})
+            )
+            nodes.insert(0, node)
+        yield nodes
+
+
+def fill(store: Store, prefix: str, n: int) -> None:
+    with store.batch() as b:
+        for i in range(n):
+            b.put(f"{prefix}{i:04d}", {"from": store.peer_id, "i": i})
+
+
+def task_count() -> int:
+    """Tasks alive in this trio run (to see that a node leaves none behind)."""
+    seen = 0
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        seen += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return seen
+
+
+# --- convergence --------------------------------------------------------------------
+
+
+async def test_chain_of_three_converges_with_sync_now(stores: Any) -> None:
+    a, b, c = stores("a"), stores("b"), stores("c")
+    fill(a, "a", 300)
+    fill(b, "b", 200)
+    fill(c, "c", 100)
+    a.put("shared", "a")
+    c.put("shared", "c")  # later stamp: c wins everywhere
+    with trio.fail_after(20):
+        async with chain([a, b, c], live=False, sync_interval_s=60) as (na, nb, nc):
+            assert nc.peers == [] and nb.peers == [addr(nc)] and na.peers == [addr(nb)]
+            results = await nb.sync_now()
+            assert results == {addr(nc): None}
+            assert await na.sync_now() == {addr(nb): None}
+            await nb.sync_now()
+            assert_converged([a, b, c])
+            assert len(a) == 601 and a.get("shared") == "c"
+            # A round with nothing new moves no entries.
+            before = nb.stats()["c"]["entries_received"]
+            await nb.sync_now()
+            assert nb.stats()["c"]["entries_received"] == before
+
+
+async def test_chain_of_three_converges_live(stores: Any) -> None:
+    a, b, c = stores("a"), stores("b"), stores("c")
+    fill(a, "a", 50)
+    fill(c, "c", 50)
+    with trio.fail_after(20):
+        async with chain([a, b, c], live=True, sync_interval_s=30) as (na, _nb, nc):
+            await wait_until(lambda: len(a) == len(c) == 100, what="initial catch-up")
+            await wait_until(lambda: na.stats()["b"]["live"], what="a's live session up")
+            await wait_until(lambda: nc.stats()["b"]["live"], what="c's live session in")
+            a.put("hot", 1)
+            await wait_until(lambda: c.get("hot") == 1, what="a -> b -> c live")
+            c.put("hot", 2)
+            await wait_until(lambda: a.get("hot") == 2, what="c -> b -> a live")
+            await wait_until(lambda: a.digest() == b.digest() == c.digest(), what="digests")
+    assert_converged([a, b, c])
+
+
+# --- stats ---------------------------------------------------------------------------
+
+
+async def test_stats_report_cursors_lag_bytes_entries(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    fill(b, "b", 3000)
+    fill(a, "a", 10)
+    max_lag = 0
+    with trio.fail_after(20):
+        async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+            opts = {"max_batch_entries": 25, "window": 1}
+            async with crdt_kv.serve(
+                a,
+                peers=[addr(nb)],
+                live=False,
+                sync_interval_s=60,
+                session_options=opts,
+                **FAST,
+            ) as na:
+
+                def poll() -> bool:
+                    nonlocal max_lag
+                    st = na.stats().get("b")
+                    if st is not None:
+                        max_lag = max(max_lag, st["lag_entries"])
+                    return len(a) == 3010
+
+                await wait_until(poll, poll=0.0005, what="a pulled b")
+                await wait_until(lambda: na.stats()["b"]["rounds_completed"] >= 1)
+                await trio.sleep(0.05)
+                st = na.stats()["b"]
+                back = nb.stats()["a"]
+    assert 0 < max_lag <= 3000
+    assert st["peer_id"] == "b" and st["address"] == addr(nb)
+    assert st["incarnation"] == b.incarnation.hex()
+    assert st["cursor"] == b.last_seq == st["remote_last_seq"]
+    assert st["lag_entries"] == 0
+    assert st["lag_seconds"] is not None and 0.04 <= st["lag_seconds"] < 10
+    assert st["entries_received"] == st["entries_changed"] == 3000
+    assert st["entries_sent"] == 10
+    # 120 full batches, plus an empty one if a's 10 entries landed in b's log first
+    # (never echoed back, but b's log head moved past them).
+    assert 3000 // 25 <= st["batches_received"] <= 3000 // 25 + 1
+    assert st["bytes_received"] > 3000 * 10 and st["bytes_sent"] > 100
+    assert st["errors"] == st["protocol_errors"] == 0
+    assert st["sessions"] == st["rounds_completed"] == 1
+    assert not st["connected"] and not st["live"] and st["last_sync"] is not None
+    # The listener's view mirrors it.
+    assert back["cursor"] == 10 and back["entries_received"] == 10
+    assert back["entries_sent"] == 3000
+    assert back["bytes_received"] == st["bytes_sent"]
+    assert back["bytes_sent"] == st["bytes_received"]
+
+
+async def test_unreachable_peer_counts_errors_by_address(stores: Any) -> None:
+    a = stores("a")
+    port = free_tcp_port()
+    async with crdt_kv.serve(a, peers=[f"127.0.0.1:{port}"], live=False, **FAST) as na:
+        await wait_until(lambda: na.stats()[f"127.0.0.1:{port}"]["errors"] >= 2)
+        st = na.stats()[f"127.0.0.1:{port}"]
+        assert st["peer_id"] is None and "refused" in st["last_error"].lower()
+        assert (await na.sync_now())[f"127.0.0.1:{port}"] is not None
+
+
+# --- events --------------------------------------------------------------------------
+
+
+async def test_events_via_callbacks_and_async_iteration(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    fill(a, "a", 5)
+    seen_a: list[Any] = []
+    seen_b: list[Any] = []
+    streamed: list[Any] = []
+    with trio.fail_after(20):
+        async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+            for kind in ("connect", "connection", "disconnect", "error", "change"):
+                nb.on(kind, seen_b.append)
+            async with nb.events() as events:
+
+                async def consume() -> None:
+                    async for ev in events:
+                        streamed.append(ev)
+
+                async with trio.open_nursery() as n:
+                    n.start_soon(consume)
+                    async with crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na:
+                        for kind in ("connect", "disconnect", "change", "error"):
+                            na.on(kind, seen_a.append)
+                        na.add_peer(addr(nb))
+                        await wait_until(lambda: len(b) == 5)
+                        await wait_until(
+                            lambda: any(isinstance(e, DisconnectEvent) for e in seen_a)
+                        )
+                        b.put("back", 1)
+                        await na.sync_now()
+                        assert a.get("back") == 1
+                        # A raw client sending garbage: an error event on b.
+                        s = await trio.open_tcp_stream(*nb.address)
+                        await s.send_all(raw_frame(b"\x00garbage"))
+                        await RawPeer(s).drain()
+                        await s.aclose()
+                        await wait_until(lambda: any(isinstance(e, ErrorEvent) for e in streamed))
+                    n.cancel_scope.cancel()
+    kinds_b = [e.kind for e in seen_b]
+    assert [e.kind for e in streamed] == kinds_b  # both views see the same sequence
+    connection = next(e for e in seen_b if isinstance(e, ConnectionEvent))
+    assert connection.peer_id == "a" and connection.address.startswith("127.0.0.1:")
+    change = next(e for e in seen_b if isinstance(e, ChangeEvent))
+    assert change.peer_id == "a" and change.changed == 5 and change.caught_up
+    error = next(e for e in seen_b if isinstance(e, ErrorEvent))
+    assert error.peer_id is None and not error.outbound
+    assert isinstance(error.error, crdt_kv.ProtocolError)
+    connect = next(e for e in seen_a if isinstance(e, ConnectEvent))
+    assert connect.peer_id == "b" and connect.address == addr(nb) and not connect.live
+    assert any(isinstance(e, ChangeEvent) and e.peer_id == "b" for e in seen_a)
+    assert all(e.complete and e.error is None for e in seen_a if isinstance(e, DisconnectEvent))
+    assert not any(isinstance(e, ErrorEvent) for e in seen_a)
+
+
+async def test_failing_callback_is_counted_not_propagated(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    b.put("x", 1)
+    async with (
+        crdt_kv.serve(b, live=False, **FAST) as nb,
+        crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na,
+    ):
+
+        def boom(_ev: Any) -> None:
+            raise RuntimeError("observer bug")
+
+        na.on("change", boom)
+        with pytest.raises(ConfigError, match="unknown event kind"):
+            na.on("nope", boom)
+        na.add_peer(addr(nb))
+        await wait_until(lambda: a.get("x") == 1)
+        await wait_until(lambda: na.callback_errors == 1)
+        assert na.stats()["b"]["errors"] == 0
+
+
+# --- hostile clients -----------------------------------------------------------------
+
+
+async def test_garbage_and_oversized_clients_rejected_while_peer_keeps_syncing(
+    stores: Any,
+) -> None:
+    a, b = stores("a"), stores("b")
+    errors: list[ErrorEvent] = []
+    with trio.fail_after(20):
+        async with chain([a, b], live=True, sync_interval_s=30) as (na, nb):
+            nb.on("error", errors.append)
+            await wait_until(lambda: na.stats().get("b", {}).get("live", False))
+            a.put("before", 1)
+            await wait_until(lambda: b.get("before") == 1)
+
+            # 1. garbage before any Hello
+            s1 = await trio.open_tcp_stream(*nb.address)
+            await s1.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            replies1 = await RawPeer(s1).drain()
+            # 2. a valid Hello, then an oversized length prefix
+            s2 = await trio.open_tcp_stream(*nb.address)
+            p2 = RawPeer(s2)
+            await p2.send(hello_for("evil", hlc=b.hlc.now(), receive=False, last_seq=5))
+            assert isinstance(await p2.receive(), Hello)
+            assert isinstance(await p2.receive(), Request)  # our Hello was accepted
+            await p2.send_bytes(b"\x7f\xff\xff\xff" + b"\x00" * 64)
+            replies2 = await p2.drain()
+            # 3. a malformed batch: nothing of it may land
+            s3 = await trio.open_tcp_stream(*nb.address)
+            p3 = RawPeer(s3)
+            await p3.send(hello_for("evil2", hlc=b.hlc.now(), receive=False, last_seq=1))
+            assert isinstance(await p3.receive(), Hello)
+            assert isinstance(await p3.receive(), Request)
+            rows = [[b"evil", (b.hlc.now() >> 16), 0, 5, cbor2.dumps(1)]]
+            await p3.send_bytes(raw_frame(cbor2.dumps([2, 0, 1, True, 0, ["evil2"], rows])))
+            replies3 = await p3.drain()
+            for s in (s1, s2, s3):
+                await s.aclose()
+
+            # Meanwhile the honest peer keeps syncing through the same node.
+            a.put("after", 2)
+            await wait_until(lambda: b.get("after") == 2, what="live sync after attacks")
+            await wait_until(lambda: len(errors) == 3)
+            st = nb.stats()
+            assert "evil" not in b and b.cursors().keys() == {("a", a.incarnation)}
+            assert st[UNIDENTIFIED]["errors"] == 1 and st[UNIDENTIFIED]["protocol_errors"] == 1
+            assert st["evil"]["errors"] == st["evil"]["protocol_errors"] == 1
+            assert "max_frame_bytes" in st["evil"]["last_error"]
+            assert st["evil2"]["errors"] == 1 and "peer index" in st["evil2"]["last_error"]
+            assert st["a"]["errors"] == 0 and st["a"]["live"]
+    for replies in (replies1, replies2, replies3):
+        assert isinstance(replies[-1], Abort), replies
+    assert [e.peer_id for e in errors] == [None, "evil", "evil2"]
+
+
+async def test_silent_client_is_dropped_after_handshake_timeout(stores: Any) -> None:
+    b = stores("b")
+    errors: list[ErrorEvent] = []
+    async with crdt_kv.serve(b, handshake_timeout_s=0.2, **FAST) as nb:
+        nb.on("error", errors.append)
+        s = await trio.open_tcp_stream(*nb.address)
+        with trio.fail_after(5):
+            msgs = await RawPeer(s).drain()
+        await s.aclose()
+        assert isinstance(msgs[0], Hello) and isinstance(msgs[-1], Abort)
+        await wait_until(lambda: len(errors) == 1)
+        assert "said nothing" in str(errors[0].error)
+        assert nb.stats()[UNIDENTIFIED]["errors"] == 1
+
+
+# --- lifecycle -----------------------------------------------------------------------
+
+
+async def test_leaving_async_with_closes_sockets_and_stops_tasks(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    baseline = task_count()
+    disconnects: list[DisconnectEvent] = []
+    async with crdt_kv.serve(b, live=True, **FAST) as nb:
+        nb.on("disconnect", disconnects.append)
+        host, port = nb.address
+        async with crdt_kv.serve(a, peers=[addr(nb)], live=True, **FAST) as na:
+            await wait_until(lambda: na.stats().get("b", {}).get("live", False))
+            a_port = na.address[1]
+            assert not tcp_refused(host, a_port)
+            events = na.events()
+            assert task_count() > baseline
+        assert na.closed and tcp_refused(host, a_port)
+        with pytest.raises(ClosedError):
+            na.add_peer(addr(nb))
+        with pytest.raises(ClosedError):
+            await na.sync_now()
+        assert [e async for e in events] == []  # ends instead of hanging
+        await wait_until(lambda: any(e.peer_id == "a" for e in disconnects))
+        assert not tcp_refused(host, port)
+    assert tcp_refused(host, port)
+    assert task_count() == baseline
+    assert not a.closed and not b.closed  # the stores belong to the caller
+
+
+async def test_body_exception_propagates_unwrapped(stores: Any) -> None:
+    a = stores("a")
+    with pytest.raises(KeyError, match="mine"):
+        async with crdt_kv.serve(a, **FAST):
+            raise KeyError("mine")
+
+
+async def test_reconnect_with_backoff_after_peer_comes_back(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    port = free_tcp_port()
+    target = f"127.0.0.1:{port}"
+    errors: list[tuple[float, ErrorEvent]] = []
+    connects: list[ConnectEvent] = []
+    with trio.fail_after(25):
+        async with crdt_kv.serve(
+            a,
+            peers=[target],
+            live=True,
+            sync_interval_s=30,
+            backoff_base_s=0.1,
+            backoff_max_s=0.4,
+            rng=random.Random(3),
+        ) as na:
+            na.on("error", lambda e: errors.append((trio.current_time(), e)))
+            na.on("connect", connects.append)
+            await trio.sleep(1.5)
+            # Two dialers (live and rounds) back off: a handful of attempts, not a storm.
+            assert 4 <= len(errors) <= 24, len(errors)
+            gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(errors)]
+            assert max(gaps) >= 0.1
+            assert na.stats()[target]["errors"] >= len(errors)
+            b.put("from b", 1)
+            async with crdt_kv.serve(b, listen=target, live=True, **FAST):
+                await wait_until(lambda: a.get("from b") == 1, what="sync after b appeared")
+                await wait_until(lambda: na.stats()["b"]["live"])
+            # b went away; a notices, retries, and resumes when b is back.
+            await wait_until(lambda: not na.stats()["b"]["live"])
+            b.put("while away", 2)
+            n_connects = len(connects)
+            async with crdt_kv.serve(b, listen=target, live=True, **FAST):
+                await wait_until(lambda: a.get("while away") == 2, what="resync on return")
+                await wait_until(lambda: na.stats()["b"]["live"])
+                b.put("live again", 3)
+                await wait_until(lambda: a.get("live again") == 3, what="live after return")
+            assert len(connects) > n_connects
+    st_cursor = a.cursor("b", b.incarnation)
+    assert st_cursor == b.last_seq
+
+
+async def test_add_peer_validates_and_ignores_duplicates_and_self(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    async with (
+        crdt_kv.serve(b, live=False, **FAST) as nb,
+        crdt_kv.serve(a, live=False, **FAST) as na,
+    ):
+        assert na.add_peer(addr(nb)) is True
+        assert na.add_peer(addr(nb)) is False
+        assert na.add_peer(addr(na)) is False
+        with pytest.raises(ConfigError):
+            na.add_peer("no-port")
+        assert na.peers == [addr(nb)]
+        assert na.remove_peer(addr(nb)) is True and na.peers == []
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_address("[::1]:9") == ("::1", 9)
+    for bad in ("x", "h:", "h:-1", "h:70000", ":x"):
+        with pytest.raises(ConfigError):
+            parse_address(bad)
+
+
+async def test_self_connection_is_refused(stores: Any) -> None:
+    a = stores("a")
+    async with crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na:
+        # Ourselves under another name than the listen address: only the Hello tells.
+        alias = f"localhost:{na.address[1]}"
+        assert na.add_peer(alias)
+        result = await na.sync_now()
+        assert isinstance(result[alias], crdt_kv.RemoteProtocolError)
+        assert "our own" in str(result[alias])
+        assert a.cursors() == {}
