@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from crdt_kv.sim.network import LinkFaults
 
 __all__ = [
+    "Burst",
     "ClockJump",
     "Crash",
     "Cut",
@@ -91,6 +92,19 @@ class Unfreeze:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Every up node writes ``keys`` (in this order, one batch each) at one instant with
+    the *same* stamps: each clock is first frozen at one common reading above every
+    node's HLC, so each node's batch is stamped ``(wall, 0), (wall, 1), ...``. Every key
+    then ends the burst tied between all writers, and only the resolver (or the peer-id
+    order) can pick the winner: a resolver that answers inconsistently makes the
+    replicas diverge. The clocks stay frozen at that reading.
+    """
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Cut:
     """Reset one open connection, picked by the network generator (none open: nothing)."""
 
@@ -103,7 +117,17 @@ class SetLinkFaults:
 
 
 FaultAction = (
-    Partition | Heal | Crash | Restart | Join | ClockJump | Freeze | Unfreeze | Cut | SetLinkFaults
+    Partition
+    | Heal
+    | Crash
+    | Restart
+    | Join
+    | ClockJump
+    | Freeze
+    | Unfreeze
+    | Cut
+    | SetLinkFaults
+    | Burst
 )
 Plan = list[tuple[float, FaultAction]]
 

@@ -39,6 +39,7 @@ import crdt_kv
 from crdt_kv.backends.base import Backend
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.errors import ConfigError
+from crdt_kv.hlc import LOGICAL_BITS
 from crdt_kv.protocol import (
     ConnectionClosed,
     Event,
@@ -48,6 +49,7 @@ from crdt_kv.protocol import (
 )
 from crdt_kv.sim.clocks import SimClock, VirtualTime
 from crdt_kv.sim.faults import (
+    Burst,
     ClockJump,
     Crash,
     Cut,
@@ -192,7 +194,7 @@ class SimResult:
     mismatches: list[dict[str, str]]
     divergence: list[tuple[float, int]]
     error: str | None
-    command: str
+    repro_command: str
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the same fields."""
@@ -315,6 +317,8 @@ class Simulation:
     def __init__(self, cfg: SimConfig, *, progress: ProgressFn | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
+        self.command = repro_command(cfg)
+        """The command that replays this run (taken before a scenario adjusts ``cfg``)."""
         self.progress = progress
         master = random.Random(cfg.seed)
         self.net_rng = random.Random(master.getrandbits(64))
@@ -379,6 +383,7 @@ class Simulation:
                 "partitions",
                 "skew_rejections",
                 "rogue_writes",
+                "bursts",
                 "hlc_violations",
                 "unavailable",
                 "entries_sent",
@@ -851,6 +856,20 @@ class Simulation:
         assert isinstance(a, SetLinkFaults)
         self.network.faults = a.faults
 
+    def _a_burst(self, a: FaultAction) -> None:
+        assert isinstance(a, Burst)
+        up = [n for n in self.nodes if n.state == UP and n.store is not None and not n.rogue]
+        if not up or not a.keys:
+            return
+        stores = [n.store for n in up if n.store is not None]
+        wall = max([s.hlc.last >> LOGICAL_BITS for s in stores] + [n.clock() for n in up])
+        for n in self.nodes:
+            n.clock.freeze(wall + 1)
+        self.c["bursts"] += 1
+        for n in up:
+            writes = tuple((k, {"burst": n.index, "n": self.c["bursts"]}, False) for k in a.keys)
+            self.write(n.index, Op("batch", writes))
+
     # --- the automatic run -------------------------------------------------------------
 
     def _op_tick(self, _: object) -> None:
@@ -1088,7 +1107,7 @@ class Simulation:
             mismatches=[asdict(m) for m in mismatches[:MAX_REPORTED_MISMATCHES]],
             divergence=list(self._divergence),
             error=self.error,
-            command=repro_command(cfg),
+            repro_command=self.command,
         )
 
     def close(self) -> None:
@@ -1121,6 +1140,7 @@ _ACTIONS: dict[type, Callable[[Simulation, Any], None]] = {
     Unfreeze: Simulation._a_unfreeze,
     Cut: Simulation._a_cut,
     SetLinkFaults: Simulation._a_faults,
+    Burst: Simulation._a_burst,
 }
 
 

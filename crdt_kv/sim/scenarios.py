@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from crdt_kv.errors import ConfigError
 from crdt_kv.sim.clocks import BASE_WALL_MS
 from crdt_kv.sim.faults import (
+    Burst,
     ClockJump,
     Freeze,
     Join,
@@ -32,7 +33,7 @@ from crdt_kv.sim.faults import (
     partition_plan,
 )
 from crdt_kv.sim.network import Latency, LinkFaults
-from crdt_kv.sim.workload import WorkloadMix
+from crdt_kv.sim.workload import WorkloadMix, key_names
 
 if TYPE_CHECKING:
     from crdt_kv.sim.runner import Simulation
@@ -147,9 +148,14 @@ def _clock_skew(sim: Simulation) -> None:
     sim.schedule([(0.3 * d, Freeze(freezer)), (0.6 * d, Unfreeze(freezer))])
 
 
-@scenario("ties", "every clock equal and frozen: HLC ties between peers on a tiny key space")
+@scenario(
+    "ties",
+    "every clock equal and frozen: HLC ties between peers on a tiny key space; two bursts "
+    "where every node writes the same keys with the same stamps, so only the resolver (or "
+    "peer id) decides",
+)
 def _ties(sim: Simulation) -> None:
-    cfg = sim.cfg
+    cfg, d = sim.cfg, sim.duration_ms
     for node in sim.nodes:
         node.clock.freeze(BASE_WALL_MS)
     sim.unfreeze_on_heal = False
@@ -158,6 +164,8 @@ def _ties(sim: Simulation) -> None:
     cfg.value_domain = 3
     cfg.mix = WorkloadMix(put=0.75, delete=0.15, batch=0.10, read=0.0)
     sim.network.latency = Latency(base_ms=1, jitter_ms=5)
+    names = tuple(key_names(cfg.effective_keys()))
+    sim.schedule([(0.5 * d, Burst(names[:3])), (d, Burst(names))])
 
 
 @scenario(

@@ -15,7 +15,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Op", "Workload", "WorkloadMix"]
+__all__ = ["Op", "Workload", "WorkloadMix", "key_names"]
+
+
+def key_names(keys: int) -> list[str]:
+    """The key space's names, hottest first: ``k0 .. k{keys-1}``, zero-padded to sort."""
+    width = len(str(keys - 1))
+    return [f"k{i:0{width}d}" for i in range(keys)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +80,7 @@ class Workload:
         self.rng = rng
         self.mix = mix or WorkloadMix()
         self.value_domain = value_domain
-        width = len(str(keys - 1))
-        self.keys = [f"k{i:0{width}d}" for i in range(keys)]
+        self.keys = key_names(keys)
         weights = [1.0 / (r**zipf_s) for r in range(1, keys + 1)]
         self._cum = list(itertools.accumulate(weights))
         m = self.mix

@@ -1,0 +1,165 @@
+"""The checker can fail: broken resolvers and broken merges must be reported.
+
+A simulation suite that always passes proves nothing. These tests break the system under
+test on purpose (a non-deterministic resolver, a merge that prefers the older or the local
+version) and assert that the run reports divergence or an oracle mismatch, and that
+``crdt-kv simulate`` exits non-zero and names the command that reproduces the failure.
+
+``coin_flip`` is importable as ``test_sim_checker:coin_flip`` (with ``tests/`` on the
+path) so the CLI's ``--resolver`` can load it in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import crdt_kv.store
+from crdt_kv import sim
+from crdt_kv.sim.cli import main as sim_main
+from crdt_kv.sim.oracle import Oracle
+from crdt_kv.version import Entry, RawEntry
+
+_coin = random.Random(0)
+
+
+def coin_flip(a: Entry, b: Entry) -> bool:
+    """A broken resolver: answers the same question differently from call to call."""
+    return _coin.random() < 0.5
+
+
+def lower_peer(a: Entry, b: Entry) -> bool:
+    """A correct (deterministic) resolver: the lower peer id wins ties."""
+    return a.peer < b.peer
+
+
+def prefer_older(new: RawEntry, old: RawEntry, resolver: Any = None, to_entry: Any = None) -> bool:
+    """A broken merge: the older stamp wins (a semilattice, so replicas may still agree)."""
+    if new.hlc != old.hlc:
+        return new.hlc < old.hlc
+    return (new.peer, new.deleted, new.value) < (old.peer, old.deleted, old.value)
+
+
+def prefer_local(new: RawEntry, old: RawEntry, resolver: Any = None, to_entry: Any = None) -> bool:
+    """A broken merge: a replicated version never replaces the one a replica holds."""
+    return False
+
+
+def _why(r: sim.SimResult) -> str:
+    return f"reproduce: {r.repro_command}"
+
+
+def test_random_resolver_is_caught() -> None:
+    r = sim.run("ties", nodes=4, ops=400, seed=1, resolver=coin_flip, resolver_name="x:coin")
+    assert r.hlc_ties > 0, _why(r)
+    assert not (r.converged and r.oracle_match), _why(r)
+    assert not r.ok
+    assert "--resolver x:coin" in r.repro_command
+
+
+def test_deterministic_resolver_passes_the_same_run() -> None:
+    """The control for the test above: only the resolver differs, and the run passes."""
+    r = sim.run("ties", nodes=4, ops=400, seed=1, resolver=lower_peer, resolver_name="x:low")
+    assert r.ok and r.converged and r.oracle_match, _why(r)
+    assert r.hlc_ties > 0
+
+
+def test_merge_preferring_older_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crdt_kv.store, "supersedes", prefer_older)
+    r = sim.run("flaky", nodes=4, ops=400, seed=3)
+    assert not r.oracle_match, _why(r)
+    assert not r.ok
+    assert r.mismatch_count > 0
+    assert set(r.mismatch_kinds) & {"lost", "resurrected"}, r.mismatch_kinds
+
+
+def test_merge_preferring_local_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crdt_kv.store, "supersedes", prefer_local)
+    r = sim.run("clean", nodes=4, ops=300, seed=2)
+    assert not r.converged, _why(r)
+    assert not r.oracle_match
+    assert not r.ok
+    assert r.convergence_time_ms is None
+
+
+def test_cli_exit_code_and_repro_on_broken_merge(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(crdt_kv.store, "supersedes", prefer_older)
+    code = sim_main(["--scenario", "clean", "--nodes", "4", "--ops", "300", "--seed", "5"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out
+    assert "reproduce: crdt-kv simulate --scenario clean --nodes 4 --ops 300 --seed 5" in out
+
+
+def test_cli_json_reports_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(crdt_kv.store, "supersedes", prefer_local)
+    code = sim_main(["--scenario", "flaky", "--nodes", "3", "--ops", "200", "--json"])
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert code == 1
+    assert doc["ok"] is False
+    (run,) = doc["runs"]
+    assert run["converged"] is False or run["oracle_match"] is False
+    assert doc["failures"] == [run["repro_command"]]
+    assert run["repro_command"] in captured.err
+
+
+def test_cli_random_resolver_in_subprocess(tmp_path: Path) -> None:
+    """The real console path: import the broken resolver by name, exit 1, print repro."""
+    tests_dir = str(Path(__file__).parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "crdt_kv.cli", "simulate", "--scenario", "ties"]
+    argv += ["--nodes", "4", "--ops", "400", "--json", "--resolver", "test_sim_checker:coin_flip"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False
+    assert doc["runs"][0]["resolver"] == "test_sim_checker:coin_flip"
+    assert "--resolver test_sim_checker:coin_flip" in doc["failures"][0]
+
+
+# --- the oracle's classifications, checked directly --------------------------------------
+
+
+def _stores(store_factory: Any) -> tuple[Any, Any, Any, Oracle]:
+    a = store_factory("memory", peer_id="a")
+    c = store_factory("memory", peer_id="c")
+    empty = store_factory("memory", peer_id="e")
+    return a, c, empty, Oracle()
+
+
+def test_oracle_flags_lost_and_resurrected(store_factory: Any) -> None:
+    a, c, empty, oracle = _stores(store_factory)
+    v1 = a.put("k", 1)
+    oracle.record("k", 1, False, v1.hlc, v1.peer)
+    c.apply(a.changes())  # c sees the put ...
+    v2 = a.delete("k")
+    oracle.record("k", None, True, v2.hlc, v2.peer)  # ... but never the delete
+    assert oracle.check("a", a) == []
+    (m,) = oracle.check("c", c)
+    assert (m.key, m.kind) == ("k", "resurrected")
+    (m,) = oracle.check("e", empty)
+    assert m.kind == "lost"
+
+
+def test_oracle_flags_phantom_and_wrong_winner(store_factory: Any) -> None:
+    a, c, _, oracle = _stores(store_factory)
+    a.put("ghost", "never acknowledged")
+    (m,) = oracle.check("a", a)
+    assert (m.key, m.kind) == ("ghost", "phantom")
+    v = c.put("k", "x")
+    oracle.record("k", "y", False, v.hlc, "zz")  # same stamp, another peer and value
+    (m,) = oracle.check("c", c)
+    assert m.kind == "wrong-winner"
