@@ -15,13 +15,14 @@ travel over something else where multicast is unavailable.
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import logging
 import random
 import socket as _socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import cbor2
 import trio
@@ -49,6 +50,32 @@ VERSION = 1
 MAX_DATAGRAM = 1024
 
 
+class _NoTags(Mapping[int, Any]):
+    """Semantic decoders that refuse every CBOR tag: an announcement carries none.
+
+    cbor2 would otherwise turn tags into values that pass the exact type checks (a
+    bignum into an int port, string references into texts).
+    """
+
+    def __getitem__(self, tag: int) -> Any:
+        def refuse(*_: object) -> NoReturn:
+            raise RemoteProtocolError(f"CBOR tag {tag} is not allowed in an announcement")
+
+        return refuse
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _NoTags()
+
+
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """One node saying where it listens; ``host`` empty means "the datagram's source"."""
@@ -66,13 +93,28 @@ class Announcement:
 
     @staticmethod
     def decode(data: bytes) -> Announcement:
-        """Parse and validate one datagram; raises :class:`RemoteProtocolError`."""
+        """Parse and validate one datagram; raises :class:`RemoteProtocolError`.
+
+        Strict like the wire protocol: exactly one CBOR item, no tags, exact types.
+        """
         if len(data) > MAX_DATAGRAM:
             raise RemoteProtocolError(f"announcement of {len(data)} bytes is too large")
         try:
-            obj = cbor2.loads(data)
-        except (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError) as exc:
+            fp = io.BytesIO(data)
+            obj = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS).decode()
+        except RemoteProtocolError:
+            raise
+        except (
+            cbor2.CBORError,
+            ValueError,
+            TypeError,
+            EOFError,
+            RecursionError,
+            OverflowError,
+        ) as exc:
             raise RemoteProtocolError(f"announcement is not valid CBOR: {exc}") from None
+        if fp.tell() != len(data):
+            raise RemoteProtocolError(f"{len(data) - fp.tell()} trailing bytes after announcement")
         if type(obj) is not list or len(obj) != 6 or obj[0] != MAGIC:
             raise RemoteProtocolError("datagram is not a crdt-kv announcement")
         _, version, cluster, peer, host, port = obj
