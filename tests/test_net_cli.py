@@ -1,0 +1,209 @@
+"""``crdt-kv serve --config node.toml`` as real processes (crdt_kv/net/cli.py).
+
+Two server processes own one RocksDB store each and are configured as each other's
+peers. Data is seeded with the library before they start (a running server holds the
+store's lock); a third node in this process joins live and writes. Convergence is read
+over the wire by pulling into fresh memory stores, and after SIGINT/SIGTERM the stores
+are reopened to check they were closed cleanly (an unclean close of a store without
+``sync_writes`` rotates its incarnation).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from net_helpers import free_tcp_port, wait_until
+
+import crdt_kv
+from crdt_kv import Store
+
+CRDT_KV = Path(sys.executable).with_name("crdt-kv")
+
+
+def write_config(path: Path, peer: str, listen: str, peers: list[str], **node: Any) -> Path:
+    lines = [
+        "[storage]",
+        'backend = "rocksdb"',
+        f'path = "{peer}-data"',
+        "",
+        "[node]",
+        f'peer_id = "{peer}"',
+        f'listen = "{listen}"',
+        "peers = [" + ", ".join(f'"{p}"' for p in peers) + "]",
+        "sync_interval_s = 0.5",
+    ]
+    lines += [
+        f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}" for k, v in node.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Server:
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.address = ""
+
+    async def read_listening(self) -> str:
+        assert self.proc.stdout is not None
+        buf = b""
+        with trio.fail_after(15):
+            while b"\n" not in buf:
+                chunk = await self.proc.stdout.receive_some(4096)
+                assert chunk, "server exited before listening"
+                buf += chunk
+        line = buf.split(b"\n", 1)[0].decode()
+        assert line.startswith("listening on "), line
+        self.address = line.removeprefix("listening on ")
+        return self.address
+
+    async def stderr_text(self) -> str:
+        assert self.proc.stderr is not None
+        out = b""
+        while chunk := await self.proc.stderr.receive_some(1 << 16):
+            out += chunk
+        return out.decode()
+
+
+async def start_server(config: Path, *extra: str) -> Server:
+    proc = await trio.lowlevel.open_process(
+        [str(CRDT_KV), "serve", "--config", str(config), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    return Server(proc)
+
+
+async def pull_copy(address: str) -> Store:
+    """What the server at ``address`` holds, pulled into a fresh memory store."""
+    copy = crdt_kv.open(backend="memory")
+    host, _, port = address.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await crdt_kv.replicate(copy, stream, mode="pull")
+    return copy
+
+
+def seed(path: Path, peer: str, n: int, shared: str) -> bytes:
+    with crdt_kv.open(path, backend="rocksdb", peer_id=peer) as s:
+        with s.batch() as b:
+            for i in range(n):
+                b.put(f"{peer}:{i:03d}", i)
+        s.put("shared", shared)
+        return s.incarnation
+
+
+async def test_two_cli_servers_converge_relay_live_and_stop_cleanly(tmp_path: Path) -> None:
+    pa, pb = free_tcp_port(), free_tcp_port()
+    la, lb = f"127.0.0.1:{pa}", f"127.0.0.1:{pb}"
+    cfg_a = write_config(tmp_path / "a.toml", "a", la, [lb])
+    cfg_b = write_config(tmp_path / "b.toml", "b", lb, [la])
+    inc_a = seed(tmp_path / "a-data", "a", 150, "from a")
+    inc_b = seed(tmp_path / "b-data", "b", 100, "from b")  # written later: wins "shared"
+
+    with trio.fail_after(28):
+        a = await start_server(cfg_a)
+        b = await start_server(cfg_b, "-v")
+        try:
+            assert await a.read_listening() == la
+            assert await b.read_listening() == lb
+
+            async def converged() -> bool:
+                ca, cb = await pull_copy(la), await pull_copy(lb)
+                try:
+                    return len(ca) == len(cb) == 251 and ca.digest() == cb.digest()
+                finally:
+                    ca.close()
+                    cb.close()
+
+            while not await converged():
+                await trio.sleep(0.1)
+
+            # A library node joins A only; its write reaches B through A, live.
+            lib = crdt_kv.open(tmp_path / "lib", backend="rocksdb", peer_id="lib")
+            try:
+                async with crdt_kv.serve(lib, peers=[la], live=True) as node:
+                    await wait_until(lambda: len(lib) == 251, what="lib caught up")
+                    await wait_until(lambda: node.stats()["a"]["live"], what="lib live")
+                    lib.put("from lib", {"ok": True})
+                    while True:
+                        cb = await pull_copy(lb)
+                        seen = cb.get("from lib")
+                        cb.close()
+                        if seen == {"ok": True}:
+                            break
+                        await trio.sleep(0.05)
+            finally:
+                lib.close()
+        finally:
+            for s, sig in ((a, signal.SIGINT), (b, signal.SIGTERM)):
+                if s.proc.returncode is None:
+                    s.proc.send_signal(sig)
+        err_a, err_b = await a.stderr_text(), await b.stderr_text()
+        assert await a.proc.wait() == 0, err_a
+        assert await b.proc.wait() == 0, err_b
+    assert "stopped by SIGINT" in err_a
+    assert "stopped by SIGTERM" in err_b
+    assert "Traceback" not in err_a + err_b
+
+    with (
+        crdt_kv.open(tmp_path / "a-data", backend="rocksdb") as sa,
+        crdt_kv.open(tmp_path / "b-data", backend="rocksdb") as sb,
+    ):
+        # Same incarnation after reopening: both servers closed their stores cleanly.
+        assert (sa.incarnation, sb.incarnation) == (inc_a, inc_b)
+        assert sa.digest() == sb.digest()
+        assert len(sa) == 252
+        assert sa.get("shared") == sb.get("shared") == "from b"
+        assert sb.get("from lib") == {"ok": True} and sb.get("a:149") == 149
+
+
+async def test_serve_reports_bad_config_and_busy_port(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[node]\nlisten = "127.0.0.1:0"\nbogus = 1\n')
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2 and "node.bogus" in r.stderr
+
+    inc = seed(tmp_path / "c-data", "c", 1, "x")
+    with crdt_kv.open(backend="memory") as other:
+        async with crdt_kv.serve(other, listen="127.0.0.1:0") as node:
+            taken = f"127.0.0.1:{node.address[1]}"
+            cfg = write_config(tmp_path / "c.toml", "c", taken, [])
+            result = await trio.run_process(
+                [str(CRDT_KV), "serve", "--config", str(cfg)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert result.returncode == 2
+    assert b"cannot serve" in result.stderr
+    # The store was closed on the way out: it reopens with the same incarnation.
+    with crdt_kv.open(tmp_path / "c-data", backend="rocksdb") as s:
+        assert s.incarnation == inc
+
+
+@pytest.mark.parametrize("flag", ["--peer", "--listen"])
+def test_serve_flag_rejects_malformed_address(tmp_path: Path, flag: str) -> None:
+    cfg = write_config(tmp_path / "d.toml", "d", "127.0.0.1:0", [])
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(cfg), flag, "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "nonsense" in r.stderr and "Traceback" not in r.stderr
