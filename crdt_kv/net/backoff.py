@@ -17,9 +17,10 @@ __all__ = ["Backoff"]
 class Backoff:
     """Delays ``base * factor**n`` capped at ``maximum``, each scaled by a random factor.
 
-    The scale is drawn uniformly from ``[1 - jitter, 1]`` ("equal jitter" for
-    ``jitter=0.5``): the delay never exceeds the cap and never collapses to zero, so a dead
-    peer costs at most one connection attempt per ``maximum * (1 - jitter)`` seconds.
+    The scale is drawn uniformly from ``(1 - jitter, 1]`` ("equal jitter" for
+    ``jitter=0.5``): the delay never exceeds the cap and, for ``jitter < 1``, never
+    collapses to zero, so a dead peer costs at most one connection attempt per
+    ``maximum * (1 - jitter)`` seconds.
     :meth:`reset` after a success starts again from ``base``.
     """
 
@@ -47,9 +48,14 @@ class Backoff:
 
     def peek(self) -> float:
         """The un-jittered delay the next :meth:`next` call scales."""
-        # min() before the power would overflow for huge attempt counts: cap the exponent.
-        exp = min(self.attempts, 64)
-        return float(min(self.maximum, self.base * self.factor**exp))
+        # The power overflows a float for large factors or attempt counts; past the cap
+        # the delay is the cap anyway, so stop multiplying once it is reached.
+        delay = self.base
+        for _ in range(min(self.attempts, 64)):
+            delay *= self.factor
+            if delay >= self.maximum:
+                return float(self.maximum)
+        return float(min(self.maximum, delay))
 
     def next(self) -> float:
         """The delay before the next attempt (seconds); counts one more failure."""
