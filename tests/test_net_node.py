@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ import crdt_kv
 from crdt_kv import ClosedError, ConfigError, Node, Store
 from crdt_kv.net import (
     UNIDENTIFIED,
+    Backoff,
     ChangeEvent,
     ConnectEvent,
     ConnectionEvent,
@@ -458,3 +460,65 @@ async def test_self_connection_is_refused(stores: Any) -> None:
         assert isinstance(result[alias], crdt_kv.RemoteProtocolError)
         assert "our own" in str(result[alias])
         assert a.cursors() == {}
+
+
+# --- backoff -------------------------------------------------------------------------
+
+
+def test_backoff_grows_caps_jitters_and_resets() -> None:
+    b = Backoff(base=0.2, factor=2.0, maximum=3.0, jitter=0.5, rng=random.Random(5))
+    delays = [b.next() for _ in range(12)]
+    caps = [min(3.0, 0.2 * 2**i) for i in range(12)]
+    for d, cap in zip(delays, caps, strict=True):
+        assert cap * 0.5 < d <= cap
+    assert b.attempts == 12
+    b.reset()
+    assert 0.1 < b.next() <= 0.2
+    same = Backoff(base=0.2, factor=2.0, maximum=3.0, jitter=0.5, rng=random.Random(5))
+    assert [same.next() for _ in range(12)] == delays  # replayable from the seed
+
+
+def test_backoff_never_overflows() -> None:
+    b = Backoff(base=0.1, factor=1e10, maximum=5.0, jitter=0.0)
+    assert [b.next() for _ in range(100)][1:] == [5.0] * 99
+    b = Backoff(base=1.0, factor=1.0, maximum=1.0, jitter=0.0)
+    b.attempts = 10**9
+    assert b.next() == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"base": 0}, {"base": 2, "maximum": 1}, {"factor": 0.5}, {"jitter": 1.5}, {"jitter": -0.1}],
+)
+def test_backoff_validates(kw: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        Backoff(**kw)
+
+
+# --- clock skew ----------------------------------------------------------------------
+
+
+async def test_peer_with_fast_clock_is_refused_and_reported(tmp_path: Path) -> None:
+    def fast_clock() -> int:
+        return int(time.time() * 1000) + 3_600_000
+
+    fast = crdt_kv.open(tmp_path / "fast", backend="rocksdb", peer_id="fast", clock=fast_clock)
+    b = crdt_kv.open(tmp_path / "b", backend="rocksdb", peer_id="b")
+    fast.put("k", "wins forever?")
+    b.put("k", "honest")
+    errors: list[ErrorEvent] = []
+    try:
+        async with crdt_kv.serve(b, live=False, **FAST) as nb:
+            nb.on("error", errors.append)
+            async with crdt_kv.serve(fast, live=False, sync_interval_s=60, **FAST) as nf:
+                nf.add_peer(addr(nb))
+                result = await nf.sync_now()
+                await wait_until(lambda: len(errors) >= 1)
+            st = nb.stats()["fast"]
+    finally:
+        fast.close()
+        b.close()
+    assert isinstance(result[addr(nb)], crdt_kv.ProtocolError)  # told by b's Abort
+    assert isinstance(errors[0].error, crdt_kv.ClockSkewError)
+    assert st["skew_rejected"] >= 1 and st["errors"] >= 1
+    assert "ahead" in st["last_error"] or "skew" in st["last_error"].lower()
