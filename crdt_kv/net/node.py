@@ -748,7 +748,8 @@ class Node:
         entries and doubles back to ``sync_interval_s`` after a round that moved none; a
         local commit ends the wait early, but never before ``min_sync_interval_s``. Rounds
         are skipped while a live session with the peer is tailing (it already pushes every
-        change both ways); without live, the first round starts at once.
+        change both ways); without live, the first round starts at once. After a failed
+        round the next waits out the backoff delay, however busy the writers are.
         """
         backoff = self._backoff()
         interval = self.sync_interval_s
@@ -762,7 +763,10 @@ class Node:
             before = self._moved(target)
             error = await self._round(target)
             if error is not None:
-                delay = backoff.next()
+                # Commits must not cut a backoff short: a busy writer would redial a dead
+                # peer every min_sync_interval_s.
+                await trio.sleep(backoff.next())
+                delay = 0.0
                 continue
             backoff.reset()
             if self._moved(target) != before:
