@@ -529,3 +529,29 @@ async def test_peer_with_fast_clock_is_refused_and_reported(tmp_path: Path) -> N
     assert st["skew_rejected"] == st["errors"] == st["protocol_errors"] >= 1
     assert "'fast'" in st["last_error"]
     assert b_value == "honest" and b_cursors == {}
+
+
+async def test_busy_writer_does_not_defeat_backoff_to_dead_peer(stores: Any) -> None:
+    """Local commits speed up rounds with a healthy peer, never redials of a dead one."""
+    a = stores("a")
+    dead = f"127.0.0.1:{free_tcp_port()}"
+    attempts: list[float] = []
+    async with crdt_kv.serve(
+        a,
+        peers=[dead],
+        live=False,
+        sync_interval_s=1.0,
+        min_sync_interval_s=0.05,
+        backoff_base_s=0.4,
+        backoff_max_s=0.8,
+        rng=random.Random(2),
+    ) as na:
+        na.on("error", lambda _e: attempts.append(trio.current_time()))
+        with trio.move_on_after(2.5):
+            for i in itertools.count():
+                a.put(f"k{i}", i)
+                await trio.sleep(0.01)
+    # Delays 0.2-0.4, 0.4-0.8, then 0.4-0.8 each: at most 6 dials in 2.5 s, not 50.
+    assert 2 <= len(attempts) <= 7, [round(t - attempts[0], 2) for t in attempts]
+    gaps = [t2 - t1 for t1, t2 in itertools.pairwise(attempts)]
+    assert min(gaps) >= 0.19
