@@ -634,6 +634,11 @@ class Node:
             )
         except CrdtKvError as exc:
             error = exc
+        except Exception as exc:
+            # A local failure inside this session (a resolver bug, a storage error): it
+            # ends this session only, like a peer's fault, but with its traceback logged.
+            log.exception("%s: session with %s failed locally", self.peer_id, address)
+            error = exc
         finally:
             final = rec if rec is not None else self._record(UNIDENTIFIED)
             with contextlib.suppress(ValueError):
