@@ -555,3 +555,44 @@ async def test_busy_writer_does_not_defeat_backoff_to_dead_peer(stores: Any) -> 
     assert 2 <= len(attempts) <= 7, [round(t - attempts[0], 2) for t in attempts]
     gaps = [t2 - t1 for t1, t2 in itertools.pairwise(attempts)]
     assert min(gaps) >= 0.19
+
+
+async def test_local_failure_ends_one_session_not_the_node(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resolver that raises (a user bug) fails the session that met the tie; the node
+    keeps serving other peers and reports the failure."""
+    now = int(time.time() * 1000)
+
+    def clock() -> int:
+        return now  # frozen: a's and b's writes of "tie" get equal stamps
+
+    def buggy(_x: Any, _y: Any) -> bool:
+        raise RuntimeError("resolver bug")
+
+    a = crdt_kv.open(tmp_path / "a", backend="rocksdb", peer_id="a", clock=clock)
+    b = crdt_kv.open(tmp_path / "b", backend="rocksdb", peer_id="b", clock=clock, resolver=buggy)
+    c = crdt_kv.open(tmp_path / "c", backend="rocksdb", peer_id="c")
+    errors: list[ErrorEvent] = []
+    try:
+        a.put("tie", 1)
+        b.put("tie", 2)
+        c.put("from c", 3)
+        async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+            nb.on("error", errors.append)
+            async with crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na:
+                na.add_peer(addr(nb))
+                result = await na.sync_now()
+            assert isinstance(result[addr(nb)], crdt_kv.ProtocolError)  # b aborted
+            await wait_until(lambda: len(errors) >= 1)
+            async with crdt_kv.serve(c, live=False, sync_interval_s=60, **FAST) as nc:
+                nc.add_peer(addr(nb))
+                assert await nc.sync_now() == {addr(nb): None}
+            assert b.get("from c") == 3 and c.get("tie") == 2
+            st = nb.stats()["a"]
+        assert isinstance(errors[0].error, RuntimeError) and errors[0].peer_id == "a"
+        assert st["errors"] >= 1 and st["protocol_errors"] == 0
+        assert "resolver bug" in caplog.text
+    finally:
+        for s in (a, b, c):
+            s.close()
