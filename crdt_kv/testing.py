@@ -75,6 +75,30 @@ def entries(
     return build()
 
 
+def _grid(values: st.SearchStrategy[Any] | None) -> st.SearchStrategy[list[Entry]]:
+    """Every (peer, value) pair from a small pool, plus one tombstone per peer, at one stamp.
+
+    Three random entries almost never form a cycle (rock-paper-scissors needs three specific
+    values); a dense grid of 3-5 distinct values lets the transitivity check see every triple.
+    """
+    vals = _VALUES if values is None else values
+
+    @st.composite
+    def build(draw: st.DrawFn) -> list[Entry]:
+        hlc = draw(st.integers(min_value=0, max_value=(1 << 64) - 1))
+        peers = draw(
+            st.lists(
+                st.sampled_from(["a", "b", "peer-1", "z"]), min_size=1, max_size=3, unique=True
+            )
+        )
+        pool = draw(st.lists(vals, min_size=3, max_size=5, unique_by=cbor2.dumps))
+        grid = [Entry("k", v, hlc, p, False, 0, cbor2.dumps(v)) for p in peers for v in pool]
+        grid += [Entry("k", None, hlc, p, True, 0, b"") for p in peers]
+        return grid
+
+    return build()
+
+
 def _raw(e: Entry) -> RawEntry:
     value = b"" if e.deleted else (e.raw if e.raw is not None else cbor2.dumps(e.value))
     return RawEntry(b"", value, e.hlc, e.peer, e.deleted, e.seq)
@@ -178,8 +202,40 @@ def check_resolver(
                     ("z", triple[k]),
                 )
 
+    @settings(
+        max_examples=max(10, max_examples // 4),
+        deadline=None,
+        database=None,
+        derandomize=True,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )
+    @given(_grid(values))
+    def run_grid(grid: list[Entry]) -> None:
+        raws = [_raw(e) for e in grid]
+        by_raw = {id(r): e for r, e in zip(raws, grid, strict=True)}
+        resolver = _checked(fn)
+        n = len(grid)
+        wins = [
+            [
+                i != j and supersedes(raws[i], raws[j], resolver, lambda r: by_raw[id(r)])
+                for j in range(n)
+            ]
+            for i in range(n)
+        ]
+        for i, j, k in itertools.permutations(range(n), 3):
+            if wins[i][j] and wins[j][k] and not wins[i][k]:
+                raise _fail(
+                    "does not induce a transitive order: x beats y and y beats z, but z beats x",
+                    ("x", grid[i]),
+                    ("y", grid[j]),
+                    ("z", grid[k]),
+                )
+
     try:
         run()
+        run_grid()
     except FlakyFailure as group:
         inner = next((e for e in group.exceptions if isinstance(e, ResolverError)), None)
         detail = str(inner) if inner is not None else str(group)
