@@ -137,6 +137,12 @@ async def test_chain_of_three_converges_live(stores: Any) -> None:
             c.put("hot", 2)
             await wait_until(lambda: a.get("hot") == 2, what="c -> b -> a live")
             await wait_until(lambda: a.digest() == b.digest() == c.digest(), what="digests")
+            st = na.stats()["b"]
+            assert st["live"] and st["connected"]
+            assert st["lag_entries"] == 0 and st["lag_seconds"] == 0.0  # tailing
+            assert st["cursor"] == b.last_seq
+            # One-shot rounds still work next to the live sessions.
+            assert await na.sync_now() == {addr(_nb): None}
     assert_converged([a, b, c])
 
 
