@@ -158,7 +158,11 @@ def log_key(seq: int) -> bytes:
 
 
 def seq_of_log_key(k: bytes) -> int:
-    return int(_SEQ.unpack_from(k, 1)[0])
+    """The sequence number in a change-log key (``CorruptionError`` if malformed)."""
+    try:
+        return int(_SEQ.unpack_from(k, 1)[0])
+    except struct.error:
+        raise CorruptionError(f"malformed change-log key {k!r}") from None
 
 
 def record_body(hlc: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
@@ -177,10 +181,17 @@ def pack_record(hlc: int, seq: int, peer_b: bytes, deleted: bool, value: bytes) 
     return record_body(hlc, peer_b, deleted, value) + _SEQ.pack(seq)
 
 
+_BLAKE2B_256 = hashlib.blake2b(digest_size=32)
+
+
 def body_hash(key: bytes, body: bytes) -> int:
-    """Digest contribution of one key's state: blake2b-256 of ``len(key) key body``."""
-    h = hashlib.blake2b(_KEYLEN.pack(len(key)) + key + body, digest_size=32).digest()
-    return int.from_bytes(h, "big")
+    """Digest contribution of one key's state: blake2b-256 of ``len(key) key body``.
+
+    Copying a fresh hasher is cheaper than configuring a new one (every commit hashes).
+    """
+    h = _BLAKE2B_256.copy()
+    h.update(_KEYLEN.pack(len(key)) + key + body)
+    return int.from_bytes(h.digest(), "big")
 
 
 def record_is_deleted(blob: bytes) -> bool:
@@ -274,8 +285,19 @@ def pack_source(peer: str, incarnation: bytes) -> bytes:
 
 
 def unpack_source(blob: bytes) -> tuple[str, bytes]:
-    n = blob[0]
-    return blob[1 : 1 + n].decode("utf-8"), blob[1 + n :]
+    """Parse a source-id meta value into ``(peer, incarnation)``."""
+    return _peer_and_rest(blob, 0, "source id")
+
+
+def _peer_and_rest(blob: bytes, pos: int, what: str) -> tuple[str, bytes]:
+    if len(blob) <= pos or len(blob) < pos + 1 + blob[pos]:
+        raise CorruptionError(f"{what} {blob!r} is truncated")
+    n = blob[pos]
+    try:
+        peer = blob[pos + 1 : pos + 1 + n].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptionError(f"{what} {blob!r} has a corrupt peer id") from None
+    return peer, blob[pos + 1 + n :]
 
 
 def pack_u64(n: int) -> bytes:
@@ -295,5 +317,5 @@ def cursor_key(peer: str, incarnation: bytes) -> bytes:
 
 
 def parse_cursor_key(k: bytes) -> tuple[str, bytes]:
-    n = k[1]
-    return k[2 : 2 + n].decode("utf-8"), k[2 + n :]
+    """Parse a cursor storage key into ``(peer, incarnation)``."""
+    return _peer_and_rest(k, 1, "cursor key")
