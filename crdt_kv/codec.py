@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import struct
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from crdt_kv.version import RawEntry
 __all__ = [
     "FORMAT_VERSION",
     "KEY_ENCODINGS",
+    "MAX_NESTING",
     "VALUE_ENCODINGS",
     "key_codec",
     "value_codec",
@@ -36,6 +38,68 @@ FORMAT_VERSION = 1
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
+
+MAX_NESTING = 400
+"""Deepest container nesting a ``json`` or ``cbor`` value may have. cbor2 decodes at most
+this depth (and its C encoder overflows the C stack, killing the process, on very deep
+input), so deeper values are refused before encoding, as values the encoding cannot hold."""
+
+_CONTAINERS = (list, tuple, dict, set, frozenset, cbor2.CBORTag)
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _check_shape(v: Any, json_keys: bool) -> None:
+    """Refuse nesting beyond :data:`MAX_NESTING` and, for JSON (``json_keys``), non-string
+    object keys (``json`` would silently turn ``{1: 2}`` into ``{"1": 2}``, so the value
+    read back would differ from the value written). Flat values take a fast path."""
+    t = type(v)
+    if t in _SCALARS:
+        return
+    if t is dict:
+        for k, c in v.items():
+            if type(c) not in _SCALARS or (
+                type(k) is not str and (json_keys or type(k) not in _SCALARS)
+            ):
+                break
+        else:
+            return
+    elif t is list or t is tuple:
+        for c in v:
+            if type(c) not in _SCALARS:
+                break
+        else:
+            return
+    elif not isinstance(v, _CONTAINERS):
+        return
+    _walk(v, json_keys)
+
+
+def _walk(v: Any, json_keys: bool) -> None:
+    seen: dict[int, int] = {}
+    stack: list[tuple[Any, int]] = [(v, 1)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise EncodingError(f"value nests containers deeper than {MAX_NESTING} levels")
+        if seen.get(id(x), 0) >= depth:
+            continue  # shared substructure already checked at this depth or deeper
+        seen[id(x)] = depth
+        children: Any
+        if isinstance(x, dict):
+            if json_keys:
+                for k in x:
+                    if not isinstance(k, str):
+                        raise EncodingError(
+                            f"JSON object keys must be str, not {type(k).__name__} ({k!r})"
+                        )
+            children = itertools.chain(x.keys(), x.values())
+        elif isinstance(x, cbor2.CBORTag):
+            children = (x.value,)
+        else:
+            children = x
+        for c in children:
+            if isinstance(c, _CONTAINERS):
+                stack.append((c, depth + 1))
 
 
 def _enc_binary(v: Any) -> bytes:
@@ -63,23 +127,29 @@ def _dec_utf8(b: bytes) -> str:
 
 
 def _enc_json(v: Any) -> bytes:
+    _check_shape(v, True)
     try:
         return json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise EncodingError(f"value is not JSON-encodable: {exc}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _dec_json(b: bytes) -> Any:
     try:
-        return json.loads(b)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(b, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise EncodingError(f"bytes are not valid JSON: {exc}") from exc
 
 
 def _enc_cbor(v: Any) -> bytes:
+    _check_shape(v, False)
     try:
         return cbor2.dumps(v)
-    except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError) as exc:
+    except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
 
 
