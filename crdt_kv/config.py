@@ -7,6 +7,7 @@ file's directory. Keyword arguments given to :func:`crdt_kv.open` override the f
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -40,6 +41,28 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
+_MODES = ("both", "push", "pull")
+
+
+def _check_value(table: str, key: str, value: Any) -> None:
+    """Range checks a type alone cannot express, so a bad value fails at load time."""
+    bad = None
+    if isinstance(value, str) and not value and key in ("backend", "path", "peer_id"):
+        bad = "must not be empty"
+    elif key == "peers" and not all(isinstance(p, str) for p in value):
+        bad = "must be a list of 'host:port' strings"
+    elif key == "mode" and value not in _MODES:
+        bad = f"must be one of {', '.join(_MODES)}"
+    elif key == "multicast_port" and not 0 <= value <= 65535:
+        bad = "must be a port number (0-65535)"
+    elif key == "max_offset_ms" and value < 0:
+        bad = "must not be negative"
+    elif key == "sync_interval_s" and not (math.isfinite(value) and value > 0):
+        bad = "must be a positive number of seconds"
+    if bad is not None:
+        raise ConfigError(f"config {table}.{key} {bad}, got {value!r}")
+
+
 def load_config(
     config: Mapping[str, Any] | str | os.PathLike[str] | None,
 ) -> dict[str, dict[str, Any]]:
@@ -54,8 +77,10 @@ def load_config(
                 raw: Mapping[str, Any] = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {path!r} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path!r} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ConfigError(f"cannot read config file {path!r}: {exc}") from None
         base_dir = os.path.dirname(os.path.abspath(path))
     elif isinstance(config, Mapping):
         raw = config
@@ -73,8 +98,9 @@ def load_config(
                 raise ConfigError(
                     f"unknown config key {table}.{key}; known: {', '.join(KNOWN[table])}"
                 )
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
                 raise ConfigError(f"config {table}.{key} has the wrong type: {value!r}")
+            _check_value(table, key, value)
             out[table][key] = value
     path_value = out["storage"].get("path")
     if base_dir is not None and path_value is not None and not os.path.isabs(path_value):
