@@ -1,0 +1,241 @@
+"""Configuration (crdt_kv/config.py): TOML files and mappings, validation, overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ManualClock
+
+import crdt_kv
+from crdt_kv.config import KNOWN, load_config
+from crdt_kv.errors import ConfigError
+
+FULL_TOML = """\
+[storage]
+backend = "sqlite"
+path = "data/replica"
+sync_writes = true
+key_encoding = "binary"
+value_encoding = "json"
+
+[node]
+peer_id = "from-file"
+max_offset_ms = 250
+cluster_id = "c1"
+listen = "127.0.0.1:0"
+peers = ["127.0.0.1:7001", "127.0.0.1:7002"]
+sync_interval_s = 0.5
+live = false
+mode = "pull"
+discovery = false
+multicast_group = "239.255.0.1"
+multicast_port = 7400
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "crdt.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_a_toml_file_configures_the_store(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    cfg = write(tmp_path / "etc", FULL_TOML)
+    loaded = load_config(cfg)
+    assert loaded["storage"]["path"] == str(tmp_path / "etc" / "data" / "replica")
+    assert loaded["node"]["peers"] == ["127.0.0.1:7001", "127.0.0.1:7002"]
+    assert loaded["node"]["sync_interval_s"] == 0.5
+    with crdt_kv.open(config=str(cfg), clock=ManualClock()) as db:
+        assert db.backend.name == "sqlite"
+        assert db.backend.power_safe  # sync_writes = true
+        assert db.peer_id == "from-file"
+        assert (db.key_encoding, db.value_encoding) == ("binary", "json")
+        assert db.hlc.max_offset_ms == 250
+        db.put(b"k", {"a": [1]})
+    # Relative paths are resolved against the file's directory, not the working directory.
+    assert (tmp_path / "etc" / "data" / "replica" / "crdt_kv.sqlite3").is_file()
+    with crdt_kv.open(config=cfg, clock=ManualClock()) as db:  # a Path works too
+        assert db.get(b"k") == {"a": [1]}
+
+
+def test_a_mapping_configures_the_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.sqlite3")
+    config = {"storage": {"backend": "sqlite", "path": path}, "node": {"peer_id": "m"}}
+    with crdt_kv.open(config=config, clock=ManualClock()) as db:
+        assert db.backend.name == "sqlite" and db.peer_id == "m"
+        assert not db.backend.power_safe
+        db.put("k", 1)
+    assert os.path.isfile(path)
+
+
+def test_relative_paths_in_a_mapping_are_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config({"storage": {"path": "rel"}})["storage"]["path"] == "rel"
+    with crdt_kv.open(config={"storage": {"path": "rel", "backend": "sqlite"}}) as db:
+        db.put("k", 1)
+    assert (tmp_path / "rel" / "crdt_kv.sqlite3").is_file()
+
+
+def test_an_absolute_path_in_a_file_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    cfg = write(tmp_path, f'[storage]\npath = "{target}"\n')
+    assert load_config(cfg)["storage"]["path"] == str(target)
+
+
+def test_keyword_arguments_override_the_config(tmp_path: Path) -> None:
+    cfg = write(tmp_path, FULL_TOML)
+    kw_path = str(tmp_path / "kw")
+    with crdt_kv.open(
+        kw_path,
+        config=cfg,
+        backend="rocksdb",
+        peer_id="kw",
+        key_encoding="utf-8",
+        value_encoding="cbor",
+        sync_writes=False,
+        max_offset_ms=1000,
+        clock=ManualClock(),
+    ) as db:
+        assert db.backend.name == "rocksdb" and not db.backend.power_safe
+        assert db.peer_id == "kw"
+        assert (db.key_encoding, db.value_encoding) == ("utf-8", "cbor")
+        assert db.hlc.max_offset_ms == 1000
+    assert os.path.isdir(kw_path)
+    assert not (tmp_path / "data").exists()  # the config's path was not used
+
+
+def test_keyword_false_overrides_a_true_config(tmp_path: Path) -> None:
+    cfg = {"storage": {"backend": "sqlite", "path": str(tmp_path / "s"), "sync_writes": True}}
+    with crdt_kv.open(config=cfg, sync_writes=False) as db:
+        assert not db.backend.power_safe
+
+
+def test_no_config_means_empty_tables() -> None:
+    assert load_config(None) == {"storage": {}, "node": {}}
+    assert load_config({}) == {"storage": {}, "node": {}}
+    assert load_config({"storage": {}}) == {"storage": {}, "node": {}}
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"stroage": {"backend": "memory"}}, "[stroage]"),
+        ({"storage": {"backnd": "memory"}}, "storage.backnd"),
+        ({"node": {"peerid": "x"}}, "node.peerid"),
+        ({"node": {"replication": {"x": 1}}}, "node.replication"),
+    ],
+)
+def test_unknown_tables_and_keys_are_named(config: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert named in str(info.value)
+    with pytest.raises(ConfigError):
+        crdt_kv.open(config=config)
+
+
+def test_an_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[storage]\nbackend = "memory"\ncompression = "zstd"\n')
+    with pytest.raises(ConfigError, match=r"storage\.compression; known: backend, path"):
+        crdt_kv.open(config=cfg)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("storage", "backend", 3),
+        ("storage", "path", ["a"]),
+        ("storage", "sync_writes", "yes"),
+        ("storage", "sync_writes", 1),
+        ("storage", "value_encoding", None),
+        ("node", "peer_id", 7),
+        ("node", "max_offset_ms", 1.5),
+        ("node", "max_offset_ms", True),
+        ("node", "max_offset_ms", "500"),
+        ("node", "sync_interval_s", True),
+        ("node", "sync_interval_s", "1"),
+        ("node", "peers", "127.0.0.1:1"),
+        ("node", "peers", [1, 2]),
+        ("node", "live", "true"),
+        ("node", "multicast_port", 7.0),
+    ],
+)
+def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"{table}\.{key}"):
+        load_config({table: {key: value}})
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("storage", "backend", ""),
+        ("storage", "path", ""),
+        ("node", "peer_id", ""),
+        ("node", "mode", "sideways"),
+        ("node", "multicast_port", 70000),
+        ("node", "multicast_port", -1),
+        ("node", "max_offset_ms", -1),
+        ("node", "sync_interval_s", 0),
+        ("node", "sync_interval_s", float("nan")),
+        ("node", "sync_interval_s", float("inf")),
+    ],
+)
+def test_out_of_range_values_are_config_errors(table: str, key: str, value: Any) -> None:
+    with pytest.raises(ConfigError, match=rf"{table}\.{key}"):
+        load_config({table: {key: value}})
+
+
+def test_every_known_key_accepts_its_type() -> None:
+    loaded = load_config(
+        {
+            "storage": {"backend": "memory", "sync_writes": False},
+            "node": {"max_offset_ms": 0, "sync_interval_s": 2, "mode": "both", "peers": []},
+        }
+    )
+    assert loaded["node"]["sync_interval_s"] == 2
+    assert set(KNOWN) == {"storage", "node"}
+
+
+def test_a_table_that_is_not_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[storage\] must be a table"):
+        load_config(write(tmp_path, 'storage = "sqlite"\n'))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[storage\nbackend = 1\n", "not valid TOML"),
+        (b'[storage]\nbackend = "\xff"\n', "not valid TOML"),
+        (b"[storage]\nbackend = 'a'\nbackend = 'b'\n", "not valid TOML"),
+    ],
+)
+def test_unreadable_files_are_config_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(p)
+    assert str(p) in str(info.value)
+
+
+def test_missing_file_and_directory_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("config", [b"/etc/crdt.toml", 5, ["storage"]])
+def test_a_config_of_the_wrong_kind(config: Any) -> None:
+    with pytest.raises(ConfigError, match="mapping or a TOML path"):
+        load_config(config)
+
+
+def test_the_backend_named_in_the_config_must_exist(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[storage]\nbackend = "leveldb"\npath = "x"\n')
+    with pytest.raises(ConfigError, match=r"'leveldb'.*memory.*rocksdb.*sqlite"):
+        crdt_kv.open(config=cfg)
