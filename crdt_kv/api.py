@@ -48,6 +48,12 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     """
     cfg = load_config(config)
     storage, node = cfg["storage"], cfg["node"]
+    # Checked before the backend opens: bools are ints to Python, and a truthy string
+    # would silently switch fsync on.
+    if isinstance(max_offset_ms, bool):
+        raise ConfigError(f"max_offset_ms must be a non-negative int, got {max_offset_ms!r}")
+    if sync_writes is not None and not isinstance(sync_writes, bool):
+        raise ConfigError(f"sync_writes must be a bool, got {sync_writes!r}")
 
     def pick(arg: Any, table: dict[str, Any], key: str, default: Any) -> Any:
         return arg if arg is not None else table.get(key, default)
