@@ -602,3 +602,62 @@ async def test_local_failure_ends_one_session_not_the_node(
     finally:
         for s in (a, b, c):
             s.close()
+
+
+# --- more lifecycle ------------------------------------------------------------------
+
+
+async def test_slow_event_consumer_loses_newest_events_counted(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+        events = nb.events(buffer=2)
+        async with crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na:
+            na.add_peer(addr(nb))
+            for i in range(3):
+                a.put(f"k{i}", i)
+                await na.sync_now()
+        await wait_until(lambda: events.dropped > 0)
+        kept = [events._recv.receive_nowait() for _ in range(2)]
+        assert kept[0].kind == "connection"  # the oldest ones are kept
+        await events.aclose()
+        assert [e async for e in events] == []
+
+
+async def test_remove_peer_ends_its_live_session(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    async with chain([a, b], live=True, sync_interval_s=30) as (na, nb):
+        await wait_until(lambda: nb.stats().get("a", {}).get("live", False))
+        assert na.remove_peer(addr(nb)) is True
+        await wait_until(lambda: not nb.stats()["a"]["connected"], what="b saw a leave")
+        assert na.peers == [] and na.remove_peer(addr(nb)) is False
+        b.put("after removal", 1)
+        await trio.sleep(0.3)
+        assert "after removal" not in a
+
+
+async def test_recreated_peer_is_pulled_from_zero(stores: Any, tmp_path: Path) -> None:
+    """A peer whose store was recreated (new incarnation, same peer id) reuses sequence
+    numbers: its old cursor must not skip the new life's entries."""
+    a = stores("a")
+    b1 = crdt_kv.open(tmp_path / "b1", backend="rocksdb", peer_id="b")
+    fill(b1, "old", 50)
+    async with crdt_kv.serve(a, live=False, sync_interval_s=60, **FAST) as na:
+        async with crdt_kv.serve(b1, live=False, **FAST) as nb:
+            na.add_peer(addr(nb))
+            await na.sync_now()
+            listen = addr(nb)
+        b1.close()
+        assert na.stats()["b"]["cursor"] == 50
+        b2 = crdt_kv.open(tmp_path / "b2", backend="rocksdb", peer_id="b")  # a new life
+        fill(b2, "new", 10)
+        try:
+            async with crdt_kv.serve(b2, listen=listen, live=False, **FAST):
+                assert (await na.sync_now()) == {listen: None}
+                st = na.stats()["b"]
+            assert st["incarnation"] == b2.incarnation.hex()
+            # The new life was read from 0 (the old cursor 50 would have skipped it all).
+            assert st["cursor"] >= 10 and st["cursor"] == a.cursor("b", b2.incarnation)
+            assert len([k for k in a if k.startswith("new")]) == 10
+            assert b2.get("old0000") is not None  # and the old life's data came back to b
+        finally:
+            b2.close()
