@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import crdt_kv
-from crdt_kv.errors import CrdtKvError
+from crdt_kv.config import load_config
+from crdt_kv.errors import ConfigError, CrdtKvError
 
 __all__ = ["main"]
 
@@ -30,8 +32,26 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="storage backend (default rocksdb)")
 
 
-def _open(args: argparse.Namespace) -> crdt_kv.Store:
+def _open(args: argparse.Namespace, *, create: bool = False) -> crdt_kv.Store:
+    """Open the store; commands that only read refuse a path that does not exist rather
+    than create an empty store there (a typo would otherwise print "not found")."""
+    if not create:
+        path = args.path
+        if path is None and args.config is not None:
+            path = load_config(args.config)["storage"].get("path")
+        if path is not None and not os.path.exists(path):
+            raise ConfigError(f"no store at {path!r}")
     return crdt_kv.open(args.path, config=args.config, backend=args.backend)
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {n}")
+    return n
 
 
 def _show(value: Any) -> str:
@@ -63,14 +83,14 @@ def _cmd_put(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: value is not JSON: {exc}", file=sys.stderr)
             return 2
-    with _open(args) as db:
+    with _open(args, create=True) as db:
         v = db.put(args.key, value)
         print(f"ok hlc={v.hlc} peer={v.peer}")
     return 0
 
 
 def _cmd_del(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, create=True) as db:
         v = db.delete(args.key)
         print(f"ok hlc={v.hlc} peer={v.peer}")
     return 0
@@ -148,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.add_argument("--gte")
     p.add_argument("--lt")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_count)
     p.add_argument("--reverse", action="store_true")
     p.set_defaults(func=_cmd_scan)
 
@@ -157,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="two RocksDB replicas converge (a quick self-check)")
-    p.add_argument("--keys", type=int, default=2000)
+    p.add_argument("--keys", type=_count, default=2000)
     p.set_defaults(func=_cmd_demo)
 
     for name in _PLUGIN_MODULES:
@@ -179,6 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CrdtKvError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. ``crdt-kv scan | head``): not an error worth a traceback.
+        # Point stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     return code
 
 
