@@ -1,0 +1,209 @@
+"""The ``crdt-kv`` command (crdt_kv/cli.py): through ``main(argv)`` and as the installed
+console script in a real subprocess. Errors exit non-zero with one clear line on stderr
+and never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import crdt_kv
+from crdt_kv.cli import main
+
+SCRIPT = str(Path(sys.executable).with_name("crdt-kv"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_put_get_del(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "db")
+    code, out, _ = run(capsys, "put", "user:1", "Ada", "--path", db)
+    assert code == 0 and out.startswith("ok hlc=")
+    assert run(capsys, "get", "user:1", "--path", db)[:2] == (0, '"Ada"\n')
+    code, out, _ = run(
+        capsys, "put", "user:2", '{"name": "Bob", "n": [1, 2]}', "--json", "--path", db
+    )
+    assert code == 0
+    code, out, err = run(capsys, "get", "user:2", "-v", "--path", db)
+    assert json.loads(out) == {"name": "Bob", "n": [1, 2]}
+    assert "hlc=" in err and "seq=2" in err
+    code, out, _ = run(capsys, "del", "user:1", "--path", db)
+    assert code == 0 and out.startswith("ok hlc=")
+    code, out, err = run(capsys, "get", "user:1", "--path", db)
+    assert (code, out) == (1, "") and "user:1: not found" in err
+    with crdt_kv.open(db) as store:  # the CLI wrote a real store
+        assert store.get("user:2") == {"name": "Bob", "n": [1, 2]}
+        assert store.entry("user:1").deleted  # type: ignore[union-attr]
+
+
+def test_scan_bounds_limit_and_reverse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "db")
+    with crdt_kv.open(db) as store:
+        for i in range(10):
+            store.put(f"k{i}", i)
+        store.put("other", "x")
+        store.delete("k5")
+    code, out, _ = run(capsys, "scan", "--path", db, "--gte", "k2", "--lt", "k8")
+    assert code == 0
+    assert out.splitlines() == ["k2\t2", "k3\t3", "k4\t4", "k6\t6", "k7\t7"]
+    code, out, _ = run(capsys, "scan", "--path", db, "--reverse", "--limit", "3")
+    assert out.splitlines() == ['other\t"x"', "k9\t9", "k8\t8"]
+    assert run(capsys, "scan", "--path", db, "--limit", "0")[:2] == (0, "")
+
+
+def test_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "db")
+    with crdt_kv.open(db, peer_id="node-a") as store:
+        store.put("a", 1)
+        store.put("b", 2)
+        digest, inc = store.digest().hex(), store.incarnation.hex()
+    code, out, _ = run(capsys, "info", "--path", db)
+    fields = dict(
+        line.split(None, 1)
+        for line in out.replace("live keys", "live_keys")
+        .replace("last seq", "last_seq")
+        .splitlines()
+    )
+    assert code == 0
+    assert fields == {
+        "peer_id": "node-a",
+        "incarnation": inc,
+        "backend": "rocksdb",
+        "live_keys": "2",
+        "last_seq": "2",
+        "digest": digest,
+    }
+
+
+def test_backend_and_config_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "s")
+    assert run(capsys, "put", "k", "v", "--path", db, "--backend", "sqlite")[0] == 0
+    assert (tmp_path / "s" / "crdt_kv.sqlite3").is_file()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[storage]\nbackend = "sqlite"\npath = "s"\n')
+    assert run(capsys, "get", "k", "--config", str(cfg))[:2] == (0, '"v"\n')
+    assert "backend     sqlite" in run(capsys, "info", "--config", str(cfg))[1]
+
+
+def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--keys", "60")
+    assert code == 0
+    assert out.splitlines()[-1] == "verdict: CONVERGED"
+    counts = [line.split(":")[1].split()[0] for line in out.splitlines()[:2]]
+    # 60 keys, 9 of them deleted by a concurrently with b's put: each delete wins or not
+    # by the replicas' clocks, but both replicas agree.
+    assert counts[0] == counts[1] and 51 <= int(counts[0]) <= 60
+
+
+@pytest.mark.parametrize("command", ["get k", "scan", "info"])
+def test_reading_commands_do_not_create_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    missing = str(tmp_path / "typo")
+    code, out, err = run(capsys, *command.split(), "--path", missing)
+    assert code == 2 and out == ""
+    assert err == f"error: ConfigError: no store at {missing!r}\n"
+    assert not os.path.exists(missing)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["put", "k", "v"], "needs a path"),
+        (["put", "k", "v", "--path", "{tmp}/x", "--backend", "leveldb"], "available: memory"),
+        (["put", "k", "v", "--config", "{tmp}/none.toml"], "does not exist"),
+        (["put", "k", "{{", "--json", "--path", "{tmp}/x"], "value is not JSON"),
+        (["put", "k", "v", "--path", "{tmp}/file/sub"], "Not a directory"),
+    ],
+)
+def test_errors_exit_non_zero_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    (tmp_path / "file").write_text("in the way")
+    code, out, err = run(capsys, *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 2 and out == ""
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_store_in_use_is_reported_not_crashed_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for backend in ("rocksdb", "sqlite"):
+        db = str(tmp_path / backend)
+        with crdt_kv.open(db, backend=backend):
+            code, _, err = run(capsys, "get", "k", "--path", db, "--backend", backend)
+            assert code == 2 and "ConfigError" in err and "lock" in err.lower()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["get"],
+        ["scan", "--path", "x", "--limit", "-1"],
+        ["demo", "--keys", "x"],
+    ],
+)
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: crdt-kv" in err and "Traceback" not in err
+
+
+# --- the installed console script ---------------------------------------------------------
+
+
+def script(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_the_console_script(tmp_path: Path) -> None:
+    assert os.access(SCRIPT, os.X_OK), f"console script missing: {SCRIPT}"
+    db = str(tmp_path / "db")
+    put = script("put", "greeting", "hello", "--path", db)
+    assert put.returncode == 0, put.stderr
+    got = script("get", "greeting", "--path", db)
+    assert (got.returncode, got.stdout, got.stderr) == (0, '"hello"\n', "")
+    version = script("--version")
+    assert version.returncode == 0 and version.stdout.strip() == crdt_kv.__version__
+    bad = script("get", "greeting", "--path", db, "--backend", "nope")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("error: ConfigError: unknown storage backend 'nope'")
+    assert "Traceback" not in bad.stderr
+
+
+def test_the_console_script_survives_a_closed_pipe(tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    with crdt_kv.open(db) as store, store.batch() as b:
+        for i in range(4000):
+            b.put(f"key{i:05d}", "v" * 60)  # far more than a pipe buffer holds
+    proc = subprocess.Popen(
+        [SCRIPT, "scan", "--path", db], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"key00000\t")
+    proc.stdout.close()  # like `crdt-kv scan | head -1`
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err
