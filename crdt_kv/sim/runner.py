@@ -103,6 +103,7 @@ class SimConfig:
     gossip_ms: float = 1000.0
     gossip_mode: str = "both"
     live_peers: int = 0
+    live_ring: int | None = None
     live_flush_ms: float = 20.0
     live_retry_ms: float = 500.0
     idle_timeout_ms: float = 2000.0
@@ -134,17 +135,21 @@ class SimConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     def effective_keys(self) -> int:
-        """The key-space size: ``keys`` or ops/10 clamped to 20..1000."""
+        """The key-space size: ``keys`` or ops/10 clamped to 20..250.
+
+        The cap keeps many writes racing on every key at scale, and bounds what one
+        anti-entropy session carries (at most every key once)."""
         if self.keys is not None:
             return self.keys
-        return max(20, min(1000, self.ops // 10))
+        return max(20, min(250, self.ops // 10))
 
     def effective_duration_ms(self) -> float:
         """Length of the fault phase: ``duration_ms`` or about 50 ops per node-second,
-        clamped to 2..20 virtual seconds."""
+        clamped to 2..10 virtual seconds (ten gossip rounds and several fault episodes;
+        a longer phase only repeats them at a higher simulation cost)."""
         if self.duration_ms is not None:
             return float(self.duration_ms)
-        return float(max(2_000, min(20_000, self.ops * 1000 // (self.nodes * 50))))
+        return float(max(2_000, min(10_000, self.ops * 1000 // (self.nodes * 50))))
 
 
 @dataclass(slots=True)
@@ -179,6 +184,7 @@ class SimResult:
     messages_duplicated: int
     messages_reordered: int
     messages_partitioned: int
+    messages_late: int
     crashes: int
     restarts: int
     joins: int
@@ -354,6 +360,7 @@ class Simulation:
         self._converged_us: int | None = None
         self._ops_issued = 0
         self._op_rate = 0.0
+        self._up: list[int] | None = None
         self._workload: Workload | None = None
         self._divergence: list[tuple[float, int]] = []
         self._div_seen: dict[int, int] = {}
@@ -452,6 +459,7 @@ class Simulation:
     def set_pending(self, index: int) -> None:
         """Keep a node out of the cluster until a :class:`Join` (or the heal)."""
         self.nodes[index].state = PENDING
+        self._up = None
 
     def open_nodes(self) -> None:
         """Open a store on every node that is not pending."""
@@ -481,6 +489,7 @@ class Simulation:
             store = crdt_kv.open(node.path, backend=cfg.backend, **common)
         node.store = store
         node.state = UP
+        self._up = None
         store.on_commit(self._commit_hook(node))
         last = store.hlc.last
         if last < node.last_write_hlc:
@@ -748,7 +757,10 @@ class Simulation:
             node.gossip_busy = True
 
     def _live_targets(self, i: int) -> list[int]:
-        n = len(self.nodes)
+        ring = self.cfg.live_ring
+        n = len(self.nodes) if ring is None else min(ring, len(self.nodes))
+        if i >= n:
+            return []
         k = min(self.cfg.live_peers, n - 1)
         return [(i + d) % n for d in range(1, k + 1)]
 
@@ -809,6 +821,7 @@ class Simulation:
         store = node.store
         node.store = None
         node.state = DOWN
+        self._up = None
         node.gossip_busy = False
         if store is not None and self.cfg.backend != "memory":
             store.backend.close()  # unclean: no Store.close(), just release the files
@@ -876,7 +889,9 @@ class Simulation:
         cfg = self.cfg
         wl = self._workload
         assert wl is not None
-        up = [n.index for n in self.nodes if n.state == UP]
+        up = self._up
+        if up is None:
+            up = self._up = [n.index for n in self.nodes if n.state == UP]
         self._ops_issued += 1
         if up:
             i = up[self.work_rng.randrange(len(up))] if len(up) > 1 else up[0]
@@ -1092,6 +1107,7 @@ class Simulation:
             messages_duplicated=c["duplicated"],
             messages_reordered=c["reordered"],
             messages_partitioned=c["partitioned"],
+            messages_late=c["late"],
             crashes=c["crashes"],
             restarts=c["restarts"],
             joins=c["joins"],

@@ -1,0 +1,462 @@
+"""The convergence simulator (crdt_kv.sim): determinism, every scenario, what each
+scenario claims to do, the invariants, and the ``crdt-kv simulate`` command line.
+
+Runs are small (a few nodes, a few hundred operations) so the file stays fast; bigger
+sweeps are marked ``soak``. Every assertion message carries the command that replays the
+run (``SimResult.repro_command``).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crdt_kv import sim
+from crdt_kv.errors import ConfigError
+from crdt_kv.sim import SimConfig, SimResult, Simulation, get_scenario
+from crdt_kv.sim.cli import main as sim_main
+from crdt_kv.sim.faults import Crash, FaultAction, Restart
+from crdt_kv.sim.workload import Op
+from crdt_kv.version import Entry, RawEntry
+
+SMALL = {"nodes": 5, "ops": 600}
+
+
+def lowest_peer(a: Entry, b: Entry) -> bool:
+    """A deterministic resolver (importable as ``test_sim:lowest_peer``)."""
+    return a.peer < b.peer
+
+
+def _why(r: SimResult) -> str:
+    return f"reproduce: {r.repro_command}; checks={r.checks} error={r.error}"
+
+
+class Inspect(Simulation):
+    """A simulation that keeps what the tests look at before ``close()`` drops it."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        super().__init__(cfg)
+        self.final: dict[str, dict[bytes, RawEntry]] = {}
+        self.acked: list[tuple[str, bool, int, str]] = []
+        self.crashes: list[dict[str, Any]] = []
+        self.restarts: list[dict[str, Any]] = []
+        record = self.oracle.record
+
+        def spy(key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
+            self.acked.append((key, deleted, hlc, peer))
+            record(key, value, deleted, hlc, peer)
+
+        self.oracle.record = spy  # type: ignore[method-assign]
+
+    def apply(self, action: FaultAction) -> None:
+        if isinstance(action, Crash):
+            node = self.nodes[action.node]
+            if node.store is not None:
+                stored = max((e.hlc for e in node.store.raw_changes(0)), default=0)
+                self.crashes.append(
+                    {
+                        "node": action.node,
+                        "store": node.store,
+                        "incarnation": node.store.incarnation,
+                        "conns": len(node.conns),
+                        "stored_hlc": stored,
+                        "n": len(self.crashes) + len(self.restarts),
+                    }
+                )
+        super().apply(action)
+        if isinstance(action, Crash):
+            assert not self.nodes[action.node].conns, "a crashed node kept a connection"
+        if isinstance(action, Restart):
+            node = self.nodes[action.node]
+            assert node.store is not None
+            self.restarts.append(
+                {
+                    "node": action.node,
+                    "store": node.store,
+                    "incarnation": node.store.incarnation,
+                    "hlc": node.store.hlc.last,
+                    "n": len(self.crashes) + len(self.restarts),
+                }
+            )
+
+    def close(self) -> None:
+        for n in self.live_nodes():
+            if n.store is not None:
+                self.final[n.peer_id] = {e.key: e for e in n.store.raw_changes(0)}
+        super().close()
+
+
+def inspect(scenario: str, **kw: Any) -> tuple[Inspect, SimResult]:
+    cfg = SimConfig(scenario=scenario, **{**SMALL, **kw})
+    s = Inspect(cfg)
+    return s, s.run(get_scenario(scenario).setup)
+
+
+def assert_passed(r: SimResult) -> None:
+    assert r.error is None, _why(r)
+    assert r.converged, _why(r)
+    assert r.oracle_match, _why(r) + f" mismatches={r.mismatches[:5]}"
+    assert r.hlc_violations == 0, _why(r)
+    assert r.ok, _why(r)
+
+
+def assert_invariants(s: Inspect, r: SimResult) -> None:
+    """Independent of the oracle: no lost write, no resurrection, every node's write
+    stamps strictly increase, and a restarted node's HLC starts at or above every stamp
+    it had stored."""
+    assert s.final, _why(r)
+    latest: dict[str, tuple[int, str, bool]] = {}
+    for key, deleted, hlc, peer in s.acked:
+        if key not in latest or (hlc, peer) > latest[key][:2]:
+            latest[key] = (hlc, peer, deleted)
+    for node, entries in s.final.items():
+        for key, deleted, hlc, _ in s.acked:
+            e = entries.get(key.encode())
+            assert e is not None, f"{node} lost every write of {key!r}; {_why(r)}"
+            assert e.hlc >= hlc, f"{node} lost {key!r}@{hlc} (holds {e.hlc}); {_why(r)}"
+            del deleted
+        for key, (_, _, deleted) in latest.items():
+            if deleted:
+                e = entries[key.encode()]
+                assert e.deleted, f"{node}: deleted key {key!r} came back; {_why(r)}"
+    by_peer: dict[str, list[int]] = {}
+    for _, _, hlc, peer in s.acked:
+        by_peer.setdefault(peer, []).append(hlc)
+    for peer, stamps in by_peer.items():
+        assert all(a < b for a, b in itertools.pairwise(stamps)), f"{peer} stamps went back"
+    for crash, restart in _pairs(s):
+        assert restart["hlc"] >= crash["stored_hlc"], f"restart below stored; {_why(r)}"
+
+
+# --- determinism -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["flaky", "crash-restart"])
+def test_same_seed_same_trace(scenario: str) -> None:
+    a = sim.run(scenario, seed=11, **SMALL)
+    b = sim.run(scenario, seed=11, **SMALL)
+    assert a.trace_hash == b.trace_hash
+    assert a.to_dict() == b.to_dict()
+    c = sim.run(scenario, seed=12, **SMALL)
+    assert c.trace_hash != a.trace_hash
+
+
+def test_trace_hash_shape_and_sampling_does_not_perturb() -> None:
+    a = sim.run("partition-heal", seed=4, **SMALL)
+    b = sim.run("partition-heal", seed=4, sample_ms=50, **SMALL)
+    assert len(a.trace_hash) == 32 and int(a.trace_hash, 16) >= 0
+    assert a.trace_hash == b.trace_hash
+    assert not a.divergence and len(b.divergence) > 10
+    assert max(n for _, n in b.divergence) > 0  # it did diverge during the faults
+    assert b.divergence[-1][1] == 0  # and ended converged
+
+
+# --- every scenario ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", sim.scenario_names())
+def test_every_scenario_converges(scenario: str) -> None:
+    s, r = inspect(scenario, seed=2)
+    assert_passed(r)
+    assert_invariants(s, r)
+    assert r.convergence_time_ms is not None and r.convergence_time_ms <= 60_000
+    assert r.writes > 0 and r.messages > 0 and r.bytes > 0
+
+
+def test_scenario_registry() -> None:
+    names = sim.scenario_names()
+    required = {"clean", "flaky", "partition-heal", "clock-skew", "ties", "crash-restart"}
+    assert required | {"churn"} <= set(names)
+    assert sim.expand("all") == names
+    with pytest.raises(ConfigError, match="'nope'"):
+        sim.expand("nope")
+
+
+def test_rocksdb_crash_restart_loses_incarnation_and_recovers() -> None:
+    """RocksDB without sync_writes is not power safe: an unclean reopen rotates the
+    incarnation (its log tail may be gone), so peers resend from 0; the run converges."""
+    s, r = inspect("crash-restart", backend="rocksdb", nodes=4, ops=300, seed=3)
+    assert_passed(r)
+    assert_invariants(s, r)
+    assert s.crashes and s.restarts
+    for crash, restart in _pairs(s):
+        assert restart["incarnation"] != crash["incarnation"], _why(r)
+
+
+def _pairs(s: Inspect) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each restart with the crash it recovers from (a node may crash several times)."""
+    assert len(s.crashes) == len(s.restarts)
+    out = []
+    for crash in s.crashes:
+        restart = next(x for x in s.restarts if x["node"] == crash["node"] and x["n"] > crash["n"])
+        out.append((crash, restart))
+    return out
+
+
+def test_sqlite_flaky() -> None:
+    s, r = inspect("flaky", backend="sqlite", nodes=4, ops=300, seed=3)
+    assert_passed(r)
+    assert_invariants(s, r)
+    assert r.backend == "sqlite"
+
+
+# --- what the scenarios claim ------------------------------------------------------------
+
+
+def test_clock_skew_refuses_the_rogue_node() -> None:
+    s, r = inspect("clock-skew", seed=5)
+    assert_passed(r)
+    (rogue,) = r.rogue_nodes
+    assert r.rogue_writes > 0, _why(r)
+    assert r.skew_rejections > 0, _why(r)
+    assert r.checks["rogue_refused"] is True
+    assert "ClockSkewError" in " ".join(r.session_failures), r.session_failures
+    for node, entries in s.final.items():
+        assert rogue not in node
+        leaked = [e.key for e in entries.values() if e.peer == rogue]
+        assert not leaked, f"{node} accepted the rogue's writes {leaked[:3]}; {_why(r)}"
+    legit = [n.clock() for n in s.nodes if not n.rogue]
+    rogue_clock = next(n.clock() for n in s.nodes if n.rogue)
+    assert rogue_clock - max(legit) > s.cfg.max_offset_ms
+    assert max(legit) - min(legit) > 3_600_000 // 2  # legit clocks really are far apart
+    assert max(legit) - min(legit) < s.cfg.max_offset_ms
+
+
+def test_ties_really_tie_and_use_the_resolver() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def counting(a: Entry, b: Entry) -> bool:
+        calls.append((a.peer, b.peer))
+        return a.peer < b.peer
+
+    s, r = inspect("ties", seed=6, resolver=counting, resolver_name="test:counting")
+    assert_passed(r)
+    assert r.hlc_ties >= 10, _why(r)
+    assert calls and all(a != b for a, b in calls)
+    # After the final burst the tied keys are won by the lowest peer (the resolver says so).
+    peers = sorted(n.peer_id for n in s.nodes)
+    winners = {e.peer for entries in s.final.values() for e in entries.values()}
+    assert peers[0] in winners
+
+
+def test_ties_without_resolver_break_by_highest_peer() -> None:
+    s, r = inspect("ties", seed=6)
+    assert_passed(r)
+    assert r.hlc_ties >= 10
+    top = max(n.peer_id for n in s.nodes)
+    (entries, *_) = s.final.values()
+    assert any(e.peer == top for e in entries.values())
+
+
+def test_crash_restart_loses_volatile_state_and_recovers() -> None:
+    s, r = inspect("crash-restart", seed=8, nodes=6, ops=1500)
+    assert_passed(r)
+    assert_invariants(s, r)
+    assert r.crashes >= 2 and r.restarts == r.crashes, _why(r)
+    # The Store object (HLC in memory, sessions, queued bytes) is gone; memory is
+    # power safe, so the incarnation and every committed batch survive.
+    for crash, restart in _pairs(s):
+        assert restart["store"] is not crash["store"]
+        assert restart["incarnation"] == crash["incarnation"]
+    assert all(c["store"].closed is False for c in s.crashes)  # dropped, never closed
+    assert any(c["conns"] for c in s.crashes), "no crash interrupted a connection"
+    assert r.messages_late > 0, _why(r)  # in flight to or from a crashed node: lost
+    jumps = [a.clock_jump_ms for _, a in s._plan if isinstance(a, Restart)]
+    assert any(j < 0 for j in jumps), "no restart stepped its clock back"
+
+
+def test_churn_nodes_join_late() -> None:
+    s, r = inspect("churn", seed=9, nodes=6)
+    assert_passed(r)
+    assert r.joins >= 1
+    assert len(s.final) == 6
+
+
+def test_hlc_regression_is_detected() -> None:
+    """The monotonic-HLC check can fire: fake a node that wrote far in the future."""
+    s = Simulation(SimConfig(nodes=2, ops=0))
+    s.open_nodes()
+    s.write(0, Op("put", (("k", 1, False),)))
+    s.nodes[0].last_write_hlc = 1 << 62
+    s.write(0, Op("put", (("k", 2, False),)))
+    r = s.result()
+    s.close()
+    assert r.hlc_violations == 1
+    assert r.checks["hlc_monotonic"] is False and not r.ok
+
+
+# --- library API --------------------------------------------------------------------------
+
+
+def test_run_rejects_bad_options() -> None:
+    with pytest.raises(ConfigError, match="nodes"):
+        sim.run("clean", nodes=1)
+    with pytest.raises(ConfigError, match="backend"):
+        sim.run("clean", backend="tape")
+    with pytest.raises(ConfigError, match="bogus"):
+        sim.run("clean", bogus=1)
+
+
+def test_run_suite_sweeps_seeds() -> None:
+    rs = list(sim.run_suite(["ties", "clean"], seed=3, seeds=2, nodes=3, ops=100))
+    assert [(r.scenario, r.seed) for r in rs] == [
+        ("ties", 3),
+        ("ties", 4),
+        ("clean", 3),
+        ("clean", 4),
+    ]
+    assert all(r.ok for r in rs)
+
+
+# --- the command line ---------------------------------------------------------------------
+
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "scenario": str,
+    "converged": bool,
+    "oracle_match": bool,
+    "ok": bool,
+    "seed": int,
+    "trace_hash": str,
+    "nodes": int,
+    "ops": int,
+    "messages": int,
+    "bytes": int,
+    "virtual_time_ms": (int, float),
+    "convergence_time_ms": (int, float),
+    "repro_command": str,
+    "backend": str,
+    "checks": dict,
+    "mismatches": list,
+}
+
+
+def _json_run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = sim_main([*argv, "--json"])
+    out = capsys.readouterr().out
+    doc = json.loads(out)  # exactly one JSON document on stdout
+    return code, doc
+
+
+def test_cli_json_fields_and_types(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = _json_run(["--scenario", "clean", "--nodes", "3", "--ops", "200"], capsys)
+    assert code == 0
+    assert doc["ok"] is True and doc["failures"] == []
+    assert doc["suite"]["scenario"] == "clean"
+    (run,) = doc["runs"]
+    for name, typ in FIELDS.items():
+        assert name in run, name
+        assert isinstance(run[name], typ) and not (typ is int and isinstance(run[name], bool))
+    assert (run["nodes"], run["ops"], run["seed"]) == (3, 200, 1)
+    assert run["virtual_time_ms"] >= run["convergence_time_ms"] >= 0
+    assert run["repro_command"] == "crdt-kv simulate --scenario clean --nodes 3 --ops 200 --seed 1"
+
+
+def test_cli_seeds_sweep(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--scenario", "flaky", "--nodes", "3", "--ops", "150", "--seed", "4", "--seeds", "3"]
+    code, doc = _json_run(argv, capsys)
+    assert code == 0 and doc["ok"] is True
+    assert [r["seed"] for r in doc["runs"]] == [4, 5, 6]
+    assert len({r["trace_hash"] for r in doc["runs"]}) == 3
+
+
+def test_cli_all_is_the_standard_suite(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = _json_run(["--nodes", "3", "--ops", "100"], capsys)
+    assert code == 0
+    assert [r["scenario"] for r in doc["runs"]] == sim.scenario_names()
+
+
+def test_cli_resolver(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--scenario", "ties", "--nodes", "3", "--ops", "200", "--resolver"]
+    code, doc = _json_run([*argv, "test_sim:lowest_peer"], capsys)
+    assert code == 0, doc["failures"]
+    assert doc["runs"][0]["resolver"] == "test_sim:lowest_peer"
+    assert doc["runs"][0]["hlc_ties"] > 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("no_colon", "module:function"),
+        ("no_such_module_xyz:f", "cannot import"),
+        ("test_sim:nothing_here", "has no"),
+        ("test_sim:SMALL", "not callable"),
+    ],
+)
+def test_cli_bad_resolver(spec: str, words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["--scenario", "clean", "--resolver", spec]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_cli_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["--scenario", "nope"]) == 2
+    assert "unknown scenario 'nope'" in capsys.readouterr().err
+    assert sim_main(["--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code = sim_main(["--scenario", "partition-heal", "--nodes", "3", "--ops", "150"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for word in ("scenario", "messages", "bytes", "convergence", "verdict", "PASS"):
+        assert word in out
+    assert "partition-heal" in out and "1/1 runs passed" in out
+
+
+def test_cli_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "div.png"
+    argv = ["--scenario", "partition-heal", "--nodes", "4", "--ops", "300", "--plot", str(png)]
+    code, doc = _json_run(argv, capsys)
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 5000
+    assert len(doc["runs"][0]["divergence"]) > 10
+
+
+def test_cli_plot_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code = sim_main(["--scenario", "clean", "--plot", str(tmp_path / "x.png")])
+    assert code == 2
+    assert "pip install 'crdt_kv[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_progress_bar_renders_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from rich.console import Console
+
+    from crdt_kv.sim import cli
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    args = argparse.Namespace(
+        scenario="clean",
+        nodes=3,
+        ops=1000,
+        seed=1,
+        seeds=1,
+        keys=None,
+        backend="memory",
+        resolver=None,
+        plot=None,
+    )
+    (r,) = cli._runs_with_progress(args, None, console)
+    assert r.ok
+    assert "clean #1" in buf.getvalue()
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("scenario", sim.scenario_names())
+def test_soak_many_seeds(scenario: str) -> None:
+    for seed in range(1, 21):
+        r = sim.run(scenario, nodes=8, ops=3000, seed=seed)
+        assert_passed(r)
