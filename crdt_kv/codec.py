@@ -153,7 +153,20 @@ def _enc_cbor(v: Any) -> bytes:
         raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
 
 
+_FAST_DECODE_BYTES = 1024
+
+
 def _dec_cbor(b: bytes) -> Any:
+    if len(b) <= _FAST_DECODE_BYTES:
+        # Fast path for small values (every read decodes one): ``loads`` skips the file
+        # object, and a value that re-encodes to exactly ``b`` was a single item with no
+        # trailing bytes. Anything else, errors included, takes the checked path below.
+        try:
+            value = cbor2.loads(b)
+            if cbor2.dumps(value) == b:
+                return value
+        except Exception:  # the checked path below reports it
+            pass
     try:
         fp = io.BytesIO(b)
         value = cbor2.CBORDecoder(fp).decode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,11 @@ DEFAULT_MAX_OFFSET_MS = 500
 APPLY_CHUNK = 5000
 _MOD = 1 << 256
 _DELETED = 1  # flags bit of a record (codec layout)
+_LOG_PLAIN = pack_log(b"", None)  # prefix of a local log entry without trailer
+_TRAILER_LOG = struct.Struct(">BQ32sQ")
+"""Head of a local log entry carrying the commit trailer: kind 1, live count, digest, HLC
+high-water mark (then the key). Byte for byte ``pack_log(key, (count, digest, hlc))``;
+packed in one call here because every local put writes one."""
 _M_FORMAT = META + b"format"
 _M_PEER = META + b"peer"
 _M_INCARNATION = META + b"incarnation"
@@ -501,33 +507,40 @@ class Store:
     def _commit(self, items: Sequence[_Change], extra: Sequence[Op], source: int = 0) -> None:
         """Write ``(key, new body, old record or None)`` changes plus ``extra`` atomically.
 
-        The hot path of every write: keep it lean. Counters change only after the backend
-        accepted the batch, so a failed write leaves the store exactly as it was.
+        The hot path of every batch and apply: keep it lean. Counters change only after
+        the backend accepted the batch, so a failed write leaves the store exactly as it was.
         """
         seq, count, digest = self._seq, self._count, self._digest
         ops: list[Op] = []
+        add = ops.append
         log_ops: list[tuple[bytes, bytes]] = []
+        add_log = log_ops.append
         for k, body, old in items:
             seq += 1
             sb = pack_u64(seq)
             if old is not None:
                 if old[0] != FORMAT_VERSION or len(old) < RECORD_HEAD + 8:
                     raise CorruptionError(f"record of key {k!r} is malformed")
-                ops.append((LOG + old[-8:], None))
+                add((LOG + old[-8:], None))
                 digest -= body_hash(k, old[:-8])
                 if not old[1] & _DELETED:
                     count -= 1
             digest += body_hash(k, body)
             if not body[1] & _DELETED:
                 count += 1
-            ops.append((DATA + k, body + sb))
-            log_ops.append((LOG + sb, k))
+            add((DATA + k, body + sb))
+            add_log((LOG + sb, k))
         digest %= _MOD
         first = self._seq + 1
         if log_ops:
-            *plain, (last_key, last_k) = log_ops
-            ops.extend((lk, pack_log(k, None, source)) for lk, k in plain)
-            ops.append((last_key, pack_log(last_k, (count, digest, self._hlc.last), source)))
+            last_key, last_k = log_ops.pop()
+            if source:
+                ops.extend((lk, pack_log(k, None, source)) for lk, k in log_ops)
+                ops.append((last_key, pack_log(last_k, (count, digest, self._hlc.last), source)))
+            else:
+                ops.extend((lk, _LOG_PLAIN + k) for lk, k in log_ops)
+                head = _TRAILER_LOG.pack(1, count, digest.to_bytes(32, "big"), self._hlc.last)
+                ops.append((last_key, head + last_k))
         ops.extend(extra)
         self._bwrite(ops)
         self._seq, self._count, self._digest = seq, count, digest
@@ -554,9 +567,35 @@ class Store:
                     log.exception("change listener %r failed", cb)
 
     def _write_local(self, k: bytes, v: bytes, deleted: bool) -> Version:
-        old = self._bget(DATA + k)
+        """One local write: :meth:`_commit` for a single key, inlined (the hottest path).
+
+        Builds the same batch, in the same order, as ``_commit`` would: the removal of the
+        key's previous log entry, the record, and the new log entry with the trailer.
+        """
+        dk = DATA + k
+        old = self._bget(dk)
         hlc = self._hlc.now()
-        self._commit(((k, record_body(hlc, self._peer_b, deleted, v), old),), ())
+        body = record_body(hlc, self._peer_b, deleted, v)
+        seq = self._seq + 1
+        sb = pack_u64(seq)
+        count = self._count if deleted else self._count + 1
+        digest = self._digest + body_hash(k, body)
+        if old is not None:
+            if old[0] != FORMAT_VERSION or len(old) < RECORD_HEAD + 8:
+                raise CorruptionError(f"record of key {k!r} is malformed")
+            digest -= body_hash(k, old[:-8])
+            if not old[1] & _DELETED:
+                count -= 1
+        digest %= _MOD
+        log_v = _TRAILER_LOG.pack(1, count, digest.to_bytes(32, "big"), hlc) + k
+        ops: list[Op] = [(dk, body + sb), (LOG + sb, log_v)]
+        if old is not None:
+            ops.insert(0, (LOG + old[-8:], None))
+        self._bwrite(ops)
+        self._seq, self._count, self._digest = seq, count, digest
+        self.stats["commits"] += 1
+        if self._commit_listeners or self._change_listeners:
+            self._notify(((k, body, old),), seq)
         return Version(hlc, self._peer_id)
 
     def put(self, key: Any, value: Any) -> Version:
@@ -594,14 +633,16 @@ class Store:
         last_index: dict[bytes, int] = {}
         for i, (k, _, _) in enumerate(ops):
             last_index[k] = i
-        kept = [ops[i] for i in sorted(last_index.values())]
+        kept = ops if len(last_index) == len(ops) else [ops[i] for i in sorted(last_index.values())]
         olds = self._backend.get_many([DATA + k for k, _, _ in kept])
         items: list[_Change] = []
-        versions = []
+        versions: list[Version] = []
+        add_item, add_version = items.append, versions.append
+        now, peer_b, peer = self._hlc.now, self._peer_b, self._peer_id
         for (k, v, deleted), blob in zip(kept, olds, strict=True):
-            hlc = self._hlc.now()
-            items.append((k, record_body(hlc, self._peer_b, deleted, v), blob))
-            versions.append(Version(hlc, self._peer_id))
+            hlc = now()
+            add_item((k, record_body(hlc, peer_b, deleted, v), blob))
+            add_version(Version(hlc, peer))
         if items:
             self._commit(items, ())
         return versions
@@ -797,6 +838,7 @@ class Batch:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._kenc, self._venc = store._kenc, store._venc
         self._ops: list[tuple[bytes, bytes, bool]] = []
         self._done = False
         self.versions: list[Version] = []
@@ -807,10 +849,14 @@ class Batch:
 
     def put(self, key: Any, value: Any) -> None:
         """Queue a put."""
-        self._check()
-        k = self._store._enc_key(key)
+        if self._done:
+            self._check()
         try:
-            v = self._store._venc(value)
+            k = self._kenc(key)
+        except EncodingError as exc:
+            raise EncodingError(f"key {key!r}: {exc}") from None
+        try:
+            v = self._venc(value)
         except EncodingError as exc:
             raise EncodingError(f"value of key {key!r}: {exc}") from None
         self._ops.append((k, v, False))

@@ -35,14 +35,18 @@ class RocksDBBackend(Backend):
             self._db = Rdict(path, opts)
         except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
             raise ConfigError(f"cannot open RocksDB store at {path!r}: {exc}") from exc
-        self._wopt = WriteOptions()
-        self._wopt.sync = sync_writes
+        wopt = WriteOptions()
+        wopt.sync = sync_writes
+        # Set once: passing the options to every write() converts them again each call.
+        self._db.set_write_options(wopt)
+        self._dbwrite = self._db.write
+        self._dbget = self._db.get
 
     def get(self, key: bytes) -> bytes | None:
         """Point read in one call: the store's hot path skips the generic wrapper."""
         if self._closed:
             self._check()
-        v: bytes | None = self._db.get(key)
+        v: bytes | None = self._dbget(key)
         return v
 
     _get = get
@@ -52,12 +56,13 @@ class RocksDBBackend(Backend):
         if self._closed:
             self._check()
         wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
         for k, v in ops:
             if v is None:
-                wb.delete(k)
+                delete(k)
             else:
-                wb.put(k, v)
-        self._db.write(wb, self._wopt)
+                put(k, v)
+        self._dbwrite(wb)
 
     def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
