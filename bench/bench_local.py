@@ -1,21 +1,27 @@
 """Local store speed on every backend, against raw ``rocksdict`` in the same process.
 
 Measures (issue 3, "Speed") put, get, batch put (``--batch`` writes per atomic batch,
-default 1,000) and a full range scan through :class:`crdt_kv.store.Store` on each backend,
-and the same puts/gets/scan done directly on ``rocksdict.Rdict(Options(raw_mode=True))``
-with the same keys (``f"user:{i:08d}"``, as bytes) and the same values (``{"name": "Ada",
-"n": i}``, ``cbor2``-encoded in the timed loop). Targets on the RocksDB backend: put
->= 0.25x raw put, get >= 0.5x raw get, batch put >= 0.5x raw put.
+default 1,000) and range scan through :class:`crdt_kv.store.Store` on each backend, and the
+same puts/gets/scan done directly on ``rocksdict.Rdict(Options(raw_mode=True))`` with the
+same keys (``f"user:{i:08d}"``, as bytes) and values (``{"name": "Ada", "n": i}``,
+``cbor2``-encoded inside the timed loop, as the store does). Targets on the RocksDB backend:
+put >= 0.25x raw put, get >= 0.5x raw get, batch put >= 0.5x raw put.
 
-The machine is noisy, so: one discarded warm-up round; then ``--rounds`` rounds that
-alternate the order of baseline and subjects (raw first on even rounds, last on odd ones);
-every write phase starts in a fresh temporary directory; the figure reported is the median
-ops/s over the rounds and the ratio is the ratio of medians. Gets read the keys in one
-seeded random order (the same for raw and store). The exit code is always 0: this is a
-measurement, not a test; the verdict column says which targets were met.
+The machine this runs on is small and shared (other processes come and go), so the
+measurement is *paired*: every subject (raw rocksdict and each backend) does the same chunk
+of ``--chunk`` operations in turn, the order rotating from chunk to chunk, and each subject's
+time is the sum over its chunks. A load spike therefore lands on all subjects alike instead
+of on whichever happened to run then. A round writes ``--n`` keys into fresh directories
+(single puts into one store, batches into another, single puts and batches into two raw
+databases), then gets every key in one seeded random order, then scans everything in
+key-range chunks. Each figure is the median over ``--rounds`` rounds (after one discarded
+warm-up round); each ratio is the median over rounds of that round's paired ratio. Results
+are checked (counts, a value read back) so nothing is timed that did not happen. The exit
+code is always 0: this is a measurement, not a test; the verdict column says which targets
+were met.
 
 Run: ``.venv/bin/python bench/bench_local.py [--n 100000] [--rounds 5]
-[--backends rocksdb,memory,sqlite] [--json]``.
+[--backends rocksdb,memory,sqlite] [--json]`` (``make bench`` runs the defaults).
 """
 
 from __future__ import annotations
@@ -48,11 +54,14 @@ from crdt_kv.store import Store
 
 RAW = "raw"
 OPS = ("put", "get", "batch put", "range scan")
-RAW_OP = {"put": "put", "get": "get", "scan": "range scan"}
-BASELINE_OP = {"put": "put", "get": "get", "batch put": "put", "range scan": "scan"}
+BASELINE_OP = {"put": "put", "get": "get", "batch put": "put", "range scan": "range scan"}
 """Which raw operation each store operation is compared with (batch put: raw single puts)."""
 TARGETS = {("rocksdb", "put"): 0.25, ("rocksdb", "get"): 0.5, ("rocksdb", "batch put"): 0.5}
 WARMUP_N = 10_000
+SCAN_CHUNK_FACTOR = 10
+
+Key = tuple[str, str]
+Task = tuple[Key, Callable[[int, int], object]]
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Workload:
 
     n: int
     batch: int
+    chunk: int
     keys: list[str]
     bkeys: list[bytes]
     values: list[dict[str, Any]]
@@ -69,7 +79,7 @@ class Workload:
     expect_last: dict[str, Any]
 
     @classmethod
-    def build(cls, n: int, batch: int, seed: int) -> Workload:
+    def build(cls, n: int, batch: int, chunk: int, seed: int) -> Workload:
         keys = [f"user:{i:08d}" for i in range(n)]
         values: list[dict[str, Any]] = [{"name": "Ada", "n": i} for i in range(n)]
         order = list(range(n))
@@ -77,6 +87,7 @@ class Workload:
         return cls(
             n=n,
             batch=batch,
+            chunk=chunk,
             keys=keys,
             bkeys=[k.encode() for k in keys],
             values=values,
@@ -85,22 +96,20 @@ class Workload:
             expect_last=values[order[-1]],
         )
 
-    def chunks(self, keys: list[Any]) -> list[tuple[list[Any], list[dict[str, Any]]]]:
-        b = self.batch
-        return [(keys[lo : lo + b], self.values[lo : lo + b]) for lo in range(0, self.n, b)]
-
 
 @dataclass
 class Results:
-    """ops/s samples per ``(backend, op)``, one per round."""
+    """ops/s samples per ``(backend, op)`` and paired ratios, one of each per round."""
 
-    samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    samples: dict[Key, list[float]] = field(default_factory=dict)
+    ratios: dict[Key, list[float]] = field(default_factory=dict)
 
-    def add(self, backend: str, op: str, n: int, seconds: float) -> None:
-        self.samples.setdefault((backend, op), []).append(n / seconds)
-
-    def median(self, backend: str, op: str) -> float:
-        return statistics.median(self.samples[(backend, op)])
+    def add_round(self, n: int, spent: dict[Key, float]) -> None:
+        for (name, op), seconds in spent.items():
+            self.samples.setdefault((name, op), []).append(n / seconds)
+            if name != RAW:
+                base = spent[(RAW, BASELINE_OP[op])]
+                self.ratios.setdefault((name, op), []).append(base / seconds)
 
 
 class Scratch:
@@ -116,27 +125,32 @@ class Scratch:
         os.makedirs(path)
         return path
 
-    def drop(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds taken by ``fn()``, after a full collection so no debt leaks in."""
+def paired(tasks: list[Task], n: int, chunk: int, start: int) -> dict[Key, float]:
+    """Run every task over ``[0, n)`` in chunks, taking turns; return seconds per task.
+
+    Chunk ``i`` runs the tasks starting from task ``(start + i) % len(tasks)``, so each one
+    runs first, second, ... equally often.
+    """
+    spent = dict.fromkeys((key for key, _ in tasks), 0.0)
+    clock = time.perf_counter
     gc.collect()
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for i, lo in enumerate(range(0, n, chunk)):
+        hi = min(n, lo + chunk)
+        s = (start + i) % len(tasks)
+        for key, fn in tasks[s:] + tasks[:s]:
+            t0 = clock()
+            fn(lo, hi)
+            spent[key] += clock() - t0
+    return spent
 
 
 def check(what: str, got: object, want: object) -> None:
     if got != want:
         raise SystemExit(f"bench_local: {what} returned {got!r}, expected {want!r}")
-
-
-# --- raw rocksdict (the baseline) -----------------------------------------------------------
 
 
 def open_raw(path: str) -> Rdict:
@@ -145,131 +159,112 @@ def open_raw(path: str) -> Rdict:
     return Rdict(path, opts)
 
 
-def run_raw(w: Workload, scratch: Scratch, res: Results) -> None:
-    dumps, loads = cbor2.dumps, cbor2.loads
-    path = scratch.fresh()
-    db = open_raw(path)
-    try:
-
-        def put() -> None:
-            for k, v in zip(w.bkeys, w.values, strict=True):
-                db[k] = dumps(v)
-
-        def get() -> object:
-            v = None
-            for k in w.get_bkeys:
-                v = loads(db[k])
-            return v
-
-        last: list[object] = []
-        res.add(RAW, "put", w.n, timed(put))
-        res.add(RAW, "get", w.n, timed(lambda: last.append(get())))
-        check("raw get", last[-1], w.expect_last)
-
-        def scan() -> int:
-            count = 0
-            for _k, v in db.items():
-                loads(v)
-                count += 1
-            return count
-
-        counted: list[int] = []
-        res.add(RAW, "range scan", w.n, timed(lambda: counted.append(scan())))
-        check("raw scan", counted[-1], w.n)
-    finally:
-        db.close()
-        scratch.drop(path)
-
-    path = scratch.fresh()
-    db = open_raw(path)
-    chunks = w.chunks(w.bkeys)
-    try:
-
-        def batch_put() -> None:
-            for ks, vs in chunks:
-                wb = WriteBatch(raw_mode=True)
-                for k, v in zip(ks, vs, strict=True):
-                    wb.put(k, dumps(v))
-                db.write(wb)
-
-        res.add(RAW, "batch put", w.n, timed(batch_put))
-    finally:
-        db.close()
-        scratch.drop(path)
-
-
-# --- the store on one backend ------------------------------------------------------------
-
-
-def open_store(backend: str, scratch: Scratch) -> tuple[Store, str | None]:
+def open_store(backend: str, scratch: Scratch) -> Store:
     if backend == "memory":
-        return crdt_kv.open(backend="memory"), None
-    path = scratch.fresh()
-    return crdt_kv.open(path, backend=backend), path
+        return crdt_kv.open(backend="memory")
+    return crdt_kv.open(scratch.fresh(), backend=backend)
 
 
-def run_store(backend: str, w: Workload, scratch: Scratch, res: Results) -> None:
-    store, path = open_store(backend, scratch)
-    try:
+# --- the work, as (lo, hi) chunk functions ------------------------------------------------
 
-        def put() -> None:
-            p = store.put
-            for k, v in zip(w.keys, w.values, strict=True):
-                p(k, v)
 
-        def get() -> object:
-            g = store.get
-            v = None
-            for k in w.get_keys:
-                v = g(k)
-            return v
+def raw_tasks(w: Workload, db: Rdict, bdb: Rdict) -> dict[str, Callable[[int, int], object]]:
+    dumps, loads = cbor2.dumps, cbor2.loads
+    bkeys, values, gkeys, batch = w.bkeys, w.values, w.get_bkeys, w.batch
 
-        last: list[object] = []
-        res.add(backend, "put", w.n, timed(put))
-        res.add(backend, "get", w.n, timed(lambda: last.append(get())))
-        check(f"{backend} get", last[-1], w.expect_last)
+    def put(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            db[bkeys[i]] = dumps(values[i])
 
-        def scan() -> int:
-            count = 0
-            for _kv in store.items():
-                count += 1
-            return count
+    def batch_put(lo: int, hi: int) -> None:
+        for b in range(lo, hi, batch):
+            wb = WriteBatch(raw_mode=True)
+            for i in range(b, min(hi, b + batch)):
+                wb.put(bkeys[i], dumps(values[i]))
+            bdb.write(wb)
 
-        counted: list[int] = []
-        res.add(backend, "range scan", w.n, timed(lambda: counted.append(scan())))
-        check(f"{backend} scan", counted[-1], w.n)
-    finally:
-        store.close()
-        if path is not None:
-            scratch.drop(path)
+    def get(lo: int, hi: int) -> object:
+        v = None
+        for i in range(lo, hi):
+            v = loads(db[gkeys[i]])
+        return v
 
-    store, path = open_store(backend, scratch)
-    chunks = w.chunks(w.keys)
-    try:
+    def scan(lo: int, hi: int) -> int:
+        want, count = hi - lo, 0
+        for _k, v in db.items(from_key=bkeys[lo]):
+            loads(v)
+            count += 1
+            if count >= want:
+                break
+        return count
 
-        def batch_put() -> None:
-            for ks, vs in chunks:
-                with store.batch() as b:
-                    p = b.put
-                    for k, v in zip(ks, vs, strict=True):
-                        p(k, v)
+    return {"put": put, "batch put": batch_put, "get": get, "range scan": scan}
 
-        res.add(backend, "batch put", w.n, timed(batch_put))
-        check(f"{backend} batch put", len(store), w.n)
-    finally:
-        store.close()
-        if path is not None:
-            scratch.drop(path)
+
+def store_tasks(
+    w: Workload, store: Store, bstore: Store
+) -> dict[str, Callable[[int, int], object]]:
+    keys, values, gkeys, batch = w.keys, w.values, w.get_keys, w.batch
+
+    def put(lo: int, hi: int) -> None:
+        p = store.put
+        for i in range(lo, hi):
+            p(keys[i], values[i])
+
+    def batch_put(lo: int, hi: int) -> None:
+        for b in range(lo, hi, batch):
+            with bstore.batch() as wb:
+                p = wb.put
+                for i in range(b, min(hi, b + batch)):
+                    p(keys[i], values[i])
+
+    def get(lo: int, hi: int) -> object:
+        g = store.get
+        v = None
+        for i in range(lo, hi):
+            v = g(gkeys[i])
+        return v
+
+    def scan(lo: int, hi: int) -> int:
+        count = 0
+        for _kv in store.items(gte=keys[lo], limit=hi - lo):
+            count += 1
+        return count
+
+    return {"put": put, "batch put": batch_put, "get": get, "range scan": scan}
 
 
 def run_round(r: int, backends: list[str], w: Workload, scratch: Scratch, res: Results) -> None:
-    """One round: raw first on even rounds, last (and backends reversed) on odd ones."""
-    order: list[str] = [RAW, *backends] if r % 2 == 0 else [*reversed(backends), RAW]
-    for name in order:
-        if name == RAW:
-            run_raw(w, scratch, res)
-        else:
-            run_store(name, w, scratch, res)
+    """One paired round over fresh databases: writes, then gets, then scans."""
+    db, bdb = open_raw(scratch.fresh()), open_raw(scratch.fresh())
+    stores = [(b, open_store(b, scratch), open_store(b, scratch)) for b in backends]
+    try:
+        subjects = [(RAW, raw_tasks(w, db, bdb))]
+        subjects += [(b, store_tasks(w, s, bs)) for b, s, bs in stores]
+
+        def tasks(*ops: str) -> list[Task]:
+            return [((name, op), fns[op]) for name, fns in subjects for op in ops]
+
+        spent = paired(tasks("put", "batch put"), w.n, w.chunk, r)
+        for b, s, bs in stores:
+            check(f"{b} put: len(store)", len(s), w.n)
+            check(f"{b} batch put: len(store)", len(bs), w.n)
+        spent |= paired(tasks("get"), w.n, w.chunk, r)
+        check("raw get", subjects[0][1]["get"](w.n - 1, w.n), w.expect_last)
+        for name, fns in subjects[1:]:
+            check(f"{name} get", fns["get"](w.n - 1, w.n), w.expect_last)
+        scan_chunk = w.chunk * SCAN_CHUNK_FACTOR
+        spent |= paired(tasks("range scan"), w.n, scan_chunk, r)
+        for name, fns in subjects:
+            check(f"{name} scan of the last chunk", fns["range scan"](w.n - 1, w.n), 1)
+            check(f"{name} scan of everything", fns["range scan"](0, w.n), w.n)
+        res.add_round(w.n, spent)
+    finally:
+        db.close()
+        bdb.close()
+        for _b, s, bs in stores:
+            s.close()
+            bs.close()
 
 
 # --- report -----------------------------------------------------------------------------
@@ -303,7 +298,7 @@ def summarize(res: Results, backends: list[str]) -> list[Row]:
                 rows.append(Row(backend, op, med, spread, None, None, None))
                 continue
             base = BASELINE_OP[op]
-            ratio = med / res.median(RAW, RAW_OP[base])
+            ratio = statistics.median(res.ratios[(backend, op)])
             rows.append(Row(backend, op, med, spread, ratio, base, TARGETS.get((backend, op))))
     return rows
 
@@ -327,6 +322,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "crdt_kv": version("crdt_kv"),
         "n": args.n,
         "batch": args.batch,
+        "chunk": args.chunk,
         "rounds": args.rounds,
     }
 
@@ -339,8 +335,10 @@ def print_table(rows: list[Row], env: dict[str, Any], elapsed: float) -> None:
             f"median of {env['rounds']} rounds"
         ),
         caption=(
-            "raw = rocksdict Rdict(raw_mode) with cbor2 values; ratio = median ops/s / "
-            "median raw ops/s of the named raw op; spread = (max - min) / median"
+            "raw = rocksdict Rdict(raw_mode) with cbor2 values, timed in turns with the "
+            f"stores ({env['chunk']:,} ops per turn); ratio = median over rounds of "
+            "(store ops/s / raw ops/s of the named op in that round); "
+            "spread = (max - min) / median of ops/s"
         ),
     )
     for col, justify in (
@@ -385,6 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds (median reported)")
     ap.add_argument("--batch", type=int, default=1000, help="writes per atomic batch")
     ap.add_argument(
+        "--chunk", type=int, default=1000, help="operations per turn of the paired timing"
+    )
+    ap.add_argument(
         "--backends",
         default="rocksdb,memory,sqlite",
         help="comma-separated backend names (default: rocksdb,memory,sqlite)",
@@ -396,8 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.backend_list) - set(available_backends()))
     if unknown:
         ap.error(f"unknown backend(s) {unknown}; available: {available_backends()}")
-    if args.n < 1 or args.rounds < 1 or args.batch < 1:
-        ap.error("--n, --rounds and --batch must be positive")
+    if args.n < 1 or args.rounds < 1 or args.batch < 1 or args.chunk < 1:
+        ap.error("--n, --rounds, --batch and --chunk must be positive")
     return args
 
 
@@ -407,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     scratch = Scratch()
     try:
-        warm = Workload.build(min(args.n, WARMUP_N), args.batch, args.seed)
+        warm = Workload.build(min(args.n, WARMUP_N), args.batch, args.chunk, args.seed)
         run_round(0, backends, warm, scratch, Results())
         del warm
-        w = Workload.build(args.n, args.batch, args.seed)
+        w = Workload.build(args.n, args.batch, args.chunk, args.seed)
         gc.collect()
         gc.freeze()  # the workload's 100k dicts are not the store's garbage to traverse
         res = Results()
@@ -433,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                     "op": row.op,
                     "ops_per_s": round(row.ops_per_s),
                     "samples": [round(x) for x in res.samples[(row.backend, row.op)]],
+                    "ratio_samples": [
+                        round(x, 3) for x in res.ratios.get((row.backend, row.op), [])
+                    ],
                     "spread": round(row.spread, 3),
                     "ratio": None if row.ratio is None else round(row.ratio, 3),
                     "baseline": None if row.baseline is None else f"raw {row.baseline}",
