@@ -1031,6 +1031,14 @@ class Simulation:
                         self.connect(a.index, b.index, kind="sync")
                         self._drain()
 
+    def quiesce(self, *, rounds: int = 2) -> None:
+        """Stop every fault, drop every open connection (and what it had in flight),
+        then :meth:`sync_all`: afterwards every live replica must hold the same state."""
+        self.heal_all()
+        for conn in list(self._conns.values()):
+            self._reset(conn, "quiesce")
+        self.sync_all(rounds=rounds)
+
     def _drain(self) -> None:
         """Run until no connection is open (idle checks end with their connection)."""
         limit = self.vt.now + int(self.cfg.convergence_bound_ms * 1000)
