@@ -290,6 +290,16 @@ def _tune_socket(stream: trio.abc.Stream) -> None:
                 sock.setsockopt(_socket.IPPROTO_TCP, opt, value)
 
 
+def _was_tailing(s: Session) -> bool:
+    """The session had caught up both ways (states survive its end, so this also says
+    whether a failed session had been healthy before it failed)."""
+    return (
+        s.remote is not None
+        and s.in_state in (InState.LIVE, InState.DISABLED, InState.DONE)
+        and s.out_state in (OutState.LIVE, OutState.DISABLED, OutState.DONE)
+    )
+
+
 def _connect_failure(exc: BaseException) -> str:
     """Why a dial failed: trio's "all attempts failed" hides the causes in an exception group."""
     if isinstance(exc, trio.TooSlowError):
@@ -727,24 +737,25 @@ class Node:
             if not isinstance(stream, BaseException):
                 session = self._new_session(live=True)
                 target.live_session = session
+                started = trio.current_time()
                 try:
-                    await self._drive(
+                    error = await self._drive(
                         session, stream, address=target.address, outbound=True, target=target
                     )
                 finally:
                     target.live_session = None
-                if session.remote is not None:
+                # Only a session that worked for a while resets the backoff. One that fails
+                # right after the handshake every time (resending batches each time), or
+                # a peer that is not live (the session completes at once), must not be
+                # redialed at the base delay forever.
+                lasted = trio.current_time() - started
+                if lasted >= backoff.peek() and (error is None or _was_tailing(session)):
                     backoff.reset()
             await trio.sleep(backoff.next())
 
     def _live_tailing(self, target: _Target) -> bool:
         s = target.live_session
-        return (
-            s is not None
-            and s.remote is not None
-            and s.in_state in (InState.LIVE, InState.DISABLED, InState.DONE)
-            and s.out_state in (OutState.LIVE, OutState.DISABLED, OutState.DONE)
-        )
+        return s is not None and _was_tailing(s)
 
     async def _round_loop(self, target: _Target) -> None:
         """Periodic rounds with ``target``: velocity-driven, backing off on failure.
