@@ -3,6 +3,7 @@ hostile clients, clean shutdown, reconnect with backoff (crdt_kv/net/node.py).""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import time
@@ -661,3 +662,63 @@ async def test_recreated_peer_is_pulled_from_zero(stores: Any, tmp_path: Path) -
             assert b2.get("old0000") is not None  # and the old life's data came back to b
         finally:
             b2.close()
+
+
+async def test_live_session_failing_after_handshake_still_backs_off(stores: Any) -> None:
+    """A peer that completes the handshake and then breaks the protocol every time must
+    not be redialed at the base delay forever (each attempt may resend batches)."""
+    a = stores("a")
+    a.put("k", 1)
+    accepted: list[float] = []
+
+    async def broken_peer(stream: trio.SocketStream) -> None:
+        accepted.append(trio.current_time())
+        peer = RawPeer(stream)
+        await peer.receive()
+        await peer.send(hello_for("broken", hlc=a.hlc.now(), live=True))
+        await peer.send_bytes(raw_frame(b"\xff"))
+        await peer.drain()
+        await stream.aclose()
+
+    async with trio.open_nursery() as n:
+        listeners = await n.start(
+            functools.partial(trio.serve_tcp, broken_peer, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        async with crdt_kv.serve(
+            a,
+            peers=[f"127.0.0.1:{port}"],
+            live=True,
+            sync_interval_s=60,
+            backoff_base_s=0.1,
+            backoff_max_s=1.0,
+            rng=random.Random(4),
+        ) as na:
+            await trio.sleep(2.0)
+            st = na.stats()["broken"]
+        n.cancel_scope.cancel()
+    # Delays 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.4-0.8, 0.5-1: about 6 dials in 2 s, not 20+.
+    assert 3 <= len(accepted) <= 8, len(accepted)
+    assert st["errors"] == st["protocol_errors"] == len(accepted)
+
+
+async def test_live_node_does_not_hammer_a_non_live_peer(stores: Any) -> None:
+    """Against a peer with live=False every live session completes at once; redialing it
+    at the base delay would be a full round every ~0.1 s."""
+    a, b = stores("a"), stores("b")
+    connections: list[ConnectionEvent] = []
+    async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+        nb.on("connection", connections.append)
+        async with crdt_kv.serve(
+            a,
+            peers=[addr(nb)],
+            live=True,
+            sync_interval_s=60,
+            backoff_base_s=0.1,
+            backoff_max_s=1.0,
+            rng=random.Random(4),
+        ):
+            b.put("k", 1)
+            await wait_until(lambda: a.get("k") == 1)
+            await trio.sleep(2.0)
+    assert 3 <= len(connections) <= 9, len(connections)
