@@ -45,7 +45,10 @@ def _opener(name: str) -> Opener:
         raise ConfigError(
             f"unknown storage backend {name!r}; available: {', '.join(available_backends())}"
         )
-    loaded = ep.load()  # type: ignore[attr-defined]
+    try:
+        loaded = ep.load()  # type: ignore[attr-defined]
+    except Exception as exc:  # a plugin's import can fail in any way; name it, not crash
+        raise ConfigError(f"backend plugin {name!r} failed to load: {exc!r}") from exc
     if not callable(loaded):
         raise ConfigError(f"backend entry point {name!r} does not name a callable")
     return loaded  # type: ignore[no-any-return]
