@@ -94,6 +94,7 @@ def install_plugin(root: Path, monkeypatch: pytest.MonkeyPatch, module: str = "k
             {PLUGIN} = {module}:open_backend
             notcallable = {module}:NOT_CALLABLE
             wrongtype = {module}:open_wrong
+            unimportable = {module}_missing_module:open_backend
             """
         )
     )
@@ -418,6 +419,9 @@ def test_broken_plugins_are_config_errors(tmp_path: Path, monkeypatch: pytest.Mo
         open_backend("notcallable")
     with pytest.raises(ConfigError, match="wrongtype"):
         open_backend("wrongtype")
+    with pytest.raises(ConfigError, match="'unimportable' failed to load"):
+        open_backend("unimportable")
+    assert "unimportable" in available_backends()  # listed: installed, even if broken
 
 
 def test_a_store_runs_on_a_plugin_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
