@@ -16,8 +16,10 @@ import cbor2
 import pytest
 import trio
 from net_helpers import (
+    Model,
     RawPeer,
     assert_converged,
+    assert_matches_model,
     free_tcp_port,
     hello_for,
     raw_frame,
@@ -722,3 +724,89 @@ async def test_live_node_does_not_hammer_a_non_live_peer(stores: Any) -> None:
             await wait_until(lambda: a.get("k") == 1)
             await trio.sleep(2.0)
     assert 3 <= len(connections) <= 9, len(connections)
+
+
+# --- chaos ---------------------------------------------------------------------------
+
+
+async def run_chaos(tmp_path: Path, *, seconds: float, seed: int) -> None:
+    """Nodes of an A-B-C chain stop and restart at random while writers keep writing the
+    same keys (offline too); once all run again, every replica holds the model's winners.
+    """
+    rng = random.Random(seed)
+    peers = ["a", "b", "c"]
+    ports = {p: free_tcp_port() for p in peers}
+    listen = {p: f"127.0.0.1:{ports[p]}" for p in peers}
+    next_peer = {"a": [listen["b"]], "b": [listen["c"]], "c": []}
+    dbs = {p: crdt_kv.open(tmp_path / f"chaos-{p}", backend="rocksdb", peer_id=p) for p in peers}
+    model = Model()
+    up = dict.fromkeys(peers, False)
+    try:
+
+        async def lifecycle(p: str, stop: trio.Event) -> None:
+            while not stop.is_set():
+                with trio.move_on_after(rng.uniform(0.2, 0.8)):
+                    async with crdt_kv.serve(
+                        dbs[p],
+                        listen=listen[p],
+                        peers=next_peer[p],
+                        live=True,
+                        sync_interval_s=0.5,
+                        rng=random.Random(rng.random()),
+                        backoff_base_s=0.02,
+                        backoff_max_s=0.1,
+                        session_options={"max_batch_entries": 20},
+                    ):
+                        up[p] = True
+                        await stop.wait()
+                up[p] = False
+                if not stop.is_set():
+                    await trio.sleep(rng.uniform(0.05, 0.3))
+            async with crdt_kv.serve(
+                dbs[p],
+                listen=listen[p],
+                peers=next_peer[p],
+                live=True,
+                sync_interval_s=0.2,
+                backoff_base_s=0.02,
+                backoff_max_s=0.1,
+            ):
+                up[p] = True
+                await trio.sleep_forever()
+
+        stop = trio.Event()
+        async with trio.open_nursery() as n:
+            for p in peers:
+                n.start_soon(lifecycle, p, stop)
+            with trio.move_on_after(seconds):
+                while True:
+                    db = dbs[rng.choice(peers)]
+                    key = f"k{rng.randrange(40)}"
+                    if rng.random() < 0.15:
+                        model.delete(db, key)
+                    else:
+                        model.put(db, key, rng.randrange(10**6))
+                    await trio.sleep(rng.uniform(0, 0.01))
+            stop.set()
+            await wait_until(lambda: all(up.values()), timeout=10, what=f"all up (seed {seed})")
+            await wait_until(
+                lambda: len({db.digest() for db in dbs.values()}) == 1,
+                timeout=20,
+                what=f"convergence after chaos (seed {seed})",
+            )
+            n.cancel_scope.cancel()
+        for db in dbs.values():
+            assert_matches_model(db, model)
+    finally:
+        for db in dbs.values():
+            db.close()
+
+
+async def test_chaos_restarts_converge(tmp_path: Path) -> None:
+    await run_chaos(tmp_path, seconds=3.0, seed=11)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(5))
+async def test_chaos_restarts_converge_soak(tmp_path: Path, seed: int) -> None:
+    await run_chaos(tmp_path, seconds=30.0, seed=seed)
