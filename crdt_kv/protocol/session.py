@@ -607,9 +607,10 @@ class Session:
                     max_offset_ms=exc.max_offset_ms,
                 ) from None
             except EncodingError as exc:
-                raise RemoteProtocolError(
-                    f"batch from peer {remote.peer_id!r} rejected: {exc}"
-                ) from None
+                return self._fail(
+                    RemoteProtocolError(f"batch from peer {remote.peer_id!r} rejected: {exc}"),
+                    AbortCode.REJECTED_DATA,
+                )
         self._in_pos = b.to_seq
         self._remote_head = max(self._remote_head, b.to_seq)
         self.stats.batches_received += 1
