@@ -688,7 +688,7 @@ def test_batch_with_undecodable_entry_is_refused_whole(
     [f] = failed(sess.receive_data(encode_frame(Batch(0, 2, True, (good, bad)))))
     assert isinstance(f.error, RemoteProtocolError) and "evil" in str(f.error)
     assert len(b) == 0 and b.cursors() == {}
-    assert frames(sess.data_to_send())[-1].code == AbortCode.PROTOCOL  # type: ignore[union-attr]
+    assert frames(sess.data_to_send())[-1].code == AbortCode.REJECTED_DATA  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
