@@ -63,6 +63,7 @@ _Change = tuple[bytes, bytes, bytes | None]
 
 DEFAULT_MAX_OFFSET_MS = 500
 APPLY_CHUNK = 5000
+_PEER_NAME_CACHE = 4096
 _MOD = 1 << 256
 _DELETED = 1  # flags bit of a record (codec layout)
 _LOG_PLAIN = pack_log(b"", None)  # prefix of a local log entry without trailer
@@ -133,7 +134,8 @@ class Store:
         self.resolver = resolver
         self._commit_listeners: list[Callable[[int], object]] = []
         self._change_listeners: list[Callable[[Entry], object]] = []
-        self._peer_bytes: dict[str, bytes] = {}
+        self._peer_bytes: dict[str, bytes] = {}  # peer ids of entries that passed _validate
+        self._peer_names: dict[bytes, str] = {}  # peer ids as stored in records, decoded
         self.stats: dict[str, int] = {
             "commits": 0,
             "applied": 0,
@@ -451,6 +453,7 @@ class Store:
         if not isinstance(since, int) or since < 0:
             raise ValueError(f"since must be a non-negative int, got {since!r}")
         skip = self._sources.get(exclude_source, -1) if exclude_source is not None else -1
+        peer_names = self._peer_names
         n = 0
         pending: list[tuple[int, bytes]] = []
         it = self._backend.iterate(log_key(since + 1), LOG_END)
@@ -459,9 +462,13 @@ class Store:
             scanned = 0
             for lk, lv in it:
                 scanned += 1
-                k, source = unpack_log_source(lv)
+                if lv[:1] == _LOG_PLAIN:  # a local entry without trailer: the common case
+                    k, source = lv[1:], 0
+                else:
+                    k, source = unpack_log_source(lv)
                 if source != skip:
-                    pending.append((seq_of_log_key(lk), k))
+                    seq = int.from_bytes(lk[1:], "big") if len(lk) == 9 else seq_of_log_key(lk)
+                    pending.append((seq, k))
                 if scanned >= 256:
                     break
             if not scanned:
@@ -472,7 +479,27 @@ class Store:
             for (seq, k), blob in zip(pending, blobs, strict=True):
                 if blob is None:
                     raise CorruptionError(f"change log names key {k!r} but it has no record")
-                r = unpack_record(k, blob)
+                # unpack_record, inlined for well-formed records whose peer id is known.
+                if len(blob) < RECORD_HEAD + 8 or blob[0] != FORMAT_VERSION:
+                    r = unpack_record(k, blob)  # raises CorruptionError
+                else:
+                    end = RECORD_HEAD + blob[RECORD_HEAD - 1]
+                    peer = peer_names.get(blob[RECORD_HEAD:end])
+                    if peer is None or len(blob) < end + 8:
+                        r = unpack_record(k, blob)
+                        if len(peer_names) < _PEER_NAME_CACHE:
+                            peer_names[blob[RECORD_HEAD:end]] = r.peer
+                    elif int.from_bytes(blob[-8:], "big") != seq:
+                        continue
+                    else:
+                        r = RawEntry(
+                            k,
+                            blob[end:-8],
+                            int.from_bytes(blob[2:10], "big"),
+                            peer,
+                            bool(blob[1] & _DELETED),
+                            seq,
+                        )
                 if r.seq != seq:
                     continue  # rewritten since; it appears again later in the log
                 yield r
@@ -535,7 +562,8 @@ class Store:
         if log_ops:
             last_key, last_k = log_ops.pop()
             if source:
-                ops.extend((lk, pack_log(k, None, source)) for lk, k in log_ops)
+                prefix = pack_log(b"", None, source)
+                ops.extend((lk, prefix + k) for lk, k in log_ops)
                 ops.append((last_key, pack_log(last_k, (count, digest, self._hlc.last), source)))
             else:
                 ops.extend((lk, _LOG_PLAIN + k) for lk, k in log_ops)
@@ -673,6 +701,42 @@ class Store:
             except EncodingError as exc:
                 raise EncodingError(f"value of key {e.key!r} is corrupt: {exc}") from None
 
+    def _validate_all(self, batch: list[RawEntry]) -> int:
+        """:meth:`_validate` every entry; return the highest stamp (0 for none).
+
+        Entries of the common shape take a quick check; anything unusual (and anything
+        that fails it) goes through :meth:`_validate`, which raises the precise error.
+        Peer ids seen in a valid entry are remembered, so each is checked once.
+        """
+        kdec, vdec, peers = self._kdec, self._vdec, self._peer_bytes
+        top = 0
+        for e in batch:
+            try:
+                if (
+                    type(e) is RawEntry
+                    and type(e.key) is bytes
+                    and type(e.value) is bytes
+                    and type(e.hlc) is int
+                    and 0 <= e.hlc <= MAX_STAMP
+                    and type(e.peer) is str
+                    and e.peer in peers
+                ):
+                    kdec(e.key)
+                    if e.deleted:
+                        ok = not e.value
+                    else:
+                        vdec(e.value)
+                        ok = True
+                    if ok:
+                        top = max(top, e.hlc)
+                        continue
+            except EncodingError:
+                pass  # _validate reports it with the key named
+            self._validate(e)
+            peers[e.peer] = e.peer.encode("utf-8")
+            top = max(top, e.hlc)
+        return top
+
     def apply_raw(
         self,
         entries: Iterable[RawEntry],
@@ -689,10 +753,9 @@ class Store:
         self._check()
         batch = list(entries)
         try:
-            for e in batch:
-                self._validate(e)
+            top = self._validate_all(batch)
             if batch:
-                self._hlc.check(max(e.hlc for e in batch))
+                self._hlc.check(top)
         except Exception:
             self.stats["apply_rejected"] += 1
             raise
@@ -709,7 +772,7 @@ class Store:
             if extra:
                 self._backend.write(extra[:1])
             return 0
-        self._hlc.update(max(e.hlc for e in batch))
+        self._hlc.update(top)
         winners: dict[bytes, RawEntry] = {}
         resolver, to_entry = self.resolver, self._to_entry
         for e in batch:
