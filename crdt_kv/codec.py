@@ -28,7 +28,9 @@ from crdt_kv.version import RawEntry
 __all__ = [
     "FORMAT_VERSION",
     "KEY_ENCODINGS",
+    "MAX_KEY_BYTES",
     "MAX_NESTING",
+    "MAX_VALUE_BYTES",
     "VALUE_ENCODINGS",
     "key_codec",
     "value_codec",
@@ -39,6 +41,14 @@ FORMAT_VERSION = 1
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
 
+MAX_KEY_BYTES = 64 * 1024
+"""Largest encoded key. Keys are repeated in the log, the digest input and every batch."""
+
+MAX_VALUE_BYTES = 4 * 1024 * 1024
+"""Largest encoded value. A replica must be able to ship any value it accepted in one
+protocol frame (8 MiB by default), or replication from it would stall on that entry forever;
+so ``put`` refuses bigger values up front, as values the encoding cannot hold."""
+
 MAX_NESTING = 400
 """Deepest container nesting a ``json`` or ``cbor`` value may have. cbor2 decodes at most
 this depth (and its C encoder overflows the C stack, killing the process, on very deep
@@ -48,13 +58,16 @@ _CONTAINERS = (list, tuple, dict, set, frozenset, cbor2.CBORTag)
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-def _check_shape(v: Any, json_keys: bool) -> None:
+def _check_shape(v: Any, json_keys: bool) -> bool:
     """Refuse nesting beyond :data:`MAX_NESTING` and, for JSON (``json_keys``), non-string
     object keys (``json`` would silently turn ``{1: 2}`` into ``{"1": 2}``, so the value
-    read back would differ from the value written). Flat values take a fast path."""
+    read back would differ from the value written). Flat values take a fast path.
+
+    Returns True when the value holds a :class:`cbor2.CBORTag`: cbor2 encodes malformed
+    tags that it then refuses to decode, so such values must be checked by a round trip."""
     t = type(v)
     if t in _SCALARS:
-        return
+        return False
     if t is dict:
         for k, c in v.items():
             if type(c) not in _SCALARS or (
@@ -62,19 +75,20 @@ def _check_shape(v: Any, json_keys: bool) -> None:
             ):
                 break
         else:
-            return
+            return False
     elif t is list or t is tuple:
         for c in v:
             if type(c) not in _SCALARS:
                 break
         else:
-            return
+            return False
     elif not isinstance(v, _CONTAINERS):
-        return
-    _walk(v, json_keys)
+        return False
+    return _walk(v, json_keys)
 
 
-def _walk(v: Any, json_keys: bool) -> None:
+def _walk(v: Any, json_keys: bool) -> bool:
+    tagged = False
     seen: dict[int, int] = {}
     stack: list[tuple[Any, int]] = [(v, 1)]
     while stack:
@@ -94,15 +108,25 @@ def _walk(v: Any, json_keys: bool) -> None:
                         )
             children = itertools.chain(x.keys(), x.values())
         elif isinstance(x, cbor2.CBORTag):
+            tagged = True
             children = (x.value,)
         else:
             children = x
         for c in children:
             if isinstance(c, _CONTAINERS):
                 stack.append((c, depth + 1))
+    return tagged
 
 
-def _enc_binary(v: Any) -> bytes:
+def _value_size(b: bytes) -> bytes:
+    if len(b) > MAX_VALUE_BYTES:
+        raise EncodingError(
+            f"encoded value is {len(b)} bytes; the limit is {MAX_VALUE_BYTES} (MAX_VALUE_BYTES)"
+        )
+    return b
+
+
+def _binary(v: Any) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, bytearray | memoryview):
@@ -110,13 +134,37 @@ def _enc_binary(v: Any) -> bytes:
     raise EncodingError(f"binary encoding holds bytes, not {type(v).__name__}")
 
 
-def _enc_utf8(v: Any) -> bytes:
+def _utf8(v: Any) -> bytes:
     if not isinstance(v, str):
         raise EncodingError(f"utf-8 encoding holds str, not {type(v).__name__}")
     try:
         return v.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise EncodingError(f"string is not encodable as utf-8: {exc}") from exc
+
+
+def _enc_binary(v: Any) -> bytes:
+    return _value_size(_binary(v))
+
+
+def _enc_utf8(v: Any) -> bytes:
+    return _value_size(_utf8(v))
+
+
+def _key_size(b: bytes) -> bytes:
+    if len(b) > MAX_KEY_BYTES:
+        raise EncodingError(
+            f"encoded key is {len(b)} bytes; the limit is {MAX_KEY_BYTES} (MAX_KEY_BYTES)"
+        )
+    return b
+
+
+def _kenc_binary(v: Any) -> bytes:
+    return _key_size(_binary(v))
+
+
+def _kenc_utf8(v: Any) -> bytes:
+    return _key_size(_utf8(v))
 
 
 def _dec_utf8(b: bytes) -> str:
@@ -129,9 +177,10 @@ def _dec_utf8(b: bytes) -> str:
 def _enc_json(v: Any) -> bytes:
     _check_shape(v, True)
     try:
-        return json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        b = json.dumps(v, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodingError(f"value is not JSON-encodable: {exc}") from exc
+    return _value_size(b)
 
 
 def _no_constant(name: str) -> Any:
@@ -146,11 +195,17 @@ def _dec_json(b: bytes) -> Any:
 
 
 def _enc_cbor(v: Any) -> bytes:
-    _check_shape(v, False)
+    tagged = _check_shape(v, False)
     try:
-        return cbor2.dumps(v)
+        b = cbor2.dumps(v)
     except (cbor2.CBOREncodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
+    if tagged:
+        try:
+            _dec_cbor(b)
+        except EncodingError as exc:
+            raise EncodingError(f"value holds a CBOR tag that does not decode: {exc}") from exc
+    return _value_size(b)
 
 
 _FAST_DECODE_BYTES = 1024
@@ -188,8 +243,8 @@ VALUE_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
     "cbor": (_enc_cbor, _dec_cbor),
 }
 KEY_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
-    "utf-8": (_enc_utf8, _dec_utf8),
-    "binary": (_enc_binary, _identity),
+    "utf-8": (_kenc_utf8, _dec_utf8),
+    "binary": (_kenc_binary, _identity),
 }
 
 

@@ -321,3 +321,68 @@ def test_a_corrupt_cursor_key_is_corruption() -> None:
     db.backend.write([(b"c\x09ab", codec.pack_u64(1))])
     with pytest.raises(CorruptionError):
         db.cursors()
+
+
+# --- limits a peer must be able to carry -----------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["binary", "utf-8", "json", "cbor"])
+def test_a_value_over_max_value_bytes_is_refused_and_nothing_written(encoding: str) -> None:
+    big: Any = {
+        "binary": b"x" * (codec.MAX_VALUE_BYTES + 1),
+        "utf-8": "x" * (codec.MAX_VALUE_BYTES + 1),
+        "json": "x" * codec.MAX_VALUE_BYTES,
+        "cbor": b"x" * codec.MAX_VALUE_BYTES,
+    }[encoding]
+    with crdt_kv.open(backend="memory", value_encoding=encoding, clock=ManualClock()) as s:
+        with pytest.raises(EncodingError, match="MAX_VALUE_BYTES"):
+            s.put("k", big)
+        with pytest.raises(EncodingError, match="MAX_VALUE_BYTES"), s.batch() as b:
+            b.put("a", "small" if encoding != "binary" else b"small")
+            b.put("k", big)
+        assert s.last_seq == 0 and len(s) == 0 and s.entry("a") is None
+
+
+def test_a_value_at_the_limit_is_accepted() -> None:
+    with crdt_kv.open(backend="memory", value_encoding="binary", clock=ManualClock()) as s:
+        s.put("k", b"x" * codec.MAX_VALUE_BYTES)
+        assert len(s.get("k")) == codec.MAX_VALUE_BYTES
+
+
+@pytest.mark.parametrize("key_encoding", ["utf-8", "binary"])
+def test_a_key_over_max_key_bytes_is_refused(key_encoding: str) -> None:
+    key: Any = "k" * (codec.MAX_KEY_BYTES + 1)
+    if key_encoding == "binary":
+        key = key.encode()
+    with crdt_kv.open(backend="memory", key_encoding=key_encoding, clock=ManualClock()) as s:
+        with pytest.raises(EncodingError, match="MAX_KEY_BYTES"):
+            s.put(key, 1)
+        assert s.last_seq == 0
+        s.put(key[: codec.MAX_KEY_BYTES], 1)
+        assert s.get(key[: codec.MAX_KEY_BYTES]) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        cbor2.CBORTag(2, "x"),  # bignum of a text
+        cbor2.CBORTag(1, "x"),  # epoch time of a text
+        cbor2.CBORTag(30, [1, 0]),  # fraction with a zero denominator
+        cbor2.CBORTag(37, b"x"),  # a UUID of one byte
+        {"nested": [cbor2.CBORTag(29, 7)]},  # an unresolvable shared reference, nested
+    ],
+    ids=repr,
+)
+def test_a_cbor_tag_that_does_not_decode_is_refused(value: Any) -> None:
+    with crdt_kv.open(backend="memory", clock=ManualClock()) as s:
+        with pytest.raises(EncodingError, match="tag"):
+            s.put("bad", value)
+        assert s.entry("bad") is None and s.last_seq == 0
+
+
+def test_a_well_formed_cbor_tag_round_trips() -> None:
+    tag = cbor2.CBORTag(4000, [1, "two"])
+    with crdt_kv.open(backend="memory", clock=ManualClock()) as s:
+        s.put("t", {"x": tag})
+        got = s.get("t")["x"]
+        assert got.tag == 4000 and list(got.value) == [1, "two"]
