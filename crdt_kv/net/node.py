@@ -49,6 +49,8 @@ from crdt_kv.store import Store
 
 __all__ = [
     "DEFAULT_SYNC_INTERVAL_S",
+    "DISCOVERED_MAX_FAILURES",
+    "MAX_DISCOVERED_PEERS",
     "EVENT_KINDS",
     "UNIDENTIFIED",
     "ChangeEvent",
@@ -67,6 +69,12 @@ __all__ = [
 log = logging.getLogger("crdt_kv.net")
 
 DEFAULT_SYNC_INTERVAL_S = 5.0
+MAX_DISCOVERED_PEERS = 64
+"""Discovered addresses dialed at most at once: announcements are unauthenticated, so a
+flood of forged ones must not make the node dial thousands of addresses."""
+DISCOVERED_MAX_FAILURES = 5
+"""A discovered address is forgotten after this many failures in a row (a real peer keeps
+announcing itself and is added again)."""
 UNIDENTIFIED = "(unidentified)"
 """Stats key of connections that failed before the peer identified itself with a Hello."""
 
@@ -273,6 +281,7 @@ class _Target:
     peer_id: str | None = None
     live_session: Session | None = None
     connect_errors: int = 0
+    failures: int = 0
     last_error: str | None = None
     commits_mark: int = 0
 
@@ -372,6 +381,8 @@ class Node:
         self.address: tuple[str, int] = ("", 0)
         self.discovery: Any = None
         self.connections_accepted = 0
+        self.max_discovered_peers = MAX_DISCOVERED_PEERS
+        self.discovered_max_failures = DISCOVERED_MAX_FAILURES
         self.callback_errors = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -402,13 +413,21 @@ class Node:
     def add_peer(self, address: str, *, discovered: bool = False) -> bool:
         """Start replicating with the node at ``"host:port"``; returns False if known already.
 
-        Our own listening address is ignored (a self-connection would only fail).
+        Our own listening address is ignored (a self-connection would only fail). A
+        ``discovered`` address is refused while :attr:`max_discovered_peers` discovered
+        ones are known, and forgotten after :attr:`discovered_max_failures` failed
+        attempts in a row.
         """
         self._check()
         host, port = parse_address(address, what="peer address")
         key = format_address(host, port)
         if key in self._targets or (host, port) == self.address:
             return False
+        if discovered:
+            known = sum(1 for t in self._targets.values() if t.discovered)
+            if known >= self.max_discovered_peers:
+                log.warning("%s: ignoring discovered peer %s: too many", self.peer_id, key)
+                return False
         target = _Target(key, host, port, discovered, commits_mark=self._commits)
         self._targets[key] = target
         assert self._nursery is not None
@@ -749,8 +768,12 @@ class Node:
                 # a peer that is not live (the session completes at once), must not be
                 # redialed at the base delay forever.
                 lasted = trio.current_time() - started
-                if lasted >= backoff.peek() and (error is None or _was_tailing(session)):
+                worked = error is None or _was_tailing(session)
+                if lasted >= backoff.peek() and worked:
                     backoff.reset()
+                self._outcome(target, ok=worked)
+            else:
+                self._outcome(target, ok=False)
             await trio.sleep(backoff.next())
 
     def _live_tailing(self, target: _Target) -> bool:
@@ -778,6 +801,7 @@ class Node:
                 continue
             before = self._moved(target)
             error = await self._round(target)
+            self._outcome(target, ok=error is None)
             if error is not None:
                 # Commits must not cut a backoff short: a busy writer would redial a dead
                 # peer every min_sync_interval_s.
@@ -790,6 +814,22 @@ class Node:
             else:
                 interval = min(self.sync_interval_s, interval * 2)
             delay = interval * (0.8 + 0.2 * self.rng.random())
+
+    def _outcome(self, target: _Target, *, ok: bool) -> None:
+        """Count failures in a row; forget a discovered address that keeps failing."""
+        if ok:
+            target.failures = 0
+            return
+        target.failures += 1
+        if target.discovered and target.failures >= self.discovered_max_failures:
+            log.info(
+                "%s: forgetting discovered peer %s after %d failures",
+                self.peer_id,
+                target.address,
+                target.failures,
+            )
+            if self._targets.get(target.address) is target:
+                self.remove_peer(target.address)
 
     def _moved(self, target: _Target) -> int:
         rec = self._records.get(target.peer_id) if target.peer_id is not None else None
