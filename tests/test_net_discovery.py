@@ -5,6 +5,7 @@ on the loopback interface between nodes that then replicate. Static peers need n
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import struct
@@ -101,7 +102,7 @@ class MemoryTransport:
     def __init__(self, hub: Hub, host: str) -> None:
         self.hub = hub
         self.host = host
-        self.send_ch, self.recv_ch = trio.open_memory_channel[tuple[bytes, str]](100)
+        self.send_ch, self.recv_ch = trio.open_memory_channel[tuple[bytes, str]](math.inf)
         self.closed = False
         self.sent: list[bytes] = []
 
@@ -287,3 +288,38 @@ async def test_nodes_discover_each_other_by_multicast_and_converge(
             assert stats["sent"] > 0 and stats["found"] == 1
     assert_converged([a, b])
     assert "from a" not in x
+
+
+# --- forged announcements against a real node -------------------------------------------
+
+
+async def test_forged_announcements_are_bounded_and_forgotten(stores: Any) -> None:
+    """Announcements are unauthenticated: a flood of forged ones pointing at dead
+    addresses must neither make the node dial without bound nor be kept forever."""
+    a = stores("a")
+    hub = Hub()
+    mine = MemoryTransport(hub, "127.0.0.1").join()
+    forger = MemoryTransport(hub, "127.0.0.1").join()
+    async with crdt_kv.serve(
+        a,
+        live=True,
+        discovery=True,
+        discovery_transport=mine,
+        backoff_base_s=0.02,
+        backoff_max_s=0.05,
+        rng=random.Random(1),
+    ) as na:
+        for i in range(200):
+            await forger.send(enc("crdt-kv", 1, "default", f"ghost{i}", "127.0.0.1", 1 + i))
+        await wait_until(lambda: na.discovery.received >= 201)
+        assert len(na.peers) <= 64
+        assert na.discovery.found < 200  # the cap refused some
+        # Every forged address is refused (nothing listens on ports 1..200 here) and
+        # forgotten after a few failures.
+        await wait_until(lambda: na.peers == [], timeout=15, what="forged peers forgotten")
+        # A real peer announcing itself is still welcome afterwards.
+        b = stores("b")
+        b.put("real", 1)
+        async with crdt_kv.serve(b, live=True) as nb:
+            await forger.send(enc("crdt-kv", 1, "default", "b", "127.0.0.1", nb.address[1]))
+            await wait_until(lambda: a.get("real") == 1, what="real peer after the flood")
