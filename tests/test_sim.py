@@ -371,6 +371,16 @@ def test_cli_all_is_the_standard_suite(capsys: pytest.CaptureFixture[str]) -> No
     assert [r["scenario"] for r in doc["runs"]] == sim.scenario_names()
 
 
+def test_cli_jobs_do_not_change_results(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--scenario", "crash-restart", "--nodes", "3", "--ops", "150", "--seeds", "2"]
+    code1, one = _json_run([*argv, "--jobs", "1"], capsys)
+    code2, two = _json_run([*argv, "--jobs", "2"], capsys)
+    assert code1 == code2 == 0
+    assert two["suite"]["jobs"] == 2
+    assert [r["trace_hash"] for r in one["runs"]] == [r["trace_hash"] for r in two["runs"]]
+    assert one["runs"] == two["runs"]
+
+
 def test_cli_resolver(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--scenario", "ties", "--nodes", "3", "--ops", "200", "--resolver"]
     code, doc = _json_run([*argv, "test_sim:lowest_peer"], capsys)
@@ -448,6 +458,7 @@ def test_progress_bar_renders_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> 
         backend="memory",
         resolver=None,
         plot=None,
+        jobs=1,
     )
     (r,) = cli._runs_with_progress(args, None, console)
     assert r.ok

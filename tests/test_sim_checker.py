@@ -122,12 +122,15 @@ def test_cli_random_resolver_in_subprocess(tmp_path: Path) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)
     argv = [sys.executable, "-m", "crdt_kv.cli", "simulate", "--scenario", "ties"]
     argv += ["--nodes", "4", "--ops", "400", "--json", "--resolver", "test_sim_checker:coin_flip"]
+    argv += ["--seeds", "2", "--jobs", "2"]  # the workers import the resolver too
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False
-    assert doc["runs"][0]["resolver"] == "test_sim_checker:coin_flip"
-    assert "--resolver test_sim_checker:coin_flip" in doc["failures"][0]
+    assert [r["resolver"] for r in doc["runs"]] == ["test_sim_checker:coin_flip"] * 2
+    assert doc["failures"]
+    assert all("--resolver test_sim_checker:coin_flip" in f for f in doc["failures"])
+    assert doc["failures"][0] in proc.stderr
 
 
 # --- the oracle's classifications, checked directly --------------------------------------

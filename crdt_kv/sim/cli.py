@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from crdt_kv.errors import ConfigError
@@ -41,9 +43,9 @@ __all__ = [
     "run_command",
 ]
 
-DEFAULT_NODES = 16
+DEFAULT_NODES = 32
 """Nodes per run of the standard suite (``crdt-kv simulate`` with no flags)."""
-DEFAULT_OPS = 20_000
+DEFAULT_OPS = 100_000
 """Client operations per run of the standard suite."""
 PLOT_SAMPLES = 200
 """About how many divergence samples ``--plot`` takes per run."""
@@ -85,6 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         help="tie resolver to import, e.g. mypkg.mod:my_resolver ((a, b) -> a wins)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N simulations at once in worker processes (default 0: one per CPU); "
+        "results and trace hashes do not depend on it",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document, no table")
     p.add_argument(
         "--plot",
@@ -121,6 +131,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--nodes must be >= 2, got {args.nodes}")
     if args.ops < 0:
         raise ConfigError(f"--ops must be >= 0, got {args.ops}")
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
     expand(args.scenario)
 
 
@@ -176,29 +188,70 @@ def _sample_ms(args: argparse.Namespace) -> float | None:
     return max(10.0, cfg.effective_duration_ms() * 1.5 / PLOT_SAMPLES)
 
 
+def _plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    return [
+        (name, seed)
+        for name in expand(args.scenario)
+        for seed in range(args.seed, args.seed + args.seeds)
+    ]
+
+
+def _jobs(args: argparse.Namespace, runs: int) -> int:
+    want = args.jobs or os.cpu_count() or 1
+    return max(1, min(want, runs))
+
+
+def _one(
+    args: argparse.Namespace,
+    name: str,
+    seed: int,
+    resolver: Resolver | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> SimResult:
+    if resolver is None and args.resolver:
+        resolver = load_resolver(args.resolver)  # in a worker process
+    return run(
+        name,
+        nodes=args.nodes,
+        ops=args.ops,
+        seed=seed,
+        backend=args.backend,
+        keys=args.keys,
+        resolver=resolver,
+        resolver_name=args.resolver,
+        sample_ms=_sample_ms(args),
+        progress=progress,
+    )
+
+
 def _runs(
     args: argparse.Namespace,
     resolver: Resolver | None,
     progress: Callable[[str, int], Callable[[str, int, int], None] | None],
+    done: Callable[[str, int], None] | None = None,
 ) -> list[SimResult]:
+    """Every run of the suite, in suite order; in worker processes when ``--jobs`` > 1.
+
+    A run is a pure function of its arguments, so where it ran changes nothing in its
+    result. Worker processes report no per-operation progress, only completion.
+    """
+    plan = _plan(args)
+    jobs = _jobs(args, len(plan))
     out: list[SimResult] = []
-    sample = _sample_ms(args)
-    for name in expand(args.scenario):
-        for seed in range(args.seed, args.seed + args.seeds):
-            out.append(
-                run(
-                    name,
-                    nodes=args.nodes,
-                    ops=args.ops,
-                    seed=seed,
-                    backend=args.backend,
-                    keys=args.keys,
-                    resolver=resolver,
-                    resolver_name=args.resolver,
-                    sample_ms=sample,
-                    progress=progress(name, seed),
-                )
-            )
+    if jobs == 1:
+        for name, seed in plan:
+            out.append(_one(args, name, seed, resolver, progress(name, seed)))
+            if done is not None:
+                done(name, seed)
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures: list[Future[SimResult]] = [
+            pool.submit(_one, args, name, seed, None) for name, seed in plan
+        ]
+        for (name, seed), fut in zip(plan, futures, strict=True):
+            out.append(fut.result())
+            if done is not None:
+                done(name, seed)
     return out
 
 
@@ -250,6 +303,8 @@ def run_command(args: argparse.Namespace) -> int:
     resolver = load_resolver(args.resolver) if args.resolver else None
     if args.plot:
         _import_pyplot()  # fail before the runs, not after
+    if _jobs(args, len(_plan(args))) > 1:
+        resolver = None  # each worker imports it again
     if args.json:
         results = _runs(args, resolver, lambda _n, _s: None)
         return _finish_json(args, results)
@@ -301,19 +356,27 @@ def _runs_with_progress(
         console=err,
         transient=True,
     ) as bar:
+        total = args.ops or 1
+        tasks = {
+            key: bar.add_task(f"{key[0]} #{key[1]}", total=total, phase="queued")
+            for key in _plan(args)
+        }
 
         def factory(name: str, seed: int) -> Callable[[str, int, int], None]:
-            task = bar.add_task(f"{name} #{seed}", total=args.ops or 1, phase="writing")
+            task = tasks[(name, seed)]
 
-            def update(phase: str, done: int, total: int) -> None:
+            def update(phase: str, done: int, total_: int) -> None:
                 if phase == "ops":
-                    bar.update(task, completed=done, phase=f"{done:,}/{total:,} ops")
+                    bar.update(task, completed=done, phase=f"{done:,}/{total_:,} ops")
                 else:
-                    bar.update(task, completed=args.ops or 1, phase=f"converging {done:,} ms")
+                    bar.update(task, completed=total, phase=f"converging {done:,} ms")
 
             return update
 
-        return _runs(args, resolver, factory)
+        def finished(name: str, seed: int) -> None:
+            bar.update(tasks[(name, seed)], completed=total, phase="done")
+
+        return _runs(args, resolver, factory, finished)
 
 
 def _finish_json(args: argparse.Namespace, results: Sequence[SimResult]) -> int:
@@ -329,6 +392,7 @@ def _finish_json(args: argparse.Namespace, results: Sequence[SimResult]) -> int:
             "keys": args.keys,
             "backend": args.backend,
             "resolver": args.resolver,
+            "jobs": _jobs(args, len(results)),
         },
         "runs": [r.to_dict() for r in results],
         "failures": [r.repro_command for r in results if not r.ok],
