@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_SYNC_INTERVAL_S",
     "DISCOVERED_MAX_FAILURES",
     "MAX_DISCOVERED_PEERS",
+    "MAX_INBOUND_CONNECTIONS",
     "EVENT_KINDS",
     "UNIDENTIFIED",
     "ChangeEvent",
@@ -69,6 +70,8 @@ __all__ = [
 log = logging.getLogger("crdt_kv.net")
 
 DEFAULT_SYNC_INTERVAL_S = 5.0
+MAX_INBOUND_CONNECTIONS = 256
+"""Inbound connections served at once; more are closed at once (see ``Node``)."""
 MAX_DISCOVERED_PEERS = 64
 """Discovered addresses dialed at most at once: announcements are unauthenticated, so a
 flood of forged ones must not make the node dial thousands of addresses."""
@@ -334,7 +337,10 @@ class Node:
     """A running replication node; get one from :func:`serve`.
 
     ``address`` is the ``(host, port)`` actually bound. Methods are safe to call from any
-    task of the same trio run while the node is running.
+    task of the same trio run while the node is running. Hostile input is bounded: at most
+    :attr:`max_inbound_connections` inbound connections are served at once (the rest are
+    closed and counted in ``connections_refused``), so silent clients cannot exhaust the
+    file descriptors our own dials need.
     """
 
     def __init__(
@@ -381,6 +387,9 @@ class Node:
         self.address: tuple[str, int] = ("", 0)
         self.discovery: Any = None
         self.connections_accepted = 0
+        self.connections_refused = 0
+        self.max_inbound_connections = MAX_INBOUND_CONNECTIONS
+        self._inbound = 0
         self.max_discovered_peers = MAX_DISCOVERED_PEERS
         self.discovered_max_failures = DISCOVERED_MAX_FAILURES
         self.callback_errors = 0
@@ -690,21 +699,32 @@ class Node:
         return error
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
-        self.connections_accepted += 1
         address = _peer_address(stream)
-        _tune_socket(stream)
-        try:
-            wrapped = self._wrap(stream, outbound=False)
-        except BaseException:
+        if self._inbound >= self.max_inbound_connections:
+            # Connections that never speak are held for handshake_timeout_s; without a
+            # cap a flood of them would take every file descriptor, dials included.
+            self.connections_refused += 1
+            log.warning("%s: refusing connection from %s: too many", self.peer_id, address)
             await trio.aclose_forcefully(stream)
-            raise
-        await self._drive(
-            self._new_session(live=self.live),
-            wrapped,
-            address=address,
-            outbound=False,
-            target=None,
-        )
+            return
+        self.connections_accepted += 1
+        self._inbound += 1
+        try:
+            _tune_socket(stream)
+            try:
+                wrapped = self._wrap(stream, outbound=False)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            await self._drive(
+                self._new_session(live=self.live),
+                wrapped,
+                address=address,
+                outbound=False,
+                target=None,
+            )
+        finally:
+            self._inbound -= 1
 
     def _wrap(self, stream: trio.abc.Stream, *, outbound: bool) -> trio.abc.Stream:
         return stream if self.wrap_stream is None else self.wrap_stream(stream, outbound)
