@@ -177,7 +177,7 @@ async def test_stats_report_cursors_lag_bytes_entries(stores: Any) -> None:
                     return len(a) == 3010
 
                 await wait_until(poll, poll=0.0005, what="a pulled b")
-                await wait_until(lambda: na.stats()["b"]["rounds_completed"] >= 1)
+                await wait_until(lambda: na.stats().get("b", {}).get("rounds_completed", 0) >= 1)
                 await trio.sleep(0.05)
                 st = na.stats()["b"]
                 back = nb.stats()["a"]
@@ -810,3 +810,30 @@ async def test_chaos_restarts_converge(tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", range(5))
 async def test_chaos_restarts_converge_soak(tmp_path: Path, seed: int) -> None:
     await run_chaos(tmp_path, seconds=30.0, seed=seed)
+
+
+async def test_inbound_connection_flood_is_capped_and_peers_keep_syncing(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    async with chain([a, b], live=False, sync_interval_s=60) as (na, nb):
+        await wait_until(lambda: na.stats().get("b", {}).get("rounds_completed", 0) >= 1)
+        await wait_until(lambda: nb._inbound == 0)
+        base = nb.connections_accepted
+        nb.max_inbound_connections = 3
+        silent = [await trio.open_tcp_stream(*nb.address) for _ in range(3)]
+        await wait_until(lambda: nb.connections_accepted == base + 3)
+        extra = await trio.open_tcp_stream(*nb.address)
+        assert await RawPeer(extra).drain() == []  # closed without a word
+        await wait_until(lambda: nb.connections_refused == 1)
+        # Our own dials still work while the slots are taken.
+        b.put("k", 1)
+        c = stores("c")
+        async with crdt_kv.serve(c, live=False, sync_interval_s=60, **FAST) as nc:
+            nb.add_peer(addr(nc))
+            assert (await nb.sync_now())[addr(nc)] is None
+        assert c.get("k") == 1
+        for s in [*silent, extra]:
+            await s.aclose()
+        # Slots free up again: a peer can connect in.
+        await wait_until(lambda: nb._inbound == 0)
+        assert await na.sync_now() == {addr(nb): None}
+        assert a.get("k") == 1
