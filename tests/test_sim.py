@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,22 @@ def test_same_seed_same_trace(scenario: str) -> None:
     assert a.to_dict() == b.to_dict()
     c = sim.run(scenario, seed=12, **SMALL)
     assert c.trace_hash != a.trace_hash
+
+
+def test_same_trace_in_another_process_with_another_hash_seed() -> None:
+    """Nothing depends on str hashing, object ids or the process: a repro command
+    replays the run anywhere."""
+    code = (
+        "import crdt_kv.sim as s; "
+        "print(' '.join(s.run(n, nodes=4, ops=300, seed=9).trace_hash "
+        "for n in ('flaky', 'ties', 'churn')))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    here = [sim.run(n, nodes=4, ops=300, seed=9).trace_hash for n in ("flaky", "ties", "churn")]
+    assert out == here
 
 
 def test_trace_hash_shape_and_sampling_does_not_perturb() -> None:
