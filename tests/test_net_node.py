@@ -3,6 +3,7 @@ hostile clients, clean shutdown, reconnect with backoff (crdt_kv/net/node.py).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import random
@@ -837,3 +838,45 @@ async def test_inbound_connection_flood_is_capped_and_peers_keep_syncing(stores:
         await wait_until(lambda: nb._inbound == 0)
         assert await na.sync_now() == {addr(nb): None}
         assert a.get("k") == 1
+
+
+# --- TLS via wrap_stream -------------------------------------------------------------
+
+
+async def test_nodes_replicate_over_tls_with_wrap_stream(stores: Any) -> None:
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    def tls(stream: trio.abc.Stream, outbound: bool) -> trio.abc.Stream:
+        if outbound:
+            return trio.SSLStream(stream, client_ctx, server_hostname="127.0.0.1")
+        return trio.SSLStream(stream, server_ctx, server_side=True)
+
+    a, b, c = stores("a"), stores("b"), stores("c")
+    fill(a, "a", 100)
+    fill(c, "c", 100)
+    with trio.fail_after(20):
+        async with chain([a, b, c], live=True, sync_interval_s=30, wrap_stream=tls) as nodes:
+            na, nb, _nc = nodes
+            await wait_until(lambda: len(a) == len(c) == 200, what="catch-up over TLS")
+            await wait_until(lambda: na.stats()["b"]["live"], what="live over TLS")
+            a.put("secret", 1)
+            await wait_until(lambda: c.get("secret") == 1, what="live relay over TLS")
+            assert await na.sync_now() == {addr(nb): None}
+            # A plaintext client cannot talk to a TLS node: its bytes are not a handshake.
+            plain = await trio.open_tcp_stream(*nb.address)
+            await RawPeer(plain).send(hello_for("plain", hlc=b.hlc.now()))
+            with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+                while await plain.receive_some():
+                    pass  # a TLS alert at most, then the node hangs up
+            await plain.aclose()
+            await wait_until(lambda: nb.stats().get(UNIDENTIFIED, {}).get("errors", 0) >= 1)
+            assert "plain" not in nb.stats()
+    assert_converged([a, b, c])
