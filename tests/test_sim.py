@@ -67,6 +67,7 @@ class Inspect(Simulation):
                         "store": node.store,
                         "incarnation": node.store.incarnation,
                         "conns": len(node.conns),
+                        "peers": sorted(node.conns),
                         "stored_hlc": stored,
                         "n": len(self.crashes) + len(self.restarts),
                     }
@@ -74,6 +75,8 @@ class Inspect(Simulation):
         super().apply(action)
         if isinstance(action, Crash):
             assert not self.nodes[action.node].conns, "a crashed node kept a connection"
+            for n in self.nodes:
+                assert action.node not in n.conns, f"{n.peer_id} still talks to a crashed node"
         if isinstance(action, Restart):
             node = self.nodes[action.node]
             assert node.store is not None
@@ -284,7 +287,6 @@ def test_crash_restart_loses_volatile_state_and_recovers() -> None:
         assert restart["incarnation"] == crash["incarnation"]
     assert all(c["store"].closed is False for c in s.crashes)  # dropped, never closed
     assert any(c["conns"] for c in s.crashes), "no crash interrupted a connection"
-    assert r.messages_late > 0, _why(r)  # in flight to or from a crashed node: lost
     jumps = [a.clock_jump_ms for _, a in s._plan if isinstance(a, Restart)]
     assert any(j < 0 for j in jumps), "no restart stepped its clock back"
 

@@ -74,8 +74,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="all",
         help=f"scenario to run: one of {names}, or all (default: all, the standard suite)",
     )
-    p.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="replicas per run")
-    p.add_argument("--ops", type=int, default=DEFAULT_OPS, help="client operations per run")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=DEFAULT_NODES,
+        help=f"replicas per run (default {DEFAULT_NODES})",
+    )
+    p.add_argument(
+        "--ops",
+        type=int,
+        default=DEFAULT_OPS,
+        help=f"client operations per run (default {DEFAULT_OPS})",
+    )
     p.add_argument("--seed", type=int, default=1, help="first seed (default 1)")
     p.add_argument(
         "--seeds", type=int, default=1, metavar="N", help="sweep N seeds: seed .. seed+N-1"
