@@ -459,7 +459,8 @@ def test_cli_plot_without_matplotlib(
     assert not (tmp_path / "x.png").exists()
 
 
-def test_progress_bar_renders_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_bar_renders_on_a_terminal(jobs: int) -> None:
     import argparse
 
     from rich.console import Console
@@ -473,16 +474,26 @@ def test_progress_bar_renders_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> 
         nodes=3,
         ops=1000,
         seed=1,
-        seeds=1,
+        seeds=2,
         keys=None,
         backend="memory",
         resolver=None,
         plot=None,
-        jobs=1,
+        jobs=jobs,
     )
-    (r,) = cli._runs_with_progress(args, None, console)
-    assert r.ok
-    assert "clean #1" in buf.getvalue()
+    results = cli._runs_with_progress(args, None, console)
+    assert [r.seed for r in results] == [1, 2] and all(r.ok for r in results)
+    out = buf.getvalue()
+    assert "clean #1" in out and "clean #2" in out
+    # The reports behind the bars, also from worker processes (through a queue):
+    seen: list[tuple[str, int, str, int]] = []
+
+    def factory(name: str, seed: int) -> Any:
+        return lambda phase, done, total: seen.append((name, seed, phase, done))
+
+    cli._runs(args, None, factory)
+    assert ("clean", 1, "ops", 1000) in seen and ("clean", 2, "ops", 1000) in seen
+    assert ("clean", 2, "converging", 0) in seen
 
 
 @pytest.mark.soak

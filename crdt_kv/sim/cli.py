@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import multiprocessing
 import os
+import queue
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from crdt_kv.errors import ConfigError
@@ -243,7 +245,7 @@ def _runs(
     """Every run of the suite, in suite order; in worker processes when ``--jobs`` > 1.
 
     A run is a pure function of its arguments, so where it ran changes nothing in its
-    result. Worker processes report no per-operation progress, only completion.
+    result. Workers send their progress reports back through a queue.
     """
     plan = _plan(args)
     jobs = _jobs(args, len(plan))
@@ -254,15 +256,62 @@ def _runs(
             if done is not None:
                 done(name, seed)
         return out
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures: list[Future[SimResult]] = [
-            pool.submit(_one, args, name, seed, None) for name, seed in plan
-        ]
-        for (name, seed), fut in zip(plan, futures, strict=True):
-            out.append(fut.result())
-            if done is not None:
-                done(name, seed)
+    callbacks = {key: progress(*key) for key in plan}
+    report = any(cb is not None for cb in callbacks.values())
+    reports: Any = multiprocessing.get_context().Queue() if report else None
+    with ProcessPoolExecutor(
+        max_workers=jobs, initializer=_init_worker, initargs=(reports,)
+    ) as pool:
+        futures: dict[Future[SimResult], tuple[str, int]] = {
+            pool.submit(_in_worker, args, name, seed): (name, seed) for name, seed in plan
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2 if report else None)
+            if reports is not None:
+                _drain_reports(reports, callbacks)
+            for fut in finished:
+                fut.result()  # a worker's exception surfaces now
+                if done is not None:
+                    done(*futures[fut])
+        out = [fut.result() for fut in futures]
+    if reports is not None:
+        _drain_reports(reports, callbacks)  # the workers have exited: nothing is in transit
+        reports.close()
     return out
+
+
+_reports: Any = None
+"""In a worker process: the queue its progress reports go to (None: no reports)."""
+
+
+def _init_worker(reports: Any) -> None:
+    global _reports  # noqa: PLW0603 - set once per worker process
+    _reports = reports
+
+
+def _in_worker(args: argparse.Namespace, name: str, seed: int) -> SimResult:
+    q = _reports
+    progress: Callable[[str, int, int], None] | None = None
+    if q is not None:
+
+        def progress(phase: str, done: int, total: int) -> None:
+            q.put((name, seed, phase, done, total))
+
+    return _one(args, name, seed, None, progress)
+
+
+def _drain_reports(
+    reports: Any, callbacks: dict[tuple[str, int], Callable[[str, int, int], None] | None]
+) -> None:
+    while True:
+        try:
+            name, seed, phase, done, total = reports.get_nowait()
+        except queue.Empty:
+            return
+        cb = callbacks.get((name, seed))
+        if cb is not None:
+            cb(phase, done, total)
 
 
 def _fmt_ms(ms: float | None) -> str:
@@ -372,10 +421,14 @@ def _runs_with_progress(
             for key in _plan(args)
         }
 
+        finished_runs: set[tuple[str, int]] = set()
+
         def factory(name: str, seed: int) -> Callable[[str, int, int], None]:
             task = tasks[(name, seed)]
 
             def update(phase: str, done: int, total_: int) -> None:
+                if (name, seed) in finished_runs:
+                    return  # a late report from a worker
                 if phase == "ops":
                     bar.update(task, completed=done, phase=f"{done:,}/{total_:,} ops")
                 else:
@@ -384,6 +437,7 @@ def _runs_with_progress(
             return update
 
         def finished(name: str, seed: int) -> None:
+            finished_runs.add((name, seed))
             bar.update(tasks[(name, seed)], completed=total, phase="done")
 
         return _runs(args, resolver, factory, finished)
