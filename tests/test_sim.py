@@ -23,7 +23,7 @@ from crdt_kv import sim
 from crdt_kv.errors import ConfigError
 from crdt_kv.sim import SimConfig, SimResult, Simulation, get_scenario
 from crdt_kv.sim.cli import main as sim_main
-from crdt_kv.sim.faults import Crash, FaultAction, Restart
+from crdt_kv.sim.faults import Crash, FaultAction, Restart, Shutdown
 from crdt_kv.sim.workload import Op
 from crdt_kv.version import Entry, RawEntry
 
@@ -114,7 +114,7 @@ def assert_passed(r: SimResult) -> None:
 def assert_invariants(s: Inspect, r: SimResult) -> None:
     """Independent of the oracle: no lost write, no resurrection, every node's write
     stamps strictly increase, and a restarted node's HLC starts at or above every stamp
-    it had stored."""
+    it had stored (with ``sync_writes=False``: durable writes only, no stamp checks)."""
     assert s.final, _why(r)
     latest: dict[str, tuple[int, str, bool]] = {}
     for key, deleted, hlc, peer in s.acked:
@@ -130,6 +130,8 @@ def assert_invariants(s: Inspect, r: SimResult) -> None:
             if deleted:
                 e = entries[key.encode()]
                 assert e.deleted, f"{node}: deleted key {key!r} came back; {_why(r)}"
+    if not s.cfg.sync_writes:
+        return  # oracle records come at write-back, and a power cut may rewind stamps
     by_peer: dict[str, list[int]] = {}
     for _, _, hlc, peer in s.acked:
         by_peer.setdefault(peer, []).append(hlc)
@@ -289,6 +291,84 @@ def test_crash_restart_loses_volatile_state_and_recovers() -> None:
     assert any(c["conns"] for c in s.crashes), "no crash interrupted a connection"
     jumps = [a.clock_jump_ms for _, a in s._plan if isinstance(a, Restart)]
     assert any(j < 0 for j in jumps), "no restart stepped its clock back"
+
+
+def test_power_loss_loses_the_unsynced_tail_and_recovers() -> None:
+    s, r = inspect("power-loss", seed=3, nodes=5, ops=800)
+    assert_passed(r)
+    assert_invariants(s, r)
+    assert r.power_cuts == r.crashes >= 2, _why(r)
+    assert s.c["unsynced_reverted"] > 0, "no power cut lost anything"
+    assert r.writes_lost_unsynced > 0, "no acknowledged write vanished"  # by contract
+    assert len(s.acked) < r.writes  # only writes that became durable are expected
+    for crash, restart in _pairs(s):
+        assert restart["incarnation"] != crash["incarnation"], _why(r)  # not power safe
+
+
+def test_power_loss_oracle_still_catches_a_broken_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_sim_checker import prefer_older
+
+    import crdt_kv.store
+
+    monkeypatch.setattr(crdt_kv.store, "supersedes", prefer_older)
+    r = sim.run("power-loss", seed=3, nodes=5, ops=800)
+    assert not r.oracle_match and not r.ok, _why(r)
+
+
+def _power_cut_after_clean_restart(*, cut: bool = True) -> Simulation:
+    """A node stops cleanly, restarts, writes, a peer pulls those writes, then the power
+    fails before the disk wrote anything back."""
+    s = Simulation(SimConfig(nodes=2, ops=0, seed=0, sync_writes=False))
+    s.open_nodes()
+
+    def put(*keys: str) -> None:
+        for k in keys:
+            s.write(0, Op("put", ((k, k, False),)))
+
+    def pull() -> None:
+        s.connect(1, 0, kind="sync")
+        s.advance(1000)
+
+    put("a0", "a1")
+    pull()
+    s.sync_disks()
+    s.apply(Shutdown(0))
+    s.apply(Restart(0))
+    put("b0", "b1", "b2", "b3")
+    pull()
+    if cut:
+        s.apply(Crash(0))
+        s.apply(Restart(0))
+    put("c0", "c1", "c2", "c3", "c4", "c5")
+    s.quiesce()
+    return s
+
+
+def test_clean_restart_without_power_cut_converges() -> None:
+    """The control for the test below: the same schedule without the power cut."""
+    s = _power_cut_after_clean_restart(cut=False)
+    try:
+        assert s.c["shutdowns"] == 1
+        assert s.digests_equal()
+        assert s.check() == []
+    finally:
+        s.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="store bug: the open marker is written without fsync, so a power cut soon after "
+    "a clean restart loses it; the store then keeps its incarnation while reissuing "
+    "sequence numbers its peers already hold cursors past (their new entries are skipped)",
+)
+def test_power_cut_after_clean_restart_rotates_incarnation() -> None:
+    s = _power_cut_after_clean_restart()
+    try:
+        assert s.digests_equal()
+        assert s.check() == []
+    finally:
+        s.close()
 
 
 def test_churn_nodes_join_late() -> None:

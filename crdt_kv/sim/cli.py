@@ -52,6 +52,8 @@ DEFAULT_OPS = 2_000
 """Client operations per run without ``--ops``."""
 PLOT_SAMPLES = 200
 """About how many divergence samples ``--plot`` takes per run."""
+LEGEND_MAX = 21
+"""Plots of more runs than this (big sweeps) get no legend."""
 PROGRESS_MIN_OPS = 5_000
 """Runs with fewer operations finish too fast to need a progress bar."""
 
@@ -184,7 +186,8 @@ def plot_divergence(results: Sequence[SimResult], path: str) -> None:
         first = results[0] if results else None
         if first is not None:
             ax.set_title(f"crdt-kv simulate: {first.nodes} nodes, {first.ops} ops")
-        ax.legend(loc="upper left", fontsize="small")
+        if len(results) <= LEGEND_MAX:
+            ax.legend(loc="upper left", fontsize="small")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=100)

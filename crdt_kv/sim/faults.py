@@ -27,6 +27,7 @@ __all__ = [
     "Plan",
     "Restart",
     "SetLinkFaults",
+    "Shutdown",
     "Unfreeze",
     "crash_plan",
     "cut_plan",
@@ -50,6 +51,14 @@ class Heal:
 @dataclass(frozen=True, slots=True)
 class Crash:
     """Kill a node: sessions, in-flight messages and its Store object are lost."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Stop a node cleanly: ``Store.close()`` (sessions end, the open marker is cleared)
+    and its disk written back; a :class:`Restart` brings it up again."""
 
     node: int
 
@@ -128,6 +137,7 @@ FaultAction = (
     | Cut
     | SetLinkFaults
     | Burst
+    | Shutdown
 )
 Plan = list[tuple[float, FaultAction]]
 

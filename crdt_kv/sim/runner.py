@@ -35,9 +35,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cbor2
+
 import crdt_kv
 from crdt_kv.backends.base import Backend
-from crdt_kv.backends.memory import MemoryBackend
+from crdt_kv.codec import DATA, unpack_record
 from crdt_kv.errors import ConfigError
 from crdt_kv.hlc import LOGICAL_BITS
 from crdt_kv.protocol import (
@@ -48,6 +50,7 @@ from crdt_kv.protocol import (
     SyncComplete,
 )
 from crdt_kv.sim.clocks import SimClock, VirtualTime
+from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.faults import (
     Burst,
     ClockJump,
@@ -61,6 +64,7 @@ from crdt_kv.sim.faults import (
     Plan,
     Restart,
     SetLinkFaults,
+    Shutdown,
     Unfreeze,
 )
 from crdt_kv.sim.network import NO_FAULTS, Network
@@ -108,6 +112,8 @@ class SimConfig:
     live_retry_ms: float = 500.0
     idle_timeout_ms: float = 2000.0
     max_offset_ms: int = 500
+    sync_writes: bool = True
+    flush_ms: float = 200.0
     max_batch_entries: int = 1000
     window: int = 4
     convergence_bound_ms: float = 60_000.0
@@ -128,6 +134,11 @@ class SimConfig:
             )
         if self.keys is not None and (not isinstance(self.keys, int) or self.keys < 1):
             raise ConfigError(f"keys must be a positive int, got {self.keys!r}")
+        if not self.sync_writes and self.backend != "memory":
+            raise ConfigError(
+                "sync_writes=False (power cuts) is modelled only for the memory backend, "
+                f"not {self.backend!r}"
+            )
         if self.resolver is not None and not callable(self.resolver):
             raise ConfigError("resolver must be callable (a, b) -> bool")
         for name in ("gossip_ms", "idle_timeout_ms", "check_ms", "convergence_bound_ms"):
@@ -186,6 +197,8 @@ class SimResult:
     messages_partitioned: int
     messages_late: int
     crashes: int
+    power_cuts: int
+    writes_lost_unsynced: int
     restarts: int
     joins: int
     partitions: int
@@ -246,6 +259,7 @@ class SimNode:
         "live_conns",
         "path",
         "peer_id",
+        "power_lost",
         "pump_pending",
         "rng",
         "rogue",
@@ -266,6 +280,7 @@ class SimNode:
         self.live_conns = 0
         self.gossip_busy = False
         self.pump_pending = False
+        self.power_lost = False
         self.rogue = False
         self.last_write_hlc = 0
         self.hlc_seen = 0
@@ -361,6 +376,8 @@ class Simulation:
         self._ops_issued = 0
         self._op_rate = 0.0
         self._up: list[int] | None = None
+        self._pending: dict[tuple[str, int, str, bool, bytes], Any] = {}
+        """Acknowledged writes not yet durable anywhere (``sync_writes=False`` only)."""
         self._workload: Workload | None = None
         self._divergence: list[tuple[float, int]] = []
         self._div_seen: dict[int, int] = {}
@@ -391,6 +408,10 @@ class Simulation:
                 "skew_rejections",
                 "rogue_writes",
                 "bursts",
+                "power_cuts",
+                "shutdowns",
+                "unsynced_reverted",
+                "hlc_rewinds",
                 "hlc_violations",
                 "unavailable",
                 "entries_sent",
@@ -480,7 +501,9 @@ class Simulation:
         }
         if cfg.backend == "memory":
             if node.backend is None:
-                node.backend = MemoryBackend()
+                node.backend = SimDisk(volatile=not cfg.sync_writes)
+            elif isinstance(node.backend, SimDisk):
+                node.backend.reopen()
             store = crdt_kv.open(backend=node.backend, **common)
         else:
             assert self._tmp is not None
@@ -492,6 +515,13 @@ class Simulation:
         self._up = None
         store.on_commit(self._commit_hook(node))
         last = store.hlc.last
+        if node.power_lost:
+            # Not power safe by contract: stamps of lost writes may be issued again (the
+            # new incarnation and the total order on (peer, deleted, value) cover it).
+            node.power_lost = False
+            if last < node.last_write_hlc:
+                self.c["hlc_rewinds"] += 1
+                node.last_write_hlc = last
         if last < node.last_write_hlc:
             self._hlc_violation(
                 node, f"reopened at hlc {last} below its write {node.last_write_hlc}"
@@ -542,7 +572,7 @@ class Simulation:
                         b.put(key, value)
             versions = b.versions
         last = node.last_write_hlc
-        record = self.oracle.record if not node.rogue else None
+        record = self._acknowledge if not node.rogue else None
         for (key, value, deleted), v in zip(op.writes, versions, strict=True):
             if v.hlc <= last:
                 self._hlc_violation(node, f"write stamped {v.hlc} after {last}")
@@ -558,6 +588,52 @@ class Simulation:
         if h < node.hlc_seen:
             self._hlc_violation(node, f"clock went back from {node.hlc_seen} to {h}")
         node.hlc_seen = h
+
+    def _acknowledge(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
+        if self.cfg.sync_writes:
+            self.oracle.record(key, value, deleted, hlc, peer)
+        else:
+            raw = b"" if deleted else cbor2.dumps(value)
+            self._pending[(key, hlc, peer, deleted, raw)] = value
+
+    # --- durability (sync_writes=False) ---------------------------------------------------
+
+    def _disk_tick(self, node: SimNode) -> None:
+        self.sync_disk(node)
+        delay = self.cfg.flush_ms * (0.5 + self.sched_rng.random())
+        self._push(self.vt.now + int(delay * 1000), self._disk_tick, node)
+
+    def sync_disk(self, node: SimNode, *, force: bool = False) -> None:
+        """Write back a node's volatile disk; acknowledged writes it holds become durable
+        and from then on the oracle expects them to survive (``sync_writes=False``).
+        Only up nodes write back, unless ``force`` (a clean shutdown's final flush)."""
+        backend = node.backend
+        if not isinstance(backend, SimDisk) or not backend.volatile:
+            return
+        if node.state != UP and not force:
+            return
+        keys = backend.sync()
+        pending = self._pending
+        if not pending:
+            return
+        record = self.oracle.record
+        for k in keys:
+            if k[:1] != DATA:
+                continue
+            blob = backend.peek(k)
+            if blob is None:
+                continue
+            e = unpack_record(k[1:], blob)
+            key = e.key.decode("utf-8", "replace")
+            raw = b"" if e.deleted else e.value
+            found = (key, e.hlc, e.peer, e.deleted, raw)
+            if found in pending:
+                record(key, pending.pop(found), e.deleted, e.hlc, e.peer)
+
+    def sync_disks(self) -> None:
+        """Write back every up node's volatile disk (before the final checks)."""
+        for node in self.nodes:
+            self.sync_disk(node)
 
     # --- connections -----------------------------------------------------------------------
 
@@ -825,7 +901,29 @@ class Simulation:
         node.gossip_busy = False
         if store is not None and self.cfg.backend != "memory":
             store.backend.close()  # unclean: no Store.close(), just release the files
+        if isinstance(node.backend, SimDisk) and node.backend.volatile:
+            self.c["power_cuts"] += 1
+            self.c["unsynced_reverted"] += node.backend.power_cut()
+            node.power_lost = True
         self.c["crashes"] += 1
+
+    def _a_shutdown(self, a: FaultAction) -> None:
+        assert isinstance(a, Shutdown)
+        node = self.nodes[a.node]
+        if node.state != UP:
+            return
+        for conn in list(node.conns.values()):
+            self._reset(conn, f"{node.peer_id} shut down")
+        store = node.store
+        node.store = None
+        node.state = DOWN
+        self._up = None
+        node.gossip_busy = False
+        if store is not None:
+            store.close()
+        if isinstance(node.backend, SimDisk):
+            self.sync_disk(node, force=True)
+        self.c["shutdowns"] += 1
 
     def _a_restart(self, a: FaultAction) -> None:
         assert isinstance(a, Restart)
@@ -1001,6 +1099,9 @@ class Simulation:
             for node in self.nodes:
                 first = self.sched_rng.random() * cfg.gossip_ms * 1000
                 self._push(int(first), self._gossip_tick, node)
+                if not cfg.sync_writes:
+                    first = self.sched_rng.random() * cfg.flush_ms * 1000
+                    self._push(int(first), self._disk_tick, node)
                 if node.state == UP:
                     self._start_live(node)
             if cfg.ops:
@@ -1010,6 +1111,7 @@ class Simulation:
             if cfg.sample_ms:
                 self._push(0, self._sample, None)
             self._loop()
+            self.sync_disks()
             if cfg.sample_ms:
                 self._divergence.append((self.now_ms, self.divergent_keys()))
             return self.result()
@@ -1038,6 +1140,7 @@ class Simulation:
         for conn in list(self._conns.values()):
             self._reset(conn, "quiesce")
         self.sync_all(rounds=rounds)
+        self.sync_disks()
 
     def _drain(self) -> None:
         """Run until no connection is open (idle checks end with their connection)."""
@@ -1117,6 +1220,8 @@ class Simulation:
             messages_partitioned=c["partitioned"],
             messages_late=c["late"],
             crashes=c["crashes"],
+            power_cuts=c["power_cuts"],
+            writes_lost_unsynced=self._vanished(),
             restarts=c["restarts"],
             joins=c["joins"],
             partitions=c["partitions"],
@@ -1133,6 +1238,21 @@ class Simulation:
             error=self.error,
             repro_command=self.command,
         )
+
+    def _vanished(self) -> int:
+        """Acknowledged writes that never became durable anywhere and left no trace: the
+        converged state holds an older version of their key (power cuts lose them by
+        contract when ``sync_writes=False``)."""
+        live = [n.store for n in self.live_nodes() if n.store is not None]
+        if not self._pending or not live:
+            return 0
+        store = live[0]
+        lost = 0
+        for key, hlc, peer, _, _ in self._pending:
+            e = store.entry(key)
+            if e is None or (e.hlc, e.peer) < (hlc, peer):
+                lost += 1
+        return lost
 
     def close(self) -> None:
         """Close every store cleanly and delete temporary directories. Idempotent."""
@@ -1165,6 +1285,7 @@ _ACTIONS: dict[type, Callable[[Simulation, Any], None]] = {
     Cut: Simulation._a_cut,
     SetLinkFaults: Simulation._a_faults,
     Burst: Simulation._a_burst,
+    Shutdown: Simulation._a_shutdown,
 }
 
 

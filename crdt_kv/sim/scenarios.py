@@ -211,3 +211,27 @@ def _churn(sim: Simulation) -> None:
         sim.set_pending(i)
     for i in late[:-1]:
         sim.schedule([(d * (0.1 + 0.8 * rng.random()), Join(i))])
+
+
+@scenario(
+    "power-loss",
+    "like crash-restart, but disks are written back only every ~200 ms (no fsync per "
+    "batch): each crash is a power cut that loses the unsynced tail of the node's log; "
+    "only writes that became durable somewhere must survive",
+)
+def _power_loss(sim: Simulation) -> None:
+    cfg, d = sim.cfg, sim.duration_ms
+    cfg.sync_writes = False
+    sim.network.latency = Latency(base_ms=10, jitter_ms=40, tail_p=0.02, tail_ms=100)
+    _ntp_clocks(sim)
+    sim.schedule(
+        crash_plan(
+            sim.fault_rng,
+            range(cfg.nodes),
+            0.05 * d,
+            0.95 * d,
+            crashes=max(2, cfg.nodes),
+            downtime_ms=(200.0, min(3000.0, 0.3 * d)),
+            clock_jump_back_ms=300,
+        )
+    )
