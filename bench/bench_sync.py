@@ -2,22 +2,29 @@
 
 Measures (issue 4, "Speed"):
 
-1. full sync of ``--full`` entries (default 100,000) into an empty store: entries/s and wire
-   bytes per entry; also with the sending store in a second process (both cores busy);
+1. full sync of ``--full`` entries (default 100,000) into an empty store: entries/s (wall
+   clock, and the CPU-bound rate: entries per main-thread CPU second, which both sessions
+   share in one process) and wire bytes per entry; also with the sending store in a second
+   process;
 2. delta sync of 100 changed keys among N entries (N = 10,000, the full-sync pair, and
-   1,000,000 with ``--big``): milliseconds and wire bytes, and the 1M/10k time ratio;
+   ``--big-n`` = 1,000,000 with ``--big``): milliseconds and wire bytes. The pairs take
+   turns round by round (``--delta-rounds``), so the big/small time ratio is a median of
+   paired per-round ratios, not of figures taken minutes apart on a shared machine;
 3. write-to-visible latency on a live session: p50/p99 over ``--writes`` paced writes;
 4. the same full and delta sync with ``pycrdt`` (a Y.Map in memory): ``doc.get_update()``
    applied to a fresh doc, then 100 changes sent with a state vector.
 
 Wire bytes are counted at the socket (every byte both sides wrote: Hello, Request, Batch,
-Ack frames), so they are comparable across engines. ``--engine raw`` drives
-``crdt_kv.protocol.Session`` objects with the small pump below; ``--engine replicate`` uses
-``crdt_kv.replicate`` (the default when it exists). Each figure is the median of
-``--repeat`` runs. ``--sweep`` times full sync over ``max_batch_entries`` x ``window``;
-``--profile`` prints where a full sync spends its time.
+Ack frames), so they are comparable across engines; pycrdt's figure is its update alone
+(no state vector, no framing). ``--engine raw`` drives ``crdt_kv.protocol.Session`` objects
+with the small pump below; ``--engine replicate`` uses ``crdt_kv.replicate`` (the default
+when it exists). Full-sync figures are the median of ``--repeat`` runs. ``--sweep`` times
+full sync over ``max_batch_entries`` x ``window``; ``--stages`` times each pipeline stage
+alone; ``--profile`` prints where a full sync spends its time. Every run checks that the
+stores converged (equal digests, all keys), so nothing is timed that did not happen.
 
-Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--profile] [--json]``.
+Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--stages] [--profile]
+[--json]``.
 """
 
 from __future__ import annotations
@@ -398,28 +405,38 @@ class DeltaResult:
     bytes: list[int]
 
 
-def delta_rounds(
-    runner: Runner, a: Store, b: Store, n: int, repeat: int, seed: int, kw: dict[str, Any]
-) -> DeltaResult:
-    """``repeat + 1`` rounds of: 100 random keys rewritten on ``a``, then one session.
+def paired_delta_rounds(
+    runner: Runner,
+    pairs: dict[int, tuple[Store, Store]],
+    rounds: int,
+    seed: int,
+    kw: dict[str, Any],
+) -> dict[int, DeltaResult]:
+    """``rounds + 1`` rounds; in each, every pair gets 100 fresh changes and one session.
 
-    The first round after a full sync is reported apart: it is the one where ``b`` first
-    answers ``a``'s request for its own log (entries it got from ``a``, never echoed).
+    Changes are written (one put each, outside the timing) on the pair's ``a`` side, then
+    one non-live session runs between ``a`` and ``b``. The pairs take turns within a round
+    (order rotating per round), so a load spike hits every store size alike and the
+    per-round time ratios compare like with like. The first round after the full sync is
+    reported apart: in it ``b`` first answers ``a``'s request for its own log (entries it
+    got from ``a``, scanned once and never echoed), which is proportional to the store.
     """
-    rng = random.Random(seed)
-    times: list[float] = []
-    sizes: list[int] = []
-    first = (0.0, 0)
-    for gen in range(1, repeat + 2):
-        change(a, rng.sample(range(n), CHANGES), gen)
-        r = sync(runner, a, b, **kw)
-        check_equal(a, b, f"delta sync among {n}")
-        if gen == 1:
-            first = (r.seconds, r.bytes_total)
-        else:
-            times.append(r.seconds)
-            sizes.append(r.bytes_total)
-    return DeltaResult(n, first[0], first[1], times, sizes)
+    rngs = {n: random.Random(seed + n) for n in pairs}
+    out = {n: DeltaResult(n, 0.0, 0, [], []) for n in pairs}
+    sizes = list(pairs)
+    for gen in range(1, rounds + 2):
+        s = gen % len(sizes)
+        for n in sizes[s:] + sizes[:s]:
+            a, b = pairs[n]
+            change(a, rngs[n].sample(range(n), CHANGES), gen)
+            r = sync(runner, a, b, **kw)
+            check_equal(a, b, f"delta sync among {n}")
+            if gen == 1:
+                out[n].first_seconds, out[n].first_bytes = r.seconds, r.bytes_total
+            else:
+                out[n].seconds.append(r.seconds)
+                out[n].bytes.append(r.bytes_total)
+    return out
 
 
 def full_sync_runs(
@@ -589,6 +606,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kw = {"max_batch_entries": args.batch, "window": args.window}
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_1m_start": os.getloadavg()[0],
         "machine": machine(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "engine": engine,
@@ -612,6 +630,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": [r.seconds for r in full],
             "bytes": full[0].bytes_total,
             "entries_per_s": n / med([r.seconds for r in full]),
+            "cpu_seconds": [r.cpu_seconds for r in full],
+            "cpu_entries_per_s": n / med([r.cpu_seconds for r in full]),
             "bytes_per_entry": full[0].bytes_total / n,
         }
         if not args.no_procs:
@@ -635,33 +655,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "state_vector_bytes": y.state_vector_bytes,
         }
 
-        deltas: dict[str, Any] = {}
-        sizes = [10_000, n] + ([1_000_000] if args.big else [])
-        for size in sizes:
-            log(f"delta sync among {size} ...")
+        sizes = [10_000, n] + ([args.big_n] if args.big else [])
+        pairs: dict[int, tuple[Store, Store]] = {}
+        for size in dict.fromkeys(sizes):
+            log(f"delta sync: building the {size:,}-entry pair ...")
             if size == n:
-                pa = a
-                pb = wd.store("bench-dn")
+                pa, pb = a, wd.store("bench-dn")
                 sync(runner, pa, pb, **kw)
             else:
                 pa, pb = wd.store(f"bench-d{size}a"), wd.store(f"bench-d{size}b")
-                fill(pa, size)
                 t0 = time.perf_counter()
+                fill(pa, size)
+                build_s = time.perf_counter() - t0
                 r = sync(runner, pa, pb, **kw)
-                if size == 1_000_000:
-                    out["full_1m"] = {"seconds": r.seconds, "entries_per_s": size / r.seconds}
-                    log(f"  (1M full sync: {size / r.seconds:,.0f} entries/s)")
+                if size == args.big_n and args.big:
+                    out["full_big"] = {
+                        "n": size,
+                        "build_seconds": build_s,
+                        "seconds": r.seconds,
+                        "cpu_seconds": r.cpu_seconds,
+                        "entries_per_s": size / r.seconds,
+                        "bytes_per_entry": r.bytes_total / size,
+                    }
+                    log(f"  ({size:,} full sync: {size / r.seconds:,.0f} entries/s)")
             check_equal(pa, pb, f"initial sync among {size}")
-            d = delta_rounds(runner, pa, pb, size, args.repeat, args.seed + size, kw)
+            pairs[size] = (pa, pb)
+        log(f"delta sync: {args.delta_rounds} paired rounds ...")
+        dres = paired_delta_rounds(runner, pairs, args.delta_rounds, args.seed, kw)
+        deltas: dict[str, Any] = {}
+        for size, d in dres.items():
             deltas[str(size)] = {
                 "n": size,
                 "first_round_ms": d.first_seconds * 1e3,
                 "first_round_bytes": d.first_bytes,
-                "ms": [s * 1e3 for s in d.seconds],
+                "ms": [x * 1e3 for x in d.seconds],
                 "bytes": d.bytes,
                 "median_ms": med(d.seconds) * 1e3,
                 "median_bytes": med([float(x) for x in d.bytes]),
             }
+        big_n = max(pairs)
+        if big_n != 10_000:
+            ratios = [x / y for x, y in zip(dres[big_n].seconds, dres[10_000].seconds, strict=True)]
+            out["delta_time_ratio"] = {
+                "big": big_n,
+                "small": 10_000,
+                "ratio_samples": ratios,
+                "median": med(ratios),
+            }
+        for pa, pb in pairs.values():
             pb.close()
             if pa is not a:
                 pa.close()
@@ -713,6 +754,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
             out["sweep"] = sweep
 
+        if args.stages:
+            log("timing the pipeline stages of a full sync ...")
+            out["stages"] = stage_times(wd, a, args.batch)
         if args.profile:
             log("profiling one full sync ...")
             out["profile"] = profile_full_sync(runner, wd, a, kw)
@@ -730,7 +774,8 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     rows.append(
         (
             f"full sync {full['n']:,} entries, 1 process",
-            f"{full['entries_per_s']:,.0f} entries/s",
+            f"{full['entries_per_s']:,.0f} entries/s (CPU-bound rate "
+            f"{full['cpu_entries_per_s']:,.0f}/s)",
             f"pycrdt {y['full_entries_per_s']:,.0f}/s "
             f"({full['entries_per_s'] / y['full_entries_per_s']:.2f}x)",
             ">= 50,000/s",
@@ -748,15 +793,15 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "MET" if f2["entries_per_s"] >= 50_000 else "MISSED",
             )
         )
-    if "full_1m" in res:
-        f1 = res["full_1m"]
+    if "full_big" in res:
+        fb = res["full_big"]
         rows.append(
             (
-                "full sync 1,000,000 entries (1 run)",
-                f"{f1['entries_per_s']:,.0f} entries/s",
-                f"{f1['seconds']:.1f} s",
+                f"full sync {fb['n']:,} entries (1 run)",
+                f"{fb['entries_per_s']:,.0f} entries/s",
+                f"{fb['seconds']:.1f} s, {fb['bytes_per_entry']:.1f} B/entry",
                 ">= 50,000/s",
-                "MET" if f1["entries_per_s"] >= 50_000 else "MISSED",
+                "MET" if fb["entries_per_s"] >= 50_000 else "MISSED",
             )
         )
     rows.append(
@@ -769,6 +814,8 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             "-",
         )
     )
+    # pycrdt's update grows every round (Yjs resends its whole delete set), so compare
+    # with its smallest one, the first 100 changes after the full sync.
     y_bytes = min(y["delta_bytes"])
     y_ms = med(y["delta_seconds"]) * 1e3
     for key, d in res["delta"].items():
@@ -783,17 +830,16 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 "MET" if ratio <= 1.2 else "MISSED",
             )
         )
-    small = res["delta"].get("10000")
-    big = res["delta"].get("1000000") or res["delta"].get(str(res["full"]["n"]))
-    if small and big and big is not small:
-        r = big["median_ms"] / small["median_ms"]
+    dr = res.get("delta_time_ratio")
+    if dr:
+        big, small = res["delta"][str(dr["big"])], res["delta"][str(dr["small"])]
         rows.append(
             (
-                f"delta time {big['n']:,} vs 10,000",
-                f"{r:.2f}x",
+                f"delta time {dr['big']:,} vs {dr['small']:,}",
+                f"{dr['median']:.2f}x (median of {len(dr['ratio_samples'])} paired rounds)",
                 f"{big['median_ms']:.1f} / {small['median_ms']:.1f} ms",
                 "<= 1.5x",
-                "MET" if r <= 1.5 else "MISSED",
+                "MET" if dr["median"] <= 1.5 else "MISSED",
             )
         )
     live = res["live"]
@@ -840,6 +886,13 @@ def print_report(res: dict[str, Any]) -> None:
             ]
             st.add_row(str(be), *cells)
         console.print(st)
+    if "stages" in res:
+        stt = Table(title="full sync stages, each timed alone (main-thread CPU seconds)")
+        stt.add_column("stage")
+        stt.add_column("s", justify="right")
+        for label, secs in res["stages"].items():
+            stt.add_row(label, f"{secs:.3f}")
+        console.print(stt)
     if "profile" in res:
         p = res["profile"]
         pt = Table(title=f"cProfile of one full sync ({p['wall_seconds_profiled']:.2f} s profiled)")
@@ -850,14 +903,21 @@ def print_report(res: dict[str, Any]) -> None:
             pt.add_row(label, f"{secs:.2f}", f"{secs / p['wall_seconds_profiled']:.0%}")
         console.print(pt)
         console.print(p["top_tottime"])
-    console.print(f"{res['date']} | {res['machine']} | {res['command']}")
+    console.print(
+        f"{res['date']} | {res['machine']} | load {res['loadavg_1m_start']:.1f} -> "
+        f"{res['loadavg_1m_end']:.1f} | {res['command']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     has_replicate = hasattr(crdt_kv, "replicate")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--full", type=int, default=100_000, help="entries in the full sync")
-    ap.add_argument("--big", action="store_true", help="add the 1,000,000-entry delta case")
+    ap.add_argument("--big", action="store_true", help="add the --big-n entry delta case")
+    ap.add_argument("--big-n", type=int, default=1_000_000, help="entries of the big store")
+    ap.add_argument(
+        "--delta-rounds", type=int, default=11, help="paired delta rounds (median reported)"
+    )
     ap.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
     ap.add_argument("--writes", type=int, default=1000, help="live writes per run")
     ap.add_argument("--interval", type=float, default=0.002, help="seconds between live writes")
@@ -874,6 +934,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="max_batch_entries x window sweep")
     ap.add_argument("--sweep-repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="cProfile one full sync")
+    ap.add_argument(
+        "--stages", action="store_true", help="CPU seconds of each full-sync stage, no network"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--quiet", action="store_true")
@@ -881,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "replicate" and not has_replicate:
         ap.error("crdt_kv.replicate does not exist yet; use --engine raw")
     res = run(args)
+    res["loadavg_1m_end"] = os.getloadavg()[0]
     if args.json:
         res["verdicts"] = [
             dict(zip(("measure", "crdt_kv", "comparison", "target", "verdict"), r, strict=True))
