@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, TypeVar
 
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import (
     ClockSkewError,
     ConfigError,
@@ -592,6 +593,17 @@ class Session:
                 f"batch from {remote.peer_id!r} starts at {b.from_seq}, "
                 f"but our cursor is at {self._in_pos}"
             )
+        for e in b.entries:
+            if len(e.key) > MAX_KEY_BYTES or len(e.value) > MAX_VALUE_BYTES:
+                # The store enforces these limits on local writes only.
+                return self._fail(
+                    RemoteProtocolError(
+                        f"batch from peer {remote.peer_id!r} rejected: key {e.key[:40]!r} "
+                        f"({len(e.key)} bytes, limit {MAX_KEY_BYTES}) or its value "
+                        f"({len(e.value)} bytes, limit {MAX_VALUE_BYTES}) is too large"
+                    ),
+                    AbortCode.REJECTED_DATA,
+                )
         changed = 0
         if b.to_seq > b.from_seq or b.entries:
             try:
