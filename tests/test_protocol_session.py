@@ -13,6 +13,7 @@ import pytest
 from conftest import ManualClock
 
 import crdt_kv
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import (
     ClockSkewError,
     ConfigError,
@@ -689,6 +690,31 @@ def test_batch_with_undecodable_entry_is_refused_whole(
     assert isinstance(f.error, RemoteProtocolError) and "evil" in str(f.error)
     assert len(b) == 0 and b.cursors() == {}
     assert frames(sess.data_to_send())[-1].code == AbortCode.REJECTED_DATA  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("key", "value_len"),
+    [(b"k" * (MAX_KEY_BYTES + 1), 1), (b"k", MAX_VALUE_BYTES + 1)],
+    ids=["key", "value"],
+)
+def test_entry_over_the_store_limits_is_refused_whole(
+    pair: tuple[Store, Store, ManualClock], key: bytes, value_len: int
+) -> None:
+    """A peer cannot store what a local put() would refuse."""
+    _, b, _ = pair
+    sess = Session(b)
+    _fake_peer(sess)
+    good = RawEntry(b"ok", b"\x01", T0 << 16, "evil", False)
+    big = RawEntry(key, b"\x40" * value_len, T0 << 16, "evil", False)
+    [f] = failed(sess.receive_data(encode_frame(Batch(0, 2, True, (good, big)))))
+    assert "too large" in str(f.error) and not f.by_peer
+    assert len(b) == 0 and b.cursors() == {}
+    assert frames(sess.data_to_send())[-1].code == AbortCode.REJECTED_DATA  # type: ignore[union-attr]
+    at_limit = Session(b)
+    _fake_peer(at_limit)
+    edge = RawEntry(b"k" * MAX_KEY_BYTES, b"\x40", T0 << 16, "evil", False)
+    assert not failed(at_limit.receive_data(encode_frame(Batch(0, 2, True, (good, edge)))))
+    assert len(b) == 2
 
 
 @pytest.mark.parametrize(
