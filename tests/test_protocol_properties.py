@@ -20,7 +20,8 @@ from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 import crdt_kv
-from crdt_kv.protocol import Session, SessionFailed
+from crdt_kv.protocol import FrameDecoder, Request, Session, SessionFailed, encode_frame
+from crdt_kv.store import Store
 
 PEERS = ["p0", "p1", "p2", "p3"]
 KEYS = [f"k{i}" for i in range(6)]
@@ -209,3 +210,70 @@ def test_repeated_cuts_resend_only_the_unacked_tail(
         assert total_sent - n_entries <= len(cuts) * window * mbe
     finally:
         run.close()
+
+
+def _peer_stream(store: Store) -> bytes:
+    """What a real peer (5 entries, batches of 2) sends to a fresh ``store`` asking from 0."""
+    peer = crdt_kv.open(backend="memory", peer_id="peer", clock=ManualClock())
+    try:
+        for i in range(5):
+            peer.put(f"p{i}", i)
+        ps = Session(peer, max_batch_entries=2, mode="push")
+        ps.start()
+        ours = Session(store)
+        ours.start()
+        ps.receive_data(ours.data_to_send() + encode_frame(Request(0, False)))
+        return ps.data_to_send()
+    finally:
+        peer.close()
+
+
+@given(data=st.data())
+def test_corrupted_streams_never_raise(data: st.DataObject) -> None:
+    """Flip, drop or insert bytes in a real peer's stream: the session fails cleanly or
+    (a flip inside a string is undetectable without checksums) applies what it decoded."""
+    store = crdt_kv.open(backend="memory", peer_id="me", clock=ManualClock())
+    try:
+        stream = _peer_stream(store)
+        assert len(FrameDecoder().feed(stream)) == 4  # Hello and 3 batches
+        clean = Session(store)
+        clean.start()
+        buf = bytearray(stream)
+        for _ in range(data.draw(st.integers(1, 4))):
+            pos = data.draw(st.integers(0, len(buf) - 1))
+            kind = data.draw(st.sampled_from(["flip", "drop", "insert"]))
+            if kind == "flip":
+                buf[pos] ^= 1 << data.draw(st.integers(0, 7))
+            elif kind == "drop":
+                del buf[pos]
+            else:
+                buf.insert(pos, data.draw(st.integers(0, 255)))
+        chunk = data.draw(st.integers(1, 64))
+        events: list[Any] = []
+        for k in range(0, len(buf), chunk):
+            events += clean.receive_data(bytes(buf[k : k + chunk]))
+        events += clean.receive_data(b"")
+        fails = [e for e in events if isinstance(e, SessionFailed)]
+        assert len(fails) <= 1
+        if fails:
+            assert clean.closed and clean.error is fails[0].error and not fails[0].by_peer
+            assert events[-1] is fails[0] or not isinstance(events[-1], SessionFailed)
+        assert len(store.cursors()) <= 1
+        assert len(store) == sum(not r.deleted for r in store.raw_changes())
+    finally:
+        store.close()
+
+
+@given(junk=st.binary(max_size=200), chunk=st.integers(1, 50))
+def test_random_bytes_never_raise(junk: bytes, chunk: int) -> None:
+    store = crdt_kv.open(backend="memory", peer_id="me", clock=ManualClock())
+    try:
+        sess = Session(store)
+        sess.start()
+        events = []
+        for k in range(0, len(junk), chunk):
+            events += sess.receive_data(junk[k : k + chunk])
+        assert sum(isinstance(e, SessionFailed) for e in events) <= 1
+        assert len(store) == 0 and store.cursors() == {}
+    finally:
+        store.close()
