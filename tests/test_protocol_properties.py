@@ -277,3 +277,114 @@ def test_random_bytes_never_raise(junk: bytes, chunk: int) -> None:
         assert len(store) == 0 and store.cursors() == {}
     finally:
         store.close()
+
+
+class LiveLink:
+    """A live session pair with in-flight byte buffers, so delivery can be partial."""
+
+    def __init__(self, a: Store, b: Store, mbe: int, window: int) -> None:
+        self.sa = Session(a, live=True, max_batch_entries=mbe, window=window)
+        self.sb = Session(b, live=True, max_batch_entries=mbe, window=window)
+        self.bufs = {0: bytearray(), 1: bytearray()}  # 0: a -> b, 1: b -> a
+        self.sa.start()
+        self.sb.start()
+
+    def deliver(self, direction: int, limit: int | None = None) -> bool:
+        src, dst = (self.sa, self.sb) if direction == 0 else (self.sb, self.sa)
+        buf = self.bufs[direction]
+        buf += src.data_to_send()
+        n = len(buf) if limit is None else min(limit, len(buf))
+        if not n:
+            return False
+        data = bytes(buf[:n])
+        del buf[:n]
+        for ev in dst.receive_data(data):
+            assert not isinstance(ev, SessionFailed), ev
+        return True
+
+    def close(self) -> None:
+        self.sa.close("cut")
+        self.sb.close("cut")
+
+
+live_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 3), st.sampled_from(KEYS), st.integers(0, 9)),
+        st.tuples(st.just("del"), st.integers(0, 3), st.sampled_from(KEYS)),
+        st.tuples(st.just("tick"), st.integers(0, 3)),
+        st.tuples(
+            st.just("link"),
+            st.integers(0, 3),
+            st.integers(0, 3),
+            st.integers(1, 3),
+            st.integers(1, 3),
+        ),
+        st.tuples(st.just("deliver"), st.integers(0, 5), st.integers(0, 1), st.integers(1, 200)),
+        st.tuples(st.just("cut"), st.integers(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=settings.default.max_examples * 3)
+@given(n=st.integers(2, 4), history=live_ops)
+def test_live_mesh_with_partial_delivery_and_cuts_converges(
+    n: int, history: list[tuple[Any, ...]]
+) -> None:
+    run = Run(n)
+    links: dict[tuple[int, int], LiveLink] = {}
+    dirty: set[int] = set()
+    for idx, s in enumerate(run.stores):
+        s.on_commit(lambda _seq, idx=idx: dirty.add(idx))
+
+    def wake() -> None:
+        for (i, j), lk in links.items():
+            if i in dirty:
+                lk.sa.local_changed()
+            if j in dirty:
+                lk.sb.local_changed()
+        dirty.clear()
+
+    def connect(i: int, j: int, mbe: int = 2, window: int = 2) -> None:
+        i, j = sorted((i % n, j % n))
+        if i != j and (i, j) not in links:
+            links[(i, j)] = LiveLink(run.stores[i], run.stores[j], mbe, window)
+
+    try:
+        for op in history:
+            note(repr(op))
+            if op[0] == "put":
+                run.write(op[1], op[2], op[3])
+            elif op[0] == "del":
+                run.write(op[1], op[2], None)
+            elif op[0] == "tick":
+                run.clock.advance(op[1])
+            elif op[0] == "link":
+                connect(op[1], op[2], op[3], op[4])
+            elif links:
+                key = sorted(links)[op[1] % len(links)]
+                if op[0] == "cut":
+                    links.pop(key).close()
+                else:
+                    links[key].deliver(op[2], op[3])
+            wake()
+            run.check_states(final=False)
+        for i in range(n - 1):
+            connect(i, i + 1)
+        for _ in range(10_000):
+            wake()
+            moved = False
+            for lk in links.values():
+                moved = lk.deliver(0) or moved
+                moved = lk.deliver(1) or moved
+            if not moved and not dirty:
+                break
+        for lk in links.values():
+            assert lk.sa.settled and lk.sb.settled
+            assert lk.sa.lag == 0 and lk.sb.lag == 0
+        run.check_states(final=True)
+        assert len({s.digest() for s in run.stores}) == 1
+    finally:
+        for lk in links.values():
+            lk.close()
+        run.close()
