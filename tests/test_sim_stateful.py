@@ -43,9 +43,11 @@ GROUPS = [((0,), (1, 2)), ((1,), (0, 2)), ((2,), (0, 1)), ((0,), (1,), (2,))]
 class Cluster(RuleBasedStateMachine):
     """Three real replicas; every message waits in ``inbox`` until a rule acts on it."""
 
+    SYNC_WRITES = True
+
     def __init__(self) -> None:
         super().__init__()
-        self.sim = Simulation(SimConfig(nodes=NODES, ops=0, seed=0))
+        self.sim = Simulation(SimConfig(nodes=NODES, ops=0, seed=0, sync_writes=self.SYNC_WRITES))
         self.inbox: list[Message] = []
         self.offsets = [0] * NODES
         self.n = 0
@@ -73,6 +75,17 @@ class Cluster(RuleBasedStateMachine):
     @rule(i=node_ids, j=node_ids, mode=st.sampled_from(MODES), live=st.booleans())
     def connect(self, i: int, j: int, mode: str, live: bool) -> None:
         self.sim.connect(i, j, kind="live" if live else "sync", mode=mode, live=live)
+
+    @rule(i=node_ids, j=node_ids)
+    def sync(self, i: int, j: int) -> None:
+        """A whole healthy session between ``i`` and ``j`` (the network delivers it)."""
+        sim = self.sim
+        sim.intercept = None
+        try:
+            if sim.connect(i, j, kind="sync") is not None:
+                sim.advance(1000)
+        finally:
+            sim.intercept = self.inbox.append
 
     @precondition(lambda self: bool(self.inbox))
     @rule(k=picks)
@@ -144,13 +157,27 @@ class Cluster(RuleBasedStateMachine):
             sim.close()
 
 
-Cluster.TestCase.settings = settings(
+class PowerLossCluster(Cluster):
+    """The same cluster on disks without fsync: a crash is a power cut that loses what
+    was not written back, and only writes that became durable somewhere must survive."""
+
+    SYNC_WRITES = False
+
+    @rule(i=node_ids)
+    def write_back(self, i: int) -> None:
+        self.sim.sync_disk(self.sim.nodes[i])
+
+
+_SETTINGS = settings(
     settings.default,
     max_examples=max(10, settings.default.max_examples // 2),
     stateful_step_count=40,
     deadline=None,
 )
+Cluster.TestCase.settings = _SETTINGS
+PowerLossCluster.TestCase.settings = _SETTINGS
 TestCluster = Cluster.TestCase
+TestPowerLossCluster = PowerLossCluster.TestCase
 
 
 def _prefer_local(new: RawEntry, old: RawEntry, *_: Any) -> bool:
