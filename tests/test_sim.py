@@ -355,13 +355,6 @@ def test_clean_restart_without_power_cut_converges() -> None:
         s.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="store bug: the open marker is written without fsync, so a power cut soon after "
-    "a clean restart loses it; the store then keeps its incarnation while reissuing "
-    "sequence numbers its peers already hold cursors past (their new entries are skipped)",
-)
 def test_power_cut_after_clean_restart_rotates_incarnation() -> None:
     s = _power_cut_after_clean_restart()
     try:

@@ -84,6 +84,15 @@ class Backend(abc.ABC):
         if ops:
             self._write(ops)
 
+    def make_durable(self) -> None:
+        """Make every write so far survive a power failure (fsync), whatever ``sync_writes``.
+
+        The store calls it for the few writes whose loss would be unsafe rather than merely
+        lossy, e.g. the "open" marker that tells the next open whether the log tail can be
+        trusted. Backends that are ``power_safe`` need do nothing (the default).
+        """
+        self._check()
+
     def iterate(
         self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:

@@ -64,6 +64,11 @@ class RocksDBBackend(Backend):
                 put(k, v)
         self._dbwrite(wb)
 
+    def make_durable(self) -> None:
+        """Flush and fsync the write-ahead log (every earlier write becomes durable)."""
+        self._check()
+        self._db.flush_wal(True)
+
     def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []

@@ -62,6 +62,11 @@ class SimDisk(MemoryBackend):
         self._undo.clear()
         return keys
 
+    def make_durable(self) -> None:
+        """The backend interface's fsync: :meth:`sync` without the report."""
+        self._check()
+        self.sync()
+
     def power_cut(self) -> int:
         """Lose every write since the last sync; return how many keys were reverted."""
         data = self._data
