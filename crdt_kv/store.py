@@ -31,6 +31,8 @@ from crdt_kv.codec import (
     FORMAT_VERSION,
     LOG,
     LOG_END,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
     META,
     RECORD_HEAD,
     body_hash,
@@ -215,6 +217,11 @@ class Store:
         self._venc, self._vdec = value_codec(vname)
         self.key_encoding, self.value_encoding = kname, vname
         b.write([(_M_OPEN, b"1")])
+        if not b.power_safe:
+            # Durable before any commit: if a power cut lost the marker (with the writes
+            # after it), the next open would trust a log whose tail peers already hold
+            # cursors past, reissue those sequence numbers, and peers would skip them.
+            b.make_durable()
         self._peer_id = peer
         self._peer_b = peer.encode("utf-8")
         self._incarnation = incarnation
@@ -283,8 +290,12 @@ class Store:
             raise EncodingError(f"key {key!r}: {exc}") from None
 
     def _to_entry(self, r: RawEntry) -> Entry:
-        value = None if r.deleted else self._vdec(r.value)
-        return Entry(self._kdec(r.key), value, r.hlc, r.peer, r.deleted, r.seq, r.value)
+        try:
+            key = self._kdec(r.key)
+            value = None if r.deleted else self._vdec(r.value)
+        except EncodingError as exc:
+            raise CorruptionError(f"stored record of key {r.key!r} does not decode: {exc}") from exc
+        return Entry(key, value, r.hlc, r.peer, r.deleted, r.seq, r.value)
 
     def _record(self, k: bytes) -> RawEntry | None:
         blob = self._backend.get(DATA + k)
@@ -402,8 +413,12 @@ class Store:
     ) -> Iterator[tuple[Any, Any]]:
         """Live ``(key, value)`` pairs in key order over a half-open (by default) range."""
         kdec, vdec = self._kdec, self._vdec
-        for r in self._range(gt, gte, lt, lte, reverse, limit):
-            yield kdec(r.key), vdec(r.value)
+        rows = self._range(gt, gte, lt, lte, reverse, limit)
+        try:
+            for r in rows:
+                yield kdec(r.key), vdec(r.value)
+        except EncodingError as exc:
+            raise _stored_corruption(r, exc) from exc
 
     def keys(
         self,
@@ -417,8 +432,12 @@ class Store:
     ) -> Iterator[Any]:
         """Live keys in key order; same bounds as :meth:`items`."""
         kdec = self._kdec
-        for r in self._range(gt, gte, lt, lte, reverse, limit):
-            yield kdec(r.key)
+        rows = self._range(gt, gte, lt, lte, reverse, limit)
+        try:
+            for r in rows:
+                yield kdec(r.key)
+        except EncodingError as exc:
+            raise _stored_corruption(r, exc) from exc
 
     def values(
         self,
@@ -432,8 +451,12 @@ class Store:
     ) -> Iterator[Any]:
         """Live values in key order; same bounds as :meth:`items`."""
         vdec = self._vdec
-        for r in self._range(gt, gte, lt, lte, reverse, limit):
-            yield vdec(r.value)
+        rows = self._range(gt, gte, lt, lte, reverse, limit)
+        try:
+            for r in rows:
+                yield vdec(r.value)
+        except EncodingError as exc:
+            raise _stored_corruption(r, exc) from exc
 
     def raw_changes(
         self,
@@ -682,6 +705,15 @@ class Store:
             raise TypeError(f"expected RawEntry, got {type(e).__name__}")
         if not isinstance(e.key, bytes) or not isinstance(e.value, bytes):
             raise EncodingError(f"entry key and value must be bytes (key {e.key!r})")
+        if len(e.key) > MAX_KEY_BYTES:
+            raise EncodingError(
+                f"entry key {e.key[:40]!r} is {len(e.key)} bytes; the limit is {MAX_KEY_BYTES}"
+            )
+        if len(e.value) > MAX_VALUE_BYTES:
+            raise EncodingError(
+                f"value of key {e.key[:40]!r} is {len(e.value)} bytes; "
+                f"the limit is {MAX_VALUE_BYTES}"
+            )
         try:
             self._kdec(e.key)
         except EncodingError as exc:
@@ -878,6 +910,11 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self._count} keys, seq {self._seq}"
         return f"<Store peer={self._peer_id!r} backend={self._backend.name} {state}>"
+
+
+def _stored_corruption(r: RawEntry, exc: EncodingError) -> CorruptionError:
+    """A stored key or value that does not decode is the storage's fault, not the caller's."""
+    return CorruptionError(f"stored record of key {r.key!r} does not decode: {exc}")
 
 
 def _discard(lst: list[Any], item: Any) -> None:
