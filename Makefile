@@ -20,7 +20,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/crdt-kv demo
+	$(BIN)/crdt-kv simulate --nodes 32 --ops 100000
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check crdt_kv tests bench
@@ -38,6 +38,8 @@ soak: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_local.py
+	$(BIN)/python bench/bench_sync.py
+	$(BIN)/python bench/bench_sim.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
