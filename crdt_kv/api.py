@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -81,4 +82,14 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         resolver=resolver,
         max_offset_ms=pick(max_offset_ms, node, "max_offset_ms", DEFAULT_MAX_OFFSET_MS),
         new_incarnation=new_incarnation,
+        boot_id=None if isinstance(backend, Backend) else _boot_id(),
     )
+
+
+def _boot_id() -> bytes | None:
+    """This OS boot's id (Linux), or None where unknown (every unclean reopen then rotates)."""
+    try:
+        raw = pathlib.Path("/proc/sys/kernel/random/boot_id").read_bytes().strip()
+    except OSError:
+        return None
+    return raw[:64] or None

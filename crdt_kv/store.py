@@ -114,6 +114,7 @@ class Store:
         resolver: Resolver | None = None,
         max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
         new_incarnation: bool = False,
+        boot_id: bytes | None = None,
     ) -> None:
         try:
             if key_encoding is not None:
@@ -145,7 +146,9 @@ class Store:
             "hook_errors": 0,
         }
         try:
-            self._load_meta(peer_id, rng, key_encoding, value_encoding, new_incarnation)
+            self._load_meta(
+                peer_id, rng, key_encoding, value_encoding, new_incarnation, boot_id=boot_id or b"1"
+            )
             self._load_state()
         except BaseException:
             backend.close()
@@ -161,6 +164,8 @@ class Store:
         key_encoding: str | None,
         value_encoding: str | None,
         new_incarnation: bool,
+        *,
+        boot_id: bytes,
     ) -> None:
         """Create or check the store's metadata; settle peer id, incarnation, encodings.
 
@@ -207,16 +212,22 @@ class Store:
             ):
                 if want is not None and want != have:
                     raise ConfigError(f"store was created with {name}={have!r}, not {want!r}")
-            if new_incarnation or (b.get(_M_OPEN) is not None and not b.power_safe):
-                # A restored copy, or an unclean shutdown without fsync (the log tail may be
-                # lost): peers' cursors into our log could skip reissued sequences, so a new
-                # incarnation makes them start over.
+            marker = b.get(_M_OPEN)
+            lost_tail = (
+                marker is not None and not b.power_safe and (marker == b"1" or marker != boot_id)
+            )
+            if new_incarnation or lost_tail:
+                # A restored copy, or an unclean shutdown without fsync across a reboot, or
+                # of unknown boot (the log tail may be lost): peers' cursors into our log
+                # could skip reissued sequences, so a new incarnation makes them start over.
+                # A process crash within one boot loses nothing the OS accepted, so it keeps
+                # the incarnation and peers resume from their cursors.
                 incarnation = rng.getrandbits(128).to_bytes(16, "big")
                 b.write([(_M_INCARNATION, incarnation)])
         self._kenc, self._kdec = key_codec(kname)
         self._venc, self._vdec = value_codec(vname)
         self.key_encoding, self.value_encoding = kname, vname
-        b.write([(_M_OPEN, b"1")])
+        b.write([(_M_OPEN, boot_id)])
         if not b.power_safe:
             # Durable before any commit: if a power cut lost the marker (with the writes
             # after it), the next open would trust a log whose tail peers already hold
