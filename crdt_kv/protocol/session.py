@@ -333,6 +333,7 @@ class Session:
         self._in_pos = 0
         self._remote_head = 0
         self._remote_live = False
+        self._stop_at: int | None = None
         self._echo: tuple[str, bytes] | None = None
         self._complete = False
 
@@ -539,6 +540,9 @@ class Session:
         self._out_pos = r.since
         # Our own ``live`` bounds how long we serve: a one-shot side never tails its log.
         self._remote_live = r.live and self.live
+        # A one-shot pull gets the log as it was when asked; otherwise a busy writer would
+        # keep moving the head and the sync would never complete.
+        self._stop_at = None if self._remote_live else self.store.last_seq
         self._pump()
         return None
 
@@ -547,13 +551,15 @@ class Session:
         assert remote is not None
         limit = min(self.max_batch_entries, remote.max_batch_entries)
         while len(self._unacked) < self.window and self.out_state in (_O.STREAMING, _O.LIVE):
-            head = st.last_seq
+            head = st.last_seq if self._stop_at is None else self._stop_at
             if self._out_pos >= head and self.out_state is _O.LIVE:
                 return
             entries: list[RawEntry] = []
             size = 0
             covered = -1
             for e in st.raw_changes(self._out_pos, limit=limit, exclude_source=self._echo):
+                if e.seq > head:
+                    break
                 entries.append(e)
                 size += len(e.key) + len(e.value) + 24
                 if size >= self.max_batch_bytes:
@@ -562,6 +568,11 @@ class Session:
             if covered < 0:
                 covered = head if len(entries) < limit else entries[-1].seq
             done = covered >= head
+            if done and self._stop_at is not None and st.last_seq > covered:
+                # Past the pinned head: skip what we applied from this very peer meanwhile
+                # (never sent back), so its cursor does not lag behind our head for nothing.
+                nxt = next(iter(st.raw_changes(covered, limit=1, exclude_source=self._echo)), None)
+                covered = st.last_seq if nxt is None else max(covered, nxt.seq - 1)
             self._send(Batch(self._out_pos, covered, done, tuple(entries)))
             self._unacked.append(covered)
             self._out_pos = covered
