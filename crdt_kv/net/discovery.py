@@ -20,14 +20,15 @@ import ipaddress
 import logging
 import random
 import socket as _socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 import trio
 
 from crdt_kv.errors import ConfigError, RemoteProtocolError
+from crdt_kv.protocol.messages import NoTags
 
 if TYPE_CHECKING:
     from crdt_kv.net.node import Node
@@ -50,30 +51,7 @@ VERSION = 1
 MAX_DATAGRAM = 1024
 
 
-class _NoTags(Mapping[int, Any]):
-    """Semantic decoders that refuse every CBOR tag: an announcement carries none.
-
-    cbor2 would otherwise turn tags into values that pass the exact type checks (a
-    bignum into an int port, string references into texts).
-    """
-
-    def __getitem__(self, tag: int) -> Any:
-        def refuse(*_: object) -> NoReturn:
-            raise RemoteProtocolError(f"CBOR tag {tag} is not allowed in an announcement")
-
-        return refuse
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-_NO_TAGS = _NoTags()
+_NO_TAGS = NoTags("an announcement")
 
 
 @dataclass(frozen=True, slots=True)

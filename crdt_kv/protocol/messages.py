@@ -215,16 +215,20 @@ def _array(v: object, field: str, length: int | None = None) -> list[Any]:
     return v
 
 
-class _NoTags(Mapping[int, Any]):
-    """A semantic-decoder table that refuses every CBOR tag: no message carries one.
+class NoTags(Mapping[int, Any]):
+    """A semantic-decoder table that refuses every CBOR tag (``RemoteProtocolError`` naming
+    the tag and ``where`` it appeared): no message or announcement carries one.
 
-    cbor2 would otherwise turn tags into values that pass the exact type checks below
-    (bignums into ints, string and shared references into texts and aliased arrays).
+    cbor2 would otherwise turn tags into values that pass exact type checks (bignums into
+    ints, string and shared references into texts and aliased arrays).
     """
+
+    def __init__(self, where: str) -> None:
+        self._where = where
 
     def __getitem__(self, tag: int) -> Any:
         def refuse(*_: object) -> NoReturn:
-            raise _fail(f"CBOR tag {tag} is not allowed in a message")
+            raise _fail(f"CBOR tag {tag} is not allowed in {self._where}")
 
         return refuse
 
@@ -238,7 +242,7 @@ class _NoTags(Mapping[int, Any]):
         return 0
 
 
-_NO_TAGS = _NoTags()
+_NO_TAGS = NoTags("a message")
 
 
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
