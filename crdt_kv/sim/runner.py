@@ -887,18 +887,23 @@ class Simulation:
     def _a_heal(self, a: FaultAction) -> None:
         self.network.heal()
 
-    def _a_crash(self, a: FaultAction) -> None:
-        assert isinstance(a, Crash)
-        node = self.nodes[a.node]
-        if node.state != UP:
-            return
+    def _take_down(self, node: SimNode, why: str) -> Store | None:
+        """Reset the node's connections and mark it down; return its store (still open)."""
         for conn in list(node.conns.values()):
-            self._reset(conn, f"{node.peer_id} crashed")
+            self._reset(conn, f"{node.peer_id} {why}")
         store = node.store
         node.store = None
         node.state = DOWN
         self._up = None
         node.gossip_busy = False
+        return store
+
+    def _a_crash(self, a: FaultAction) -> None:
+        assert isinstance(a, Crash)
+        node = self.nodes[a.node]
+        if node.state != UP:
+            return
+        store = self._take_down(node, "crashed")
         if store is not None and self.cfg.backend != "memory":
             store.backend.close()  # unclean: no Store.close(), just release the files
         if isinstance(node.backend, SimDisk) and node.backend.volatile:
@@ -912,13 +917,7 @@ class Simulation:
         node = self.nodes[a.node]
         if node.state != UP:
             return
-        for conn in list(node.conns.values()):
-            self._reset(conn, f"{node.peer_id} shut down")
-        store = node.store
-        node.store = None
-        node.state = DOWN
-        self._up = None
-        node.gossip_busy = False
+        store = self._take_down(node, "shut down")
         if store is not None:
             store.close()
         if isinstance(node.backend, SimDisk):

@@ -220,18 +220,5 @@ def _churn(sim: Simulation) -> None:
     "only writes that became durable somewhere must survive",
 )
 def _power_loss(sim: Simulation) -> None:
-    cfg, d = sim.cfg, sim.duration_ms
-    cfg.sync_writes = False
-    sim.network.latency = Latency(base_ms=10, jitter_ms=40, tail_p=0.02, tail_ms=100)
-    _ntp_clocks(sim)
-    sim.schedule(
-        crash_plan(
-            sim.fault_rng,
-            range(cfg.nodes),
-            0.05 * d,
-            0.95 * d,
-            crashes=max(2, cfg.nodes),
-            downtime_ms=(200.0, min(3000.0, 0.3 * d)),
-            clock_jump_back_ms=300,
-        )
-    )
+    sim.cfg.sync_writes = False
+    _crash_restart(sim)
