@@ -187,7 +187,7 @@ def test_write_applies_ops_in_order(be: Backend) -> None:
 def test_a_bad_op_mid_batch_writes_nothing(be: Backend, bad: tuple[Any, Any]) -> None:
     be.write([(b"a", b"old")])
     batch: list[Any] = [(b"a", b"new"), (b"z", b"1"), bad, (b"y", b"2")]
-    with pytest.raises((TypeError, ValueError, KeyError)):
+    with pytest.raises(TypeError):
         be.write(batch)
     assert list(be.iterate()) == [(b"a", b"old")]
     be.write([(b"a", b"after")])  # the backend is still usable

@@ -77,8 +77,8 @@ class Backend(abc.ABC):
     def write(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` atomically, in order (a later op on the same key wins).
 
-        An op that is not ``(bytes, bytes | None)`` raises :class:`TypeError` (or, from
-        backends that check inside their batch, ``ValueError``) and nothing is written.
+        An op that is not ``(bytes, bytes | None)`` raises :class:`TypeError` and nothing
+        is written.
         """
         self._check()
         if ops:

@@ -57,11 +57,14 @@ class RocksDBBackend(Backend):
             self._check()
         wb = WriteBatch(raw_mode=True)
         put, delete = wb.put, wb.delete
-        for k, v in ops:
-            if v is None:
-                delete(k)
-            else:
-                put(k, v)
+        try:
+            for k, v in ops:
+                if v is None:
+                    delete(k)
+                else:
+                    put(k, v)
+        except (ValueError, KeyError) as exc:  # rocksdict's errors for non-bytes keys/values
+            raise TypeError(f"ops must be (bytes, bytes | None) pairs: {exc!r}") from exc
         self._dbwrite(wb)
 
     def make_durable(self) -> None:
