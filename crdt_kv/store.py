@@ -18,6 +18,7 @@ import contextlib
 import logging
 import random
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -131,6 +132,7 @@ class Store:
             backend.close()  # a rejected option must not leave the backend (its lock) open
             raise
         self._backend = backend
+        self._lock = threading.RLock()
         self._bget = backend.get
         self._bwrite = backend.write
         self._closed = False
@@ -672,7 +674,8 @@ class Store:
             v = self._venc(value)
         except EncodingError as exc:
             raise EncodingError(f"value of key {key!r}: {exc}") from None
-        return self._write_local(k, v, False)
+        with self._lock:
+            return self._write_local(k, v, False)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.put(key, value)
@@ -680,7 +683,9 @@ class Store:
     def delete(self, key: Any) -> Version:
         """Write a tombstone for ``key`` (even if absent here: it may exist elsewhere)."""
         self._check()
-        return self._write_local(self._enc_key(key), b"", True)
+        k = self._enc_key(key)
+        with self._lock:
+            return self._write_local(k, b"", True)
 
     def __delitem__(self, key: Any) -> None:
         self.delete(key)
@@ -691,6 +696,10 @@ class Store:
         return Batch(self)
 
     def _commit_batch(self, ops: list[tuple[bytes, bytes, bool]]) -> list[Version]:
+        with self._lock:
+            return self._commit_batch_locked(ops)
+
+    def _commit_batch_locked(self, ops: list[tuple[bytes, bytes, bool]]) -> list[Version]:
         self._check()
         last_index: dict[bytes, int] = {}
         for i, (k, _, _) in enumerate(ops):
@@ -793,6 +802,12 @@ class Store:
         written. ``cursor=(peer, incarnation, seq)`` is stored in the same batch, so a
         delta sync resumes exactly where the last applied batch ended.
         """
+        with self._lock:
+            return self._apply_raw_locked(entries, cursor)
+
+    def _apply_raw_locked(
+        self, entries: Iterable[RawEntry], cursor: tuple[str, bytes, int] | None
+    ) -> int:
         self._check()
         batch = list(entries)
         try:
@@ -897,8 +912,47 @@ class Store:
 
     # --- lifecycle ----------------------------------------------------------------------
 
+    def clock_now(self) -> int:
+        """A fresh HLC stamp, taken under the commit lock (for a protocol Hello)."""
+        with self._lock:
+            return self._hlc.now()
+
+    def observe_clock(self, stamp: int) -> None:
+        """Merge a peer's stamp into the HLC; :class:`ClockSkewError` if too far ahead."""
+        with self._lock:
+            self._hlc.update(stamp)
+
+    def read_changes(
+        self,
+        since: int,
+        *,
+        limit: int,
+        exclude_source: tuple[str, bytes] | None = None,
+        stop_at: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RawEntry]:
+        """Like :meth:`raw_changes`, materialized under the lock (safe from a worker
+        thread): at most ``limit`` entries with ``seq <= stop_at``, ending with the entry
+        that brings ``sum(len(key) + len(value) + 24)`` to ``max_bytes``."""
+        out: list[RawEntry] = []
+        size = 0
+        with self._lock:
+            for e in self.raw_changes(since, limit=limit, exclude_source=exclude_source):
+                if stop_at is not None and e.seq > stop_at:
+                    break
+                out.append(e)
+                if max_bytes is not None:
+                    size += len(e.key) + len(e.value) + 24
+                    if size >= max_bytes:
+                        break
+        return out
+
     def close(self) -> None:
         """Close the store and its backend. Idempotent; later use raises :class:`ClosedError`."""
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
         if not self._closed:
             self._closed = True
             try:

@@ -39,7 +39,9 @@ from crdt_kv.protocol import (
     encode_frame,
     encode_message,
 )
-from crdt_kv.protocol import session as session_mod
+from crdt_kv.protocol import events as events_mod
+from crdt_kv.protocol import messages as messages_mod
+from crdt_kv.protocol import states as states_mod
 from crdt_kv.store import Store
 from crdt_kv.version import RawEntry
 
@@ -192,7 +194,7 @@ def test_invalid_vector_fails_the_session(vec: dict[str, Any]) -> None:
     try:
         if vec["after_hello"]:
             assert sess.receive_data(bytes.fromhex(MESSAGES["context_hello"]["frame_hex"])) == [
-                session_mod.Connected(
+                events_mod.Connected(
                     "alice", bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0"), "default", 42, 0
                 )
             ]
@@ -395,18 +397,18 @@ def _tables(text: str) -> list[list[list[str]]]:
 
 
 def _event(cell: str) -> type:
-    name = re.sub(r"[`]", "", cell).split()[0]
-    obj = getattr(session_mod, name)
+    name = re.sub(r"[`]", "", cell).split()[0].lstrip("_")
+    obj = getattr(states_mod, name, None) or getattr(messages_mod, name)
     assert isinstance(obj, type)
     return obj
 
 
-def test_state_tables_in_protocol_md_match_session_py() -> None:
+def test_state_tables_in_protocol_md_match_states_py() -> None:
     conn, out, inn = _tables(_section("## 6. State machine"))[:3]
     for rows, table, enum in (
-        (conn, session_mod.CONN_TABLE, session_mod.ConnState),
-        (out, session_mod.OUT_TABLE, session_mod.OutState),
-        (inn, session_mod.IN_TABLE, session_mod.InState),
+        (conn, states_mod.CONN_TABLE, states_mod.ConnState),
+        (out, states_mod.OUT_TABLE, states_mod.OutState),
+        (inn, states_mod.IN_TABLE, states_mod.InState),
     ):
         doc = {(enum(s), _event(e)): enum(n) for s, e, n in rows}
         assert doc == table

@@ -1,10 +1,8 @@
-"""Replicate a store over any trio stream: the thin I/O shell around :class:`Session`.
+"""Replicate a store over any trio stream: one ``once`` :class:`PeerLink` on a stream.
 
-The protocol lives in :mod:`crdt_kv.protocol` as a pure state machine. This module only
-moves bytes: a receive loop feeds :meth:`Session.receive_data`, and a sender task drains
-:meth:`Session.data_to_send` whenever something may have been queued (bytes received, a
-local commit in live mode). Sending and receiving run concurrently, so two peers streaming
-batches at each other never deadlock on full buffers, even over
+The protocol and its policy live in :mod:`crdt_kv.protocol`; :class:`LinkDriver` moves the
+bytes and runs storage work on a worker thread. Sending and receiving run concurrently, so
+two peers streaming batches at each other never deadlock on full buffers, even over
 :func:`trio.testing.lockstep_stream_pair`.
 
 Exit rules (every path unsubscribes from the store and closes the stream):
@@ -23,21 +21,25 @@ Exit rules (every path unsubscribes from the store and closes the stream):
 
 from __future__ import annotations
 
-import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.net.driver import RECEIVE_SIZE, LinkDriver, StorageWorker, on_commit_anywhere
 from crdt_kv.protocol import (
+    BatchApplied,
+    Connected,
     ConnectionClosed,
-    ConnState,
     Event,
-    InState,
-    OutState,
+    LinkConfig,
+    LinkEvent,
+    LinkRole,
+    PeerLink,
     Session,
+    SessionEnded,
     SessionFailed,
     SessionStats,
     SyncComplete,
@@ -46,11 +48,7 @@ from crdt_kv.store import Store
 
 __all__ = ["RECEIVE_SIZE", "ReplicationResult", "replicate", "run_session"]
 
-RECEIVE_SIZE = 1 << 18
-"""Bytes asked of the stream per read: several batches, so one wakeup applies several."""
-
-_TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-_ABORT_GRACE_S = 0.5
+_SESSION_EVENTS = (Connected, BatchApplied, SyncComplete, SessionFailed, ConnectionClosed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,181 +66,6 @@ class ReplicationResult:
     stats: SessionStats
 
 
-def _peer_name(session: Session) -> str:
-    return repr(session.remote.peer_id) if session.remote is not None else "(not identified)"
-
-
-def _caught_up(session: Session) -> bool:
-    """Every direction ended or was tailing live: a peer leaving now loses us nothing."""
-    return (
-        session.remote is not None
-        and session.in_state in (InState.DISABLED, InState.DONE, InState.LIVE)
-        and session.out_state in (OutState.DISABLED, OutState.DONE, OutState.LIVE)
-    )
-
-
-class _Runner:
-    """The two loops of one session and the bookkeeping they share."""
-
-    def __init__(
-        self,
-        session: Session,
-        stream: trio.abc.Stream,
-        *,
-        on_event: Callable[[Event], object] | None,
-        idle_timeout_s: float | None,
-        handshake_timeout_s: float | None,
-        flush_timeout_s: float,
-    ) -> None:
-        self.session = session
-        self.stream = stream
-        self.on_event = on_event
-        self.idle = math.inf if idle_timeout_s is None else idle_timeout_s
-        self.handshake = math.inf if handshake_timeout_s is None else handshake_timeout_s
-        self.flush_timeout = flush_timeout_s
-        self.wake = trio.Event()
-        self.changed = False
-        self.finishing = False
-        self.send_interrupted = False
-        self.transport_broken = False
-        self.error: BaseException | None = None
-        self.sender_done = trio.Event()
-        self.recv_scope: trio.CancelScope | None = None
-
-    def kick(self) -> None:
-        self.wake.set()
-
-    def on_commit(self, _seq: int) -> None:
-        # Called synchronously inside the store's commit: only flag and wake, never send.
-        self.changed = True
-        self.wake.set()
-
-    def _set_error(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-
-    async def send_loop(self) -> None:
-        s = self.session
-        try:
-            while True:
-                if not self.finishing:
-                    await self.wake.wait()
-                    self.wake = trio.Event()
-                if self.changed and not self.finishing:
-                    self.changed = False
-                    s.local_changed()
-                out = s.data_to_send()
-                if out:
-                    self.send_interrupted = True
-                    await self.stream.send_all(out)
-                    self.send_interrupted = False
-                elif self.finishing:
-                    return
-        except _TRANSPORT_ERRORS as exc:
-            self.transport_broken = True
-            err = RemoteProtocolError(f"sending to peer {_peer_name(s)} failed: {exc!r}")
-            err.__cause__ = exc
-            self._set_error(err)
-            # The peer may have sent an Abort explaining why: read a little longer.
-            scope = self.recv_scope
-            if scope is not None:
-                scope.deadline = min(scope.deadline, trio.current_time() + _ABORT_GRACE_S)
-        finally:
-            self.sender_done.set()
-
-    async def receive_loop(self) -> bool:
-        """Feed the session until it ends; return whether queued bytes should be flushed."""
-        s = self.session
-        start = trio.current_time()
-        while True:
-            deadline = trio.current_time() + self.idle
-            if s.remote is None:
-                deadline = min(deadline, start + self.handshake)
-            if self.transport_broken:
-                deadline = min(deadline, trio.current_time() + _ABORT_GRACE_S)
-            with trio.CancelScope(deadline=deadline) as scope:
-                self.recv_scope = scope
-                try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                except _TRANSPORT_ERRORS as exc:
-                    self.transport_broken = True
-                    err = RemoteProtocolError(
-                        f"receiving from peer {_peer_name(s)} failed: {exc!r}"
-                    )
-                    err.__cause__ = exc
-                    self._set_error(err)
-                    return False
-            self.recv_scope = None
-            if scope.cancelled_caught:
-                if self.transport_broken:
-                    return False
-                what = "said nothing" if s.remote is None else "sent nothing"
-                limit = self.handshake if s.remote is None else self.idle
-                self._set_error(RemoteProtocolError(f"peer {_peer_name(s)} {what} for {limit:g} s"))
-                s.close("idle timeout")
-                return True
-            try:
-                events = s.receive_data(bytes(data))
-                self.kick()
-                for ev in events:
-                    if self.on_event is not None:
-                        self.on_event(ev)
-            except Exception as exc:  # the store or an event callback failed: end the session
-                self._set_error(exc)
-                s.close(f"local failure: {type(exc).__name__}")
-                return True
-            for ev in events:
-                if isinstance(ev, SessionFailed):
-                    self._set_error(ev.error)
-                    return not ev.by_peer
-                if isinstance(ev, SyncComplete):
-                    return True
-                if isinstance(ev, ConnectionClosed):
-                    if not (ev.complete or (s.live and _caught_up(s))):
-                        self._set_error(
-                            RemoteProtocolError(
-                                f"peer {_peer_name(s)} closed the stream before the sync completed"
-                            )
-                        )
-                    return False
-            if not data:
-                return False
-
-    async def run(self) -> None:
-        s = self.session
-        if s.state is ConnState.IDLE:
-            s.start()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.send_loop)
-            self.kick()
-            flush = await self.receive_loop()
-            if flush and not self.transport_broken:
-                self.finishing = True
-                self.kick()
-                with trio.move_on_after(self.flush_timeout):
-                    await self.sender_done.wait()
-            nursery.cancel_scope.cancel()
-
-    async def cleanup(self, *, graceful: bool) -> None:
-        s = self.session
-        if not s.closed:
-            s.close("closed by local side")
-        leftover = s.data_to_send()
-        if leftover and not (self.send_interrupted or self.transport_broken):
-            with trio.move_on_after(_ABORT_GRACE_S, shield=True):
-                try:
-                    await self.stream.send_all(leftover)
-                except _TRANSPORT_ERRORS:
-                    graceful = False
-        if graceful:
-            try:
-                await self.stream.aclose()
-            except _TRANSPORT_ERRORS:
-                await trio.aclose_forcefully(self.stream)
-        else:
-            await trio.aclose_forcefully(self.stream)
-
-
 async def run_session(
     session: Session,
     stream: trio.abc.Stream,
@@ -255,30 +78,53 @@ async def run_session(
     """Drive an existing ``session`` over ``stream`` until it ends (see the module doc).
 
     For callers that want to watch the session while it runs (its ``stats``, ``lag``,
-    ``state``): :func:`replicate` builds the session and calls this. ``on_event`` sees
-    every protocol event as it happens; an exception from it ends the session and is
-    re-raised. ``idle_timeout_s`` fails a session whose peer sends nothing for that long
-    (leave it ``None`` for live sessions, which are legitimately quiet);
+    ``state``): :func:`replicate` builds the session and calls this. The session's
+    storage work is moved to a worker thread. ``on_event`` sees every protocol event as
+    it happens; an exception from it ends the session and is re-raised.
+    ``idle_timeout_s`` fails a session whose peer sends nothing for that long (a live
+    session sends keep-alives a third of that apart, so it stays up while quiet);
     ``handshake_timeout_s`` bounds the wait for the peer's ``Hello``.
     """
-    runner = _Runner(
-        session,
-        stream,
-        on_event=on_event,
-        idle_timeout_s=idle_timeout_s,
+    session.defer_storage = True
+    config = LinkConfig(
+        mode=session.mode,
+        live=session.live,
+        cluster_id=session.cluster_id,
         handshake_timeout_s=handshake_timeout_s,
+        idle_timeout_s=idle_timeout_s,
         flush_timeout_s=flush_timeout_s,
     )
-    unsubscribe = session.store.on_commit(runner.on_commit) if session.live else None
-    graceful = False
+    link = PeerLink(
+        session.replica,
+        role=LinkRole.ONCE,
+        config=config,
+        rng=random.Random(0),
+        now=trio.current_time(),
+        defer_storage=True,
+    )
+    ended: list[SessionEnded] = []
+
+    def see(ev: LinkEvent) -> None:
+        if isinstance(ev, SessionEnded):
+            ended.append(ev)
+        elif on_event is not None and isinstance(ev, _SESSION_EVENTS):
+            on_event(ev)
+
+    worker = StorageWorker(session.replica)
+    driver = LinkDriver(link, worker=worker, on_event=see)
+    store = session.replica
+    unsubscribe = None
+    if session.live and isinstance(store, Store):
+        unsubscribe = on_commit_anywhere(store, driver.local_changed)
     try:
-        await runner.run()
-        graceful = runner.error is None and not runner.send_interrupted
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            await driver.run(stream, session=session)
+            nursery.cancel_scope.cancel()
     finally:
         if unsubscribe is not None:
             unsubscribe()
-        await runner.cleanup(graceful=graceful)
-    error = session.error or runner.error
+    error = ended[-1].error if ended else link.error
     if error is not None:
         raise error
     remote = session.remote

@@ -1,7 +1,30 @@
-"""The sans-I/O replication protocol: wire messages and the session state machine."""
+"""The sans-I/O replication core: wire messages, the session state machine, and the
+per-peer policy (:class:`PeerLink`) that the trio node and the simulator both drive.
+
+Nothing here reads a clock, sleeps, opens a socket or starts a thread: every time is an
+argument, storage work is requested (:mod:`crdt_kv.protocol.storage`) and performed by
+the driver.
+"""
 
 from __future__ import annotations
 
+from crdt_kv.protocol.backoff import Backoff
+from crdt_kv.protocol.events import (
+    BatchApplied,
+    CaughtUp,
+    CloseConnection,
+    Connected,
+    ConnectionClosed,
+    DialDue,
+    Event,
+    LinkEvent,
+    LinkFailed,
+    SessionEnded,
+    SessionFailed,
+    SyncComplete,
+)
+from crdt_kv.protocol.link import LinkRole, LinkState, PeerLink
+from crdt_kv.protocol.linkconfig import LinkConfig
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -18,20 +41,11 @@ from crdt_kv.protocol.messages import (
     encode_frame,
     encode_message,
 )
-from crdt_kv.protocol.session import (
-    MODES,
-    BatchApplied,
-    Connected,
-    ConnectionClosed,
-    ConnState,
-    Event,
-    InState,
-    OutState,
-    Session,
-    SessionFailed,
-    SessionStats,
-    SyncComplete,
-)
+from crdt_kv.protocol.options import MODES, SessionStats
+from crdt_kv.protocol.replica import Replica
+from crdt_kv.protocol.session import Session
+from crdt_kv.protocol.states import ConnState, InState, OutState
+from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, StorageRequest
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -40,22 +54,38 @@ __all__ = [
     "Abort",
     "AbortCode",
     "Ack",
+    "ApplyBatch",
+    "Backoff",
     "Batch",
     "BatchApplied",
+    "CaughtUp",
+    "CloseConnection",
     "ConnState",
     "Connected",
     "ConnectionClosed",
+    "DialDue",
     "Event",
     "FrameDecoder",
     "Hello",
     "InState",
+    "LinkConfig",
+    "LinkEvent",
+    "LinkFailed",
+    "LinkRole",
+    "LinkState",
+    "LogSlice",
     "Message",
     "MsgType",
     "OutState",
+    "PeerLink",
+    "ReadLog",
+    "Replica",
     "Request",
     "Session",
+    "SessionEnded",
     "SessionFailed",
     "SessionStats",
+    "StorageRequest",
     "SyncComplete",
     "decode_message",
     "encode_frame",

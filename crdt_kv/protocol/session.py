@@ -1,11 +1,14 @@
 """The replication session: a pure state machine over one ordered, reliable byte stream.
 
 Both ends run the same :class:`Session`. Feed it the bytes you received
-(:meth:`Session.receive_data`, ``b""`` for end of stream); it applies what they carry to
-the store and returns :class:`Event` objects; take the bytes it wants sent from
-:meth:`Session.data_to_send`. It never touches sockets, sleeps or reads the time, so the
-trio shell (``crdt_kv.net``) and the deterministic simulator (``crdt_kv.sim``) drive the
-very same object.
+(:meth:`Session.receive_data`, ``b""`` for end of stream) and take the bytes it wants sent
+from :meth:`Session.data_to_send`. It never touches sockets, sleeps or reads the time, and
+it never blocks on storage: reading our change log and applying a received batch are
+:mod:`storage requests <crdt_kv.protocol.storage>`. With ``defer_storage=False`` (the
+default) the session performs them itself, inline; with ``defer_storage=True`` the driver
+takes them with :meth:`Session.storage_request`, performs them wherever it likes (a worker
+thread) and hands the result back with :meth:`Session.storage_done`. While an apply is
+pending, later frames wait in order, so nothing is acknowledged before it is committed.
 
 Protocol outline (normative text in ``spec/protocol.md``): each side sends ``Hello``; a
 side that wants the other's data (mode ``both``/``pull``) sends ``Request(since=cursor)``;
@@ -21,19 +24,23 @@ nothing of a bad message is applied.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from enum import Enum
-from typing import Literal, TypeVar
 
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import (
     ClockSkewError,
-    ConfigError,
     CrdtKvError,
     EncodingError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+)
+from crdt_kv.protocol.events import (
+    BatchApplied,
+    Connected,
+    ConnectionClosed,
+    Event,
+    SessionFailed,
+    SyncComplete,
 )
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -49,246 +56,49 @@ from crdt_kv.protocol.messages import (
     decode_message,
     encode_frame,
 )
-from crdt_kv.store import Store
-from crdt_kv.version import RawEntry
-
-__all__ = [
-    "MODES",
-    "BatchApplied",
-    "ConnState",
-    "Connected",
-    "ConnectionClosed",
-    "Event",
-    "InState",
-    "OutState",
-    "Session",
-    "SessionFailed",
-    "SessionStats",
-    "SyncComplete",
-]
-
-Mode = Literal["both", "push", "pull"]
-MODES: tuple[str, ...] = ("both", "push", "pull")
-
-
-# --- events returned to the shell ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The peer's ``Hello`` was accepted."""
-
-    peer_id: str
-    incarnation: bytes
-    cluster_id: str
-    remote_last_seq: int
-    cursor: int
-
-
-@dataclass(frozen=True, slots=True)
-class BatchApplied:
-    """A batch from the peer was applied; ``changed`` entries altered our state."""
-
-    received: int
-    changed: int
-    from_seq: int
-    to_seq: int
-    caught_up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SyncComplete:
-    """Every non-live direction finished: the shell may close the stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionFailed:
-    """The session failed; ``by_peer`` when the peer aborted it."""
-
-    error: CrdtKvError
-    by_peer: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The peer ended the stream; ``complete`` says whether the sync had finished."""
-
-    complete: bool
-
-
-Event = Connected | BatchApplied | SyncComplete | SessionFailed | ConnectionClosed
-
-
-# --- state tables ----------------------------------------------------------------------
-
-
-class ConnState(Enum):
-    """Lifecycle of the connection."""
-
-    IDLE = "idle"
-    HELLO_SENT = "hello-sent"
-    OPEN = "open"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-class OutState(Enum):
-    """Our log streaming to the peer."""
-
-    DISABLED = "disabled"
-    WAITING = "waiting"  # for the peer's Request
-    STREAMING = "streaming"
-    DRAINING = "draining"  # final batch sent, awaiting acks
-    LIVE = "live"  # caught up, pushing new commits
-    DONE = "done"
-
-
-class InState(Enum):
-    """The peer's log streaming to us."""
-
-    DISABLED = "disabled"
-    REQUESTED = "requested"
-    LIVE = "live"
-    DONE = "done"
-
-
-@dataclass(frozen=True, slots=True)
-class _Start:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _EndOfStream:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _Stop:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _HeadReached:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _HeadReachedLive:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _AllAcked:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _FinalBatch:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class _TailBatch:
-    pass
-
-
-_C, _O, _I = ConnState, OutState, InState
-
-CONN_TABLE: dict[tuple[ConnState, type], ConnState] = {
-    (_C.IDLE, _Start): _C.HELLO_SENT,
-    (_C.HELLO_SENT, Hello): _C.OPEN,
-    (_C.OPEN, Request): _C.OPEN,
-    (_C.OPEN, Batch): _C.OPEN,
-    (_C.OPEN, Ack): _C.OPEN,
-    (_C.HELLO_SENT, Abort): _C.FAILED,
-    (_C.OPEN, Abort): _C.FAILED,
-    (_C.HELLO_SENT, _EndOfStream): _C.CLOSED,
-    (_C.OPEN, _EndOfStream): _C.CLOSED,
-    (_C.IDLE, _Stop): _C.CLOSED,
-    (_C.HELLO_SENT, _Stop): _C.CLOSED,
-    (_C.OPEN, _Stop): _C.CLOSED,
-}
-OUT_TABLE: dict[tuple[OutState, type], OutState] = {
-    (_O.WAITING, Request): _O.STREAMING,
-    (_O.STREAMING, _HeadReached): _O.DRAINING,
-    (_O.STREAMING, _HeadReachedLive): _O.LIVE,
-    (_O.STREAMING, Ack): _O.STREAMING,
-    (_O.DRAINING, Ack): _O.DRAINING,
-    (_O.LIVE, Ack): _O.LIVE,
-    (_O.DRAINING, _AllAcked): _O.DONE,
-}
-IN_TABLE: dict[tuple[InState, type], InState] = {
-    (_I.REQUESTED, Batch): _I.REQUESTED,
-    (_I.LIVE, Batch): _I.LIVE,
-    (_I.REQUESTED, _FinalBatch): _I.DONE,
-    (_I.REQUESTED, _TailBatch): _I.LIVE,
-    (_I.LIVE, _TailBatch): _I.LIVE,
-}
-
-
-_S = TypeVar("_S", ConnState, OutState, InState)
-MAX_REASON_BYTES = 4096
-
-
-def _clip_reason(text: str) -> str:
-    """``text`` as valid UTF-8 of at most :data:`MAX_REASON_BYTES` bytes (the wire limit)."""
-    raw = text.encode("utf-8", "replace")[:MAX_REASON_BYTES]
-    return raw.decode("utf-8", "ignore")
-
-
-def _utf8_len(text: str) -> int:
-    try:
-        return len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        return 1 << 30  # a lone surrogate cannot go on the wire at all
-
-
-def _step(table: dict[tuple[_S, type], _S], state: _S, event: object, what: str) -> _S:
-    try:
-        return table[(state, type(event))]
-    except KeyError:
-        name = type(event).__name__.lstrip("_")
-        raise RemoteProtocolError(f"unexpected {name} while {what} is {state}") from None
-
-
-# --- statistics ------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SessionStats:
-    """Counters of one session (mutable; read them at any time)."""
-
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    batches_sent: int = 0
-    batches_received: int = 0
-    entries_sent: int = 0
-    entries_received: int = 0
-    entries_changed: int = 0
-    skew_rejected: int = 0
-    errors: int = 0
-
-
-# --- the session -----------------------------------------------------------------------
+from crdt_kv.protocol.options import MODES, Mode, SessionStats, check_options, clip_reason
+from crdt_kv.protocol.replica import Replica
+from crdt_kv.protocol.states import (
+    CONN_TABLE,
+    IN_TABLE,
+    OUT_TABLE,
+    AllAcked,
+    ConnState,
+    EndOfStream,
+    FinalBatch,
+    HeadReached,
+    HeadReachedLive,
+    InState,
+    OutState,
+    Start,
+    Stop,
+    TailBatch,
+    step,
+)
+from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, StorageRequest
+
+__all__ = ["MODES", "Session", "SessionStats"]
+
+_O, _I = OutState, InState
 
 
 class Session:
     """One side of a replication session over a reliable ordered byte stream.
 
-    ``mode``: ``"both"`` (default), ``"push"`` (only send our log) or ``"pull"`` (only
-    receive theirs); data flows from A to B only if A may send and B wants to receive.
-    ``live``: after catching up, keep the session open and receive new commits as they
-    happen. ``max_batch_entries`` caps what we accept (and send) per batch; batches we send
-    are also cut at about ``max_batch_bytes``; at most ``window`` batches are in flight
+    ``replica`` is what we replicate (a :class:`~crdt_kv.store.Store`, or anything with
+    the :class:`~crdt_kv.protocol.replica.Replica` methods). ``mode``: ``"both"``
+    (default), ``"push"`` (only send our log) or ``"pull"`` (only receive theirs); data
+    flows from A to B only if A may send and B wants to receive. ``live``: after catching
+    up, keep the session open and receive new commits as they happen.
+    ``max_batch_entries`` caps what we accept (and send) per batch; batches we send are
+    also cut at about ``max_batch_bytes``; at most ``window`` batches are in flight
     unacknowledged, so a huge catch-up holds bounded memory on both sides and commits in
-    bounded chunks.
+    bounded chunks. ``defer_storage``: see the module doc.
     """
 
     def __init__(
         self,
-        store: Store,
+        replica: Replica,
         *,
         mode: Mode | str = "both",
         live: bool = False,
@@ -297,28 +107,24 @@ class Session:
         max_batch_bytes: int = 1 << 20,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         window: int = 4,
+        defer_storage: bool = False,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"unknown sync mode {mode!r}; use one of {', '.join(MODES)}")
-        for name, value in (
-            ("max_batch_entries", max_batch_entries),
-            ("max_batch_bytes", max_batch_bytes),
-            ("max_frame_bytes", max_frame_bytes),
-            ("window", window),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(cluster_id, str) or _utf8_len(cluster_id) > 255:
-            raise ConfigError(
-                f"cluster_id must be text of at most 255 UTF-8 bytes: {cluster_id!r:.60}"
-            )
-        self.store = store
+        check_options(
+            mode,
+            cluster_id,
+            max_batch_entries=max_batch_entries,
+            max_batch_bytes=max_batch_bytes,
+            max_frame_bytes=max_frame_bytes,
+            window=window,
+        )
+        self.replica = replica
         self.mode = mode
         self.live = live
         self.cluster_id = cluster_id
         self.max_batch_entries = max_batch_entries
         self.max_batch_bytes = max_batch_bytes
         self.window = window
+        self.defer_storage = defer_storage
         self.state = ConnState.IDLE
         self.out_state = OutState.DISABLED
         self.in_state = InState.DISABLED
@@ -326,8 +132,14 @@ class Session:
         self.stats = SessionStats()
         self.error: CrdtKvError | None = None
         self._decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
+        self._inbox: deque[bytes | None] = deque()  # None: end of stream
+        self._decode_error: ProtocolError | None = None
         self._outbox = bytearray()
         self._events: list[Event] = []
+        self._queued: deque[StorageRequest] = deque()
+        self._taken: StorageRequest | None = None
+        self._reading: ReadLog | None = None
+        self._applying: tuple[ApplyBatch, Batch] | None = None
         self._out_pos = 0
         self._unacked: deque[int] = deque()
         self._in_pos = 0
@@ -336,6 +148,11 @@ class Session:
         self._stop_at: int | None = None
         self._echo: tuple[str, bytes] | None = None
         self._complete = False
+
+    @property
+    def store(self) -> Replica:
+        """The replica this session serves (alias of :attr:`replica`)."""
+        return self.replica
 
     # --- properties -----------------------------------------------------------------
 
@@ -359,27 +176,58 @@ class Session:
         """How many of the peer's log positions we know of but have not applied."""
         return max(0, self._remote_head - self._in_pos) if self.in_state is not _I.DISABLED else 0
 
+    @property
+    def settled(self) -> bool:
+        """True when nothing is in flight: every direction ended or is tailing live."""
+        return (
+            self.state is ConnState.OPEN
+            and self.caught_up
+            and not self._unacked
+            and self._applying is None
+        )
+
+    @property
+    def caught_up(self) -> bool:
+        """Every direction ended or is tailing live (states survive the session's end, so
+        this also says whether a failed session had been healthy): a peer leaving now
+        loses us nothing."""
+        return (
+            self.remote is not None
+            and self.in_state in (_I.DISABLED, _I.DONE, _I.LIVE)
+            and self.out_state in (_O.DISABLED, _O.DONE, _O.LIVE)
+        )
+
+    @property
+    def has_output(self) -> bool:
+        """Bytes are queued for the peer (take them with :meth:`data_to_send`)."""
+        return bool(self._outbox)
+
+    @property
+    def storage_busy(self) -> bool:
+        """A storage request is queued or being performed."""
+        return bool(self._queued) or self._taken is not None
+
     # --- driving --------------------------------------------------------------------
 
     def start(self) -> None:
         """Queue our ``Hello``. Call once, before anything else."""
         if self.state is not ConnState.IDLE:
             raise LocalProtocolError(f"start() called while the session is {self.state}")
-        self.state = CONN_TABLE[(self.state, _Start)]
-        st = self.store
+        self.state = CONN_TABLE[(self.state, Start)]
+        r = self.replica
         self._send(
             Hello(
                 version=PROTOCOL_VERSION,
                 cluster_id=self.cluster_id,
-                peer_id=st.peer_id,
-                incarnation=st.incarnation,
-                hlc=st.hlc.now(),
-                last_seq=st.last_seq,
+                peer_id=r.peer_id,
+                incarnation=r.incarnation,
+                hlc=r.clock_now(),
+                last_seq=r.last_seq,
                 send=self.mode in ("both", "push"),
                 receive=self.mode in ("both", "pull"),
                 live=self.live,
-                key_encoding=st.key_encoding,
-                value_encoding=st.value_encoding,
+                key_encoding=r.key_encoding,
+                value_encoding=r.value_encoding,
                 max_batch_entries=self.max_batch_entries,
             )
         )
@@ -395,53 +243,76 @@ class Session:
 
         Bad input from the peer never raises: it fails the session (an ``Abort`` is queued,
         a :class:`SessionFailed` event returned) and nothing of the bad message is applied.
-        Bytes arriving after the session closed are discarded.
+        Bytes arriving after the session closed are discarded. An error of the replica
+        performing an inline apply (other than clock skew or an undecodable entry, which
+        fail the session) propagates.
         """
         if self.state is ConnState.IDLE:
             raise LocalProtocolError("receive_data() before start()")
         if self.closed:
             return self._take_events()
         if not data:
-            self.state = _step(CONN_TABLE, self.state, _EndOfStream(), "the connection")
-            self._events.append(ConnectionClosed(self._complete))
-            return self._take_events()
-        self.stats.bytes_received += len(data)
-        try:
-            for payload in self._decoder.feed(data):
-                self.stats.frames_received += 1
-                self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
-                if self.closed:
-                    break
-        except ClockSkewError as exc:
-            self._fail(exc, AbortCode.CLOCK_SKEW)
-        except ProtocolError as exc:
-            self._fail(exc, AbortCode.PROTOCOL)
+            self._inbox.append(None)
+        elif self._decode_error is None:
+            self.stats.bytes_received += len(data)
+            try:
+                self._inbox.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                self._decode_error = exc
+        self._process()
         return self._take_events()
 
-    def local_changed(self) -> None:
+    def local_changed(self) -> list[Event]:
         """The store committed something: stream it if the peer follows us live."""
         if self.out_state is OutState.LIVE and not self.closed:
             self._pump()
+        return self._take_events()
 
-    @property
-    def settled(self) -> bool:
-        """True when nothing is in flight: every direction ended or is tailing live."""
-        return (
-            self.state is ConnState.OPEN
-            and self.in_state in (_I.DISABLED, _I.DONE, _I.LIVE)
-            and self.out_state in (_O.DISABLED, _O.DONE, _O.LIVE)
-            and not self._unacked
-        )
+    def send_keepalive(self) -> bool:
+        """Send an empty batch at our position if we tail the peer live with nothing in
+        flight (spec section 7, keep-alive); returns whether one was sent."""
+        if self.closed or self.out_state is not _O.LIVE or self._unacked or self._reading:
+            return False
+        pos = self._out_pos
+        self._send_batch(LogSlice((), pos, True))
+        return True
+
+    def storage_request(self) -> StorageRequest | None:
+        """Take the next storage request to perform (``defer_storage=True`` only).
+
+        At most one is handed out at a time: call :meth:`storage_done` (or
+        :meth:`storage_failed`) before the next one is given.
+        """
+        if self._taken is not None or not self._queued:
+            return None
+        self._taken = self._queued.popleft()
+        return self._taken
+
+    def storage_done(self, request: StorageRequest, result: object) -> list[Event]:
+        """Hand back what :meth:`StorageRequest.perform` returned; returns new events."""
+        self._release(request)
+        self._finish(request, result)
+        self._process()
+        return self._take_events()
+
+    def storage_failed(self, request: StorageRequest, error: BaseException) -> list[Event]:
+        """The request raised ``error``. Clock skew and undecodable entries fail the session
+        as the peer's fault; anything else is ours and is re-raised after the session is
+        closed with an ``Abort``."""
+        self._release(request)
+        self._on_storage_error(request, error)
+        return self._take_events()
 
     def close(self, reason: str = "closed by local side") -> None:
         """Close the session; one that is not settled tells the peer why. Idempotent."""
         if self.closed:
             return
         if self.state is not ConnState.IDLE and not self._complete and not self.settled:
-            self._send(Abort(AbortCode.SHUTDOWN, _clip_reason(reason)))
-        self.state = CONN_TABLE[(self.state, _Stop)]
+            self._send(Abort(AbortCode.SHUTDOWN, clip_reason(reason)))
+        self.state = CONN_TABLE[(self.state, Stop)]
+        self._queued.clear()
 
-    # --- internals ------------------------------------------------------------------
+    # --- internals: plumbing ----------------------------------------------------------
 
     def _take_events(self) -> list[Event]:
         events, self._events = self._events, []
@@ -456,14 +327,94 @@ class Session:
     def _fail(self, error: CrdtKvError, code: AbortCode) -> None:
         if self.closed:
             return
-        self._send(Abort(code, _clip_reason(str(error))))
+        self._send(Abort(code, clip_reason(str(error))))
         self.state = ConnState.FAILED
         self.error = error
         self.stats.errors += 1
+        self._queued.clear()
         self._events.append(SessionFailed(error))
 
+    def _release(self, request: StorageRequest) -> None:
+        if request is not self._taken:
+            raise LocalProtocolError(f"storage result for a request not handed out: {request!r}")
+        self._taken = None
+
+    def _submit(self, request: StorageRequest) -> None:
+        if not self.defer_storage:
+            try:
+                result = request.perform(self.replica)
+            except Exception as exc:
+                self._on_storage_error(request, exc)
+                return
+            self._finish(request, result)
+            return
+        self._queued.append(request)
+
+    def _finish(self, request: StorageRequest, result: object) -> None:
+        if isinstance(request, ReadLog):
+            self._reading = None
+            if not self.closed:
+                assert isinstance(result, LogSlice)
+                self._send_batch(result)
+                if self.defer_storage:  # inline, the caller's _pump loop goes on
+                    self._pump()
+        elif self._applying is not None and self._applying[0] is request:
+            batch = self._applying[1]
+            self._applying = None
+            if not self.closed:
+                assert isinstance(result, int)
+                self._after_apply(batch, result)
+
+    def _on_storage_error(self, request: StorageRequest, error: BaseException) -> None:
+        if isinstance(request, ReadLog):
+            self._reading = None
+        else:
+            self._applying = None
+        if self.closed:
+            return
+        peer = self.remote.peer_id if self.remote is not None else "peer"
+        if isinstance(error, ClockSkewError):
+            n = len(request.entries) if isinstance(request, ApplyBatch) else 0
+            self.stats.skew_rejected += n
+            wrapped = ClockSkewError(
+                f"batch from peer {peer!r} rejected: {error}",
+                remote_hlc=error.remote_hlc,
+                local_wall_ms=error.local_wall_ms,
+                max_offset_ms=error.max_offset_ms,
+            )
+            self._fail(wrapped, AbortCode.CLOCK_SKEW)
+        elif isinstance(error, EncodingError):
+            err = RemoteProtocolError(f"batch from peer {peer!r} rejected: {error}")
+            self._fail(err, AbortCode.REJECTED_DATA)
+        else:
+            self.close(f"local failure: {type(error).__name__}")
+            raise error
+
+    # --- internals: input -------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Handle queued frames in order until one waits for storage or the session ends."""
+        inbox = self._inbox
+        while not self.closed and self._applying is None:
+            if not inbox:
+                if self._decode_error is not None:
+                    self._fail(self._decode_error, AbortCode.PROTOCOL)
+                return
+            payload = inbox.popleft()
+            if payload is None:
+                self.state = step(CONN_TABLE, self.state, EndOfStream(), "the connection")
+                self._events.append(ConnectionClosed(self._complete))
+                return
+            self.stats.frames_received += 1
+            try:
+                self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
+            except ClockSkewError as exc:
+                self._fail(exc, AbortCode.CLOCK_SKEW)
+            except ProtocolError as exc:
+                self._fail(exc, AbortCode.PROTOCOL)
+
     def _handle(self, msg: Message) -> None:
-        self.state = _step(CONN_TABLE, self.state, msg, "the connection")
+        self.state = step(CONN_TABLE, self.state, msg, "the connection")
         if isinstance(msg, Batch):
             self._on_batch(msg)
         elif isinstance(msg, Ack):
@@ -477,34 +428,35 @@ class Session:
             err = ProtocolError(f"{peer} aborted the session (code {msg.code}): {msg.reason}")
             self.error = err
             self.stats.errors += 1
+            self._queued.clear()
             self._events.append(SessionFailed(err, by_peer=True))
 
     def _incompatible(self, what: str) -> None:
         self._fail(RemoteProtocolError(what), AbortCode.INCOMPATIBLE)
 
-    def _on_hello(self, h: Hello) -> None:
-        st = self.store
+    def _hello_mismatch(self, h: Hello) -> str | None:
+        r = self.replica
         if h.version != PROTOCOL_VERSION:
-            return self._incompatible(
-                f"peer {h.peer_id!r} speaks protocol {h.version}, we speak {PROTOCOL_VERSION}"
-            )
+            return f"peer {h.peer_id!r} speaks protocol {h.version}, we speak {PROTOCOL_VERSION}"
         if h.cluster_id != self.cluster_id:
-            return self._incompatible(
-                f"peer {h.peer_id!r} is in cluster {h.cluster_id!r}, not {self.cluster_id!r}"
-            )
-        if h.peer_id == st.peer_id:
-            return self._incompatible(
-                f"peer id {h.peer_id!r} is our own: a self-connection or a duplicated store"
-            )
-        if (h.key_encoding, h.value_encoding) != (st.key_encoding, st.value_encoding):
-            return self._incompatible(
+            return f"peer {h.peer_id!r} is in cluster {h.cluster_id!r}, not {self.cluster_id!r}"
+        if h.peer_id == r.peer_id:
+            return f"peer id {h.peer_id!r} is our own: a self-connection or a duplicated store"
+        if (h.key_encoding, h.value_encoding) != (r.key_encoding, r.value_encoding):
+            return (
                 f"peer {h.peer_id!r} uses encodings {h.key_encoding}/{h.value_encoding}, "
-                f"we use {st.key_encoding}/{st.value_encoding}"
+                f"we use {r.key_encoding}/{r.value_encoding}"
             )
+        return None
+
+    def _on_hello(self, h: Hello) -> None:
+        mismatch = self._hello_mismatch(h)
+        if mismatch is not None:
+            return self._incompatible(mismatch)
         if h.max_batch_entries < 1:
             raise RemoteProtocolError(f"peer {h.peer_id!r} accepts no entries per batch")
         try:
-            st.hlc.update(h.hlc)
+            self.replica.observe_clock(h.hlc)
         except ClockSkewError as exc:
             self.stats.skew_rejected += 1
             raise ClockSkewError(
@@ -520,7 +472,7 @@ class Session:
             self.out_state = OutState.WAITING
         cursor = 0
         if self.mode in ("both", "pull") and h.send:
-            cursor = st.cursor(h.peer_id, h.incarnation)
+            cursor = self.replica.cursor(h.peer_id, h.incarnation)
             self._in_pos = cursor
             self.in_state = InState.REQUESTED
             self._send(Request(cursor, self.live))
@@ -528,75 +480,74 @@ class Session:
         self._check_complete()
         return None
 
+    # --- internals: our sending side ------------------------------------------------------
+
     def _on_request(self, r: Request) -> None:
-        self.out_state = _step(OUT_TABLE, self.out_state, r, "our sending side")
-        if r.since > self.store.last_seq:
+        self.out_state = step(OUT_TABLE, self.out_state, r, "our sending side")
+        last = self.replica.last_seq
+        if r.since > last:
             peer = self.remote.peer_id if self.remote else "peer"
             return self._incompatible(
                 f"peer {peer!r} asks for our log after {r.since}, but it ends at "
-                f"{self.store.last_seq}: this store lost data or was restored under the same "
-                "incarnation"
+                f"{last}: this store lost data or was restored under the same incarnation"
             )
         self._out_pos = r.since
         # Our own ``live`` bounds how long we serve: a one-shot side never tails its log.
         self._remote_live = r.live and self.live
         # A one-shot pull gets the log as it was when asked; otherwise a busy writer would
         # keep moving the head and the sync would never complete.
-        self._stop_at = None if self._remote_live else self.store.last_seq
+        self._stop_at = None if self._remote_live else last
         self._pump()
         return None
 
     def _pump(self) -> None:
-        st, remote = self.store, self.remote
-        assert remote is not None
-        limit = min(self.max_batch_entries, remote.max_batch_entries)
-        while len(self._unacked) < self.window and self.out_state in (_O.STREAMING, _O.LIVE):
-            head = st.last_seq if self._stop_at is None else self._stop_at
-            if self._out_pos >= head and self.out_state is _O.LIVE:
+        """Ask for the next batch while the window has room (one read at a time)."""
+        while (
+            self._reading is None
+            and not self.closed
+            and len(self._unacked) < self.window
+            and self.out_state in (_O.STREAMING, _O.LIVE)
+        ):
+            if self.out_state is _O.LIVE and self._out_pos >= self.replica.last_seq:
                 return
-            entries: list[RawEntry] = []
-            size = 0
-            covered = -1
-            for e in st.raw_changes(self._out_pos, limit=limit, exclude_source=self._echo):
-                if e.seq > head:
-                    break
-                entries.append(e)
-                size += len(e.key) + len(e.value) + 24
-                if size >= self.max_batch_bytes:
-                    covered = e.seq
-                    break
-            if covered < 0:
-                covered = head if len(entries) < limit else entries[-1].seq
-            done = covered >= head
-            if done and self._stop_at is not None and st.last_seq > covered:
-                # Past the pinned head: skip what we applied from this very peer meanwhile
-                # (never sent back), so its cursor does not lag behind our head for nothing.
-                nxt = next(iter(st.raw_changes(covered, limit=1, exclude_source=self._echo)), None)
-                covered = st.last_seq if nxt is None else max(covered, nxt.seq - 1)
-            self._send(Batch(self._out_pos, covered, done, tuple(entries)))
-            self._unacked.append(covered)
-            self._out_pos = covered
-            self.stats.batches_sent += 1
-            self.stats.entries_sent += len(entries)
-            if done and self.out_state is _O.STREAMING:
-                event = _HeadReachedLive() if self._remote_live else _HeadReached()
-                self.out_state = _step(OUT_TABLE, self.out_state, event, "our sending side")
+            remote = self.remote
+            assert remote is not None
+            self._reading = ReadLog(
+                pos=self._out_pos,
+                limit=min(self.max_batch_entries, remote.max_batch_entries),
+                max_bytes=self.max_batch_bytes,
+                stop_at=self._stop_at,
+                exclude_source=self._echo,
+            )
+            self._submit(self._reading)
+
+    def _send_batch(self, s: LogSlice) -> None:
+        self._send(Batch(self._out_pos, s.to_seq, s.done, s.entries))
+        self._unacked.append(s.to_seq)
+        self._out_pos = s.to_seq
+        self.stats.batches_sent += 1
+        self.stats.entries_sent += len(s.entries)
+        if s.done and self.out_state is _O.STREAMING:
+            event = HeadReachedLive() if self._remote_live else HeadReached()
+            self.out_state = step(OUT_TABLE, self.out_state, event, "our sending side")
 
     def _on_ack(self, a: Ack) -> None:
-        self.out_state = _step(OUT_TABLE, self.out_state, a, "our sending side")
+        self.out_state = step(OUT_TABLE, self.out_state, a, "our sending side")
         if not self._unacked or self._unacked[0] != a.seq:
             want = self._unacked[0] if self._unacked else None
             raise RemoteProtocolError(f"ack for {a.seq} does not match the oldest batch ({want})")
         self._unacked.popleft()
         if self.out_state is _O.DRAINING:
             if not self._unacked:
-                self.out_state = _step(OUT_TABLE, self.out_state, _AllAcked(), "our sending side")
+                self.out_state = step(OUT_TABLE, self.out_state, AllAcked(), "our sending side")
                 self._check_complete()
         else:
             self._pump()
 
+    # --- internals: our receiving side ------------------------------------------------------
+
     def _on_batch(self, b: Batch) -> None:
-        self.in_state = _step(IN_TABLE, self.in_state, b, "our receiving side")
+        self.in_state = step(IN_TABLE, self.in_state, b, "our receiving side")
         remote = self.remote
         assert remote is not None
         if b.from_seq != self._in_pos:
@@ -615,25 +566,17 @@ class Session:
                     ),
                     AbortCode.REJECTED_DATA,
                 )
-        changed = 0
         if b.to_seq > b.from_seq or b.entries:
-            try:
-                changed = self.store.apply_raw(
-                    b.entries, cursor=(remote.peer_id, remote.incarnation, b.to_seq)
-                )
-            except ClockSkewError as exc:
-                self.stats.skew_rejected += len(b.entries)
-                raise ClockSkewError(
-                    f"batch from peer {remote.peer_id!r} rejected: {exc}",
-                    remote_hlc=exc.remote_hlc,
-                    local_wall_ms=exc.local_wall_ms,
-                    max_offset_ms=exc.max_offset_ms,
-                ) from None
-            except EncodingError as exc:
-                return self._fail(
-                    RemoteProtocolError(f"batch from peer {remote.peer_id!r} rejected: {exc}"),
-                    AbortCode.REJECTED_DATA,
-                )
+            request = ApplyBatch(b.entries, (remote.peer_id, remote.incarnation, b.to_seq))
+            self._applying = (request, b)
+            self._submit(request)
+        else:
+            self._after_apply(b, 0)
+        return None
+
+    def _after_apply(self, b: Batch, changed: int) -> None:
+        remote = self.remote
+        assert remote is not None
         self._in_pos = b.to_seq
         self._remote_head = max(self._remote_head, b.to_seq)
         self.stats.batches_received += 1
@@ -642,8 +585,8 @@ class Session:
         self._send(Ack(b.to_seq))
         if b.done:
             # The sender tails its log only if both sides asked for live (see _on_request).
-            event = _TailBatch() if self.live and remote.live else _FinalBatch()
-            self.in_state = _step(IN_TABLE, self.in_state, event, "our receiving side")
+            event = TailBatch() if self.live and remote.live else FinalBatch()
+            self.in_state = step(IN_TABLE, self.in_state, event, "our receiving side")
         self._events.append(BatchApplied(len(b.entries), changed, b.from_seq, b.to_seq, b.done))
         self._check_complete()
 

@@ -1,0 +1,344 @@
+"""Drive a :class:`~crdt_kv.protocol.PeerLink` with trio: move bytes, honour its timer,
+run its storage work off the event loop. No replication policy lives here.
+
+- :class:`StorageWorker` performs the storage requests of one store's sessions one at a
+  time on a worker thread (``trio.to_thread``), so an fsync or a long log scan never
+  stalls the event loop, and commits stay in the order they were asked for.
+- :class:`LinkDriver` runs one link: it dials when the link says :class:`DialDue`, runs a
+  receive task and a send task per connection (concurrently, so two peers streaming at
+  each other never deadlock on full buffers), closes as :class:`CloseConnection` says,
+  and calls ``handle_timer`` when ``get_timer`` comes due.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import threading
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from crdt_kv.protocol import (
+    CloseConnection,
+    DialDue,
+    LinkEvent,
+    PeerLink,
+    Replica,
+    Session,
+    StorageRequest,
+)
+from crdt_kv.store import Store
+
+__all__ = ["RECEIVE_SIZE", "LinkDriver", "StorageWorker", "on_commit_anywhere"]
+
+RECEIVE_SIZE = 1 << 18
+"""Bytes asked of the stream per read: several batches, so one wakeup applies several."""
+
+TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+ABORT_GRACE_S = 0.5
+"""How long a broken or cancelled connection may still take to deliver a last Abort."""
+
+_Done = Callable[[object, BaseException | None], None]
+
+
+def on_commit_anywhere(store: Store, callback: Callable[[], object]) -> Callable[[], None]:
+    """Call ``callback()`` on the event loop after every commit of ``store``, whichever
+    thread committed (a storage worker or the loop itself); returns an unsubscriber.
+
+    Must be called from inside the trio run that ``callback`` belongs to.
+    """
+    token = trio.lowlevel.current_trio_token()
+    loop_thread = threading.get_ident()
+
+    def on_commit(_seq: int) -> None:
+        if threading.get_ident() == loop_thread:
+            callback()
+        else:
+            token.run_sync_soon(callback)
+
+    return store.on_commit(on_commit)
+
+
+class StorageWorker:
+    """Runs storage requests for one replica, serially, on a worker thread.
+
+    Start :meth:`run` in a nursery; :meth:`submit` from the event-loop thread. ``done``
+    callbacks run on the event-loop thread with ``(result, None)`` or ``(None, error)``.
+    """
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.performed = 0
+        self._send, self._recv = trio.open_memory_channel[tuple[StorageRequest, _Done]](math.inf)
+
+    def submit(self, request: StorageRequest, done: _Done) -> None:
+        """Queue ``request``; ``done`` is called once it was performed."""
+        self._send.send_nowait((request, done))
+
+    async def run(self) -> None:
+        """Perform queued requests until cancelled (the one in progress finishes first)."""
+        replica = self.replica
+        async for request, done in self._recv:
+            try:
+                result = await trio.to_thread.run_sync(request.perform, replica)
+            except Exception as exc:
+                done(None, exc)
+            else:
+                self.performed += 1
+                done(result, None)
+
+
+class _Connection:
+    """One open stream of a link and the state its two tasks share."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.scope = trio.CancelScope()
+        self.wake = trio.Event()
+        self.closing: CloseConnection | None = None
+        self.broken: BaseException | None = None
+        self.send_interrupted = False
+        self.lost = False
+        self.recv_scope: trio.CancelScope | None = None
+
+
+class LinkDriver:
+    """Runs one :class:`PeerLink` until it is closed (see the module doc).
+
+    ``connect()`` opens a new stream to the peer when the link asks for one (None: the
+    link never dials, as for an accepted connection). ``on_event`` sees every event the
+    link reports that is not about moving bytes; it runs on the event loop and must not
+    block. An exception from it closes the link and is re-raised by :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        link: PeerLink,
+        *,
+        worker: StorageWorker,
+        connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
+        on_event: Callable[[LinkEvent], object] | None = None,
+    ) -> None:
+        self.link = link
+        self.worker = worker
+        self.connect = connect
+        self.on_event = on_event
+        self._wake = trio.Event()
+        self._conn: _Connection | None = None
+        self._nursery: trio.Nursery | None = None
+        self._storage_busy = False
+        self._callback_error: BaseException | None = None
+
+    def wake(self) -> None:
+        """Something changed for the link (call after feeding it from outside)."""
+        self._wake.set()
+
+    def local_changed(self) -> None:
+        """Our store committed."""
+        self.link.local_changed(trio.current_time())
+        self._wake.set()
+
+    async def run(
+        self, stream: trio.abc.Stream | None = None, *, session: Session | None = None
+    ) -> None:
+        """Run until the link closes. ``stream``: an already open connection to use at
+        once (with ``session``, if the caller built one)."""
+        link = self.link
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if stream is not None:
+                    link.connection_made(trio.current_time(), session=session)
+                    self._start_connection(stream)
+                await self._main_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._shutdown()
+        if self._callback_error is not None:
+            raise self._callback_error
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def _main_loop(self) -> None:
+        link = self.link
+        while True:
+            self._act()
+            if link.closed and self._conn is None:
+                return
+            timer = link.get_timer()
+            now = trio.current_time()
+            if timer is not None and timer <= now:
+                link.handle_timer(now)
+                continue
+            with trio.move_on_at(math.inf if timer is None else timer):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _act(self) -> None:
+        """Take the link's events, storage requests and bytes, and act on them."""
+        link = self.link
+        while True:
+            ev = link.next_event()
+            if ev is None:
+                break
+            if isinstance(ev, DialDue):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._dial)
+            elif isinstance(ev, CloseConnection):
+                self._close(ev)
+            elif self.on_event is not None:
+                try:
+                    self.on_event(ev)
+                except Exception as exc:
+                    if self._callback_error is None:
+                        self._callback_error = exc
+                    link.close(trio.current_time(), f"local failure: {type(exc).__name__}")
+        if not self._storage_busy:
+            request = link.storage_request()
+            if request is not None:
+                self._storage_busy = True
+                self.worker.submit(request, functools.partial(self._stored, request))
+        conn = self._conn
+        if conn is not None and link.session is not None and link.session.has_output:
+            conn.wake.set()
+
+    def _stored(self, request: StorageRequest, result: object, error: BaseException | None) -> None:
+        self._storage_busy = False
+        now = trio.current_time()
+        if error is None:
+            self.link.storage_done(request, result, now)
+        else:
+            self.link.storage_failed(request, error, now)
+        self._act()
+        self._wake.set()
+
+    async def _dial(self) -> None:
+        assert self.connect is not None
+        try:
+            stream = await self.connect()
+        except Exception as exc:
+            self.link.connection_failed(trio.current_time(), exc)
+            self._wake.set()
+            return
+        if self.link.closed:
+            await trio.aclose_forcefully(stream)
+            return
+        self.link.connection_made(trio.current_time())
+        self._start_connection(stream)
+        self._wake.set()
+
+    # --- one connection -------------------------------------------------------------------
+
+    def _start_connection(self, stream: trio.abc.Stream) -> None:
+        conn = self._conn = _Connection(stream)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._connection_main, conn)
+
+    async def _connection_main(self, conn: _Connection) -> None:
+        with conn.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, conn)
+                await self._receive_loop(conn)
+                if conn.closing is None or not conn.closing.flush:
+                    nursery.cancel_scope.cancel()
+        await self._finish(conn)
+
+    async def _receive_loop(self, conn: _Connection) -> None:
+        link = self.link
+        while conn.closing is None:
+            with trio.CancelScope() as scope:
+                conn.recv_scope = scope
+                if conn.broken is not None:
+                    scope.deadline = trio.current_time() + ABORT_GRACE_S
+                try:
+                    data = await conn.stream.receive_some(RECEIVE_SIZE)
+                except TRANSPORT_ERRORS as exc:
+                    conn.broken = conn.broken or exc
+                    return
+            conn.recv_scope = None
+            if scope.cancelled_caught:
+                return
+            link.receive_data(bytes(data), trio.current_time())
+            self._act()
+            self._wake.set()
+            if not data:
+                return
+
+    async def _send_loop(self, conn: _Connection) -> None:
+        link = self.link
+        try:
+            while True:
+                out = link.data_to_send() if not conn.lost else b""
+                if out:
+                    conn.send_interrupted = True
+                    await conn.stream.send_all(out)
+                    conn.send_interrupted = False
+                    continue
+                if conn.closing is not None:
+                    return
+                await conn.wake.wait()
+                conn.wake = trio.Event()
+        except TRANSPORT_ERRORS as exc:
+            conn.broken = conn.broken or exc
+            # The peer may have sent an Abort explaining why: read a little longer.
+            scope = conn.recv_scope
+            if scope is not None:
+                scope.deadline = min(scope.deadline, trio.current_time() + ABORT_GRACE_S)
+
+    def _close(self, ev: CloseConnection) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        conn.closing = ev
+        if conn.recv_scope is not None:
+            conn.recv_scope.cancel()
+        if not ev.flush:
+            conn.scope.cancel()
+        conn.wake.set()
+
+    async def _finish(self, conn: _Connection) -> None:
+        """Close the stream as the link asked and report the connection lost."""
+        if trio.current_effective_deadline() == -math.inf:
+            return  # cancelled from outside: _shutdown closes the link and the stream
+        closing = conn.closing
+        graceful = (
+            closing is not None
+            and closing.graceful
+            and conn.broken is None
+            and not conn.send_interrupted
+        )
+        if graceful:
+            with trio.move_on_after(ABORT_GRACE_S, shield=True):
+                try:
+                    await conn.stream.aclose()
+                except TRANSPORT_ERRORS:
+                    graceful = False
+        if not graceful:
+            await trio.aclose_forcefully(conn.stream)
+        conn.lost = True
+        if self._conn is conn:
+            self._conn = None
+        error = conn.broken if closing is None else None
+        self.link.connection_lost(trio.current_time(), error)
+        self._wake.set()
+
+    async def _shutdown(self) -> None:
+        """Cancelled or done: close the link and, best effort, tell the peer why."""
+        link = self.link
+        conn = self._conn
+        link.close(trio.current_time())
+        while link.next_event() is not None:
+            pass
+        if conn is None or conn.lost:
+            return
+        leftover = link.data_to_send()
+        if leftover and conn.broken is None and not conn.send_interrupted:
+            with trio.move_on_after(ABORT_GRACE_S, shield=True):
+                with contextlib.suppress(*TRANSPORT_ERRORS):
+                    await conn.stream.send_all(leftover)
+        await trio.aclose_forcefully(conn.stream)
+        conn.lost = True
+        self._conn = None
+        link.connection_lost(trio.current_time())

@@ -1,0 +1,82 @@
+"""The narrow interface between a replication session and the storage it replicates.
+
+A :class:`~crdt_kv.protocol.Session` needs very little of a store: who it is, its clock,
+its change log from a cursor, and one atomic "apply these entries and remember this
+cursor". Writing that down as a :class:`typing.Protocol` keeps the protocol core free of
+any concrete store (``crdt_kv.store.Store`` implements it; the protocol tests use a small
+in-memory fake) and says exactly which calls may block: :meth:`Replica.read_changes` and
+:meth:`Replica.apply_raw` touch the disk, so a shell may run them on a worker thread.
+Every method must be safe to call from one worker thread while the event-loop thread
+writes locally (the store serializes commits and its clock with a lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from crdt_kv.version import RawEntry
+
+__all__ = ["Replica"]
+
+
+class Replica(Protocol):
+    """What a session reads and writes of the replica it serves."""
+
+    @property
+    def peer_id(self) -> str:
+        """This replica's peer id (sent in our Hello)."""
+        ...
+
+    @property
+    def incarnation(self) -> bytes:
+        """This store's incarnation: a new one means a new log (peers restart from 0)."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence of the newest change-log entry (0 for an empty log)."""
+        ...
+
+    @property
+    def key_encoding(self) -> str:
+        """Name of the key encoding; both peers must agree."""
+        ...
+
+    @property
+    def value_encoding(self) -> str:
+        """Name of the value encoding; both peers must agree."""
+        ...
+
+    def clock_now(self) -> int:
+        """A fresh HLC stamp (for our Hello)."""
+        ...
+
+    def observe_clock(self, stamp: int) -> None:
+        """Merge a peer's stamp into our HLC; raises ``ClockSkewError`` if too far ahead."""
+        ...
+
+    def cursor(self, peer: str, incarnation: bytes) -> int:
+        """The last sequence of ``peer``'s log at ``incarnation`` applied here (0: none)."""
+        ...
+
+    def read_changes(
+        self,
+        since: int,
+        *,
+        limit: int,
+        exclude_source: tuple[str, bytes] | None = None,
+        stop_at: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RawEntry]:
+        """Up to ``limit`` log entries with ``since < seq <= stop_at`` in order, skipping
+        those whose current state came from ``exclude_source``, ending early with the entry
+        that brings ``sum(len(key) + len(value) + 24)`` to ``max_bytes``. May block."""
+        ...
+
+    def apply_raw(
+        self, entries: Sequence[RawEntry], *, cursor: tuple[str, bytes, int] | None = None
+    ) -> int:
+        """Merge ``entries`` and store ``cursor`` in one atomic commit; return how many
+        changed our state. All or nothing; may block (fsync)."""
+        ...

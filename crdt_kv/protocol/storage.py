@@ -1,0 +1,86 @@
+"""Storage work a session asks its driver to perform.
+
+The session never calls the blocking half of :class:`~crdt_kv.protocol.replica.Replica`
+from inside :meth:`Session.receive_data`: it describes the work as a request object, and
+whoever drives the session runs :meth:`StorageRequest.perform` (inline, as the simulator
+does, or on a storage worker thread, as the trio node does, so an fsync or a long log scan
+never stalls the event loop) and hands the result back with ``storage_done``. Requests of
+one store must be performed one at a time, in the order they were taken, so commits stay
+ordered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crdt_kv.protocol.replica import Replica
+from crdt_kv.version import RawEntry
+
+__all__ = ["ApplyBatch", "LogSlice", "ReadLog", "StorageRequest", "entry_size"]
+
+
+def entry_size(e: RawEntry) -> int:
+    """The size an entry counts for towards ``max_batch_bytes`` (spec section 7)."""
+    return len(e.key) + len(e.value) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class LogSlice:
+    """The next batch to send: ``entries`` cover our log up to ``to_seq``."""
+
+    entries: tuple[RawEntry, ...]
+    to_seq: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog:
+    """Build the next outgoing batch from position ``pos`` (spec section 7, steps 1-5).
+
+    ``stop_at`` is the pinned head of a one-shot pull (None: tail our current head).
+    """
+
+    pos: int
+    limit: int
+    max_bytes: int
+    stop_at: int | None
+    exclude_source: tuple[str, bytes] | None
+
+    def perform(self, replica: Replica) -> LogSlice:
+        """Read the log; never writes."""
+        head = replica.last_seq if self.stop_at is None else self.stop_at
+        rows = replica.read_changes(
+            self.pos,
+            limit=self.limit,
+            exclude_source=self.exclude_source,
+            stop_at=head,
+            max_bytes=self.max_bytes,
+        )
+        if rows and (len(rows) >= self.limit or sum(map(entry_size, rows)) >= self.max_bytes):
+            covered = rows[-1].seq
+        else:
+            covered = head
+        done = covered >= head
+        if done and self.stop_at is not None:
+            last = replica.last_seq
+            if last > covered:
+                # Past the pinned head: skip what we applied from this very peer meanwhile
+                # (never sent back), so its cursor need not lag behind our head for nothing.
+                nxt = replica.read_changes(covered, limit=1, exclude_source=self.exclude_source)
+                covered = last if not nxt else max(covered, nxt[0].seq - 1)
+        return LogSlice(tuple(rows), covered, done)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyBatch:
+    """Apply a received batch's entries with the cursor ``(peer, incarnation, to_seq)``."""
+
+    entries: tuple[RawEntry, ...]
+    cursor: tuple[str, bytes, int]
+
+    def perform(self, replica: Replica) -> int:
+        """One atomic commit; returns how many entries changed our state."""
+        return replica.apply_raw(self.entries, cursor=self.cursor)
+
+
+StorageRequest = ReadLog | ApplyBatch
