@@ -1,28 +1,27 @@
 """The trio I/O shell: replicate over any stream, TCP nodes, discovery, ``crdt-kv serve``.
 
-Everything protocol-related lives in the sans-I/O :mod:`crdt_kv.protocol`; this package
-only moves bytes between sockets (or any :class:`trio.abc.Stream`) and sessions.
+Every protocol and policy decision lives in the sans-I/O :mod:`crdt_kv.protocol`; this
+package only moves bytes between sockets (or any :class:`trio.abc.Stream`) and
+:class:`~crdt_kv.protocol.PeerLink` objects, and runs their storage work off the loop.
 """
 
 from __future__ import annotations
 
-from crdt_kv.net.backoff import Backoff
-from crdt_kv.net.node import (
+from crdt_kv.net.addresses import format_address, parse_address
+from crdt_kv.net.events import (
     EVENT_KINDS,
-    UNIDENTIFIED,
     ChangeEvent,
     ConnectEvent,
     ConnectionEvent,
     DisconnectEvent,
     ErrorEvent,
     EventStream,
-    Node,
     NodeEvent,
-    format_address,
-    parse_address,
-    serve,
 )
+from crdt_kv.net.node import Node, serve
+from crdt_kv.net.peers import UNIDENTIFIED
 from crdt_kv.net.transport import ReplicationResult, replicate, run_session
+from crdt_kv.protocol.backoff import Backoff
 
 __all__ = [
     "EVENT_KINDS",

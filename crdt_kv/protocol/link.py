@@ -162,6 +162,7 @@ class PeerLink:
         self._events: deque[LinkEvent] = deque()
         self._next_dial: float | None = now
         self._commit_cut = False
+        self._cuttable = False
         self._round_end = now
         self._connected_at = 0.0
         self._last_rx = 0.0
@@ -232,7 +233,7 @@ class PeerLink:
         self._step(_DialFailed)
         self._error = error
         self._failed(error, now, dialing=True)
-        self._after_connection(now, ok=False, tailing=False)
+        self._after_connection(now, ok=False, live=self.config.live)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes from the peer (``b""``: the peer ended the stream)."""
@@ -263,7 +264,7 @@ class PeerLink:
                 self._feed(s, s.local_changed(), now)
             elif self._push_at is None:
                 self._push_at = now + self.config.push_delay_s
-        elif self.state is LinkState.WAITING and self._next_dial is not None:
+        elif self.state is LinkState.WAITING and self._cuttable:
             self._commit_cut = True
 
     def connection_lost(self, now: float, error: BaseException | None = None) -> None:
@@ -294,7 +295,7 @@ class PeerLink:
         self._events.append(
             SessionEnded(self.peer_id, s.complete, tailing, self._error, s.live, s.stats)
         )
-        self._after_connection(now, ok=ok, tailing=tailing and s.live and not s.complete)
+        self._after_connection(now, ok=ok, live=s.live)
 
     def dial_now(self, now: float) -> None:
         """Skip the wait: dial at ``now`` if the link is waiting (a manual sync)."""
@@ -377,7 +378,7 @@ class PeerLink:
             if due is not None and now >= due:
                 self._step(_DialTimer)
                 self._next_dial = None
-                self._commit_cut = False
+                self._commit_cut = self._cuttable = False
                 self._events.append(DialDue())
             return
         if st is LinkState.CLOSING:
@@ -499,29 +500,25 @@ class PeerLink:
         self._flush_deadline = now + self.config.flush_timeout_s if flush else None
         self._events.append(CloseConnection(flush=flush, graceful=graceful))
 
-    def _after_connection(self, now: float, *, ok: bool, tailing: bool) -> None:
+    def _after_connection(self, now: float, *, ok: bool, live: bool) -> None:
         """Decide when to dial next (``dial`` links only)."""
         if self.state is not LinkState.WAITING:
             return
-        s = self.session
         if ok:
             self.failures = 0
-        lasted = now - self._connected_at
-        if tailing:
-            # A live session that worked for a while resets the backoff; one that breaks
-            # right after every handshake must not be redialed at the base delay forever.
-            if lasted >= self._backoff.peek():
+        self._commit_cut = self._cuttable = False
+        if live or not ok:
+            # A live link redials after a backoff, reset only by a session that worked for
+            # a while: one that breaks right after every handshake (resending batches each
+            # time), or a peer that does not tail us (its session completes at once), must
+            # not be redialed at the base delay forever. After a failed round, commits must
+            # not cut the backoff short: a busy writer would redial a dead peer constantly.
+            if ok and now - self._connected_at >= self._backoff.peek():
                 self._backoff.reset()
             self._next_dial = now + self._backoff.next()
-            self._commit_cut = False
-            return
-        if not ok:
-            # Commits must not cut a backoff short: a busy writer would redial a dead
-            # peer every minimum interval.
-            self._next_dial = now + self._backoff.next()
-            self._commit_cut = False
             return
         self._backoff.reset()
+        s = self.session
         moved = s is not None and (s.stats.entries_sent + s.stats.entries_received) > 0
         cfg = self.config
         if moved:
@@ -530,7 +527,7 @@ class PeerLink:
             self._interval = min(cfg.sync_interval_s, self._interval * 2)
         self._round_end = now
         self._next_dial = now + self._interval * (0.8 + 0.2 * self.rng.random())
-        self._commit_cut = False
+        self._cuttable = True
 
     def __repr__(self) -> str:
         return f"<PeerLink {self._name()} {self.role.value} {self.state.value}>"

@@ -1,0 +1,174 @@
+"""Per-peer replication statistics of a node, summed over all sessions with each peer.
+
+Bookkeeping only: the node feeds it the link events it sees (:meth:`PeerBook.connected`,
+:meth:`PeerBook.applied`, :meth:`PeerBook.ended`) and :meth:`Node.stats` reads
+:meth:`PeerBook.snapshot`. Wall and loop times are the shell's to read, so they come in
+as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdt_kv.protocol import InState, Session, SessionStats
+from crdt_kv.store import Store
+
+__all__ = ["COUNTERS", "UNIDENTIFIED", "PeerBook", "PeerRecord", "TargetInfo"]
+
+UNIDENTIFIED = "(unidentified)"
+"""Stats key of connections that failed before the peer identified itself with a Hello."""
+
+COUNTERS = (
+    "bytes_sent",
+    "bytes_received",
+    "entries_sent",
+    "entries_received",
+    "entries_changed",
+    "batches_sent",
+    "batches_received",
+    "skew_rejected",
+)
+
+
+@dataclass(slots=True)
+class PeerRecord:
+    """What we know about one peer id, summed over all its sessions."""
+
+    peer_id: str
+    incarnation: bytes | None = None
+    address: str | None = None
+    remote_last_seq: int = 0
+    totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    active: list[Session] = field(default_factory=list)
+    sessions: int = 0
+    rounds_completed: int = 0
+    errors: int = 0
+    protocol_errors: int = 0
+    last_sync: float | None = None
+    caught_up_at: float | None = None
+    last_error: str | None = None
+
+    def fold(self, stats: SessionStats) -> None:
+        """Add a finished session's counters to the totals."""
+        for name in COUNTERS:
+            self.totals[name] += getattr(stats, name)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """What the node knows of an address it dials, for :meth:`PeerBook.snapshot`."""
+
+    address: str
+    peer_id: str | None
+    discovered: bool
+    connect_errors: int
+    last_error: str | None
+
+
+class PeerBook:
+    """Every :class:`PeerRecord` of a node, keyed by peer id."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.records: dict[str, PeerRecord] = {}
+
+    def record(self, peer_id: str) -> PeerRecord:
+        """The record of ``peer_id`` (created on first use)."""
+        rec = self.records.get(peer_id)
+        if rec is None:
+            rec = self.records[peer_id] = PeerRecord(peer_id)
+        return rec
+
+    def connected(
+        self, session: Session, peer_id: str, incarnation: bytes, remote_last_seq: int, address: str
+    ) -> PeerRecord:
+        """A session's Hello was accepted."""
+        rec = self.record(peer_id)
+        rec.active.append(session)
+        rec.sessions += 1
+        rec.address = address
+        if rec.incarnation != incarnation:
+            rec.incarnation = incarnation
+            rec.remote_last_seq = 0
+        if session.in_state is not InState.DISABLED:
+            rec.remote_last_seq = max(rec.remote_last_seq, remote_last_seq)
+        return rec
+
+    def ended(
+        self, rec: PeerRecord | None, session: Session, error: BaseException | None
+    ) -> PeerRecord:
+        """A session ended; ``rec`` is None if the peer never identified itself."""
+        final = rec if rec is not None else self.record(UNIDENTIFIED)
+        if session in final.active:
+            final.active.remove(session)
+        final.fold(session.stats)
+        if error is not None:
+            final.errors += 1
+            if session.error is not None:
+                final.protocol_errors += 1
+            final.last_error = str(error)
+        return final
+
+    def stats(self, targets: Iterable[TargetInfo], now: float) -> dict[str, dict[str, Any]]:
+        """The per-peer table of :meth:`Node.stats` (see there for the fields)."""
+        out: dict[str, dict[str, Any]] = {}
+        for rec in self.records.values():
+            out[rec.peer_id] = self.snapshot(rec, now)
+        for t in targets:
+            entry = out.get(t.peer_id) if t.peer_id is not None else None
+            if entry is None:
+                entry = out[t.address] = self.snapshot(PeerRecord(UNIDENTIFIED), now)
+                entry["peer_id"] = None
+            entry["address"] = t.address
+            entry["discovered"] = t.discovered
+            entry["errors"] += t.connect_errors
+            if t.last_error is not None and entry["last_error"] is None:
+                entry["last_error"] = t.last_error
+        return out
+
+    def snapshot(self, rec: PeerRecord, now: float) -> dict[str, Any]:
+        """One peer's row: totals plus what its open sessions have done so far."""
+        totals = dict(rec.totals)
+        remote_seq = rec.remote_last_seq
+        tailing = False
+        live = False
+        for session in rec.active:
+            for name in COUNTERS:
+                totals[name] += getattr(session.stats, name)
+            if session.in_state is not InState.DISABLED:
+                remote_seq = max(remote_seq, session.cursor + session.lag)
+            if session.live and session.remote is not None:
+                live = True
+                if session.in_state is InState.LIVE and session.lag == 0:
+                    tailing = True
+        cursor = 0
+        if rec.incarnation is not None and not self.store.closed:
+            cursor = self.store.cursor(rec.peer_id, rec.incarnation)
+        lag_s: float | None
+        if tailing:
+            lag_s = 0.0
+        elif rec.caught_up_at is not None:
+            lag_s = max(0.0, now - rec.caught_up_at)
+        else:
+            lag_s = None
+        return {
+            "peer_id": rec.peer_id,
+            "address": rec.address,
+            "discovered": False,
+            "incarnation": rec.incarnation.hex() if rec.incarnation is not None else None,
+            "cursor": cursor,
+            "remote_last_seq": remote_seq,
+            "lag_entries": max(0, remote_seq - cursor),
+            "lag_seconds": lag_s,
+            **totals,
+            "sessions": rec.sessions,
+            "rounds_completed": rec.rounds_completed,
+            "errors": rec.errors,
+            "protocol_errors": rec.protocol_errors,
+            "connected": bool(rec.active),
+            "live": live,
+            "last_sync": rec.last_sync,
+            "last_error": rec.last_error,
+        }
