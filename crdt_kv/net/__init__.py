@@ -6,6 +6,7 @@ only moves bytes between sockets (or any :class:`trio.abc.Stream`) and sessions.
 
 from __future__ import annotations
 
+from crdt_kv.net.addresses import format_address, parse_address
 from crdt_kv.net.backoff import Backoff
 from crdt_kv.net.node import (
     EVENT_KINDS,
@@ -18,8 +19,6 @@ from crdt_kv.net.node import (
     EventStream,
     Node,
     NodeEvent,
-    format_address,
-    parse_address,
     serve,
 )
 from crdt_kv.net.transport import ReplicationResult, replicate, run_session
