@@ -1,5 +1,7 @@
 """Shared test configuration: hypothesis profiles and small fixtures.
 
+The hand-moved clock is :class:`crdt_kv.testing.ManualClock` (import it from there).
+
 Profiles: ``dev`` (default, quick) and ``ci`` (more examples, no deadline, prints the
 reproduction blob of a failure). Choose with ``HYPOTHESIS_PROFILE=ci``.
 """
@@ -11,6 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from crdt_kv.testing import ManualClock
 
 settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -25,21 +29,9 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
-class ManualClock:
-    """A wall clock (integer ms) the test moves by hand."""
-
-    def __init__(self, now: int = 1_700_000_000_000) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms
-
-
 @pytest.fixture
 def clock() -> ManualClock:
+    """A fresh :class:`crdt_kv.testing.ManualClock` at its default start."""
     return ManualClock()
 
 

@@ -23,25 +23,13 @@ from crdt_kv.protocol.messages import (
     decode_message,
     encode_frame,
 )
+from crdt_kv.testing import DEFAULT_START_MS, ManualClock
 
-T0 = 1_700_000_000_000
+T0 = DEFAULT_START_MS
+"""Where the shared :class:`crdt_kv.testing.ManualClock` of a net test starts."""
 
-
-class TickClock:
-    """A wall clock (integer ms) that the test moves, shared by the stores of one test.
-
-    Real time would work too, but a hand-moved clock makes the last-writer-wins winners
-    exact: the test knows which write carries the larger stamp.
-    """
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int = 1) -> None:
-        self.now += ms
+TickClock = ManualClock
+"""The old name of the net tests' clock, kept for tests written against it."""
 
 
 def mem_store(peer: str, clock: Callable[[], int], **kw: Any) -> Store:

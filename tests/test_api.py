@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ManualClock
 
 import crdt_kv
 from crdt_kv import (
@@ -25,6 +24,7 @@ from crdt_kv import (
 )
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.hlc import pack, unpack
+from crdt_kv.testing import ManualClock
 
 T0 = 1_700_000_000_000
 

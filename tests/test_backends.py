@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ManualClock
 
 import crdt_kv
 from crdt_kv.backends import ENTRY_POINT_GROUP, Backend, available_backends, open_backend
 from crdt_kv.errors import ClosedError, ConfigError
+from crdt_kv.testing import ManualClock
 
 PLUGIN = "bisectlist"
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from conftest import ManualClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from crdt_kv import codec
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.errors import ConfigError, CorruptionError, EncodingError
 from crdt_kv.store import Store
+from crdt_kv.testing import ManualClock
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.text()
 json_scalars |= st.floats(allow_nan=False, allow_infinity=False)

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ManualClock
 
 import crdt_kv
 from crdt_kv.config import KNOWN, load_config
 from crdt_kv.errors import ConfigError
+from crdt_kv.testing import ManualClock
 
 FULL_TOML = """\
 [storage]

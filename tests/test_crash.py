@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ManualClock
 from crash_writer import BATCH, value_of
 
 import crdt_kv
 from crdt_kv import Store
 from crdt_kv.hlc import unpack
+from crdt_kv.testing import ManualClock
 
 WRITER = str(Path(__file__).with_name("crash_writer.py"))
 

@@ -10,17 +10,10 @@ from hypothesis import strategies as st
 
 from crdt_kv import ClockSkewError
 from crdt_kv.hlc import HLC, LOGICAL_BITS, MAX_LOGICAL, MAX_WALL, pack, unpack
+from crdt_kv.testing import ManualClock
 
 MAX_STAMP = (1 << 64) - 1
 BASE = 1_700_000_000_000
-
-
-class FixedClock:
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 def paper_send(l: int, c: int, pt: int) -> tuple[int, int]:  # noqa: E741 - the paper's name
@@ -62,7 +55,7 @@ steps = st.lists(
 def test_now_is_strictly_monotonic_and_follows_the_paper(
     steps: list[int], start_logical: int
 ) -> None:
-    clock = FixedClock(BASE)
+    clock = ManualClock(BASE)
     hlc = HLC(clock, last=pack(BASE, start_logical))
     l, c = BASE, start_logical  # noqa: E741
     prev = hlc.last
@@ -78,7 +71,7 @@ def test_now_is_strictly_monotonic_and_follows_the_paper(
 
 
 def test_now_with_frozen_clock_counts_then_carries_and_never_repeats() -> None:
-    clock = FixedClock(BASE)
+    clock = ManualClock(BASE)
     hlc = HLC(clock)
     stamps = [hlc.now() for _ in range(MAX_LOGICAL + 10)]
     assert stamps[0] == pack(BASE, 0)
@@ -89,7 +82,7 @@ def test_now_with_frozen_clock_counts_then_carries_and_never_repeats() -> None:
 
 
 def test_now_after_clock_steps_back_continues_above_last() -> None:
-    clock = FixedClock(BASE)
+    clock = ManualClock(BASE)
     hlc = HLC(clock)
     before = hlc.now()
     clock.now = BASE - 60_000
@@ -101,12 +94,12 @@ def test_now_after_clock_steps_back_continues_above_last() -> None:
 
 def test_seeded_last_survives_a_restart_with_an_earlier_clock() -> None:
     persisted = pack(BASE, 7)
-    hlc = HLC(FixedClock(BASE - 3_600_000), last=persisted)
+    hlc = HLC(ManualClock(BASE - 3_600_000), last=persisted)
     assert hlc.now() == pack(BASE, 8)
 
 
 def test_now_refuses_to_exhaust_64_bits() -> None:
-    hlc = HLC(FixedClock(5), last=MAX_STAMP)
+    hlc = HLC(ManualClock(5), last=MAX_STAMP)
     with pytest.raises(OverflowError):
         hlc.now()
     assert hlc.last == MAX_STAMP
@@ -133,7 +126,7 @@ LOGICAL = st.integers(min_value=0, max_value=MAX_LOGICAL)
 def test_update_follows_each_receive_case(
     case: str, lo: int, c: int, lm: int, cm: int, pt: int, expected: tuple[int, int]
 ) -> None:
-    hlc = HLC(FixedClock(pt), max_offset_ms=500, last=pack(lo, c))
+    hlc = HLC(ManualClock(pt), max_offset_ms=500, last=pack(lo, c))
     stamp = hlc.update(pack(lm, cm))
     assert unpack(stamp) == expected, case
     assert hlc.last == stamp
@@ -147,7 +140,7 @@ def test_update_follows_each_receive_case(
     pt=st.integers(min_value=BASE - 1000, max_value=BASE + 1000),
 )
 def test_update_matches_the_paper(l: int, c: int, lm: int, cm: int, pt: int) -> None:  # noqa: E741
-    hlc = HLC(FixedClock(pt), max_offset_ms=2000, last=pack(l, c))
+    hlc = HLC(ManualClock(pt), max_offset_ms=2000, last=pack(l, c))
     remote = pack(lm, cm)
     stamp = hlc.update(remote)
     assert unpack(stamp) == paper_receive(l, c, lm, cm, pt)
@@ -157,7 +150,7 @@ def test_update_matches_the_paper(l: int, c: int, lm: int, cm: int, pt: int) -> 
 
 
 def test_update_carries_an_overflowing_remote_counter() -> None:
-    hlc = HLC(FixedClock(BASE), last=pack(BASE, 1))
+    hlc = HLC(ManualClock(BASE), last=pack(BASE, 1))
     stamp = hlc.update(pack(BASE, MAX_LOGICAL))
     assert stamp == pack(BASE + 1, 0)
     assert stamp > pack(BASE, MAX_LOGICAL)
@@ -172,7 +165,7 @@ def test_update_refuses_a_remote_too_far_ahead_and_changes_nothing(
     ahead: int, max_offset: int, cm: int
 ) -> None:
     last = pack(BASE - 50, 3)
-    hlc = HLC(FixedClock(BASE), max_offset_ms=max_offset, last=last)
+    hlc = HLC(ManualClock(BASE), max_offset_ms=max_offset, last=last)
     remote = pack(BASE + max_offset + ahead, cm)
     with pytest.raises(ClockSkewError) as info:
         hlc.update(remote)
@@ -186,20 +179,20 @@ def test_update_refuses_a_remote_too_far_ahead_and_changes_nothing(
 
 
 def test_update_accepts_a_remote_exactly_max_offset_ahead() -> None:
-    hlc = HLC(FixedClock(BASE), max_offset_ms=500)
+    hlc = HLC(ManualClock(BASE), max_offset_ms=500)
     assert unpack(hlc.update(pack(BASE + 500, MAX_LOGICAL - 1))) == (BASE + 500, MAX_LOGICAL)
 
 
 @pytest.mark.parametrize("bad", [-1, 1 << 64, True, 1.5, "5", None])
 def test_check_rejects_non_stamps(bad: object) -> None:
-    hlc = HLC(FixedClock(BASE))
+    hlc = HLC(ManualClock(BASE))
     with pytest.raises(ValueError, match="remote stamp"):
         hlc.check(bad)  # type: ignore[arg-type]
     assert hlc.last == 0
 
 
 def test_observe_raises_last_without_a_skew_check() -> None:
-    hlc = HLC(FixedClock(BASE), max_offset_ms=0)
+    hlc = HLC(ManualClock(BASE), max_offset_ms=0)
     far = pack(BASE + 10**6, 1)
     hlc.observe(far)
     hlc.observe(5)
@@ -248,8 +241,8 @@ def test_wall_clock_readings_are_validated(reading: object) -> None:
 
 def test_constructor_range_errors() -> None:
     with pytest.raises(ValueError, match="max_offset_ms"):
-        HLC(FixedClock(BASE), max_offset_ms=-1)
+        HLC(ManualClock(BASE), max_offset_ms=-1)
     with pytest.raises(ValueError, match="initial stamp"):
-        HLC(FixedClock(BASE), last=-1)
+        HLC(ManualClock(BASE), last=-1)
     with pytest.raises(ValueError, match="initial stamp"):
-        HLC(FixedClock(BASE), last=MAX_STAMP + 1)
+        HLC(ManualClock(BASE), last=MAX_STAMP + 1)

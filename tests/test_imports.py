@@ -1,10 +1,16 @@
 """The sans-I/O core must not import sockets, threads, trio or time (it would make the
-deterministic simulator lie). This scans the core modules' import statements."""
+deterministic simulator lie). This scans the core modules' import statements, and checks in
+a fresh interpreter that importing the core (or the bare package) really leaves the I/O
+shell unloaded, however indirect the path would be."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import crdt_kv
 
@@ -51,3 +57,44 @@ def test_scanner_detects_forbidden_import(tmp_path: pathlib.Path) -> None:
 def test_public_api_all_resolves() -> None:
     for name in crdt_kv.__all__:
         assert hasattr(crdt_kv, name), name
+
+
+def _modules_after(code: str, *watch: str) -> dict[str, bool]:
+    """Run ``code`` in a fresh interpreter; which of ``watch`` ended up in ``sys.modules``.
+
+    A subprocess, because this test process has long imported trio through other tests.
+    ``PYTHONPATH`` is set so the child imports the same ``crdt_kv`` as this process.
+    """
+    report = f"print(json.dumps({{m: m in sys.modules for m in {watch!r}}}))"
+    probe = f"{code}\nimport json, sys\n{report}"
+    env = dict(os.environ)
+    src = str(PKG.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    result: dict[str, bool] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_core_import_leaves_out_trio_and_socket() -> None:
+    loaded = _modules_after("import crdt_kv.protocol, crdt_kv.store", "trio", "socket")
+    assert loaded == {"trio": False, "socket": False}
+
+
+def test_bare_package_import_leaves_out_trio_until_a_net_name_is_used() -> None:
+    code = (
+        "import sys, crdt_kv\n"
+        "assert 'trio' not in sys.modules\n"
+        "assert {'Node', 'replicate', 'serve'} <= set(dir(crdt_kv)) & set(crdt_kv.__all__)\n"
+        "assert 'trio' not in sys.modules, 'dir() must not load crdt_kv.net'\n"
+        "serve = crdt_kv.serve\n"
+        "import crdt_kv.net\n"
+        "assert serve is crdt_kv.net.serve and crdt_kv.Node is crdt_kv.net.Node\n"
+    )
+    assert _modules_after(code, "trio", "crdt_kv.net") == {"trio": True, "crdt_kv.net": True}
+    assert _modules_after("import crdt_kv", "trio", "socket") == {"trio": False, "socket": False}
+
+
+def test_unknown_attribute_is_still_an_attribute_error() -> None:
+    assert not hasattr(crdt_kv, "no_such_name")

@@ -323,3 +323,34 @@ async def test_forged_announcements_are_bounded_and_forgotten(stores: Any) -> No
         async with crdt_kv.serve(b, live=True) as nb:
             await forger.send(enc("crdt-kv", 1, "default", "b", "127.0.0.1", nb.address[1]))
             await wait_until(lambda: a.get("real") == 1, what="real peer after the flood")
+
+
+# --- the node contract ------------------------------------------------------------------
+
+
+class FakeHost:
+    """The least a node must offer discovery (:class:`DiscoveryHost`), with no sockets."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.cluster_id = "c"
+        self.peer_id = "me"
+        self.rng = random.Random(0)
+        self.added: list[tuple[str, bool]] = []
+
+    def add_peer(self, address: str, *, discovered: bool = False) -> bool:
+        self.added.append((address, discovered))
+        return True
+
+
+@pytest.mark.parametrize(
+    ("listen", "announced_host"), [(("127.0.0.1", 7000), "127.0.0.1"), (("0.0.0.0", 7000), "")]
+)
+def test_for_node_needs_only_the_host_protocol(
+    listen: tuple[str, int], announced_host: str
+) -> None:
+    host = FakeHost(listen)
+    d = Discovery.for_node(host)
+    assert d.announcement == Announcement("c", "me", announced_host, 7000)
+    assert d.on_peer("[::1]:9") is True
+    assert host.added == [("[::1]:9", True)]

@@ -16,7 +16,6 @@ import trio.testing
 from net_helpers import (
     Model,
     RawPeer,
-    TickClock,
     assert_converged,
     assert_matches_model,
     hello_for,
@@ -31,12 +30,13 @@ from crdt_kv.hlc import pack
 from crdt_kv.net import ReplicationResult, run_session
 from crdt_kv.protocol import BatchApplied, Connected, Event, Session
 from crdt_kv.protocol.messages import Abort, Ack, Hello, Request, encode_frame
+from crdt_kv.testing import ManualClock
 
 
 @pytest.fixture(params=["memory", "rocksdb"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """Stores on one shared hand-moved clock; the parameter picks the backend."""
-    clock = TickClock()
+    clock = ManualClock()
     opened: list[Store] = []
 
     def make(peer: str, **kw: Any) -> Store:
@@ -71,7 +71,7 @@ async def sync_pair(
 
 
 def conflicting_writes(
-    stores: list[Store], clock: TickClock, model: Model, *, keys: int, writes: int, seed: int
+    stores: list[Store], clock: ManualClock, model: Model, *, keys: int, writes: int, seed: int
 ) -> None:
     """Interleaved puts and deletes of the same keys on every store, clock moving."""
     rng = random.Random(seed)
@@ -133,7 +133,7 @@ async def test_live_sessions_converge_under_concurrent_writes(make_store: Any) -
     """Writers keep writing the same keys on both ends of an A-B-C chain while live
     sessions run; once they stop, every replica holds the model's winners."""
     a, b, c = make_store("a"), make_store("b"), make_store("c")
-    clock: TickClock = make_store.clock
+    clock: ManualClock = make_store.clock
     model = Model()
 
     async def writer(store: Store, seed: int) -> None:

@@ -15,13 +15,13 @@ import itertools
 from typing import Any
 
 import cbor2
-from conftest import ManualClock
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 import crdt_kv
 from crdt_kv.protocol import FrameDecoder, Request, Session, SessionFailed, encode_frame
 from crdt_kv.store import Store
+from crdt_kv.testing import ManualClock
 
 PEERS = ["p0", "p1", "p2", "p3"]
 KEYS = [f"k{i}" for i in range(6)]

@@ -10,7 +10,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from conftest import ManualClock
 
 import crdt_kv
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
@@ -44,6 +43,7 @@ from crdt_kv.protocol import (
     encode_frame,
 )
 from crdt_kv.store import Store
+from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
 
 T0 = 1_700_000_000_000

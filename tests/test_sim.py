@@ -539,7 +539,7 @@ def test_progress_bar_renders_on_a_terminal(jobs: int) -> None:
 
     from rich.console import Console
 
-    from crdt_kv.sim import cli
+    from crdt_kv.sim import report, suite
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=100)
@@ -555,7 +555,7 @@ def test_progress_bar_renders_on_a_terminal(jobs: int) -> None:
         plot=None,
         jobs=jobs,
     )
-    results = cli._runs_with_progress(args, None, console)
+    results = report.runs_with_progress(args, None, console)
     assert [r.seed for r in results] == [1, 2] and all(r.ok for r in results)
     out = buf.getvalue()
     assert "clean #1" in out and "clean #2" in out
@@ -565,7 +565,7 @@ def test_progress_bar_renders_on_a_terminal(jobs: int) -> None:
     def factory(name: str, seed: int) -> Any:
         return lambda phase, done, total: seen.append((name, seed, phase, done))
 
-    cli._runs(args, None, factory)
+    suite.run_all(args, None, factory)
     assert ("clean", 1, "ops", 1000) in seen and ("clean", 2, "ops", 1000) in seen
     assert ("clean", 2, "converging", 0) in seen
 

@@ -18,7 +18,6 @@ from typing import Any
 import cbor2
 import pycddl
 import pytest
-from conftest import ManualClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,6 +42,7 @@ from crdt_kv.protocol import events as events_mod
 from crdt_kv.protocol import messages as messages_mod
 from crdt_kv.protocol import states as states_mod
 from crdt_kv.store import Store
+from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"

@@ -11,7 +11,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from conftest import ManualClock
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from crdt_kv import (
     Version,
 )
 from crdt_kv.hlc import pack, unpack
+from crdt_kv.testing import ManualClock
 
 Factory = Callable[..., Store]
 T0 = 1_700_000_000_000

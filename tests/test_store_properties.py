@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from conftest import ManualClock
 from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 import crdt_kv
 from crdt_kv import Entry, RawEntry, Store
+from crdt_kv.testing import ManualClock
 
 T0 = 1_700_000_000_000
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from importlib.metadata import entry_points
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.errors import ConfigError
@@ -28,6 +27,10 @@ Opener = Callable[..., Backend]
 
 
 def _plugins() -> dict[str, object]:
+    # Imported here: importlib.metadata pulls in email and socket, which a store that
+    # only opens built-in backends (and the sans-I/O core) should not load.
+    from importlib.metadata import entry_points
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

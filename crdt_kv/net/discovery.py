@@ -22,16 +22,14 @@ import random
 import socket as _socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import cbor2
 import trio
 
 from crdt_kv.errors import ConfigError, RemoteProtocolError
+from crdt_kv.net.addresses import format_address
 from crdt_kv.protocol.messages import NoTags
-
-if TYPE_CHECKING:
-    from crdt_kv.net.node import Node
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -39,6 +37,7 @@ __all__ = [
     "Announcement",
     "DatagramTransport",
     "Discovery",
+    "DiscoveryHost",
     "MulticastTransport",
 ]
 
@@ -124,6 +123,34 @@ class DatagramTransport(Protocol):
 
     def close(self) -> None:
         """Release the socket."""
+
+
+class DiscoveryHost(Protocol):
+    """What :meth:`Discovery.for_node` needs of a node (a :class:`~crdt_kv.net.node.Node`).
+
+    A protocol rather than the class itself, so discovery does not import the node (which
+    starts discovery: the two modules would form an import cycle), and tests can hand it
+    a small fake.
+    """
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound listen ``(host, port)``."""
+
+    @property
+    def cluster_id(self) -> str:
+        """The cluster announced; announcements of other clusters are ignored."""
+
+    @property
+    def peer_id(self) -> str:
+        """Our own peer id: our own announcements are ignored."""
+
+    @property
+    def rng(self) -> random.Random:
+        """Randomness for the announcement jitter (injected, so runs replay)."""
+
+    def add_peer(self, address: str, *, discovered: bool = False) -> bool:
+        """Dial ``address`` from now on; True if it was new."""
 
 
 class MulticastTransport:
@@ -232,7 +259,7 @@ class Discovery:
     @classmethod
     def for_node(
         cls,
-        node: Node,
+        node: DiscoveryHost,
         *,
         group: str | None = None,
         port: int | None = None,
@@ -321,7 +348,7 @@ class Discovery:
                 self.ignored += 1
                 continue
             host = ann.host or source
-            address = f"[{host}]:{ann.port}" if ":" in host else f"{host}:{ann.port}"
+            address = format_address(host, ann.port)
             with contextlib.suppress(ConfigError):
                 if self.on_peer(address):
                     self.found += 1

@@ -10,21 +10,23 @@ so a scenario only describes the fault phase, ``[0, sim.duration_ms)``.
 Register a new one with the :func:`scenario` decorator::
 
     @scenario("my-case", "two partitions that never overlap")
-    def _my_case(sim: Simulation) -> None:
+    def _my_case(sim: ScenarioHost) -> None:
         sim.schedule(partition_plan(sim.fault_rng, sim.cfg.nodes, 0, sim.duration_ms))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from crdt_kv.errors import ConfigError
-from crdt_kv.sim.clocks import BASE_WALL_MS
+from crdt_kv.sim.clocks import BASE_WALL_MS, SimClock
 from crdt_kv.sim.faults import (
     Burst,
     ClockJump,
+    FaultAction,
     Freeze,
     Join,
     Unfreeze,
@@ -32,15 +34,92 @@ from crdt_kv.sim.faults import (
     cut_plan,
     partition_plan,
 )
-from crdt_kv.sim.network import Latency, LinkFaults
+from crdt_kv.sim.network import Latency, LinkFaults, Network
 from crdt_kv.sim.workload import WorkloadMix, key_names
 
-if TYPE_CHECKING:
-    from crdt_kv.sim.runner import Simulation
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "ScenarioConfig",
+    "ScenarioHost",
+    "ScenarioNode",
+    "expand",
+    "get_scenario",
+    "scenario",
+    "scenario_names",
+]
 
-__all__ = ["SCENARIOS", "Scenario", "expand", "get_scenario", "scenario", "scenario_names"]
 
-Setup = Callable[["Simulation"], None]
+class ScenarioConfig(Protocol):
+    """The :class:`~crdt_kv.sim.runner.SimConfig` fields a setup may read and change."""
+
+    nodes: int
+    keys: int | None
+    mix: WorkloadMix
+    value_domain: int | None
+    zipf_s: float
+    gossip_ms: float
+    live_peers: int
+    live_ring: int | None
+    idle_timeout_ms: float
+    max_offset_ms: int
+    sync_writes: bool
+    flush_ms: float
+
+    def effective_keys(self) -> int:
+        """The key-space size the workload will use."""
+
+
+class ScenarioNode(Protocol):
+    """One simulated node as a setup sees it: only its wall clock."""
+
+    @property
+    def clock(self) -> SimClock:
+        """The node's clock (offset, drift, jump, freeze)."""
+
+
+class ScenarioHost(Protocol):
+    """What a scenario's ``setup(sim)`` may use of the :class:`~crdt_kv.sim.Simulation`.
+
+    Why a protocol: scenarios are registered in this module, which the engine imports to
+    look them up; importing the engine back would make the two one import cycle. It also
+    states the contract of a setup: schedule faults and tune the network, clocks and
+    config before any store opens, nothing else.
+    """
+
+    unfreeze_on_heal: bool
+
+    @property
+    def cfg(self) -> ScenarioConfig:
+        """The run's configuration (changes apply to this run only)."""
+
+    @property
+    def nodes(self) -> Sequence[ScenarioNode]:
+        """Every node, by index."""
+
+    @property
+    def network(self) -> Network:
+        """The simulated network: set ``latency`` and ``faults``."""
+
+    @property
+    def fault_rng(self) -> random.Random:
+        """The only randomness a setup may draw from (it is part of the seed)."""
+
+    @property
+    def duration_ms(self) -> float:
+        """Length of the fault phase in virtual ms."""
+
+    def schedule(self, plan: Iterable[tuple[float, FaultAction]]) -> None:
+        """Queue ``(virtual ms, action)`` pairs."""
+
+    def set_rogue(self, index: int) -> None:
+        """Mark node ``index`` as one whose writes every peer must refuse."""
+
+    def set_pending(self, index: int) -> None:
+        """Keep node ``index`` absent until a ``Join`` or the heal."""
+
+
+Setup = Callable[[ScenarioHost], None]
 HOUR_MS = 3_600_000
 LIVE_RING_MAX = 8
 
@@ -91,7 +170,7 @@ def expand(name: str) -> list[str]:
     return [get_scenario(name).name]
 
 
-def _ntp_clocks(sim: Simulation, *, spread_ms: int = 50, drift_ppm: int = 100) -> None:
+def _ntp_clocks(sim: ScenarioHost, *, spread_ms: int = 50, drift_ppm: int = 100) -> None:
     """Clocks as NTP keeps them: a few tens of ms apart, drifting slightly."""
     rng = sim.fault_rng
     for node in sim.nodes:
@@ -104,7 +183,7 @@ def _ntp_clocks(sim: Simulation, *, spread_ms: int = 50, drift_ppm: int = 100) -
     "no faults; gossip plus live sessions: a ring of every node up to 8 nodes, a live pair "
     "(nodes 0 and 1) in bigger clusters",
 )
-def _clean(sim: Simulation) -> None:
+def _clean(sim: ScenarioHost) -> None:
     cfg = sim.cfg
     sim.network.latency = Latency(base_ms=1, jitter_ms=9)
     if cfg.live_peers == 0:
@@ -117,7 +196,7 @@ def _clean(sim: Simulation) -> None:
 
 
 @scenario("flaky", "message loss, duplication, reordering, heavy-tailed latency, resets")
-def _flaky(sim: Simulation) -> None:
+def _flaky(sim: ScenarioHost) -> None:
     sim.network.latency = Latency(base_ms=2, jitter_ms=30, tail_p=0.05, tail_ms=100)
     sim.network.faults = LinkFaults(loss=0.03, duplicate=0.02, reorder=0.03, reorder_ms=80)
     per_s = max(0.5, sim.cfg.nodes / 8)
@@ -126,7 +205,7 @@ def _flaky(sim: Simulation) -> None:
 
 
 @scenario("partition-heal", "the cluster splits into 2-3 groups several times, then heals")
-def _partition_heal(sim: Simulation) -> None:
+def _partition_heal(sim: ScenarioHost) -> None:
     sim.network.latency = Latency(base_ms=1, jitter_ms=15)
     d = sim.duration_ms
     sim.schedule(partition_plan(sim.fault_rng, sim.cfg.nodes, 0.1 * d, d, episodes=3))
@@ -138,7 +217,7 @@ def _partition_heal(sim: Simulation) -> None:
     "clocks hours apart within max_offset (4 h), drift, a jump back and a freeze; one rogue "
     "node beyond max_offset whose stamps every peer must refuse",
 )
-def _clock_skew(sim: Simulation) -> None:
+def _clock_skew(sim: ScenarioHost) -> None:
     cfg, rng = sim.cfg, sim.fault_rng
     cfg.max_offset_ms = 4 * HOUR_MS
     spread = HOUR_MS * 5 // 4  # legit clocks within +-1h15m: pairwise < 2h30m
@@ -164,7 +243,7 @@ def _clock_skew(sim: Simulation) -> None:
     "where every node writes the same keys with the same stamps, so only the resolver (or "
     "peer id) decides",
 )
-def _ties(sim: Simulation) -> None:
+def _ties(sim: ScenarioHost) -> None:
     cfg, d = sim.cfg, sim.duration_ms
     for node in sim.nodes:
         node.clock.freeze(BASE_WALL_MS)
@@ -183,7 +262,7 @@ def _ties(sim: Simulation) -> None:
     "nodes crash (sessions, in-flight messages and the Store object lost) and restart from "
     "their backend, some with the clock stepped back",
 )
-def _crash_restart(sim: Simulation) -> None:
+def _crash_restart(sim: ScenarioHost) -> None:
     cfg, d = sim.cfg, sim.duration_ms
     # WAN-like delays keep sessions open long enough that crashes hit them mid-stream.
     sim.network.latency = Latency(base_ms=10, jitter_ms=40, tail_p=0.02, tail_ms=100)
@@ -202,7 +281,7 @@ def _crash_restart(sim: Simulation) -> None:
 
 
 @scenario("churn", "about a third of the nodes join late with empty stores, one only at the heal")
-def _churn(sim: Simulation) -> None:
+def _churn(sim: ScenarioHost) -> None:
     cfg, rng, d = sim.cfg, sim.fault_rng, sim.duration_ms
     sim.network.latency = Latency(base_ms=1, jitter_ms=10)
     _ntp_clocks(sim)
@@ -219,6 +298,6 @@ def _churn(sim: Simulation) -> None:
     "batch): each crash is a power cut that loses the unsynced tail of the node's log; "
     "only writes that became durable somewhere must survive",
 )
-def _power_loss(sim: Simulation) -> None:
+def _power_loss(sim: ScenarioHost) -> None:
     sim.cfg.sync_writes = False
     _crash_restart(sim)

@@ -1,4 +1,4 @@
-"""Helpers for testing code built on crdt_kv: property-test a conflict resolver.
+"""Property-test a conflict resolver (hypothesis-based; part of :mod:`crdt_kv.testing`).
 
 A resolver ``fn(a, b) -> bool`` ("``a`` wins over ``b``") decides between two versions of
 one key that carry the *same* HLC. The store asks it only in a canonical order (see
