@@ -295,7 +295,7 @@ def test_crash_restart_loses_volatile_state_and_recovers() -> None:
 
 
 def test_power_loss_loses_the_unsynced_tail_and_recovers() -> None:
-    s, r = inspect("power-loss", seed=3, nodes=5, ops=800)
+    s, r = inspect("power-loss", seed=5, nodes=5, ops=800)
     assert_passed(r)
     assert_invariants(s, r)
     assert r.power_cuts == r.crashes >= 2, _why(r)

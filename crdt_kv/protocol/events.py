@@ -109,7 +109,8 @@ class LinkFailed:
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
     """A connection is over. ``caught_up``: the session had caught up (a peer leaving a
-    tailing live session loses nothing); ``error`` is None for a clean end."""
+    tailing live session loses nothing); ``error`` is None for a clean end;
+    ``timed_out``: we closed it because the peer was silent past a deadline."""
 
     peer_id: str | None
     complete: bool
@@ -117,6 +118,7 @@ class SessionEnded:
     error: BaseException | None
     live: bool
     stats: SessionStats
+    timed_out: bool = False
 
 
 LinkEvent = DialDue | CloseConnection | CaughtUp | LinkFailed | SessionEnded | Event

@@ -171,6 +171,7 @@ class PeerLink:
         self._flush_deadline: float | None = None
         self._error: BaseException | None = None
         self._announced = False
+        self._went_silent = False
         self._stopping = False
 
     # --- introspection ----------------------------------------------------------------
@@ -220,6 +221,7 @@ class PeerLink:
             )
         self.session = session
         self._error = None
+        self._went_silent = False
         self._announced = False
         self._connected_at = self._last_rx = self._last_tx = now
         self._push_at = None
@@ -293,7 +295,9 @@ class PeerLink:
             assert self._error is not None
             self._failed(self._error, now, dialing=False)
         self._events.append(
-            SessionEnded(self.peer_id, s.complete, tailing, self._error, s.live, s.stats)
+            SessionEnded(
+                self.peer_id, s.complete, tailing, self._error, s.live, s.stats, self._went_silent
+            )
         )
         self._after_connection(now, ok=ok, live=s.live)
 
@@ -447,6 +451,7 @@ class PeerLink:
 
     def _timed_out(self, s: Session, now: float, what: str, limit: float) -> None:
         self._set_error(RemoteProtocolError(f"peer {self._name()} {what} for {limit:g} s"))
+        self._went_silent = True
         s.close("idle timeout")
         self._session_over(now, flush=True, graceful=False)
 

@@ -32,24 +32,24 @@ import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import cbor2
 
 import crdt_kv
-from crdt_kv.backends.base import Backend
 from crdt_kv.codec import DATA, unpack_record
 from crdt_kv.errors import ConfigError
 from crdt_kv.hlc import LOGICAL_BITS
-from crdt_kv.protocol import (
-    ConnectionClosed,
-    Event,
-    Session,
-    SessionFailed,
-    SyncComplete,
-)
+from crdt_kv.protocol import LinkConfig, LinkRole
 from crdt_kv.sim.clocks import SimClock, VirtualTime
+from crdt_kv.sim.config import (
+    BACKENDS,
+    MAX_REPORTED_MISMATCHES,
+    SimConfig,
+    SimResult,
+    repro_command,
+)
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.faults import (
     Burst,
@@ -67,260 +67,30 @@ from crdt_kv.sim.faults import (
     Shutdown,
     Unfreeze,
 )
+from crdt_kv.sim.links import Connection, LinkShell, Message
 from crdt_kv.sim.network import NO_FAULTS, Network
+from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.oracle import Mismatch, Oracle
-from crdt_kv.sim.workload import Op, Workload, WorkloadMix
+from crdt_kv.sim.workload import Op, Workload
 from crdt_kv.store import Store
 from crdt_kv.version import Resolver
 
-__all__ = ["SimConfig", "SimNode", "SimResult", "Simulation", "repro_command", "run"]
+__all__ = [
+    "BACKENDS",
+    "DOWN",
+    "PENDING",
+    "UP",
+    "Connection",
+    "Message",
+    "SimConfig",
+    "SimNode",
+    "SimResult",
+    "Simulation",
+    "repro_command",
+    "run",
+]
 
-BACKENDS = ("memory", "rocksdb", "sqlite")
-MAX_REPORTED_MISMATCHES = 50
 ProgressFn = Callable[[str, int, int], None]
-
-
-# --- configuration and result ----------------------------------------------------------
-
-
-@dataclass(slots=True)
-class SimConfig:
-    """Everything a run depends on besides the scenario's own choices.
-
-    ``keys`` (key-space size) and ``duration_ms`` (length of the fault phase, over which
-    the ``ops`` operations are spread as a Poisson process) are derived from ``nodes``
-    and ``ops`` when left at ``None``. Scenarios may adjust any field in their setup.
-    """
-
-    scenario: str = "clean"
-    nodes: int = 8
-    ops: int = 2000
-    seed: int = 1
-    backend: str = "memory"
-    resolver: Resolver | None = None
-    resolver_name: str | None = None
-    keys: int | None = None
-    zipf_s: float = 1.0
-    mix: WorkloadMix = field(default_factory=WorkloadMix)
-    value_domain: int | None = None
-    duration_ms: float | None = None
-    gossip_ms: float = 1000.0
-    gossip_mode: str = "both"
-    live_peers: int = 0
-    live_ring: int | None = None
-    live_flush_ms: float = 20.0
-    live_retry_ms: float = 500.0
-    idle_timeout_ms: float = 2000.0
-    max_offset_ms: int = 500
-    sync_writes: bool = True
-    flush_ms: float = 200.0
-    max_batch_entries: int = 1000
-    window: int = 4
-    convergence_bound_ms: float = 60_000.0
-    check_ms: float = 50.0
-    sample_ms: float | None = None
-
-    def validate(self) -> None:
-        """Raise :class:`~crdt_kv.errors.ConfigError` naming the first bad field."""
-        if not isinstance(self.nodes, int) or not 2 <= self.nodes <= 1000:
-            raise ConfigError(f"nodes must be an int in 2..1000, got {self.nodes!r}")
-        if not isinstance(self.ops, int) or self.ops < 0:
-            raise ConfigError(f"ops must be a non-negative int, got {self.ops!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an int, got {self.seed!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"unknown simulation backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
-            )
-        if self.keys is not None and (not isinstance(self.keys, int) or self.keys < 1):
-            raise ConfigError(f"keys must be a positive int, got {self.keys!r}")
-        if not self.sync_writes and self.backend != "memory":
-            raise ConfigError(
-                "sync_writes=False (power cuts) is modelled only for the memory backend, "
-                f"not {self.backend!r}"
-            )
-        if self.resolver is not None and not callable(self.resolver):
-            raise ConfigError("resolver must be callable (a, b) -> bool")
-        for name in ("gossip_ms", "idle_timeout_ms", "check_ms", "convergence_bound_ms"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-
-    def effective_keys(self) -> int:
-        """The key-space size: ``keys`` or ops/10 clamped to 20..250.
-
-        The cap keeps many writes racing on every key at scale, and bounds what one
-        anti-entropy session carries (at most every key once)."""
-        if self.keys is not None:
-            return self.keys
-        return max(20, min(250, self.ops // 10))
-
-    def effective_duration_ms(self) -> float:
-        """Length of the fault phase: ``duration_ms`` or about 50 ops per node-second,
-        clamped to 2..10 virtual seconds (ten gossip rounds and several fault episodes;
-        a longer phase only repeats them at a higher simulation cost)."""
-        if self.duration_ms is not None:
-            return float(self.duration_ms)
-        return float(max(2_000, min(10_000, self.ops * 1000 // (self.nodes * 50))))
-
-
-@dataclass(slots=True)
-class SimResult:
-    """The outcome of one run; :meth:`to_dict` is its JSON form (same field names)."""
-
-    scenario: str
-    seed: int
-    nodes: int
-    ops: int
-    backend: str
-    keys: int
-    resolver: str | None
-    converged: bool
-    oracle_match: bool
-    ok: bool
-    trace_hash: str
-    messages: int
-    bytes: int
-    virtual_time_ms: float
-    convergence_time_ms: float | None
-    heal_time_ms: float
-    events: int
-    writes: int
-    reads: int
-    sessions: int
-    session_failures: dict[str, int]
-    timeouts: int
-    cuts: int
-    connect_failures: int
-    messages_lost: int
-    messages_duplicated: int
-    messages_reordered: int
-    messages_partitioned: int
-    messages_late: int
-    crashes: int
-    power_cuts: int
-    writes_lost_unsynced: int
-    restarts: int
-    joins: int
-    partitions: int
-    skew_rejections: int
-    rogue_nodes: list[str]
-    rogue_writes: int
-    hlc_ties: int
-    hlc_violations: int
-    checks: dict[str, bool]
-    mismatch_count: int
-    mismatch_kinds: dict[str, int]
-    mismatches: list[dict[str, str]]
-    divergence: list[tuple[float, int]]
-    error: str | None
-    repro_command: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the same fields."""
-        d = asdict(self)
-        d["divergence"] = [list(p) for p in self.divergence]
-        return d
-
-
-def repro_command(cfg: SimConfig) -> str:
-    """The ``crdt-kv simulate`` command line that replays ``cfg`` exactly."""
-    parts = [
-        "crdt-kv simulate",
-        f"--scenario {cfg.scenario}",
-        f"--nodes {cfg.nodes}",
-        f"--ops {cfg.ops}",
-        f"--seed {cfg.seed}",
-    ]
-    if cfg.keys is not None:
-        parts.append(f"--keys {cfg.keys}")
-    if cfg.backend != "memory":
-        parts.append(f"--backend {cfg.backend}")
-    if cfg.resolver_name:
-        parts.append(f"--resolver {cfg.resolver_name}")
-    return " ".join(parts)
-
-
-# --- nodes and connections -------------------------------------------------------------
-
-PENDING, UP, DOWN = "pending", "up", "down"
-
-
-class SimNode:
-    """One replica: its clock, generator, storage and (while up) its Store."""
-
-    __slots__ = (
-        "backend",
-        "clock",
-        "conns",
-        "gossip_busy",
-        "hlc_seen",
-        "index",
-        "last_write_hlc",
-        "live_conns",
-        "path",
-        "peer_id",
-        "power_lost",
-        "pump_pending",
-        "rng",
-        "rogue",
-        "state",
-        "store",
-    )
-
-    def __init__(self, index: int, peer_id: str, clock: SimClock, rng: random.Random) -> None:
-        self.index = index
-        self.peer_id = peer_id
-        self.clock = clock
-        self.rng = rng
-        self.state = UP
-        self.store: Store | None = None
-        self.backend: Backend | None = None
-        self.path: str | None = None
-        self.conns: dict[int, Connection] = {}
-        self.live_conns = 0
-        self.gossip_busy = False
-        self.pump_pending = False
-        self.power_lost = False
-        self.rogue = False
-        self.last_write_hlc = 0
-        self.hlc_seen = 0
-
-    def __repr__(self) -> str:
-        return f"<SimNode {self.peer_id} {self.state}>"
-
-
-class Connection:
-    """Two sessions joined by two simulated one-way channels."""
-
-    __slots__ = ("alive", "ended", "fifo", "id", "kind", "last_activity", "nodes", "sessions")
-
-    def __init__(
-        self, cid: int, a: SimNode, b: SimNode, sa: Session, sb: Session, *, kind: str, now: int
-    ) -> None:
-        self.id = cid
-        self.nodes = (a, b)
-        self.sessions = (sa, sb)
-        self.kind = kind
-        self.alive = True
-        self.ended = [False, False]
-        self.fifo = [0, 0]
-        self.last_activity = now
-
-
-class Message:
-    """Bytes from one side of a connection (``b""`` is end of stream)."""
-
-    __slots__ = ("conn", "data", "src")
-
-    def __init__(self, conn: Connection, src: int, data: bytes) -> None:
-        self.conn = conn
-        self.src = src
-        self.data = data
-
-    def __repr__(self) -> str:
-        a, b = self.conn.nodes
-        frm, to = (a, b) if self.src == 0 else (b, a)
-        return f"<Message c{self.conn.id} {frm.peer_id}->{to.peer_id} {len(self.data)} bytes>"
 
 
 # --- the simulation --------------------------------------------------------------------
@@ -359,13 +129,15 @@ class Simulation:
             for i in range(cfg.nodes)
         ]
         self.oracle = Oracle(cfg.resolver)
-        self.intercept: Callable[[Message], object] | None = None
+        self.links = LinkShell(self)
         self.unfreeze_on_heal = True
+        self.lingering = False
+        self._auto = False
+        self._targets: dict[int, tuple[list[int], list[int]]] = {}
+        self.accept_config = self._round_cfg = self._live_cfg = self._link_config(live=True)
         self.duration_ms = cfg.effective_duration_ms()
         self._heap: list[tuple[int, int, Callable[[Any], None], Any]] = []
         self._seq = itertools.count()
-        self._conn_ids = itertools.count(1)
-        self._conns: dict[int, Connection] = {}
         self._trace = hashlib.blake2b(digest_size=16)
         self._stop = False
         self._tmp: str | None = None
@@ -394,6 +166,7 @@ class Simulation:
                 "reads",
                 "sessions",
                 "timeouts",
+                "quiet_timeouts",
                 "cuts",
                 "connect_failures",
                 "lost",
@@ -486,6 +259,8 @@ class Simulation:
         """Open a store on every node that is not pending."""
         if self.cfg.backend != "memory" and self._tmp is None:
             self._tmp = tempfile.mkdtemp(prefix="crdt_kv-sim-")
+        self.accept_config = self._live_cfg = self._link_config(live=True)
+        self._round_cfg = self._link_config(live=False, mode=self.cfg.gossip_mode)
         for node in self.nodes:
             if node.state == UP and node.store is None:
                 self._open_store(node)
@@ -527,12 +302,6 @@ class Simulation:
                 node, f"reopened at hlc {last} below its write {node.last_write_hlc}"
             )
         node.hlc_seen = last
-
-    def _commit_hook(self, node: SimNode) -> Callable[[int], None]:
-        def hook(_seq: int) -> None:
-            self._dirty(node)
-
-        return hook
 
     def _hlc_violation(self, node: SimNode, what: str) -> None:
         self.c["hlc_violations"] += 1
@@ -635,242 +404,117 @@ class Simulation:
         for node in self.nodes:
             self.sync_disk(node)
 
-    # --- connections -----------------------------------------------------------------------
+    # --- links and connections ------------------------------------------------------
+
+    @property
+    def intercept(self) -> Callable[[Message], object] | None:
+        """When set, every message goes to this callable instead of the network."""
+        return self.links.intercept
+
+    @intercept.setter
+    def intercept(self, fn: Callable[[Message], object] | None) -> None:
+        self.links.intercept = fn
+
+    def push(self, t_us: int, fn: Callable[[Any], None], arg: Any) -> None:
+        """Run ``fn(arg)`` at virtual time ``t_us`` (microseconds)."""
+        heapq.heappush(self._heap, (t_us, next(self._seq), fn, arg))
+
+    def record(self, text: str, data: bytes = b"") -> None:
+        """Add a line (and bytes) to the trace hash."""
+        self._record(text, data)
+
+    def _link_config(self, *, live: bool, mode: str = "both") -> LinkConfig:
+        """The production policy, with the simulation's time scale."""
+        cfg = self.cfg
+        return LinkConfig(
+            mode=mode,
+            live=live,
+            cluster_id="sim",
+            handshake_timeout_s=cfg.idle_timeout_ms / 1000,
+            idle_timeout_s=cfg.idle_timeout_ms / 1000,
+            sync_interval_s=cfg.gossip_ms / 1000,
+            min_sync_interval_s=cfg.gossip_ms / 2000,
+            backoff_base_s=cfg.backoff_base_ms / 1000,
+            backoff_max_s=cfg.backoff_max_ms / 1000,
+            push_delay_s=cfg.live_flush_ms / 1000,
+            max_batch_entries=cfg.max_batch_entries,
+            window=cfg.window,
+        )
 
     def connect(
-        self, i: int, j: int, *, kind: str = "gossip", mode: str = "both", live: bool = False
+        self, i: int, j: int, *, kind: str = "sync", mode: str = "both", live: bool = False
     ) -> Connection | None:
-        """Open a session pair from node ``i`` (initiator, ``mode``) to node ``j``.
+        """Open one session pair from node ``i`` (dialing, ``mode``) to node ``j`` by hand.
 
-        Returns None when ``i`` is down or already connected to ``j``, or (counted as a
-        connect failure) when ``j`` is down, not yet joined, or across a partition.
+        Returns None when ``i`` is down, or (counted as a connect failure) when ``j`` is
+        down, not yet joined, or across a partition.
         """
-        a, b = self.nodes[i], self.nodes[j]
-        if a.state != UP or a.store is None or j in a.conns or i == j:
+        a = self.nodes[i]
+        if a.state != UP or a.store is None or i == j:
             return None
-        if b.state != UP or b.store is None or not self.network.reachable(i, j):
-            self.c["connect_failures"] += 1
-            self._record(f"F{self.vt.now},{i},{j}\n")
-            return None
-        cfg = self.cfg
-        opts: dict[str, Any] = {
-            "live": live,
-            "cluster_id": "sim",
-            "max_batch_entries": cfg.max_batch_entries,
-            "window": cfg.window,
-        }
-        sa = Session(a.store, mode=mode, **opts)
-        sb = Session(b.store, mode="both", **opts)
-        conn = Connection(next(self._conn_ids), a, b, sa, sb, kind=kind, now=self.vt.now)
-        a.conns[j] = conn
-        b.conns[i] = conn
-        self._conns[conn.id] = conn
-        if live:
-            a.live_conns += 1
-            b.live_conns += 1
-        self.c["sessions"] += 1
-        self._record(f"C{self.vt.now},{conn.id},{i},{j},{kind},{mode}\n")
-        sa.start()
-        sb.start()
-        self._flush(conn, 0)
-        self._flush(conn, 1)
-        self._push(self.vt.now + int(cfg.idle_timeout_ms * 1000), self._idle_check, conn)
+        config = self._link_config(live=live, mode=mode)
+        sl = self.links.add(a, role=LinkRole.ONCE, config=config, target=j, kind=kind)
+        conn = self.links.connect(sl, j, inbound=self.accept_config)
+        if conn is None:
+            a.links.remove(sl)
         return conn
 
-    def _flush(self, conn: Connection, side: int) -> None:
-        data = conn.sessions[side].data_to_send()
-        if data and conn.alive:
-            c = self.c
-            c["messages"] += 1
-            c["bytes"] += len(data)
-            self._send(Message(conn, side, data))
-
-    def _send(self, msg: Message) -> None:
-        if self.intercept is not None:
-            self.intercept(msg)
-            return
-        fates = self.network.fate(self.net_rng)
-        if not fates:
-            self.c["lost"] += 1
-            self._record(f"L{self.vt.now},{msg.conn.id},{msg.src},{len(msg.data)}\n")
-            return
-        now = self.vt.now
-        conn, src = msg.conn, msg.src
-        for k, d in enumerate(fates):
-            if d > 0:
-                t = now + d
-                t = max(t, conn.fifo[src])
-                conn.fifo[src] = t
-            else:
-                t = now - d
-                self.c["duplicated" if k else "reordered"] += 1
-            heapq.heappush(self._heap, (t, next(self._seq), self.deliver, msg))
-
     def deliver(self, msg: Message) -> None:
-        """Hand a message to its receiving session and act on the events it returns."""
-        conn = msg.conn
-        now = self.vt.now
-        if not conn.alive:
-            self.c["late"] += 1
-            self._record(f"X{now},{conn.id},{msg.src}\n")
-            return
-        dst = 1 - msg.src
-        a, b = conn.nodes
-        if not self.network.reachable(a.index, b.index):
-            self.c["partitioned"] += 1
-            self._record(f"P{now},{conn.id},{msg.src},{len(msg.data)}\n")
-            return
-        self._record(f"D{now},{conn.id},{msg.src},{len(msg.data)}\n", msg.data)
-        conn.last_activity = now
-        session = conn.sessions[dst]
-        events = session.receive_data(msg.data)
-        for ev in events:
-            handler = _HANDLERS.get(type(ev))
-            if handler is not None:
-                handler(self, conn, dst, ev)
-        if conn.alive and not conn.ended[dst]:
-            self._flush(conn, dst)
+        """Hand a message to its receiving link."""
+        self.links.deliver(msg)
 
     def drop(self, msg: Message) -> None:
         """Lose an intercepted message (counted and traced like a network loss)."""
-        self.c["lost"] += 1
-        self._record(f"L{self.vt.now},{msg.conn.id},{msg.src},{len(msg.data)}\n")
+        self.links.drop(msg)
 
-    def _on_failed(self, conn: Connection, side: int, ev: Event) -> None:
-        assert isinstance(ev, SessionFailed)
-        cause = type(ev.error).__name__ + (" (by peer)" if ev.by_peer else "")
-        self.failures[cause] = self.failures.get(cause, 0) + 1
-        self._end_side(conn, side)
-
-    def _on_complete(self, conn: Connection, side: int, ev: Event) -> None:
-        self._end_side(conn, side)
-
-    def _on_closed(self, conn: Connection, side: int, ev: Event) -> None:
-        assert isinstance(ev, ConnectionClosed)
-        if not ev.complete and not conn.sessions[side].error:
-            self.failures["closed incomplete"] = self.failures.get("closed incomplete", 0) + 1
-        self._end_side(conn, side)
-
-    def _end_side(self, conn: Connection, side: int) -> None:
-        """This side is done (complete, failed or saw EOF): send what is queued, then EOF."""
-        if conn.ended[side]:
-            return
-        s = conn.sessions[side]
-        self._flush(conn, side)
-        s.close()
-        s.data_to_send()
-        conn.ended[side] = True
-        if conn.alive:
-            self._send(Message(conn, side, b""))
-        if conn.ended[1 - side]:
-            self._release(conn)
-
-    def _reset(self, conn: Connection, reason: str) -> None:
-        """Tear a connection down at once (timeout, cut, crash): queued bytes are lost."""
-        if not conn.alive:
-            return
-        for s in conn.sessions:
-            s.close(reason)
-            s.data_to_send()
-        conn.ended[0] = conn.ended[1] = True
-        self._record(f"R{self.vt.now},{conn.id},{reason}\n")
-        self._release(conn)
-
-    def _release(self, conn: Connection) -> None:
-        conn.alive = False
-        a, b = conn.nodes
-        if a.conns.get(b.index) is conn:
-            del a.conns[b.index]
-        if b.conns.get(a.index) is conn:
-            del b.conns[a.index]
-        self._conns.pop(conn.id, None)
-        c = self.c
-        for s in conn.sessions:
-            st = s.stats
-            c["skew_rejections"] += st.skew_rejected
-            c["entries_sent"] += st.entries_sent
-            c["entries_changed"] += st.entries_changed
-        if conn.kind == "gossip":
-            a.gossip_busy = False
-        elif conn.kind == "live":
-            a.live_conns -= 1
-            b.live_conns -= 1
-            if a.state == UP:
-                self._retry_live(a.index, b.index)
-
-    def _idle_check(self, conn: Connection) -> None:
-        if not conn.alive:
-            return
-        idle = int(self.cfg.idle_timeout_ms * 1000)
-        now = self.vt.now
-        sa, sb = conn.sessions
-        if sa.settled and sb.settled:
-            self._push(now + idle, self._idle_check, conn)
-        elif now - conn.last_activity >= idle:
-            self.c["timeouts"] += 1
-            self._reset(conn, "idle timeout")
-        else:
-            self._push(conn.last_activity + idle, self._idle_check, conn)
-
-    # --- gossip and live sessions ---------------------------------------------------------
-
-    def _gossip_tick(self, node: SimNode) -> None:
-        rng = self.sched_rng
-        period = self.cfg.gossip_ms * 1000
-        self._push(self.vt.now + int(period * (0.75 + 0.5 * rng.random())), self._gossip_tick, node)
-        self._gossip_once(node)
-
-    def _gossip_once(self, node: SimNode) -> None:
-        if node.state != UP or node.gossip_busy:
-            return
-        i = node.index
-        candidates = [j for j in range(len(self.nodes)) if j != i and j not in node.conns]
-        if not candidates:
-            return
-        j = self.sched_rng.choice(candidates)
-        conn = self.connect(i, j, kind="gossip", mode=self.cfg.gossip_mode)
-        if conn is not None:
-            node.gossip_busy = True
+    def _round_targets(self, i: int) -> list[int]:
+        """Peers node ``i`` syncs with in rounds: its ring successor and ``gossip_fanout``
+        others drawn from the seed (together a connected graph of small diameter)."""
+        n = len(self.nodes)
+        live = set(self._live_targets(i))
+        picks = [(i + 1) % n]
+        others = [j for j in range(n) if j != i and j not in picks]
+        self.sched_rng.shuffle(others)
+        picks.extend(others[: self.cfg.gossip_fanout])
+        return [j for j in picks if j not in live]
 
     def _live_targets(self, i: int) -> list[int]:
         ring = self.cfg.live_ring
-        n = len(self.nodes) if ring is None else min(ring, len(self.nodes))
-        if i >= n:
+        n = len(self.nodes)
+        ring_n = n if ring is None else min(ring, n)
+        if i >= ring_n:
             return []
-        k = min(self.cfg.live_peers, n - 1)
-        return [(i + d) % n for d in range(1, k + 1)]
+        k = min(self.cfg.live_peers, ring_n - 1)
+        return [(i + d) % ring_n for d in range(1, k + 1)]
 
-    def _start_live(self, node: SimNode) -> None:
-        for j in self._live_targets(node.index):
-            self._try_live((node.index, j))
-
-    def _try_live(self, pair: tuple[int, int]) -> None:
-        i, j = pair
-        a = self.nodes[i]
-        if a.state != UP or j in a.conns or self._stop:
+    def _start_links(self, node: SimNode) -> None:
+        """Open the node's dialing links (a running node's configured peers)."""
+        if not self._auto or node.state != UP:
             return
-        if self.connect(i, j, kind="live", mode="both", live=True) is None:
-            self._retry_live(i, j)
+        i = node.index
+        targets = self._targets.get(i)
+        if targets is None:
+            targets = self._targets[i] = (self._live_targets(i), self._round_targets(i))
+        live, rounds = targets
+        for j in live:
+            self.links.add(node, role=LinkRole.DIAL, config=self._live_cfg, target=j, kind="live")
+        for j in rounds:
+            self.links.add(
+                node, role=LinkRole.DIAL, config=self._round_cfg, target=j, kind="gossip"
+            )
 
-    def _retry_live(self, i: int, j: int) -> None:
-        delay = self.cfg.live_retry_ms * (0.5 + self.sched_rng.random())
-        self._push(self.vt.now + int(delay * 1000), self._try_live, (i, j))
+    def _commit_hook(self, node: SimNode) -> Callable[[int], None]:
+        def hook(_seq: int) -> None:
+            if not node.dirty:
+                node.dirty = True
+                self.push(self.vt.now, self._changed, node)
 
-    def _dirty(self, node: SimNode) -> None:
-        if node.live_conns and not node.pump_pending:
-            node.pump_pending = True
-            self._push(self.vt.now + int(self.cfg.live_flush_ms * 1000), self._pump, node)
+        return hook
 
-    def _pump(self, node: SimNode) -> None:
-        node.pump_pending = False
-        if node.state != UP:
-            return
-        for conn in list(node.conns.values()):
-            if conn.kind == "live" and conn.alive:
-                side = 0 if conn.nodes[0] is node else 1
-                if not conn.ended[side]:
-                    conn.sessions[side].local_changed()
-                    self._flush(conn, side)
+    def _changed(self, node: SimNode) -> None:
+        node.dirty = False
+        if node.state == UP:
+            self.links.local_changed(node)
 
     # --- faults ----------------------------------------------------------------------------
 
@@ -889,13 +533,12 @@ class Simulation:
 
     def _take_down(self, node: SimNode, why: str) -> Store | None:
         """Reset the node's connections and mark it down; return its store (still open)."""
-        for conn in list(node.conns.values()):
-            self._reset(conn, f"{node.peer_id} {why}")
+        self.links.take_down(node, why)
         store = node.store
         node.store = None
         node.state = DOWN
         self._up = None
-        node.gossip_busy = False
+        node.dirty = False
         return store
 
     def _a_crash(self, a: FaultAction) -> None:
@@ -932,7 +575,7 @@ class Simulation:
         node.clock.jump(a.clock_jump_ms)
         self._open_store(node)
         self.c["restarts"] += 1
-        self._start_live(node)
+        self._start_links(node)
 
     def _a_join(self, a: FaultAction) -> None:
         assert isinstance(a, Join)
@@ -941,7 +584,7 @@ class Simulation:
             return
         self._open_store(node)
         self.c["joins"] += 1
-        self._start_live(node)
+        self._start_links(node)
 
     def _a_jump(self, a: FaultAction) -> None:
         assert isinstance(a, ClockJump)
@@ -956,11 +599,12 @@ class Simulation:
         self.nodes[a.node].clock.unfreeze()
 
     def _a_cut(self, a: FaultAction) -> None:
-        if self._conns:
-            ids = list(self._conns)
-            conn = self._conns[ids[self.sched_rng.randrange(len(ids))]]
+        conns = self.links.conns
+        if conns:
+            ids = list(conns)
+            conn = conns[ids[self.sched_rng.randrange(len(ids))]]
             self.c["cuts"] += 1
-            self._reset(conn, "connection cut")
+            self.links.reset(conn, "connection cut")
 
     def _a_faults(self, a: FaultAction) -> None:
         assert isinstance(a, SetLinkFaults)
@@ -1021,9 +665,12 @@ class Simulation:
         self.heal_all()
         self._heal_us = self.vt.now
         self._record(f"H{self.vt.now}\n")
+        now = self.vt.now / 1_000_000
         for node in self.nodes:
-            jitter = int(self.sched_rng.random() * 20_000)
-            self._push(self.vt.now + jitter, self._gossip_once, node)
+            for sl in list(node.links):
+                if sl.kind != "accept":
+                    sl.link.dial_now(now)
+                    self.links.service(sl)
         if self.progress is not None:
             self.progress("converging", 0, int(self.cfg.convergence_bound_ms))
         self._push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
@@ -1032,7 +679,12 @@ class Simulation:
         assert self._heal_us is not None
         if self.digests_equal():
             self._converged_us = self.vt.now
-            self._stop = True
+            if self.cfg.linger_ms > 0:
+                # Keep running, quiet: healthy idle sessions must stay up (keep-alives).
+                self.lingering = True
+                self.at(self.now_ms + self.cfg.linger_ms, self._end_linger, None)
+            else:
+                self._stop = True
             return
         waited = self.vt.now - self._heal_us
         bound = int(self.cfg.convergence_bound_ms * 1000)
@@ -1095,14 +747,12 @@ class Simulation:
                 value_domain=cfg.value_domain,
             )
             self._op_rate = cfg.ops / (self.duration_ms / 1000) if cfg.ops else 0.0
+            self._auto = True
             for node in self.nodes:
-                first = self.sched_rng.random() * cfg.gossip_ms * 1000
-                self._push(int(first), self._gossip_tick, node)
                 if not cfg.sync_writes:
                     first = self.sched_rng.random() * cfg.flush_ms * 1000
                     self._push(int(first), self._disk_tick, node)
-                if node.state == UP:
-                    self._start_live(node)
+                self._start_links(node)
             if cfg.ops:
                 self._push(0, self._op_tick, None)
             else:
@@ -1122,6 +772,10 @@ class Simulation:
 
     # --- checks and result -----------------------------------------------------------------
 
+    def _end_linger(self, _: object) -> None:
+        self.lingering = False
+        self._stop = True
+
     def sync_all(self, *, rounds: int = 2) -> None:
         """Quiescence by hand: one ``both`` session per ordered pair, run to completion."""
         self.intercept = None
@@ -1136,20 +790,20 @@ class Simulation:
         """Stop every fault, drop every open connection (and what it had in flight),
         then :meth:`sync_all`: afterwards every live replica must hold the same state."""
         self.heal_all()
-        for conn in list(self._conns.values()):
-            self._reset(conn, "quiesce")
+        for conn in list(self.links.conns.values()):
+            self.links.reset(conn, "quiesce")
         self.sync_all(rounds=rounds)
         self.sync_disks()
 
     def _drain(self) -> None:
         """Run until no connection is open (idle checks end with their connection)."""
         limit = self.vt.now + int(self.cfg.convergence_bound_ms * 1000)
-        while self._conns and self._heap and not self._stop:
+        while self.links.conns and self._heap and not self._stop:
             self._loop(min(limit, self._heap[0][0]))
             if self.vt.now >= limit:
                 break
-        for conn in list(self._conns.values()):
-            self._reset(conn, "drain limit")
+        for conn in list(self.links.conns.values()):
+            self.links.reset(conn, "drain limit")
 
     def check(self) -> list[Mismatch]:
         """Compare every live replica with the oracle."""
@@ -1163,10 +817,9 @@ class Simulation:
     def result(self, *, check: bool = True) -> SimResult:
         """Build the :class:`SimResult` (running the oracle check unless ``check=False``)."""
         cfg = self.cfg
-        for conn in list(self._conns.values()):
-            for s in conn.sessions:
-                self.c["skew_rejections"] += s.stats.skew_rejected
-                s.stats.skew_rejected = 0
+        for stats in self.links.session_stats():
+            self.c["skew_rejections"] += stats.skew_rejected
+            stats.skew_rejected = 0
         mismatches = self.check() if check and self.error is None else []
         kinds: dict[str, int] = {}
         for m in mismatches:
@@ -1180,6 +833,8 @@ class Simulation:
             "oracle_match": self.error is None and not mismatches,
             "hlc_monotonic": self.c["hlc_violations"] == 0,
         }
+        if cfg.linger_ms > 0:
+            checks["quiet_sessions_kept"] = self.c["quiet_timeouts"] == 0
         if rogues:
             checks["rogue_refused"] = self.c["skew_rejections"] > 0
         oracle_match = checks["oracle_match"]
@@ -1211,6 +866,7 @@ class Simulation:
             sessions=c["sessions"],
             session_failures=dict(sorted(self.failures.items())),
             timeouts=c["timeouts"],
+            quiet_timeouts=c["quiet_timeouts"],
             cuts=c["cuts"],
             connect_failures=c["connect_failures"],
             messages_lost=c["lost"],
@@ -1255,9 +911,9 @@ class Simulation:
 
     def close(self) -> None:
         """Close every store cleanly and delete temporary directories. Idempotent."""
-        for conn in list(self._conns.values()):
+        for conn in list(self.links.conns.values()):
             conn.alive = False
-        self._conns.clear()
+        self.links.conns.clear()
         for node in self.nodes:
             if node.store is not None:
                 node.store.close()
@@ -1267,11 +923,6 @@ class Simulation:
             self._tmp = None
 
 
-_HANDLERS: dict[type, Callable[[Simulation, Connection, int, Event], None]] = {
-    SessionFailed: Simulation._on_failed,
-    SyncComplete: Simulation._on_complete,
-    ConnectionClosed: Simulation._on_closed,
-}
 _ACTIONS: dict[type, Callable[[Simulation, Any], None]] = {
     Partition: Simulation._a_partition,
     Heal: Simulation._a_heal,

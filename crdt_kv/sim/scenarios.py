@@ -62,6 +62,7 @@ class ScenarioConfig(Protocol):
     live_peers: int
     live_ring: int | None
     idle_timeout_ms: float
+    linger_ms: float
     max_offset_ms: int
     sync_writes: bool
     flush_ms: float
@@ -192,6 +193,9 @@ def _clean(sim: ScenarioHost) -> None:
         # A live link carries every write once per direction: a ring of n costs ~2n
         # applies per write, which dominates a big run; gossip covers the rest.
         cfg.live_ring = 2
+    # After converging, stay quiet for three idle timeouts: live sessions must survive on
+    # keep-alives (a driver that times quiet live sessions out fails this check).
+    cfg.linger_ms = 3 * cfg.idle_timeout_ms
     _ntp_clocks(sim)
 
 

@@ -1,0 +1,186 @@
+"""What a simulation run depends on (:class:`SimConfig`) and what it reports
+(:class:`SimResult`), and the command line that replays a run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from crdt_kv.errors import ConfigError
+from crdt_kv.sim.workload import WorkloadMix
+from crdt_kv.version import Resolver
+
+__all__ = ["BACKENDS", "MAX_REPORTED_MISMATCHES", "SimConfig", "SimResult", "repro_command"]
+
+BACKENDS = ("memory", "rocksdb", "sqlite")
+MAX_REPORTED_MISMATCHES = 50
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Everything a run depends on besides the scenario's own choices.
+
+    ``keys`` (key-space size) and ``duration_ms`` (length of the fault phase, over which
+    the ``ops`` operations are spread as a Poisson process) are derived from ``nodes``
+    and ``ops`` when left at ``None``. Scenarios may adjust any field in their setup.
+    """
+
+    scenario: str = "clean"
+    nodes: int = 8
+    ops: int = 2000
+    seed: int = 1
+    backend: str = "memory"
+    resolver: Resolver | None = None
+    resolver_name: str | None = None
+    keys: int | None = None
+    zipf_s: float = 1.0
+    mix: WorkloadMix = field(default_factory=WorkloadMix)
+    value_domain: int | None = None
+    duration_ms: float | None = None
+    gossip_ms: float = 1000.0
+    gossip_mode: str = "both"
+    gossip_fanout: int = 2
+    live_peers: int = 0
+    live_ring: int | None = None
+    live_flush_ms: float = 20.0
+    backoff_base_ms: float = 100.0
+    backoff_max_ms: float = 1000.0
+    idle_timeout_ms: float = 2000.0
+    max_offset_ms: int = 500
+    sync_writes: bool = True
+    flush_ms: float = 200.0
+    max_batch_entries: int = 1000
+    window: int = 4
+    convergence_bound_ms: float = 60_000.0
+    check_ms: float = 50.0
+    linger_ms: float = 0.0
+    sample_ms: float | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`~crdt_kv.errors.ConfigError` naming the first bad field."""
+        if not isinstance(self.nodes, int) or not 2 <= self.nodes <= 1000:
+            raise ConfigError(f"nodes must be an int in 2..1000, got {self.nodes!r}")
+        if not isinstance(self.ops, int) or self.ops < 0:
+            raise ConfigError(f"ops must be a non-negative int, got {self.ops!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown simulation backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
+            )
+        if self.keys is not None and (not isinstance(self.keys, int) or self.keys < 1):
+            raise ConfigError(f"keys must be a positive int, got {self.keys!r}")
+        if not self.sync_writes and self.backend != "memory":
+            raise ConfigError(
+                "sync_writes=False (power cuts) is modelled only for the memory backend, "
+                f"not {self.backend!r}"
+            )
+        if self.resolver is not None and not callable(self.resolver):
+            raise ConfigError("resolver must be callable (a, b) -> bool")
+        if not isinstance(self.gossip_fanout, int) or self.gossip_fanout < 0:
+            raise ConfigError(f"gossip_fanout must be an int >= 0, got {self.gossip_fanout!r}")
+        for name in (
+            "gossip_ms",
+            "idle_timeout_ms",
+            "check_ms",
+            "convergence_bound_ms",
+            "backoff_base_ms",
+            "backoff_max_ms",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    def effective_keys(self) -> int:
+        """The key-space size: ``keys`` or ops/10 clamped to 20..250.
+
+        The cap keeps many writes racing on every key at scale, and bounds what one
+        anti-entropy session carries (at most every key once)."""
+        if self.keys is not None:
+            return self.keys
+        return max(20, min(250, self.ops // 10))
+
+    def effective_duration_ms(self) -> float:
+        """Length of the fault phase: ``duration_ms`` or about 50 ops per node-second,
+        clamped to 2..10 virtual seconds (ten gossip rounds and several fault episodes;
+        a longer phase only repeats them at a higher simulation cost)."""
+        if self.duration_ms is not None:
+            return float(self.duration_ms)
+        return float(max(2_000, min(10_000, self.ops * 1000 // (self.nodes * 50))))
+
+
+@dataclass(slots=True)
+class SimResult:
+    """The outcome of one run; :meth:`to_dict` is its JSON form (same field names)."""
+
+    scenario: str
+    seed: int
+    nodes: int
+    ops: int
+    backend: str
+    keys: int
+    resolver: str | None
+    converged: bool
+    oracle_match: bool
+    ok: bool
+    trace_hash: str
+    messages: int
+    bytes: int
+    virtual_time_ms: float
+    convergence_time_ms: float | None
+    heal_time_ms: float
+    events: int
+    writes: int
+    reads: int
+    sessions: int
+    session_failures: dict[str, int]
+    timeouts: int
+    quiet_timeouts: int
+    cuts: int
+    connect_failures: int
+    messages_lost: int
+    messages_duplicated: int
+    messages_reordered: int
+    messages_partitioned: int
+    messages_late: int
+    crashes: int
+    power_cuts: int
+    writes_lost_unsynced: int
+    restarts: int
+    joins: int
+    partitions: int
+    skew_rejections: int
+    rogue_nodes: list[str]
+    rogue_writes: int
+    hlc_ties: int
+    hlc_violations: int
+    checks: dict[str, bool]
+    mismatch_count: int
+    mismatch_kinds: dict[str, int]
+    mismatches: list[dict[str, str]]
+    divergence: list[tuple[float, int]]
+    error: str | None
+    repro_command: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the same fields."""
+        d = asdict(self)
+        d["divergence"] = [list(p) for p in self.divergence]
+        return d
+
+
+def repro_command(cfg: SimConfig) -> str:
+    """The ``crdt-kv simulate`` command line that replays ``cfg`` exactly."""
+    parts = [
+        "crdt-kv simulate",
+        f"--scenario {cfg.scenario}",
+        f"--nodes {cfg.nodes}",
+        f"--ops {cfg.ops}",
+        f"--seed {cfg.seed}",
+    ]
+    if cfg.keys is not None:
+        parts.append(f"--keys {cfg.keys}")
+    if cfg.backend != "memory":
+        parts.append(f"--backend {cfg.backend}")
+    if cfg.resolver_name:
+        parts.append(f"--resolver {cfg.resolver_name}")
+    return " ".join(parts)

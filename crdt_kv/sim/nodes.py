@@ -1,0 +1,60 @@
+"""One simulated replica: its clock, generator, storage, links and connections."""
+
+from __future__ import annotations
+
+import random
+
+from crdt_kv.backends.base import Backend
+from crdt_kv.sim.clocks import SimClock
+from crdt_kv.sim.links import Connection, SimLink
+from crdt_kv.store import Store
+
+__all__ = ["DOWN", "PENDING", "UP", "SimNode"]
+
+PENDING, UP, DOWN = "pending", "up", "down"
+
+
+class SimNode:
+    """One replica: its clock, generator, storage and (while up) its Store and links.
+
+    ``conns`` maps a peer's index to the connections open with it (either side may have
+    dialed); ``links`` are this node's :class:`~crdt_kv.sim.links.SimLink` objects.
+    """
+
+    __slots__ = (
+        "backend",
+        "clock",
+        "conns",
+        "dirty",
+        "hlc_seen",
+        "index",
+        "last_write_hlc",
+        "links",
+        "path",
+        "peer_id",
+        "power_lost",
+        "rng",
+        "rogue",
+        "state",
+        "store",
+    )
+
+    def __init__(self, index: int, peer_id: str, clock: SimClock, rng: random.Random) -> None:
+        self.index = index
+        self.peer_id = peer_id
+        self.clock = clock
+        self.rng = rng
+        self.state = UP
+        self.store: Store | None = None
+        self.backend: Backend | None = None
+        self.path: str | None = None
+        self.conns: dict[int, list[Connection]] = {}
+        self.links: list[SimLink] = []
+        self.dirty = False
+        self.power_lost = False
+        self.rogue = False
+        self.last_write_hlc = 0
+        self.hlc_seen = 0
+
+    def __repr__(self) -> str:
+        return f"<SimNode {self.peer_id} {self.state}>"
