@@ -23,56 +23,40 @@ measures from the heal), and finally compares every replica with the oracle.
 
 from __future__ import annotations
 
-import hashlib
-import heapq
-import itertools
 import os
 import random
 import shutil
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from typing import Any
 
-import cbor2
-
 import crdt_kv
-from crdt_kv.codec import DATA, unpack_record
 from crdt_kv.errors import ConfigError
-from crdt_kv.hlc import LOGICAL_BITS
 from crdt_kv.protocol import LinkConfig, LinkRole
-from crdt_kv.sim.clocks import SimClock, VirtualTime
+from crdt_kv.sim.actions import FaultActions
+from crdt_kv.sim.clients import Clients
+from crdt_kv.sim.clocks import SimClock
 from crdt_kv.sim.config import (
     BACKENDS,
-    MAX_REPORTED_MISMATCHES,
     SimConfig,
     SimResult,
     repro_command,
 )
 from crdt_kv.sim.disk import SimDisk
+from crdt_kv.sim.engine import Engine
 from crdt_kv.sim.faults import (
-    Burst,
-    ClockJump,
-    Crash,
-    Cut,
     FaultAction,
-    Freeze,
-    Heal,
     Join,
-    Partition,
     Plan,
     Restart,
-    SetLinkFaults,
-    Shutdown,
-    Unfreeze,
 )
 from crdt_kv.sim.links import Connection, LinkShell, Message
 from crdt_kv.sim.network import NO_FAULTS, Network
 from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
-from crdt_kv.sim.oracle import Mismatch, Oracle
-from crdt_kv.sim.workload import Op, Workload
-from crdt_kv.store import Store
+from crdt_kv.sim.oracle import Oracle
+from crdt_kv.sim.results import Reporting
+from crdt_kv.sim.workload import Workload
 from crdt_kv.version import Resolver
 
 __all__ = [
@@ -96,7 +80,7 @@ ProgressFn = Callable[[str, int, int], None]
 # --- the simulation --------------------------------------------------------------------
 
 
-class Simulation:
+class Simulation(Engine, Clients, FaultActions, Reporting):
     """A cluster of real stores over a simulated network, driven by virtual time.
 
     ``run()`` performs a whole scenario. Tests can also drive it by hand: call
@@ -107,6 +91,7 @@ class Simulation:
 
     def __init__(self, cfg: SimConfig, *, progress: ProgressFn | None = None) -> None:
         cfg.validate()
+        super().__init__()
         self.cfg = cfg
         self.command = repro_command(cfg)
         """The command that replays this run (taken before a scenario adjusts ``cfg``)."""
@@ -116,7 +101,6 @@ class Simulation:
         self.fault_rng = random.Random(master.getrandbits(64))
         self.work_rng = random.Random(master.getrandbits(64))
         self.sched_rng = random.Random(master.getrandbits(64))
-        self.vt = VirtualTime()
         self.network = Network(cfg.nodes)
         width = max(2, len(str(cfg.nodes - 1)))
         self.nodes = [
@@ -136,10 +120,6 @@ class Simulation:
         self._targets: dict[int, tuple[list[int], list[int]]] = {}
         self.accept_config = self._round_cfg = self._live_cfg = self._link_config(live=True)
         self.duration_ms = cfg.effective_duration_ms()
-        self._heap: list[tuple[int, int, Callable[[Any], None], Any]] = []
-        self._seq = itertools.count()
-        self._trace = hashlib.blake2b(digest_size=16)
-        self._stop = False
         self._tmp: str | None = None
         self._plan: Plan = []
         self._quiesced = False
@@ -155,9 +135,9 @@ class Simulation:
         self._div_seen: dict[int, int] = {}
         self._div_state: dict[bytes, dict[int, tuple[int, str, bool, bytes]]] = {}
         self._div_bad: set[bytes] = set()
+        self._div_members: tuple[int, ...] | None = None
         self._hlc_examples: list[str] = []
         self.error: str | None = None
-        self.events = 0
         self.c: dict[str, int] = dict.fromkeys(
             (
                 "messages",
@@ -196,18 +176,6 @@ class Simulation:
 
     # --- scheduling ---------------------------------------------------------------------
 
-    @property
-    def now_ms(self) -> float:
-        """Current virtual time in milliseconds."""
-        return self.vt.now / 1000
-
-    def at(self, t_ms: float, fn: Callable[[Any], None], arg: Any = None) -> None:
-        """Run ``fn(arg)`` at virtual time ``t_ms`` (not before now)."""
-        self._push(max(self.vt.now, int(t_ms * 1000)), fn, arg)
-
-    def _push(self, t_us: int, fn: Callable[[Any], None], arg: Any) -> None:
-        heapq.heappush(self._heap, (t_us, next(self._seq), fn, arg))
-
     def schedule(self, plan: Iterable[tuple[float, FaultAction]]) -> None:
         """Add timed fault actions (applied only during the fault phase)."""
         for t, action in plan:
@@ -217,31 +185,6 @@ class Simulation:
     def _planned(self, action: FaultAction) -> None:
         if not self._quiesced:
             self.apply(action)
-
-    def advance(self, ms: float) -> None:
-        """Run every event due in the next ``ms`` virtual milliseconds."""
-        self._loop(self.vt.now + int(ms * 1000))
-
-    def _loop(self, until_us: int | None = None) -> None:
-        heap, vt, pop = self._heap, self.vt, heapq.heappop
-        n = 0
-        try:
-            while heap and not self._stop:
-                if until_us is not None and heap[0][0] > until_us:
-                    break
-                t, _, fn, arg = pop(heap)
-                vt.now = t
-                fn(arg)
-                n += 1
-        finally:
-            self.events += n
-        if until_us is not None and vt.now < until_us:
-            vt.now = until_us
-
-    def _record(self, text: str, data: bytes = b"") -> None:
-        self._trace.update(text.encode())
-        if data:
-            self._trace.update(data)
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -308,102 +251,6 @@ class Simulation:
         if len(self._hlc_examples) < 10:
             self._hlc_examples.append(f"{node.peer_id} at {self.now_ms:.1f} ms: {what}")
 
-    def live_nodes(self) -> list[SimNode]:
-        """Nodes that are up and not rogue: the ones that must converge."""
-        return [n for n in self.nodes if n.state == UP and not n.rogue]
-
-    # --- client operations ----------------------------------------------------------------
-
-    def write(self, index: int, op: Op) -> None:
-        """Perform a client operation on a node and record acknowledged writes."""
-        node = self.nodes[index]
-        store = node.store
-        if node.state != UP or store is None:
-            self.c["unavailable"] += 1
-            return
-        kind = op.kind
-        if kind == "read":
-            store.get(op.key)
-            self.c["reads"] += 1
-            self._record(f"r{self.vt.now},{index},{op.key}\n")
-            return
-        if kind == "put":
-            key, value, _ = op.writes[0]
-            versions = [store.put(key, value)]
-        elif kind == "delete":
-            versions = [store.delete(op.writes[0][0])]
-        else:
-            with store.batch() as b:
-                for key, value, deleted in op.writes:
-                    if deleted:
-                        b.delete(key)
-                    else:
-                        b.put(key, value)
-            versions = b.versions
-        last = node.last_write_hlc
-        record = self._acknowledge if not node.rogue else None
-        for (key, value, deleted), v in zip(op.writes, versions, strict=True):
-            if v.hlc <= last:
-                self._hlc_violation(node, f"write stamped {v.hlc} after {last}")
-            last = v.hlc
-            if record is not None:
-                record(key, value, deleted, v.hlc, v.peer)
-            else:
-                self.c["rogue_writes"] += 1
-            self._record(f"w{self.vt.now},{index},{key},{int(deleted)},{v.hlc}\n")
-        node.last_write_hlc = max(node.last_write_hlc, last)
-        self.c["writes"] += len(versions)
-        h = store.hlc.last
-        if h < node.hlc_seen:
-            self._hlc_violation(node, f"clock went back from {node.hlc_seen} to {h}")
-        node.hlc_seen = h
-
-    def _acknowledge(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
-        if self.cfg.sync_writes:
-            self.oracle.record(key, value, deleted, hlc, peer)
-        else:
-            raw = b"" if deleted else cbor2.dumps(value)
-            self._pending[(key, hlc, peer, deleted, raw)] = value
-
-    # --- durability (sync_writes=False) ---------------------------------------------------
-
-    def _disk_tick(self, node: SimNode) -> None:
-        self.sync_disk(node)
-        delay = self.cfg.flush_ms * (0.5 + self.sched_rng.random())
-        self._push(self.vt.now + int(delay * 1000), self._disk_tick, node)
-
-    def sync_disk(self, node: SimNode, *, force: bool = False) -> None:
-        """Write back a node's volatile disk; acknowledged writes it holds become durable
-        and from then on the oracle expects them to survive (``sync_writes=False``).
-        Only up nodes write back, unless ``force`` (a clean shutdown's final flush)."""
-        backend = node.backend
-        if not isinstance(backend, SimDisk) or not backend.volatile:
-            return
-        if node.state != UP and not force:
-            return
-        keys = backend.sync()
-        pending = self._pending
-        if not pending:
-            return
-        record = self.oracle.record
-        for k in keys:
-            if k[:1] != DATA:
-                continue
-            blob = backend.peek(k)
-            if blob is None:
-                continue
-            e = unpack_record(k[1:], blob)
-            key = e.key.decode("utf-8", "replace")
-            raw = b"" if e.deleted else e.value
-            found = (key, e.hlc, e.peer, e.deleted, raw)
-            if found in pending:
-                record(key, pending.pop(found), e.deleted, e.hlc, e.peer)
-
-    def sync_disks(self) -> None:
-        """Write back every up node's volatile disk (before the final checks)."""
-        for node in self.nodes:
-            self.sync_disk(node)
-
     # --- links and connections ------------------------------------------------------
 
     @property
@@ -414,14 +261,6 @@ class Simulation:
     @intercept.setter
     def intercept(self, fn: Callable[[Message], object] | None) -> None:
         self.links.intercept = fn
-
-    def push(self, t_us: int, fn: Callable[[Any], None], arg: Any) -> None:
-        """Run ``fn(arg)`` at virtual time ``t_us`` (microseconds)."""
-        heapq.heappush(self._heap, (t_us, next(self._seq), fn, arg))
-
-    def record(self, text: str, data: bytes = b"") -> None:
-        """Add a line (and bytes) to the trace hash."""
-        self._record(text, data)
 
     def _link_config(self, *, live: bool, mode: str = "both") -> LinkConfig:
         """The production policy, with the simulation's time scale."""
@@ -516,114 +355,6 @@ class Simulation:
         if node.state == UP:
             self.links.local_changed(node)
 
-    # --- faults ----------------------------------------------------------------------------
-
-    def apply(self, action: FaultAction) -> None:
-        """Apply one fault action now."""
-        self._record(f"A{self.vt.now},{action!r}\n")
-        _ACTIONS[type(action)](self, action)
-
-    def _a_partition(self, a: FaultAction) -> None:
-        assert isinstance(a, Partition)
-        self.network.partition(a.groups)
-        self.c["partitions"] += 1
-
-    def _a_heal(self, a: FaultAction) -> None:
-        self.network.heal()
-
-    def _take_down(self, node: SimNode, why: str) -> Store | None:
-        """Reset the node's connections and mark it down; return its store (still open)."""
-        self.links.take_down(node, why)
-        store = node.store
-        node.store = None
-        node.state = DOWN
-        self._up = None
-        node.dirty = False
-        return store
-
-    def _a_crash(self, a: FaultAction) -> None:
-        assert isinstance(a, Crash)
-        node = self.nodes[a.node]
-        if node.state != UP:
-            return
-        store = self._take_down(node, "crashed")
-        if store is not None and self.cfg.backend != "memory":
-            store.backend.close()  # unclean: no Store.close(), just release the files
-        if isinstance(node.backend, SimDisk) and node.backend.volatile:
-            self.c["power_cuts"] += 1
-            self.c["unsynced_reverted"] += node.backend.power_cut()
-            node.power_lost = True
-        self.c["crashes"] += 1
-
-    def _a_shutdown(self, a: FaultAction) -> None:
-        assert isinstance(a, Shutdown)
-        node = self.nodes[a.node]
-        if node.state != UP:
-            return
-        store = self._take_down(node, "shut down")
-        if store is not None:
-            store.close()
-        if isinstance(node.backend, SimDisk):
-            self.sync_disk(node, force=True)
-        self.c["shutdowns"] += 1
-
-    def _a_restart(self, a: FaultAction) -> None:
-        assert isinstance(a, Restart)
-        node = self.nodes[a.node]
-        if node.state != DOWN:
-            return
-        node.clock.jump(a.clock_jump_ms)
-        self._open_store(node)
-        self.c["restarts"] += 1
-        self._start_links(node)
-
-    def _a_join(self, a: FaultAction) -> None:
-        assert isinstance(a, Join)
-        node = self.nodes[a.node]
-        if node.state != PENDING:
-            return
-        self._open_store(node)
-        self.c["joins"] += 1
-        self._start_links(node)
-
-    def _a_jump(self, a: FaultAction) -> None:
-        assert isinstance(a, ClockJump)
-        self.nodes[a.node].clock.jump(a.delta_ms)
-
-    def _a_freeze(self, a: FaultAction) -> None:
-        assert isinstance(a, Freeze)
-        self.nodes[a.node].clock.freeze()
-
-    def _a_unfreeze(self, a: FaultAction) -> None:
-        assert isinstance(a, Unfreeze)
-        self.nodes[a.node].clock.unfreeze()
-
-    def _a_cut(self, a: FaultAction) -> None:
-        conns = self.links.conns
-        if conns:
-            ids = list(conns)
-            conn = conns[ids[self.sched_rng.randrange(len(ids))]]
-            self.c["cuts"] += 1
-            self.links.reset(conn, "connection cut")
-
-    def _a_faults(self, a: FaultAction) -> None:
-        assert isinstance(a, SetLinkFaults)
-        self.network.faults = a.faults
-
-    def _a_burst(self, a: FaultAction) -> None:
-        assert isinstance(a, Burst)
-        up = [n for n in self.nodes if n.state == UP and n.store is not None and not n.rogue]
-        if not up or not a.keys:
-            return
-        stores = [n.store for n in up if n.store is not None]
-        wall = max([s.hlc.last >> LOGICAL_BITS for s in stores] + [n.clock() for n in up])
-        for n in self.nodes:
-            n.clock.freeze(wall + 1)
-        self.c["bursts"] += 1
-        for n in up:
-            writes = tuple((k, {"burst": n.index, "n": self.c["bursts"]}, False) for k in a.keys)
-            self.write(n.index, Op("batch", writes))
-
     # --- the automatic run -------------------------------------------------------------
 
     def _op_tick(self, _: object) -> None:
@@ -694,43 +425,6 @@ class Simulation:
             self._stop = True
             return
         self._push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
-
-    def digests_equal(self) -> bool:
-        """True when every live replica has the same digest."""
-        digests = {n.store.digest() for n in self.live_nodes() if n.store is not None}
-        return len(digests) <= 1
-
-    def _sample(self, _: object) -> None:
-        self._divergence.append((self.now_ms, self.divergent_keys()))
-        if self.cfg.sample_ms:
-            self._push(self.vt.now + int(self.cfg.sample_ms * 1000), self._sample, None)
-
-    def divergent_keys(self) -> int:
-        """How many keys are not held identically by every live replica (incremental)."""
-        live = self.live_nodes()
-        state, bad = self._div_state, self._div_bad
-        touched: set[bytes] = set()
-        for n in live:
-            store = n.store
-            assert store is not None
-            since = self._div_seen.get(n.index, 0)
-            for r in store.raw_changes(since):
-                state.setdefault(r.key, {})[n.index] = (r.hlc, r.peer, r.deleted, r.value)
-                touched.add(r.key)
-            self._div_seen[n.index] = store.last_seq
-        ids = [n.index for n in live]
-        members = tuple(ids)
-        if getattr(self, "_div_members", None) != members:
-            self._div_members = members
-            touched = set(state)
-        for k in touched:
-            per = state[k]
-            first = per.get(ids[0]) if ids else None
-            if first is None or any(per.get(i) != first for i in ids):
-                bad.add(k)
-            else:
-                bad.discard(k)
-        return len(bad)
 
     def run(self, scenario_setup: Callable[[Simulation], None] | None = None) -> SimResult:
         """Run the whole scenario and return its result (errors are reported, not raised)."""
@@ -805,110 +499,6 @@ class Simulation:
         for conn in list(self.links.conns.values()):
             self.links.reset(conn, "drain limit")
 
-    def check(self) -> list[Mismatch]:
-        """Compare every live replica with the oracle."""
-        out: list[Mismatch] = []
-        rogues = [n.peer_id for n in self.nodes if n.rogue]
-        for n in self.live_nodes():
-            assert n.store is not None
-            out.extend(self.oracle.check(n.peer_id, n.store, exclude_peers=rogues))
-        return out
-
-    def result(self, *, check: bool = True) -> SimResult:
-        """Build the :class:`SimResult` (running the oracle check unless ``check=False``)."""
-        cfg = self.cfg
-        for stats in self.links.session_stats():
-            self.c["skew_rejections"] += stats.skew_rejected
-            stats.skew_rejected = 0
-        mismatches = self.check() if check and self.error is None else []
-        kinds: dict[str, int] = {}
-        for m in mismatches:
-            kinds[m.kind] = kinds.get(m.kind, 0) + 1
-        converged = self.error is None and self._converged_us is not None
-        if self._heal_us is None and check and self.error is None:
-            converged = self.digests_equal()
-        rogues = [n.peer_id for n in self.nodes if n.rogue]
-        checks = {
-            "converged": converged,
-            "oracle_match": self.error is None and not mismatches,
-            "hlc_monotonic": self.c["hlc_violations"] == 0,
-        }
-        if cfg.linger_ms > 0:
-            checks["quiet_sessions_kept"] = self.c["quiet_timeouts"] == 0
-        if rogues:
-            checks["rogue_refused"] = self.c["skew_rejections"] > 0
-        oracle_match = checks["oracle_match"]
-        heal = self._heal_us if self._heal_us is not None else self.vt.now
-        conv = None
-        if self._converged_us is not None:
-            conv = (self._converged_us - heal) / 1000
-        c = self.c
-        return SimResult(
-            scenario=cfg.scenario,
-            seed=cfg.seed,
-            nodes=cfg.nodes,
-            ops=cfg.ops,
-            backend=cfg.backend,
-            keys=cfg.effective_keys(),
-            resolver=cfg.resolver_name,
-            converged=converged,
-            oracle_match=oracle_match,
-            ok=all(checks.values()) and self.error is None,
-            trace_hash=self._trace.hexdigest(),
-            messages=c["messages"],
-            bytes=c["bytes"],
-            virtual_time_ms=self.vt.now / 1000,
-            convergence_time_ms=conv,
-            heal_time_ms=heal / 1000,
-            events=self.events,
-            writes=c["writes"],
-            reads=c["reads"],
-            sessions=c["sessions"],
-            session_failures=dict(sorted(self.failures.items())),
-            timeouts=c["timeouts"],
-            quiet_timeouts=c["quiet_timeouts"],
-            cuts=c["cuts"],
-            connect_failures=c["connect_failures"],
-            messages_lost=c["lost"],
-            messages_duplicated=c["duplicated"],
-            messages_reordered=c["reordered"],
-            messages_partitioned=c["partitioned"],
-            messages_late=c["late"],
-            crashes=c["crashes"],
-            power_cuts=c["power_cuts"],
-            writes_lost_unsynced=self._vanished(),
-            restarts=c["restarts"],
-            joins=c["joins"],
-            partitions=c["partitions"],
-            skew_rejections=c["skew_rejections"],
-            rogue_nodes=rogues,
-            rogue_writes=c["rogue_writes"],
-            hlc_ties=self.oracle.ties,
-            hlc_violations=c["hlc_violations"],
-            checks=checks,
-            mismatch_count=len(mismatches),
-            mismatch_kinds=kinds,
-            mismatches=[asdict(m) for m in mismatches[:MAX_REPORTED_MISMATCHES]],
-            divergence=list(self._divergence),
-            error=self.error,
-            repro_command=self.command,
-        )
-
-    def _vanished(self) -> int:
-        """Acknowledged writes that never became durable anywhere and left no trace: the
-        converged state holds an older version of their key (power cuts lose them by
-        contract when ``sync_writes=False``)."""
-        live = [n.store for n in self.live_nodes() if n.store is not None]
-        if not self._pending or not live:
-            return 0
-        store = live[0]
-        lost = 0
-        for key, hlc, peer, _, _ in self._pending:
-            e = store.entry(key)
-            if e is None or (e.hlc, e.peer) < (hlc, peer):
-                lost += 1
-        return lost
-
     def close(self) -> None:
         """Close every store cleanly and delete temporary directories. Idempotent."""
         for conn in list(self.links.conns.values()):
@@ -921,22 +511,6 @@ class Simulation:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
-
-
-_ACTIONS: dict[type, Callable[[Simulation, Any], None]] = {
-    Partition: Simulation._a_partition,
-    Heal: Simulation._a_heal,
-    Crash: Simulation._a_crash,
-    Restart: Simulation._a_restart,
-    Join: Simulation._a_join,
-    ClockJump: Simulation._a_jump,
-    Freeze: Simulation._a_freeze,
-    Unfreeze: Simulation._a_unfreeze,
-    Cut: Simulation._a_cut,
-    SetLinkFaults: Simulation._a_faults,
-    Burst: Simulation._a_burst,
-    Shutdown: Simulation._a_shutdown,
-}
 
 
 def run(

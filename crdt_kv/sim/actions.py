@@ -1,0 +1,185 @@
+"""Fault actions: what a scheduled :class:`~crdt_kv.sim.faults.FaultAction` does to the
+simulated cluster (a mixin of :class:`~crdt_kv.sim.runner.Simulation`)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from crdt_kv.hlc import LOGICAL_BITS
+from crdt_kv.sim.clocks import VirtualTime
+from crdt_kv.sim.config import SimConfig
+from crdt_kv.sim.disk import SimDisk
+from crdt_kv.sim.faults import (
+    Burst,
+    ClockJump,
+    Crash,
+    Cut,
+    FaultAction,
+    Freeze,
+    Heal,
+    Join,
+    Partition,
+    Restart,
+    SetLinkFaults,
+    Shutdown,
+    Unfreeze,
+)
+from crdt_kv.sim.links import LinkShell
+from crdt_kv.sim.network import Network
+from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
+from crdt_kv.sim.workload import Op
+from crdt_kv.store import Store
+
+__all__ = ["FaultActions"]
+
+
+class FaultActions:
+    """Applies fault actions; the simulation provides the state it acts on."""
+
+    cfg: SimConfig
+    nodes: list[SimNode]
+    network: Network
+    links: LinkShell
+    c: dict[str, int]
+    sched_rng: random.Random
+    _up: list[int] | None
+    vt: VirtualTime
+
+    def record(self, text: str, data: bytes = b"") -> None:
+        raise NotImplementedError
+
+    def _open_store(self, node: SimNode) -> None:
+        raise NotImplementedError
+
+    def _start_links(self, node: SimNode) -> None:
+        raise NotImplementedError
+
+    def sync_disk(self, node: SimNode, *, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def write(self, index: int, op: Op) -> None:
+        raise NotImplementedError
+
+    def apply(self, action: FaultAction) -> None:
+        """Apply one fault action now."""
+        self.record(f"A{self.vt.now},{action!r}\n")
+        _ACTIONS[type(action)](self, action)
+
+    def _a_partition(self, a: FaultAction) -> None:
+        assert isinstance(a, Partition)
+        self.network.partition(a.groups)
+        self.c["partitions"] += 1
+
+    def _a_heal(self, a: FaultAction) -> None:
+        self.network.heal()
+
+    def _take_down(self, node: SimNode, why: str) -> Store | None:
+        """Reset the node's connections and mark it down; return its store (still open)."""
+        self.links.take_down(node, why)
+        store = node.store
+        node.store = None
+        node.state = DOWN
+        self._up = None
+        node.dirty = False
+        return store
+
+    def _a_crash(self, a: FaultAction) -> None:
+        assert isinstance(a, Crash)
+        node = self.nodes[a.node]
+        if node.state != UP:
+            return
+        store = self._take_down(node, "crashed")
+        if store is not None and self.cfg.backend != "memory":
+            store.backend.close()  # unclean: no Store.close(), just release the files
+        if isinstance(node.backend, SimDisk) and node.backend.volatile:
+            self.c["power_cuts"] += 1
+            self.c["unsynced_reverted"] += node.backend.power_cut()
+            node.power_lost = True
+        self.c["crashes"] += 1
+
+    def _a_shutdown(self, a: FaultAction) -> None:
+        assert isinstance(a, Shutdown)
+        node = self.nodes[a.node]
+        if node.state != UP:
+            return
+        store = self._take_down(node, "shut down")
+        if store is not None:
+            store.close()
+        if isinstance(node.backend, SimDisk):
+            self.sync_disk(node, force=True)
+        self.c["shutdowns"] += 1
+
+    def _a_restart(self, a: FaultAction) -> None:
+        assert isinstance(a, Restart)
+        node = self.nodes[a.node]
+        if node.state != DOWN:
+            return
+        node.clock.jump(a.clock_jump_ms)
+        self._open_store(node)
+        self.c["restarts"] += 1
+        self._start_links(node)
+
+    def _a_join(self, a: FaultAction) -> None:
+        assert isinstance(a, Join)
+        node = self.nodes[a.node]
+        if node.state != PENDING:
+            return
+        self._open_store(node)
+        self.c["joins"] += 1
+        self._start_links(node)
+
+    def _a_jump(self, a: FaultAction) -> None:
+        assert isinstance(a, ClockJump)
+        self.nodes[a.node].clock.jump(a.delta_ms)
+
+    def _a_freeze(self, a: FaultAction) -> None:
+        assert isinstance(a, Freeze)
+        self.nodes[a.node].clock.freeze()
+
+    def _a_unfreeze(self, a: FaultAction) -> None:
+        assert isinstance(a, Unfreeze)
+        self.nodes[a.node].clock.unfreeze()
+
+    def _a_cut(self, a: FaultAction) -> None:
+        conns = self.links.conns
+        if conns:
+            ids = list(conns)
+            conn = conns[ids[self.sched_rng.randrange(len(ids))]]
+            self.c["cuts"] += 1
+            self.links.reset(conn, "connection cut")
+
+    def _a_faults(self, a: FaultAction) -> None:
+        assert isinstance(a, SetLinkFaults)
+        self.network.faults = a.faults
+
+    def _a_burst(self, a: FaultAction) -> None:
+        assert isinstance(a, Burst)
+        up = [n for n in self.nodes if n.state == UP and n.store is not None and not n.rogue]
+        if not up or not a.keys:
+            return
+        stores = [n.store for n in up if n.store is not None]
+        wall = max([s.hlc.last >> LOGICAL_BITS for s in stores] + [n.clock() for n in up])
+        for n in self.nodes:
+            n.clock.freeze(wall + 1)
+        self.c["bursts"] += 1
+        for n in up:
+            writes = tuple((k, {"burst": n.index, "n": self.c["bursts"]}, False) for k in a.keys)
+            self.write(n.index, Op("batch", writes))
+
+
+_ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
+    Partition: FaultActions._a_partition,
+    Heal: FaultActions._a_heal,
+    Crash: FaultActions._a_crash,
+    Restart: FaultActions._a_restart,
+    Join: FaultActions._a_join,
+    ClockJump: FaultActions._a_jump,
+    Freeze: FaultActions._a_freeze,
+    Unfreeze: FaultActions._a_unfreeze,
+    Cut: FaultActions._a_cut,
+    SetLinkFaults: FaultActions._a_faults,
+    Burst: FaultActions._a_burst,
+    Shutdown: FaultActions._a_shutdown,
+}
