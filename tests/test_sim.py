@@ -576,3 +576,22 @@ def test_soak_many_seeds(scenario: str) -> None:
     for seed in range(1, 21):
         r = sim.run(scenario, nodes=8, ops=3000, seed=seed)
         assert_passed(r)
+
+
+def test_quiet_check_catches_quiet_live_sessions_timed_out(monkeypatch: Any) -> None:
+    """The clean scenario lingers after converging; a policy that lets quiet live sessions
+    hit the idle timeout (as the old simulator did, unlike the node) must fail the run."""
+    import dataclasses
+
+    honest = Simulation._link_config
+
+    def without_keepalives(self: Simulation, *, live: bool, mode: str = "both") -> Any:
+        return dataclasses.replace(honest(self, live=live, mode=mode), keepalive_s=1e6)
+
+    good = sim.run("clean", nodes=4, ops=300, seed=1)
+    assert good.ok and good.checks["quiet_sessions_kept"] and good.quiet_timeouts == 0
+    monkeypatch.setattr(Simulation, "_link_config", without_keepalives)
+    bad = sim.run("clean", nodes=4, ops=300, seed=1)
+    assert bad.converged and bad.oracle_match
+    assert bad.checks["quiet_sessions_kept"] is False and bad.quiet_timeouts > 0
+    assert not bad.ok

@@ -1,0 +1,468 @@
+"""The sans-I/O core without a store or a network: PeerLink policy and deferred storage.
+
+Two links talk through an in-memory wire driven by hand with explicit times; storage
+requests are performed when the test says so. The replica is a small fake implementing
+:class:`crdt_kv.protocol.Replica`, so the protocol is tested without any store.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdt_kv.errors import ClockSkewError, LocalProtocolError, RemoteProtocolError
+from crdt_kv.protocol import (
+    Ack,
+    ApplyBatch,
+    Batch,
+    BatchApplied,
+    CaughtUp,
+    CloseConnection,
+    DialDue,
+    FrameDecoder,
+    LinkConfig,
+    LinkFailed,
+    LinkState,
+    PeerLink,
+    ReadLog,
+    Replica,
+    Session,
+    SessionEnded,
+    SyncComplete,
+    decode_message,
+)
+from crdt_kv.version import RawEntry
+
+WALL = 1_700_000_000_000
+
+
+@dataclass
+class FakeReplica:
+    """An in-memory replica: a compact log (one entry per key), LWW by (hlc, peer)."""
+
+    peer_id: str
+    incarnation: bytes = b"\x07" * 16
+    key_encoding: str = "utf-8"
+    value_encoding: str = "cbor"
+    max_ahead: int = 1 << 40
+    hlc: int = WALL << 16
+    data: dict[bytes, RawEntry] = field(default_factory=dict)
+    source: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
+    cursors: dict[tuple[str, bytes], int] = field(default_factory=dict)
+    seq: int = 0
+    applies: int = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq
+
+    def clock_now(self) -> int:
+        self.hlc += 1
+        return self.hlc
+
+    def observe_clock(self, stamp: int) -> None:
+        if stamp - self.hlc > self.max_ahead:
+            raise ClockSkewError(
+                f"stamp {stamp} too far ahead",
+                remote_hlc=stamp,
+                local_wall_ms=WALL,
+                max_offset_ms=0,
+            )
+        self.hlc = max(self.hlc, stamp)
+
+    def cursor(self, peer: str, incarnation: bytes) -> int:
+        return self.cursors.get((peer, incarnation), 0)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._store(RawEntry(key.encode(), value, self.clock_now(), self.peer_id, False), None)
+
+    def _store(self, e: RawEntry, src: tuple[str, bytes] | None) -> None:
+        self.seq += 1
+        self.data[e.key] = RawEntry(e.key, e.value, e.hlc, e.peer, e.deleted, self.seq)
+        if src is None:
+            self.source.pop(e.key, None)
+        else:
+            self.source[e.key] = src
+
+    def read_changes(
+        self,
+        since: int,
+        *,
+        limit: int,
+        exclude_source: tuple[str, bytes] | None = None,
+        stop_at: int | None = None,
+        max_bytes: int | None = None,
+    ) -> list[RawEntry]:
+        rows = sorted((e for e in self.data.values() if e.seq > since), key=lambda e: e.seq)
+        out: list[RawEntry] = []
+        size = 0
+        for e in rows:
+            if stop_at is not None and e.seq > stop_at:
+                break
+            if exclude_source is not None and self.source.get(e.key) == exclude_source:
+                continue
+            out.append(e)
+            size += len(e.key) + len(e.value) + 24
+            if len(out) >= limit or (max_bytes is not None and size >= max_bytes):
+                break
+        return out
+
+    def apply_raw(
+        self, entries: Sequence[RawEntry], *, cursor: tuple[str, bytes, int] | None = None
+    ) -> int:
+        self.applies += 1
+        top = max((e.hlc for e in entries), default=0)
+        if top - self.hlc > self.max_ahead:
+            raise ClockSkewError(
+                f"entry stamp {top} too far ahead",
+                remote_hlc=top,
+                local_wall_ms=WALL,
+                max_offset_ms=0,
+            )
+        self.hlc = max(self.hlc, top)
+        changed = 0
+        src = (cursor[0], cursor[1]) if cursor is not None else None
+        for e in entries:
+            cur = self.data.get(e.key)
+            if cur is None or (e.hlc, e.peer) > (cur.hlc, cur.peer):
+                self._store(e, src)
+                changed += 1
+        if cursor is not None:
+            self.cursors[(cursor[0], cursor[1])] = cursor[2]
+        return changed
+
+    def state(self) -> dict[bytes, tuple[bytes, int, str]]:
+        return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}
+
+
+def test_fake_replica_satisfies_the_protocol() -> None:
+    r: Replica = FakeReplica("a")
+    assert r.last_seq == 0
+
+
+class Wire:
+    """Two links on one connection; bytes move only when :meth:`pump` is called."""
+
+    def __init__(self, a: PeerLink, b: PeerLink, *, defer: bool = False) -> None:
+        self.links = (a, b)
+        self.defer = defer
+        self.events: tuple[list[Any], list[Any]] = ([], [])
+        self.sent: tuple[list[bytes], list[bytes]] = ([], [])
+
+    def drain_events(self) -> None:
+        for i, link in enumerate(self.links):
+            self.events[i].extend(link.events())
+
+    def perform(self, now: float) -> int:
+        """Perform every pending storage request; returns how many."""
+        n = 0
+        for link in self.links:
+            while (req := link.storage_request()) is not None:
+                try:
+                    result = req.perform(link.replica)
+                except Exception as exc:
+                    link.storage_failed(req, exc, now)
+                else:
+                    link.storage_done(req, result, now)
+                n += 1
+        return n
+
+    def pump(self, now: float, *, rounds: int = 100) -> None:
+        for _ in range(rounds):
+            moved = self.perform(now)
+            for i, link in enumerate(self.links):
+                data = link.data_to_send()
+                if data:
+                    self.sent[i].append(data)
+                    self.links[1 - i].receive_data(data, now)
+                    moved += 1
+            if not moved:
+                break
+        self.drain_events()
+
+
+def connect(a: PeerLink, b: PeerLink, now: float, *, defer: bool = False) -> Wire:
+    a.connection_made(now)
+    b.connection_made(now)
+    return Wire(a, b, defer=defer)
+
+
+def _link(replica: FakeReplica, role: str, now: float = 0.0, **cfg: Any) -> PeerLink:
+    return PeerLink(
+        replica,
+        role=role,
+        config=LinkConfig(**cfg),
+        rng=random.Random(1),
+        now=now,
+        defer_storage=True,
+        label=replica.peer_id,
+    )
+
+
+def kinds(events: list[Any]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# --- deferred storage in the session ---------------------------------------------------
+
+
+def test_deferred_session_acks_only_after_the_apply_is_done() -> None:
+    ra, rb = FakeReplica("a"), FakeReplica("b")
+    for i in range(5):
+        ra.put(f"k{i}", b"v")
+    a = Session(ra, defer_storage=True, max_batch_entries=2)
+    b = Session(rb, defer_storage=True, max_batch_entries=2)
+    a.start()
+    b.start()
+    b.receive_data(a.data_to_send())
+    a.receive_data(b.data_to_send())  # b's Request: a wants to read its log
+    req = a.storage_request()
+    assert isinstance(req, ReadLog)
+    assert a.storage_request() is None  # one at a time
+    a.storage_done(req, req.perform(ra))
+    for _ in range(3):
+        r = a.storage_request()
+        if r is None:
+            break
+        a.storage_done(r, r.perform(ra))
+    out = a.data_to_send()
+    batches = [m for m in map(decode_message, FrameDecoder().feed(out)) if isinstance(m, Batch)]
+    assert len(batches) >= 2
+    events = b.receive_data(out)
+    assert not any(isinstance(e, BatchApplied) for e in events)
+    apply = b.storage_request()
+    while isinstance(apply, ReadLog):  # b's own (empty) log for a, asked for first
+        b.storage_done(apply, apply.perform(rb))
+        apply = b.storage_request()
+    assert isinstance(apply, ApplyBatch)
+    assert not any(
+        isinstance(m, Ack) for m in map(decode_message, FrameDecoder().feed(b.data_to_send()))
+    )
+    assert rb.applies == 0  # nothing touched the replica yet: later frames wait their turn
+    events = b.storage_done(apply, apply.perform(rb))
+    assert [type(e) for e in events] == [BatchApplied]
+    acks = [m for m in map(decode_message, FrameDecoder().feed(b.data_to_send()))]
+    assert [m for m in acks if isinstance(m, Ack)] == [Ack(2)]
+    with pytest.raises(LocalProtocolError):
+        b.storage_done(apply, 0)  # not handed out any more
+
+
+def test_deferred_apply_refused_for_skew_fails_the_session_whole() -> None:
+    ra, rb = FakeReplica("a"), FakeReplica("b", max_ahead=10)
+    a, b = _link(ra, "once", live=False), _link(rb, "once", live=False)
+    wire = connect(a, b, 0.0)
+    ra.hlc += 1000
+    ra.put("k", b"v")
+    wire.pump(0.0)
+    assert rb.state() == {} and rb.cursors == {}
+    assert b.state is LinkState.CLOSING
+    b.connection_lost(0.0)
+    [ended] = [e for e in b.events() if isinstance(e, SessionEnded)]
+    assert isinstance(ended.error, ClockSkewError) and "peer 'a'" in str(ended.error)
+    assert ended.stats.skew_rejected == 1
+
+
+# --- the link ---------------------------------------------------------------------------
+
+
+def test_dial_link_dials_at_once_syncs_and_schedules_the_next_round() -> None:
+    ra, rb = FakeReplica("a"), FakeReplica("b")
+    ra.put("x", b"1")
+    a = _link(ra, "dial", live=False, sync_interval_s=4.0, min_sync_interval_s=1.0)
+    assert a.get_timer() == 0.0
+    a.handle_timer(0.0)
+    assert kinds(a.events()) == ["DialDue"]
+    assert a.state is LinkState.DIALING
+    b = _link(rb, "once", live=False)
+    wire = connect(a, b, 0.1)
+    wire.pump(0.1)
+    assert rb.state() == ra.state()
+    ev_a = wire.events[0]
+    assert "SyncComplete" in kinds(ev_a)
+    assert any(isinstance(e, CaughtUp) and e.peer_id == "b" for e in ev_a)
+    [close] = [e for e in ev_a if isinstance(e, CloseConnection)]
+    assert close == CloseConnection(flush=True, graceful=True)
+    assert a.state is LinkState.CLOSING
+    a.connection_lost(0.2)
+    [ended] = [e for e in a.events() if isinstance(e, SessionEnded)]
+    assert ended.error is None and ended.complete
+    assert a.state is LinkState.WAITING
+    # The round moved data: the interval halves (4 s -> 2 s), jittered by 0.8-1.0.
+    timer = a.get_timer()
+    assert timer is not None and 0.2 + 1.6 <= timer <= 0.2 + 2.0
+    # A commit lets the next round start early, but not before the minimum interval.
+    a.local_changed(0.3)
+    assert a.get_timer() == pytest.approx(1.2)
+
+
+def test_failed_dials_back_off_and_commits_do_not_cut_it_short() -> None:
+    a = _link(FakeReplica("a"), "dial", live=False, backoff_base_s=0.5, backoff_max_s=4.0)
+    now = 0.0
+    gaps = []
+    for _ in range(6):
+        t = a.get_timer()
+        assert t is not None
+        gaps.append(t - now)
+        now = t
+        a.handle_timer(now)
+        assert isinstance(a.next_event(), DialDue)
+        a.connection_failed(now, ConnectionRefusedError("nobody home"))
+        [failed] = [e for e in a.events() if isinstance(e, LinkFailed)]
+        assert failed.dialing and failed.failures == a.failures
+        a.local_changed(now + 0.01)
+    assert gaps[0] == 0.0
+    # Equal jitter: 0.25-0.5, 0.5-1, 1-2, 2-4, then capped at 2-4.
+    for gap, cap in zip(gaps[1:], [0.5, 1.0, 2.0, 4.0, 4.0], strict=True):
+        assert cap / 2 <= gap <= cap
+    assert a.failures == 6
+
+
+def test_handshake_timeout_closes_and_counts_a_failure() -> None:
+    a = _link(FakeReplica("a"), "dial", live=False, handshake_timeout_s=2.0)
+    a.handle_timer(0.0)
+    a.events()
+    a.connection_made(0.0)
+    a.data_to_send()  # our Hello, never answered
+    assert a.get_timer() == 2.0
+    a.handle_timer(1.9)
+    assert a.events() == []
+    a.handle_timer(2.0)
+    assert CloseConnection(flush=True, graceful=False) in a.events()
+    a.connection_lost(2.0)
+    events = a.events()
+    [ended] = [e for e in events if isinstance(e, SessionEnded)]
+    assert ended.timed_out and isinstance(ended.error, RemoteProtocolError)
+    assert "said nothing for 2 s" in str(ended.error)
+    assert any(isinstance(e, LinkFailed) for e in events)
+
+
+def _live_pair(**cfg: Any) -> tuple[Wire, FakeReplica, FakeReplica]:
+    ra, rb = FakeReplica("a"), FakeReplica("b")
+    ra.put("k", b"v")
+    a = _link(ra, "dial", live=True, **cfg)
+    b = _link(rb, "once", live=True, **cfg)
+    a.handle_timer(0.0)
+    a.events()
+    wire = connect(a, b, 0.0)
+    wire.pump(0.0)
+    assert a.tailing and b.tailing
+    return wire, ra, rb
+
+
+@pytest.mark.parametrize("keepalive", [True, False])
+def test_quiet_live_session_survives_on_keepalives(keepalive: bool) -> None:
+    """A tailing live session with nothing to say stays up for many idle timeouts, because
+    each side sends a keep-alive; without keep-alives the idle timeout would drop it (the
+    rule the simulator and the node once applied differently)."""
+    cfg: dict[str, Any] = {"idle_timeout_s": 3.0}
+    if not keepalive:
+        cfg["keepalive_s"] = 1000.0
+    wire, ra, rb = _live_pair(**cfg)
+    now = 0.0
+    while now < 30.0:
+        timers = [t for t in (lk.get_timer() for lk in wire.links) if t is not None]
+        now = min(timers)
+        for lk in wire.links:
+            lk.handle_timer(now)
+        wire.pump(now)
+        if any(isinstance(e, CloseConnection) for e in wire.events[0] + wire.events[1]):
+            break
+    closed = [e for e in wire.events[0] + wire.events[1] if isinstance(e, CloseConnection)]
+    if keepalive:
+        assert not closed and all(lk.tailing for lk in wire.links)
+        ra.put("later", b"w")
+        wire.links[0].local_changed(now)
+        wire.pump(now)
+        assert rb.state() == ra.state()
+    else:
+        assert closed and now == pytest.approx(3.0)
+
+
+def test_live_push_waits_for_the_push_delay() -> None:
+    wire, ra, rb = _live_pair(push_delay_s=0.05)
+    a = wire.links[0]
+    ra.put("new", b"1")
+    a.local_changed(1.0)
+    wire.pump(1.0)
+    assert b"new" not in rb.data
+    assert a.get_timer() == pytest.approx(1.05)
+    a.handle_timer(1.05)
+    wire.pump(1.05)
+    assert rb.state() == ra.state()
+
+
+def test_close_ends_a_dial_link_for_good() -> None:
+    wire, _, _ = _live_pair()
+    a = wire.links[0]
+    a.close(5.0)
+    assert CloseConnection(flush=True, graceful=True) in a.events()
+    a.connection_lost(5.0)
+    assert a.state is LinkState.CLOSED and a.get_timer() is None
+    a.close(6.0)  # idempotent
+
+
+def test_link_refuses_inputs_its_table_does_not_allow() -> None:
+    a = _link(FakeReplica("a"), "once")
+    with pytest.raises(LocalProtocolError):
+        a.connection_failed(0.0, OSError("no dial was asked for"))
+
+
+@dataclass(frozen=True)
+class _Op:
+    side: int
+    key: int
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    writes=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 30)), max_size=80),
+    chunk=st.integers(1, 64),
+    batch=st.integers(1, 7),
+    lag=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_chunking_and_storage_timing_converges(
+    writes: list[tuple[int, int]], chunk: int, batch: int, lag: int, seed: int
+) -> None:
+    """However bytes are split and however late storage work completes, a one-shot sync
+    between two links leaves both replicas equal and acknowledges only what was applied."""
+    rng = random.Random(seed)
+    reps = (FakeReplica("a"), FakeReplica("b"))
+    for n, (side, key) in enumerate(writes):
+        reps[side].hlc += rng.randrange(3)
+        reps[side].put(f"k{key}", n.to_bytes(2, "big"))
+    links = [
+        _link(reps[0], "once", live=False, max_batch_entries=batch),
+        _link(reps[1], "once", live=False, max_batch_entries=batch),
+    ]
+    for lk in links:
+        lk.connection_made(0.0)
+    buffers = [b"", b""]
+    held: list[tuple[int, Any]] = []
+    for _ in range(10_000):
+        progressed = False
+        for i, lk in enumerate(links):
+            req = lk.storage_request()
+            if req is not None:
+                held.append((i, req))
+            buffers[i] += lk.data_to_send()
+        if held and (len(held) > lag or rng.random() < 0.5):
+            i, req = held.pop(rng.randrange(len(held)))
+            links[i].storage_done(req, req.perform(reps[i]), 0.0)
+            progressed = True
+        for i in (0, 1):
+            if buffers[i]:
+                piece, buffers[i] = buffers[i][:chunk], buffers[i][chunk:]
+                links[1 - i].receive_data(piece, 0.0)
+                progressed = True
+        if not progressed and not held:
+            break
+    events = [e for lk in links for e in lk.events()]
+    assert sum(isinstance(e, SyncComplete) for e in events) == 2
+    assert reps[0].state() == reps[1].state()
