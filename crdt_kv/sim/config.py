@@ -39,7 +39,7 @@ class SimConfig:
     duration_ms: float | None = None
     gossip_ms: float = 1000.0
     gossip_mode: str = "both"
-    gossip_fanout: int = 2
+    gossip_fanout: int | None = None
     live_peers: int = 0
     live_ring: int | None = None
     live_flush_ms: float = 20.0
@@ -77,7 +77,8 @@ class SimConfig:
             )
         if self.resolver is not None and not callable(self.resolver):
             raise ConfigError("resolver must be callable (a, b) -> bool")
-        if not isinstance(self.gossip_fanout, int) or self.gossip_fanout < 0:
+        fanout = self.gossip_fanout
+        if fanout is not None and (not isinstance(fanout, int) or fanout < 0):
             raise ConfigError(f"gossip_fanout must be an int >= 0, got {self.gossip_fanout!r}")
         for name in (
             "gossip_ms",
@@ -89,6 +90,12 @@ class SimConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    def effective_fanout(self) -> int:
+        """Round links per node besides its ring successor: ``gossip_fanout``, default
+        none (each extra link makes every entry arrive once more at every node, and the
+        ring alone converges in a few seconds)."""
+        return self.gossip_fanout if self.gossip_fanout is not None else 0
 
     def effective_keys(self) -> int:
         """The key-space size: ``keys`` or ops/10 clamped to 20..250.

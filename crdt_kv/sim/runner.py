@@ -118,6 +118,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.lingering = False
         self._auto = False
         self._targets: dict[int, tuple[list[int], list[int]]] = {}
+        self._ring: dict[int, int] | None = None
         self.accept_config = self._round_cfg = self._live_cfg = self._link_config(live=True)
         self.duration_ms = cfg.effective_duration_ms()
         self._tmp: str | None = None
@@ -307,14 +308,19 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.links.drop(msg)
 
     def _round_targets(self, i: int) -> list[int]:
-        """Peers node ``i`` syncs with in rounds: its ring successor and ``gossip_fanout``
-        others drawn from the seed (together a connected graph of small diameter)."""
+        """Peers node ``i`` syncs with in rounds: its successor on a ring in an order
+        drawn from the seed (connected, one link per node, like the old one partner per
+        gossip period), plus ``effective_fanout()`` more peers drawn from the seed."""
         n = len(self.nodes)
+        if self._ring is None:
+            order = list(range(n))
+            self.sched_rng.shuffle(order)
+            self._ring = {order[k]: order[(k + 1) % n] for k in range(n)}
         live = set(self._live_targets(i))
-        picks = [(i + 1) % n]
+        picks = [self._ring[i]]
         others = [j for j in range(n) if j != i and j not in picks]
         self.sched_rng.shuffle(others)
-        picks.extend(others[: self.cfg.gossip_fanout])
+        picks.extend(others[: self.cfg.effective_fanout()])
         return [j for j in picks if j not in live]
 
     def _live_targets(self, i: int) -> list[int]:
