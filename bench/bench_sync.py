@@ -555,7 +555,17 @@ def lag_stats(lags: list[float]) -> dict[str, Any]:
     """
     ms = sorted(x * 1e3 for x in lags)
     if not ms:
-        return {"samples": 0, "p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+        nan = math.nan
+        return {
+            "samples": 0,
+            "p50_ms": nan,
+            "p99_ms": nan,
+            "max_ms": nan,
+            "over_10ms": 0,
+            "over_50ms": 0,
+            "tw_p50_ms": nan,
+            "share_in_waits_over_10ms": nan,
+        }
     qs = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [ms[0]] * 99
     step = PROBE_SLEEP * 1e3
     total = sum(step + x for x in ms)
