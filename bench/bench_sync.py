@@ -12,7 +12,13 @@ Measures (issue 4, "Speed"):
    paired per-round ratios, not of figures taken minutes apart on a shared machine;
 3. write-to-visible latency on a live session: p50/p99 over ``--writes`` paced writes;
 4. the same full and delta sync with ``pycrdt`` (a Y.Map in memory): ``doc.get_update()``
-   applied to a fresh doc, then 100 changes sent with a state vector.
+   applied to a fresh doc, then 100 changes sent with a state vector;
+5. event-loop health during a durable catch-up (``loop_health``): a ``crdt_kv.serve`` node
+   in a second process holds ``--loop-n`` entries (default 100,000, 100-character values);
+   a fresh receiver opened with ``sync_writes=True`` (and, for contrast, ``False``) catches
+   up under ``serve(live=False)`` here while a trio task sleeps 1 ms in a loop and records
+   how late it woke ("loop wait"): p50/p99/max per sample, plus time-weighted figures.
+   ``--loop-only`` runs just this; ``--no-loop`` skips it.
 
 Wire bytes are counted at the socket (every byte both sides wrote: Hello, Request, Batch,
 Ack frames), so they are comparable across engines; pycrdt's figure is its update alone
@@ -24,7 +30,8 @@ alone; ``--profile`` prints where a full sync spends its time. Every run checks 
 stores converged (equal digests, all keys), so nothing is timed that did not happen.
 
 Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--stages] [--profile]
-[--json]``.
+[--json]``; the loop measurement alone: ``bench/bench_sync.py --loop-only [--loop-n N]
+[--loop-repeat R] [--loop-sync-writes both|true|false]``.
 """
 
 from __future__ import annotations
@@ -70,12 +77,19 @@ def value_of(i: int, gen: int = 0) -> str:
     return f"value-{gen:02d}-{i:07d}"
 
 
-def fill(store: Store, n: int, *, chunk: int = 10_000) -> None:
+def padded_value(i: int) -> str:
+    """A 100-character value (102 bytes as CBOR): the loop-health catch-up's payload."""
+    return f"{value_of(i)}-".ljust(100, "x")
+
+
+def fill(
+    store: Store, n: int, *, chunk: int = 10_000, value: Callable[[int], Any] = value_of
+) -> None:
     """Write ``n`` keys in atomic batches of ``chunk`` (one commit each)."""
     for lo in range(0, n, chunk):
         with store.batch() as b:
             for i in range(lo, min(n, lo + chunk)):
-                b.put(key_of(i), value_of(i))
+                b.put(key_of(i), value(i))
 
 
 def change(store: Store, keys: list[int], gen: int) -> None:
@@ -501,6 +515,243 @@ def full_sync_two_procs(
     return out
 
 
+# --- event-loop health during a durable catch-up ----------------------------------------------
+
+PROBE_SLEEP = 0.001
+
+
+def _serve_node_process(path: str, n: int, conn: Any, session_options: dict[str, Any]) -> None:
+    """Child process: fill a RocksDB store with ``n`` entries and serve it with a Node.
+
+    Sends ``(port, digest, len)`` through ``conn`` once listening; stops when the parent
+    writes anything to ``conn`` (or closes it). Its own CPU work (log scan, encoding) runs
+    on its own interpreter, so it cannot block the receiver's event loop.
+    """
+    store = crdt_kv.open(path, peer_id="a", backend="rocksdb")
+    try:
+        fill(store, n, value=padded_value)
+
+        async def main() -> None:
+            async with crdt_kv.serve(
+                store, listen="127.0.0.1:0", live=False, session_options=session_options
+            ) as node:
+                conn.send((node.address[1], store.digest(), len(store)))
+                await trio.lowlevel.wait_readable(conn.fileno())
+
+        trio.run(main)
+    finally:
+        store.close()
+
+
+def lag_stats(lags: list[float]) -> dict[str, Any]:
+    """Per-sample count, p50/p99/max (ms) and how many waits exceeded 10 and 50 ms.
+
+    Per-sample figures count one sample per probe iteration, so a loop blocked for 40 ms
+    yields one sample where a free loop yields forty: they answer "how late is a 1 ms
+    sleeper, per wake-up". Two time-weighted figures say how much of the time the loop was
+    blocked: ``tw_p50_ms``, the wait of the iteration in progress at the median instant
+    (each sample weighted by its length, 1 ms + wait), and ``share_in_waits_over_10ms``,
+    the fraction of the probe's time spent inside waits longer than 10 ms.
+    """
+    ms = sorted(x * 1e3 for x in lags)
+    if not ms:
+        nan = math.nan
+        return {
+            "samples": 0,
+            "p50_ms": nan,
+            "p99_ms": nan,
+            "max_ms": nan,
+            "over_10ms": 0,
+            "over_50ms": 0,
+            "tw_p50_ms": nan,
+            "share_in_waits_over_10ms": nan,
+        }
+    qs = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [ms[0]] * 99
+    step = PROBE_SLEEP * 1e3
+    total = sum(step + x for x in ms)
+    acc, tw_p50 = 0.0, ms[-1]
+    for x in ms:
+        acc += step + x
+        if acc >= total / 2:
+            tw_p50 = x
+            break
+    return {
+        "samples": len(ms),
+        "p50_ms": qs[49],
+        "p99_ms": qs[98],
+        "max_ms": ms[-1],
+        "over_10ms": sum(x > 10 for x in ms),
+        "over_50ms": sum(x > 50 for x in ms),
+        "tw_p50_ms": tw_p50,
+        "share_in_waits_over_10ms": sum(step + x for x in ms if x > 10) / total,
+    }
+
+
+async def _probe(lags: list[float]) -> None:
+    """Sleep 1 ms in a loop; record how far past its deadline each wake-up came."""
+    now = trio.current_time
+    while True:
+        t0 = now()
+        await trio.sleep(PROBE_SLEEP)
+        lags.append(now() - t0 - PROBE_SLEEP)
+
+
+async def idle_probe(seconds: float) -> list[float]:
+    """The probe alone for ``seconds``: the loop's noise floor on this machine."""
+    lags: list[float] = []
+    with trio.move_on_after(seconds):
+        await _probe(lags)
+    return lags
+
+
+async def catch_up_with_probe(
+    store: Store, sender: str, n: int, session_options: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Serve ``store`` (empty) with ``sender`` as its one peer until it holds ``n`` keys.
+
+    ``live=False``: the node's round loop starts its first round with the sender at once,
+    and that one non-live session streams the whole log (no ``sync_now`` needed; the
+    result records how many rounds it took). The probe runs from before the node starts
+    until the store holds all ``n`` keys; the figures stop there.
+    """
+    lags: list[float] = []
+    done = trio.Event()
+    changes = 0
+
+    def on_change(_ev: Any) -> None:
+        nonlocal changes
+        changes += 1
+        if len(store) >= n:
+            done.set()
+
+    probe_scope = trio.CancelScope()
+
+    async def probe() -> None:
+        with probe_scope:
+            await _probe(lags)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        await trio.sleep(0)  # the probe takes its first sample before the node starts
+        t0 = time.perf_counter()
+        async with crdt_kv.serve(
+            store,
+            listen="127.0.0.1:0",
+            peers=[sender],
+            live=False,
+            session_options=session_options,
+        ) as node:
+            node.on("change", on_change)
+            with trio.fail_after(timeout):
+                await done.wait()
+            seconds = time.perf_counter() - t0
+            probe_scope.cancel()
+            # Not timed: let the round end cleanly (its final Ack) before the node stops.
+            with trio.move_on_after(10):
+                while not any(s.get("rounds_completed") for s in node.stats().values()):
+                    await trio.sleep(0.01)
+            peer_stats = {
+                k: {f: v.get(f) for f in ("rounds_completed", "batches_received", "sessions")}
+                for k, v in node.stats().items()
+            }
+    return {
+        "seconds": seconds,
+        "entries_per_s": n / seconds,
+        "change_events": changes,
+        "peers": peer_stats,
+        "lags": lags,
+    }
+
+
+def loop_health(
+    wd: Workdir,
+    n: int,
+    *,
+    repeat: int,
+    sync_modes: tuple[bool, ...],
+    session_options: dict[str, Any],
+    idle_seconds: float = 1.0,
+    timeout: float = 600.0,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Event-loop health of a receiver applying an ``n``-entry catch-up.
+
+    The sender (``n`` entries, 100-character values) is a ``crdt_kv.serve`` node in a
+    second process. Each run opens a fresh RocksDB receiver (``sync_writes`` per
+    ``sync_modes``) in this process and serves it under ``trio.run`` with the sender as
+    its peer, while a probe task sleeps 1 ms in a loop and records how long past its
+    deadline it woke ("loop wait"). Every run checks convergence (all ``n`` keys, digest
+    equal to the sender's). Modes take turns run by run, so load drift hits both alike.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    path = wd.new_path("loop-a")
+    proc = ctx.Process(
+        target=_serve_node_process, args=(path, n, child, session_options), daemon=True
+    )
+    proc.start()
+    out: dict[str, Any] = {
+        "n": n,
+        "value_chars": len(padded_value(0)),
+        "probe_sleep_ms": PROBE_SLEEP * 1e3,
+        "session_options": session_options,
+        "topology": "sender: crdt_kv.serve node in a 2nd process; receiver: serve(live=False)",
+    }
+    try:
+        if not parent.poll(max(60.0, n / 5_000)):
+            raise RuntimeError("loop-health sender process did not start")
+        port, digest, count = parent.recv()
+        if count != n:
+            raise RuntimeError(f"loop-health sender holds {count} of {n} keys")
+        sender = f"127.0.0.1:{port}"
+        idle = trio.run(idle_probe, idle_seconds)
+        out["idle"] = {"seconds": idle_seconds, **lag_stats(idle)}
+        runs: dict[bool, list[dict[str, Any]]] = {m: [] for m in sync_modes}
+        for r in range(repeat):
+            for sync_writes in sync_modes if r % 2 == 0 else sync_modes[::-1]:
+                log(f"  run {r + 1}/{repeat}, sync_writes={sync_writes} ...")
+                b = crdt_kv.open(
+                    wd.new_path("loop-b"), peer_id="b", backend="rocksdb", sync_writes=sync_writes
+                )
+                try:
+                    res = trio.run(catch_up_with_probe, b, sender, n, session_options, timeout)
+                    if len(b) != n or b.digest() != digest:
+                        raise RuntimeError(
+                            f"loop-health catch-up did not converge ({len(b)} of {n} keys)"
+                        )
+                finally:
+                    b.close()
+                lags = res.pop("lags")
+                res.update(lag_stats(lags))
+                res["load_1m"] = os.getloadavg()[0]
+                runs[sync_writes].append(res)
+                log(
+                    f"    {res['entries_per_s']:,.0f} entries/s, loop wait p50 "
+                    f"{res['p50_ms']:.2f} p99 {res['p99_ms']:.2f} max {res['max_ms']:.1f} ms, "
+                    f"time-weighted p50 {res['tw_p50_ms']:.1f} ms, "
+                    f"{res['share_in_waits_over_10ms']:.0%} of the time in waits > 10 ms"
+                )
+        for sync_writes, rs in runs.items():
+            out["sync" if sync_writes else "nosync"] = {
+                "sync_writes": sync_writes,
+                "runs": rs,
+                "p50_ms": med([r["p50_ms"] for r in rs]),
+                "p99_ms": med([r["p99_ms"] for r in rs]),
+                "max_ms": max(r["max_ms"] for r in rs),
+                "tw_p50_ms": med([r["tw_p50_ms"] for r in rs]),
+                "share_in_waits_over_10ms": med([r["share_in_waits_over_10ms"] for r in rs]),
+                "entries_per_s": med([r["entries_per_s"] for r in rs]),
+            }
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    return out
+
+
 # --- profile ---------------------------------------------------------------------------------
 
 PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
@@ -616,6 +867,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wd = Workdir()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
     try:
+        if args.loop_only:
+            run_loop_health(args, out, wd, log)
+            return out
         n = args.full
         log(f"building {n} entries ...")
         a = wd.store("bench-a")
@@ -761,13 +1015,99 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log("profiling one full sync ...")
             out["profile"] = profile_full_sync(runner, wd, a, kw)
         a.close()
+        if not args.no_loop:
+            run_loop_health(args, out, wd, log)
     finally:
         wd.close()
     return out
 
 
+def run_loop_health(
+    args: argparse.Namespace, out: dict[str, Any], wd: Workdir, log: Callable[[str], None]
+) -> None:
+    modes = {"both": (True, False), "true": (True,), "false": (False,)}[args.loop_sync_writes]
+    log(
+        f"loop health: {args.loop_n:,}-entry catch-up from a 2nd process, "
+        f"{args.loop_repeat} run(s) per sync_writes mode ..."
+    )
+    out["loop_health"] = loop_health(
+        wd,
+        args.loop_n,
+        repeat=args.loop_repeat,
+        sync_modes=modes,
+        session_options={"max_batch_entries": args.batch, "window": args.window},
+        log=log,
+    )
+
+
 def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Rows: (measure, crdt_kv, comparison, target, verdict)."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    if "full" in res:
+        rows += sync_verdicts(res)
+    if "loop_health" in res:
+        rows += loop_verdicts(res["loop_health"])
+    return rows
+
+
+def loop_verdicts(lh: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The loop-health rows: targets for ``sync_writes=True``, the other mode for contrast."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    idle = lh["idle"]
+    for key in ("sync", "nosync"):
+        if key not in lh:
+            continue
+        m = lh[key]
+        runs = len(m["runs"])
+        what = (
+            f"loop wait, {lh['n']:,}-entry catch-up, sync_writes={m['sync_writes']} "
+            f"({runs} run{'s' if runs > 1 else ''})"
+        )
+        per_run = ", ".join(f"{r['p50_ms']:.1f}" for r in m["runs"])
+        figures = f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.1f} ms, max {m['max_ms']:.1f} ms"
+        rate = f"{m['entries_per_s']:,.0f} entries/s; p50 per run {per_run} ms"
+        if key == "sync":
+            rows.append(
+                (
+                    what,
+                    figures,
+                    rate,
+                    "loop wait p50 <= 10 ms",
+                    "MET" if m["p50_ms"] <= 10 else "MISSED",
+                )
+            )
+            rows.append(
+                (
+                    "  (same runs)",
+                    f"max {m['max_ms']:.1f} ms (p99 {m['p99_ms']:.1f} ms)",
+                    f"{sum(r['over_50ms'] for r in m['runs'])} of "
+                    f"{sum(r['samples'] for r in m['runs']):,} waits over 50 ms; time-weighted "
+                    f"p50 {m['tw_p50_ms']:.1f} ms, {m['share_in_waits_over_10ms']:.0%} of the "
+                    "time in waits > 10 ms",
+                    "loop wait max <= 50 ms",
+                    "MET" if m["max_ms"] <= 50 else "MISSED",
+                )
+            )
+        else:
+            tw = (
+                f"; time-weighted p50 {m['tw_p50_ms']:.1f} ms, "
+                f"{m['share_in_waits_over_10ms']:.0%} of the time in waits > 10 ms"
+            )
+            rows.append((what, figures, rate + tw, "-", "-"))
+    rows.append(
+        (
+            f"loop wait, idle ({idle['seconds']:.0f} s, no sync)",
+            f"p50 {idle['p50_ms']:.2f} ms, p99 {idle['p99_ms']:.2f} ms, "
+            f"max {idle['max_ms']:.1f} ms",
+            f"{idle['samples']:,} samples (the probe's noise floor)",
+            "-",
+            "-",
+        )
+    )
+    return rows
+
+
+def sync_verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str]] = []
     full, y = res["full"], res["pycrdt"]
     ok = full["entries_per_s"] >= 50_000
@@ -867,14 +1207,40 @@ def print_report(res: dict[str, Any]) -> None:
         style = {"MET": "green", "MISSED": "red"}.get(row[4], "")
         t.add_row(*row[:4], f"[{style}]{row[4]}[/]" if style else row[4])
     console.print(t)
-    d_first = {
-        k: (round(v["first_round_ms"], 1), v["first_round_bytes"]) for k, v in res["delta"].items()
-    }
-    console.print(f"first delta round after the full sync (ms, bytes): {d_first}")
-    console.print(
-        f"pycrdt delta bytes per round: {res['pycrdt']['delta_bytes']} "
-        f"(+ {res['pycrdt']['state_vector_bytes']} B state vector)"
-    )
+    if "delta" in res:
+        d_first = {
+            k: (round(v["first_round_ms"], 1), v["first_round_bytes"])
+            for k, v in res["delta"].items()
+        }
+        console.print(f"first delta round after the full sync (ms, bytes): {d_first}")
+        console.print(
+            f"pycrdt delta bytes per round: {res['pycrdt']['delta_bytes']} "
+            f"(+ {res['pycrdt']['state_vector_bytes']} B state vector)"
+        )
+    if "loop_health" in res:
+        lh = res["loop_health"]
+        lt = Table(
+            title=f"loop wait per run: {lh['n']:,}-entry catch-up, probe sleeping "
+            f"{lh['probe_sleep_ms']:g} ms (ms past its deadline)"
+        )
+        cols = ("sync_writes", "entries/s", "samples", "p50", "p99", "max", ">10 ms", ">50 ms")
+        for col in (*cols, "tw p50", "time in >10 ms"):
+            lt.add_column(col, justify="right")
+        for key in ("sync", "nosync"):
+            for r in lh.get(key, {}).get("runs", []):
+                lt.add_row(
+                    str(lh[key]["sync_writes"]),
+                    f"{r['entries_per_s']:,.0f}",
+                    f"{r['samples']:,}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.1f}",
+                    f"{r['max_ms']:.1f}",
+                    str(r["over_10ms"]),
+                    str(r["over_50ms"]),
+                    f"{r['tw_p50_ms']:.1f}",
+                    f"{r['share_in_waits_over_10ms']:.0%}",
+                )
+        console.print(lt)
     if "sweep" in res:
         st = Table(title="full sync: max_batch_entries x window (entries/s, median)")
         st.add_column("max_batch_entries")
@@ -936,6 +1302,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile one full sync")
     ap.add_argument(
         "--stages", action="store_true", help="CPU seconds of each full-sync stage, no network"
+    )
+    ap.add_argument(
+        "--loop-only", action="store_true", help="run only the event-loop health measurement"
+    )
+    ap.add_argument("--no-loop", action="store_true", help="skip the event-loop health measurement")
+    ap.add_argument(
+        "--loop-n", type=int, default=100_000, help="entries in the loop-health catch-up"
+    )
+    ap.add_argument("--loop-repeat", type=int, default=3, help="loop-health runs per mode")
+    ap.add_argument(
+        "--loop-sync-writes",
+        choices=("both", "true", "false"),
+        default="both",
+        help="receiver sync_writes for the loop-health runs (targets apply to true)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
