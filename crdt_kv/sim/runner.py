@@ -39,9 +39,9 @@ import cbor2
 
 import crdt_kv
 from crdt_kv.backends.base import Backend
-from crdt_kv.codec import DATA, unpack_record
 from crdt_kv.errors import ConfigError
 from crdt_kv.hlc import LOGICAL_BITS
+from crdt_kv.layout import DATA, unpack_record
 from crdt_kv.protocol import (
     ConnectionClosed,
     Event,
