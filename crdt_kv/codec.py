@@ -194,7 +194,18 @@ def _kenc_binary(v: Any) -> bytes:
     return _key_size(_binary(v))
 
 
+_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+"""A str this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
+
+
 def _kenc_utf8(v: Any) -> bytes:
+    if type(v) is str and len(v) <= _SHORT_KEY_CHARS:
+        # Every put and get encodes a key: skip the helpers when no check can fail but
+        # the encoding itself (lone surrogates), which the checked path reports.
+        try:
+            return v.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
     return _key_size(_utf8(v))
 
 
@@ -236,7 +247,9 @@ def _enc_cbor(v: Any) -> bytes:
             _dec_cbor(b)
         except EncodingError as exc:
             raise EncodingError(f"value holds a CBOR tag that does not decode: {exc}") from exc
-    return _value_size(b)
+    if len(b) > MAX_VALUE_BYTES:
+        _value_size(b)  # raises
+    return b
 
 
 _FAST_DECODE_BYTES = 1024
