@@ -755,13 +755,13 @@ def loop_health(
 # --- profile ---------------------------------------------------------------------------------
 
 PROFILE_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("store.raw_changes (log scan + record reads)", ("store.py:", "raw_changes")),
+    ("store.raw_changes (log scan + record reads)", ("changelog.py:", "scan")),
     ("encode Batch (CBOR)", ("messages.py:", "encode_frame")),
     ("decode Batch (CBOR + checks)", ("messages.py:", "decode_message")),
-    ("apply_raw: validate (decode each value)", ("store.py:", "_validate")),
-    ("apply_raw: merge + commit (digest, RocksDB write)", ("store.py:", "apply_raw")),
-    ("store._commit (of which)", ("store.py:", "_commit")),
-    ("body_hash (blake2b, of which)", ("codec.py:", "body_hash")),
+    ("apply_raw: validate (decode each value)", ("merge.py:", "validate_all")),
+    ("apply_raw: merge + commit (digest, RocksDB write)", ("store/__init__.py:", "apply_raw")),
+    ("Committer.commit (of which)", ("commit.py:", "commit")),
+    ("stage_record (blake2b digest, of which)", ("layout.py:", "stage_record")),
     ("RocksDB write (of which)", ("rocksdb.py:", "write")),
 ]
 

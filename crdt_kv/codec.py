@@ -1,42 +1,73 @@
-"""Encodings of keys and values, and the on-disk record layout.
+"""Encodings of keys and values.
 
 Key encodings: ``utf-8`` (``str`` keys) and ``binary`` (``bytes`` keys). Value encodings:
 ``binary``, ``utf-8``, ``json`` and ``cbor`` (the default). Every encoder raises
 :class:`EncodingError` *before* anything is written, so a value the encoding cannot hold
 leaves the store untouched.
 
-Storage layout (format version 1, see ``spec/data-model.md``): the store keeps an ordered
-bytes map with one-byte namespaces: ``d`` + key -> record, ``l`` + seq -> log entry,
-``c`` + remote -> cursor, ``m`` + name -> metadata.
+The on-disk layout (records, change-log entries, cursors, metadata keys) lives in
+:mod:`crdt_kv.layout`; the layout names below are re-exported from there for callers that
+still reach them as ``codec.<name>``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import itertools
 import json
-import struct
 from collections.abc import Callable
 from typing import Any
 
 import cbor2
 
-from crdt_kv.errors import ConfigError, CorruptionError, EncodingError
-from crdt_kv.version import RawEntry
+from crdt_kv.errors import ConfigError, EncodingError
+from crdt_kv.layout import (  # re-exported: the layout's old home
+    DATA,
+    FORMAT_VERSION,
+    body_hash,
+    cursor_key,
+    log_key,
+    pack_log,
+    pack_record,
+    pack_source,
+    pack_u64,
+    parse_cursor_key,
+    record_body,
+    seq_of_log_key,
+    unpack_log,
+    unpack_log_source,
+    unpack_record,
+    unpack_source,
+    unpack_u64,
+)
 
 __all__ = [
+    "DATA",
     "FORMAT_VERSION",
     "KEY_ENCODINGS",
     "MAX_KEY_BYTES",
     "MAX_NESTING",
     "MAX_VALUE_BYTES",
     "VALUE_ENCODINGS",
+    "body_hash",
+    "cursor_key",
     "key_codec",
+    "log_key",
+    "pack_log",
+    "pack_record",
+    "pack_source",
+    "pack_u64",
+    "parse_cursor_key",
+    "record_body",
+    "seq_of_log_key",
+    "unpack_log",
+    "unpack_log_source",
+    "unpack_record",
+    "unpack_source",
+    "unpack_u64",
     "value_codec",
 ]
 
-FORMAT_VERSION = 1
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
@@ -163,7 +194,18 @@ def _kenc_binary(v: Any) -> bytes:
     return _key_size(_binary(v))
 
 
+_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+"""A str this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
+
+
 def _kenc_utf8(v: Any) -> bytes:
+    if type(v) is str and len(v) <= _SHORT_KEY_CHARS:
+        # Every put and get encodes a key: skip the helpers when no check can fail but
+        # the encoding itself (lone surrogates), which the checked path reports.
+        try:
+            return v.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
     return _key_size(_utf8(v))
 
 
@@ -205,7 +247,9 @@ def _enc_cbor(v: Any) -> bytes:
             _dec_cbor(b)
         except EncodingError as exc:
             raise EncodingError(f"value holds a CBOR tag that does not decode: {exc}") from exc
-    return _value_size(b)
+    if len(b) > MAX_VALUE_BYTES:
+        _value_size(b)  # raises
+    return b
 
 
 _FAST_DECODE_BYTES = 1024
@@ -266,194 +310,3 @@ def key_codec(name: str) -> tuple[Encoder, Decoder]:
         raise ConfigError(
             f"unknown key_encoding {name!r}; available: {', '.join(sorted(KEY_ENCODINGS))}"
         ) from None
-
-
-# --- storage layout -------------------------------------------------------------------
-
-DATA = b"d"
-DATA_END = b"e"
-LOG = b"l"
-LOG_END = b"m"
-CURSOR = b"c"
-CURSOR_END = b"d"
-META = b"m"
-
-_RECORD = struct.Struct(">BBQB")  # format, flags, hlc, len(peer); then peer, value, seq
-_FLAG_DELETED = 1
-_SEQ = struct.Struct(">Q")
-_TRAILER = struct.Struct(">BQ32sQ")  # kind=1, live count, digest, hlc high-water mark
-_LOG_PLAIN = b"\x00"
-_LOG_HAS_TRAILER = 1
-_LOG_HAS_SOURCE = 2
-_SOURCE = struct.Struct(">I")
-_KEYLEN = struct.Struct(">I")
-RECORD_HEAD = _RECORD.size
-
-
-def log_key(seq: int) -> bytes:
-    """The storage key of change-log position ``seq``."""
-    return LOG + _SEQ.pack(seq)
-
-
-def seq_of_log_key(k: bytes) -> int:
-    """The sequence number in a change-log key (``CorruptionError`` if malformed)."""
-    try:
-        return int(_SEQ.unpack_from(k, 1)[0])
-    except struct.error:
-        raise CorruptionError(f"malformed change-log key {k!r}") from None
-
-
-def record_body(hlc: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
-    """The replica-independent part of a record: everything but the local ``seq``.
-
-    A stored record is ``body + seq`` (8 bytes, big-endian). Keeping the body contiguous
-    lets the digest hash it as it lies on disk, and puts the old log key at ``record[-8:]``.
-    """
-    return _RECORD.pack(FORMAT_VERSION, _FLAG_DELETED if deleted else 0, hlc, len(peer_b)) + (
-        peer_b + value
-    )
-
-
-def pack_record(hlc: int, seq: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
-    """Serialise one key's register state."""
-    return record_body(hlc, peer_b, deleted, value) + _SEQ.pack(seq)
-
-
-_BLAKE2B_256 = hashlib.blake2b(digest_size=32)
-
-
-def body_hash(key: bytes, body: bytes) -> int:
-    """Digest contribution of one key's state: blake2b-256 of ``len(key) key body``.
-
-    Copying a fresh hasher is cheaper than configuring a new one (every commit hashes).
-    """
-    h = _BLAKE2B_256.copy()
-    h.update(_KEYLEN.pack(len(key)) + key + body)
-    return int.from_bytes(h.digest(), "big")
-
-
-def record_is_deleted(blob: bytes) -> bool:
-    return bool(blob[1] & _FLAG_DELETED)
-
-
-def record_value(blob: bytes) -> bytes:
-    """The encoded value inside a record (no validation: the caller checks the format)."""
-    return blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -8]
-
-
-def unpack_record(key: bytes, blob: bytes) -> RawEntry:
-    """Parse a record stored under data key ``key`` (without the namespace byte)."""
-    try:
-        fmt, flags, hlc, plen = _RECORD.unpack_from(blob)
-    except struct.error as exc:
-        raise CorruptionError(f"record of key {key!r} is truncated") from exc
-    if fmt != FORMAT_VERSION:
-        raise CorruptionError(f"record of key {key!r} has unknown format {fmt}")
-    start = RECORD_HEAD
-    if len(blob) < start + plen + 8:
-        raise CorruptionError(f"record of key {key!r} is truncated")
-    try:
-        peer = blob[start : start + plen].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise CorruptionError(f"record of key {key!r} has a corrupt peer id") from exc
-    seq = int(_SEQ.unpack_from(blob, len(blob) - 8)[0])
-    return RawEntry(key, blob[start + plen : -8], hlc, peer, bool(flags & _FLAG_DELETED), seq)
-
-
-def pack_log(key: bytes, trailer: tuple[int, int, int] | None, source: int = 0) -> bytes:
-    """Serialise a log entry; the last entry of every commit carries the store's state.
-
-    ``trailer`` is ``(live_count, digest, hlc_high_water)``: reading it from the newest log
-    entry on open restores those counters in O(1) with no extra write per commit.
-    ``source`` (0 = a local write) numbers the remote peer incarnation the entry was applied
-    from, so replication never echoes an entry back to the replica that sent it.
-    """
-    if trailer is None and not source:
-        return _LOG_PLAIN + key
-    kind = (_LOG_HAS_TRAILER if trailer is not None else 0) | (_LOG_HAS_SOURCE if source else 0)
-    out = bytes([kind])
-    if trailer is not None:
-        count, digest, hlc = trailer
-        out += _TRAILER.pack(1, count, digest.to_bytes(32, "big"), hlc)[1:]
-    if source:
-        out += _SOURCE.pack(source)
-    return out + key
-
-
-def _log_parts(blob: bytes) -> tuple[bytes, tuple[int, int, int] | None, int]:
-    if not blob:
-        raise CorruptionError("empty change-log entry")
-    kind = blob[0]
-    if kind == 0:
-        return blob[1:], None, 0
-    if kind > _LOG_HAS_TRAILER | _LOG_HAS_SOURCE:
-        raise CorruptionError(f"change-log entry of unknown kind {kind}")
-    pos = 1
-    trailer = None
-    try:
-        if kind & _LOG_HAS_TRAILER:
-            _, count, digest, hlc = _TRAILER.unpack_from(blob)
-            trailer = (count, int.from_bytes(digest, "big"), hlc)
-            pos = _TRAILER.size
-        source = 0
-        if kind & _LOG_HAS_SOURCE:
-            (source,) = _SOURCE.unpack_from(blob, pos)
-            pos += _SOURCE.size
-    except struct.error as exc:
-        raise CorruptionError("malformed change-log entry") from exc
-    return blob[pos:], trailer, source
-
-
-def unpack_log(blob: bytes) -> tuple[bytes, tuple[int, int, int] | None]:
-    """Parse a log entry into ``(key, trailer or None)``."""
-    key, trailer, _ = _log_parts(blob)
-    return key, trailer
-
-
-def unpack_log_source(blob: bytes) -> tuple[bytes, int]:
-    """Parse a log entry into ``(key, source id)``; 0 means a local write."""
-    key, _, source = _log_parts(blob)
-    return key, source
-
-
-def pack_source(peer: str, incarnation: bytes) -> bytes:
-    """Meta value naming a source id: ``len(peer) peer incarnation``."""
-    pb = peer.encode("utf-8")
-    return bytes([len(pb)]) + pb + incarnation
-
-
-def unpack_source(blob: bytes) -> tuple[str, bytes]:
-    """Parse a source-id meta value into ``(peer, incarnation)``."""
-    return _peer_and_rest(blob, 0, "source id")
-
-
-def _peer_and_rest(blob: bytes, pos: int, what: str) -> tuple[str, bytes]:
-    if len(blob) <= pos or len(blob) < pos + 1 + blob[pos]:
-        raise CorruptionError(f"{what} {blob!r} is truncated")
-    n = blob[pos]
-    try:
-        peer = blob[pos + 1 : pos + 1 + n].decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptionError(f"{what} {blob!r} has a corrupt peer id") from None
-    return peer, blob[pos + 1 + n :]
-
-
-def pack_u64(n: int) -> bytes:
-    return _SEQ.pack(n)
-
-
-def unpack_u64(b: bytes) -> int:
-    if len(b) != 8:
-        raise CorruptionError("expected an 8-byte integer")
-    return int(_SEQ.unpack(b)[0])
-
-
-def cursor_key(peer: str, incarnation: bytes) -> bytes:
-    """Storage key of the delta-sync cursor for one remote peer incarnation."""
-    pb = peer.encode("utf-8")
-    return CURSOR + bytes([len(pb)]) + pb + incarnation
-
-
-def parse_cursor_key(k: bytes) -> tuple[str, bytes]:
-    """Parse a cursor storage key into ``(peer, incarnation)``."""
-    return _peer_and_rest(k, 1, "cursor key")

@@ -1,7 +1,10 @@
-"""The sans-I/O core must not import sockets, threads, trio or time (it would make the
-deterministic simulator lie). This scans the core modules' import statements, and checks in
-a fresh interpreter that importing the core (or the bare package) really leaves the I/O
-shell unloaded, however indirect the path would be."""
+"""The sans-I/O core must not import sockets, trio or time, nor start threads (it would make
+the deterministic simulator lie). This scans the core modules' import statements, and checks
+in a fresh interpreter that importing the core (or the bare package) really leaves the I/O
+shell unloaded, however indirect the path would be.
+
+``threading`` is allowed for locks only (the store serializes commits with one): a core
+module may not name ``Thread``, ``Timer`` or ``start_new_thread``."""
 
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import sys
 import crdt_kv
 
 PKG = pathlib.Path(crdt_kv.__file__).parent
-CORE = ["hlc.py", "version.py", "store.py", "codec.py", "errors.py", "config.py"]
-CORE_DIRS = ["protocol", "backends", "sim"]
-FORBIDDEN = {"socket", "trio", "threading", "time", "asyncio", "selectors"}
+CORE = ["hlc.py", "version.py", "codec.py", "layout.py", "errors.py", "config.py"]
+CORE_DIRS = ["store", "protocol", "backends", "sim"]
+FORBIDDEN = {"socket", "trio", "time", "asyncio", "selectors", "_thread"}
+FORBIDDEN_NAMES = {"Thread", "Timer", "start_new_thread"}
 
 
 def _core_files() -> list[pathlib.Path]:
@@ -38,8 +42,26 @@ def _imports(path: pathlib.Path) -> set[str]:
     return names
 
 
+def _thread_names(path: pathlib.Path) -> set[str]:
+    """Names in :data:`FORBIDDEN_NAMES` the module imports or reaches as an attribute."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            found.update(a.name for a in node.names if a.name in FORBIDDEN_NAMES)
+        elif isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_NAMES:
+            found.add(node.attr)
+        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
+            found.add(node.id)
+    return found
+
+
 def test_core_files_exist() -> None:
-    assert len(_core_files()) >= len(CORE)
+    files = _core_files()
+    assert len(files) >= len(CORE)
+    for name in CORE:
+        assert PKG / name in files, name
+    assert PKG / "store" / "__init__.py" in files
 
 
 def test_core_imports_no_io() -> None:
@@ -48,10 +70,31 @@ def test_core_imports_no_io() -> None:
     assert not bad, f"core modules import I/O modules: {bad}"
 
 
+def test_core_uses_threading_for_locks_only() -> None:
+    bad = {str(f.relative_to(PKG)): _thread_names(f) for f in _core_files()}
+    bad = {k: v for k, v in bad.items() if v}
+    assert not bad, f"core modules start threads: {bad}"
+
+
 def test_scanner_detects_forbidden_import(tmp_path: pathlib.Path) -> None:
     f = tmp_path / "x.py"
     f.write_text("import time\nfrom trio import lowlevel\n")
     assert _imports(f) & FORBIDDEN == {"time", "trio"}
+
+
+def test_scanner_allows_locks_but_detects_threads(tmp_path: pathlib.Path) -> None:
+    ok = tmp_path / "ok.py"
+    ok.write_text("import threading\nlock = threading.RLock()\n")
+    assert not _imports(ok) & FORBIDDEN
+    assert not _thread_names(ok)
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import threading\nfrom threading import Timer\n"
+        "threading.Thread(target=print).start()\n"
+        "import _thread\n_thread.start_new_thread(print, ())\n"
+    )
+    assert _thread_names(bad) == {"Thread", "Timer", "start_new_thread"}
+    assert _imports(bad) & FORBIDDEN == {"_thread"}
 
 
 def test_public_api_all_resolves() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import cbor2
 
-from crdt_kv.codec import DATA, unpack_record
+from crdt_kv.layout import DATA, unpack_record
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import SimConfig
 from crdt_kv.sim.disk import SimDisk

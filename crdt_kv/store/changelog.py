@@ -1,0 +1,166 @@
+"""The change log read side: scanning entries after a sequence, and delta-sync cursors.
+
+The log is compact (one entry per key, at the sequence of its latest change), so a scan
+reads a log entry, then the key's record, and skips records rewritten since.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+from crdt_kv.backends.base import Backend, Op
+from crdt_kv.errors import CorruptionError
+from crdt_kv.layout import (
+    CURSOR,
+    CURSOR_END,
+    DATA,
+    cursor_key,
+    log_key,
+    log_key_and_source,
+    log_stop,
+    pack_source,
+    pack_u64,
+    parse_cursor_key,
+    seq_of_log_key,
+    source_key,
+    unpack_record_at,
+    unpack_u64,
+)
+from crdt_kv.version import RawEntry
+
+__all__ = ["ChangeLog", "Source", "cursor_ops"]
+
+Source = tuple[str, bytes]
+"""A remote peer incarnation: ``(peer id, incarnation)``."""
+
+PEER_NAME_CACHE = 4096
+_CHUNK = 256
+
+
+class ChangeLog:
+    """Reads of the change log and the cursors for one store.
+
+    ``sources`` is the store's live map of source ids (shared, updated by applies);
+    ``lock`` the store's commit lock, which :meth:`read` holds while it reads.
+    """
+
+    __slots__ = ("_backend", "_check", "_lock", "_peer_names", "_sources")
+
+    def __init__(
+        self,
+        backend: Backend,
+        check: Callable[[], None],
+        lock: AbstractContextManager[object],
+        sources: dict[Source, int],
+    ) -> None:
+        self._backend, self._check, self._lock, self._sources = backend, check, lock, sources
+        self._peer_names: dict[bytes, str] = {}
+
+    def scan(
+        self, since: int, limit: int | None, exclude: Source | None, stop_at: int | None
+    ) -> Iterator[RawEntry]:
+        """Log entries with ``seq > since`` (and ``<= stop_at``) in sequence order.
+
+        Lazy: the closed check and the argument check run on the first ``next``. Entries
+        applied from ``exclude`` are left out. Reads the log in chunks, and their records
+        with one ``get_many`` per chunk.
+        """
+        self._check()
+        if not isinstance(since, int) or since < 0:
+            raise ValueError(f"since must be a non-negative int, got {since!r}")
+        skip = self._sources.get(exclude, -1) if exclude is not None else -1
+        backend, peer_names = self._backend, self._peer_names
+        n = 0
+        it = backend.iterate(log_key(since + 1), log_stop(stop_at))
+        while True:
+            pending, scanned = _chunk(it, skip)
+            if not scanned:
+                return
+            if pending:
+                blobs = backend.get_many([DATA + k for _, k in pending])
+                for (seq, k), blob in zip(pending, blobs, strict=True):
+                    if blob is None:
+                        raise CorruptionError(f"change log names key {k!r} but it has no record")
+                    r = unpack_record_at(k, blob, seq, peer_names, PEER_NAME_CACHE)
+                    if r is None:
+                        continue  # rewritten since; it appears again later in the log
+                    yield r
+                    n += 1
+                    if limit is not None and n >= limit:
+                        return
+            if scanned < _CHUNK:
+                return
+
+    def read(
+        self,
+        since: int,
+        limit: int,
+        exclude: Source | None,
+        stop_at: int | None,
+        max_bytes: int | None = None,
+    ) -> list[RawEntry]:
+        """Up to ``limit`` entries of :meth:`scan`, materialized under the commit lock,
+        ending with the entry that brings ``sum(len(key) + len(value) + 24)`` to
+        ``max_bytes`` (so a batch of huge values is not read whole to send a part)."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, got {limit!r}")
+        if stop_at is not None and (not isinstance(stop_at, int) or stop_at < 0):
+            raise ValueError(f"stop_at must be a non-negative int or None, got {stop_at!r}")
+        if not limit:
+            return []
+        with self._lock:
+            rows = self.scan(since, limit, exclude, stop_at)
+            if max_bytes is None:
+                return list(rows)
+            out: list[RawEntry] = []
+            size = 0
+            for e in rows:
+                out.append(e)
+                size += len(e.key) + len(e.value) + 24
+                if size >= max_bytes:
+                    break
+            return out
+
+    def cursor(self, peer: str, incarnation: bytes) -> int:
+        """The stored cursor of one remote peer incarnation; 0 if none."""
+        self._check()
+        v = self._backend.get(cursor_key(peer, incarnation))
+        return 0 if v is None else unpack_u64(v)
+
+    def cursors(self) -> dict[Source, int]:
+        """Every stored cursor: ``{(peer, incarnation): seq}``."""
+        self._check()
+        it = self._backend.iterate(CURSOR, CURSOR_END)
+        return {parse_cursor_key(k): unpack_u64(v) for k, v in it}
+
+
+def _chunk(it: Iterator[tuple[bytes, bytes]], skip: int) -> tuple[list[tuple[int, bytes]], int]:
+    """Up to one chunk of ``(seq, key)`` from the log iterator, and how many were read."""
+    pending: list[tuple[int, bytes]] = []
+    scanned = 0
+    for lk, lv in it:
+        scanned += 1
+        k, source = log_key_and_source(lv)
+        if source != skip:
+            pending.append((seq_of_log_key(lk), k))
+        if scanned >= _CHUNK:
+            break
+    return pending, scanned
+
+
+def cursor_ops(
+    sources: dict[Source, int], peer: str, incarnation: bytes, seq: int
+) -> tuple[list[Op], int]:
+    """The writes that store a cursor, and the source id of its peer incarnation.
+
+    The first op sets the cursor; a second one, present only for a peer incarnation not
+    seen before, names its new source id (the caller records it in ``sources`` once the
+    commit carrying it succeeded). ``peer`` must already be a checked peer id.
+    """
+    ops: list[Op] = [(cursor_key(peer, incarnation), pack_u64(seq))]
+    source = sources.get((peer, incarnation), 0)
+    if not source:
+        source = max(sources.values(), default=0) + 1
+        ops.append((source_key(source), pack_source(peer, incarnation)))
+    return ops, source

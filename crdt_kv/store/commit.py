@@ -1,0 +1,87 @@
+"""The commit builder: the one code path every write takes (local put and delete, batch
+commit, remote apply).
+
+A commit replaces some keys' records. For each it writes the new record at the next local
+sequence and its change-log entry, and removes the key's previous log entry (so the log
+stays one entry per key). The last log entry of the commit carries the trailer: live
+count, digest and HLC high-water mark, which reopening reads back in O(1). Extra ops (the
+remote cursor) ride in the same atomic backend batch. After the write, the commit is
+counted and the listeners are told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from crdt_kv.backends.base import Op
+from crdt_kv.layout import DATA, log_prefix, stage_record, trailer_log
+from crdt_kv.store.hooks import Hooks
+
+__all__ = ["Change", "Committer"]
+
+Change = tuple[bytes, bytes, bytes | None]
+"""One key's replacement in a commit: ``(key, new record body, old record or None)``."""
+
+_MOD = 1 << 256
+
+
+class Committer:
+    """Owns the commit counters and turns changes into one atomic backend batch.
+
+    ``seq`` (last local sequence), ``count`` (live keys) and ``digest`` (sum of every
+    key's body hash, mod 2**256) change only after the backend accepted the batch, so a
+    failed write leaves them, and the store, exactly as they were. Not locked itself: the
+    store's writer calls it with the commit lock held.
+    """
+
+    __slots__ = ("_hooks", "_stats", "_write", "count", "digest", "seq")
+
+    def __init__(  # noqa: PLR0917 - private; built once by the store
+        self,
+        write: Callable[[Sequence[Op]], None],
+        hooks: Hooks,
+        stats: dict[str, int],
+        seq: int,
+        count: int,
+        digest: int,
+    ) -> None:
+        self._write, self._hooks, self._stats = write, hooks, stats
+        self.seq, self.count, self.digest = seq, count, digest
+
+    def commit(
+        self, items: Sequence[Change], hlc: int, source: int = 0, extra: Sequence[Op] = ()
+    ) -> None:
+        """Write ``items`` (at least one) plus ``extra`` atomically, then notify listeners.
+
+        ``hlc`` is the clock's high-water mark for the trailer; ``source`` (0 = local) the
+        source id of the peer incarnation the items were applied from. Raises
+        :class:`CorruptionError` for a malformed old record before anything is written.
+        """
+        seq, count, digest = self.seq, self.count, self.digest
+        ops: list[Op] = []
+        add = ops.append
+        logs: list[tuple[bytes, bytes]] = []
+        for k, body, old in items:
+            seq += 1
+            old_log, record, lk, digest_delta, count_delta = stage_record(k, body, old, seq)
+            if old_log is not None:
+                add((old_log, None))
+            digest += digest_delta
+            count += count_delta
+            add((DATA + k, record))
+            logs.append((lk, k))
+        digest %= _MOD
+        last_lk, last_k = logs.pop()
+        if logs:
+            prefix = log_prefix(source)
+            ops.extend([(lk, prefix + k) for lk, k in logs])
+        add((last_lk, trailer_log(last_k, count, digest, hlc, source)))
+        if extra:
+            ops.extend(extra)
+        self._write(ops)
+        first = self.seq + 1
+        self.seq, self.count, self.digest = seq, count, digest
+        self._stats["commits"] += 1
+        hooks = self._hooks
+        if hooks.commit or hooks.change:
+            hooks.notify(items, first, seq)

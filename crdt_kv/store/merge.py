@@ -1,0 +1,175 @@
+"""Merging remote entries: validation and the last-writer-wins decisions. Pure: no storage
+access, no clock; the store reads the current records and commits what this decides.
+
+The merge order itself (:func:`crdt_kv.version.supersedes`) is passed in as ``prefer`` by
+the caller, so the store decides which function that is at call time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
+from crdt_kv.errors import ConfigError, EncodingError
+from crdt_kv.hlc import MAX_STAMP
+from crdt_kv.layout import record_body, unpack_record
+from crdt_kv.store.commit import Change
+from crdt_kv.store.meta import check_peer_id
+from crdt_kv.version import Entry, RawEntry, Resolver
+
+__all__ = ["EntryChecker", "Prefer", "changes", "raw_chunks", "to_raw", "winners"]
+
+Prefer = Callable[[RawEntry, RawEntry, Resolver | None, Callable[[RawEntry], Entry] | None], bool]
+"""The merge order: ``prefer(new, old, resolver, to_entry)`` is True when ``new`` wins."""
+
+
+class EntryChecker:
+    """Validates remote entries against this store's encodings.
+
+    Remembers the peer ids of entries that passed (and their utf-8 bytes, which records
+    store), so each peer id is checked and encoded once.
+    """
+
+    __slots__ = ("_kdec", "_vdec", "peer_bytes")
+
+    def __init__(self, kdec: Decoder, vdec: Decoder) -> None:
+        self._kdec, self._vdec = kdec, vdec
+        self.peer_bytes: dict[str, bytes] = {}
+
+    def validate(self, e: RawEntry) -> None:
+        """Raise the precise :class:`EncodingError` (or TypeError) for a malformed entry."""
+        if not isinstance(e, RawEntry):
+            raise TypeError(f"expected RawEntry, got {type(e).__name__}")
+        if not isinstance(e.key, bytes) or not isinstance(e.value, bytes):
+            raise EncodingError(f"entry key and value must be bytes (key {e.key!r})")
+        if len(e.key) > MAX_KEY_BYTES:
+            raise EncodingError(
+                f"entry key {e.key[:40]!r} is {len(e.key)} bytes; the limit is {MAX_KEY_BYTES}"
+            )
+        if len(e.value) > MAX_VALUE_BYTES:
+            raise EncodingError(
+                f"value of key {e.key[:40]!r} is {len(e.value)} bytes; "
+                f"the limit is {MAX_VALUE_BYTES}"
+            )
+        try:
+            self._kdec(e.key)
+        except EncodingError as exc:
+            raise EncodingError(f"entry key {e.key!r} is corrupt: {exc}") from None
+        if not isinstance(e.hlc, int) or isinstance(e.hlc, bool) or not 0 <= e.hlc <= MAX_STAMP:
+            raise EncodingError(f"entry of key {e.key!r} has invalid hlc {e.hlc!r}")
+        try:
+            check_peer_id(e.peer, "entry peer")
+        except ConfigError as exc:
+            raise EncodingError(f"entry of key {e.key!r}: {exc}") from None
+        if e.deleted:
+            if e.value:
+                raise EncodingError(f"tombstone of key {e.key!r} carries a value")
+        else:
+            try:
+                self._vdec(e.value)
+            except EncodingError as exc:
+                raise EncodingError(f"value of key {e.key!r} is corrupt: {exc}") from None
+
+    def validate_all(self, batch: Sequence[RawEntry]) -> int:
+        """:meth:`validate` every entry; return the highest stamp (0 for none).
+
+        Entries of the common shape take a quick check; anything unusual (and anything
+        that fails it) goes through :meth:`validate`, which raises the precise error.
+        """
+        kdec, vdec, peers = self._kdec, self._vdec, self.peer_bytes
+        top = 0
+        for e in batch:
+            try:
+                if (
+                    type(e) is RawEntry
+                    and type(e.key) is bytes
+                    and type(e.value) is bytes
+                    and type(e.hlc) is int
+                    and 0 <= e.hlc <= MAX_STAMP
+                    and type(e.peer) is str
+                    and e.peer in peers
+                ):
+                    kdec(e.key)
+                    if e.deleted:
+                        ok = not e.value
+                    else:
+                        vdec(e.value)
+                        ok = True
+                    if ok:
+                        top = max(top, e.hlc)
+                        continue
+            except EncodingError:
+                pass  # validate reports it with the key named
+            self.validate(e)
+            peers[e.peer] = e.peer.encode("utf-8")
+            top = max(top, e.hlc)
+        return top
+
+
+def winners(
+    batch: Sequence[RawEntry],
+    prefer: Prefer,
+    resolver: Resolver | None,
+    to_entry: Callable[[RawEntry], Entry],
+) -> dict[bytes, RawEntry]:
+    """The winning entry of each key among ``batch`` (validated entries)."""
+    best: dict[bytes, RawEntry] = {}
+    for e in batch:
+        cur = best.get(e.key)
+        if cur is None or prefer(e, cur, resolver, to_entry):
+            best[e.key] = e
+    return best
+
+
+def changes(  # noqa: PLR0917 - private; the merge's inputs, all needed
+    best: dict[bytes, RawEntry],
+    olds: Sequence[bytes | None],
+    prefer: Prefer,
+    resolver: Resolver | None,
+    to_entry: Callable[[RawEntry], Entry],
+    peer_bytes: dict[str, bytes],
+) -> list[Change]:
+    """The commit changes of the winners that beat the stored records ``olds`` (one per
+    key of ``best``, in its order; None where the key has no record)."""
+    items: list[Change] = []
+    for (k, new), blob in zip(best.items(), olds, strict=True):
+        if blob is None or prefer(new, unpack_record(k, blob), resolver, to_entry):
+            pb = peer_bytes.get(new.peer)
+            if pb is None:
+                pb = peer_bytes[new.peer] = new.peer.encode("utf-8")
+            items.append((k, record_body(new.hlc, pb, new.deleted, new.value), blob))
+    return items
+
+
+def to_raw(e: Entry | RawEntry, enc_key: Callable[[Any], bytes], venc: Encoder) -> RawEntry:
+    """An :class:`Entry` (decoded) in wire form, encoded with this store's encodings."""
+    if isinstance(e, RawEntry):
+        return e
+    if not isinstance(e, Entry):
+        raise TypeError(f"apply() takes Entry or RawEntry objects, not {type(e).__name__}")
+    k = enc_key(e.key)
+    if e.deleted:
+        v = b""
+    elif e.raw is not None:
+        v = e.raw
+    else:
+        try:
+            v = venc(e.value)
+        except EncodingError as exc:
+            raise EncodingError(f"value of key {e.key!r}: {exc}") from None
+    return RawEntry(k, v, e.hlc, e.peer, bool(e.deleted))
+
+
+def raw_chunks(
+    entries: Iterable[Entry | RawEntry], enc_key: Callable[[Any], bytes], venc: Encoder, size: int
+) -> Iterator[list[RawEntry]]:
+    """``entries`` in wire form (:func:`to_raw`), lazily, in lists of at most ``size``."""
+    chunk: list[RawEntry] = []
+    for e in entries:
+        chunk.append(to_raw(e, enc_key, venc))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,175 @@
+"""The write side of a store: everything that commits or moves the clock, under one lock.
+
+Local writes, batch commits and remote applies each prepare their changes and hand them to
+the one commit builder (:class:`~crdt_kv.store.commit.Committer`); the :class:`Writer`
+holds the re-entrant lock that serializes those commits, the HLC mutations and close, and
+notifies listeners after each commit, on the committing thread, with the lock held.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from crdt_kv.backends.base import Backend, Op
+from crdt_kv.errors import ClosedError
+from crdt_kv.hlc import HLC
+from crdt_kv.layout import DATA, record_body
+from crdt_kv.store.batch import BatchOp
+from crdt_kv.store.changelog import cursor_ops
+from crdt_kv.store.commit import Change, Committer
+from crdt_kv.store.hooks import Hooks
+from crdt_kv.store.merge import EntryChecker, Prefer, changes, winners
+from crdt_kv.store.meta import Meta, check_peer_id, mark_closed
+from crdt_kv.version import Entry, RawEntry, Resolver, Version
+
+__all__ = ["Writer"]
+
+
+class Writer:
+    """Commits for one store, serialized by :attr:`lock` (an :class:`threading.RLock`)."""
+
+    def __init__(  # noqa: PLR0917 - private; built once by the store
+        self,
+        backend: Backend,
+        log: Committer,
+        hlc: HLC,
+        hooks: Hooks,
+        stats: dict[str, int],
+        opened: Meta,
+        checker: EntryChecker,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.closed = False
+        self.log, self.hlc, self.hooks, self.stats = log, hlc, hooks, stats
+        self.sources, self._checker = opened.sources, checker
+        self._backend = backend
+        self._bget = backend.get
+        self._peer_id, self._peer_b = opened.peer_id, opened.peer_id.encode("utf-8")
+
+    def check(self) -> None:
+        """Raise :class:`ClosedError` once the store is closed."""
+        if self.closed:
+            raise ClosedError(f"store of peer {self._peer_id!r} is closed")
+
+    def local(self, k: bytes, v: bytes, deleted: bool) -> Version:
+        """One local write (put or tombstone) of encoded key ``k``: the hottest path."""
+        lock = self.lock
+        lock.acquire()
+        try:
+            if self.closed:
+                self.check()
+            old = self._bget(DATA + k)
+            hlc = self.hlc.now()
+            self.log.commit(((k, record_body(hlc, self._peer_b, deleted, v), old),), hlc)
+        finally:
+            lock.release()
+        return Version(hlc, self._peer_id)
+
+    def batch(self, ops: list[BatchOp]) -> list[Version]:
+        """Commit a batch's queued writes atomically; a key written twice keeps its last."""
+        last_index: dict[bytes, int] = {}
+        for i, (k, _, _) in enumerate(ops):
+            last_index[k] = i
+        kept = ops if len(last_index) == len(ops) else [ops[i] for i in sorted(last_index.values())]
+        with self.lock:
+            self.check()
+            olds = self._backend.get_many([DATA + k for k, _, _ in kept])
+            items: list[Change] = []
+            versions: list[Version] = []
+            add_item, add_version = items.append, versions.append
+            now, peer_b, peer = self.hlc.now, self._peer_b, self._peer_id
+            for (k, v, deleted), blob in zip(kept, olds, strict=True):
+                hlc = now()
+                add_item((k, record_body(hlc, peer_b, deleted, v), blob))
+                add_version(Version(hlc, peer))
+            if items:
+                self.log.commit(items, self.hlc.last)
+        return versions
+
+    def reject(self) -> None:
+        """Count one rejected apply."""
+        with self.lock:
+            self.stats["apply_rejected"] += 1
+
+    def apply(
+        self,
+        batch: list[RawEntry],
+        cursor: tuple[str, bytes, int] | None,
+        prefer: Prefer,
+        resolver: Resolver | None,
+        to_entry: Callable[[RawEntry], Entry],
+    ) -> int:
+        """Merge remote ``batch`` and store ``cursor``, atomically; return how many keys changed.
+
+        Validation runs before the lock is taken (it decodes every value); a malformed
+        entry (:class:`EncodingError`) or a stamp too far ahead (:class:`ClockSkewError`)
+        is counted as rejected and raised before anything is written.
+        """
+        try:
+            top = self._checker.validate_all(batch)
+        except Exception:
+            self.reject()
+            raise
+        with self.lock:
+            self.check()
+            if batch:
+                try:
+                    self.hlc.check(top)
+                except Exception:
+                    self.reject()
+                    raise
+            return self._merge(batch, top, cursor, prefer, resolver, to_entry)
+
+    def _merge(  # noqa: PLR0917 - private; the merge's inputs
+        self,
+        batch: list[RawEntry],
+        top: int,
+        cursor: tuple[str, bytes, int] | None,
+        prefer: Prefer,
+        resolver: Resolver | None,
+        to_entry: Callable[[RawEntry], Entry],
+    ) -> int:
+        extra: list[Op] = []
+        source = 0
+        if cursor is not None:
+            peer, incarnation, seq = cursor
+            extra, source = cursor_ops(self.sources, check_peer_id(peer), incarnation, seq)
+        if not batch:
+            if extra:
+                self._backend.write(extra[:1])
+            return 0
+        self.hlc.update(top)
+        best = winners(batch, prefer, resolver, to_entry)
+        olds = self._backend.get_many([DATA + k for k in best])
+        items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
+        if items:
+            self.log.commit(items, self.hlc.last, source, extra)
+            if source:
+                self.sources[(peer, incarnation)] = source
+        elif extra:
+            self._backend.write(extra[:1])
+        self.stats["applied"] += len(items)
+        return len(items)
+
+    def clock_now(self) -> int:
+        """A fresh HLC stamp, under the lock."""
+        with self.lock:
+            return self.hlc.now()
+
+    def observe_clock(self, stamp: int) -> None:
+        """The HLC receive rule for ``stamp``, under the lock (may raise ClockSkewError)."""
+        with self.lock:
+            self.hlc.update(stamp)
+
+    def close(self) -> None:
+        """Mark the store closed and close the backend; idempotent."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                if not self._backend.closed:
+                    mark_closed(self._backend)
+            finally:
+                self._backend.close()
