@@ -17,18 +17,11 @@ import ast
 import pathlib
 from collections.abc import Iterator
 
-import pytest
-
 import crdt_kv
 
 PKG_DIR = pathlib.Path(crdt_kv.__file__).parent
 PKG = "crdt_kv"
 MAX_LINES = 600
-
-KNOWN_OVERSIZED = (
-    "store.py (1009), net/node.py (1007), sim/runner.py (1331), protocol/session.py (655) "
-    "are being split elsewhere"
-)
 
 
 def module_files(root: pathlib.Path = PKG_DIR, package: str = PKG) -> dict[str, pathlib.Path]:
@@ -156,7 +149,6 @@ def test_no_import_cycles() -> None:
     assert not found, report
 
 
-@pytest.mark.xfail(strict=False, reason=KNOWN_OVERSIZED)
 def test_no_module_over_max_lines() -> None:
     big = oversized()
     print(big)

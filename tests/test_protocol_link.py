@@ -466,3 +466,22 @@ def test_any_chunking_and_storage_timing_converges(
     events = [e for lk in links for e in lk.events()]
     assert sum(isinstance(e, SyncComplete) for e in events) == 2
     assert reps[0].state() == reps[1].state()
+
+
+def test_peerlink_has_the_sans_io_interface() -> None:
+    for name in (
+        "receive_data",
+        "data_to_send",
+        "get_timer",
+        "handle_timer",
+        "local_changed",
+        "connection_lost",
+        "connection_made",
+        "connection_failed",
+        "storage_request",
+        "storage_done",
+        "storage_failed",
+        "next_event",
+        "close",
+    ):
+        assert callable(getattr(PeerLink, name)), name

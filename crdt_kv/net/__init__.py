@@ -18,8 +18,9 @@ from crdt_kv.net.events import (
     EventStream,
     NodeEvent,
 )
-from crdt_kv.net.node import Node, serve
+from crdt_kv.net.node import Node
 from crdt_kv.net.peers import UNIDENTIFIED
+from crdt_kv.net.serve import serve
 from crdt_kv.net.transport import ReplicationResult, replicate, run_session
 from crdt_kv.protocol.backoff import Backoff
 

@@ -23,7 +23,8 @@ import crdt_kv
 from crdt_kv.config import load_config
 from crdt_kv.errors import ConfigError
 from crdt_kv.net.addresses import format_address
-from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, serve
+from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S
+from crdt_kv.net.serve import serve
 from crdt_kv.protocol import MODES
 from crdt_kv.store import Store
 

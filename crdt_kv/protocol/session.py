@@ -42,9 +42,9 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
+from crdt_kv.protocol.handshake import hello_mismatch, our_hello
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     Abort,
     AbortCode,
     Ack,
@@ -214,20 +214,12 @@ class Session:
         if self.state is not ConnState.IDLE:
             raise LocalProtocolError(f"start() called while the session is {self.state}")
         self.state = CONN_TABLE[(self.state, Start)]
-        r = self.replica
         self._send(
-            Hello(
-                version=PROTOCOL_VERSION,
+            our_hello(
+                self.replica,
                 cluster_id=self.cluster_id,
-                peer_id=r.peer_id,
-                incarnation=r.incarnation,
-                hlc=r.clock_now(),
-                last_seq=r.last_seq,
-                send=self.mode in ("both", "push"),
-                receive=self.mode in ("both", "pull"),
+                mode=self.mode,
                 live=self.live,
-                key_encoding=r.key_encoding,
-                value_encoding=r.value_encoding,
                 max_batch_entries=self.max_batch_entries,
             )
         )
@@ -434,23 +426,8 @@ class Session:
     def _incompatible(self, what: str) -> None:
         self._fail(RemoteProtocolError(what), AbortCode.INCOMPATIBLE)
 
-    def _hello_mismatch(self, h: Hello) -> str | None:
-        r = self.replica
-        if h.version != PROTOCOL_VERSION:
-            return f"peer {h.peer_id!r} speaks protocol {h.version}, we speak {PROTOCOL_VERSION}"
-        if h.cluster_id != self.cluster_id:
-            return f"peer {h.peer_id!r} is in cluster {h.cluster_id!r}, not {self.cluster_id!r}"
-        if h.peer_id == r.peer_id:
-            return f"peer id {h.peer_id!r} is our own: a self-connection or a duplicated store"
-        if (h.key_encoding, h.value_encoding) != (r.key_encoding, r.value_encoding):
-            return (
-                f"peer {h.peer_id!r} uses encodings {h.key_encoding}/{h.value_encoding}, "
-                f"we use {r.key_encoding}/{r.value_encoding}"
-            )
-        return None
-
     def _on_hello(self, h: Hello) -> None:
-        mismatch = self._hello_mismatch(h)
+        mismatch = hello_mismatch(h, self.replica, self.cluster_id)
         if mismatch is not None:
             return self._incompatible(mismatch)
         if h.max_batch_entries < 1:

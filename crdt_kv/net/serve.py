@@ -1,0 +1,125 @@
+"""``serve()``: run a :class:`~crdt_kv.net.node.Node` for a store inside ``async with``.
+
+Builds the node's :class:`~crdt_kv.protocol.LinkConfig` from the keyword options, binds the
+listener, starts discovery if asked, and stops everything when the body exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import trio
+
+from crdt_kv.net.addresses import parse_address
+from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
+from crdt_kv.protocol import LinkConfig
+from crdt_kv.store import Store
+
+__all__ = ["serve"]
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    store: Store,
+    *,
+    listen: str = "127.0.0.1:0",
+    peers: Iterable[str] = (),
+    cluster_id: str = "default",
+    sync_interval_s: float = DEFAULT_SYNC_INTERVAL_S,
+    min_sync_interval_s: float | None = None,
+    live: bool = True,
+    mode: str = "both",
+    discovery: bool = False,
+    multicast_group: str | None = None,
+    multicast_port: int | None = None,
+    multicast_interface: str | None = None,
+    multicast_ttl: int = 1,
+    announce_interval_s: float = 2.0,
+    discovery_transport: Any = None,
+    rng: random.Random | None = None,
+    idle_timeout_s: float | None = 30.0,
+    handshake_timeout_s: float | None = 10.0,
+    connect_timeout_s: float = 5.0,
+    backoff_base_s: float = 0.2,
+    backoff_max_s: float = 30.0,
+    wrap_stream: StreamWrapper | None = None,
+    session_options: Mapping[str, Any] | None = None,
+) -> AsyncIterator[Node]:
+    """Run a replication node for ``store`` while the ``async with`` body runs.
+
+    ``listen``: ``"host:port"`` to bind (port 0 picks one; ``node.address`` tells which).
+    ``peers``: addresses to dial; more with :meth:`Node.add_peer`. ``mode`` and ``live``
+    apply to every session (inbound ones too: a node with ``live=False`` never tails).
+    ``sync_interval_s``: the slowest period of anti-entropy rounds per peer;
+    ``min_sync_interval_s`` (default a tenth of it) the fastest, reached when writes are
+    frequent. ``idle_timeout_s`` fails a session whose peer is silent that long (live
+    sessions exchange keep-alives a third of that apart, so only a vanished peer is dropped);
+    ``handshake_timeout_s`` drops connections that never send a Hello. Reconnects back off
+    exponentially from ``backoff_base_s`` to ``backoff_max_s`` with jitter drawn from
+    ``rng``. ``wrap_stream(stream, outbound)`` may wrap each TCP stream (e.g. in
+    :class:`trio.SSLStream`). ``session_options`` go to every
+    :class:`~crdt_kv.protocol.Session` (``max_batch_entries``, ``window``, ...) and may set
+    any other :class:`~crdt_kv.protocol.LinkConfig` field (``push_delay_s``, ...).
+
+    ``discovery=True`` announces this node by UDP multicast on ``multicast_group`` /
+    ``multicast_port`` every ``announce_interval_s`` and adds the peers it hears (same
+    ``cluster_id``); the multicast interface defaults to the listen host when that is a
+    specific IPv4 address, so a node bound to 127.0.0.1 announces on loopback only.
+    ``discovery_transport`` replaces the multicast socket (any object with the
+    :class:`~crdt_kv.net.discovery.DatagramTransport` methods).
+    """
+    the_rng = rng if rng is not None else random.Random()
+    config = LinkConfig(
+        mode=mode,
+        live=live,
+        cluster_id=cluster_id,
+        sync_interval_s=sync_interval_s,
+        min_sync_interval_s=min_sync_interval_s,
+        idle_timeout_s=idle_timeout_s,
+        handshake_timeout_s=handshake_timeout_s,
+        backoff_base_s=backoff_base_s,
+        backoff_max_s=backoff_max_s,
+    ).with_options(session_options or {})
+    node = Node(
+        store,
+        config=config,
+        connect_timeout_s=connect_timeout_s,
+        rng=the_rng,
+        wrap_stream=wrap_stream,
+    )
+    make_discovery: Callable[[Node], Any] | None = None
+    if discovery:
+        from crdt_kv.net.discovery import Discovery
+
+        def make_discovery(n: Node) -> Any:
+            return Discovery.for_node(
+                n,
+                group=multicast_group,
+                port=multicast_port,
+                interface=multicast_interface,
+                ttl=multicast_ttl,
+                interval_s=announce_interval_s,
+                transport=discovery_transport,
+            )
+
+    peers = list(peers)
+    for p in peers:
+        parse_address(p, what="peer address")
+    listeners = await node._bind(listen)
+    # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
+    # callers see their own exception rather than an ExceptionGroup wrapping it.
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            await node._start(nursery, listeners, peers, make_discovery)
+            yield node
+        except BaseException as exc:
+            body_error = exc
+        finally:
+            node._stop()
+            nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

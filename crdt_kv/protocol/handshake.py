@@ -1,0 +1,45 @@
+"""The Hello we send and the checks a peer's Hello must pass (spec section 5, steps 1-4)."""
+
+from __future__ import annotations
+
+from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello
+from crdt_kv.protocol.replica import Replica
+
+__all__ = ["hello_mismatch", "our_hello"]
+
+
+def our_hello(
+    replica: Replica, *, cluster_id: str, mode: str, live: bool, max_batch_entries: int
+) -> Hello:
+    """Our Hello: who we are, our clock and log head, and what we want of the session."""
+    return Hello(
+        version=PROTOCOL_VERSION,
+        cluster_id=cluster_id,
+        peer_id=replica.peer_id,
+        incarnation=replica.incarnation,
+        hlc=replica.clock_now(),
+        last_seq=replica.last_seq,
+        send=mode in ("both", "push"),
+        receive=mode in ("both", "pull"),
+        live=live,
+        key_encoding=replica.key_encoding,
+        value_encoding=replica.value_encoding,
+        max_batch_entries=max_batch_entries,
+    )
+
+
+def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:
+    """Why the peer's Hello makes the session incompatible (abort code 3), or None."""
+    if h.version != PROTOCOL_VERSION:
+        return f"peer {h.peer_id!r} speaks protocol {h.version}, we speak {PROTOCOL_VERSION}"
+    if h.cluster_id != cluster_id:
+        return f"peer {h.peer_id!r} is in cluster {h.cluster_id!r}, not {cluster_id!r}"
+    if h.peer_id == replica.peer_id:
+        return f"peer id {h.peer_id!r} is our own: a self-connection or a duplicated store"
+    ours = (replica.key_encoding, replica.value_encoding)
+    if (h.key_encoding, h.value_encoding) != ours:
+        return (
+            f"peer {h.peer_id!r} uses encodings {h.key_encoding}/{h.value_encoding}, "
+            f"we use {ours[0]}/{ours[1]}"
+        )
+    return None
