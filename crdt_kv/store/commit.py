@@ -85,3 +85,21 @@ class Committer:
         hooks = self._hooks
         if hooks.commit or hooks.change:
             hooks.notify(items, first, seq)
+
+    def commit_one(self, k: bytes, body: bytes, old: bytes | None, hlc: int) -> None:
+        """:meth:`commit` of one local change with no extra ops, unrolled: every local put
+        and delete takes this path. Writes the same operations in the same order."""
+        seq = self.seq + 1
+        old_log, record, lk, delta, live = stage_record(k, body, old, seq)
+        count = self.count + live
+        digest = (self.digest + delta) % _MOD
+        last = (lk, trailer_log(k, count, digest, hlc, 0))
+        if old_log is None:
+            self._write([(DATA + k, record), last])
+        else:
+            self._write([(old_log, None), (DATA + k, record), last])
+        self.seq, self.count, self.digest = seq, count, digest
+        self._stats["commits"] += 1
+        hooks = self._hooks
+        if hooks.commit or hooks.change:
+            hooks.notify(((k, body, old),), seq, seq)

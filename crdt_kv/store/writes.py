@@ -61,7 +61,7 @@ class Writer:
                 self.check()
             old = self._bget(DATA + k)
             hlc = self.hlc.now()
-            self.log.commit(((k, record_body(hlc, self._peer_b, deleted, v), old),), hlc)
+            self.log.commit_one(k, record_body(hlc, self._peer_b, deleted, v), old, hlc)
         finally:
             lock.release()
         return Version(hlc, self._peer_id)
