@@ -485,3 +485,38 @@ def test_peerlink_has_the_sans_io_interface() -> None:
         "close",
     ):
         assert callable(getattr(PeerLink, name)), name
+
+
+def test_a_late_storage_result_of_a_lost_connection_is_dropped() -> None:
+    """A worker thread may finish an apply after its connection broke and the link
+    redialed: the result belongs to no live session and must not disturb the new one."""
+    ra, rb = FakeReplica("a"), FakeReplica("b")
+    rb.put("k", b"v")
+    a = _link(ra, "dial", live=False)
+    b = _link(rb, "once", live=False)
+    a.handle_timer(0.0)
+    a.events()
+    wire = connect(a, b, 0.0)
+    for _ in range(4):  # handshake and the batch reach a; a's apply is taken, not done
+        for i, lk in enumerate(wire.links):
+            data = lk.data_to_send()
+            if data:
+                wire.links[1 - i].receive_data(data, 0.0)
+        for lk in (b,):
+            while (req := lk.storage_request()) is not None:
+                lk.storage_done(req, req.perform(lk.replica), 0.0)
+    stale = a.storage_request()
+    while isinstance(stale, ReadLog):
+        a.storage_done(stale, stale.perform(ra), 0.0)
+        stale = a.storage_request()
+    assert isinstance(stale, ApplyBatch)
+    a.connection_lost(0.1, ConnectionResetError("cut"))
+    a.events()
+    a.dial_now(0.2)
+    a.handle_timer(0.2)
+    assert isinstance(a.next_event(), DialDue)
+    a.connection_made(0.3)
+    a.storage_done(stale, stale.perform(ra), 0.4)  # ignored: its session is gone
+    assert a.state is LinkState.CONNECTED and a.session is not None
+    assert a.session.state.value == "hello-sent"
+    assert rb.state() == ra.state()  # the late apply itself was committed, with its cursor

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ from crdt_kv.protocol import (
 from crdt_kv.store import Store
 
 __all__ = ["RECEIVE_SIZE", "LinkDriver", "StorageWorker", "on_commit_anywhere"]
+
+log = logging.getLogger("crdt_kv.net")
 
 RECEIVE_SIZE = 1 << 18
 """Bytes asked of the stream per read: several batches, so one wakeup applies several."""
@@ -81,13 +84,18 @@ class StorageWorker:
         """Perform queued requests until cancelled (the one in progress finishes first)."""
         replica = self.replica
         async for request, done in self._recv:
+            result: object = None
+            error: Exception | None = None
             try:
                 result = await trio.to_thread.run_sync(request.perform, replica)
             except Exception as exc:
-                done(None, exc)
+                error = exc
             else:
                 self.performed += 1
-                done(result, None)
+            try:
+                done(result, error)
+            except Exception:  # one link's bug must not stop every link's storage work
+                log.exception("storage result handler for %r failed", request)
 
 
 class _Connection:

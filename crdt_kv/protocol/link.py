@@ -173,6 +173,7 @@ class PeerLink:
         self._announced = False
         self._went_silent = False
         self._stopping = False
+        self._requests: dict[int, tuple[StorageRequest, Session]] = {}
 
     # --- introspection ----------------------------------------------------------------
 
@@ -326,11 +327,23 @@ class PeerLink:
         s = self.session
         if s is None or not self.connected:
             return None
-        return s.storage_request()
+        request = s.storage_request()
+        if request is not None:
+            self._requests[id(request)] = (request, s)
+        return request
+
+    def _owner(self, request: StorageRequest) -> Session | None:
+        """The session that asked for ``request`` if it is still the current one; a result
+        for an earlier connection's session is dropped (an apply it made is committed with
+        its cursor, so nothing is lost)."""
+        taken = self._requests.pop(id(request), None)
+        if taken is None or taken[0] is not request or taken[1] is not self.session:
+            return None
+        return taken[1]
 
     def storage_done(self, request: StorageRequest, result: object, now: float) -> None:
         """Hand back a performed request's result."""
-        s = self.session
+        s = self._owner(request)
         if s is None:
             return
         self._last_rx = max(self._last_rx, now)
@@ -339,7 +352,7 @@ class PeerLink:
     def storage_failed(self, request: StorageRequest, error: BaseException, now: float) -> None:
         """The request raised ``error``: the peer's fault (skew, bad data) fails the
         session; anything else is a local failure and ends the session too."""
-        s = self.session
+        s = self._owner(request)
         if s is None:
             return
         try:
