@@ -92,10 +92,16 @@ class SimConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     def effective_fanout(self) -> int:
-        """Round links per node besides its ring successor: ``gossip_fanout``, default
-        none (each extra link makes every entry arrive once more at every node, and the
-        ring alone converges in a few seconds)."""
-        return self.gossip_fanout if self.gossip_fanout is not None else 0
+        """Round links per node besides its ring successor: ``gossip_fanout``; by default
+        every other node in clusters of up to 8 (a full mesh, so a node can always reach
+        a peer whose clock is within ``max_offset_ms`` of its own, as random gossip
+        partners could) and none beyond (each extra link makes every entry arrive once
+        more at every node, and the ring alone converges in a few seconds). Each node
+        still starts about one round per ``gossip_ms``: the round interval of a link is
+        ``gossip_ms`` times the node's number of round links."""
+        if self.gossip_fanout is not None:
+            return self.gossip_fanout
+        return self.nodes - 2 if self.nodes <= 8 else 0
 
     def effective_keys(self) -> int:
         """The key-space size: ``keys`` or ops/10 clamped to 20..250.

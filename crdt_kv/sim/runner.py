@@ -204,7 +204,10 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         if self.cfg.backend != "memory" and self._tmp is None:
             self._tmp = tempfile.mkdtemp(prefix="crdt_kv-sim-")
         self.accept_config = self._live_cfg = self._link_config(live=True)
-        self._round_cfg = self._link_config(live=False, mode=self.cfg.gossip_mode)
+        per_node = 1 + min(self.cfg.effective_fanout(), max(0, len(self.nodes) - 2))
+        self._round_cfg = self._link_config(
+            live=False, mode=self.cfg.gossip_mode, period_ms=self.cfg.gossip_ms * per_node
+        )
         for node in self.nodes:
             if node.state == UP and node.store is None:
                 self._open_store(node)
@@ -263,17 +266,21 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def intercept(self, fn: Callable[[Message], object] | None) -> None:
         self.links.intercept = fn
 
-    def _link_config(self, *, live: bool, mode: str = "both") -> LinkConfig:
-        """The production policy, with the simulation's time scale."""
+    def _link_config(
+        self, *, live: bool, mode: str = "both", period_ms: float | None = None
+    ) -> LinkConfig:
+        """The production policy, with the simulation's time scale (rounds every
+        ``period_ms``, default ``gossip_ms``, down to half that while they move data)."""
         cfg = self.cfg
+        period = cfg.gossip_ms if period_ms is None else period_ms
         return LinkConfig(
             mode=mode,
             live=live,
             cluster_id="sim",
             handshake_timeout_s=cfg.idle_timeout_ms / 1000,
             idle_timeout_s=cfg.idle_timeout_ms / 1000,
-            sync_interval_s=cfg.gossip_ms / 1000,
-            min_sync_interval_s=cfg.gossip_ms / 2000,
+            sync_interval_s=period / 1000,
+            min_sync_interval_s=period / 2000,
             backoff_base_s=cfg.backoff_base_ms / 1000,
             backoff_max_s=cfg.backoff_max_ms / 1000,
             push_delay_s=cfg.live_flush_ms / 1000,
