@@ -585,8 +585,8 @@ def test_quiet_check_catches_quiet_live_sessions_timed_out(monkeypatch: Any) -> 
 
     honest = Simulation._link_config
 
-    def without_keepalives(self: Simulation, *, live: bool, mode: str = "both") -> Any:
-        return dataclasses.replace(honest(self, live=live, mode=mode), keepalive_s=1e6)
+    def without_keepalives(self: Simulation, **kw: Any) -> Any:
+        return dataclasses.replace(honest(self, **kw), keepalive_s=1e6)
 
     good = sim.run("clean", nodes=4, ops=300, seed=1)
     assert good.ok and good.checks["quiet_sessions_kept"] and good.quiet_timeouts == 0
