@@ -305,12 +305,16 @@ async def live_latency(
     all_seen = trio.Event()
     prefix = f"live-{random.getrandbits(32):08x}-"
 
+    token = trio.lowlevel.current_trio_token()
+
     def on_change(entry: Any) -> None:
+        # Applied batches may commit on the node's storage worker thread: stamp the time
+        # here, wake the trio task through the token (thread-safe).
         k = entry.key
         if k in put_at and k not in seen_at:
             seen_at[k] = time.perf_counter()
             if len(seen_at) == writes:
-                all_seen.set()
+                token.run_sync_soon(all_seen.set)
 
     unsubscribe = b.on_change(on_change)
     try:

@@ -74,10 +74,17 @@ class StorageWorker:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.performed = 0
+        self._pending = 0
         self._send, self._recv = trio.open_memory_channel[tuple[StorageRequest, _Done]](math.inf)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or being performed."""
+        return self._pending == 0
 
     def submit(self, request: StorageRequest, done: _Done) -> None:
         """Queue ``request``; ``done`` is called once it was performed."""
+        self._pending += 1
         self._send.send_nowait((request, done))
 
     async def run(self) -> None:
@@ -92,6 +99,7 @@ class StorageWorker:
                 error = exc
             else:
                 self.performed += 1
+            self._pending -= 1
             try:
                 done(result, error)
             except Exception:  # one link's bug must not stop every link's storage work
@@ -185,12 +193,36 @@ class LinkDriver:
             self._wake = trio.Event()
 
     def _act(self) -> None:
-        """Take the link's events, storage requests and bytes, and act on them."""
+        """Take the link's events, storage requests and bytes, and act on them, until a
+        round of it produced nothing new (an inline storage result may add events)."""
+        link = self.link
+        while True:
+            self._take_events()
+            inline = False
+            while not self._storage_busy:
+                request = link.storage_request()
+                if request is None:
+                    break
+                self._storage_busy = True
+                if request.light and self.worker.idle:
+                    # A live push (a few entries): two thread hops would cost more than the
+                    # work; with the worker idle the loop cannot wait on the store lock.
+                    self._perform_inline(request)
+                    inline = True
+                else:
+                    self.worker.submit(request, functools.partial(self._stored, request))
+            if not inline:
+                break
+        conn = self._conn
+        if conn is not None and link.session is not None and link.session.has_output:
+            conn.wake.set()
+
+    def _take_events(self) -> None:
         link = self.link
         while True:
             ev = link.next_event()
             if ev is None:
-                break
+                return
             if isinstance(ev, DialDue):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._dial)
@@ -203,14 +235,16 @@ class LinkDriver:
                     if self._callback_error is None:
                         self._callback_error = exc
                     link.close(trio.current_time(), f"local failure: {type(exc).__name__}")
-        if not self._storage_busy:
-            request = link.storage_request()
-            if request is not None:
-                self._storage_busy = True
-                self.worker.submit(request, functools.partial(self._stored, request))
-        conn = self._conn
-        if conn is not None and link.session is not None and link.session.has_output:
-            conn.wake.set()
+
+    def _perform_inline(self, request: StorageRequest) -> None:
+        try:
+            result = request.perform(self.link.replica)
+        except Exception as exc:
+            self._storage_busy = False
+            self.link.storage_failed(request, exc, trio.current_time())
+        else:
+            self._storage_busy = False
+            self.link.storage_done(request, result, trio.current_time())
 
     def _stored(self, request: StorageRequest, result: object, error: BaseException | None) -> None:
         self._storage_busy = False

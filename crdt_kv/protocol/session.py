@@ -495,6 +495,7 @@ class Session:
                 max_bytes=self.max_batch_bytes,
                 stop_at=self._stop_at,
                 exclude_source=self._echo,
+                tail=self.out_state is _O.LIVE,
             )
             self._submit(self._reading)
 

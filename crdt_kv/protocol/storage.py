@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.version import RawEntry
 
-__all__ = ["ApplyBatch", "LogSlice", "ReadLog", "StorageRequest", "entry_size"]
+__all__ = [
+    "LIGHT_ENTRIES",
+    "ApplyBatch",
+    "LogSlice",
+    "ReadLog",
+    "StorageRequest",
+    "entry_size",
+]
+
+LIGHT_ENTRIES = 16
+"""Applies of at most this many entries count as :attr:`ApplyBatch.light`."""
 
 
 def entry_size(e: RawEntry) -> int:
@@ -45,6 +55,13 @@ class ReadLog:
     max_bytes: int
     stop_at: int | None
     exclude_source: tuple[str, bytes] | None
+    tail: bool = False
+    """Asked while tailing the peer live: only what was committed since the last push."""
+
+    @property
+    def light(self) -> bool:
+        """Cheap enough to perform on the event loop (a live tail read)."""
+        return self.tail
 
     def perform(self, replica: Replica) -> LogSlice:
         """Read the log; never writes."""
@@ -77,6 +94,11 @@ class ApplyBatch:
 
     entries: tuple[RawEntry, ...]
     cursor: tuple[str, bytes, int]
+
+    @property
+    def light(self) -> bool:
+        """Cheap enough to perform on the event loop: a few entries (a live push)."""
+        return len(self.entries) <= LIGHT_ENTRIES
 
     def perform(self, replica: Replica) -> int:
         """One atomic commit; returns how many entries changed our state."""
