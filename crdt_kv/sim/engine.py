@@ -47,8 +47,6 @@ class Engine:
         """Run ``fn(arg)`` at virtual time ``t_us`` (microseconds)."""
         heapq.heappush(self._heap, (t_us, next(self._seq), fn, arg))
 
-    _push = push
-
     def advance(self, ms: float) -> None:
         """Run every event due in the next ``ms`` virtual milliseconds."""
         self._loop(self.vt.now + int(ms * 1000))
@@ -74,5 +72,3 @@ class Engine:
         self._trace.update(text.encode())
         if data:
             self._trace.update(data)
-
-    _record = record

@@ -388,7 +388,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
             self.progress("ops", done, cfg.ops)
         if done < cfg.ops:
             gap = self.work_rng.expovariate(self._op_rate) if self._op_rate > 0 else 0.0
-            self._push(self.vt.now + int(gap * 1_000_000), self._op_tick, None)
+            self.push(self.vt.now + int(gap * 1_000_000), self._op_tick, None)
         else:
             self.at(max(self.now_ms, self.duration_ms), self._heal, None)
 
@@ -408,7 +408,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def _heal(self, _: object) -> None:
         self.heal_all()
         self._heal_us = self.vt.now
-        self._record(f"H{self.vt.now}\n")
+        self.record(f"H{self.vt.now}\n")
         now = self.vt.now / 1_000_000
         for node in self.nodes:
             for sl in list(node.links):
@@ -417,7 +417,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
                     self.links.service(sl)
         if self.progress is not None:
             self.progress("converging", 0, int(self.cfg.convergence_bound_ms))
-        self._push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
+        self.push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
 
     def _check_converged(self, _: object) -> None:
         assert self._heal_us is not None
@@ -437,7 +437,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         if waited >= bound:
             self._stop = True
             return
-        self._push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
+        self.push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
 
     def run(self, scenario_setup: Callable[[Simulation], None] | None = None) -> SimResult:
         """Run the whole scenario and return its result (errors are reported, not raised)."""
@@ -458,14 +458,14 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
             for node in self.nodes:
                 if not cfg.sync_writes:
                     first = self.sched_rng.random() * cfg.flush_ms * 1000
-                    self._push(int(first), self._disk_tick, node)
+                    self.push(int(first), self._disk_tick, node)
                 self._start_links(node)
             if cfg.ops:
-                self._push(0, self._op_tick, None)
+                self.push(0, self._op_tick, None)
             else:
                 self.at(self.duration_ms, self._heal, None)
             if cfg.sample_ms:
-                self._push(0, self._sample, None)
+                self.push(0, self._sample, None)
             self._loop()
             self.sync_disks()
             if cfg.sample_ms:
