@@ -33,6 +33,8 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     clock: Callable[[], int] | None = None,
     rng: random.Random | None = None,
     new_incarnation: bool = False,
+    conflicts: str | None = None,
+    keep_history: bool | None = None,
 ) -> Store:
     """Open (creating if needed) a replicated store.
 
@@ -44,7 +46,10 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     milliseconds and ``rng`` supplies randomness (ids), so tests and the simulator control
     both. Encodings not given default to those the store was created with. Open a store
     restored from a backup (or copied) once with ``new_incarnation=True`` so peers do not
-    mistake it for the life it was copied from. Raises :class:`ConfigError` for an unknown
+    mistake it for the life it was copied from. ``conflicts`` (``"lww"``, the default for
+    a new store, or ``"siblings"``) is fixed when the store is created; opening with the
+    other mode raises :class:`ConfigError`. ``keep_history=True`` keeps every superseded
+    version (:meth:`Store.history`). Raises :class:`ConfigError` for an unknown
     backend (listing the available ones) or options that contradict the stored ones.
     """
     cfg = load_config(config)
@@ -83,6 +88,8 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         max_offset_ms=pick(max_offset_ms, node, "max_offset_ms", DEFAULT_MAX_OFFSET_MS),
         new_incarnation=new_incarnation,
         boot_id=None if isinstance(backend, Backend) else _boot_id(),
+        conflicts=pick(conflicts, storage, "conflicts", None),
+        keep_history=bool(pick(keep_history, storage, "keep_history", False)),
     )
 
 

@@ -23,6 +23,8 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "path": str,
         "sync_writes": bool,
         "key_encoding": str,
+        "conflicts": str,
+        "keep_history": bool,
         "value_encoding": str,
     },
     "node": {

@@ -25,6 +25,13 @@ __all__ = [
     "DATA",
     "DATA_END",
     "DATA_SKIP",
+    "FORMAT_SIBLINGS",
+    "HISTORY",
+    "HISTORY_END",
+    "history_bound",
+    "history_key",
+    "history_value",
+    "unpack_history",
     "FORMAT_VERSION",
     "LOG",
     "LOG_END",
@@ -40,6 +47,7 @@ __all__ = [
     "log_stop",
     "pack_log",
     "pack_record",
+    "pack_siblings",
     "pack_source",
     "pack_u64",
     "parse_cursor_key",
@@ -61,6 +69,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+"""Store format of an ``lww`` store, and the format byte of its records."""
+FORMAT_SIBLINGS = 2
+"""Store format of a ``siblings`` store, and the format byte of its records."""
 
 DATA = b"d"
 DATA_END = b"e"
@@ -71,6 +82,8 @@ LOG_END = b"m"
 CURSOR = b"c"
 CURSOR_END = b"d"
 META = b"m"
+HISTORY = b"h"
+HISTORY_END = b"i"
 
 META_FORMAT = META + b"format"
 META_PEER = META + b"peer"
@@ -79,6 +92,8 @@ META_KEY_ENCODING = META + b"key_encoding"
 META_VALUE_ENCODING = META + b"value_encoding"
 META_OPEN = META + b"open"
 """Present while the store is open (its value names the boot); absent after a clean close."""
+META_CONFLICTS = META + b"conflicts"
+"""``siblings`` in a store created in that mode; absent in an ``lww`` store (format 1)."""
 META_SOURCE = META + b"src:"
 META_SOURCE_END = META + b"src;"
 
@@ -156,7 +171,7 @@ def stage_record(
     live = 0 if body[1] & _FLAG_DELETED else 1
     if old is None:
         return None, body + sb, LOG + sb, delta, live
-    if old[0] != FORMAT_VERSION or len(old) < _MIN_RECORD:
+    if not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS or len(old) < _MIN_RECORD:
         raise CorruptionError(f"record of key {key!r} is malformed")
     h = _BLAKE2B_256.copy()
     h.update(_KEYLEN.pack(len(key)) + key + old[:-_SEQ_SIZE])
@@ -181,10 +196,18 @@ def live_value(blob: bytes, key: object) -> bytes | None:
     ``key`` only names the key in the :class:`CorruptionError` of a malformed record.
     """
     if blob[0] != FORMAT_VERSION or len(blob) < _MIN_RECORD:
+        if blob[:1] == _SIBLINGS_BYTE and len(blob) >= _MIN_RECORD:
+            r = unpack_record(blob_key(key), blob)
+            return None if r.deleted else r.value
         raise CorruptionError(f"record of key {key!r} is malformed")
     if blob[1] & _FLAG_DELETED:
         return None
     return blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -_SEQ_SIZE]
+
+
+def blob_key(key: object) -> bytes:
+    """``key`` as bytes for an error message or a parse (a decoded key only names it)."""
+    return key if isinstance(key, bytes) else repr(key).encode()
 
 
 def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
@@ -193,6 +216,8 @@ def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
     of a scan of the data namespace)."""
     if skip:
         key = key[skip:]
+    if blob[:1] == _SIBLINGS_BYTE:
+        return _unpack_siblings(key, blob)
     try:
         fmt, flags, hlc, plen = _RECORD.unpack_from(blob)
     except struct.error as exc:
@@ -221,7 +246,7 @@ def unpack_record_at(
     of known peers skip the checked parse: scans decode many records of few peers.
     """
     if len(blob) < _MIN_RECORD or blob[0] != FORMAT_VERSION:
-        r = unpack_record(key, blob)  # raises CorruptionError
+        r = unpack_record(key, blob)  # a siblings record, or raises CorruptionError
     else:
         end = RECORD_HEAD + blob[RECORD_HEAD - 1]
         peer = peer_names.get(blob[RECORD_HEAD:end])
@@ -244,6 +269,74 @@ def unpack_record_at(
 
 
 _BLAKE2B_256 = hashlib.blake2b(digest_size=32)
+
+# --- siblings records (format 2) -------------------------------------------------------
+
+_SIBLINGS_BYTE = bytes([FORMAT_SIBLINGS])
+_COUNT = struct.Struct(">H")
+_SIB = struct.Struct(">HBQI")  # peer index, flags, hlc, value length; then the value
+_CTX = struct.Struct(">HQ")  # peer index, hlc
+MAX_SIBLING_PEERS = 0xFFFF
+
+
+def pack_siblings(r: RawEntry) -> bytes:
+    """The record body of a ``siblings``-mode state (``r``: head, ``others``, ``context``).
+
+    ``0x02, flags, peer table, siblings, context``: the peer ids of the record are stored
+    once, sorted, and referenced by index, so the body depends only on the state (the
+    digest hashes it) while siblings and context entries carry small integers. Flags bit
+    0: no live sibling (the head is a tombstone). Siblings keep their order.
+    """
+    sibs = (r, *r.others)
+    names = sorted({s.peer for s in sibs} | {p for p, _ in r.context})
+    if len(names) > MAX_SIBLING_PEERS:
+        raise CorruptionError(f"state of key {r.key!r} names {len(names)} peers")
+    index = {p: i for i, p in enumerate(names)}
+    out = [_SIBLINGS_BYTE, b"\x01" if r.deleted else b"\x00", _COUNT.pack(len(names))]
+    for p in names:
+        pb = p.encode("utf-8")
+        out.append(bytes([len(pb)]) + pb)
+    out.append(_COUNT.pack(len(sibs)))
+    for s in sibs:
+        out.append(_SIB.pack(index[s.peer], 1 if s.deleted else 0, s.hlc, len(s.value)))
+        out.append(s.value)
+    out.append(_COUNT.pack(len(r.context)))
+    out.extend(_CTX.pack(index[p], h) for p, h in r.context)
+    return b"".join(out)
+
+
+def _unpack_siblings(key: bytes, blob: bytes) -> RawEntry:
+    end = len(blob) - _SEQ_SIZE
+    try:
+        (npeers,) = _COUNT.unpack_from(blob, 2)
+        pos = 4
+        names: list[str] = []
+        for _ in range(npeers):
+            n = blob[pos]
+            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
+            pos += 1 + n
+        (nsib,) = _COUNT.unpack_from(blob, pos)
+        pos += 2
+        sibs: list[RawEntry] = []
+        for _ in range(nsib):
+            pi, flags, hlc, vlen = _SIB.unpack_from(blob, pos)
+            pos += _SIB.size
+            sibs.append(RawEntry(key, blob[pos : pos + vlen], hlc, names[pi], bool(flags & 1)))
+            pos += vlen
+        (nctx,) = _COUNT.unpack_from(blob, pos)
+        pos += 2
+        ctx = []
+        for _ in range(nctx):
+            pi, hlc = _CTX.unpack_from(blob, pos)
+            ctx.append((names[pi], hlc))
+            pos += _CTX.size
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"siblings record of key {key!r} is malformed") from exc
+    if pos != end or not sibs:
+        raise CorruptionError(f"siblings record of key {key!r} is malformed")
+    seq = int.from_bytes(blob[end:], "big")
+    h = sibs[0]
+    return RawEntry(key, h.value, h.hlc, h.peer, h.deleted, seq, tuple(ctx), tuple(sibs[1:]))
 
 
 def body_hash(key: bytes, body: bytes) -> int:
@@ -403,3 +496,43 @@ def log_stop(last: int | None) -> bytes:
     if last is None or last >= _MAX_SEQ:
         return LOG_END
     return log_key(last + 1)
+
+
+# --- revisions (``keep_history``) -------------------------------------------------------
+
+
+def _escaped(key: bytes) -> bytes:
+    """``key`` with 0x00 as 0x00 0xFF, then 0x00 0x01: order-preserving and prefix-free,
+    so one key's revisions sort together and keys keep their order."""
+    return key.replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+
+
+def history_key(key: bytes, hlc: int, peer: str) -> bytes:
+    """Storage key of a superseded version: ``h``, escaped key, stamp, peer id."""
+    return HISTORY + _escaped(key) + _SEQ.pack(hlc) + peer.encode("utf-8")
+
+
+def history_bound(key: bytes, after: bool) -> bytes:
+    """Where ``key``'s revisions start (``after``: where they end) in the ``h`` namespace."""
+    head = HISTORY + _escaped(key)
+    return head[:-1] + b"\x02" if after else head
+
+
+def history_value(deleted: bool, value: bytes) -> bytes:
+    return (b"\x01" if deleted else b"\x00") + value
+
+
+def unpack_history(k: bytes, blob: bytes) -> RawEntry:
+    """Parse a stored revision back into the version it was."""
+    end = k.find(b"\x00", 1)
+    while 0 <= end < len(k) - 1 and k[end + 1] == 0xFF:
+        end = k.find(b"\x00", end + 2)
+    if end < 0 or k[end + 1 : end + 2] != b"\x01" or len(k) < end + 2 + _SEQ_SIZE or not blob:
+        raise CorruptionError(f"malformed revision key {k!r}")
+    key = k[1:end].replace(b"\x00\xff", b"\x00")
+    hlc = int.from_bytes(k[end + 2 : end + 2 + _SEQ_SIZE], "big")
+    try:
+        peer = k[end + 2 + _SEQ_SIZE :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptionError(f"revision key {k!r} has a corrupt peer id") from None
+    return RawEntry(key, blob[1:], hlc, peer, bool(blob[0] & 1))

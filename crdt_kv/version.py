@@ -31,6 +31,12 @@ class Entry:
     ``seq`` is the local change-log position (0 for an entry not read from a store).
     ``raw`` keeps the encoded value bytes when the entry came from a store, so re-applying
     it elsewhere does not depend on the encoder round-tripping exactly.
+
+    In ``siblings`` mode an entry of :meth:`Store.changes` carries the key's whole state:
+    it is the first sibling, ``others`` holds the rest (in sibling order) and ``context``
+    the causal-context entries ``(peer, hlc)`` that its siblings do not imply
+    (``spec/data-model.md`` section 13). Both are empty in ``lww`` mode and on the
+    versions :meth:`Store.get_all` returns.
     """
 
     key: Any
@@ -40,6 +46,8 @@ class Entry:
     deleted: bool = False
     seq: int = 0
     raw: bytes | None = field(default=None, compare=False, repr=False)
+    context: tuple[tuple[str, int], ...] = field(default=(), compare=False, repr=False)
+    others: tuple[Entry, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def version(self) -> Version:
@@ -49,7 +57,13 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class RawEntry:
-    """An entry in wire/storage form: encoded key and value bytes (``b""`` if deleted)."""
+    """An entry in wire/storage form: encoded key and value bytes (``b""`` if deleted).
+
+    In ``siblings`` mode one raw entry is one key's whole state: its own fields are the
+    first sibling, ``others`` the remaining siblings in order, ``context`` the explicit
+    causal-context entries ``(peer, hlc)`` sorted by peer (those the siblings' own dots do
+    not imply). A state always travels whole: splitting it would lose siblings.
+    """
 
     key: bytes
     value: bytes
@@ -57,6 +71,8 @@ class RawEntry:
     peer: str
     deleted: bool
     seq: int = 0
+    context: tuple[tuple[str, int], ...] = ()
+    others: tuple[RawEntry, ...] = ()
 
 
 Resolver = Callable[[Entry, Entry], bool]

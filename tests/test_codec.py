@@ -203,8 +203,8 @@ def test_records_lead_with_the_format_version() -> None:
     assert blob[0] == codec.FORMAT_VERSION == 1
     r = codec.unpack_record(b"k", blob)
     assert (r.hlc, r.seq, r.peer, r.deleted, r.value) == (5, 9, "p", False, b"v")
-    future = bytes([codec.FORMAT_VERSION + 1]) + blob[1:]
-    with pytest.raises(CorruptionError, match="unknown format 2"):
+    future = bytes([codec.FORMAT_VERSION + 2]) + blob[1:]
+    with pytest.raises(CorruptionError, match="unknown format 3"):
         codec.unpack_record(b"k", future)
 
 

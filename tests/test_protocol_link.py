@@ -50,6 +50,7 @@ class FakeReplica:
     incarnation: bytes = b"\x07" * 16
     key_encoding: str = "utf-8"
     value_encoding: str = "cbor"
+    conflict_mode: str = "lww"
     max_ahead: int = 1 << 40
     hlc: int = WALL << 16
     data: dict[bytes, RawEntry] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from crdt_kv.errors import (
     RemoteProtocolError,
 )
 from crdt_kv.protocol import (
+    PROTOCOL_VERSION,
     Abort,
     AbortCode,
     Ack,
@@ -465,8 +466,8 @@ def test_request_beyond_our_log_is_incompatible(pair: tuple[Store, Store, Manual
     sess.start()
     hello = frames(sess.data_to_send())[0]
     assert isinstance(hello, Hello)
-    peer_hello = Hello(1, "default", "z", b"\x01" * 16, T0 << 16, 0, True, True, False,
-                       "utf-8", "cbor", 100)  # fmt: skip
+    peer_hello = Hello(PROTOCOL_VERSION, "default", "z", b"\x01" * 16, T0 << 16, 0,
+                       True, True, False, "utf-8", "cbor", 100)  # fmt: skip
     sess.receive_data(encode_frame(peer_hello))
     events = sess.receive_data(encode_frame(Request(a.last_seq + 1, False)))
     assert failed(events) and "lost data" in str(sess.error)
@@ -545,7 +546,7 @@ def test_excluded_entries_still_advance_the_cursor(
 def _fake_peer(sess: Session, **hello_kw: Any) -> list[Message]:
     """Start ``sess``, feed it a peer Hello, return what it sent."""
     fields: dict[str, Any] = dict(
-        version=1, cluster_id="default", peer_id="evil", incarnation=b"\x07" * 16,
+        version=PROTOCOL_VERSION, cluster_id="default", peer_id="evil", incarnation=b"\x07" * 16,
         hlc=T0 << 16, last_seq=10, send=True, receive=False, live=False,
         key_encoding="utf-8", value_encoding="cbor", max_batch_entries=100,
     )  # fmt: skip
@@ -773,7 +774,9 @@ def test_incompatible_peers_fail_both_sides(
 @pytest.mark.parametrize(
     ("hello_kw", "what"),
     [
-        ({"version": 2}, "speaks protocol 2"),
+        ({"version": PROTOCOL_VERSION + 1}, f"speaks protocol {PROTOCOL_VERSION + 1}"),
+        ({"version": 1}, f"speaks protocol 1, we speak {PROTOCOL_VERSION}"),
+        ({"conflicts": "siblings"}, "keeps conflicts as 'siblings', we keep them as 'lww'"),
         ({"cluster_id": "other"}, "is in cluster 'other'"),
         ({"key_encoding": "bytes"}, "uses encodings bytes/cbor"),
         ({"peer_id": "b"}, "is our own"),

@@ -25,6 +25,7 @@ def our_hello(
         key_encoding=replica.key_encoding,
         value_encoding=replica.value_encoding,
         max_batch_entries=max_batch_entries,
+        conflicts=replica.conflict_mode,
     )
 
 
@@ -41,5 +42,10 @@ def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:
         return (
             f"peer {h.peer_id!r} uses encodings {h.key_encoding}/{h.value_encoding}, "
             f"we use {ours[0]}/{ours[1]}"
+        )
+    if h.conflicts != replica.conflict_mode:
+        return (
+            f"peer {h.peer_id!r} keeps conflicts as {h.conflicts!r}, we keep them as "
+            f"{replica.conflict_mode!r}: replicas in different conflict modes cannot sync"
         )
     return None

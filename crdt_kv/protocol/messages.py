@@ -38,7 +38,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME_BYTES = 8 << 20
 _LEN = struct.Struct(">I")
 _U64 = (1 << 64) - 1
@@ -87,6 +87,8 @@ class Hello:
     key_encoding: str
     value_encoding: str
     max_batch_entries: int
+    conflicts: str = "lww"
+    """The sender's conflict mode; replicas in different modes refuse to sync."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,7 @@ def encode_message(msg: Message) -> bytes:
                 msg.key_encoding,
                 msg.value_encoding,
                 msg.max_batch_entries,
+                msg.conflicts,
             ]
         )
     if isinstance(msg, Abort):
@@ -161,19 +164,46 @@ def encode_message(msg: Message) -> bytes:
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
 
 
+def _lowest_stamp(entries: tuple[RawEntry, ...]) -> int:
+    low = min(e.hlc for e in entries)
+    for e in entries:
+        if e.others or e.context:
+            low = min(low, *(o.hlc for o in e.others), *(h for _, h in e.context))
+    return low
+
+
 def _encode_batch(b: Batch) -> bytes:
     entries = b.entries
-    base = min(e.hlc for e in entries) >> 16 if entries else 0
+    base = _lowest_stamp(entries) >> 16 if entries else 0
     peers: dict[str, int] = {}
     rows: list[list[Any]] = []
+
+    def index(peer: str) -> int:
+        idx = peers.get(peer)
+        if idx is None:
+            idx = peers[peer] = len(peers)
+        return idx
+
     for e in entries:
         idx = peers.get(e.peer)
         if idx is None:
             idx = peers[e.peer] = len(peers)
         h = e.hlc
-        rows.append(
-            [e.key, (h >> 16) - base, h & _LOGICAL_MAX, idx, None if e.deleted else e.value]
-        )
+        row = [e.key, (h >> 16) - base, h & _LOGICAL_MAX, idx, None if e.deleted else e.value]
+        if e.others or e.context:
+            row.append([[index(p), (c >> 16) - base, c & _LOGICAL_MAX] for p, c in e.context])
+            row.append(
+                [
+                    [
+                        (o.hlc >> 16) - base,
+                        o.hlc & _LOGICAL_MAX,
+                        index(o.peer),
+                        None if o.deleted else o.value,
+                    ]
+                    for o in e.others
+                ]
+            )
+        rows.append(row)
     return cbor2.dumps([MsgType.BATCH, b.from_seq, b.to_seq, b.done, base, list(peers), rows])
 
 
@@ -295,6 +325,7 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
             key_encoding=_text(msg[8], "hello.key_encoding", 32),
             value_encoding=_text(msg[9], "hello.value_encoding", 32),
             max_batch_entries=_uint(msg[10], "hello.max_batch_entries"),
+            conflicts=_text(msg[11], "hello.conflicts", 32) if len(msg) > 11 else "lww",
         )
     _array(msg, "abort", 3)
     return Abort(_uint(msg[1], "abort.code", 0xFFFF), _text(msg[2], "abort.reason", 4096))
@@ -322,7 +353,10 @@ def _decode_batch(msg: list[Any], max_entries: int | None) -> Batch:
     append = entries.append
     for i, row in enumerate(rows):
         if type(row) is not list or len(row) != 5:
-            raise _fail(f"batch.entries[{i}] must be an array of 5")
+            if type(row) is list and len(row) == 7:
+                append(_decode_state(row, i, base, peers))
+                continue
+            raise _fail(f"batch.entries[{i}] must be an array of 5 or 7")
         key, dwall, logical, pidx, value = row
         if (
             type(key) is not bytes
@@ -343,6 +377,45 @@ def _decode_batch(msg: list[Any], max_entries: int | None) -> Batch:
         else:
             raise _fail(f"batch.entries[{i}].value must be bytes or null")
     return Batch(from_seq, to_seq, done, tuple(entries))
+
+
+def _stamp(base: int, dwall: object, logical: object, where: str) -> int:
+    if type(dwall) is not int or type(logical) is not int:
+        raise _fail(f"{where} has a field of the wrong type")
+    wall = base + dwall
+    if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
+        raise _fail(f"{where} has an out-of-range timestamp")
+    return (wall << 16) | logical
+
+
+def _peer(peers: list[Any], pidx: object, where: str) -> str:
+    if type(pidx) is not int or not 0 <= pidx < len(peers):
+        raise _fail(f"{where} names peer index {pidx!r:.20} of {len(peers)}")
+    return str(peers[pidx])
+
+
+def _decode_state(row: list[Any], i: int, base: int, peers: list[Any]) -> RawEntry:
+    """A ``siblings``-mode row: ``[key, dwall, logical, peer, value, context, others]``."""
+    where = f"batch.entries[{i}]"
+    key, dwall, logical, pidx, value, ctx, others = row
+    if type(key) is not bytes or (value is not None and type(value) is not bytes):
+        raise _fail(f"{where} has a field of the wrong type")
+    context: list[tuple[str, int]] = []
+    for j, item in enumerate(_array(ctx, f"{where}.context")):
+        w = f"{where}.context[{j}]"
+        _array(item, w, 3)
+        context.append((_peer(peers, item[0], w), _stamp(base, item[1], item[2], w)))
+    sibs: list[RawEntry] = []
+    for j, item in enumerate(_array(others, f"{where}.others")):
+        w = f"{where}.others[{j}]"
+        _array(item, w, 4)
+        v = item[3]
+        if v is not None and type(v) is not bytes:
+            raise _fail(f"{w}.value must be bytes or null")
+        hlc, peer = _stamp(base, item[0], item[1], w), _peer(peers, item[2], w)
+        sibs.append(RawEntry(key, v or b"", hlc, peer, v is None))
+    hlc, peer = _stamp(base, dwall, logical, where), _peer(peers, pidx, where)
+    return RawEntry(key, value or b"", hlc, peer, value is None, 0, tuple(context), tuple(sibs))
 
 
 class FrameDecoder:

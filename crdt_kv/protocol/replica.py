@@ -48,6 +48,11 @@ class Replica(Protocol):
         """Name of the value encoding; both peers must agree."""
         ...
 
+    @property
+    def conflict_mode(self) -> str:
+        """``lww`` or ``siblings``; both peers must agree."""
+        ...
+
     def clock_now(self) -> int:
         """A fresh HLC stamp (for our Hello)."""
         ...

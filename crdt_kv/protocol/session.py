@@ -534,13 +534,15 @@ class Session:
                 f"but our cursor is at {self._in_pos}"
             )
         for e in b.entries:
-            if len(e.key) > MAX_KEY_BYTES or len(e.value) > MAX_VALUE_BYTES:
+            if len(e.key) > MAX_KEY_BYTES or max(len(s.value) for s in (e, *e.others)) > (
+                MAX_VALUE_BYTES
+            ):
                 # The store enforces these limits on local writes only.
                 return self._fail(
                     RemoteProtocolError(
                         f"batch from peer {remote.peer_id!r} rejected: key {e.key[:40]!r} "
-                        f"({len(e.key)} bytes, limit {MAX_KEY_BYTES}) or its value "
-                        f"({len(e.value)} bytes, limit {MAX_VALUE_BYTES}) is too large"
+                        f"({len(e.key)} bytes, limit {MAX_KEY_BYTES}) or a value of it "
+                        f"(limit {MAX_VALUE_BYTES} bytes) is too large"
                     ),
                     AbortCode.REJECTED_DATA,
                 )

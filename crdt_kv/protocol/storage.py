@@ -30,8 +30,12 @@ LIGHT_ENTRIES = 16
 
 
 def entry_size(e: RawEntry) -> int:
-    """The size an entry counts for towards ``max_batch_bytes`` (spec section 7)."""
-    return len(e.key) + len(e.value) + 24
+    """The size an entry counts for towards ``max_batch_bytes`` (spec section 7): 24 per
+    version plus its value, the key once, 16 per causal-context entry."""
+    size = len(e.key) + len(e.value) + 24
+    if e.others or e.context:
+        size += sum(len(o.value) + 24 for o in e.others) + 16 * len(e.context)
+    return size
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The store: last-writer-wins registers over an ordered bytes map.
+"""The store: last-writer-wins registers (or, in ``siblings`` mode, sets of concurrent
+versions with a causal context, :mod:`crdt_kv.causal`) over an ordered bytes map.
 
 A pure object (sans-I/O): it reads time only through the injected ``clock`` and randomness
 only through the injected ``rng``, and touches storage only through its
@@ -32,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from crdt_kv.backends.base import Backend
+from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
@@ -39,6 +41,7 @@ from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.commit import Committer
+from crdt_kv.store.history import History
 from crdt_kv.store.hooks import Hooks
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
@@ -73,6 +76,8 @@ class Store:
         max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
         new_incarnation: bool = False,
         boot_id: bytes | None = None,
+        conflicts: str | None = None,
+        keep_history: bool = False,
     ) -> None:
         m, state = open_store(
             backend,
@@ -84,7 +89,9 @@ class Store:
             max_offset_ms=max_offset_ms,
             new_incarnation=new_incarnation,
             boot_id=boot_id or b"1",
+            conflicts=conflicts,
         )
+        self._conflicts = m.conflicts
         self._backend = backend
         self._bget = backend.get
         self.resolver = resolver
@@ -98,8 +105,13 @@ class Store:
             backend.write, self._hooks, self.stats, state.seq, state.count, state.digest
         )
         self._hlc = HLC(clock, max_offset_ms=max_offset_ms, last=state.hlc)
-        checker = EntryChecker(self._kdec, self._vdec)
+        checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
         self._w = Writer(backend, self._log, self._hlc, self._hooks, self.stats, m, checker)
+        if m.conflicts == "siblings":
+            self._w.order = sibling_order(resolver, self._to_entry)
+        self._history = History(backend, self._check, self._enc_key, self._to_entry)
+        if keep_history:
+            self._log.history = self._history.ops
         self._reader = RangeReader(backend, self._check, self._enc_key, self._kdec, self._vdec)
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
 
@@ -119,6 +131,11 @@ class Store:
         (its log tail may be gone), so peers never confuse two lives of one peer id.
         """
         return self._incarnation
+
+    @property
+    def conflict_mode(self) -> str:
+        """``"lww"`` or ``"siblings"``: how concurrent writes resolve, fixed at creation."""
+        return self._conflicts
 
     @property
     def hlc(self) -> HLC:
@@ -198,6 +215,71 @@ class Store:
         self._check()
         r = self._record(self._enc_key(key))
         return None if r is None else self._to_entry(r)
+
+    def get_all(self, key: Any) -> list[Entry]:
+        """Every live sibling of ``key`` in sibling order (``[]`` if absent or deleted).
+
+        In ``lww`` mode that is ``[entry]`` or ``[]``. The first is what :meth:`get`
+        returns. Pass (some of) them to :meth:`merge` to resolve the conflict.
+        """
+        self._check()
+        r = self._record(self._enc_key(key))
+        if r is None:
+            return []
+        return [
+            self._to_entry(RawEntry(s.key, s.value, s.hlc, s.peer, False, r.seq))
+            for s in siblings(r)
+            if not s.deleted
+        ]
+
+    def conflicts(
+        self,
+        *,
+        gt: Any = None,
+        gte: Any = None,
+        lt: Any = None,
+        lte: Any = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Any, list[Entry]]]:
+        """``(key, live siblings)`` for every key holding two or more live siblings, in key
+        order over a half-open range (``limit`` counts such keys). Never any in ``lww``."""
+        n = 0
+        for r in self._reader.rows((gt, gte, lt, lte, reverse, None)):
+            if not r.others:
+                continue
+            live = [s for s in siblings(r) if not s.deleted]
+            if len(live) < 2:
+                continue
+            entries = [
+                self._to_entry(RawEntry(s.key, s.value, s.hlc, s.peer, False, r.seq)) for s in live
+            ]
+            yield entries[0].key, entries
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+    def history(self, key: Any, *, limit: int | None = None) -> list[Entry]:
+        """Versions of ``key`` this replica held and later superseded, newest first.
+
+        Kept only while the store is opened with ``keep_history=True``; local, never
+        replicated.
+        """
+        return self._history.of_key(key, limit)
+
+    def revisions(
+        self,
+        *,
+        gt: Any = None,
+        gte: Any = None,
+        lt: Any = None,
+        lte: Any = None,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Any, Entry]]:
+        """``(key, Entry)`` for every kept revision in a key range (see :meth:`history`):
+        keys in order, each key's revisions oldest first; ``reverse`` flips both."""
+        return self._history.revisions((gt, gte, lt, lte, reverse, limit))
 
     def __getitem__(self, key: Any) -> Any:
         v = self.get(key, _MISSING)
@@ -332,6 +414,31 @@ class Store:
             raise EncodingError(f"value of key {key!r}: {exc}") from None
         return self._w.local(k, v, False)
 
+    def merge(self, key: Any, versions: Iterable[Entry | Version], value: Any) -> Version:
+        """Write ``value`` as the resolution of exactly ``versions`` (from :meth:`get_all`).
+
+        In ``siblings`` mode the write supersedes the versions passed (a causal context is
+        a version vector, so also any older version of the same writers) and no others: a
+        sibling that arrived after the caller read stays. In ``lww`` mode it is a
+        :meth:`put`. Raises TypeError for something that is not a version.
+        """
+        self._check()
+        dots: list[tuple[str, int]] = []
+        for v in versions:
+            hlc, peer = getattr(v, "hlc", None), getattr(v, "peer", None)
+            if type(hlc) is not int or not isinstance(peer, str):
+                raise TypeError(
+                    f"merge of key {key!r} takes Entry or Version objects, not {v!r:.60}"
+                )
+            dots.append((peer, hlc))
+        k = self._enc_key(key)
+        try:
+            v_b = self._venc(value)
+        except EncodingError as exc:
+            raise EncodingError(f"value of key {key!r}: {exc}") from None
+        covers = context_of(dots) if self._conflicts == "siblings" else None
+        return self._w.local(k, v_b, False, covers)
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self.put(key, value)
 
@@ -395,6 +502,16 @@ class Store:
         """Call ``callback(entry)`` for every key whose state changed (update hook)."""
         return self._hooks.add_change(callback)
 
+    def before_write(self, callback: Callable[[list[Entry]], object]) -> Callable[[], None]:
+        """Call ``callback(entries)`` before a local put, delete, merge or batch commits.
+
+        ``entries`` are the versions about to be written, stamped. Raising refuses the
+        write: nothing is written and the exception reaches the caller. Entries received
+        from peers are never shown here (refusing them would make replicas diverge); use
+        :meth:`on_change` to observe them. Returns a function that unsubscribes.
+        """
+        return self._hooks.add_before(callback)
+
     # --- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
@@ -414,7 +531,8 @@ class Store:
 
     def __repr__(self) -> str:
         state = "closed" if self._w.closed else f"{self._log.count} keys, seq {self._log.seq}"
-        return f"<Store peer={self._peer_id!r} backend={self._backend.name} {state}>"
+        mode = " siblings" if self._conflicts == "siblings" else ""
+        return f"<Store peer={self._peer_id!r} backend={self._backend.name}{mode} {state}>"
 
 
 _MISSING = object()

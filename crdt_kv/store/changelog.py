@@ -27,6 +27,7 @@ from crdt_kv.layout import (
     unpack_record_at,
     unpack_u64,
 )
+from crdt_kv.protocol.storage import entry_size
 from crdt_kv.version import RawEntry
 
 __all__ = ["ChangeLog", "Source", "cursor_ops"]
@@ -117,7 +118,7 @@ class ChangeLog:
             size = 0
             for e in rows:
                 out.append(e)
-                size += len(e.key) + len(e.value) + 24
+                size += entry_size(e)
                 if size >= max_bytes:
                     break
             return out

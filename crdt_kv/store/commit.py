@@ -34,7 +34,7 @@ class Committer:
     store's writer calls it with the commit lock held.
     """
 
-    __slots__ = ("_hooks", "_stats", "_write", "count", "digest", "seq")
+    __slots__ = ("_hooks", "_stats", "_write", "count", "digest", "history", "seq")
 
     def __init__(  # noqa: PLR0917 - private; built once by the store
         self,
@@ -47,6 +47,8 @@ class Committer:
     ) -> None:
         self._write, self._hooks, self._stats = write, hooks, stats
         self.seq, self.count, self.digest = seq, count, digest
+        self.history: Callable[[bytes, bytes, bytes | None], list[Op]] | None = None
+        """``keep_history``: the revision ops each change adds to its commit."""
 
     def commit(
         self, items: Sequence[Change], hlc: int, source: int = 0, extra: Sequence[Op] = ()
@@ -70,6 +72,8 @@ class Committer:
             count += count_delta
             add((DATA + k, record))
             logs.append((lk, k))
+            if self.history is not None:
+                ops.extend(self.history(k, body, old))
         digest %= _MOD
         last_lk, last_k = logs.pop()
         if logs:
@@ -94,7 +98,10 @@ class Committer:
         count = self.count + live
         digest = (self.digest + delta) % _MOD
         last = (lk, trailer_log(k, count, digest, hlc, 0))
-        if old_log is None:
+        if self.history is not None:
+            ops: list[Op] = [] if old_log is None else [(old_log, None)]
+            self._write([*ops, (DATA + k, record), last, *self.history(k, body, old)])
+        elif old_log is None:
             self._write([(DATA + k, record), last])
         else:
             self._write([(old_log, None), (DATA + k, record), last])

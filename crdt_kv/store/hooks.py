@@ -29,12 +29,24 @@ log = logging.getLogger("crdt_kv.store")
 class Hooks:
     """The store's listeners; ``stats['hook_errors']`` counts listeners that raised."""
 
-    __slots__ = ("_stats", "_to_entry", "change", "commit")
+    __slots__ = ("_stats", "_to_entry", "before", "change", "commit")
 
     def __init__(self, stats: dict[str, int], to_entry: Callable[[RawEntry], Entry]) -> None:
         self._stats, self._to_entry = stats, to_entry
         self.commit: list[Callable[[int], object]] = []
         self.change: list[Callable[[Entry], object]] = []
+        self.before: list[Callable[[list[Entry]], object]] = []
+
+    def add_before(self, callback: Callable[[list[Entry]], object]) -> Callable[[], None]:
+        self.before.append(callback)
+        return lambda: _discard(self.before, callback)
+
+    def before_write(self, raws: list[RawEntry]) -> None:
+        """Show the local writes about to commit to the pre-update hooks; whatever a hook
+        raises propagates (the caller then writes nothing)."""
+        entries = [self._to_entry(r) for r in raws]
+        for fn in list(self.before):
+            fn(entries)
 
     def add_commit(self, callback: Callable[[int], object]) -> Callable[[], None]:
         self.commit.append(callback)

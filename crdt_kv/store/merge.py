@@ -10,15 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from crdt_kv.causal import Order, join
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.hlc import MAX_STAMP
-from crdt_kv.layout import record_body, unpack_record
+from crdt_kv.layout import DATA, MAX_SIBLING_PEERS, pack_siblings, record_body, unpack_record
 from crdt_kv.store.commit import Change
 from crdt_kv.store.meta import check_peer_id
 from crdt_kv.version import Entry, RawEntry, Resolver
 
-__all__ = ["EntryChecker", "Prefer", "changes", "raw_chunks", "to_raw", "winners"]
+__all__ = [
+    "EntryChecker",
+    "Prefer",
+    "changes",
+    "raw_chunks",
+    "sibling_changes",
+    "to_raw",
+    "winners",
+]
 
 Prefer = Callable[[RawEntry, RawEntry, Resolver | None, Callable[[RawEntry], Entry] | None], bool]
 """The merge order: ``prefer(new, old, resolver, to_entry)`` is True when ``new`` wins."""
@@ -31,11 +40,54 @@ class EntryChecker:
     store), so each peer id is checked and encoded once.
     """
 
-    __slots__ = ("_kdec", "_vdec", "peer_bytes")
+    __slots__ = ("_kdec", "_vdec", "peer_bytes", "siblings")
 
-    def __init__(self, kdec: Decoder, vdec: Decoder) -> None:
+    def __init__(self, kdec: Decoder, vdec: Decoder, *, siblings: bool = False) -> None:
         self._kdec, self._vdec = kdec, vdec
         self.peer_bytes: dict[str, bytes] = {}
+        self.siblings = siblings
+        """``siblings`` mode: entries may carry ``others`` and ``context``."""
+
+    def validate_state(self, e: RawEntry) -> int:
+        """Validate the ``others`` and ``context`` of a state; return its highest stamp.
+
+        An ``lww`` store refuses both (a sibling state would be silently flattened).
+        """
+        if not self.siblings:
+            raise EncodingError(
+                f"entry of key {e.key!r} carries siblings or a causal context, but this "
+                "store's conflict mode is 'lww'"
+            )
+        if type(e.others) is not tuple or type(e.context) is not tuple:
+            raise EncodingError(f"state of key {e.key!r}: others and context must be tuples")
+        top = e.hlc
+        dots = {(e.peer, e.hlc)}
+        for o in e.others:
+            if not isinstance(o, RawEntry) or o.key != e.key or o.others or o.context:
+                raise EncodingError(f"state of key {e.key!r} has a malformed sibling")
+            self.validate(o)
+            if (o.peer, o.hlc) in dots:
+                raise EncodingError(f"state of key {e.key!r} holds dot {o.peer}@{o.hlc} twice")
+            dots.add((o.peer, o.hlc))
+            top = max(top, o.hlc)
+        last = None
+        for item in e.context:
+            if type(item) is not tuple or len(item) != 2:
+                raise EncodingError(f"context of key {e.key!r} has a malformed entry")
+            peer, hlc = item
+            try:
+                check_peer_id(peer, "context peer")
+            except ConfigError as exc:
+                raise EncodingError(f"context of key {e.key!r}: {exc}") from None
+            if type(hlc) is not int or not 0 <= hlc <= MAX_STAMP:
+                raise EncodingError(f"context of key {e.key!r} has invalid hlc {hlc!r}")
+            if last is not None and peer <= last:
+                raise EncodingError(f"context of key {e.key!r} is not sorted by peer")
+            last = peer
+            top = max(top, hlc)
+        if len({p for p, _ in dots} | {p for p, _ in e.context}) > MAX_SIBLING_PEERS:
+            raise EncodingError(f"state of key {e.key!r} names too many peers")
+        return top
 
     def validate(self, e: RawEntry) -> None:
         """Raise the precise :class:`EncodingError` (or TypeError) for a malformed entry."""
@@ -89,6 +141,8 @@ class EntryChecker:
                     and 0 <= e.hlc <= MAX_STAMP
                     and type(e.peer) is str
                     and e.peer in peers
+                    and not e.others
+                    and not e.context
                 ):
                     kdec(e.key)
                     if e.deleted:
@@ -102,7 +156,10 @@ class EntryChecker:
             except EncodingError:
                 pass  # validate reports it with the key named
             self.validate(e)
-            peers[e.peer] = e.peer.encode("utf-8")
+            if e.others or e.context:
+                top = max(top, self.validate_state(e))
+            else:
+                peers[e.peer] = e.peer.encode("utf-8")
             top = max(top, e.hlc)
         return top
 
@@ -142,12 +199,40 @@ def changes(  # noqa: PLR0917 - private; the merge's inputs, all needed
     return items
 
 
+def sibling_changes(
+    batch: Sequence[RawEntry],
+    get_many: Callable[[list[bytes]], list[bytes | None]],
+    order: Order,
+) -> list[Change]:
+    """``siblings`` mode: join each key's incoming states (validated) with its stored
+    state; the changes of the keys whose state moved."""
+    joined: dict[bytes, RawEntry] = {}
+    for e in batch:
+        joined[e.key] = join(joined.get(e.key), e, order)
+    olds = get_many([DATA + k for k in joined])
+    items: list[Change] = []
+    for (k, new), blob in zip(joined.items(), olds, strict=True):
+        if blob is None:
+            items.append((k, pack_siblings(new), None))
+            continue
+        body = pack_siblings(join(unpack_record(k, blob), new, order))
+        if body != blob[:-8]:
+            items.append((k, body, blob))
+    return items
+
+
 def to_raw(e: Entry | RawEntry, enc_key: Callable[[Any], bytes], venc: Encoder) -> RawEntry:
     """An :class:`Entry` (decoded) in wire form, encoded with this store's encodings."""
     if isinstance(e, RawEntry):
         return e
     if not isinstance(e, Entry):
         raise TypeError(f"apply() takes Entry or RawEntry objects, not {type(e).__name__}")
+    if e.others:
+        head = to_raw(Entry(e.key, e.value, e.hlc, e.peer, e.deleted, 0, e.raw), enc_key, venc)
+        others = tuple(to_raw(o, enc_key, venc) for o in e.others)
+        return RawEntry(
+            head.key, head.value, head.hlc, head.peer, head.deleted, 0, tuple(e.context), others
+        )
     k = enc_key(e.key)
     if e.deleted:
         v = b""
@@ -158,7 +243,7 @@ def to_raw(e: Entry | RawEntry, enc_key: Callable[[Any], bytes], venc: Encoder) 
             v = venc(e.value)
         except EncodingError as exc:
             raise EncodingError(f"value of key {e.key!r}: {exc}") from None
-    return RawEntry(k, v, e.hlc, e.peer, bool(e.deleted))
+    return RawEntry(k, v, e.hlc, e.peer, bool(e.deleted), 0, tuple(e.context))
 
 
 def raw_chunks(

@@ -13,9 +13,11 @@ from crdt_kv.backends.base import Backend
 from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import ConfigError, CorruptionError
 from crdt_kv.layout import (
+    FORMAT_SIBLINGS,
     FORMAT_VERSION,
     LOG,
     LOG_END,
+    META_CONFLICTS,
     META_FORMAT,
     META_INCARNATION,
     META_KEY_ENCODING,
@@ -34,6 +36,7 @@ from crdt_kv.layout import (
 from crdt_kv.version import Resolver
 
 __all__ = [
+    "CONFLICT_MODES",
     "Meta",
     "State",
     "check_options",
@@ -45,9 +48,15 @@ __all__ = [
 ]
 
 
+CONFLICT_MODES = ("lww", "siblings")
+"""``lww``: one last-writer-wins register per key (store format 1). ``siblings``:
+concurrent writes are kept side by side with a causal context (store format 2)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """What an open settled: who this replica is and how its keys and values are encoded."""
+    """What an open settled: who this replica is, how its keys and values are encoded and
+    how it resolves concurrent writes."""
 
     peer_id: str
     incarnation: bytes
@@ -55,6 +64,7 @@ class Meta:
     value_encoding: str
     sources: dict[tuple[str, bytes], int]
     """Source ids of the remote peer incarnations entries were applied from."""
+    conflicts: str = "lww"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +99,11 @@ def check_options(
     value_encoding: str | None,
     resolver: Resolver | None,
     max_offset_ms: object,
+    conflicts: object = None,
 ) -> None:
     """Reject bad store options with :class:`ConfigError` before the backend is touched."""
+    if conflicts is not None and conflicts not in CONFLICT_MODES:
+        raise ConfigError(f"conflicts must be 'lww' or 'siblings', got {conflicts!r}")
     if key_encoding is not None:
         key_codec(key_encoding)
     if value_encoding is not None:
@@ -112,6 +125,7 @@ def open_store(
     max_offset_ms: object,
     new_incarnation: bool,
     boot_id: bytes,
+    conflicts: str | None = None,
 ) -> tuple[Meta, State]:
     """Check the options, settle the metadata and restore the counters of an open.
 
@@ -119,7 +133,7 @@ def open_store(
     the backend (its lock) open.
     """
     try:
-        check_options(key_encoding, value_encoding, resolver, max_offset_ms)
+        check_options(key_encoding, value_encoding, resolver, max_offset_ms, conflicts)
         m = open_meta(
             backend,
             peer_id=peer_id,
@@ -128,6 +142,7 @@ def open_store(
             value_encoding=value_encoding,
             new_incarnation=new_incarnation,
             boot_id=boot_id,
+            conflicts=conflicts,
         )
         return m, load_state(backend)
     except BaseException:
@@ -144,22 +159,25 @@ def open_meta(
     value_encoding: str | None,
     new_incarnation: bool,
     boot_id: bytes,
+    conflicts: str | None = None,
 ) -> Meta:
-    """Create or check the store's metadata; settle peer id, incarnation, encodings.
+    """Create or check the store's metadata; settle peer id, incarnation, encodings and
+    conflict mode.
 
-    Encodings not given default to what the store was created with (``utf-8``/``cbor``
-    for a new store); given ones must match it. Leaves the open marker (``boot_id``)
-    written, and durable on a backend that is not power-safe.
+    Encodings and mode not given default to what the store was created with
+    (``utf-8``/``cbor``/``lww`` for a new store); given ones must match it. Leaves the open
+    marker (``boot_id``) written, and durable on a backend that is not power-safe.
     """
     if peer_id is not None:
         check_peer_id(peer_id)
     if backend.get(META_FORMAT) is None:
+        mode = conflicts or "lww"
         peer, incarnation, kname, vname = _create(
-            backend, peer_id, rng, key_encoding or "utf-8", value_encoding or "cbor"
+            backend, peer_id, rng, key_encoding or "utf-8", value_encoding or "cbor", mode
         )
     else:
-        peer, incarnation, kname, vname = _check_existing(
-            backend, peer_id, key_encoding, value_encoding
+        peer, incarnation, kname, vname, mode = _check_existing(
+            backend, peer_id, key_encoding, value_encoding, conflicts
         )
         if new_incarnation or _lost_tail(backend, boot_id):
             # A restored copy, or an unclean shutdown without fsync across a reboot, or
@@ -180,11 +198,11 @@ def open_meta(
     sources = {
         unpack_source(v): source_of_key(k) for k, v in backend.iterate(META_SOURCE, META_SOURCE_END)
     }
-    return Meta(peer, incarnation, kname, vname, sources)
+    return Meta(peer, incarnation, kname, vname, sources, mode)
 
 
-def _create(
-    backend: Backend, peer_id: str | None, rng: random.Random, kname: str, vname: str
+def _create(  # noqa: PLR0917 - private; the settled options of a new store
+    backend: Backend, peer_id: str | None, rng: random.Random, kname: str, vname: str, mode: str
 ) -> tuple[str, bytes, str, str]:
     if next(backend.iterate(None, None), None) is not None:
         raise CorruptionError("backend holds data but no crdt_kv metadata")
@@ -192,23 +210,37 @@ def _create(
     incarnation = rng.getrandbits(128).to_bytes(16, "big")
     backend.write(
         [
-            (META_FORMAT, pack_u64(FORMAT_VERSION)),
+            (META_FORMAT, pack_u64(FORMAT_SIBLINGS if mode == "siblings" else FORMAT_VERSION)),
             (META_PEER, peer.encode("utf-8")),
             (META_INCARNATION, incarnation),
             (META_KEY_ENCODING, kname.encode()),
             (META_VALUE_ENCODING, vname.encode()),
+            *([(META_CONFLICTS, b"siblings")] if mode == "siblings" else []),
         ]
     )
     return peer, incarnation, kname, vname
 
 
 def _check_existing(
-    backend: Backend, peer_id: str | None, key_encoding: str | None, value_encoding: str | None
-) -> tuple[str, bytes, str, str]:
+    backend: Backend,
+    peer_id: str | None,
+    key_encoding: str | None,
+    value_encoding: str | None,
+    conflicts: str | None,
+) -> tuple[str, bytes, str, str, str]:
     version = unpack_u64(backend.get(META_FORMAT) or b"")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, FORMAT_SIBLINGS):
         raise CorruptionError(
-            f"store format {version} is not supported (this library writes {FORMAT_VERSION})"
+            f"store format {version} is not supported (this library reads formats "
+            f"{FORMAT_VERSION} and {FORMAT_SIBLINGS})"
+        )
+    mode = "siblings" if version == FORMAT_SIBLINGS else "lww"
+    if (backend.get(META_CONFLICTS) == b"siblings") != (mode == "siblings"):
+        raise CorruptionError(f"store format {version} contradicts its conflict mode")
+    if conflicts is not None and conflicts != mode:
+        raise ConfigError(
+            f"store was created with conflicts={mode!r}; it cannot be opened with "
+            f"conflicts={conflicts!r} (the mode is fixed at creation)"
         )
     names = (META_PEER, META_INCARNATION, META_KEY_ENCODING, META_VALUE_ENCODING)
     stored = [backend.get(k) for k in names]
@@ -225,7 +257,7 @@ def _check_existing(
     ):
         if want is not None and want != have:
             raise ConfigError(f"store was created with {name}={have!r}, not {want!r}")
-    return peer, incarnation, kname, vname
+    return peer, incarnation, kname, vname, mode
 
 
 def _lost_tail(backend: Backend, boot_id: bytes) -> bool:

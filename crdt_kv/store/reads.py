@@ -15,7 +15,7 @@ from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.layout import DATA, DATA_END, DATA_SKIP, unpack_record
 from crdt_kv.version import Entry, RawEntry
 
-__all__ = ["RangeReader", "stored_corruption", "to_entry"]
+__all__ = ["RangeReader", "key_range", "stored_corruption", "to_entry"]
 
 Bounds = tuple[Any, Any, Any, Any, bool, int | None]
 """``(gt, gte, lt, lte, reverse, limit)`` as the public range methods take them."""
@@ -33,7 +33,27 @@ def to_entry(r: RawEntry, kdec: Decoder, vdec: Decoder) -> Entry:
         value = None if r.deleted else vdec(r.value)
     except EncodingError as exc:
         raise stored_corruption(r, exc) from exc
-    return Entry(key, value, r.hlc, r.peer, r.deleted, r.seq, r.value)
+    if not r.others and not r.context:
+        return Entry(key, value, r.hlc, r.peer, r.deleted, r.seq, r.value)
+    others = tuple(to_entry(o, kdec, vdec) for o in r.others)
+    return Entry(key, value, r.hlc, r.peer, r.deleted, r.seq, r.value, r.context, others)
+
+
+def key_range(
+    bounds: Bounds, enc_key: Callable[[Any], bytes]
+) -> tuple[bytes | None, bool, bytes | None, bool]:
+    """Check ``bounds`` and encode them: ``(low key or None, low inclusive, high key or
+    None, high inclusive)``. Raises ValueError for contradictory bounds or a bad limit."""
+    gt, gte, lt, lte, _, limit = bounds
+    if gt is not None and gte is not None:
+        raise ValueError("give at most one of gt and gte")
+    if lt is not None and lte is not None:
+        raise ValueError("give at most one of lt and lte")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    lo = None if gte is None and gt is None else enc_key(gte if gte is not None else gt)
+    hi = None if lt is None and lte is None else enc_key(lt if lt is not None else lte)
+    return lo, gte is not None, hi, lte is not None
 
 
 class RangeReader:
@@ -54,27 +74,11 @@ class RangeReader:
 
     def rows(self, bounds: Bounds) -> Iterator[RawEntry]:
         """Live records within ``bounds``; raises ValueError for contradictory bounds."""
-        gt, gte, lt, lte, reverse, limit = bounds
         self._check()
-        if gt is not None and gte is not None:
-            raise ValueError("give at most one of gt and gte")
-        if lt is not None and lte is not None:
-            raise ValueError("give at most one of lt and lte")
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
-        if gte is not None:
-            start = DATA + self._enc_key(gte)
-        elif gt is not None:
-            start = DATA + self._enc_key(gt) + b"\x00"
-        else:
-            start = DATA
-        if lt is not None:
-            stop = DATA + self._enc_key(lt)
-        elif lte is not None:
-            stop = DATA + self._enc_key(lte) + b"\x00"
-        else:
-            stop = DATA_END
-        return self._scan(start, stop, reverse, limit)
+        lo, lo_incl, hi, hi_incl = key_range(bounds, self._enc_key)
+        start = DATA if lo is None else DATA + lo + (b"" if lo_incl else b"\x00")
+        stop = DATA_END if hi is None else DATA + hi + (b"\x00" if hi_incl else b"")
+        return self._scan(start, stop, bounds[4], bounds[5])
 
     def _scan(
         self, start: bytes, stop: bytes, reverse: bool, limit: int | None

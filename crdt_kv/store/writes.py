@@ -12,14 +12,15 @@ import threading
 from collections.abc import Callable
 
 from crdt_kv.backends.base import Backend, Op
+from crdt_kv.causal import Context, Order, write
 from crdt_kv.errors import ClosedError
 from crdt_kv.hlc import HLC
-from crdt_kv.layout import DATA, record_body
+from crdt_kv.layout import DATA, pack_siblings, record_body, unpack_record
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
 from crdt_kv.store.hooks import Hooks
-from crdt_kv.store.merge import EntryChecker, Prefer, changes, winners
+from crdt_kv.store.merge import EntryChecker, Prefer, changes, sibling_changes, winners
 from crdt_kv.store.meta import Meta, check_peer_id, mark_closed
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
@@ -46,14 +47,38 @@ class Writer:
         self._backend = backend
         self._bget = backend.get
         self._peer_id, self._peer_b = opened.peer_id, opened.peer_id.encode("utf-8")
+        self.order: Order | None = None
+        """Sibling order in ``siblings`` mode (set by the store); None in ``lww`` mode."""
+
+    def _body(  # noqa: PLR0917 - private; one write's inputs
+        self,
+        k: bytes,
+        v: bytes,
+        deleted: bool,
+        hlc: int,
+        old: bytes | None,
+        covers: Context | None = None,
+    ) -> bytes:
+        """The record body of a local write: the register itself in ``lww`` mode; in
+        ``siblings`` mode the key's state after the write (``covers``: see
+        :func:`crdt_kv.causal.write`)."""
+        order = self.order
+        if order is None:
+            return record_body(hlc, self._peer_b, deleted, v)
+        prior = None if old is None else unpack_record(k, old)
+        new = RawEntry(k, v, hlc, self._peer_id, deleted)
+        return pack_siblings(write(prior, new, covers, order))
 
     def check(self) -> None:
         """Raise :class:`ClosedError` once the store is closed."""
         if self.closed:
             raise ClosedError(f"store of peer {self._peer_id!r} is closed")
 
-    def local(self, k: bytes, v: bytes, deleted: bool) -> Version:
-        """One local write (put or tombstone) of encoded key ``k``: the hottest path."""
+    def local(self, k: bytes, v: bytes, deleted: bool, covers: Context | None = None) -> Version:
+        """One local write (put or tombstone) of encoded key ``k``: the hottest path.
+
+        ``covers`` (``siblings`` mode, ``merge``): the context the write supersedes.
+        """
         lock = self.lock
         lock.acquire()
         try:
@@ -61,7 +86,13 @@ class Writer:
                 self.check()
             old = self._bget(DATA + k)
             hlc = self.hlc.now()
-            self.log.commit_one(k, record_body(hlc, self._peer_b, deleted, v), old, hlc)
+            if self.hooks.before:
+                self.hooks.before_write([RawEntry(k, v, hlc, self._peer_id, deleted)])
+            if self.order is None:
+                body = record_body(hlc, self._peer_b, deleted, v)
+            else:
+                body = self._body(k, v, deleted, hlc, old, covers)
+            self.log.commit_one(k, body, old, hlc)
         finally:
             lock.release()
         return Version(hlc, self._peer_id)
@@ -78,11 +109,18 @@ class Writer:
             items: list[Change] = []
             versions: list[Version] = []
             add_item, add_version = items.append, versions.append
-            now, peer_b, peer = self.hlc.now, self._peer_b, self._peer_id
+            now, body, peer = self.hlc.now, self._body, self._peer_id
             for (k, v, deleted), blob in zip(kept, olds, strict=True):
                 hlc = now()
-                add_item((k, record_body(hlc, peer_b, deleted, v), blob))
+                add_item((k, body(k, v, deleted, hlc, blob), blob))
                 add_version(Version(hlc, peer))
+            if self.hooks.before and items:
+                self.hooks.before_write(
+                    [
+                        RawEntry(k, v, x.hlc, peer, d)
+                        for (k, v, d), x in zip(kept, versions, strict=True)
+                    ]
+                )
             if items:
                 self.log.commit(items, self.hlc.last)
         return versions
@@ -140,9 +178,12 @@ class Writer:
                 self._backend.write(extra[:1])
             return 0
         self.hlc.update(top)
-        best = winners(batch, prefer, resolver, to_entry)
-        olds = self._backend.get_many([DATA + k for k in best])
-        items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
+        if self.order is not None:
+            items = sibling_changes(batch, self._backend.get_many, self.order)
+        else:
+            best = winners(batch, prefer, resolver, to_entry)
+            olds = self._backend.get_many([DATA + k for k in best])
+            items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
         if items:
             self.log.commit(items, self.hlc.last, source, extra)
             if source:
