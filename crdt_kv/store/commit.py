@@ -23,6 +23,7 @@ Change = tuple[bytes, bytes, bytes | None]
 """One key's replacement in a commit: ``(key, new record body, old record or None)``."""
 
 _MOD = 1 << 256
+_LOCAL = log_prefix(0)
 
 
 class Committer:
@@ -51,12 +52,19 @@ class Committer:
         """``keep_history``: the revision ops each change adds to its commit."""
 
     def commit(
-        self, items: Sequence[Change], hlc: int, source: int = 0, extra: Sequence[Op] = ()
+        self,
+        items: Sequence[Change],
+        hlc: int,
+        source: int = 0,
+        extra: Sequence[Op] = (),
+        mixed: frozenset[bytes] = frozenset(),
     ) -> None:
         """Write ``items`` (at least one) plus ``extra`` atomically, then notify listeners.
 
         ``hlc`` is the clock's high-water mark for the trailer; ``source`` (0 = local) the
-        source id of the peer incarnation the items were applied from. Raises
+        source id of the peer incarnation the items were applied from, except for the keys
+        in ``mixed``: their new state joins remote and local versions, so the source does
+        not hold it and they are logged as local changes (to be sent back). Raises
         :class:`CorruptionError` for a malformed old record before anything is written.
         """
         seq, count, digest = self.seq, self.count, self.digest
@@ -78,8 +86,12 @@ class Committer:
         last_lk, last_k = logs.pop()
         if logs:
             prefix = log_prefix(source)
-            ops.extend([(lk, prefix + k) for lk, k in logs])
-        add((last_lk, trailer_log(last_k, count, digest, hlc, source)))
+            if mixed:
+                ops.extend([(lk, (_LOCAL if k in mixed else prefix) + k) for lk, k in logs])
+            else:
+                ops.extend([(lk, prefix + k) for lk, k in logs])
+        last_source = 0 if last_k in mixed else source
+        add((last_lk, trailer_log(last_k, count, digest, hlc, last_source)))
         if extra:
             ops.extend(extra)
         self._write(ops)

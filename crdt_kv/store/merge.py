@@ -203,22 +203,28 @@ def sibling_changes(
     batch: Sequence[RawEntry],
     get_many: Callable[[list[bytes]], list[bytes | None]],
     order: Order,
-) -> list[Change]:
+) -> tuple[list[Change], frozenset[bytes]]:
     """``siblings`` mode: join each key's incoming states (validated) with its stored
-    state; the changes of the keys whose state moved."""
+    state; the changes of the keys whose state moved, and the keys among them whose new
+    state is not the incoming one (it kept local versions the sender lacks, so it must
+    not be echo-suppressed towards that sender)."""
     joined: dict[bytes, RawEntry] = {}
     for e in batch:
         joined[e.key] = join(joined.get(e.key), e, order)
     olds = get_many([DATA + k for k in joined])
     items: list[Change] = []
+    mixed: set[bytes] = set()
     for (k, new), blob in zip(joined.items(), olds, strict=True):
+        incoming = pack_siblings(new)
         if blob is None:
-            items.append((k, pack_siblings(new), None))
+            items.append((k, incoming, None))
             continue
         body = pack_siblings(join(unpack_record(k, blob), new, order))
         if body != blob[:-8]:
             items.append((k, body, blob))
-    return items
+            if body != incoming:
+                mixed.add(k)
+    return items, frozenset(mixed)
 
 
 def to_raw(e: Entry | RawEntry, enc_key: Callable[[Any], bytes], venc: Encoder) -> RawEntry:

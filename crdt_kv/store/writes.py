@@ -178,14 +178,15 @@ class Writer:
                 self._backend.write(extra[:1])
             return 0
         self.hlc.update(top)
+        mixed: frozenset[bytes] = frozenset()
         if self.order is not None:
-            items = sibling_changes(batch, self._backend.get_many, self.order)
+            items, mixed = sibling_changes(batch, self._backend.get_many, self.order)
         else:
             best = winners(batch, prefer, resolver, to_entry)
             olds = self._backend.get_many([DATA + k for k in best])
             items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
         if items:
-            self.log.commit(items, self.hlc.last, source, extra)
+            self.log.commit(items, self.hlc.last, source, extra, mixed)
             if source:
                 self.sources[(peer, incarnation)] = source
         elif extra:
