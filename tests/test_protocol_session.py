@@ -949,3 +949,55 @@ def test_chunked_delivery(pair: tuple[Store, Store, ManualClock], chunk: int) ->
     lk.run()
     assert lk.a.complete and lk.b.complete
     assert a.digest() == b.digest() and len(a) == 29
+
+
+# --- siblings mode ----------------------------------------------------------------------
+
+
+def _values(s: Store, key: str) -> list[Any]:
+    return [e.value for e in s.get_all(key)]
+
+
+def test_siblings_sessions_converge_with_every_sibling_in_one_order() -> None:
+    clock = ManualClock()
+    a, b = mem("a", clock, conflicts="siblings"), mem("b", clock, conflicts="siblings")
+    for i in range(30):
+        a.put(f"k{i}", ["a", i])
+        if i % 3 == 0:
+            b.put(f"k{i}", ["b", i])
+    b.delete("k1")
+    sync(a, b, max_batch_entries=7)
+    assert a.digest() == b.digest()
+    c = mem("c", clock, conflicts="siblings")
+    lk = sync(a, c, max_batch_entries=4)
+    assert any(e.others for m in batches(lk.sent_a) for e in m.entries)
+    assert c.digest() == a.digest()
+    assert _values(a, "k3") == _values(b, "k3") and len(_values(a, "k3")) == 2
+    assert _values(b, "k1") == [["a", 1]]  # the delete was concurrent with a's put
+    a.merge("k3", a.get_all("k3"), "merged")
+    sync(a, b)
+    assert _values(b, "k3") == ["merged"] and a.digest() == b.digest()
+
+
+def test_siblings_joined_state_is_sent_back_to_its_source() -> None:
+    clock = ManualClock()
+    a, b = mem("a", clock, conflicts="siblings"), mem("b", clock, conflicts="siblings")
+    a.put("k", "x0")
+    sync(a, b)
+    a.put("k", "x")  # after a's last sync to b
+    b.put("k", "y")
+    sync(b, a, a_mode="push", b_mode="pull")  # a applies the state of b (source b)
+    assert sorted(_values(a, "k")) == ["x", "y"]
+    sync(a, b)
+    assert sorted(_values(b, "k")) == ["x", "y"] and a.digest() == b.digest()
+
+
+def test_sessions_in_different_conflict_modes_abort_at_the_handshake() -> None:
+    clock = ManualClock()
+    a, b = mem("a", clock, conflicts="siblings"), mem("b", clock)
+    a.put("k", 1)
+    lk = link(a, b).run()
+    for sess in (lk.a, lk.b):
+        assert sess.error is not None and "conflict" in str(sess.error)
+    assert "'siblings'" in str(lk.b.error) and "'lww'" in str(lk.b.error)
+    assert b.last_seq == 0
