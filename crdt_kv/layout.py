@@ -47,7 +47,9 @@ __all__ = [
     "log_stop",
     "pack_log",
     "pack_record",
+    "pack_put",
     "pack_siblings",
+    "siblings_context",
     "pack_source",
     "pack_u64",
     "parse_cursor_key",
@@ -303,6 +305,77 @@ def pack_siblings(r: RawEntry) -> bytes:
     out.append(_COUNT.pack(len(r.context)))
     out.extend(_CTX.pack(index[p], h) for p, h in r.context)
     return b"".join(out)
+
+
+def pack_put(peer: str, hlc: int, deleted: bool, value: bytes, seen: dict[str, int]) -> bytes:
+    """:func:`pack_siblings` of the state a local put or delete leaves: the one version
+    ``(peer, hlc)`` over everything ``seen`` (the old state's whole context, from
+    :func:`siblings_context`). Built directly: every siblings-mode put takes this path."""
+    ctx = sorted((p, h) for p, h in seen.items() if p != peer or h > hlc)
+    flag = b"\x01" if deleted else b"\x00"
+    pb = peer.encode("utf-8")
+    if not ctx:
+        return (
+            _SIBLINGS_BYTE + flag + b"\x00\x01" + bytes([len(pb)]) + pb + b"\x00\x01"
+            + _SIB.pack(0, flag[0], hlc, len(value)) + value + b"\x00\x00"
+        )  # fmt: skip
+    names = sorted({peer, *(p for p, _ in ctx)})
+    index = {p: i for i, p in enumerate(names)}
+    out = [_SIBLINGS_BYTE, flag, _COUNT.pack(len(names))]
+    for p in names:
+        b = p.encode("utf-8")
+        out.append(bytes([len(b)]) + b)
+    out.append(_COUNT.pack(1))
+    out.append(_SIB.pack(index[peer], flag[0], hlc, len(value)))
+    out.append(value)
+    out.append(_COUNT.pack(len(ctx)))
+    out.extend(_CTX.pack(index[p], h) for p, h in ctx)
+    return b"".join(out)
+
+
+def siblings_context(key: bytes, blob: bytes) -> dict[str, int]:
+    """The whole causal context of a stored siblings record (its explicit entries and its
+    versions' dots), parsed without building the versions."""
+    if blob[2:4] == b"\x00\x01":  # one peer: one version, no explicit context
+        n = blob[4]
+        at = 5 + n
+        if blob[at : at + 2] == b"\x00\x01" and len(blob) >= at + 2 + _SIB.size + 10:
+            _, _, hlc, vlen = _SIB.unpack_from(blob, at + 2)
+            if at + 2 + _SIB.size + vlen + 2 + _SEQ_SIZE == len(blob) and blob[0] == 2:
+                try:
+                    return {blob[5:at].decode("utf-8"): hlc}
+                except UnicodeDecodeError:
+                    pass  # the full parse reports it
+    try:
+        if blob[0] != FORMAT_SIBLINGS:
+            raise CorruptionError(f"record of key {key!r} is not a siblings record")
+        (npeers,) = _COUNT.unpack_from(blob, 2)
+        pos = 4
+        names: list[str] = []
+        for _ in range(npeers):
+            n = blob[pos]
+            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
+            pos += 1 + n
+        (nsib,) = _COUNT.unpack_from(blob, pos)
+        pos += 2
+        ctx: dict[str, int] = {}
+        for _ in range(nsib):
+            pi, _, hlc, vlen = _SIB.unpack_from(blob, pos)
+            pos += _SIB.size + vlen
+            if hlc > ctx.get(names[pi], -1):
+                ctx[names[pi]] = hlc
+        (nctx,) = _COUNT.unpack_from(blob, pos)
+        pos += 2
+        for _ in range(nctx):
+            pi, hlc = _CTX.unpack_from(blob, pos)
+            pos += _CTX.size
+            if hlc > ctx.get(names[pi], -1):
+                ctx[names[pi]] = hlc
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise CorruptionError(f"siblings record of key {key!r} is malformed") from exc
+    if pos != len(blob) - _SEQ_SIZE:
+        raise CorruptionError(f"siblings record of key {key!r} is malformed")
+    return ctx
 
 
 def _unpack_siblings(key: bytes, blob: bytes) -> RawEntry:

@@ -15,7 +15,14 @@ from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
 from crdt_kv.errors import ClosedError
 from crdt_kv.hlc import HLC
-from crdt_kv.layout import DATA, pack_siblings, record_body, unpack_record
+from crdt_kv.layout import (
+    DATA,
+    pack_put,
+    pack_siblings,
+    record_body,
+    siblings_context,
+    unpack_record,
+)
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
@@ -65,6 +72,9 @@ class Writer:
         order = self.order
         if order is None:
             return record_body(hlc, self._peer_b, deleted, v)
+        if covers is None:
+            seen = {} if old is None else siblings_context(k, old)
+            return pack_put(self._peer_id, hlc, deleted, v, seen)
         prior = None if old is None else unpack_record(k, old)
         new = RawEntry(k, v, hlc, self._peer_id, deleted)
         return pack_siblings(write(prior, new, covers, order))
