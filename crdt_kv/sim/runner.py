@@ -123,6 +123,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.duration_ms = cfg.effective_duration_ms()
         self._tmp: str | None = None
         self._plan: Plan = []
+        self._final: list[FaultAction] = []
         self._quiesced = False
         self._heal_us: int | None = None
         self._converged_us: int | None = None
@@ -186,6 +187,13 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def _planned(self, action: FaultAction) -> None:
         if not self._quiesced:
             self.apply(action)
+
+    def schedule_final(self, actions: Iterable[FaultAction]) -> None:
+        """Apply ``actions`` at the end of the fault phase: after the last client operation,
+        just before the heal. Why not :meth:`schedule` at ``duration_ms``: operations are a
+        Poisson process and may run past it, so writes made "at the end" could still be
+        overwritten; nothing the workload writes comes after these."""
+        self._final.extend(actions)
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -406,6 +414,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
                 self.apply(Join(node.index))
 
     def _heal(self, _: object) -> None:
+        for action in self._final:
+            self.apply(action)
         self.heal_all()
         self._heal_us = self.vt.now
         self.record(f"H{self.vt.now}\n")
