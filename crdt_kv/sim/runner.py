@@ -56,6 +56,7 @@ from crdt_kv.sim.network import NO_FAULTS, Network
 from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.oracle import Oracle
 from crdt_kv.sim.results import Reporting
+from crdt_kv.sim.screen import screen
 from crdt_kv.sim.workload import Workload
 from crdt_kv.version import Resolver
 
@@ -140,6 +141,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self._div_members: tuple[int, ...] | None = None
         self._hlc_examples: list[str] = []
         self.error: str | None = None
+        self.screened = False  # run() screened the resolver: check resolver_screened
+        self.screen_error: str | None = None  # why it failed the screen
         self.c: dict[str, int] = dict.fromkeys(
             (
                 "messages",
@@ -189,10 +192,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
             self.apply(action)
 
     def schedule_final(self, actions: Iterable[FaultAction]) -> None:
-        """Apply ``actions`` at the end of the fault phase: after the last client operation,
-        just before the heal. Why not :meth:`schedule` at ``duration_ms``: operations are a
-        Poisson process and may run past it, so writes made "at the end" could still be
-        overwritten; nothing the workload writes comes after these."""
+        """Apply ``actions`` just before the heal, after the last client operation (which
+        may come after ``duration_ms``), so nothing the workload writes comes after them."""
         self._final.extend(actions)
 
     # --- nodes ------------------------------------------------------------------------------
@@ -450,9 +451,15 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
 
     def run(self, scenario_setup: Callable[[Simulation], None] | None = None) -> SimResult:
-        """Run the whole scenario and return its result (errors are reported, not raised)."""
+        """Run the whole scenario and return its result (errors are reported, not raised).
+        A resolver that fails the screen (:mod:`crdt_kv.sim.screen`) is the error; no run."""
         cfg = self.cfg
         try:
+            self.screened = cfg.resolver is not None and cfg.resolver_screen
+            self.screen_error = screen(cfg, [n.peer_id for n in self.nodes])
+            if self.screen_error is not None:  # reported; the run is not started
+                self.error = self.screen_error
+                return self.result(check=False)
             if scenario_setup is not None:
                 scenario_setup(self)
             self.open_nodes()
