@@ -8,12 +8,17 @@ reported in milliseconds, whatever the scenario). Runs are small (3 nodes, 200 o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import cbor2
 import pytest
 
+import crdt_kv.testing
 from crdt_kv import sim
 from crdt_kv.sim import SimConfig, SimResult, Simulation, get_scenario
 from crdt_kv.sim.cli import main as sim_main
@@ -188,3 +193,19 @@ def test_cli_reports_coin_with_the_reproduction_command(
             f"--resolver {COIN}"
         ) in out
     assert "0/3 runs passed" in out
+
+
+def test_the_screen_does_not_import_hypothesis() -> None:
+    """Every run (and every worker process) screens its resolver: importing hypothesis for
+    that would cost more than most small runs."""
+    code = (
+        "import sys, crdt_kv.sim\n"
+        "r = crdt_kv.sim.run('ties', nodes=3, ops=50, resolver=lambda a, b: a.peer < b.peer)\n"
+        "assert r.ok and r.checks['resolver_screened'], r\n"
+        "assert 'hypothesis' not in sys.modules\n"
+    )
+    env = dict(os.environ)
+    src = str(Path(crdt_kv.testing.__file__).parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert crdt_kv.testing.screen_resolver is screen_resolver
