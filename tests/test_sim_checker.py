@@ -57,8 +57,18 @@ def _why(r: sim.SimResult) -> str:
 
 
 def test_random_resolver_is_caught() -> None:
-    r = sim.run("ties", nodes=4, ops=400, seed=1, resolver=coin_flip, resolver_name="x:coin")
+    """By the run itself: the screen that would report it first is off."""
+    r = sim.run(
+        "ties",
+        nodes=4,
+        ops=400,
+        seed=1,
+        resolver=coin_flip,
+        resolver_name="x:coin",
+        resolver_screen=False,
+    )
     assert r.hlc_ties > 0, _why(r)
+    assert r.error is None and "resolver_screened" not in r.checks, _why(r)
     assert not (r.converged and r.oracle_match), _why(r)
     assert not r.ok
     assert "--resolver x:coin" in r.repro_command

@@ -32,6 +32,9 @@ class SimConfig:
     backend: str = "memory"
     resolver: Resolver | None = None
     resolver_name: str | None = None
+    resolver_screen: bool = True
+    """Screen ``resolver`` for determinism before the run (:mod:`crdt_kv.sim.screen`).
+    Off only in tests that show a scenario alone catches a bad resolver."""
     keys: int | None = None
     zipf_s: float = 1.0
     mix: WorkloadMix = field(default_factory=WorkloadMix)
@@ -77,6 +80,8 @@ class SimConfig:
             )
         if self.resolver is not None and not callable(self.resolver):
             raise ConfigError("resolver must be callable (a, b) -> bool")
+        if not isinstance(self.resolver_screen, bool):
+            raise ConfigError(f"resolver_screen must be a bool, got {self.resolver_screen!r}")
         fanout = self.gossip_fanout
         if fanout is not None and (not isinstance(fanout, int) or fanout < 0):
             raise ConfigError(f"gossip_fanout must be an int >= 0, got {self.gossip_fanout!r}")

@@ -44,6 +44,8 @@ def _fmt_ms(ms: float | None) -> str:
 def _verdict(r: SimResult) -> str:
     if r.ok:
         return "[green]PASS[/]"
+    if r.checks.get("resolver_screened") is False:
+        return "[red]FAIL[/] resolver_screened (not run)"
     why = [k for k, v in r.checks.items() if not v]
     if r.error:
         why.insert(0, "error")

@@ -27,6 +27,8 @@ class Reporting:
     vt: VirtualTime
     events: int
     error: str | None
+    screened: bool
+    screen_error: str | None
     command: str
     _heal_us: int | None
     _converged_us: int | None
@@ -121,6 +123,8 @@ class Reporting:
             checks["quiet_sessions_kept"] = self.c["quiet_timeouts"] == 0
         if rogues:
             checks["rogue_refused"] = self.c["skew_rejections"] > 0
+        if self.screened:
+            checks["resolver_screened"] = self.screen_error is None
         oracle_match = checks["oracle_match"]
         heal = self._heal_us if self._heal_us is not None else self.vt.now
         conv = None

@@ -56,6 +56,7 @@ from crdt_kv.sim.network import NO_FAULTS, Network
 from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.oracle import Oracle
 from crdt_kv.sim.results import Reporting
+from crdt_kv.sim.screen import screen
 from crdt_kv.sim.workload import Workload
 from crdt_kv.version import Resolver
 
@@ -123,6 +124,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.duration_ms = cfg.effective_duration_ms()
         self._tmp: str | None = None
         self._plan: Plan = []
+        self._final: list[FaultAction] = []
         self._quiesced = False
         self._heal_us: int | None = None
         self._converged_us: int | None = None
@@ -139,6 +141,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self._div_members: tuple[int, ...] | None = None
         self._hlc_examples: list[str] = []
         self.error: str | None = None
+        self.screened = False  # run() screened the resolver: check resolver_screened
+        self.screen_error: str | None = None  # why it failed the screen
         self.c: dict[str, int] = dict.fromkeys(
             (
                 "messages",
@@ -186,6 +190,11 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def _planned(self, action: FaultAction) -> None:
         if not self._quiesced:
             self.apply(action)
+
+    def schedule_final(self, actions: Iterable[FaultAction]) -> None:
+        """Apply ``actions`` just before the heal, after the last client operation (which
+        may come after ``duration_ms``), so nothing the workload writes comes after them."""
+        self._final.extend(actions)
 
     # --- nodes ------------------------------------------------------------------------------
 
@@ -406,6 +415,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
                 self.apply(Join(node.index))
 
     def _heal(self, _: object) -> None:
+        for action in self._final:
+            self.apply(action)
         self.heal_all()
         self._heal_us = self.vt.now
         self.record(f"H{self.vt.now}\n")
@@ -440,9 +451,15 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         self.push(self.vt.now + int(self.cfg.check_ms * 1000), self._check_converged, None)
 
     def run(self, scenario_setup: Callable[[Simulation], None] | None = None) -> SimResult:
-        """Run the whole scenario and return its result (errors are reported, not raised)."""
+        """Run the whole scenario and return its result (errors are reported, not raised).
+        A resolver that fails the screen (:mod:`crdt_kv.sim.screen`) is the error; no run."""
         cfg = self.cfg
         try:
+            self.screened = cfg.resolver is not None and cfg.resolver_screen
+            self.screen_error = screen(cfg, [n.peer_id for n in self.nodes])
+            if self.screen_error is not None:  # reported; the run is not started
+                self.error = self.screen_error
+                return self.result(check=False)
             if scenario_setup is not None:
                 scenario_setup(self)
             self.open_nodes()

@@ -113,6 +113,9 @@ class ScenarioHost(Protocol):
     def schedule(self, plan: Iterable[tuple[float, FaultAction]]) -> None:
         """Queue ``(virtual ms, action)`` pairs."""
 
+    def schedule_final(self, actions: Iterable[FaultAction]) -> None:
+        """Queue actions for the end of the fault phase, after the last client operation."""
+
     def set_rogue(self, index: int) -> None:
         """Mark node ``index`` as one whose writes every peer must refuse."""
 
@@ -244,10 +247,18 @@ def _clock_skew(sim: ScenarioHost) -> None:
 @scenario(
     "ties",
     "every clock equal and frozen: HLC ties between peers on a tiny key space; two bursts "
-    "where every node writes the same keys with the same stamps, so only the resolver (or "
-    "peer id) decides",
+    "where every node writes the same keys with the same stamps, the last one after the "
+    "last client operation, so only the resolver (or peer id) decides the final state",
 )
 def _ties(sim: ScenarioHost) -> None:
+    """Ties everywhere, and a final tied burst over every key that nothing overwrites.
+
+    Why the final burst is scheduled with ``schedule_final`` and not at ``duration_ms``:
+    client operations may run past the fault phase, and a write stamped after a burst
+    replaces its tied winners. A resolver that answers inconsistently then went unnoticed
+    whenever the workload ran late (about half the runs); now every key's final value is
+    one of the burst's tied writes, so such a resolver makes the replicas disagree.
+    """
     cfg, d = sim.cfg, sim.duration_ms
     for node in sim.nodes:
         node.clock.freeze(BASE_WALL_MS)
@@ -258,7 +269,8 @@ def _ties(sim: ScenarioHost) -> None:
     cfg.mix = WorkloadMix(put=0.75, delete=0.15, batch=0.10, read=0.0)
     sim.network.latency = Latency(base_ms=1, jitter_ms=5)
     names = tuple(key_names(cfg.effective_keys()))
-    sim.schedule([(0.5 * d, Burst(names[:3])), (d, Burst(names))])
+    sim.schedule([(0.5 * d, Burst(names[:3]))])
+    sim.schedule_final([Burst(names)])
 
 
 @scenario(

@@ -6,6 +6,8 @@
   (:mod:`crdt_kv.testing.resolvers`): property-test a conflict resolver. They need
   hypothesis, so they are loaded on first access (PEP 562): a test that only wants the
   clock does not pay for importing hypothesis.
+- :func:`screen_resolver` (:mod:`crdt_kv.testing.screen`): a seeded check of a resolver
+  in milliseconds, without hypothesis (the simulator runs it before every run).
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from crdt_kv.testing.clocks import DEFAULT_START_MS, ManualClock
 
 if TYPE_CHECKING:
     from crdt_kv.testing.resolvers import check_resolver, entries
+    from crdt_kv.testing.screen import screen_resolver
 
-__all__ = ["DEFAULT_START_MS", "ManualClock", "check_resolver", "entries"]
+__all__ = ["DEFAULT_START_MS", "ManualClock", "check_resolver", "entries", "screen_resolver"]
 
-_LAZY = {"check_resolver": "crdt_kv.testing.resolvers", "entries": "crdt_kv.testing.resolvers"}
+_LAZY = {
+    "check_resolver": "crdt_kv.testing.resolvers",
+    "entries": "crdt_kv.testing.resolvers",
+    "screen_resolver": "crdt_kv.testing.screen",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -6,14 +6,16 @@ one key that carry the *same* HLC. The store asks it only in a canonical order (
 converge only if the answer is a deterministic, consistent order. :func:`check_resolver`
 searches for inputs that break that with hypothesis and raises
 :class:`~crdt_kv.errors.ResolverError` with the offending entries.
+(:func:`crdt_kv.testing.screen.screen_resolver` is its cheap, hypothesis-free cousin that
+the simulator runs before every run.)
+
+:func:`coin` is a deliberately broken resolver for testing that checkers catch one:
+``crdt-kv simulate --resolver crdt_kv.testing.resolvers:coin`` must fail.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import itertools
-from collections.abc import Callable
+import random
 from typing import Any
 
 import cbor2
@@ -22,9 +24,16 @@ from hypothesis import strategies as st
 from hypothesis.errors import FlakyFailure
 
 from crdt_kv.errors import ResolverError
-from crdt_kv.version import Entry, RawEntry, Resolver, supersedes
+from crdt_kv.testing.screen import (
+    ask,
+    find_cycle,
+    replica_copy,
+    same_question,
+    violation,
+)
+from crdt_kv.version import Entry, Resolver
 
-__all__ = ["check_resolver", "entries"]
+__all__ = ["check_resolver", "coin", "entries"]
 
 _SEQS = st.integers(min_value=0, max_value=1000)
 _PEERS = st.sampled_from(["a", "b", "c", "peer-1", "z"]) | st.text(min_size=1, max_size=4)
@@ -99,39 +108,6 @@ def _grid(values: st.SearchStrategy[Any] | None) -> st.SearchStrategy[list[Entry
     return build()
 
 
-def _raw(e: Entry) -> RawEntry:
-    value = b"" if e.deleted else (e.raw if e.raw is not None else cbor2.dumps(e.value))
-    return RawEntry(b"", value, e.hlc, e.peer, e.deleted, e.seq)
-
-
-def _same_question(a: Entry, b: Entry) -> bool:
-    """True when the store would never ask about this pair (identical candidates)."""
-    ra, rb = _raw(a), _raw(b)
-    return (ra.peer, ra.deleted, ra.value) == (rb.peer, rb.deleted, rb.value)
-
-
-def _fail(what: str, *pairs: tuple[str, object]) -> ResolverError:
-    shown = "; ".join(f"{name}={value!r}" for name, value in pairs)
-    return ResolverError(f"resolver {what}; counterexample: {shown}")
-
-
-def _ask(fn: Resolver, a: Entry, b: Entry) -> bool:
-    try:
-        result: object = fn(a, b)
-    except Exception as exc:
-        raise _fail(f"raised {type(exc).__name__}: {exc}", ("a", a), ("b", b)) from exc
-    if not isinstance(result, bool):
-        raise _fail(
-            f"returned {result!r} (a {type(result).__name__}), not a bool", ("a", a), ("b", b)
-        )
-    return result
-
-
-def _copy(e: Entry, seq: int) -> Entry:
-    """An equal-but-distinct copy: new objects, and another replica's local ``seq``."""
-    return dataclasses.replace(e, value=copy.deepcopy(e.value), seq=seq)
-
-
 def check_resolver(
     fn: Resolver,
     *,
@@ -170,37 +146,25 @@ def check_resolver(
     @given(entries(3, values=values), _SEQS, _SEQS)
     def run(triple: list[Entry], seq_a: int, seq_b: int) -> None:
         a, b, _ = triple
-        first = _ask(fn, a, b)
-        if _ask(fn, a, b) != first:
-            raise _fail("is not deterministic (asked twice)", ("a", a), ("b", b))
-        ca, cb = _copy(a, seq_a), _copy(b, seq_b)
-        if _ask(fn, ca, cb) != first:
-            raise _fail(
+        first = ask(fn, a, b)
+        if ask(fn, a, b) != first:
+            raise violation("is not deterministic (asked twice)", ("a", a), ("b", b))
+        ca, cb = replica_copy(a, seq_a), replica_copy(b, seq_b)
+        if ask(fn, ca, cb) != first:
+            raise violation(
                 "answers differently for equal copies of its arguments",
                 ("a", a),
                 ("b", b),
                 ("copy of a", ca),
                 ("copy of b", cb),
             )
-        if not _same_question(a, b) and first and _ask(fn, b, a):
-            raise _fail("is not antisymmetric: both a and b win", ("a", a), ("b", b))
-        if any(_same_question(x, y) for i, x in enumerate(triple) for y in triple[i + 1 :]):
+        if not same_question(a, b) and first and ask(fn, b, a):
+            raise violation("is not antisymmetric: both a and b win", ("a", a), ("b", b))
+        if any(same_question(x, y) for i, x in enumerate(triple) for y in triple[i + 1 :]):
             return
-        raws = [_raw(e) for e in triple]
-        by_raw = {id(r): e for r, e in zip(raws, triple, strict=True)}
-        resolver = _checked(fn)
-
-        def beats(i: int, j: int) -> bool:
-            return supersedes(raws[i], raws[j], resolver, lambda r: by_raw[id(r)])
-
-        for i, j, k in itertools.permutations(range(3)):
-            if beats(i, j) and beats(j, k) and not beats(i, k):
-                raise _fail(
-                    "does not induce a transitive order: x beats y and y beats z, but z beats x",
-                    ("x", triple[i]),
-                    ("y", triple[j]),
-                    ("z", triple[k]),
-                )
+        cycle = find_cycle(fn, triple)
+        if cycle is not None:
+            raise cycle
 
     @settings(
         max_examples=max(10, max_examples // 4),
@@ -213,25 +177,9 @@ def check_resolver(
     )
     @given(_grid(values))
     def run_grid(grid: list[Entry]) -> None:
-        raws = [_raw(e) for e in grid]
-        by_raw = {id(r): e for r, e in zip(raws, grid, strict=True)}
-        resolver = _checked(fn)
-        n = len(grid)
-        wins = [
-            [
-                i != j and supersedes(raws[i], raws[j], resolver, lambda r: by_raw[id(r)])
-                for j in range(n)
-            ]
-            for i in range(n)
-        ]
-        for i, j, k in itertools.permutations(range(n), 3):
-            if wins[i][j] and wins[j][k] and not wins[i][k]:
-                raise _fail(
-                    "does not induce a transitive order: x beats y and y beats z, but z beats x",
-                    ("x", grid[i]),
-                    ("y", grid[j]),
-                    ("z", grid[k]),
-                )
+        cycle = find_cycle(fn, grid)
+        if cycle is not None:
+            raise cycle
 
     try:
         run()
@@ -245,8 +193,11 @@ def check_resolver(
         ) from group
 
 
-def _checked(fn: Resolver) -> Callable[[Entry, Entry], bool]:
-    def call(a: Entry, b: Entry) -> bool:
-        return _ask(fn, a, b)
-
-    return call
+def coin(a: Entry, b: Entry) -> bool:
+    """A deliberately broken resolver: it ignores its arguments and flips a coin seeded by
+    nothing (``random.random()``), so replicas asking the same question get different
+    answers and diverge. It exists so tests (and ``crdt-kv simulate --resolver
+    crdt_kv.testing.resolvers:coin``) can show that a bad resolver is reported; never give
+    it to a store.
+    """
+    return random.random() < 0.5
