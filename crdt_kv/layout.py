@@ -199,17 +199,29 @@ def live_value(blob: bytes, key: object) -> bytes | None:
     """
     if blob[0] != FORMAT_VERSION or len(blob) < _MIN_RECORD:
         if blob[:1] == _SIBLINGS_BYTE and len(blob) >= _MIN_RECORD:
-            r = unpack_record(blob_key(key), blob)
-            return None if r.deleted else r.value
+            return _head_value(blob, key)
         raise CorruptionError(f"record of key {key!r} is malformed")
     if blob[1] & _FLAG_DELETED:
         return None
     return blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -_SEQ_SIZE]
 
 
-def blob_key(key: object) -> bytes:
-    """``key`` as bytes for an error message or a parse (a decoded key only names it)."""
-    return key if isinstance(key, bytes) else repr(key).encode()
+def _head_value(blob: bytes, key: object) -> bytes | None:
+    """The first version's value of a siblings record (None: no live version)."""
+    if blob[1] & _FLAG_DELETED:
+        return None
+    try:
+        (npeers,) = _COUNT.unpack_from(blob, 2)
+        pos = 4
+        for _ in range(npeers):
+            pos += 1 + blob[pos]
+        _, _, _, vlen = _SIB.unpack_from(blob, pos + 2)
+    except (struct.error, IndexError):
+        raise CorruptionError(f"siblings record of key {key!r} is malformed") from None
+    start = pos + 2 + _SIB.size
+    if start + vlen > len(blob) - _SEQ_SIZE:
+        raise CorruptionError(f"siblings record of key {key!r} is malformed")
+    return blob[start : start + vlen]
 
 
 def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:

@@ -331,3 +331,30 @@ def test_batches_of_states_round_trip(rows: list[Any]) -> None:
     )
     msg = Batch(0, len(entries), True, entries)
     assert decode_message(encode_message(msg)) == msg
+
+
+def test_merge_refuses_versions_of_another_key(ab: tuple[Store, Store]) -> None:
+    a, _ = ab
+    a.put("x", 1)
+    a.put("k", 1)
+    with pytest.raises(ValueError, match="version of key 'x'"):
+        a.merge("k", a.get_all("x"), 2)
+    assert a.get("k") == 1
+
+
+def test_corrupt_siblings_records_raise_corruption_error(ab: tuple[Store, Store]) -> None:
+    from crdt_kv.errors import CorruptionError
+    from crdt_kv.layout import DATA
+
+    a, b = ab
+    a.put("k", 1)
+    b.put("k", 2)
+    a.apply(b.changes())
+    good = a.backend.get(DATA + b"k")
+    assert good is not None
+    for blob in (good[:-9], good[:12] + good[13:], good[:-8] + b"\x00" + good[-8:]):
+        a.backend.write([(DATA + b"k", blob)])
+        with pytest.raises(CorruptionError, match="key b'k'|key 'k'"):
+            a.get_all("k")
+        with pytest.raises(CorruptionError):
+            a.put("k", 3)

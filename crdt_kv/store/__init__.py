@@ -420,7 +420,8 @@ class Store:
         In ``siblings`` mode the write supersedes the versions passed (a causal context is
         a version vector, so also any older version of the same writers) and no others: a
         sibling that arrived after the caller read stays. In ``lww`` mode it is a
-        :meth:`put`. Raises TypeError for something that is not a version.
+        :meth:`put`. Raises TypeError for something that is not a version and ValueError
+        for an entry of another key.
         """
         self._check()
         dots: list[tuple[str, int]] = []
@@ -430,6 +431,8 @@ class Store:
                 raise TypeError(
                     f"merge of key {key!r} takes Entry or Version objects, not {v!r:.60}"
                 )
+            if isinstance(v, Entry) and v.key != key:
+                raise ValueError(f"merge of key {key!r} was given a version of key {v.key!r}")
             dots.append((peer, hlc))
         k = self._enc_key(key)
         try:
