@@ -354,7 +354,7 @@ def test_corrupt_siblings_records_raise_corruption_error(ab: tuple[Store, Store]
     assert good is not None
     for blob in (good[:-9], good[:12] + good[13:], good[:-8] + b"\x00" + good[-8:]):
         a.backend.write([(DATA + b"k", blob)])
-        with pytest.raises(CorruptionError, match="key b'k'|key 'k'"):
+        with pytest.raises(CorruptionError, match=r"key b'k'|key 'k'"):
             a.get_all("k")
         with pytest.raises(CorruptionError):
             a.put("k", 3)
