@@ -1001,3 +1001,21 @@ def test_sessions_in_different_conflict_modes_abort_at_the_handshake() -> None:
         assert sess.error is not None and "conflict" in str(sess.error)
     assert "'siblings'" in str(lk.b.error) and "'lww'" in str(lk.b.error)
     assert b.last_seq == 0
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 50])
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_one_siblings_sync_round_converges_when_applies_rewrite_unsent_keys(
+    batch: int, chunk: int | None
+) -> None:
+    clock = ManualClock()
+    a, b = mem("a", clock, conflicts="siblings"), mem("b", clock, conflicts="siblings")
+    for i in range(12):
+        a.put(f"k{i:02d}", f"a{i}")
+        b.put(f"k{11 - i:02d}", f"b{i}")
+    lk = link(a, b, max_batch_entries=batch)
+    lk.chunk = chunk
+    lk.run()
+    assert lk.a.complete and lk.b.complete
+    assert a.digest() == b.digest()
+    assert all(len(a.get_all(f"k{i:02d}")) == 2 for i in range(12))

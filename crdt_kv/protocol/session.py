@@ -500,6 +500,8 @@ class Session:
             self._submit(self._reading)
 
     def _send_batch(self, s: LogSlice) -> None:
+        if s.done and self._stop_at is not None and s.to_seq < self._stop_at:
+            s = LogSlice(s.entries, s.to_seq, False)  # the pinned head moved meanwhile
         self._send(Batch(self._out_pos, s.to_seq, s.done, s.entries))
         self._unacked.append(s.to_seq)
         self._out_pos = s.to_seq
@@ -563,6 +565,16 @@ class Session:
         self.stats.entries_received += len(b.entries)
         self.stats.entries_changed += changed
         self._send(Ack(b.to_seq))
+        if (
+            changed
+            and self._stop_at is not None
+            and self.out_state is _O.STREAMING
+            and self.replica.conflict_mode == "siblings"
+        ):
+            # A siblings-mode apply may rewrite a key we have not sent yet with a state
+            # that keeps our version: it moves past the pinned head, so the pin follows
+            # (bounded: it moves only while the peer's finite log is being applied).
+            self._stop_at = max(self._stop_at, self.replica.last_seq)
         if b.done:
             # The sender tails its log only if both sides asked for live (see _on_request).
             event = TailBatch() if self.live and remote.live else FinalBatch()
