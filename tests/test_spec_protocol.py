@@ -74,6 +74,7 @@ def fields(m: Message) -> dict[str, Any]:
             "key_encoding": m.key_encoding,
             "value_encoding": m.value_encoding,
             "max_batch_entries": m.max_batch_entries,
+            "conflicts": m.conflicts,
         }
     if isinstance(m, Request):
         return {"since": m.since, "live": m.live}
@@ -147,7 +148,7 @@ def test_vector_files_are_all_checked() -> None:
     assert set(MESSAGES) == {
         "description", "protocol_version", "context_hello", "valid", "invalid", "lenient",
     }  # fmt: skip
-    assert MESSAGES["protocol_version"] == 1
+    assert MESSAGES["protocol_version"] == messages_mod.PROTOCOL_VERSION == 2
 
 
 # --- valid frames -----------------------------------------------------------------------
@@ -350,10 +351,11 @@ entries = st.builds(
 )  # fmt: skip
 messages = st.one_of(
     st.builds(
-        Hello, st.just(1), st.text(max_size=5), peer_ids, st.binary(min_size=1, max_size=64),
+        Hello, st.just(2), st.text(max_size=5), peer_ids, st.binary(min_size=1, max_size=64),
         st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1), st.booleans(),
         st.booleans(), st.booleans(), st.sampled_from(["utf-8", "bytes"]),
         st.sampled_from(["cbor", "json"]), st.integers(1, (1 << 64) - 1),
+        st.sampled_from(["lww", "siblings"]),
     ),
     st.builds(Request, st.integers(0, (1 << 64) - 1), st.booleans()),
     st.builds(
