@@ -27,7 +27,7 @@ from crdt_kv.backends import open_backend
 from crdt_kv.backends.base import Backend
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.causal import join, sibling_order
-from crdt_kv.errors import ConfigError, CorruptionError
+from crdt_kv.errors import ClockSkewError, ConfigError, CorruptionError
 from crdt_kv.layout import history_key, pack_siblings, unpack_record
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
@@ -549,3 +549,22 @@ def test_the_mode_is_fixed_at_creation(tmp_path: Path) -> None:
         assert s.conflict_mode == mode
         assert s.backend.get(b"mformat") == (2 if mode == "siblings" else 1).to_bytes(8, "big")
         s.close()
+
+
+def test_a_merge_context_passes_the_skew_guard_like_any_received_stamp() -> None:
+    """Section 16.5: the stamps a merge puts in the context are observed by the clock, so a
+    state a replica writes never holds a stamp its peers' skew guard must refuse."""
+    t0 = 1_700_000_000_000
+    clock = ManualClock(t0)
+    a = crdt_kv.open(backend="memory", peer_id="a", conflicts="siblings", clock=clock)
+    b = crdt_kv.open(backend="memory", peer_id="b", conflicts="siblings", clock=clock)
+    a.put("k", 1)
+    with pytest.raises(ClockSkewError):
+        a.merge("k", [Version((t0 + 10**6) << 16, "x")], 2)
+    assert [e.value for e in a.get_all("k")] == [1] and a.last_seq == 1
+    near = Version((t0 + 100) << 16, "x")
+    assert a.merge("k", [near], 2).hlc > near.hlc
+    b.apply(a.changes())
+    assert b.get("k") == 2 and b.digest() == a.digest()
+    a.close()
+    b.close()

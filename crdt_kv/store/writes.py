@@ -77,13 +77,18 @@ class Writer:
     def local(self, k: bytes, v: bytes, deleted: bool, covers: Context | None = None) -> Version:
         """One local write (put or tombstone) of encoded key ``k``: the hottest path.
 
-        ``covers`` (``siblings`` mode, ``merge``): the context the write supersedes.
+        ``covers`` (``siblings`` mode, ``merge``): the context the write supersedes. A
+        stamp in it newer than any this clock has seen (a version not read here) goes
+        through the HLC receive rule first (``ClockSkewError``, nothing written): it enters
+        the state's context, which peers check like any stamp they receive.
         """
         lock = self.lock
         lock.acquire()
         try:
             if self.closed:
                 self.check()
+            if covers and max(covers.values()) > self.hlc.last:
+                self.hlc.update(max(covers.values()))
             old = self._bget(DATA + k)
             hlc = self.hlc.now()
             if self.hooks.before:
