@@ -26,6 +26,8 @@ __all__ = [
     "DATA_END",
     "DATA_SKIP",
     "FORMAT_SIBLINGS",
+    "MAX_SIBLINGS",
+    "MAX_SIBLING_PEERS",
     "HISTORY",
     "HISTORY_END",
     "history_bound",
@@ -277,6 +279,8 @@ _COUNT = struct.Struct(">H")
 _SIB = struct.Struct(">HBQI")  # peer index, flags, hlc, value length; then the value
 _CTX = struct.Struct(">HQ")  # peer index, hlc
 MAX_SIBLING_PEERS = 0xFFFF
+MAX_SIBLINGS = 0xFFFF
+"""A record counts its peers and its siblings in a u16."""
 
 
 def pack_siblings(r: RawEntry) -> bytes:

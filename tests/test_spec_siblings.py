@@ -27,7 +27,7 @@ from crdt_kv.backends import open_backend
 from crdt_kv.backends.base import Backend
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.causal import join, sibling_order
-from crdt_kv.errors import ClockSkewError, ConfigError, CorruptionError
+from crdt_kv.errors import ClockSkewError, ConfigError, CorruptionError, EncodingError
 from crdt_kv.layout import history_key, pack_siblings, unpack_record
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
@@ -568,3 +568,26 @@ def test_a_merge_context_passes_the_skew_guard_like_any_received_stamp() -> None
     assert b.get("k") == 2 and b.digest() == a.digest()
     a.close()
     b.close()
+
+
+def test_a_state_over_the_record_counts_is_rejected_data() -> None:
+    """Section 16.9: a record counts siblings in a u16. A received state (or its join with
+    the stored one) over 65,535 siblings is refused like any malformed entry, so a session
+    fails with code 4 instead of the store raising from deep inside the commit."""
+    t0 = 1_700_000_000_000
+    s = crdt_kv.open(backend="memory", peer_id="s", conflicts="siblings", clock=ManualClock(t0))
+
+    def state(peer: str, n: int) -> RawEntry:
+        others = tuple(RawEntry(b"k", b"", (t0 << 16) + i, peer, True) for i in range(n))
+        return RawEntry(b"k", cbor2.dumps(1), (t0 << 16) + n, "y" + peer, False, 0, (), others)
+
+    with pytest.raises(EncodingError, match="siblings"):
+        s.apply_raw([state("x", 0xFFFF)])
+    assert s.last_seq == 0 and s.stats["apply_rejected"] == 1
+    assert s.apply_raw([state("x", 40_000)]) == 1
+    digest = s.digest()
+    with pytest.raises(EncodingError, match="siblings"):
+        s.apply_raw([state("w", 30_000)])  # concurrent: the join would hold 70,002
+    assert s.digest() == digest and len(s.get_all("k")) == 1
+    assert s.stats["apply_rejected"] == 2
+    s.close()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
-from crdt_kv.errors import ClosedError
+from crdt_kv.errors import ClosedError, EncodingError
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import DATA, pack_siblings, record_body, unpack_record
 from crdt_kv.store.batch import BatchOp
@@ -162,7 +162,11 @@ class Writer:
                 except Exception:
                     self.reject()
                     raise
-            return self._merge(batch, top, cursor, prefer, resolver, to_entry)
+            try:
+                return self._merge(batch, top, cursor, prefer, resolver, to_entry)
+            except EncodingError:  # a joined state too large for a record
+                self.reject()
+                raise
 
     def _merge(  # noqa: PLR0917 - private; the merge's inputs
         self,
