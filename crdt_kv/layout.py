@@ -1,5 +1,5 @@
-"""The on-disk layout, storage format 1 (``spec/data-model.md``): the only module that
-knows byte offsets and struct formats.
+"""The on-disk layout, storage formats 1 and 2 (``spec/data-model.md`` sections 8, 16.9
+and 17): the only module that knows byte offsets and struct formats.
 
 The store keeps an ordered bytes map with one-byte namespaces: ``d`` + key -> record,
 ``l`` + seq -> change-log entry, ``c`` + remote -> cursor, ``m`` + name -> metadata. A

@@ -382,6 +382,15 @@ def parse_record(blob: bytes) -> tuple[dict[str, Any], int]:
     return state, int.from_bytes(blob[-8:], "big")
 
 
+def test_the_record_table_of_data_model_md_is_the_one_parsed_here() -> None:
+    text = (VECTORS.parent / "data-model.md").read_text("utf-8")
+    start = text.index("### 16.9 Record format 2")
+    table = text[start : text.index("### 16.10", start)]
+    fields = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert fields == ["field", "format", "flags", "npeers", "peer table", "nsib", "siblings",
+                      "nctx", "context", "seq"]  # fmt: skip
+
+
 @pytest.mark.parametrize("v", V["records"], ids=lambda v: v["note"][:30])
 def test_record(v: dict[str, Any]) -> None:
     state = raw_state(v["state"])
