@@ -312,6 +312,22 @@ def test_join_in_store(case: dict[str, Any], harness: Callable[..., _Harness]) -
     )
 
 
+def test_apply_takes_a_state_in_any_sibling_order_and_canonicalises_it() -> None:
+    """Section 16.11 rule 1: sibling order and implied context entries are not checked."""
+    [case] = [c for c in V["joins"] if c["name"] == "tombstones-after-live-each-by-merge-order"]
+    expect = raw_state(case["expect"])
+    sibs = [expect, *expect.others][::-1]
+    implied = tuple(sorted((s.peer, s.hlc) for s in sibs))
+    messy = RawEntry(expect.key, sibs[0].value, sibs[0].hlc, sibs[0].peer, sibs[0].deleted, 0,
+                     implied, tuple(RawEntry(expect.key, s.value, s.hlc, s.peer, s.deleted)
+                                    for s in sibs[1:]))  # fmt: skip
+    s = crdt_kv.open(backend="memory", peer_id="s", conflicts="siblings",
+                     clock=ManualClock(expect.hlc >> 16))  # fmt: skip
+    assert s.apply_raw([messy]) == 1
+    assert _only_state(s) == expect
+    s.close()
+
+
 @pytest.mark.parametrize("case", V["writes"], ids=lambda c: c["name"])
 def test_local_write(case: dict[str, Any], harness: Callable[..., _Harness]) -> None:
     before = raw_state(case["before"])
