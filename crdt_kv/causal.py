@@ -1,5 +1,5 @@
 """The ``siblings`` conflict mode: a key's state is a set of concurrent versions (siblings)
-with a causal context, merged as a state-based CRDT (``spec/data-model.md`` section 13).
+with a causal context, merged as a state-based CRDT (``spec/data-model.md`` section 16).
 
 Every write is a *dot* ``(peer, hlc)``: its stamp doubles as the per-peer counter, since a
 peer's stamps only grow. A key's **context** maps each peer to the newest stamp of that

@@ -1,5 +1,5 @@
-"""The on-disk layout, storage format 1 (``spec/data-model.md``): the only module that
-knows byte offsets and struct formats.
+"""The on-disk layout, storage formats 1 and 2 (``spec/data-model.md`` sections 8, 16.9
+and 17): the only module that knows byte offsets and struct formats.
 
 The store keeps an ordered bytes map with one-byte namespaces: ``d`` + key -> record,
 ``l`` + seq -> change-log entry, ``c`` + remote -> cursor, ``m`` + name -> metadata. A
@@ -26,6 +26,8 @@ __all__ = [
     "DATA_END",
     "DATA_SKIP",
     "FORMAT_SIBLINGS",
+    "MAX_SIBLINGS",
+    "MAX_SIBLING_PEERS",
     "HISTORY",
     "HISTORY_END",
     "history_bound",
@@ -291,6 +293,8 @@ _COUNT = struct.Struct(">H")
 _SIB = struct.Struct(">HBQI")  # peer index, flags, hlc, value length; then the value
 _CTX = struct.Struct(">HQ")  # peer index, hlc
 MAX_SIBLING_PEERS = 0xFFFF
+MAX_SIBLINGS = 0xFFFF
+"""A record counts its peers and its siblings in a u16."""
 
 
 def pack_siblings(r: RawEntry) -> bytes:

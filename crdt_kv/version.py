@@ -35,7 +35,7 @@ class Entry:
     In ``siblings`` mode an entry of :meth:`Store.changes` carries the key's whole state:
     it is the first sibling, ``others`` holds the rest (in sibling order) and ``context``
     the causal-context entries ``(peer, hlc)`` that its siblings do not imply
-    (``spec/data-model.md`` section 13). Both are empty in ``lww`` mode and on the
+    (``spec/data-model.md`` section 16). Both are empty in ``lww`` mode and on the
     versions :meth:`Store.get_all` returns.
     """
 

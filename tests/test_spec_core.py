@@ -62,6 +62,17 @@ CHECKED = {
         "digest_sums",
     },
     "core-store.json": {"description", "scenarios"},
+    # conflict mode siblings, storage format 2: checked in tests/test_spec_siblings.py
+    "core-siblings.json": {
+        "description",
+        "format_version",
+        "resolvers",
+        "joins",
+        "writes",
+        "records",
+        "corrupt_records",
+        "scenarios",
+    },
 }
 
 

@@ -41,6 +41,7 @@ from crdt_kv.protocol import (
 from crdt_kv.protocol import events as events_mod
 from crdt_kv.protocol import messages as messages_mod
 from crdt_kv.protocol import states as states_mod
+from crdt_kv.protocol.storage import entry_size
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
@@ -74,6 +75,7 @@ def fields(m: Message) -> dict[str, Any]:
             "key_encoding": m.key_encoding,
             "value_encoding": m.value_encoding,
             "max_batch_entries": m.max_batch_entries,
+            "conflicts": m.conflicts,
         }
     if isinstance(m, Request):
         return {"since": m.since, "live": m.live}
@@ -82,21 +84,51 @@ def fields(m: Message) -> dict[str, Any]:
             "from_seq": m.from_seq,
             "to_seq": m.to_seq,
             "done": m.done,
-            "entries": [
-                {
-                    "key_hex": e.key.hex(),
-                    "value_hex": None if e.deleted else e.value.hex(),
-                    "hlc": e.hlc,
-                    "hlc_parts": [e.hlc >> 16, e.hlc & 0xFFFF],
-                    "peer": e.peer,
-                    "deleted": e.deleted,
-                }
-                for e in m.entries
-            ],
+            "entries": [_entry_fields(e) for e in m.entries],
         }
     if isinstance(m, Ack):
         return {"seq": m.seq}
     return {"code": m.code, "reason": m.reason}
+
+
+def _version_fields(e: RawEntry) -> dict[str, Any]:
+    return {
+        "value_hex": None if e.deleted else e.value.hex(),
+        "hlc": e.hlc,
+        "hlc_parts": [e.hlc >> 16, e.hlc & 0xFFFF],
+        "peer": e.peer,
+        "deleted": e.deleted,
+    }
+
+
+def _entry_fields(e: RawEntry) -> dict[str, Any]:
+    """One row: a key's state; ``context`` and ``others`` only for a sibling-state row."""
+    out = {"key_hex": e.key.hex(), **_version_fields(e)}
+    if e.context or e.others:
+        out["context"] = [
+            {"peer": p, "hlc": h, "hlc_parts": [h >> 16, h & 0xFFFF]} for p, h in e.context
+        ]
+        out["others"] = [_version_fields(o) for o in e.others]
+    return out
+
+
+def _version(key: bytes, v: dict[str, Any]) -> RawEntry:
+    wall, logical = v["hlc_parts"]
+    assert v["hlc"] == wall << 16 | logical
+    assert v["deleted"] is (v["value_hex"] is None)
+    value = b"" if v["value_hex"] is None else bytes.fromhex(v["value_hex"])
+    return RawEntry(key, value, v["hlc"], v["peer"], v["deleted"])
+
+
+def _entry(e: dict[str, Any]) -> RawEntry:
+    key = bytes.fromhex(e["key_hex"])
+    head = _version(key, e)
+    context = []
+    for c in e.get("context", []):
+        assert c["hlc"] == c["hlc_parts"][0] << 16 | c["hlc_parts"][1]
+        context.append((c["peer"], c["hlc"]))
+    others = tuple(_version(key, o) for o in e.get("others", []))
+    return RawEntry(key, head.value, head.hlc, head.peer, head.deleted, 0, tuple(context), others)
 
 
 def from_fields(kind: str, f: dict[str, Any]) -> Message:
@@ -110,15 +142,8 @@ def from_fields(kind: str, f: dict[str, Any]) -> Message:
     if kind == "Request":
         return Request(**f)
     if kind == "Batch":
-        entries = []
-        for e in f["entries"]:
-            wall, logical = e["hlc_parts"]
-            assert e["hlc"] == wall << 16 | logical
-            value = b"" if e["value_hex"] is None else bytes.fromhex(e["value_hex"])
-            assert e["deleted"] is (e["value_hex"] is None)
-            key = bytes.fromhex(e["key_hex"])
-            entries.append(RawEntry(key, value, e["hlc"], e["peer"], e["deleted"]))
-        return Batch(f["from_seq"], f["to_seq"], f["done"], tuple(entries))
+        entries = tuple(_entry(e) for e in f["entries"])
+        return Batch(f["from_seq"], f["to_seq"], f["done"], entries)
     if kind == "Ack":
         return Ack(**f)
     assert kind == "Abort"
@@ -145,9 +170,10 @@ def test_vector_files_are_all_checked() -> None:
         "protocol-session.json",
     }
     assert set(MESSAGES) == {
-        "description", "protocol_version", "context_hello", "valid", "invalid", "lenient",
+        "description", "protocol_version", "context_hello", "context_hello_siblings", "valid",
+        "invalid", "lenient",
     }  # fmt: skip
-    assert MESSAGES["protocol_version"] == 1
+    assert MESSAGES["protocol_version"] == messages_mod.PROTOCOL_VERSION == 2
 
 
 # --- valid frames -----------------------------------------------------------------------
@@ -180,8 +206,10 @@ def test_lenient_encodings_are_accepted(vec: dict[str, Any]) -> None:
 # --- invalid frames ---------------------------------------------------------------------
 
 
-def _fresh_receiver() -> tuple[Session, Store]:
-    store = crdt_kv.open(backend="memory", peer_id="zed", clock=ManualClock(T0))
+def _fresh_receiver(conflicts: str = "lww") -> tuple[Session, Store]:
+    store = crdt_kv.open(
+        backend="memory", peer_id="zed", clock=ManualClock(T0), conflicts=conflicts
+    )
     sess = Session(store)
     sess.start()
     sess.data_to_send()
@@ -214,7 +242,117 @@ def test_invalid_vector_fails_the_session(vec: dict[str, Any]) -> None:
 
 
 def test_invalid_vectors_cover_every_abort_code_a_frame_can_cause() -> None:
-    assert {v["code"] for v in MESSAGES["invalid"]} == {AbortCode.PROTOCOL, AbortCode.INCOMPATIBLE}
+    assert {v["code"] for v in MESSAGES["invalid"]} == {
+        AbortCode.PROTOCOL, AbortCode.INCOMPATIBLE, AbortCode.REJECTED_DATA,
+    }  # fmt: skip
+
+
+def _siblings_receiver_after_hello() -> tuple[Session, Store]:
+    sess, store = _fresh_receiver("siblings")
+    hello = bytes.fromhex(MESSAGES["context_hello_siblings"]["frame_hex"])
+    assert [type(e) for e in sess.receive_data(hello)] == [events_mod.Connected]
+    assert decode_message(FrameDecoder().feed(sess.data_to_send())[0]) == Request(0, False)
+    return sess, store
+
+
+def test_siblings_receiver_applies_the_sibling_state_vectors() -> None:
+    """A receiver in mode siblings stores exactly the states the batch vectors carry,
+    including the state an lww receiver must refuse as rejected data."""
+    by_name = {v["name"]: v for v in MESSAGES["valid"] + MESSAGES["invalid"]}
+    for name in ("batch-siblings", "batch-siblings-at-lww-receiver"):
+        sess, store = _siblings_receiver_after_hello()
+        try:
+            frame = bytes.fromhex(by_name[name]["frame_hex"])
+            batch = decode_message(frame[4:])
+            assert isinstance(batch, Batch)
+            events = sess.receive_data(frame)
+            assert not [e for e in events if isinstance(e, SessionFailed)], name
+            assert decode_message(FrameDecoder().feed(sess.data_to_send())[0]) == Ack(batch.to_seq)
+            stored = {e.key: e for e in store.raw_changes(0)}
+            for e in batch.entries:
+                got = stored[e.key]
+                assert (got.value, got.hlc, got.peer, got.deleted) == (
+                    e.value, e.hlc, e.peer, e.deleted,
+                )  # fmt: skip
+                assert (got.context, got.others) == (e.context, e.others), name
+        finally:
+            store.close()
+
+
+def test_siblings_receiver_refuses_what_the_decoder_refuses_and_an_lww_peer() -> None:
+    decoder_faults = [
+        v
+        for v in MESSAGES["invalid"]
+        if v["code"] == AbortCode.PROTOCOL
+        and v["name"].startswith("batch-")
+        and v["name"] != "batch-not-contiguous"  # its from_seq is wrong for any receiver
+    ]
+    assert {"batch-row-6", "batch-context-peer-index", "batch-others-value-int"} <= {
+        v["name"] for v in decoder_faults
+    }
+    for vec in decoder_faults:
+        sess, store = _siblings_receiver_after_hello()
+        try:
+            events = sess.receive_data(bytes.fromhex(vec["frame_hex"]))
+            [failure] = [e for e in events if isinstance(e, SessionFailed)]
+            assert vec["error"] in str(failure.error), vec["name"]
+            assert len(store) == 0
+        finally:
+            store.close()
+    sess, store = _fresh_receiver("siblings")
+    try:
+        events = sess.receive_data(bytes.fromhex(MESSAGES["context_hello"]["frame_hex"]))
+        [failure] = [e for e in events if isinstance(e, SessionFailed)]
+        assert "keeps conflicts as 'lww'" in str(failure.error)
+        out = [decode_message(p) for p in FrameDecoder().feed(sess.data_to_send())]
+        assert isinstance(out[-1], Abort) and out[-1].code == AbortCode.INCOMPATIBLE
+    finally:
+        store.close()
+
+
+def _spec_size(e: dict[str, Any]) -> int:
+    """protocol.md section 7: the key once, 24 + value per version, 16 per context entry."""
+    versions = [e, *e.get("others", [])]
+    size = len(bytes.fromhex(e["key_hex"])) + len(e.get("context", [])) * 16
+    return size + sum(24 + len(bytes.fromhex(v["value_hex"] or "")) for v in versions)
+
+
+def test_max_batch_bytes_counts_every_version_of_a_state() -> None:
+    [vec] = [v for v in MESSAGES["valid"] if v["name"] == "batch-siblings"]
+    rows = vec["fields"]["entries"]
+    sizes = [_spec_size(e) for e in rows]
+    assert [entry_size(_entry(e)) for e in rows] == sizes
+    sess, store = _siblings_receiver_after_hello()
+    try:
+        sess.receive_data(bytes.fromhex(vec["frame_hex"]))
+        keys = [e.key.hex() for e in store.raw_changes(0)]
+        assert keys == [e["key_hex"] for e in rows]
+        for max_bytes, n in ((1, 1), (sizes[0], 1), (sizes[0] + 1, 2), (sum(sizes), 2)):
+            got = store.read_changes(0, limit=10, max_bytes=max_bytes)
+            assert len(got) == n, max_bytes
+        # a state larger than max_batch_bytes still travels whole, alone after the first cut
+        [state] = store.read_changes(1, limit=10, max_bytes=1)
+        assert len(state.others) == len(rows[1]["others"])
+    finally:
+        store.close()
+
+
+def test_batch_vectors_follow_the_encoder_rules_of_protocol_md() -> None:
+    """base_wall is the oldest wall of every stamp (rows, contexts, other siblings) and
+    peers are numbered by first use: row, its context entries, its other siblings."""
+    for vec in MESSAGES["valid"]:
+        if vec["type"] != "Batch" or not vec["fields"]["entries"]:
+            continue
+        walls: list[int] = []
+        order: list[str] = []
+        for e in vec["fields"]["entries"]:
+            for v in [e, *e.get("context", []), *e.get("others", [])]:
+                walls.append(v["hlc_parts"][0])
+                if v["peer"] not in order:
+                    order.append(v["peer"])
+        payload = cbor2.loads(payload_of(vec["frame_hex"]))
+        assert payload[4] == min(walls), vec["name"]
+        assert payload[5] == order, vec["name"]
 
 
 # --- the session transcript -------------------------------------------------------------
@@ -336,24 +474,79 @@ def test_every_emitted_message_validates_against_cddl() -> None:
     b.close()
 
 
+def test_siblings_sync_emits_both_row_shapes_valid_against_cddl() -> None:
+    clock = ManualClock(T0)
+    stores = [
+        crdt_kv.open(backend="memory", peer_id=p, clock=clock, conflicts="siblings")
+        for p in ("alice", "bob", "carol")
+    ]
+    a, b, c = stores
+    for i in range(12):
+        a.put(f"k{i}", i)
+        b.put(f"k{i % 5}", [i])
+        if i % 3 == 0:
+            c.delete(f"k{i}")
+    c.apply(a.changes())
+    c.merge("k1", c.get_all("k1"), "merged")
+    emitted: list[bytes] = []
+    for x, y in ((a, b), (b, c), (a, c)):
+        sx, sy = Session(x, max_batch_entries=3, window=2), Session(y, max_batch_entries=4)
+        sx.start()
+        sy.start()
+        _pump(sx, sy, emitted)
+        assert sx.complete and sy.complete
+    rows = [row for p in emitted if cbor2.loads(p)[0] == MsgType.BATCH for row in cbor2.loads(p)[6]]
+    assert {len(r) for r in rows} == {5, 7}
+    assert any(r[5] for r in rows if len(r) == 7), "a state row with an explicit context"
+    assert any(o[3] is None for r in rows if len(r) == 7 for o in r[6]), "a tombstone sibling"
+    hellos = [cbor2.loads(p) for p in emitted if cbor2.loads(p)[0] == MsgType.HELLO]
+    assert {h[11] for h in hellos} == {"siblings"}
+    assert [p.hex() for p in emitted if not cddl_ok(p)] == []
+    assert a.digest() == b.digest() == c.digest()
+    for s in stores:
+        s.close()
+
+
 def test_the_schema_is_not_vacuous() -> None:
+    row5 = [b"k", 0, 0, 0, b"v"]
     for obj in ([3], [3, 1, 2], [5, 1], [1, 0, 1], [2, 0, 1, True, 0, ["a"], [[b"k", 0, 0, 0, 1]]],
-                [0, 1, "c", "", b"1", 0, 0, 0, "u", "c", 1], {"t": 3}, [4, 70000, ""]):  # fmt: skip
+                [0, 1, "c", "", b"1", 0, 0, 0, "u", "c", 1], {"t": 3}, [4, 70000, ""],
+                [2, 0, 1, True, 0, ["a"], [[*row5, []]]],
+                [2, 0, 1, True, 0, ["a"], [[*row5, [[0, 0]], []]]],
+                [2, 0, 1, True, 0, ["a"], [[*row5, [], [[0, 0, 0, 1]]]]],
+                [0, 2, "c", "p", b"1", 0, 0, 0, "u", "c", 1, None]):  # fmt: skip
         assert not cddl_ok(cbor2.dumps(obj)), obj
 
 
 peer_ids = st.text(min_size=1, max_size=6).filter(lambda s: s.isprintable())
+stamps = st.builds(
+    lambda w, lg: (w << 16) | lg, st.integers(0, (1 << 48) - 1), st.integers(0, 0xFFFF)
+)
+versions = st.builds(
+    lambda v, h, p, d: RawEntry(b"", b"" if d else v, h, p, d),
+    st.binary(max_size=8), stamps, peer_ids, st.booleans(),
+)  # fmt: skip
+
+
+def _state(
+    key: bytes, head: RawEntry, ctx: list[tuple[str, int]], others: list[RawEntry]
+) -> RawEntry:
+    """A row's state as the decoder builds it (the wire does not check canonical form)."""
+    rest = tuple(RawEntry(key, o.value, o.hlc, o.peer, o.deleted) for o in others)
+    return RawEntry(key, head.value, head.hlc, head.peer, head.deleted, 0, tuple(ctx), rest)
+
+
 entries = st.builds(
-    lambda k, v, w, lg, p, d: RawEntry(k, b"" if d else v, (w << 16) | lg, p, d),
-    st.binary(max_size=8), st.binary(max_size=8), st.integers(0, (1 << 48) - 1),
-    st.integers(0, 0xFFFF), peer_ids, st.booleans(),
+    _state, st.binary(max_size=8), versions,
+    st.lists(st.tuples(peer_ids, stamps), max_size=3), st.lists(versions, max_size=3),
 )  # fmt: skip
 messages = st.one_of(
     st.builds(
-        Hello, st.just(1), st.text(max_size=5), peer_ids, st.binary(min_size=1, max_size=64),
+        Hello, st.just(2), st.text(max_size=5), peer_ids, st.binary(min_size=1, max_size=64),
         st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1), st.booleans(),
         st.booleans(), st.booleans(), st.sampled_from(["utf-8", "bytes"]),
         st.sampled_from(["cbor", "json"]), st.integers(1, (1 << 64) - 1),
+        st.sampled_from(["lww", "siblings"]),
     ),
     st.builds(Request, st.integers(0, (1 << 64) - 1), st.booleans()),
     st.builds(

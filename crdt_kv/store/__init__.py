@@ -381,7 +381,8 @@ class Store:
         Materialized in one go so a thread may read while another commits, on any
         backend. ``stop_at`` ends the read before entries with ``seq > stop_at`` (the log
         as it was at that sequence; keys rewritten since are left out); ``max_bytes``
-        ends it with the entry that brings ``sum(len(key) + len(value) + 24)`` to it.
+        ends it with the entry that brings the sum of
+        :func:`~crdt_kv.protocol.storage.entry_size` to it.
         """
         return self._changelog.read(since, limit, exclude_source, stop_at, max_bytes)
 

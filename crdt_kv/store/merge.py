@@ -14,7 +14,14 @@ from crdt_kv.causal import Order, join
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.hlc import MAX_STAMP
-from crdt_kv.layout import DATA, MAX_SIBLING_PEERS, pack_siblings, record_body, unpack_record
+from crdt_kv.layout import (
+    DATA,
+    MAX_SIBLING_PEERS,
+    MAX_SIBLINGS,
+    pack_siblings,
+    record_body,
+    unpack_record,
+)
 from crdt_kv.store.commit import Change
 from crdt_kv.store.meta import check_peer_id
 from crdt_kv.version import Entry, RawEntry, Resolver
@@ -85,8 +92,7 @@ class EntryChecker:
                 raise EncodingError(f"context of key {e.key!r} is not sorted by peer")
             last = peer
             top = max(top, hlc)
-        if len({p for p, _ in dots} | {p for p, _ in e.context}) > MAX_SIBLING_PEERS:
-            raise EncodingError(f"state of key {e.key!r} names too many peers")
+        _check_counts(e)
         return top
 
     def validate(self, e: RawEntry) -> None:
@@ -164,6 +170,15 @@ class EntryChecker:
         return top
 
 
+def _check_counts(e: RawEntry) -> None:
+    """Refuse a state a format-2 record cannot hold (its counts are u16)."""
+    if len(e.others) >= MAX_SIBLINGS:
+        raise EncodingError(f"state of key {e.key!r} holds more than {MAX_SIBLINGS} siblings")
+    peers = {e.peer, *(o.peer for o in e.others), *(p for p, _ in e.context)}
+    if len(peers) > MAX_SIBLING_PEERS:
+        raise EncodingError(f"state of key {e.key!r} names more than {MAX_SIBLING_PEERS} peers")
+
+
 def winners(
     batch: Sequence[RawEntry],
     prefer: Prefer,
@@ -207,10 +222,12 @@ def sibling_changes(
     """``siblings`` mode: join each key's incoming states (validated) with its stored
     state; the changes of the keys whose state moved, and the keys among them whose new
     state is not the incoming one (it kept local versions the sender lacks, so it must
-    not be echo-suppressed towards that sender)."""
+    not be echo-suppressed towards that sender). A joined state a record cannot hold
+    raises :class:`EncodingError` before anything is written."""
     joined: dict[bytes, RawEntry] = {}
     for e in batch:
         joined[e.key] = join(joined.get(e.key), e, order)
+        _check_counts(joined[e.key])
     olds = get_many([DATA + k for k in joined])
     items: list[Change] = []
     mixed: set[bytes] = set()
@@ -219,7 +236,9 @@ def sibling_changes(
         if blob is None:
             items.append((k, incoming, None))
             continue
-        body = pack_siblings(join(unpack_record(k, blob), new, order))
+        merged = join(unpack_record(k, blob), new, order)
+        _check_counts(merged)
+        body = pack_siblings(merged)
         if body != blob[:-8]:
             items.append((k, body, blob))
             if body != incoming:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
-from crdt_kv.errors import ClosedError
+from crdt_kv.errors import ClosedError, EncodingError
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
     DATA,
@@ -87,13 +87,18 @@ class Writer:
     def local(self, k: bytes, v: bytes, deleted: bool, covers: Context | None = None) -> Version:
         """One local write (put or tombstone) of encoded key ``k``: the hottest path.
 
-        ``covers`` (``siblings`` mode, ``merge``): the context the write supersedes.
+        ``covers`` (``siblings`` mode, ``merge``): the context the write supersedes. A
+        stamp in it newer than any this clock has seen (a version not read here) goes
+        through the HLC receive rule first (``ClockSkewError``, nothing written): it enters
+        the state's context, which peers check like any stamp they receive.
         """
         lock = self.lock
         lock.acquire()
         try:
             if self.closed:
                 self.check()
+            if covers and max(covers.values()) > self.hlc.last:
+                self.hlc.update(max(covers.values()))
             old = self._bget(DATA + k)
             hlc = self.hlc.now()
             if self.hooks.before:
@@ -167,7 +172,11 @@ class Writer:
                 except Exception:
                     self.reject()
                     raise
-            return self._merge(batch, top, cursor, prefer, resolver, to_entry)
+            try:
+                return self._merge(batch, top, cursor, prefer, resolver, to_entry)
+            except EncodingError:  # a joined state too large for a record
+                self.reject()
+                raise
 
     def _merge(  # noqa: PLR0917 - private; the merge's inputs
         self,
