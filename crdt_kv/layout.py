@@ -48,6 +48,7 @@ __all__ = [
     "pack_log",
     "pack_record",
     "pack_siblings",
+    "pack_single",
     "pack_source",
     "pack_u64",
     "parse_cursor_key",
@@ -55,6 +56,7 @@ __all__ = [
     "record_is_deleted",
     "record_value",
     "seal_record",
+    "sole_dot",
     "seq_of_log_key",
     "source_key",
     "source_of_key",
@@ -217,7 +219,7 @@ def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
     if skip:
         key = key[skip:]
     if blob[:1] == _SIBLINGS_BYTE:
-        return _unpack_siblings(key, blob)
+        return _unpack_single(key, blob) or _unpack_siblings(key, blob)
     try:
         fmt, flags, hlc, plen = _RECORD.unpack_from(blob)
     except struct.error as exc:
@@ -303,6 +305,63 @@ def pack_siblings(r: RawEntry) -> bytes:
     out.append(_COUNT.pack(len(r.context)))
     out.extend(_CTX.pack(index[p], h) for p, h in r.context)
     return b"".join(out)
+
+
+_ONE_HEAD = struct.Struct(">BBHB")  # format, flags, peer count 1, len(peer); then the peer
+_ONE_SIB = struct.Struct(">HHBQI")  # sibling count 1, then its _SIB; then value, no context
+_NO_CONTEXT = _COUNT.pack(0)
+_ONE_TAIL = len(_NO_CONTEXT) + _SEQ_SIZE
+
+
+def pack_single(hlc: int, peer_b: bytes, deleted: bool, value: bytes) -> bytes:
+    """:func:`pack_siblings` of a state of one sibling and no context entry (a key written
+    by one peer), byte for byte, without building the state: local writes take this path."""
+    flag = 1 if deleted else 0
+    return (
+        _ONE_HEAD.pack(FORMAT_SIBLINGS, flag, 1, len(peer_b))
+        + peer_b
+        + _ONE_SIB.pack(1, 0, flag, hlc, len(value))
+        + value
+        + _NO_CONTEXT
+    )
+
+
+def _single(blob: bytes) -> tuple[int, int, int, int] | None:
+    """``(end of the peer id, flags, hlc, end of the value)`` of a well-formed
+    :func:`pack_single` record with its seq; None for any other record."""
+    if blob[2:4] != b"\x00\x01" or len(blob) < _ONE_HEAD.size:
+        return None
+    head = _ONE_HEAD.size + blob[_ONE_HEAD.size - 1]
+    if len(blob) < head + _ONE_SIB.size + _ONE_TAIL:
+        return None
+    count, index, flags, hlc, vlen = _ONE_SIB.unpack_from(blob, head)
+    end = head + _ONE_SIB.size + vlen
+    if count != 1 or index or end + _ONE_TAIL != len(blob) or blob[end : end + 2] != _NO_CONTEXT:
+        return None
+    return head, flags, hlc, end
+
+
+def sole_dot(blob: bytes, peer_b: bytes) -> int | None:
+    """The stamp of the only version in stored record ``blob`` if it is a well-formed
+    :func:`pack_single` record of peer ``peer_b``; None for any other record."""
+    one = _single(blob) if blob[:1] == _SIBLINGS_BYTE else None
+    if one is None or blob[_ONE_HEAD.size : one[0]] != peer_b:
+        return None
+    return one[2]
+
+
+def _unpack_single(key: bytes, blob: bytes) -> RawEntry | None:
+    """:func:`_unpack_siblings` of a :func:`pack_single` record, at fixed offsets."""
+    one = _single(blob)
+    if one is None:
+        return None
+    head, flags, hlc, end = one
+    try:
+        peer = blob[_ONE_HEAD.size : head].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    seq = int.from_bytes(blob[-_SEQ_SIZE:], "big")
+    return RawEntry(key, blob[head + _ONE_SIB.size : end], hlc, peer, bool(flags & 1), seq)
 
 
 def _unpack_siblings(key: bytes, blob: bytes) -> RawEntry:

@@ -14,7 +14,15 @@ from crdt_kv.causal import Order, join
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.hlc import MAX_STAMP
-from crdt_kv.layout import DATA, MAX_SIBLING_PEERS, pack_siblings, record_body, unpack_record
+from crdt_kv.layout import (
+    DATA,
+    MAX_SIBLING_PEERS,
+    pack_siblings,
+    pack_single,
+    record_body,
+    sole_dot,
+    unpack_record,
+)
 from crdt_kv.store.commit import Change
 from crdt_kv.store.meta import check_peer_id
 from crdt_kv.version import Entry, RawEntry, Resolver
@@ -215,9 +223,18 @@ def sibling_changes(
     items: list[Change] = []
     mixed: set[bytes] = set()
     for (k, new), blob in zip(joined.items(), olds, strict=True):
-        incoming = pack_siblings(new)
+        single = not new.others and not new.context
+        if single:
+            pb = new.peer.encode("utf-8")
+            incoming = pack_single(new.hlc, pb, new.deleted, new.value)
+        else:
+            incoming = pack_siblings(new)
         if blob is None:
             items.append((k, incoming, None))
+            continue
+        if single and (mine := sole_dot(blob, pb)) is not None and mine < new.hlc:
+            # One writer's newer version over its own older one: the join is the new one.
+            items.append((k, incoming, blob))
             continue
         body = pack_siblings(join(unpack_record(k, blob), new, order))
         if body != blob[:-8]:

@@ -15,7 +15,7 @@ from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
 from crdt_kv.errors import ClosedError
 from crdt_kv.hlc import HLC
-from crdt_kv.layout import DATA, pack_siblings, record_body, unpack_record
+from crdt_kv.layout import DATA, pack_siblings, pack_single, record_body, sole_dot, unpack_record
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
@@ -65,6 +65,14 @@ class Writer:
         order = self.order
         if order is None:
             return record_body(hlc, self._peer_b, deleted, v)
+        if covers is None:
+            # A put or delete over nothing, or over this peer's own single version: the
+            # state is the new version alone (what write() and state() would build).
+            if old is None:
+                return pack_single(hlc, self._peer_b, deleted, v)
+            mine = sole_dot(old, self._peer_b)
+            if mine is not None and mine < hlc:
+                return pack_single(hlc, self._peer_b, deleted, v)
         prior = None if old is None else unpack_record(k, old)
         new = RawEntry(k, v, hlc, self._peer_id, deleted)
         return pack_siblings(write(prior, new, covers, order))
