@@ -19,6 +19,13 @@ Measures (issue 4, "Speed"):
    up under ``serve(live=False)`` here while a trio task sleeps 1 ms in a loop and records
    how late it woke ("loop wait"): p50/p99/max per sample, plus time-weighted figures.
    ``--loop-only`` runs just this; ``--no-loop`` skips it.
+6. ``siblings`` mode against ``lww`` (``siblings_vs_lww``): full syncs of ``--full``
+   single-writer keys from an ``lww`` source and from a ``siblings`` source into fresh
+   stores of the same mode, taking turns run by run, so the rate ratio is a median of
+   paired per-run ratios; wire bytes per entry of both; and, for information, a
+   ``siblings`` source whose every key holds two live siblings (two writers' states
+   joined). Targets: siblings sync rate >= 0.7x lww, wire bytes per entry <= 1.3x lww.
+   ``--siblings-only`` runs just this; ``--no-siblings`` skips it.
 
 Wire bytes are counted at the socket (every byte both sides wrote: Hello, Request, Batch,
 Ack frames), so they are comparable across engines; pycrdt's figure is its update alone
@@ -31,7 +38,8 @@ stores converged (equal digests, all keys), so nothing is timed that did not hap
 
 Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--stages] [--profile]
 [--json]``; the loop measurement alone: ``bench/bench_sync.py --loop-only [--loop-n N]
-[--loop-repeat R] [--loop-sync-writes both|true|false]``.
+[--loop-repeat R] [--loop-sync-writes both|true|false]``; siblings vs lww alone:
+``bench/bench_sync.py --siblings-only [--full N] [--repeat R]``.
 """
 
 from __future__ import annotations
@@ -105,9 +113,10 @@ class Workdir:
         self.path = tempfile.mkdtemp(prefix="bench_sync_")
         self._n = 0
 
-    def store(self, peer: str) -> Store:
+    def store(self, peer: str, conflicts: str = "lww") -> Store:
         self._n += 1
-        return crdt_kv.open(os.path.join(self.path, f"{self._n}-{peer}"), peer_id=peer)
+        path = os.path.join(self.path, f"{self._n}-{peer}")
+        return crdt_kv.open(path, peer_id=peer, conflicts=conflicts)
 
     def new_path(self, peer: str) -> str:
         self._n += 1
@@ -519,6 +528,114 @@ def full_sync_two_procs(
     return out
 
 
+# --- siblings mode against lww --------------------------------------------------------------
+
+SIBLING_SUBJECTS = ("lww", "siblings", "two siblings")
+"""Full-sync sources: lww and siblings mode with one writer, siblings with two per key."""
+
+
+def sibling_sources(wd: Workdir, n: int) -> dict[str, Store]:
+    """The three sources of :func:`siblings_vs_lww`, ``n`` keys each."""
+    lww, one = wd.store("bench-lww"), wd.store("bench-sib", "siblings")
+    fill(lww, n)
+    fill(one, n)
+    two, other = wd.store("bench-two", "siblings"), wd.store("bench-other", "siblings")
+    fill(two, n)
+    fill(other, n, value=lambda i: value_of(i, 1))
+    two.apply(other.changes())  # nothing between them: every key now holds both writes
+    other.close()
+    held = sum(1 for _ in two.conflicts())
+    if held != n:
+        raise RuntimeError(f"two-sibling source holds {held} of {n} conflicted keys")
+    return {"lww": lww, "siblings": one, "two siblings": two}
+
+
+def siblings_vs_lww(
+    runner: Runner, wd: Workdir, n: int, repeat: int, kw: dict[str, Any]
+) -> dict[str, Any]:
+    """Paired full syncs from each source of :func:`sibling_sources` into fresh stores.
+
+    In each run every source syncs once into a new store of its mode (order rotating per
+    run), so a load spike lands on all alike; ratios are medians of per-run ratios.
+    """
+    sources = sibling_sources(wd, n)
+    runs: dict[str, list[SyncResult]] = {name: [] for name in SIBLING_SUBJECTS}
+    try:
+        for r in range(repeat):
+            s = r % len(SIBLING_SUBJECTS)
+            for name in SIBLING_SUBJECTS[s:] + SIBLING_SUBJECTS[:s]:
+                src = sources[name]
+                dst = wd.store(f"bench-sd{r}", src.conflict_mode)
+                try:
+                    res = sync(runner, src, dst, **kw)
+                    if len(dst) != n:
+                        raise RuntimeError(f"{name} full sync delivered {len(dst)} of {n} keys")
+                    check_equal(src, dst, f"{name} full sync")
+                finally:
+                    dst.close()
+                runs[name].append(res)
+    finally:
+        for src in sources.values():
+            src.close()
+    out: dict[str, Any] = {"n": n, "runs": repeat}
+    for name, rs in runs.items():
+        out[name] = {
+            "seconds": [x.seconds for x in rs],
+            "entries_per_s": n / med([x.seconds for x in rs]),
+            "bytes_per_entry": rs[0].bytes_total / n,
+        }
+    lww, sib, two = (runs[name] for name in SIBLING_SUBJECTS)
+    out["rate_ratio_samples"] = [x.seconds / y.seconds for x, y in zip(lww, sib, strict=True)]
+    out["rate_ratio"] = med(out["rate_ratio_samples"])
+    out["bytes_ratio"] = sib[0].bytes_total / lww[0].bytes_total
+    out["two_rate_ratio"] = med([x.seconds / y.seconds for x, y in zip(sib, two, strict=True)])
+    out["two_bytes_ratio"] = two[0].bytes_total / sib[0].bytes_total
+    return out
+
+
+def siblings_verdicts(sv: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Rows of :func:`siblings_vs_lww`: two targets against lww, two-sibling keys for info."""
+    lww, sib, two = (sv[name] for name in SIBLING_SUBJECTS)
+    n, runs = sv["n"], sv["runs"]
+    return [
+        (
+            f"siblings full sync {n:,} single-writer keys",
+            f"{sib['entries_per_s']:,.0f} entries/s",
+            f"lww {lww['entries_per_s']:,.0f}/s ({sv['rate_ratio']:.2f}x, median of "
+            f"{runs} paired runs)",
+            ">= 0.7x lww",
+            "MET" if sv["rate_ratio"] >= 0.7 else "MISSED",
+        ),
+        (
+            "siblings wire bytes / entry, single writer",
+            f"{sib['bytes_per_entry']:.1f} B",
+            f"lww {lww['bytes_per_entry']:.1f} B ({sv['bytes_ratio']:.2f}x)",
+            "<= 1.3x lww",
+            "MET" if sv["bytes_ratio"] <= 1.3 else "MISSED",
+        ),
+        (
+            f"siblings full sync {n:,} keys x 2 live siblings",
+            f"{two['entries_per_s']:,.0f} keys/s ({2 * two['entries_per_s']:,.0f} versions/s)",
+            f"{two['bytes_per_entry']:.1f} B/key ({sv['two_bytes_ratio']:.2f}x bytes, "
+            f"{sv['two_rate_ratio']:.2f}x rate of single-writer siblings)",
+            "-",
+            "-",
+        ),
+    ]
+
+
+def run_siblings(
+    args: argparse.Namespace,
+    runner: Runner,
+    out: dict[str, Any],
+    wd: Workdir,
+    log: Callable[[str], None],
+) -> None:
+    log(f"siblings vs lww: {args.full:,}-key full syncs, {args.repeat} paired runs ...")
+    kw = {"max_batch_entries": args.batch, "window": args.window}
+    out["siblings"] = siblings_vs_lww(runner, wd, args.full, args.repeat, kw)
+
+
 # --- event-loop health during a durable catch-up ----------------------------------------------
 
 PROBE_SLEEP = 0.001
@@ -874,6 +991,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.loop_only:
             run_loop_health(args, out, wd, log)
             return out
+        if args.siblings_only:
+            run_siblings(args, runner, out, wd, log)
+            return out
         n = args.full
         log(f"building {n} entries ...")
         a = wd.store("bench-a")
@@ -1019,6 +1139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log("profiling one full sync ...")
             out["profile"] = profile_full_sync(runner, wd, a, kw)
         a.close()
+        if not args.no_siblings:
+            run_siblings(args, runner, out, wd, log)
         if not args.no_loop:
             run_loop_health(args, out, wd, log)
     finally:
@@ -1049,6 +1171,8 @@ def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str]] = []
     if "full" in res:
         rows += sync_verdicts(res)
+    if "siblings" in res:
+        rows += siblings_verdicts(res["siblings"])
     if "loop_health" in res:
         rows += loop_verdicts(res["loop_health"])
     return rows
@@ -1321,6 +1445,10 @@ def main(argv: list[str] | None = None) -> int:
         default="both",
         help="receiver sync_writes for the loop-health runs (targets apply to true)",
     )
+    ap.add_argument(
+        "--siblings-only", action="store_true", help="run only the siblings vs lww full syncs"
+    )
+    ap.add_argument("--no-siblings", action="store_true", help="skip the siblings vs lww syncs")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--quiet", action="store_true")

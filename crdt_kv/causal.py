@@ -81,6 +81,8 @@ def _pick(a: RawEntry, b: RawEntry) -> RawEntry:
 def join(a: RawEntry | None, b: RawEntry, order: Order) -> RawEntry:
     """The join of states ``a`` (None: no record) and ``b`` of one key."""
     if a is None:
+        if not b.others and not b.context:  # one version: what state() would return
+            return RawEntry(b.key, b.value, b.hlc, b.peer, b.deleted) if b.seq else b
         return state(b.key, siblings(b), full_context(b), order)
     ca, cb = full_context(a), full_context(b)
     theirs = {(s.peer, s.hlc): s for s in siblings(b)}

@@ -1,5 +1,6 @@
-"""The ``crdt-kv`` command: inspect a store offline, run the demo, and (from the sim and
-net packages) ``simulate`` and ``serve``.
+"""The ``crdt-kv`` command: inspect a store offline (including the siblings of
+``siblings``-mode stores), run the demo, and (from the sim and net packages) ``simulate``
+and ``serve``.
 
 Subcommands from other packages register themselves through a module-level
 ``register(subparsers)`` function listed in ``_PLUGIN_MODULES``; the CLI stays one file
@@ -20,6 +21,8 @@ from typing import Any
 import crdt_kv
 from crdt_kv.config import load_config
 from crdt_kv.errors import ConfigError, CrdtKvError
+from crdt_kv.store.meta import CONFLICT_MODES
+from crdt_kv.version import Entry
 
 __all__ = ["main"]
 
@@ -30,6 +33,12 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="store directory (or file for sqlite)")
     p.add_argument("--config", help="TOML config file ([storage], [node])")
     p.add_argument("--backend", help="storage backend (default rocksdb)")
+    p.add_argument(
+        "--conflicts",
+        choices=CONFLICT_MODES,
+        help="conflict mode of a new store (default: the config's [storage] conflicts, "
+        "else lww); an existing store must have been created with it",
+    )
 
 
 def _open(args: argparse.Namespace, *, create: bool = False) -> crdt_kv.Store:
@@ -41,7 +50,9 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> crdt_kv.Store:
             path = load_config(args.config)["storage"].get("path")
         if path is not None and not os.path.exists(path):
             raise ConfigError(f"no store at {path!r}")
-    return crdt_kv.open(args.path, config=args.config, backend=args.backend)
+    return crdt_kv.open(
+        args.path, config=args.config, backend=args.backend, conflicts=args.conflicts
+    )
 
 
 def _count(text: str) -> int:
@@ -63,15 +74,35 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
+def _stamp(e: Entry) -> str:
+    return f"hlc={e.hlc} peer={e.peer}"
+
+
+def _json_line(key: Any, live: list[Entry]) -> str:
+    """One key and its siblings as a JSON object; what JSON cannot hold shows as repr."""
+    doc = {
+        "key": key,
+        "siblings": [{"value": e.value, "hlc": e.hlc, "peer": e.peer} for e in live],
+    }
+    return json.dumps(doc, ensure_ascii=False, default=repr)
+
+
 def _cmd_get(args: argparse.Namespace) -> int:
     with _open(args) as db:
-        e = db.entry(args.key)
-        if e is None or e.deleted:
+        live = db.get_all(args.key)
+        if not live:
             print(f"{args.key}: not found", file=sys.stderr)
             return 1
-        print(_show(e.value))
+        if len(live) == 1:
+            e = live[0]
+            print(_show(e.value))
+            if args.verbose:
+                print(f"{_stamp(e)} seq={e.seq}", file=sys.stderr)
+            return 0
+        for e in live:
+            print(f"{_show(e.value)}\t{_stamp(e)}")
         if args.verbose:
-            print(f"hlc={e.hlc} peer={e.peer} seq={e.seq}", file=sys.stderr)
+            print(f"siblings={len(live)} seq={live[0].seq}", file=sys.stderr)
     return 0
 
 
@@ -103,11 +134,26 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_conflicts(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        if db.conflict_mode != "siblings":
+            print("store is in lww mode: it never holds siblings", file=sys.stderr)
+            return 0
+        for key, live in db.conflicts(gte=args.gte, lt=args.lt, limit=args.limit):
+            if args.json:
+                print(_json_line(key, live))
+                continue
+            for e in live:
+                print(f"{key}\t{_show(e.value)}\t{_stamp(e)}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     with _open(args) as db:
         print(f"peer_id     {db.peer_id}")
         print(f"incarnation {db.incarnation.hex()}")
         print(f"backend     {db.backend.name}")
+        print(f"conflicts   {db.conflict_mode}")
         print(f"live keys   {len(db)}")
         print(f"last seq    {db.last_seq}")
         print(f"digest      {db.digest().hex()}")
@@ -146,10 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=crdt_kv.__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("get", help="print one key's value")
+    p = sub.add_parser(
+        "get",
+        help="print one key's value (every sibling, if it holds several)",
+        description="Print the live value of KEY as JSON (bytes as a Python literal); exit 1 "
+        "if it is absent or deleted. A key of a siblings-mode store holding concurrent "
+        "versions prints one line per live sibling, in sibling order (the first is what "
+        "Store.get returns): VALUE<TAB>hlc=STAMP peer=PEER. A single value prints alone, "
+        "as in lww mode.",
+    )
     _store_args(p)
     p.add_argument("key")
-    p.add_argument("-v", "--verbose", action="store_true", help="also print hlc, peer, seq")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print hlc, peer, seq (several siblings: their count and seq) to stderr",
+    )
     p.set_defaults(func=_cmd_get)
 
     p = sub.add_parser("put", help="write one key")
@@ -172,7 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reverse", action="store_true")
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("info", help="print the store's peer id, counts and digest")
+    p = sub.add_parser(
+        "conflicts",
+        help="list keys holding two or more live siblings (siblings mode)",
+        description="List the keys of a siblings-mode store that hold two or more live "
+        "siblings, in key order over the half-open range [--gte, --lt): one line per "
+        "sibling, KEY<TAB>VALUE<TAB>hlc=STAMP peer=PEER, in sibling order; with --json one "
+        'object per key and line, {"key": K, "siblings": [{"value": V, "hlc": H, "peer": '
+        "P}, ...]} (what JSON cannot hold, such as bytes, as its Python repr). --limit "
+        "counts keys. An lww-mode store never holds siblings: nothing is listed.",
+    )
+    _store_args(p)
+    p.add_argument("--gte")
+    p.add_argument("--lt")
+    p.add_argument("--limit", type=_count, help="list at most this many keys")
+    p.add_argument("--json", action="store_true", help="one JSON object per key")
+    p.set_defaults(func=_cmd_conflicts)
+
+    p = sub.add_parser("info", help="print the store's peer id, conflict mode, counts and digest")
     _store_args(p)
     p.set_defaults(func=_cmd_info)
 

@@ -44,6 +44,7 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 _MODES = ("both", "push", "pull")
+_CONFLICTS = ("lww", "siblings")
 
 
 def _check_value(table: str, key: str, value: Any) -> None:
@@ -55,6 +56,8 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a list of 'host:port' strings"
     elif key == "mode" and value not in _MODES:
         bad = f"must be one of {', '.join(_MODES)}"
+    elif key == "conflicts" and value not in _CONFLICTS:
+        bad = f"must be one of {', '.join(_CONFLICTS)}"
     elif key == "multicast_port" and not 0 <= value <= 65535:
         bad = "must be a port number (0-65535)"
     elif key == "max_offset_ms" and value < 0:

@@ -17,6 +17,18 @@ import hashlib
 import struct
 
 from crdt_kv.errors import CorruptionError
+from crdt_kv.layout_siblings import (
+    FORMAT_SIBLINGS,
+    MAX_SIBLING_PEERS,
+    MAX_SIBLINGS,
+    head_value,
+    pack_put,
+    pack_siblings,
+    pack_single,
+    siblings_context,
+    sole_dot,
+    unpack_siblings,
+)
 from crdt_kv.version import RawEntry
 
 __all__ = [
@@ -52,6 +64,7 @@ __all__ = [
     "pack_put",
     "pack_siblings",
     "siblings_context",
+    "pack_single",
     "pack_source",
     "pack_u64",
     "parse_cursor_key",
@@ -59,6 +72,7 @@ __all__ = [
     "record_is_deleted",
     "record_value",
     "seal_record",
+    "sole_dot",
     "seq_of_log_key",
     "source_key",
     "source_of_key",
@@ -74,8 +88,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 """Store format of an ``lww`` store, and the format byte of its records."""
-FORMAT_SIBLINGS = 2
-"""Store format of a ``siblings`` store, and the format byte of its records."""
+_SIBLINGS_BYTE = bytes([FORMAT_SIBLINGS])
 
 DATA = b"d"
 DATA_END = b"e"
@@ -201,29 +214,11 @@ def live_value(blob: bytes, key: object) -> bytes | None:
     """
     if blob[0] != FORMAT_VERSION or len(blob) < _MIN_RECORD:
         if blob[:1] == _SIBLINGS_BYTE and len(blob) >= _MIN_RECORD:
-            return _head_value(blob, key)
+            return head_value(blob, key)
         raise CorruptionError(f"record of key {key!r} is malformed")
     if blob[1] & _FLAG_DELETED:
         return None
     return blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -_SEQ_SIZE]
-
-
-def _head_value(blob: bytes, key: object) -> bytes | None:
-    """The first version's value of a siblings record (None: no live version)."""
-    if blob[1] & _FLAG_DELETED:
-        return None
-    try:
-        (npeers,) = _COUNT.unpack_from(blob, 2)
-        pos = 4
-        for _ in range(npeers):
-            pos += 1 + blob[pos]
-        _, _, _, vlen = _SIB.unpack_from(blob, pos + 2)
-    except (struct.error, IndexError):
-        raise CorruptionError(f"siblings record of key {key!r} is malformed") from None
-    start = pos + 2 + _SIB.size
-    if start + vlen > len(blob) - _SEQ_SIZE:
-        raise CorruptionError(f"siblings record of key {key!r} is malformed")
-    return blob[start : start + vlen]
 
 
 def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
@@ -233,7 +228,7 @@ def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
     if skip:
         key = key[skip:]
     if blob[:1] == _SIBLINGS_BYTE:
-        return _unpack_siblings(key, blob)
+        return unpack_siblings(key, blob)
     try:
         fmt, flags, hlc, plen = _RECORD.unpack_from(blob)
     except struct.error as exc:
@@ -285,147 +280,6 @@ def unpack_record_at(
 
 
 _BLAKE2B_256 = hashlib.blake2b(digest_size=32)
-
-# --- siblings records (format 2) -------------------------------------------------------
-
-_SIBLINGS_BYTE = bytes([FORMAT_SIBLINGS])
-_COUNT = struct.Struct(">H")
-_SIB = struct.Struct(">HBQI")  # peer index, flags, hlc, value length; then the value
-_CTX = struct.Struct(">HQ")  # peer index, hlc
-MAX_SIBLING_PEERS = 0xFFFF
-MAX_SIBLINGS = 0xFFFF
-"""A record counts its peers and its siblings in a u16."""
-
-
-def pack_siblings(r: RawEntry) -> bytes:
-    """The record body of a ``siblings``-mode state (``r``: head, ``others``, ``context``).
-
-    ``0x02, flags, peer table, siblings, context``: the peer ids of the record are stored
-    once, sorted, and referenced by index, so the body depends only on the state (the
-    digest hashes it) while siblings and context entries carry small integers. Flags bit
-    0: no live sibling (the head is a tombstone). Siblings keep their order.
-    """
-    sibs = (r, *r.others)
-    names = sorted({s.peer for s in sibs} | {p for p, _ in r.context})
-    if len(names) > MAX_SIBLING_PEERS:
-        raise CorruptionError(f"state of key {r.key!r} names {len(names)} peers")
-    index = {p: i for i, p in enumerate(names)}
-    out = [_SIBLINGS_BYTE, b"\x01" if r.deleted else b"\x00", _COUNT.pack(len(names))]
-    for p in names:
-        pb = p.encode("utf-8")
-        out.append(bytes([len(pb)]) + pb)
-    out.append(_COUNT.pack(len(sibs)))
-    for s in sibs:
-        out.append(_SIB.pack(index[s.peer], 1 if s.deleted else 0, s.hlc, len(s.value)))
-        out.append(s.value)
-    out.append(_COUNT.pack(len(r.context)))
-    out.extend(_CTX.pack(index[p], h) for p, h in r.context)
-    return b"".join(out)
-
-
-def pack_put(peer: str, hlc: int, deleted: bool, value: bytes, seen: dict[str, int]) -> bytes:
-    """:func:`pack_siblings` of the state a local put or delete leaves: the one version
-    ``(peer, hlc)`` over everything ``seen`` (the old state's whole context, from
-    :func:`siblings_context`). Built directly: every siblings-mode put takes this path."""
-    ctx = sorted((p, h) for p, h in seen.items() if p != peer or h > hlc)
-    flag = b"\x01" if deleted else b"\x00"
-    pb = peer.encode("utf-8")
-    if not ctx:
-        return (
-            _SIBLINGS_BYTE + flag + b"\x00\x01" + bytes([len(pb)]) + pb + b"\x00\x01"
-            + _SIB.pack(0, flag[0], hlc, len(value)) + value + b"\x00\x00"
-        )  # fmt: skip
-    names = sorted({peer, *(p for p, _ in ctx)})
-    index = {p: i for i, p in enumerate(names)}
-    out = [_SIBLINGS_BYTE, flag, _COUNT.pack(len(names))]
-    for p in names:
-        b = p.encode("utf-8")
-        out.append(bytes([len(b)]) + b)
-    out.append(_COUNT.pack(1))
-    out.append(_SIB.pack(index[peer], flag[0], hlc, len(value)))
-    out.append(value)
-    out.append(_COUNT.pack(len(ctx)))
-    out.extend(_CTX.pack(index[p], h) for p, h in ctx)
-    return b"".join(out)
-
-
-def siblings_context(key: bytes, blob: bytes) -> dict[str, int]:
-    """The whole causal context of a stored siblings record (its explicit entries and its
-    versions' dots), parsed without building the versions."""
-    if blob[2:4] == b"\x00\x01":  # one peer: one version, no explicit context
-        n = blob[4]
-        at = 5 + n
-        if blob[at : at + 2] == b"\x00\x01" and len(blob) >= at + 2 + _SIB.size + 10:
-            _, _, hlc, vlen = _SIB.unpack_from(blob, at + 2)
-            if at + 2 + _SIB.size + vlen + 2 + _SEQ_SIZE == len(blob) and blob[0] == 2:
-                try:
-                    return {blob[5:at].decode("utf-8"): hlc}
-                except UnicodeDecodeError:
-                    pass  # the full parse reports it
-    try:
-        if blob[0] != FORMAT_SIBLINGS:
-            raise CorruptionError(f"record of key {key!r} is not a siblings record")
-        (npeers,) = _COUNT.unpack_from(blob, 2)
-        pos = 4
-        names: list[str] = []
-        for _ in range(npeers):
-            n = blob[pos]
-            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
-            pos += 1 + n
-        (nsib,) = _COUNT.unpack_from(blob, pos)
-        pos += 2
-        ctx: dict[str, int] = {}
-        for _ in range(nsib):
-            pi, _, hlc, vlen = _SIB.unpack_from(blob, pos)
-            pos += _SIB.size + vlen
-            if hlc > ctx.get(names[pi], -1):
-                ctx[names[pi]] = hlc
-        (nctx,) = _COUNT.unpack_from(blob, pos)
-        pos += 2
-        for _ in range(nctx):
-            pi, hlc = _CTX.unpack_from(blob, pos)
-            pos += _CTX.size
-            if hlc > ctx.get(names[pi], -1):
-                ctx[names[pi]] = hlc
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise CorruptionError(f"siblings record of key {key!r} is malformed") from exc
-    if pos != len(blob) - _SEQ_SIZE:
-        raise CorruptionError(f"siblings record of key {key!r} is malformed")
-    return ctx
-
-
-def _unpack_siblings(key: bytes, blob: bytes) -> RawEntry:
-    end = len(blob) - _SEQ_SIZE
-    try:
-        (npeers,) = _COUNT.unpack_from(blob, 2)
-        pos = 4
-        names: list[str] = []
-        for _ in range(npeers):
-            n = blob[pos]
-            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
-            pos += 1 + n
-        (nsib,) = _COUNT.unpack_from(blob, pos)
-        pos += 2
-        sibs: list[RawEntry] = []
-        for _ in range(nsib):
-            pi, flags, hlc, vlen = _SIB.unpack_from(blob, pos)
-            pos += _SIB.size
-            sibs.append(RawEntry(key, blob[pos : pos + vlen], hlc, names[pi], bool(flags & 1)))
-            pos += vlen
-        (nctx,) = _COUNT.unpack_from(blob, pos)
-        pos += 2
-        ctx = []
-        for _ in range(nctx):
-            pi, hlc = _CTX.unpack_from(blob, pos)
-            ctx.append((names[pi], hlc))
-            pos += _CTX.size
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise CorruptionError(f"siblings record of key {key!r} is malformed") from exc
-    if pos != end or not sibs:
-        raise CorruptionError(f"siblings record of key {key!r} is malformed")
-    seq = int.from_bytes(blob[end:], "big")
-    h = sibs[0]
-    return RawEntry(key, h.value, h.hlc, h.peer, h.deleted, seq, tuple(ctx), tuple(sibs[1:]))
 
 
 def body_hash(key: bytes, body: bytes) -> int:

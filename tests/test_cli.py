@@ -14,6 +14,7 @@ import pytest
 
 import crdt_kv
 from crdt_kv.cli import main
+from crdt_kv.testing import ManualClock
 
 SCRIPT = str(Path(sys.executable).with_name("crdt-kv"))
 
@@ -79,10 +80,137 @@ def test_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "peer_id": "node-a",
         "incarnation": inc,
         "backend": "rocksdb",
+        "conflicts": "lww",
         "live_keys": "2",
         "last_seq": "2",
         "digest": digest,
     }
+
+
+# --- siblings mode -------------------------------------------------------------------------
+
+
+SHOWN = {  # how the CLI prints each sibling seed_siblings writes, by key and peer
+    "cart": {"a": '["milk"]', "b": '["eggs"]'},
+    "cask": {"a": '"oak"', "b": "b'\\x00raw'", "c": '{"n": 3}'},
+}
+
+
+def seed_siblings(path: Path) -> None:
+    """A siblings-mode store at ``path`` (peer a) after syncing with peers b and c: ``cart``
+    and ``cask`` hold concurrent versions, ``solo`` one value, ``gone`` was deleted."""
+    clock = ManualClock()  # one standing clock: concurrent writes get equal stamps
+    a = crdt_kv.open(path, peer_id="a", clock=clock, conflicts="siblings")
+    b = crdt_kv.open(backend="memory", peer_id="b", clock=clock, conflicts="siblings")
+    c = crdt_kv.open(backend="memory", peer_id="c", clock=clock, conflicts="siblings")
+    with a, b, c:
+        a.put("cart", ["milk"])
+        b.put("cart", ["eggs"])
+        a.put("cask", "oak")
+        b.put("cask", b"\x00raw")
+        c.put("cask", {"n": 3})
+        a.put("solo", "only")
+        b.put("gone", 1)
+        c.delete("gone")  # concurrent with b's put: the put survives...
+        a.apply(b.changes())
+        a.apply(c.changes())
+        a.delete("gone")  # ...until a deletes what it holds
+        assert [k for k, _ in a.conflicts()] == ["cart", "cask"]
+
+
+def test_get_prints_every_sibling_in_sibling_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "db"
+    seed_siblings(db)
+    with crdt_kv.open(db) as store:
+        want = {k: store.get_all(k) for k in ("cart", "cask")}
+    for key in ("cart", "cask"):
+        code, out, err = run(capsys, "get", key, "--path", str(db))
+        assert (code, err) == (0, "")
+        rows = [line.split("\t") for line in out.splitlines()]
+        assert rows == [[SHOWN[key][e.peer], f"hlc={e.hlc} peer={e.peer}"] for e in want[key]]
+    # Sibling order is the lww merge order, winner first: higher stamp, then higher peer.
+    stamps = [(e.hlc, e.peer) for e in want["cask"]]
+    assert stamps == sorted(stamps, reverse=True) and {p for _, p in stamps} == {"a", "b", "c"}
+    # One live value prints exactly as in lww mode, so scripts keep working.
+    assert run(capsys, "get", "solo", "--path", str(db))[:2] == (0, '"only"\n')
+    code, out, err = run(capsys, "get", "cart", "-v", "--path", str(db))
+    assert len(out.splitlines()) == 2 and err.startswith("siblings=2 seq=")
+    code, _, err = run(capsys, "get", "gone", "--path", str(db))
+    assert code == 1 and "gone: not found" in err
+
+
+def test_get_help_says_what_it_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["get", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one line per live sibling, in sibling order" in text
+    assert "VALUE<TAB>hlc=STAMP peer=PEER" in text
+
+
+def test_conflicts_lists_keys_with_siblings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "db"
+    seed_siblings(db)
+    with crdt_kv.open(db) as store:
+        want = dict(store.conflicts())
+    code, out, err = run(capsys, "conflicts", "--path", str(db))
+    assert (code, err) == (0, "")
+    expected = [
+        f"{k}\t{SHOWN[k][e.peer]}\thlc={e.hlc} peer={e.peer}"
+        for k, live in want.items()
+        for e in live
+    ]
+    assert out.splitlines() == expected and len(expected) == 5
+    code, out, _ = run(capsys, "conflicts", "--path", str(db), "--json")
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [d["key"] for d in docs] == ["cart", "cask"]
+    assert docs[1]["siblings"] == [
+        {
+            "value": e.value if not isinstance(e.value, bytes) else repr(e.value),
+            "hlc": e.hlc,
+            "peer": e.peer,
+        }
+        for e in want["cask"]
+    ]
+    out = run(capsys, "conflicts", "--path", str(db), "--gte", "cas", "--lt", "cat")[1]
+    assert {line.split("\t")[0] for line in out.splitlines()} == {"cask"}
+    out = run(capsys, "conflicts", "--path", str(db), "--limit", "1", "--json")[1]
+    assert [json.loads(line)["key"] for line in out.splitlines()] == ["cart"]
+    assert run(capsys, "conflicts", "--path", str(db), "--lt", "cart")[:3] == (0, "", "")
+
+
+def test_conflicts_of_an_lww_store_lists_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "db")
+    assert run(capsys, "put", "k", "v", "--path", db)[0] == 0
+    code, out, err = run(capsys, "conflicts", "--path", db)
+    assert (code, out) == (0, "") and "lww mode" in err
+
+
+def test_info_and_creation_show_the_conflict_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag_db = str(tmp_path / "flag")
+    assert run(capsys, "put", "k", "v", "--path", flag_db, "--conflicts", "siblings")[0] == 0
+    assert "conflicts   siblings\n" in run(capsys, "info", "--path", flag_db)[1]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[storage]\npath = "cfg"\nconflicts = "siblings"\n')
+    assert run(capsys, "del", "k", "--config", str(cfg))[0] == 0  # creates the store
+    with crdt_kv.open(tmp_path / "cfg") as store:
+        assert store.conflict_mode == "siblings"
+    assert "conflicts   siblings\n" in run(capsys, "info", "--config", str(cfg))[1]
+    # The mode is fixed at creation: asking for the other one is a one-line error.
+    code, out, err = run(capsys, "get", "k", "--path", flag_db, "--conflicts", "lww")
+    assert (code, out) == (2, "") and "conflicts='siblings'" in err and err.count("\n") == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[storage]\npath = "x"\nconflicts = "crdt"\n')
+    code, _, err = run(capsys, "put", "k", "v", "--config", str(bad))
+    assert code == 2 and "storage.conflicts must be one of lww, siblings" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_backend_and_config_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +233,7 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert counts[0] == counts[1] and 51 <= int(counts[0]) <= 60
 
 
-@pytest.mark.parametrize("command", ["get k", "scan", "info"])
+@pytest.mark.parametrize("command", ["get k", "scan", "info", "conflicts"])
 def test_reading_commands_do_not_create_a_store(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

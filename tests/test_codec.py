@@ -23,6 +23,8 @@ import crdt_kv
 from crdt_kv import codec
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.errors import ConfigError, CorruptionError, EncodingError
+from crdt_kv.layout import pack_siblings, pack_single, sole_dot
+from crdt_kv.layout_siblings import _unpack_full, _unpack_single
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 
@@ -215,6 +217,69 @@ def test_arbitrary_record_bytes_parse_or_raise_corruption(blob: bytes) -> None:
     except CorruptionError:
         return
     assert codec.pack_record(r.hlc, r.seq, r.peer.encode(), r.deleted, r.value)[2:] == blob[2:]
+
+
+peers = st.text(min_size=1, max_size=8).filter(lambda p: len(p.encode()) <= 255)
+versions = st.builds(
+    lambda peer, hlc, deleted, value: crdt_kv.RawEntry(b"k", value, hlc, peer, deleted),
+    peers,
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+    st.binary(max_size=30),
+)
+
+
+@given(versions, st.integers(0, 2**64 - 1))
+def test_a_single_version_record_packs_and_reads_back_its_dot_directly(
+    v: crdt_kv.RawEntry, seq: int
+) -> None:
+    """pack_single/sole_dot, the local-write shortcut of siblings mode, agree byte for
+    byte with pack_siblings/unpack_record."""
+    body = pack_single(v.hlc, v.peer.encode(), v.deleted, v.value)
+    assert body == pack_siblings(v)
+    blob = body + seq.to_bytes(8, "big")
+    assert codec.unpack_record(b"k", blob) == crdt_kv.RawEntry(
+        b"k", v.value, v.hlc, v.peer, v.deleted, seq
+    )
+    assert sole_dot(blob, v.peer.encode()) == v.hlc
+    assert sole_dot(blob, v.peer.encode() + b"x") is None
+    for cut in (1, 8, 9, len(blob) - 1):
+        assert sole_dot(blob[:cut], v.peer.encode()) is None
+
+
+@given(versions, st.data())
+def test_the_single_version_parsers_agree_with_the_full_parse_on_damaged_records(
+    v: crdt_kv.RawEntry, data: st.DataObject
+) -> None:
+    blob = bytearray(pack_single(v.hlc, v.peer.encode(), v.deleted, v.value) + bytes(8))
+    for _ in range(data.draw(st.integers(1, 3))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    cut = bytes(blob[: data.draw(st.integers(0, len(blob)))])
+    for damaged in (bytes(blob), cut):
+        try:
+            full: crdt_kv.RawEntry | None = _unpack_full(b"k", damaged)
+        except CorruptionError:
+            full = None
+        fast = _unpack_single(b"k", damaged)
+        assert fast is None or fast == full
+        dot = sole_dot(damaged, v.peer.encode())
+        if dot is not None:
+            assert full is not None and not full.others and not full.context
+            assert (full.peer, full.hlc) == (v.peer, dot)
+
+
+@given(versions, versions, st.lists(st.tuples(peers, st.integers(0, 2**64 - 1)), max_size=2))
+def test_no_dot_is_read_from_a_state_that_is_more_than_one_version(
+    v: crdt_kv.RawEntry, w: crdt_kv.RawEntry, ctx: list[tuple[str, int]]
+) -> None:
+    state = crdt_kv.RawEntry(
+        b"k", v.value, v.hlc, v.peer, v.deleted, 0, tuple(sorted(ctx)), (w,) if ctx else (w, w)
+    )
+    blob = pack_siblings(state) + bytes(8)
+    assert sole_dot(blob, v.peer.encode()) is None
+    if ctx:
+        alone = crdt_kv.RawEntry(b"k", v.value, v.hlc, v.peer, v.deleted, 0, tuple(sorted(ctx)))
+        assert sole_dot(pack_siblings(alone) + bytes(8), v.peer.encode()) is None
 
 
 @given(st.binary(max_size=60))

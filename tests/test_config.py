@@ -177,6 +177,8 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("storage", "path", ""),
         ("node", "peer_id", ""),
         ("node", "mode", "sideways"),
+        ("storage", "conflicts", "crdt"),
+        ("storage", "conflicts", "LWW"),
         ("node", "multicast_port", 70000),
         ("node", "multicast_port", -1),
         ("node", "max_offset_ms", -1),
@@ -199,6 +201,16 @@ def test_every_known_key_accepts_its_type() -> None:
     )
     assert loaded["node"]["sync_interval_s"] == 2
     assert set(KNOWN) == {"storage", "node"}
+
+
+def test_the_conflict_mode_comes_from_the_config_and_is_fixed(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[storage]\nbackend = "sqlite"\npath = "s"\nconflicts = "siblings"\n')
+    with crdt_kv.open(config=cfg, peer_id="a", clock=ManualClock()) as db:
+        assert db.conflict_mode == "siblings"
+    with crdt_kv.open(tmp_path / "s", backend="sqlite") as db:  # the store remembers it
+        assert db.conflict_mode == "siblings"
+    with pytest.raises(ConfigError, match=r"conflicts='siblings'.*conflicts='lww'"):
+        crdt_kv.open(config=cfg, conflicts="lww")  # a keyword overrides the file
 
 
 def test_a_table_that_is_not_a_table(tmp_path: Path) -> None:

@@ -27,11 +27,14 @@ from crdt_kv import Store
 CRDT_KV = Path(sys.executable).with_name("crdt-kv")
 
 
-def write_config(path: Path, peer: str, listen: str, peers: list[str], **node: Any) -> Path:
+def write_config(
+    path: Path, peer: str, listen: str, peers: list[str], *, conflicts: str = "", **node: Any
+) -> Path:
     lines = [
         "[storage]",
         'backend = "rocksdb"',
         f'path = "{peer}-data"',
+        *([f'conflicts = "{conflicts}"'] if conflicts else []),
         "",
         "[node]",
         f'peer_id = "{peer}"',
@@ -82,9 +85,9 @@ async def start_server(config: Path, *extra: str) -> Server:
     return Server(proc)
 
 
-async def pull_copy(address: str) -> Store:
+async def pull_copy(address: str, conflicts: str = "lww") -> Store:
     """What the server at ``address`` holds, pulled into a fresh memory store."""
-    copy = crdt_kv.open(backend="memory")
+    copy = crdt_kv.open(backend="memory", conflicts=conflicts)
     host, _, port = address.rpartition(":")
     stream = await trio.open_tcp_stream(host, int(port))
     await crdt_kv.replicate(copy, stream, mode="pull")
@@ -163,6 +166,65 @@ async def test_two_cli_servers_converge_relay_live_and_stop_cleanly(tmp_path: Pa
         assert len(sa) == 252
         assert sa.get("shared") == sb.get("shared") == "from b"
         assert sb.get("from lib") == {"ok": True} and sb.get("a:149") == 149
+
+
+async def test_cli_servers_in_siblings_mode_keep_concurrent_writes(tmp_path: Path) -> None:
+    pa, pb = free_tcp_port(), free_tcp_port()
+    la, lb = f"127.0.0.1:{pa}", f"127.0.0.1:{pb}"
+    cfg_a = write_config(tmp_path / "a.toml", "a", la, [lb], conflicts="siblings")
+    cfg_b = write_config(tmp_path / "b.toml", "b", lb, [la], conflicts="siblings")
+    with crdt_kv.open(tmp_path / "a-data", peer_id="a", conflicts="siblings") as s:
+        s.put("cart", ["milk"])
+        s.put("a-only", 1)
+    # b's store is created by the CLI from its config, in the mode the config names.
+    put = subprocess.run(
+        [str(CRDT_KV), "put", "cart", '["eggs"]', "--json", "--config", str(cfg_b)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert put.returncode == 0, put.stderr
+
+    with trio.fail_after(28):
+        a = await start_server(cfg_a)
+        b = await start_server(cfg_b)
+        try:
+            await a.read_listening()
+            await b.read_listening()
+
+            async def converged() -> bool:
+                ca, cb = await pull_copy(la, "siblings"), await pull_copy(lb, "siblings")
+                try:
+                    sibs = [[e.value for e in c.get_all("cart")] for c in (ca, cb)]
+                    return sibs[0] == sibs[1] and len(sibs[0]) == 2 and "a-only" in cb
+                finally:
+                    ca.close()
+                    cb.close()
+
+            while not await converged():
+                await trio.sleep(0.1)
+            # A replica in the other mode is refused at the handshake, naming both modes.
+            with pytest.raises(crdt_kv.ProtocolError, match=r"'siblings'.*'lww'"):
+                (await pull_copy(la, "lww")).close()
+        finally:
+            for s_ in (a, b):
+                if s_.proc.returncode is None:
+                    s_.proc.send_signal(signal.SIGINT)
+        err_a, err_b = await a.stderr_text(), await b.stderr_text()
+        assert await a.proc.wait() == 0, err_a
+        assert await b.proc.wait() == 0, err_b
+
+    with (
+        crdt_kv.open(tmp_path / "a-data") as sa,
+        crdt_kv.open(tmp_path / "b-data") as sb,
+    ):
+        assert sa.conflict_mode == sb.conflict_mode == "siblings"
+        assert sa.digest() == sb.digest()
+        got = [(e.value, e.hlc, e.peer) for e in sb.get_all("cart")]
+        assert got == [(e.value, e.hlc, e.peer) for e in sa.get_all("cart")]
+        assert {e.peer for e in sa.get_all("cart")} == {"a", "b"}
+        assert [k for k, _ in sb.conflicts()] == ["cart"]
 
 
 async def test_serve_reports_bad_config_and_busy_port(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """``crdt-kv serve``: run a replication node from a TOML file and/or flags.
 
 Registered into the main ``crdt-kv`` parser by :func:`register`. Flags override the
-file's ``[node]`` table, except ``--peer``, which adds to its ``peers``. On startup the
+file's ``[node]`` table, except ``--peer``, which adds to its ``peers``; the store opens
+with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conflicts``
+is given), so a node replicates in the mode its store was created with. On startup the
 command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it); it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
@@ -27,6 +29,7 @@ from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S
 from crdt_kv.net.serve import serve
 from crdt_kv.protocol import MODES
 from crdt_kv.store import Store
+from crdt_kv.store.meta import CONFLICT_MODES
 
 __all__ = ["node_options", "register", "run_node"]
 
@@ -42,6 +45,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--path", help="store directory (or file for sqlite)")
     p.add_argument("--backend", help="storage backend (default rocksdb)")
     p.add_argument("--peer-id", help="this replica's peer id (must match an existing store)")
+    p.add_argument(
+        "--conflicts",
+        choices=CONFLICT_MODES,
+        help="conflict mode of a new store (default: [storage] conflicts, else lww); "
+        "an existing store must match; peers must use the same mode",
+    )
     p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:0)")
     p.add_argument(
         "--peer",
@@ -125,7 +134,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
     options = node_options(cfg["node"], args)
-    store = crdt_kv.open(args.path, config=args.config, backend=args.backend, peer_id=args.peer_id)
+    store = crdt_kv.open(
+        args.path,
+        config=args.config,
+        backend=args.backend,
+        peer_id=args.peer_id,
+        conflicts=args.conflicts,
+    )
     try:
 
         def announce(line: str) -> None:

@@ -19,7 +19,9 @@ from crdt_kv.layout import (
     MAX_SIBLING_PEERS,
     MAX_SIBLINGS,
     pack_siblings,
+    pack_single,
     record_body,
+    sole_dot,
     unpack_record,
 )
 from crdt_kv.store.commit import Change
@@ -232,9 +234,18 @@ def sibling_changes(
     items: list[Change] = []
     mixed: set[bytes] = set()
     for (k, new), blob in zip(joined.items(), olds, strict=True):
-        incoming = pack_siblings(new)
+        single = not new.others and not new.context
+        if single:
+            pb = new.peer.encode("utf-8")
+            incoming = pack_single(new.hlc, pb, new.deleted, new.value)
+        else:
+            incoming = pack_siblings(new)
         if blob is None:
             items.append((k, incoming, None))
+            continue
+        if single and (mine := sole_dot(blob, pb)) is not None and mine < new.hlc:
+            # One writer's newer version over its own older one: the join is the new one.
+            items.append((k, incoming, blob))
             continue
         merged = join(unpack_record(k, blob), new, order)
         _check_counts(merged)
