@@ -65,7 +65,7 @@ def test_the_single_version_shortcuts_write_what_the_full_path_writes(
     shortcut = (merge.pack_single, merge.sole_dot)
     real_body = writes.Writer._body
 
-    def full_body(  # noqa: PLR0917 - the signature it stands in for
+    def full_body(
         self: writes.Writer,
         k: bytes,
         v: bytes,
