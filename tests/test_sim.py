@@ -751,3 +751,21 @@ def test_cli_siblings(capsys: pytest.CaptureFixture[str]) -> None:
         sim_main([*argv, "--conflicts", "mvcc"])
     assert exc.value.code == 2
     assert "invalid choice: 'mvcc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("scenario", "stamp_rules"), [("crash-restart", False), ("power-loss", True)]
+)
+def test_siblings_stamp_rules_only_after_power_cuts(scenario: str, stamp_rules: bool) -> None:
+    """The oracle's version-vector rules for lost writes (``dot`` coverage, rewound
+    stamps) never apply without power cuts: there, happened-before alone decides."""
+    used = False
+    for seed in (1, 2, 3):
+        s = Simulation(
+            SimConfig(scenario=scenario, nodes=5, ops=800, seed=seed, conflicts="siblings")
+        )
+        r = s.run(get_scenario(scenario).setup)
+        assert_passed(r)
+        assert s.causal is not None
+        used |= any(b.dotted or b.covers for b in s.causal.books.values())
+    assert used == stamp_rules

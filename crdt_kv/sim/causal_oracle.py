@@ -21,10 +21,14 @@ still holds: the closure of those versions and their supersession sets.
 **Power cuts** (``sync_writes=False``) also break the store's premise that a peer's own
 state always held its earlier writes, and stamps are a version vector, so the oracle
 states what follows from the documented contract (none of it arises without power cuts):
-a write of peer p also supersedes p's writes of the key that p lost and has not seen
-since, if their stamps are lower; a lower stamp than such a lost write (a clock rewound
-by the cut) is covered by it wherever that write is known; and of two writes with one
-dot (a reissued stamp) the greater ``(deleted, value)`` is kept.
+
+- a write of peer p also supersedes p's writes of the key that p lost and has not seen
+  since, if their stamps are lower; by stamp alone, not what those had superseded (p's
+  context lost that), and so for a merge's coverage of older writes of a passed writer
+  that the merging node never saw (kept apart from the closed set, as ``dot``);
+- a write whose stamp is lower than such a lost write (a clock rewound by the cut) is
+  covered by it wherever that write is known;
+- of two writes with one dot (a reissued stamp) the greater ``(deleted, value)`` is kept.
 
 **Expected.** After the run, the writes that survived (acknowledged, and durable on some
 node) that no survivor's supersession set contains, one per dot, are every replica's
@@ -69,9 +73,12 @@ class _Book:
     """One key's writes and their supersession sets."""
 
     __slots__ = (
+        "bits",
         "closed",
         "covers",
+        "dot",
         "dots",
+        "dotted",
         "key",
         "own",
         "peers",
@@ -85,55 +92,56 @@ class _Book:
         self.key = key
         self.writes: list[Write] = []
         self.closed: list[int] = []
-        """Per write id: its supersession set, transitively closed."""
+        """Per write id: the writes it supersedes with what they superseded (closed)."""
+        self.dot: list[int] = []
+        """Per write id: writes whose stamp alone it covers (power cuts only; not closed)."""
+        self.dotted: list[int] = []
+        """The write ids with a non-empty ``dot``."""
         self.dots: dict[Dot, list[int]] = {}
         self.peers: dict[str, list[tuple[int, int]]] = {}
         """Per writer: ``(hlc, write id)`` sorted by stamp."""
+        self.bits: dict[str, list[int]] = {}
+        """Per writer, parallel to ``peers``: the set of its writes up to there."""
         self.prefix: dict[str, list[int]] = {}
-        """Per writer, parallel to ``peers``: the closed set of its writes up to there."""
+        """Per writer, parallel to ``peers``: those writes with what they superseded."""
         self.own: dict[str, int] = {}
         self.stamps: dict[int, str] = {}
         self.survived = 0
         self.covers: list[tuple[int, int]] = []
         """``(x, w)``: lost write ``x``'s stamp covers the rewound, lower-stamped ``w``."""
 
-    def upto(self, peer: str, hlc: int) -> int:
-        """The closed set of ``peer``'s writes with a stamp at or below ``hlc``."""
+    def upto(self, peer: str, hlc: int) -> tuple[int, int]:
+        """``peer``'s writes with a stamp at or below ``hlc``: the set, and the set with
+        what they superseded."""
         stamped = self.peers.get(peer)
         if not stamped:
-            return 0
+            return 0, 0
         i = bisect.bisect_right(stamped, hlc, key=lambda t: t[0])
-        return self.prefix[peer][i - 1] if i else 0
+        return (self.bits[peer][i - 1], self.prefix[peer][i - 1]) if i else (0, 0)
 
-    def add(self, w: Write, closed: int) -> int:
+    def add(self, w: Write, closed: int, dot: int) -> int:
         wid = len(self.writes)
         self.writes.append(w)
         self.closed.append(closed)
+        self.dot.append(dot)
+        if dot:
+            self.dotted.append(wid)
         self.dots.setdefault((w.peer, w.hlc), []).append(wid)
         stamped = self.peers.setdefault(w.peer, [])
-        prefix = self.prefix.setdefault(w.peer, [])
+        bits, prefix = self.bits.setdefault(w.peer, []), self.prefix.setdefault(w.peer, [])
         i = len(stamped)
         if stamped and stamped[-1][0] > w.hlc:  # a clock rewound by a power cut
             i = bisect.bisect_right(stamped, w.hlc, key=lambda t: t[0])
         stamped.insert(i, (w.hlc, wid))
-        del prefix[i:]
-        acc = prefix[-1] if prefix else 0
+        del bits[i:], prefix[i:]
+        b, c = (bits[-1], prefix[-1]) if bits else (0, 0)
         for _, j in stamped[i:]:
-            acc |= (1 << j) | self.closed[j]
-            prefix.append(acc)
+            b |= 1 << j
+            c |= (1 << j) | self.closed[j]
+            bits.append(b)
+            prefix.append(c)
         self.own[w.peer] = self.own.get(w.peer, 0) | (1 << wid)
         return wid
-
-    def extend(self, mask: int, known: int) -> int:
-        """``mask`` plus the rewound writes covered by a write in ``mask | known``."""
-        grew = bool(self.covers)
-        while grew:
-            grew = False
-            for x, w in self.covers:
-                if ((mask | known) >> x) & 1 and not (mask >> w) & 1:
-                    mask |= (1 << w) | self.closed[w]
-                    grew = True
-        return mask
 
     def find(self, v: Version) -> int | None:
         """The id of the write that produced version ``v`` (None: no acknowledged one)."""
@@ -143,6 +151,28 @@ class _Book:
             if w.deleted == deleted and w.value_bytes == value:
                 return wid
         return None
+
+    def superseded(self) -> int:
+        """The writes some surviving write supersedes: the closed sets of the survivors,
+        then, to a fixpoint, what the stamps of known writes cover (power cuts only)."""
+        sup = 0
+        closed = self.closed
+        for wid in ids(self.survived):
+            sup |= closed[wid]
+        if not self.dotted and not self.covers:
+            return sup
+        while True:
+            known = sup | self.survived
+            more = 0
+            for wid in self.dotted:
+                if (known >> wid) & 1:
+                    more |= self.dot[wid]
+            for x, w in self.covers:
+                if (known >> x) & 1:
+                    more |= 1 << w
+            if not more & ~sup:
+                return sup
+            sup |= more
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,25 +230,33 @@ class CausalOracle:
             book = self.books[kb] = _Book(key)
         seen = self.seen[node]
         held = seen.get(kb, 0)
+        dot = 0
         if merged is None:
             closed = held
         else:
             closed = 0
             for p, h in merged:
-                closed |= book.upto(p, h)
+                covered, full = book.upto(p, h)
+                if covered & ~held:  # stamps alone cover writes this node never saw
+                    dot |= covered & ~held
+                    full = 0
+                    for y in ids(covered & held):
+                        full |= (1 << y) | book.closed[y]
+                closed |= full
         forgotten = book.own.get(peer, 0) & ~held
-        if forgotten:  # only after a power cut
+        if forgotten:  # its writer lost them in a power cut and has not seen them since
             for x in ids(forgotten):
                 stamp = book.writes[x].hlc
                 if stamp < hlc:
-                    closed |= (1 << x) | book.closed[x]
+                    dot |= 1 << x
                 elif stamp > hlc:
                     book.covers.append((x, len(book.writes)))
         other = book.stamps.setdefault(hlc, peer)
         if other != peer:
             self.ties += 1
         vb = b"" if deleted else cbor2.dumps(value)
-        wid = book.add(Write(key, None if deleted else value, vb, hlc, peer, deleted), closed)
+        w = Write(key, None if deleted else value, vb, hlc, peer, deleted)
+        wid = book.add(w, closed, dot)
         seen[kb] = held | closed | (1 << wid)
         self.writes += 1
         if durable:
@@ -264,7 +302,7 @@ class CausalOracle:
                 wid = book.find(v)
                 if wid is not None:
                     mask |= (1 << wid) | book.closed[wid]
-            seen[r.key] = book.extend(mask, 0)
+            seen[r.key] = mask
         self.seen[node] = seen
 
     # --- the expectation -------------------------------------------------------------------
@@ -275,11 +313,7 @@ class CausalOracle:
         if exp is not None:
             return exp
         book = self.books[key]
-        superseded = 0
-        closed = book.closed
-        for wid in ids(book.survived):
-            superseded |= closed[wid]
-        superseded = book.extend(superseded, book.survived)
+        superseded = book.superseded()
         writes = book.writes
         covered = {(writes[i].peer, writes[i].hlc) for i in ids(superseded)}
         best: dict[Dot, Write] = {}
