@@ -769,3 +769,9 @@ def test_siblings_stamp_rules_only_after_power_cuts(scenario: str, stamp_rules: 
         assert s.causal is not None
         used |= any(b.dotted or b.covers for b in s.causal.books.values())
     assert used == stamp_rules
+
+
+def test_siblings_rocksdb_crash_restart() -> None:
+    r = sim.run("crash-restart", nodes=4, ops=300, seed=3, backend="rocksdb", conflicts="siblings")
+    assert_passed(r)
+    assert r.crashes >= 2 and r.merges > 0 and r.sibling_keys > 0, _why(r)

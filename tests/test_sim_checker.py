@@ -303,3 +303,13 @@ def test_causal_oracle_flags_sibling_order(store_factory: Any) -> None:
     found = oracle.check("r", _Reversed(b), orders=orders)  # type: ignore[arg-type]
     assert sorted(m.kind for m in found) == ["divergent-order", "wrong-order"]
     assert {m.key for m in found} == {"k"}
+
+
+def test_siblings_random_resolver_breaks_the_sibling_order() -> None:
+    """Siblings with equal stamps are ordered by the resolver: a random one orders them
+    differently on different replicas; a deterministic one passes the same runs."""
+    good = sim.run("ties", nodes=3, ops=200, seed=1, conflicts="siblings", resolver=lower_peer)
+    assert good.ok and good.hlc_ties > 0 and good.sibling_keys > 0, _why(good)
+    bad = sim.run("ties", nodes=3, ops=200, seed=1, conflicts="siblings", resolver=coin_flip)
+    assert not bad.ok and not bad.oracle_match, _why(bad)
+    assert {"wrong-order", "divergent-order"} & set(bad.mismatch_kinds), bad.mismatch_kinds
