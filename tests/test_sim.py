@@ -617,6 +617,14 @@ def test_siblings_mode_converges(scenario: str) -> None:
     assert sum(r.sibling_keys for r in results) > 0, "no key ended with siblings"
 
 
+def test_siblings_same_seed_same_run() -> None:
+    a = sim.run("crash-restart", seed=11, conflicts="siblings", **SMALL)
+    b = sim.run("crash-restart", seed=11, conflicts="siblings", **SMALL)
+    assert a.to_dict() == b.to_dict() and a.merges > 0
+    lww = sim.run("crash-restart", seed=11, **SMALL)
+    assert lww.trace_hash != a.trace_hash and lww.merges == 0
+
+
 def _siblings_sim(nodes: int, **kw: Any) -> Simulation:
     s = Simulation(SimConfig(nodes=nodes, ops=0, conflicts="siblings", **kw))
     s.open_nodes()
