@@ -395,6 +395,8 @@ def test_run_rejects_bad_options() -> None:
         sim.run("clean", backend="tape")
     with pytest.raises(ConfigError, match="bogus"):
         sim.run("clean", bogus=1)
+    with pytest.raises(ConfigError, match="conflict mode 'mvcc'"):
+        sim.run("clean", conflicts="mvcc")
 
 
 def test_run_suite_sweeps_seeds() -> None:
@@ -595,3 +597,189 @@ def test_quiet_check_catches_quiet_live_sessions_timed_out(monkeypatch: Any) -> 
     assert bad.converged and bad.oracle_match
     assert bad.checks["quiet_sessions_kept"] is False and bad.quiet_timeouts > 0
     assert not bad.ok
+
+
+# --- siblings mode -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", sim.scenario_names())
+def test_siblings_mode_converges(scenario: str) -> None:
+    """Every scenario in the ``siblings`` conflict mode, with merges in the workload, matches
+    the happened-before oracle (``crdt_kv.sim.causal_oracle``)."""
+    results = [
+        sim.run(scenario, nodes=4, ops=300, seed=seed, conflicts="siblings") for seed in (1, 2)
+    ]
+    for r in results:
+        assert_passed(r)
+        assert r.conflicts == "siblings"
+        assert "--conflicts siblings" in r.repro_command
+        assert r.merges > 0 and r.reads > 0, _why(r)
+    assert sum(r.sibling_keys for r in results) > 0, "no key ended with siblings"
+
+
+def test_siblings_same_seed_same_run() -> None:
+    a = sim.run("crash-restart", seed=11, conflicts="siblings", **SMALL)
+    b = sim.run("crash-restart", seed=11, conflicts="siblings", **SMALL)
+    assert a.to_dict() == b.to_dict() and a.merges > 0
+    lww = sim.run("crash-restart", seed=11, **SMALL)
+    assert lww.trace_hash != a.trace_hash and lww.merges == 0
+
+
+def _siblings_sim(nodes: int, **kw: Any) -> Simulation:
+    s = Simulation(SimConfig(nodes=nodes, ops=0, conflicts="siblings", **kw))
+    s.open_nodes()
+    return s
+
+
+def _put(s: Simulation, i: int, value: str) -> None:
+    s.write(i, Op("put", (("k", value, False),)))
+
+
+def _values(s: Simulation) -> list[list[Any]]:
+    """Every node's live siblings of ``k``."""
+    return [[e.value for e in n.store.get_all("k")] for n in s.nodes if n.store is not None]
+
+
+def _expected(s: Simulation) -> list[Any]:
+    assert s.causal is not None
+    return sorted(w.value for w in s.causal.expected(b"k").live)
+
+
+def test_siblings_oracle_follows_happened_before() -> None:
+    """A schedule whose outcome is known by hand: concurrent puts are siblings; a put that
+    saw both supersedes them; a merge of an old read supersedes what it read, and the
+    sibling that arrived after the read survives it."""
+    s = _siblings_sim(3)
+    try:
+        _put(s, 0, "a")
+        _put(s, 1, "b")
+        s.sync_all()
+        assert _expected(s) == ["a", "b"]
+        s.write(0, Op("merge", (("k", "m", False),), key="k", delay_ms=30_000.0))  # reads a, b
+        _put(s, 2, "c")  # n2 has seen a and b
+        s.sync_all()
+        assert _expected(s) == ["c"]
+        s.advance(30_000)  # the stale merge: of a and b only
+        assert s.c["merges"] == 1
+        s.sync_all()
+        assert _expected(s) == ["c", "m"]
+        assert all(sorted(v) == ["c", "m"] for v in _values(s))
+        assert len({tuple(v) for v in _values(s)}) == 1  # one sibling order everywhere
+        assert s.check() == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(("delivered", "expected"), [(False, ["a", "b"]), (True, ["b"])])
+def test_siblings_oracle_counts_only_applied_batches(delivered: bool, expected: list[str]) -> None:
+    """What a node has seen grows only by batches it applied: a pull whose messages were
+    all lost leaves a later put concurrent with what it would have carried."""
+    s = _siblings_sim(2)
+    try:
+        _put(s, 0, "a")
+        lost: list[Any] = []
+        if not delivered:
+            s.intercept = lost.append
+        s.connect(1, 0)
+        s.advance(1000)
+        for msg in lost:
+            s.drop(msg)
+        s.intercept = None
+        assert bool(lost) != delivered
+        _put(s, 1, "b")
+        assert _expected(s) == expected
+        s.sync_all()
+        assert all(sorted(v) == expected for v in _values(s))
+        assert s.check() == []
+    finally:
+        s.close()
+
+
+def test_siblings_power_cut_rolls_back_what_a_node_had_seen() -> None:
+    """n0 pulls n1's write but loses it in a power cut: its next put must not supersede it."""
+    s = _siblings_sim(2, sync_writes=False)
+    try:
+        _put(s, 1, "x")
+        s.sync_disk(s.nodes[1])
+        s.connect(0, 1)
+        s.advance(1000)
+        assert _values(s)[0] == ["x"]
+        s.apply(Crash(0))
+        s.apply(Restart(0))
+        _put(s, 0, "y")
+        s.sync_disks()
+        assert _expected(s) == ["x", "y"]
+        s.quiesce()
+        assert all(sorted(v) == ["x", "y"] for v in _values(s))
+        assert s.check() == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(("jump_ms", "expected"), [(0, ["b"]), (-400, ["a"])])
+def test_siblings_power_cut_own_lost_write_and_its_dot(jump_ms: int, expected: list[str]) -> None:
+    """n0's write reaches n1, then n0 loses it in a power cut. A context is a version
+    vector, so n0's next write covers it if stamped higher; if the cut rewound n0's clock,
+    the lost write's stamp covers the new one instead."""
+    s = _siblings_sim(2, sync_writes=False)
+    try:
+        s.advance(500)
+        _put(s, 0, "a")
+        s.connect(1, 0)
+        s.advance(100)
+        assert _values(s)[1] == ["a"]
+        s.sync_disk(s.nodes[1])
+        s.apply(Crash(0))
+        s.apply(Restart(0, clock_jump_ms=jump_ms))
+        _put(s, 0, "b")
+        assert s.causal is not None
+        a, b = s.causal.books[b"k"].writes
+        assert (b.hlc < a.hlc) == bool(jump_ms)
+        s.sync_disks()
+        assert _expected(s) == expected
+        s.quiesce()
+        assert all(v == expected for v in _values(s))
+        assert s.check() == []
+    finally:
+        s.close()
+
+
+def test_cli_siblings(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--scenario", "partition-heal", "--nodes", "3", "--ops", "150"]
+    code = sim_main([*argv, "--conflicts", "siblings"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "1/1 runs passed (siblings mode)" in out
+    code, doc = _json_run([*argv, "--conflicts", "siblings"], capsys)
+    assert code == 0 and doc["suite"]["conflicts"] == "siblings"
+    (run,) = doc["runs"]
+    assert run["conflicts"] == "siblings" and run["merges"] > 0
+    assert run["repro_command"].endswith("--seed 1 --conflicts siblings")
+    with pytest.raises(SystemExit) as exc:
+        sim_main([*argv, "--conflicts", "mvcc"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'mvcc'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("scenario", "stamp_rules"), [("crash-restart", False), ("power-loss", True)]
+)
+def test_siblings_stamp_rules_only_after_power_cuts(scenario: str, stamp_rules: bool) -> None:
+    """The oracle's version-vector rules for lost writes (``dot`` coverage, rewound
+    stamps) never apply without power cuts: there, happened-before alone decides."""
+    used = False
+    for seed in (1, 2, 3):
+        s = Simulation(
+            SimConfig(scenario=scenario, nodes=5, ops=800, seed=seed, conflicts="siblings")
+        )
+        r = s.run(get_scenario(scenario).setup)
+        assert_passed(r)
+        assert s.causal is not None
+        used |= any(b.dotted or b.covers for b in s.causal.books.values())
+    assert used == stamp_rules
+
+
+def test_siblings_rocksdb_crash_restart() -> None:
+    r = sim.run("crash-restart", nodes=4, ops=300, seed=3, backend="rocksdb", conflicts="siblings")
+    assert_passed(r)
+    assert r.crashes >= 2 and r.merges > 0 and r.sibling_keys > 0, _why(r)

@@ -2,8 +2,10 @@
 
 A simulation suite that always passes proves nothing. These tests break the system under
 test on purpose (a non-deterministic resolver, a merge that prefers the older or the local
-version) and assert that the run reports divergence or an oracle mismatch, and that
-``crdt-kv simulate`` exits non-zero and names the command that reproduces the failure.
+version; in ``siblings`` mode a join that drops concurrent siblings, a ``merge`` that
+supersedes everything or nothing) and assert that the run reports divergence or an oracle
+mismatch, and that ``crdt-kv simulate`` exits non-zero and names the command that
+reproduces the failure.
 
 ``coin_flip`` is importable as ``test_sim_checker:coin_flip`` (with ``tests/`` on the
 path) so the CLI's ``--resolver`` can load it in a subprocess.
@@ -22,9 +24,14 @@ from typing import Any
 import pytest
 
 import crdt_kv.store
+import crdt_kv.store.merge
+import crdt_kv.store.writes
 from crdt_kv import sim
+from crdt_kv.causal import Context, Order, full_context, join, siblings, state, write
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.cli import main as sim_main
 from crdt_kv.sim.oracle import Oracle
+from crdt_kv.sim.workload import key_names
 from crdt_kv.version import Entry, RawEntry
 
 _coin = random.Random(0)
@@ -176,3 +183,143 @@ def test_oracle_flags_phantom_and_wrong_winner(store_factory: Any) -> None:
     oracle.record("k", "y", False, v.hlc, "zz")  # same stamp, another peer and value
     (m,) = oracle.check("c", c)
     assert m.kind == "wrong-winner"
+
+
+# --- siblings mode: broken joins and merges ------------------------------------------------
+
+
+def join_dropping_concurrent(a: RawEntry | None, b: RawEntry, order: Order) -> RawEntry:
+    """A broken join: of concurrent siblings only the first in sibling order survives."""
+    joined = join(a, b, order)
+    kept = siblings(joined)
+    if len(kept) < 2:
+        return joined
+    return state(joined.key, kept[:1], full_context(joined), order)
+
+
+def merge_superseding_all(
+    old: RawEntry | None, new: RawEntry, covers: Context | None, order: Order
+) -> RawEntry:
+    """A broken ``merge``: it supersedes every version held, not only those passed."""
+    return write(old, new, None, order)
+
+
+def merge_superseding_none(
+    old: RawEntry | None, new: RawEntry, covers: Context | None, order: Order
+) -> RawEntry:
+    """A broken ``merge``: it supersedes none of the versions passed."""
+    return write(old, new, None if covers is None else {}, order)
+
+
+def _siblings_run(scenario: str, seed: int = 1) -> sim.SimResult:
+    return sim.run(scenario, nodes=4, ops=400, seed=seed, conflicts="siblings")
+
+
+def _named_keys(r: sim.SimResult, kind: str) -> set[str]:
+    keys = {m["key"] for m in r.mismatches if m["kind"] == kind}
+    assert keys, r.mismatch_kinds
+    assert keys <= set(key_names(r.keys)), keys
+    return keys
+
+
+def test_siblings_join_dropping_concurrent_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crdt_kv.store.merge, "join", join_dropping_concurrent)
+    r = _siblings_run("flaky")
+    assert not r.oracle_match and not r.ok, _why(r)
+    _named_keys(r, "lost")
+    assert "--conflicts siblings" in r.repro_command
+
+
+def test_siblings_merge_superseding_everything_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replicas agree (a merge is a local write), only the oracle knows a sibling that
+    arrived after the read had to survive."""
+    monkeypatch.setattr(crdt_kv.store.writes, "write", merge_superseding_all)
+    r = _siblings_run("clean")
+    assert r.converged, _why(r)
+    assert not r.oracle_match and not r.ok
+    _named_keys(r, "lost")
+
+
+def test_siblings_merge_superseding_nothing_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crdt_kv.store.writes, "write", merge_superseding_none)
+    r = _siblings_run("clean")
+    assert not r.oracle_match and not r.ok, _why(r)
+    _named_keys(r, "resurrected")
+
+
+def test_siblings_cli_exit_code_and_repro_on_broken_join(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(crdt_kv.store.merge, "join", join_dropping_concurrent)
+    argv = ["--scenario", "clean", "--nodes", "4", "--ops", "300", "--seed", "5"]
+    code = sim_main([*argv, "--conflicts", "siblings"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out and "0/1 runs passed (siblings mode)" in out
+    repro = "crdt-kv simulate --scenario clean --nodes 4 --ops 300 --seed 5 --conflicts siblings"
+    assert f"reproduce: {repro}" in out
+
+
+# --- the causal oracle's classifications, checked directly -------------------------------
+
+
+def test_causal_oracle_flags_lost_resurrected_and_phantom(store_factory: Any) -> None:
+    a = store_factory("memory", peer_id="a", conflicts="siblings")
+    b = store_factory("memory", peer_id="b", conflicts="siblings")
+    oracle = CausalOracle(2)
+    for i, store, value in ((0, a, "x"), (1, b, "y")):  # concurrent
+        v = store.put("k", value)
+        oracle.record(i, "k", value, False, v.hlc, v.peer)
+    assert sorted(w.value for w in oracle.expected(b"k").live) == ["x", "y"]
+    (m,) = oracle.check("a", a)
+    assert (m.key, m.kind) == ("k", "lost")
+    b.apply(a.changes())
+    sent = list(a.raw_changes(0))
+    oracle.deliver(1, sent, oracle.snapshot(0, sent))  # b has seen x now
+    assert oracle.check("b", b) == []
+    v = b.put("k", "z")  # supersedes x and y
+    oracle.record(1, "k", "z", False, v.hlc, v.peer)
+    assert [w.value for w in oracle.expected(b"k").live] == ["z"]
+    assert oracle.check("b", b) == []
+    kinds = sorted(m.kind for m in oracle.check("a", a))  # a holds only x
+    assert kinds == ["lost", "resurrected"]
+    a.put("ghost", 1)
+    assert ("ghost", "phantom") in {(m.key, m.kind) for m in oracle.check("a", a)}
+
+
+class _Reversed:
+    """A store whose ``get_all`` returns the siblings in reverse order."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def get_all(self, key: Any) -> list[Entry]:
+        return list(reversed(self.store.get_all(key)))
+
+    def raw_changes(self, since: int = 0) -> Any:
+        return self.store.raw_changes(since)
+
+
+def test_causal_oracle_flags_sibling_order(store_factory: Any) -> None:
+    a = store_factory("memory", peer_id="a", conflicts="siblings")
+    b = store_factory("memory", peer_id="b", conflicts="siblings")
+    oracle = CausalOracle(2)
+    for i, store, value in ((0, a, "x"), (1, b, "y")):
+        v = store.put("k", value)
+        oracle.record(i, "k", value, False, v.hlc, v.peer)
+    b.apply(a.changes())
+    orders: dict[bytes, Any] = {}
+    assert oracle.check("b", b, orders=orders) == []
+    found = oracle.check("r", _Reversed(b), orders=orders)  # type: ignore[arg-type]
+    assert sorted(m.kind for m in found) == ["divergent-order", "wrong-order"]
+    assert {m.key for m in found} == {"k"}
+
+
+def test_siblings_random_resolver_breaks_the_sibling_order() -> None:
+    """Siblings with equal stamps are ordered by the resolver: a random one orders them
+    differently on different replicas; a deterministic one passes the same runs."""
+    good = sim.run("ties", nodes=3, ops=200, seed=1, conflicts="siblings", resolver=lower_peer)
+    assert good.ok and good.hlc_ties > 0 and good.sibling_keys > 0, _why(good)
+    bad = sim.run("ties", nodes=3, ops=200, seed=1, conflicts="siblings", resolver=coin_flip)
+    assert not bad.ok and not bad.oracle_match, _why(bad)
+    assert {"wrong-order", "divergent-order"} & set(bad.mismatch_kinds), bad.mismatch_kinds

@@ -39,7 +39,7 @@ from crdt_kv.sim.report import (
     runs_with_progress,
     suite_document,
 )
-from crdt_kv.sim.runner import BACKENDS
+from crdt_kv.sim.runner import BACKENDS, CONFLICT_MODES
 from crdt_kv.sim.scenarios import expand, scenario_names
 from crdt_kv.sim.suite import jobs_for, load_resolver, plan, run_all
 
@@ -101,6 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keys", type=int, default=None, help="key-space size (default: derived)")
     p.add_argument("--backend", choices=BACKENDS, default="memory", help="storage backend")
+    p.add_argument(
+        "--conflicts",
+        choices=CONFLICT_MODES,
+        default="lww",
+        help="the stores' conflict mode; siblings also reads and merges siblings and checks "
+        "them with the happened-before oracle (default lww)",
+    )
     p.add_argument(
         "--resolver",
         metavar="MODULE:FUNCTION",
@@ -169,8 +176,9 @@ def run_command(args: argparse.Namespace) -> int:
         plot_divergence(results, args.plot)
         console.print(f"divergence plot written to {args.plot}", highlight=False)
     passed = len(results) - len(failures)
+    mode = " (siblings mode)" if args.conflicts == "siblings" else ""
     console.print(
-        f"{passed}/{len(results)} runs passed: "
+        f"{passed}/{len(results)} runs passed{mode}: "
         + ("[green]CONVERGED[/]" if not failures else "[red]FAILED[/]")
     )
     return 0 if not failures else 1

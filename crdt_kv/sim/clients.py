@@ -1,6 +1,10 @@
 """Client operations on simulated nodes and what becomes durable when (a mixin of
 :class:`~crdt_kv.sim.runner.Simulation`): acknowledged writes go to the oracle at once,
-or, with ``sync_writes=False``, only once a node's volatile disk wrote them back."""
+or, with ``sync_writes=False``, only once a node's volatile disk wrote them back.
+
+In ``siblings`` mode every acknowledged write goes to the
+:class:`~crdt_kv.sim.causal_oracle.CausalOracle` at once (what its writer had seen is
+fixed when it writes) and counts as surviving once it is durable somewhere."""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ from typing import Any
 import cbor2
 
 from crdt_kv.layout import DATA, unpack_record
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import SimConfig
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.nodes import UP, SimNode
 from crdt_kv.sim.oracle import Oracle
 from crdt_kv.sim.workload import Op
+from crdt_kv.store import Store
+from crdt_kv.version import Entry, Version
 
 __all__ = ["Clients"]
 
@@ -26,9 +33,11 @@ class Clients:
     cfg: SimConfig
     nodes: list[SimNode]
     oracle: Oracle
+    causal: CausalOracle | None
     c: dict[str, int]
     vt: VirtualTime
     sched_rng: random.Random
+    _quiesced: bool
     _pending: dict[tuple[str, int, str, bool, bytes], Any]
 
     def record(self, text: str, data: bytes = b"") -> None:
@@ -53,6 +62,9 @@ class Clients:
             self.c["reads"] += 1
             self.record(f"r{self.vt.now},{index},{op.key}\n")
             return
+        if kind in ("read_all", "merge"):
+            self._read_all(node, store, op)
+            return
         if kind == "put":
             key, value, _ = op.writes[0]
             versions = [store.put(key, value)]
@@ -66,16 +78,35 @@ class Clients:
                     else:
                         b.put(key, value)
             versions = b.versions
+        self._acked(node, store, op.writes, versions)
+
+    def _acked(
+        self,
+        node: SimNode,
+        store: Store,
+        writes: tuple[tuple[str, Any, bool], ...],
+        versions: list[Version],
+        merged: list[tuple[str, int]] | None = None,
+    ) -> None:
+        """Record the versions a store returned for ``writes`` (``merged``: the versions a
+        merge passed) and check that the node's stamps only grow."""
+        index = node.index
         last = node.last_write_hlc
         record = self._acknowledge if not node.rogue else None
-        for (key, value, deleted), v in zip(op.writes, versions, strict=True):
+        causal = self.causal
+        for (key, value, deleted), v in zip(writes, versions, strict=True):
             if v.hlc <= last:
                 self._hlc_violation(node, f"write stamped {v.hlc} after {last}")
             last = v.hlc
-            if record is not None:
-                record(key, value, deleted, v.hlc, v.peer)
-            else:
+            if record is None:
                 self.c["rogue_writes"] += 1
+            elif causal is not None:
+                durable = self.cfg.sync_writes
+                causal.record(
+                    index, key, value, deleted, v.hlc, v.peer, merged=merged, durable=durable
+                )
+            else:
+                record(key, value, deleted, v.hlc, v.peer)
             self.record(f"w{self.vt.now},{index},{key},{int(deleted)},{v.hlc}\n")
         node.last_write_hlc = max(node.last_write_hlc, last)
         self.c["writes"] += len(versions)
@@ -83,6 +114,37 @@ class Clients:
         if h < node.hlc_seen:
             self._hlc_violation(node, f"clock went back from {node.hlc_seen} to {h}")
         node.hlc_seen = h
+
+    def _read_all(self, node: SimNode, store: Store, op: Op) -> None:
+        """``get_all``, and for a merge op ``merge`` what it read (now or after a delay)."""
+        found = store.get_all(op.key)
+        self.c["reads"] += 1
+        self.record(f"s{self.vt.now},{node.index},{op.key},{len(found)}\n")
+        if op.kind != "merge":
+            return
+        if op.pick >= 0:
+            found = [e for i, e in enumerate(found) if (op.pick >> i) & 1]
+        if op.delay_ms <= 0:
+            self._merge(node, store, op, found)
+            return
+        self.push(
+            self.vt.now + int(op.delay_ms * 1000), self._stale_merge, (node, store, op, found)
+        )
+
+    def _stale_merge(self, arg: tuple[SimNode, Store, Op, list[Entry]]) -> None:
+        """A merge of an old read. Dropped when its node crashed since the read (its client
+        died with the process) or the faults ended (clients stop at the heal)."""
+        node, store, op, passed = arg
+        if node.store is not store or node.state != UP or self._quiesced:
+            self.c["merges_dropped"] += 1
+            return
+        self._merge(node, store, op, passed)
+
+    def _merge(self, node: SimNode, store: Store, op: Op, passed: list[Entry]) -> None:
+        key, value, _ = op.writes[0]
+        v = store.merge(key, passed, value)
+        self.c["merges"] += 1
+        self._acked(node, store, op.writes, [v], [(e.peer, e.hlc) for e in passed])
 
     def _acknowledge(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
         if self.cfg.sync_writes:
@@ -106,6 +168,14 @@ class Clients:
         if node.state != UP and not force:
             return
         keys = backend.sync()
+        causal = self.causal
+        if causal is not None:
+            if causal.pending:
+                for k in keys:
+                    blob = backend.peek(k) if k[:1] == DATA else None
+                    if blob is not None:
+                        causal.durable(unpack_record(k[1:], blob))
+            return
         pending = self._pending
         if not pending:
             return

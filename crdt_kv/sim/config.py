@@ -10,9 +10,17 @@ from crdt_kv.errors import ConfigError
 from crdt_kv.sim.workload import WorkloadMix
 from crdt_kv.version import Resolver
 
-__all__ = ["BACKENDS", "MAX_REPORTED_MISMATCHES", "SimConfig", "SimResult", "repro_command"]
+__all__ = [
+    "BACKENDS",
+    "CONFLICT_MODES",
+    "MAX_REPORTED_MISMATCHES",
+    "SimConfig",
+    "SimResult",
+    "repro_command",
+]
 
 BACKENDS = ("memory", "rocksdb", "sqlite")
+CONFLICT_MODES = ("lww", "siblings")
 MAX_REPORTED_MISMATCHES = 50
 
 
@@ -23,6 +31,8 @@ class SimConfig:
     ``keys`` (key-space size) and ``duration_ms`` (length of the fault phase, over which
     the ``ops`` operations are spread as a Poisson process) are derived from ``nodes``
     and ``ops`` when left at ``None``. Scenarios may adjust any field in their setup.
+    ``conflicts`` is the stores' conflict mode; ``"siblings"`` also adds sibling reads and
+    merges to the workload and checks with the happened-before oracle.
     """
 
     scenario: str = "clean"
@@ -30,6 +40,7 @@ class SimConfig:
     ops: int = 2000
     seed: int = 1
     backend: str = "memory"
+    conflicts: str = "lww"
     resolver: Resolver | None = None
     resolver_name: str | None = None
     resolver_screen: bool = True
@@ -70,6 +81,10 @@ class SimConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"unknown simulation backend {self.backend!r}; use one of {', '.join(BACKENDS)}"
+            )
+        if self.conflicts not in CONFLICT_MODES:
+            raise ConfigError(
+                f"unknown conflict mode {self.conflicts!r}; use one of {', '.join(CONFLICT_MODES)}"
             )
         if self.keys is not None and (not isinstance(self.keys, int) or self.keys < 1):
             raise ConfigError(f"keys must be a positive int, got {self.keys!r}")
@@ -135,6 +150,7 @@ class SimResult:
     nodes: int
     ops: int
     backend: str
+    conflicts: str
     keys: int
     resolver: str | None
     converged: bool
@@ -149,6 +165,8 @@ class SimResult:
     events: int
     writes: int
     reads: int
+    merges: int
+    sibling_keys: int
     sessions: int
     session_failures: dict[str, int]
     timeouts: int
@@ -195,6 +213,8 @@ def repro_command(cfg: SimConfig) -> str:
         f"--ops {cfg.ops}",
         f"--seed {cfg.seed}",
     ]
+    if cfg.conflicts != "lww":
+        parts.append(f"--conflicts {cfg.conflicts}")
     if cfg.keys is not None:
         parts.append(f"--keys {cfg.keys}")
     if cfg.backend != "memory":

@@ -26,10 +26,11 @@ from crdt_kv.protocol import (
     PeerLink,
     SessionEnded,
     SessionFailed,
+    StorageRequest,
 )
 from crdt_kv.store import Store
 
-__all__ = ["Connection", "LinkShell", "Message", "SimLink"]
+__all__ = ["Connection", "LinkShell", "Message", "SimLink", "StorageObserver"]
 
 US = 1_000_000
 
@@ -99,6 +100,17 @@ class Message:
         return f"<Message c{self.conn.id} {frm.peer_id}->{to.peer_id} {len(self.data)} bytes>"
 
 
+class StorageObserver(Protocol):
+    """Told of the storage work the shell performs (the siblings oracle follows what each
+    replica has seen through it: :class:`~crdt_kv.sim.deliveries.Deliveries`)."""
+
+    def performed(self, sl: SimLink, request: StorageRequest, result: object) -> None:
+        """``request`` of link ``sl`` succeeded with ``result`` (not yet handed back)."""
+
+    def released(self, conn: Connection) -> None:
+        """``conn`` is gone for good."""
+
+
 class LinkShell:
     """Runs every link of a :class:`~crdt_kv.sim.runner.Simulation` (see the module doc).
 
@@ -110,6 +122,7 @@ class LinkShell:
         self.sim = sim
         self.conns: dict[int, Connection] = {}
         self.intercept: Callable[[Message], object] | None = None
+        self.observer: StorageObserver | None = None
         self._next_id = 1
 
     # --- links ------------------------------------------------------------------------------
@@ -152,6 +165,8 @@ class LinkShell:
                 except Exception as exc:
                     link.storage_failed(request, exc, now)
                 else:
+                    if self.observer is not None:
+                        self.observer.performed(sl, request, result)
                     link.storage_done(request, result, now)
                 continue
             conn = sl.conn
@@ -346,6 +361,8 @@ class LinkShell:
     def _release(self, conn: Connection) -> None:
         conn.alive = False
         self.conns.pop(conn.id, None)
+        if self.observer is not None:
+            self.observer.released(conn)
         a, b = conn.nodes
         for x, y in ((a, b), (b, a)):
             lst = x.conns.get(y.index)

@@ -27,7 +27,7 @@ import cbor2
 from crdt_kv.store import Store
 from crdt_kv.version import Entry, Resolver
 
-__all__ = ["Mismatch", "Oracle", "Write"]
+__all__ = ["Mismatch", "Oracle", "Write", "beats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +79,13 @@ class Oracle:
 
     def wins(self, a: Write, b: Write) -> bool:
         """True when write ``a`` beats write ``b`` under the spec's merge order."""
-        if a.hlc != b.hlc:
-            return a.hlc > b.hlc
-        ka = (a.peer, a.deleted, a.value_bytes)
-        kb = (b.peer, b.deleted, b.value_bytes)
-        if ka == kb:
-            return False
-        self.ties += 1
-        if self.resolver is None:
-            return ka > kb
-        first, second = (a, b) if ka < kb else (b, a)
-        first_wins = bool(self.resolver(_entry(first), _entry(second)))
-        return (first if first_wins else second) is a
+        if a.hlc == b.hlc and (a.peer, a.deleted, a.value_bytes) != (
+            b.peer,
+            b.deleted,
+            b.value_bytes,
+        ):
+            self.ties += 1
+        return beats(a, b, self.resolver)
 
     def expected(self, key: str) -> Write | None:
         """The write every replica must hold for ``key`` (None: never written)."""
@@ -122,6 +117,24 @@ class Oracle:
                 e = store.entry(key)
                 out.append(Mismatch(node, key, "phantom", "never written", _show(e)))
         return out
+
+
+def beats(a: Write, b: Write, resolver: Resolver | None) -> bool:
+    """True when write ``a`` beats write ``b`` under the spec's merge order (section 5):
+    the higher HLC; on equal HLC the resolver, asked once with the two in canonical order
+    ``(peer, deleted, value bytes)``; without one the greater canonical key. Identical
+    writes never beat each other."""
+    if a.hlc != b.hlc:
+        return a.hlc > b.hlc
+    ka = (a.peer, a.deleted, a.value_bytes)
+    kb = (b.peer, b.deleted, b.value_bytes)
+    if ka == kb:
+        return False
+    if resolver is None:
+        return ka > kb
+    first, second = (a, b) if ka < kb else (b, a)
+    first_wins = bool(resolver(_entry(first), _entry(second)))
+    return (first if first_wins else second) is a
 
 
 def _classify(w: Write, e: Entry, excluded: set[str]) -> str:

@@ -56,7 +56,9 @@ def results_table(results: Sequence[SimResult]) -> Any:
     """A :class:`rich.table.Table`, one row per run with its verdict (rich markup)."""
     from rich.table import Table
 
-    t = Table(title="crdt-kv simulate", title_justify="left")
+    siblings = any(r.conflicts == "siblings" for r in results)
+    title = "crdt-kv simulate --conflicts siblings" if siblings else "crdt-kv simulate"
+    t = Table(title=title, title_justify="left")
     for col, just in (
         ("scenario", "left"),
         ("seed", "right"),
@@ -162,6 +164,7 @@ def suite_document(args: argparse.Namespace, results: Sequence[SimResult]) -> di
             "seeds": args.seeds,
             "keys": args.keys,
             "backend": args.backend,
+            "conflicts": getattr(args, "conflicts", "lww"),
             "resolver": args.resolver,
             "jobs": jobs_for(args, len(results)),
         },

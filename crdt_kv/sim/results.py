@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import MAX_REPORTED_MISMATCHES, SimConfig, SimResult
 from crdt_kv.sim.links import LinkShell
@@ -22,6 +23,7 @@ class Reporting:
     nodes: list[SimNode]
     links: LinkShell
     oracle: Oracle
+    causal: CausalOracle | None
     c: dict[str, int]
     failures: dict[str, int]
     vt: VirtualTime
@@ -35,7 +37,7 @@ class Reporting:
     _pending: dict[tuple[str, int, str, bool, bytes], Any]
     _divergence: list[tuple[float, int]]
     _div_seen: dict[int, int]
-    _div_state: dict[bytes, dict[int, tuple[int, str, bool, bytes]]]
+    _div_state: dict[bytes, dict[int, tuple[Any, ...]]]
     _div_bad: set[bytes]
     _div_members: tuple[int, ...] | None
 
@@ -74,7 +76,8 @@ class Reporting:
             assert store is not None
             since = self._div_seen.get(n.index, 0)
             for r in store.raw_changes(since):
-                state.setdefault(r.key, {})[n.index] = (r.hlc, r.peer, r.deleted, r.value)
+                held = (r.hlc, r.peer, r.deleted, r.value, r.others, r.context)
+                state.setdefault(r.key, {})[n.index] = held
                 touched.add(r.key)
             self._div_seen[n.index] = store.last_seq
         ids = [n.index for n in live]
@@ -92,12 +95,19 @@ class Reporting:
         return len(bad)
 
     def check(self) -> list[Mismatch]:
-        """Compare every live replica with the oracle."""
+        """Compare every live replica with the oracle (in ``siblings`` mode the causal
+        one, which also compares the replicas' sibling orders with each other)."""
         out: list[Mismatch] = []
         rogues = [n.peer_id for n in self.nodes if n.rogue]
+        orders: dict[bytes, tuple[str, list[tuple[str, int]]]] = {}
         for n in self.live_nodes():
             assert n.store is not None
-            out.extend(self.oracle.check(n.peer_id, n.store, exclude_peers=rogues))
+            if self.causal is not None:
+                out.extend(
+                    self.causal.check(n.peer_id, n.store, exclude_peers=rogues, orders=orders)
+                )
+            else:
+                out.extend(self.oracle.check(n.peer_id, n.store, exclude_peers=rogues))
         return out
 
     def result(self, *, check: bool = True) -> SimResult:
@@ -137,6 +147,7 @@ class Reporting:
             nodes=cfg.nodes,
             ops=cfg.ops,
             backend=cfg.backend,
+            conflicts=cfg.conflicts,
             keys=cfg.effective_keys(),
             resolver=cfg.resolver_name,
             converged=converged,
@@ -151,6 +162,8 @@ class Reporting:
             events=self.events,
             writes=c["writes"],
             reads=c["reads"],
+            merges=c["merges"],
+            sibling_keys=self.causal.sibling_keys() if check and self.causal else 0,
             sessions=c["sessions"],
             session_failures=dict(sorted(self.failures.items())),
             timeouts=c["timeouts"],
@@ -171,7 +184,7 @@ class Reporting:
             skew_rejections=c["skew_rejections"],
             rogue_nodes=rogues,
             rogue_writes=c["rogue_writes"],
-            hlc_ties=self.oracle.ties,
+            hlc_ties=self.causal.ties if self.causal is not None else self.oracle.ties,
             hlc_violations=c["hlc_violations"],
             checks=checks,
             mismatch_count=len(mismatches),
@@ -186,6 +199,8 @@ class Reporting:
         """Acknowledged writes that never became durable anywhere and left no trace: the
         converged state holds an older version of their key (power cuts lose them by
         contract when ``sync_writes=False``)."""
+        if self.causal is not None:
+            return self.causal.vanished()
         live = [n.store for n in self.live_nodes() if n.store is not None]
         if not self._pending or not live:
             return 0

@@ -35,14 +35,17 @@ import crdt_kv
 from crdt_kv.errors import ConfigError
 from crdt_kv.protocol import LinkConfig, LinkRole
 from crdt_kv.sim.actions import FaultActions
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clients import Clients
 from crdt_kv.sim.clocks import SimClock
 from crdt_kv.sim.config import (
     BACKENDS,
+    CONFLICT_MODES,
     SimConfig,
     SimResult,
     repro_command,
 )
+from crdt_kv.sim.deliveries import Deliveries
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.engine import Engine
 from crdt_kv.sim.faults import (
@@ -62,6 +65,7 @@ from crdt_kv.version import Resolver
 
 __all__ = [
     "BACKENDS",
+    "CONFLICT_MODES",
     "DOWN",
     "PENDING",
     "UP",
@@ -115,6 +119,11 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
         ]
         self.oracle = Oracle(cfg.resolver)
         self.links = LinkShell(self)
+        self.causal: CausalOracle | None = None
+        """The ``siblings`` mode's oracle (``lww`` mode: None, ``oracle`` checks)."""
+        if cfg.conflicts == "siblings":
+            self.causal = CausalOracle(cfg.nodes, cfg.resolver)
+            self.links.observer = Deliveries(self.causal)
         self.unfreeze_on_heal = True
         self.lingering = False
         self._auto = False
@@ -174,6 +183,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
                 "unavailable",
                 "entries_sent",
                 "entries_changed",
+                "merges",
+                "merges_dropped",
             ),
             0,
         )
@@ -229,6 +240,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
             "rng": node.rng,
             "max_offset_ms": cfg.max_offset_ms,
             "resolver": cfg.resolver,
+            "conflicts": cfg.conflicts,
         }
         if cfg.backend == "memory":
             if node.backend is None:
@@ -250,6 +262,8 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
             # Not power safe by contract: stamps of lost writes may be issued again (the
             # new incarnation and the total order on (peer, deleted, value) cover it).
             node.power_lost = False
+            if self.causal is not None:
+                self.causal.reload(node.index, store.raw_changes(0))
             if last < node.last_write_hlc:
                 self.c["hlc_rewinds"] += 1
                 node.last_write_hlc = last
@@ -469,6 +483,7 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
                 zipf_s=cfg.zipf_s,
                 mix=cfg.mix,
                 value_domain=cfg.value_domain,
+                siblings=cfg.conflicts == "siblings",
             )
             self._op_rate = cfg.ops / (self.duration_ms / 1000) if cfg.ops else 0.0
             self._auto = True
@@ -550,6 +565,7 @@ def run(
     ops: int = 2000,
     seed: int = 1,
     backend: str = "memory",
+    conflicts: str = "lww",
     resolver: Resolver | None = None,
     resolver_name: str | None = None,
     keys: int | None = None,
@@ -560,7 +576,9 @@ def run(
     """Run one scenario and return its :class:`SimResult`.
 
     ``scenario`` names a registered scenario (:data:`crdt_kv.sim.SCENARIOS`); ``"all"`` is
-    not accepted here (use :func:`crdt_kv.sim.run_suite`). ``overrides`` set any other
+    not accepted here (use :func:`crdt_kv.sim.run_suite`). ``conflicts="siblings"`` runs
+    it in the ``siblings`` conflict mode (module doc of
+    :mod:`crdt_kv.sim.causal_oracle`). ``overrides`` set any other
     :class:`SimConfig` field. ``sample_ms`` samples the number of divergent keys every that
     many virtual ms (for ``--plot``).
     """
@@ -573,6 +591,7 @@ def run(
         ops=ops,
         seed=seed,
         backend=backend,
+        conflicts=conflicts,
         resolver=resolver,
         resolver_name=resolver_name,
         keys=keys,

@@ -8,7 +8,8 @@ bars) is :mod:`crdt_kv.sim.report`'s business; flags are :mod:`crdt_kv.sim.cli`'
 
 A suite is described by an :class:`argparse.Namespace` with the ``simulate`` flags
 (``scenario``, ``seed``, ``seeds``, ``nodes``, ``ops``, ``keys``, ``backend``,
-``resolver``, ``jobs``, ``plot``), so a parsed command line runs as is.
+``conflicts``, ``resolver``, ``jobs``, ``plot``), so a parsed command line runs as is
+(``conflicts`` may be missing: ``lww``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def _one(
         ops=args.ops,
         seed=seed,
         backend=args.backend,
+        conflicts=getattr(args, "conflicts", "lww"),
         keys=args.keys,
         resolver=resolver,
         resolver_name=args.resolver,

@@ -5,6 +5,12 @@ and concurrent writes race on the same keys, which is where merge bugs live. Val
 small CBOR-encodable objects that name the writer and the operation number, so every
 acknowledged write is distinguishable, except in ``ties`` where a tiny value domain also
 makes equal values from different peers common.
+
+In ``siblings`` mode (``Workload(siblings=True)``) a share of the operations, drawn
+before the usual mix so that the mix itself is untouched, read every sibling of a key
+(``get_all``) and most of them resolve what they read with ``merge``: all of it, a subset
+of it, or all or a subset of it some time after the read, so that siblings arriving in
+between must survive the merge.
 """
 
 from __future__ import annotations
@@ -15,7 +21,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Op", "Workload", "WorkloadMix", "key_names"]
+__all__ = ["SIBLING_OPS", "Op", "Workload", "WorkloadMix", "key_names"]
+
+SIBLING_OPS = 0.3
+"""Share of the operations that read siblings (and mostly merge them) in ``siblings`` mode."""
+STALE_MS = (20.0, 1000.0)
+"""How long a stale merge waits after its read (virtual ms, uniform)."""
 
 
 def key_names(keys: int) -> list[str]:
@@ -48,14 +59,19 @@ class WorkloadMix:
 class Op:
     """One client operation.
 
-    ``kind`` is ``"put"``, ``"delete"``, ``"batch"`` or ``"read"``. ``writes`` holds
-    ``(key, value, deleted)`` triples (distinct keys; one for put/delete, several for a
-    batch); ``key`` is the key of a read.
+    ``kind`` is ``"put"``, ``"delete"``, ``"batch"``, ``"read"`` (``get``), or, in
+    ``siblings`` mode, ``"read_all"`` (``get_all``) or ``"merge"``. ``writes`` holds
+    ``(key, value, deleted)`` triples (distinct keys; one for put/delete/merge, several
+    for a batch); ``key`` is the key of a read or merge. A merge passes the siblings it
+    read: all of them when ``pick`` is -1, else those whose position is a set bit of
+    ``pick``; with ``delay_ms`` > 0 it writes that long after its read.
     """
 
     kind: str
     writes: tuple[tuple[str, Any, bool], ...] = ()
     key: str = ""
+    pick: int = -1
+    delay_ms: float = 0.0
 
 
 class Workload:
@@ -63,7 +79,7 @@ class Workload:
 
     ``keys`` is the key-space size, ``zipf_s`` the skew (0 = uniform; about 1 is typical
     web traffic), ``value_domain`` limits values to that many distinct ones (``None``:
-    every value unique).
+    every value unique), ``siblings`` adds the sibling reads and merges (module doc).
     """
 
     def __init__(
@@ -74,6 +90,7 @@ class Workload:
         zipf_s: float = 1.0,
         mix: WorkloadMix | None = None,
         value_domain: int | None = None,
+        siblings: bool = False,
     ) -> None:
         if keys < 1:
             raise ValueError(f"the key space needs at least 1 key, got {keys}")
@@ -87,6 +104,7 @@ class Workload:
         self._kinds = ("put", "delete", "batch", "read")
         self._kcum = list(itertools.accumulate((m.put, m.delete, m.batch, m.read)))
         self._counter = 0
+        self.siblings = siblings
 
     def key(self) -> str:
         """A key drawn by Zipf popularity."""
@@ -111,6 +129,8 @@ class Workload:
     def next(self, writer: int) -> Op:
         """The next operation, for node ``writer``."""
         rng = self.rng
+        if self.siblings and rng.random() < SIBLING_OPS:
+            return self._sibling_op(writer)
         kcum = self._kcum
         kind = self._kinds[bisect.bisect_right(kcum, rng.random() * kcum[-1])]
         if kind == "read":
@@ -131,3 +151,17 @@ class Workload:
         if kind == "delete":
             return Op("delete", ((k, None, True),))
         return Op("put", ((k, self.value(writer), False),))
+
+    def _sibling_op(self, writer: int) -> Op:
+        """A ``get_all`` (30%) or a merge of what it reads: all of it (35%), a random
+        subset (20%), or either some time after the read (15%)."""
+        rng = self.rng
+        k = self.key()
+        r = rng.random()
+        if r < 0.30:
+            return Op("read_all", key=k)
+        stale = r >= 0.85
+        subset = rng.random() < 0.5 if stale else r >= 0.65
+        pick = rng.getrandbits(16) if subset else -1
+        delay = rng.uniform(*STALE_MS) if stale else 0.0
+        return Op("merge", ((k, self.value(writer), False),), key=k, pick=pick, delay_ms=delay)
