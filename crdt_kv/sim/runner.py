@@ -33,7 +33,7 @@ from typing import Any
 
 import crdt_kv
 from crdt_kv.errors import ConfigError
-from crdt_kv.protocol import LinkConfig, LinkRole
+from crdt_kv.protocol import LinkRole
 from crdt_kv.sim.actions import FaultActions
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clients import Clients
@@ -60,6 +60,7 @@ from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.oracle import Oracle
 from crdt_kv.sim.results import Reporting
 from crdt_kv.sim.screen import screen
+from crdt_kv.sim.topology import Topology
 from crdt_kv.sim.workload import Workload
 from crdt_kv.version import Resolver
 
@@ -85,7 +86,7 @@ ProgressFn = Callable[[str, int, int], None]
 # --- the simulation --------------------------------------------------------------------
 
 
-class Simulation(Engine, Clients, FaultActions, Reporting):
+class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
     """A cluster of real stores over a simulated network, driven by virtual time.
 
     ``run()`` performs a whole scenario. Tests can also drive it by hand: call
@@ -289,28 +290,6 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def intercept(self, fn: Callable[[Message], object] | None) -> None:
         self.links.intercept = fn
 
-    def _link_config(
-        self, *, live: bool, mode: str = "both", period_ms: float | None = None
-    ) -> LinkConfig:
-        """The production policy, with the simulation's time scale (rounds every
-        ``period_ms``, default ``gossip_ms``, down to half that while they move data)."""
-        cfg = self.cfg
-        period = cfg.gossip_ms if period_ms is None else period_ms
-        return LinkConfig(
-            mode=mode,
-            live=live,
-            cluster_id="sim",
-            handshake_timeout_s=cfg.idle_timeout_ms / 1000,
-            idle_timeout_s=cfg.idle_timeout_ms / 1000,
-            sync_interval_s=period / 1000,
-            min_sync_interval_s=period / 2000,
-            backoff_base_s=cfg.backoff_base_ms / 1000,
-            backoff_max_s=cfg.backoff_max_ms / 1000,
-            push_delay_s=cfg.live_flush_ms / 1000,
-            max_batch_entries=cfg.max_batch_entries,
-            window=cfg.window,
-        )
-
     def connect(
         self, i: int, j: int, *, kind: str = "sync", mode: str = "both", live: bool = False
     ) -> Connection | None:
@@ -336,47 +315,6 @@ class Simulation(Engine, Clients, FaultActions, Reporting):
     def drop(self, msg: Message) -> None:
         """Lose an intercepted message (counted and traced like a network loss)."""
         self.links.drop(msg)
-
-    def _round_targets(self, i: int) -> list[int]:
-        """Peers node ``i`` syncs with in rounds: its successor on a ring in an order
-        drawn from the seed (connected, one link per node, like the old one partner per
-        gossip period), plus ``effective_fanout()`` more peers drawn from the seed."""
-        n = len(self.nodes)
-        if self._ring is None:
-            order = list(range(n))
-            self.sched_rng.shuffle(order)
-            self._ring = {order[k]: order[(k + 1) % n] for k in range(n)}
-        live = set(self._live_targets(i))
-        picks = [self._ring[i]]
-        others = [j for j in range(n) if j != i and j not in picks]
-        self.sched_rng.shuffle(others)
-        picks.extend(others[: self.cfg.effective_fanout()])
-        return [j for j in picks if j not in live]
-
-    def _live_targets(self, i: int) -> list[int]:
-        ring = self.cfg.live_ring
-        n = len(self.nodes)
-        ring_n = n if ring is None else min(ring, n)
-        if i >= ring_n:
-            return []
-        k = min(self.cfg.live_peers, ring_n - 1)
-        return [(i + d) % ring_n for d in range(1, k + 1)]
-
-    def _start_links(self, node: SimNode) -> None:
-        """Open the node's dialing links (a running node's configured peers)."""
-        if not self._auto or node.state != UP:
-            return
-        i = node.index
-        targets = self._targets.get(i)
-        if targets is None:
-            targets = self._targets[i] = (self._live_targets(i), self._round_targets(i))
-        live, rounds = targets
-        for j in live:
-            self.links.add(node, role=LinkRole.DIAL, config=self._live_cfg, target=j, kind="live")
-        for j in rounds:
-            self.links.add(
-                node, role=LinkRole.DIAL, config=self._round_cfg, target=j, kind="gossip"
-            )
 
     def _commit_hook(self, node: SimNode) -> Callable[[int], None]:
         def hook(_seq: int) -> None:
