@@ -99,13 +99,7 @@ def siblings_context(key: bytes, blob: bytes) -> dict[str, int]:
     try:
         if blob[0] != FORMAT_SIBLINGS:
             raise CorruptionError(f"record of key {key!r} is not a siblings record")
-        (npeers,) = _COUNT.unpack_from(blob, 2)
-        pos = 4
-        names: list[str] = []
-        for _ in range(npeers):
-            n = blob[pos]
-            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
-            pos += 1 + n
+        names, pos = _peer_table(blob)
         (nsib,) = _COUNT.unpack_from(blob, pos)
         pos += 2
         ctx: dict[str, int] = {}
@@ -190,16 +184,23 @@ def unpack_siblings(key: bytes, blob: bytes) -> RawEntry:
     return _unpack_single(key, blob) or _unpack_full(key, blob)
 
 
+def _peer_table(blob: bytes) -> tuple[list[str], int]:
+    """The peer ids of a format-2 record and the offset after them (raises struct.error,
+    IndexError or UnicodeDecodeError on a malformed record: callers name the key)."""
+    (npeers,) = _COUNT.unpack_from(blob, 2)
+    pos = 4
+    names: list[str] = []
+    for _ in range(npeers):
+        n = blob[pos]
+        names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
+        pos += 1 + n
+    return names, pos
+
+
 def _unpack_full(key: bytes, blob: bytes) -> RawEntry:
     end = len(blob) - _SEQ_SIZE
     try:
-        (npeers,) = _COUNT.unpack_from(blob, 2)
-        pos = 4
-        names: list[str] = []
-        for _ in range(npeers):
-            n = blob[pos]
-            names.append(blob[pos + 1 : pos + 1 + n].decode("utf-8"))
-            pos += 1 + n
+        names, pos = _peer_table(blob)
         (nsib,) = _COUNT.unpack_from(blob, pos)
         pos += 2
         sibs: list[RawEntry] = []
