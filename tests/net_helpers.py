@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
+import trio.testing
 
 import crdt_kv
 from crdt_kv import Store, Version
+from crdt_kv.net import ReplicationResult
 from crdt_kv.protocol.messages import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -212,3 +214,20 @@ __all__ = [
     "tcp_refused",
     "wait_until",
 ]
+
+
+async def sync_pair(
+    a: Store, b: Store, *, mode_a: str = "both", mode_b: str = "both", **kw: Any
+) -> tuple[ReplicationResult, ReplicationResult]:
+    """Run ``replicate`` on both ends of a memory stream pair; return both results."""
+    sa, sb = trio.testing.memory_stream_pair()
+    results: dict[str, ReplicationResult] = {}
+
+    async def side(name: str, store: Store, stream: trio.abc.Stream, mode: str) -> None:
+        results[name] = await crdt_kv.replicate(store, stream, mode=mode, **kw)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            n.start_soon(side, "a", a, sa, mode_a)
+            n.start_soon(side, "b", b, sb, mode_b)
+    return results["a"], results["b"]

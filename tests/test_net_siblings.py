@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from net_helpers import mem_store, wait_until
+from net_helpers import mem_store, sync_pair, wait_until
 
 import crdt_kv
 from crdt_kv import ProtocolError, Store
-from crdt_kv.net import ReplicationResult
 from crdt_kv.testing import ManualClock
 
 
@@ -41,23 +40,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     yield make
     for s in opened:
         s.close()
-
-
-async def sync_pair(
-    a: Store, b: Store, *, mode_a: str = "both", mode_b: str = "both", **kw: Any
-) -> tuple[ReplicationResult, ReplicationResult]:
-    """``replicate`` on both ends of a memory stream pair; both results."""
-    sa, sb = trio.testing.memory_stream_pair()
-    results: dict[str, ReplicationResult] = {}
-
-    async def side(name: str, store: Store, stream: trio.abc.Stream, mode: str) -> None:
-        results[name] = await crdt_kv.replicate(store, stream, mode=mode, **kw)
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as n:
-            n.start_soon(side, "a", a, sa, mode_a)
-            n.start_soon(side, "b", b, sb, mode_b)
-    return results["a"], results["b"]
 
 
 def live_state(store: Store, key: str) -> list[tuple[Any, int, str]]:

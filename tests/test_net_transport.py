@@ -21,6 +21,7 @@ from net_helpers import (
     hello_for,
     mem_store,
     raw_frame,
+    sync_pair,
     wait_until,
 )
 
@@ -51,23 +52,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     yield make
     for s in opened:
         s.close()
-
-
-async def sync_pair(
-    a: Store, b: Store, *, mode_a: str = "both", mode_b: str = "both", **kw: Any
-) -> tuple[ReplicationResult, ReplicationResult]:
-    """Run ``replicate`` on both ends of a memory stream pair; return both results."""
-    sa, sb = trio.testing.memory_stream_pair()
-    results: dict[str, ReplicationResult] = {}
-
-    async def side(name: str, store: Store, stream: trio.abc.Stream, mode: str) -> None:
-        results[name] = await crdt_kv.replicate(store, stream, mode=mode, **kw)
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as n:
-            n.start_soon(side, "a", a, sa, mode_a)
-            n.start_soon(side, "b", b, sb, mode_b)
-    return results["a"], results["b"]
 
 
 def conflicting_writes(
