@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 
+from crdt_kv import Store
+from crdt_kv.fingerprint import BUCKETS, POSITION_SPACE
+
 MOD = 1 << 256
 
 
@@ -44,3 +47,21 @@ def check_index_and_buckets(pairs: dict[bytes, bytes]) -> None:
     assert all(len(k) == 3 and len(pairs[k]) == 40 for k in pairs if k[:1] == b"f")
     assert stored == expected_buckets(pairs)
     assert pairs.get(b"mfingerprints") == b"1"
+
+
+def storage(s: Store) -> dict[bytes, bytes]:
+    return dict(s.backend.iterate())
+
+
+def check_store(s: Store) -> None:
+    """Storage, memory and the API agree with a recomputation from the records."""
+    pairs = storage(s)
+    check_index_and_buckets(pairs)
+    want = expected_buckets(pairs)
+    b = s._log.buckets
+    assert {i: (b.counts[i], b.sums[i]) for i in range(BUCKETS) if b.counts[i]} == want
+    assert b.total == sum(c for c, _ in want.values())
+    assert s.range_fingerprint(0, POSITION_SPACE) == (int.from_bytes(s.digest(), "big"), b.total)
+    stats = s.statistics()
+    assert stats.keys == b.total and stats.live == len(s)
+    assert stats.tombstones == stats.keys - stats.live

@@ -11,7 +11,7 @@ import shutil
 from typing import Any
 
 import pytest
-from fingerprint_layout import MOD, check_index_and_buckets, expected_buckets, spec_hash
+from fingerprint_layout import MOD, check_store, spec_hash, storage
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,24 +37,6 @@ SPACE = POSITION_SPACE
 
 def open_mem(backend: MemoryBackend, clock: ManualClock, **kw: Any) -> Store:
     return crdt_kv.open(backend=backend, clock=clock, rng=random.Random(7), **kw)
-
-
-def storage(s: Store) -> dict[bytes, bytes]:
-    return dict(s.backend.iterate())
-
-
-def check_store(s: Store) -> None:
-    """Storage, memory and the API agree with a recomputation from the records."""
-    pairs = storage(s)
-    check_index_and_buckets(pairs)
-    want = expected_buckets(pairs)
-    b = s._log.buckets
-    assert {i: (b.counts[i], b.sums[i]) for i in range(BUCKETS) if b.counts[i]} == want
-    assert b.total == sum(c for c, _ in want.values())
-    assert s.range_fingerprint(0, SPACE) == (int.from_bytes(s.digest(), "big"), b.total)
-    stats = s.statistics()
-    assert stats.keys == b.total and stats.live == len(s)
-    assert stats.tombstones == stats.keys - stats.live
 
 
 def brute(s: Store, lo: int, hi: int) -> list[tuple[int, bytes, int]]:
