@@ -11,7 +11,14 @@ import shutil
 from typing import Any
 
 import pytest
-from fingerprint_layout import MOD, check_store, spec_hash, storage
+from fingerprint_layout import (
+    MOD,
+    check_index_and_buckets,
+    check_store,
+    spec_hash,
+    stale_buckets,
+    storage,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,6 +36,7 @@ from crdt_kv.fingerprint import (
     position_bytes,
     state_stamp,
 )
+from crdt_kv.store import commit as commit_module
 from crdt_kv.testing import ManualClock
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -244,3 +252,61 @@ def test_a_store_that_is_not_crdt_kv_is_still_refused() -> None:
     be.write([(b"x-something", b"1")])
     with pytest.raises(CrdtKvError):
         open_mem(be, ManualClock())
+
+
+def test_clean_close_saves_every_bucket(tmp_path: pathlib.Path, clock: ManualClock) -> None:
+    path = str(tmp_path / "s")
+    with crdt_kv.open(path, backend="sqlite", clock=clock, rng=random.Random(1)) as s:
+        for i in range(200):
+            s.put(f"k{i}", i)
+        s.delete("k5")
+        seq = s.last_seq
+        assert stale_buckets(storage(s))  # saved at checkpoints only
+    raw = open_backend("sqlite", path)
+    pairs = dict(raw.iterate())
+    raw.close()
+    assert pairs[b"mfingerprints"] == seq.to_bytes(8, "big")
+    check_index_and_buckets(pairs, exact=True)
+
+
+def test_reopen_after_a_crash_recomputes_the_stale_buckets(clock: ManualClock) -> None:
+    be = MemoryBackend()
+    s = open_mem(be, clock, peer_id="a")
+    for i in range(300):
+        s.put(f"k{i}", i)
+    s = open_mem(be, clock)  # the old object is dropped unclosed: a crash
+    check_index_and_buckets(storage(s), exact=True)
+    for i in range(0, 300, 4):
+        s.delete(f"k{i}")
+    s.put("late", 1)
+    stale = stale_buckets(storage(s))
+    assert 0 < len(stale) < 300
+    digest = s.digest()
+    s = open_mem(be, clock)
+    assert s.digest() == digest
+    check_index_and_buckets(storage(s), exact=True)
+    check_store(s)
+
+
+def test_a_commit_saves_the_buckets_every_checkpoint_keys(
+    monkeypatch: pytest.MonkeyPatch, clock: ManualClock
+) -> None:
+    monkeypatch.setattr(commit_module, "CHECKPOINT_KEYS", 5)
+    be = FailingBackend()
+    s = open_mem(be, clock, peer_id="a")
+    for i in range(4):
+        s.put(f"k{i}", i)
+    assert be.get(b"mfingerprints") == bytes(8)
+    be.fail = True
+    with pytest.raises(OSError):
+        s.put("k4", 4)  # the fifth change, with the checkpoint: refused
+    assert s._log.buckets.pending == 4 and be.get(b"mfingerprints") == bytes(8)
+    be.fail = False
+    s.put("k4", 4)
+    assert be.get(b"mfingerprints") == s.last_seq.to_bytes(8, "big")
+    check_index_and_buckets(storage(s), exact=True)
+    with s.batch() as b:
+        for i in range(7):
+            b.put(f"b{i}", i)
+    assert be.get(b"mfingerprints") == s.last_seq.to_bytes(8, "big")
+    check_store(s)

@@ -148,11 +148,11 @@ class Collector:
             if not record_is_deleted(blob):
                 count -= 1
         digest %= _MOD
-        bucket_ops, staged = buckets.stage(moves)
-        ops += bucket_ops
+        staged = buckets.stage(moves)
+        ops += buckets.checkpoint_ops(staged, log.seq)
         ops.append((META_GC, pack_gc_state(log.seq, count, digest, w.hlc.last)))
         self._backend.write(ops)
         log.digest, log.count = digest, count
-        buckets.store(staged)
+        buckets.store(staged, len(victims), True)
         w.stats[counter] += len(victims)
         return len(victims)

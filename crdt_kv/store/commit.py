@@ -5,9 +5,10 @@ A commit replaces some keys' records. For each it writes the new record at the n
 sequence and its change-log entry, and removes the key's previous log entry (so the log
 stays one entry per key). The last log entry of the commit carries the trailer: live
 count, digest and HLC high-water mark, which reopening reads back in O(1). A key's first
-record adds its position index entry (``x``), and the fingerprints of the buckets the
-commit touched (``f``) are rewritten. Extra ops (the remote cursor) ride in the same atomic
-backend batch. After the write, the commit is counted and the listeners are told.
+record adds its position index entry (``x``); the bucket fingerprints move in memory and
+are saved at checkpoints (:mod:`crdt_kv.store.buckets`). Extra ops (the remote cursor)
+ride in the same atomic backend batch. After the write, the commit is counted and the
+listeners are told.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections.abc import Callable, Sequence
 from crdt_kv.backends.base import Op
 from crdt_kv.fingerprint import BUCKET_SHIFT
 from crdt_kv.layout import DATA, log_prefix, stage_record, trailer_log
-from crdt_kv.layout_fingerprints import BUCKET_KEYS, INDEX, pack_bucket
-from crdt_kv.store.buckets import Buckets
+from crdt_kv.layout_fingerprints import INDEX
+from crdt_kv.store.buckets import CHECKPOINT_KEYS, Buckets
 from crdt_kv.store.hooks import Hooks
 
 __all__ = ["Change", "Committer"]
@@ -110,14 +111,17 @@ class Committer:
                 ops.extend([(lk, prefix + k) for lk, k in logs])
         last_source = 0 if last_k in mixed else source
         add((last_lk, trailer_log(last_k, count, digest, hlc, last_source)))
-        bucket_ops, staged = self.buckets.stage(moves)
-        ops.extend(bucket_ops)
+        buckets = self.buckets
+        staged = buckets.stage(moves)
+        save = buckets.pending + len(items) >= CHECKPOINT_KEYS
+        if save:
+            ops.extend(buckets.checkpoint_ops(staged, seq))
         if extra:
             ops.extend(extra)
         self._write(ops)
         first = self.seq + 1
         self.seq, self.count, self.digest = seq, count, digest
-        self.buckets.store(staged)
+        buckets.store(staged, len(items), save)
         self._stats["commits"] += 1
         hooks = self._hooks
         if hooks.commit or hooks.change:
@@ -126,6 +130,10 @@ class Committer:
     def commit_one(self, k: bytes, body: bytes, old: bytes | None, hlc: int) -> None:
         """:meth:`commit` of one local change with no extra ops, unrolled: every local put
         and delete takes this path. Writes the same operations (order aside)."""
+        buckets = self.buckets
+        if buckets.pending >= CHECKPOINT_KEYS - 1:
+            self.commit(((k, body, old),), hlc)  # with a checkpoint
+            return
         seq = self.seq + 1
         old_log, record, lk, delta, live = stage_record(k, body, old, seq)
         count = self.count + live
@@ -135,25 +143,31 @@ class Committer:
         h.update(k)
         pb = h.digest()
         b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
-        buckets = self.buckets
-        bsum = (buckets.sums[b] + delta) % _MOD
-        bcount = buckets.counts[b] + (old_log is None)
-        bucket = (BUCKET_KEYS[b], pack_bucket(bcount, bsum))
         if self.history is not None:
             ops: list[Op] = [] if old_log is None else [(old_log, None)]
             if old_log is None:
                 ops.append((INDEX + pb + k, b""))
-            self._write([*ops, (DATA + k, record), bucket, last, *self.history(k, body, old)])
+            self._write([*ops, (DATA + k, record), last, *self.history(k, body, old)])
         elif old_log is None:
-            self._write([(DATA + k, record), (INDEX + pb + k, b""), bucket, last])
+            self._write([(DATA + k, record), (INDEX + pb + k, b""), last])
         else:
-            self._write([(old_log, None), (DATA + k, record), bucket, last])
+            self._write([(old_log, None), (DATA + k, record), last])
         self.seq, self.count, self.digest = seq, count, digest
-        buckets.sums[b] = bsum
+        buckets.sums[b] = (buckets.sums[b] + delta) % _MOD
         if old_log is None:
-            buckets.counts[b] = bcount
+            buckets.counts[b] += 1
             buckets.total += 1
+        buckets.dirty.add(b)
+        buckets.pending += 1
         self._stats["commits"] += 1
         hooks = self._hooks
         if hooks.commit or hooks.change:
             hooks.notify(((k, body, old),), seq, seq)
+
+    def save_buckets(self) -> None:
+        """Write a checkpoint of the bucket fingerprints if anything changed since the last
+        (at close, so the next open recomputes nothing)."""
+        buckets = self.buckets
+        if buckets.dirty or buckets.pending:
+            self._write(buckets.checkpoint_ops([], self.seq))
+            buckets.store([], 0, True)

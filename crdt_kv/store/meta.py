@@ -150,7 +150,8 @@ def open_store(
             boot_id=boot_id,
             conflicts=conflicts,
         )
-        return m, load_state(backend), load_buckets(backend)
+        state = load_state(backend)
+        return m, state, load_buckets(backend, state.seq)
     except BaseException:
         backend.close()
         raise
