@@ -29,6 +29,7 @@ from crdt_kv.errors import (
     RemoteProtocolError,
     ResolverError,
 )
+from crdt_kv.fingerprint import Statistics
 from crdt_kv.hlc import HLC
 from crdt_kv.store import Batch, Store
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
@@ -59,6 +60,7 @@ __all__ = [
     "RemoteProtocolError",
     "Resolver",
     "ResolverError",
+    "Statistics",
     "Store",
     "Version",
     "__version__",
