@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from crdt_kv.repair import ReconcileReport, Reconciler
+from crdt_kv.repair import Reconciler, ReconcileReport
 from crdt_kv.repair.source import RangeSource
 from crdt_kv.testing.ranges import DictSource
 from crdt_kv.version import RawEntry
@@ -19,9 +19,7 @@ def pump(m: Reconciler, source: RangeSource) -> bytes:
     return m.data_to_send()
 
 
-def run_pair(
-    a: RangeSource, b: RangeSource, **kw: int
-) -> tuple[ReconcileReport, ReconcileReport]:
+def run_pair(a: RangeSource, b: RangeSource, **kw: int) -> tuple[ReconcileReport, ReconcileReport]:
     """Reconcile ``a`` and ``b`` with two machines exchanging bytes in memory, no trio."""
     ma, mb = Reconciler(**kw), Reconciler(**kw)
     ma.start()

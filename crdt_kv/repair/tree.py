@@ -8,9 +8,7 @@ bound the receiver must trust. Pure arithmetic.
 
 from __future__ import annotations
 
-import hashlib
-
-from crdt_kv.version import RawEntry
+from crdt_kv.fingerprint import FP_BYTES, POSITION_SPACE, position, state_stamp
 
 __all__ = [
     "FANOUT",
@@ -26,9 +24,6 @@ __all__ = [
     "valid_node",
 ]
 
-FP_BYTES = 8
-"""Bytes of a fingerprint sum on the wire."""
-POSITION_SPACE = 1 << 64
 FANOUT_BITS = 4
 FANOUT = 1 << FANOUT_BITS
 """Children per node."""
@@ -37,7 +32,6 @@ MAX_LEVEL = 64 // FANOUT_BITS
 FP_MASK = (1 << (8 * FP_BYTES)) - 1
 """A fingerprint sum or item hash travels reduced mod 2**64 (its low 8 bytes)."""
 
-_BLAKE2B_64 = hashlib.blake2b(digest_size=8)
 
 Node = tuple[int, int]
 """``(level, index)``."""
@@ -58,15 +52,3 @@ def child_nodes(level: int, index: int) -> list[Node]:
     """The 16 children of a node above :data:`MAX_LEVEL`, in position order."""
     first = index << FANOUT_BITS
     return [(level + 1, first + j) for j in range(FANOUT)]
-
-
-def position(key: bytes) -> int:
-    """The position of encoded key ``key``: BLAKE2b-64 of it, big-endian (design A)."""
-    h = _BLAKE2B_64.copy()
-    h.update(key)
-    return int.from_bytes(h.digest(), "big")
-
-
-def state_stamp(e: RawEntry) -> int:
-    """The newest stamp of a state: every sibling's and every context entry's."""
-    return max((e.hlc, *(o.hlc for o in e.others), *(h for _, h in e.context)))
