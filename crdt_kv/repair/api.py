@@ -24,13 +24,46 @@ __all__ = ["reconcile"]
 _RECEIVE_BYTES = 65536
 
 
-async def _reader(stream: trio.abc.ReceiveStream, out: trio.MemorySendChannel[bytes]) -> None:
+async def _reader(
+    stream: trio.abc.ReceiveStream, out: trio.MemorySendChannel[bytes], broken: list[Exception]
+) -> None:
+    """Forward received bytes; b"" at the end of the stream or when reading fails."""
     async with out:
         while True:
-            data = await stream.receive_some(_RECEIVE_BYTES)
-            await out.send(bytes(data))
+            try:
+                data = bytes(await stream.receive_some(_RECEIVE_BYTES))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                broken.append(exc)
+                data = b""
+            await out.send(data)
             if not data:
                 return
+
+
+async def _drive(
+    machine: Reconciler,
+    store: RangeSource,
+    stream: trio.abc.SendStream,
+    receive: trio.MemoryReceiveChannel[bytes],
+    broken: list[Exception],
+) -> None:
+    while True:
+        work = machine.storage_request()
+        if work is not None:
+            result = await trio.to_thread.run_sync(work.perform, store)
+            machine.storage_done(result)
+            continue
+        out = machine.data_to_send()
+        if out:
+            await stream.send_all(out)
+            continue
+        if machine.finished:
+            return
+        data = await receive.receive()
+        if not data:
+            why = f": {broken[0]}" if broken else ""
+            raise RemoteProtocolError(f"the peer closed the stream during reconciliation{why}")
+        machine.receive_data(data)
 
 
 async def reconcile(
@@ -53,24 +86,16 @@ async def reconcile(
     machine = Reconciler(item_threshold=item_threshold, max_frame_bytes=max_frame_bytes)
     machine.start()
     send, receive = trio.open_memory_channel[bytes](math.inf)
+    broken: list[Exception] = []
+    error: Exception | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_reader, stream, send)
-        while True:
-            work = machine.storage_request()
-            if work is not None:
-                result = await trio.to_thread.run_sync(work.perform, store)
-                machine.storage_done(result)
-                continue
-            out = machine.data_to_send()
-            if out:
-                await stream.send_all(out)
-                continue
-            if machine.finished:
-                break
-            data = await receive.receive()
-            if not data:
-                raise RemoteProtocolError("the peer closed the stream during reconciliation")
-            machine.receive_data(data)
+        nursery.start_soon(_reader, stream, send, broken)
+        try:
+            await _drive(machine, store, stream, receive, broken)
+        except Exception as exc:  # raised below, not wrapped in the nursery's group
+            error = exc
         nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
     assert machine.report is not None
     return machine.report
