@@ -36,10 +36,18 @@ from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
 if TYPE_CHECKING:
     from crdt_kv.net import Node, replicate, serve
+    from crdt_kv.repair.api import reconcile
+    from crdt_kv.repair.report import ReconcileReport
 
 __version__ = "0.1.0"
 
-_LAZY = {"Node": "crdt_kv.net", "replicate": "crdt_kv.net", "serve": "crdt_kv.net"}
+_LAZY = {
+    "Node": "crdt_kv.net",
+    "ReconcileReport": "crdt_kv.repair.report",
+    "reconcile": "crdt_kv.repair.api",
+    "replicate": "crdt_kv.net",
+    "serve": "crdt_kv.net",
+}
 """Public name -> module it is loaded from on first access."""
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "Node",
     "ProtocolError",
     "RawEntry",
+    "ReconcileReport",
     "RemoteProtocolError",
     "Resolver",
     "ResolverError",
@@ -66,6 +75,7 @@ __all__ = [
     "__version__",
     "available_backends",
     "open",
+    "reconcile",
     "replicate",
     "serve",
 ]
