@@ -28,6 +28,7 @@ from crdt_kv.errors import (
     ProtocolError,
     RemoteProtocolError,
     ResolverError,
+    RolledBackError,
 )
 from crdt_kv.hlc import HLC
 from crdt_kv.store import Batch, Store
@@ -57,6 +58,7 @@ __all__ = [
     "ProtocolError",
     "RawEntry",
     "RemoteProtocolError",
+    "RolledBackError",
     "Resolver",
     "ResolverError",
     "Store",

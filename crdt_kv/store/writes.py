@@ -17,10 +17,12 @@ from crdt_kv.errors import ClosedError, EncodingError
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
     DATA,
+    cursor_key,
     pack_put,
     pack_siblings,
     record_body,
     siblings_context,
+    unpack_cursor,
     unpack_record,
 )
 from crdt_kv.store.batch import BatchOp
@@ -191,7 +193,13 @@ class Writer:
         source = 0
         if cursor is not None:
             peer, incarnation, seq = cursor
-            extra, source = cursor_ops(self.sources, check_peer_id(peer), incarnation, seq)
+            extra, source = cursor_ops(
+                self.sources,
+                check_peer_id(peer),
+                incarnation,
+                seq,
+                self._proof(batch, peer, incarnation),
+            )
         if not batch:
             if extra:
                 self._backend.write(extra[:1])
@@ -212,6 +220,17 @@ class Writer:
             self._backend.write(extra[:1])
         self.stats["applied"] += len(items)
         return len(items)
+
+    def _proof(
+        self, batch: list[RawEntry], peer: str, incarnation: bytes
+    ) -> tuple[bytes, int] | None:
+        """The proof stored with a cursor: key and state stamp of the batch's newest
+        entry, or (a batch of none) the proof the cursor already had."""
+        if batch:
+            e = batch[-1]
+            return e.key, max((e.hlc, *(o.hlc for o in e.others), *(h for _, h in e.context)))
+        old = self._backend.get(cursor_key(peer, incarnation))
+        return None if old is None else unpack_cursor(old)[1]
 
     def clock_now(self) -> int:
         """A fresh HLC stamp, under the lock."""
