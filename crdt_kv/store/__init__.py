@@ -406,6 +406,10 @@ class Store:
         """Placeholder until tombstone collection lands: nothing is collected."""
         return 0
 
+    def raw_entries(self, keys: Iterable[bytes]) -> list[RawEntry]:
+        """Placeholder until range fingerprints land: the states of ``keys`` held here."""
+        return [r for k in keys if (r := self._record(k)) is not None]
+
     def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
         """``(key, state stamp)`` of the newest entry applied under that cursor, or None:
         what a ``Request`` sends to prove its cursor (rollback detection)."""
