@@ -28,6 +28,7 @@ from crdt_kv.errors import (
     ProtocolError,
     RemoteProtocolError,
     ResolverError,
+    RolledBackError,
 )
 from crdt_kv.fingerprint import Statistics
 from crdt_kv.hlc import HLC
@@ -67,6 +68,7 @@ __all__ = [
     "RawEntry",
     "ReconcileReport",
     "RemoteProtocolError",
+    "RolledBackError",
     "Resolver",
     "ResolverError",
     "Statistics",

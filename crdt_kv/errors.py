@@ -75,3 +75,9 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """This side misused a protocol session (our fault), e.g. sending after close."""
+
+
+class RolledBackError(ProtocolError):
+    """This store's change log was found rolled back (restored from a copy under the same
+    incarnation): a peer proved a cursor our log no longer matches. The store has taken a
+    new incarnation, so peers pull its whole log again; the session that found it ends."""

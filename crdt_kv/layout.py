@@ -67,7 +67,9 @@ __all__ = [
     "pack_single",
     "pack_source",
     "pack_u64",
+    "pack_cursor",
     "parse_cursor_key",
+    "unpack_cursor",
     "record_body",
     "record_is_deleted",
     "record_value",
@@ -426,6 +428,25 @@ def cursor_key(peer: str, incarnation: bytes) -> bytes:
     """Storage key of the delta-sync cursor for one remote peer incarnation."""
     pb = peer.encode("utf-8")
     return CURSOR + bytes([len(pb)]) + pb + incarnation
+
+
+def pack_cursor(seq: int, proof: tuple[bytes, int] | None) -> bytes:
+    """A cursor value: the remote sequence, then (optional) the proof of it: the state
+    stamp and key of the newest entry applied under it (``spec/data-model.md`` §12)."""
+    if proof is None:
+        return _SEQ.pack(seq)
+    key, stamp = proof
+    return _SEQ.pack(seq) + _SEQ.pack(stamp) + key
+
+
+def unpack_cursor(v: bytes) -> tuple[int, tuple[bytes, int] | None]:
+    """``(seq, proof or None)`` of a cursor value (8 bytes: no proof)."""
+    if len(v) == _SEQ_SIZE:
+        return int(_SEQ.unpack(v)[0]), None
+    if len(v) < 2 * _SEQ_SIZE:
+        raise CorruptionError(f"cursor value of {len(v)} bytes is malformed")
+    seq, stamp = struct.unpack_from(">QQ", v)
+    return int(seq), (bytes(v[2 * _SEQ_SIZE :]), int(stamp))
 
 
 def parse_cursor_key(k: bytes) -> tuple[str, bytes]:

@@ -80,6 +80,18 @@ class FakeReplica:
     def cursor(self, peer: str, incarnation: bytes) -> int:
         return self.cursors.get((peer, incarnation), 0)
 
+    def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
+        return None
+
+    def check_cursor(self, since: int, proof: tuple[bytes, int] | None) -> str | None:
+        return None if since <= self.seq else f"cursor {since} is past our head {self.seq}"
+
+    def rotate_incarnation(self) -> bytes:
+        self.incarnation = bytes(16 - len(self.incarnation)) + bytes(
+            (b + 1) % 256 for b in self.incarnation
+        )
+        return self.incarnation
+
     def put(self, key: str, value: bytes) -> None:
         self._store(RawEntry(key.encode(), value, self.clock_now(), self.peer_id, False), None)
 

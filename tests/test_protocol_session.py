@@ -19,6 +19,7 @@ from crdt_kv.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    RolledBackError,
 )
 from crdt_kv.protocol import (
     PROTOCOL_VERSION,
@@ -458,20 +459,57 @@ def test_new_incarnation_starts_from_zero(pair: tuple[Store, Store, ManualClock]
     c.close()
 
 
-def test_request_beyond_our_log_is_incompatible(pair: tuple[Store, Store, ManualClock]) -> None:
-    """A peer holding a cursor past our head means we lost data under the same incarnation."""
-    a = pair[0]
-    a.put("k", 1)
+def _requested(a: Store, request: Request) -> tuple[Session, list[object]]:
     sess = Session(a)
     sess.start()
-    hello = frames(sess.data_to_send())[0]
-    assert isinstance(hello, Hello)
+    sess.data_to_send()
     peer_hello = Hello(PROTOCOL_VERSION, "default", "z", b"\x01" * 16, T0 << 16, 0,
                        True, True, False, "utf-8", "cbor", 100)  # fmt: skip
     sess.receive_data(encode_frame(peer_hello))
-    events = sess.receive_data(encode_frame(Request(a.last_seq + 1, False)))
-    assert failed(events) and "lost data" in str(sess.error)
-    assert frames(sess.data_to_send())[-1] == Abort(AbortCode.INCOMPATIBLE, str(sess.error))
+    return sess, list(sess.receive_data(encode_frame(request)))
+
+
+def test_request_beyond_our_log_means_we_were_rolled_back(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    """A peer holding a cursor past our head means our log went back under the same
+    incarnation: we take a new one (peers then pull everything) and say so."""
+    a = pair[0]
+    a.put("k", 1)
+    old = a.incarnation
+    sess, events = _requested(a, Request(a.last_seq + 1, False))
+    assert failed(events) and isinstance(sess.error, RolledBackError)
+    assert "rolled back" in str(sess.error) and "ends at 1" in str(sess.error)
+    assert frames(sess.data_to_send())[-1] == Abort(AbortCode.ROLLED_BACK, str(sess.error))
+    assert a.incarnation != old
+
+
+def test_request_whose_proof_our_log_no_longer_matches_means_rollback(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    """The peer received key k at a stamp newer than what we hold: restored from a copy."""
+    a = pair[0]
+    a.put("k", 1)
+    stamp = a.entry("k").hlc  # type: ignore[union-attr]
+    old = a.incarnation
+    sess, events = _requested(a, Request(1, False, (b"k", stamp + 5)))
+    assert failed(events) and isinstance(sess.error, RolledBackError)
+    assert "'k'" in str(sess.error) and a.incarnation != old
+    sess, events = _requested(a, Request(1, False, (b"gone", stamp)))
+    assert failed(events) and "is gone" in str(sess.error)
+
+
+def test_request_with_a_true_proof_is_served(pair: tuple[Store, Store, ManualClock]) -> None:
+    a = pair[0]
+    a.put("k", 1)
+    stamp = a.entry("k").hlc  # type: ignore[union-attr]
+    a.put("k", 2)  # rewritten since: a newer stamp at a later seq is still consistent
+    a.put("j", 3)
+    old = a.incarnation
+    sess, events = _requested(a, Request(1, False, (b"k", stamp)))
+    assert not failed(events) and a.incarnation == old
+    batches = [m for m in frames(sess.data_to_send()) if isinstance(m, Batch)]
+    assert batches and batches[0].from_seq == 1
 
 
 # --- batching and flow control -----------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
+from crdt_kv.codec import MAX_KEY_BYTES
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.version import RawEntry
 
@@ -64,6 +65,7 @@ class AbortCode(IntEnum):
     INCOMPATIBLE = 3
     REJECTED_DATA = 4
     SHUTDOWN = 5
+    ROLLED_BACK = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +95,15 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """Ask the peer to stream its change log after sequence ``since`` (my cursor)."""
+    """Ask the peer to stream its change log after sequence ``since`` (my cursor).
+
+    ``proof``: ``(key, state stamp)`` of the newest entry I applied under that cursor, so
+    the peer can tell that its log was rolled back (None: no proof, e.g. ``since = 0``).
+    """
 
     since: int
     live: bool
+    proof: tuple[bytes, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +143,9 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Ack):
         return cbor2.dumps([MsgType.ACK, msg.seq])
     if isinstance(msg, Request):
-        return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live])
+        if msg.proof is None:
+            return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live])
+        return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live, list(msg.proof)])
     if isinstance(msg, Hello):
         flags = (
             (_FLAG_SEND if msg.send else 0)
@@ -275,6 +284,19 @@ class NoTags(Mapping[int, Any]):
 _NO_TAGS = NoTags("a message")
 
 
+def _decode_request(msg: list[Any]) -> Request:
+    if len(msg) not in (3, 4):
+        raise _fail(f"field 'request' must be an array of 3 or 4, got {len(msg)} elements")
+    since, live = _uint(msg[1], "request.since"), _bool(msg[2], "request.live")
+    if len(msg) == 3 or msg[3] is None:
+        return Request(since, live)
+    proof = _array(msg[3], "request.proof", 2)
+    key = proof[0]
+    if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
+        raise _fail(f"field 'request.proof' key must be at most {MAX_KEY_BYTES} bytes")
+    return Request(since, live, (key, _uint(proof[1], "request.proof stamp")))
+
+
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
     """Decode and validate one message payload; raises :class:`RemoteProtocolError`."""
     try:
@@ -300,8 +322,7 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
         _array(msg, "ack", 2)
         return Ack(_uint(msg[1], "ack.seq"))
     if kind == MsgType.REQUEST:
-        _array(msg, "request", 3)
-        return Request(_uint(msg[1], "request.since"), _bool(msg[2], "request.live"))
+        return _decode_request(msg)
     if kind == MsgType.HELLO:
         if len(msg) < 11:
             raise _fail(f"hello has {len(msg)} elements, needs at least 11")

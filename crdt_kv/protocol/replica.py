@@ -65,6 +65,20 @@ class Replica(Protocol):
         """The last sequence of ``peer``'s log at ``incarnation`` applied here (0: none)."""
         ...
 
+    def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
+        """``(key, state stamp)`` of the newest entry applied under that cursor, or None:
+        the proof our ``Request`` carries."""
+        ...
+
+    def check_cursor(self, since: int, proof: tuple[bytes, int] | None) -> str | None:
+        """Why a peer's cursor into our log cannot be true (our log was rolled back), or
+        None. One point read."""
+        ...
+
+    def rotate_incarnation(self) -> bytes:
+        """Take a new incarnation (our log was found rolled back); returns it."""
+        ...
+
     def read_changes(
         self,
         since: int,

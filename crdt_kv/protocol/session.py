@@ -33,6 +33,7 @@ from crdt_kv.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
+    RolledBackError,
 )
 from crdt_kv.protocol.events import (
     BatchApplied,
@@ -452,7 +453,8 @@ class Session:
             cursor = self.replica.cursor(h.peer_id, h.incarnation)
             self._in_pos = cursor
             self.in_state = InState.REQUESTED
-            self._send(Request(cursor, self.live))
+            proof = self.replica.cursor_proof(h.peer_id, h.incarnation) if cursor else None
+            self._send(Request(cursor, self.live, proof))
         self._events.append(Connected(h.peer_id, h.incarnation, h.cluster_id, h.last_seq, cursor))
         self._check_complete()
         return None
@@ -462,11 +464,16 @@ class Session:
     def _on_request(self, r: Request) -> None:
         self.out_state = step(OUT_TABLE, self.out_state, r, "our sending side")
         last = self.replica.last_seq
-        if r.since > last:
+        why = self.replica.check_cursor(r.since, r.proof)
+        if why is not None:
             peer = self.remote.peer_id if self.remote else "peer"
-            return self._incompatible(
-                f"peer {peer!r} asks for our log after {r.since}, but it ends at "
-                f"{last}: this store lost data or was restored under the same incarnation"
+            self.replica.rotate_incarnation()
+            return self._fail(
+                RolledBackError(
+                    f"peer {peer!r} proved a cursor our log no longer matches ({why}): this "
+                    "store was rolled back; it took a new incarnation so peers pull it again"
+                ),
+                AbortCode.ROLLED_BACK,
             )
         self._out_pos = r.since
         # Our own ``live`` bounds how long we serve: a one-shot side never tails its log.

@@ -10,6 +10,7 @@ from typing import Any
 from crdt_kv.hlc import LOGICAL_BITS
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import SimConfig
+from crdt_kv.sim.coverage import uncovered
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.faults import (
     Burst,
@@ -21,9 +22,12 @@ from crdt_kv.sim.faults import (
     Heal,
     Join,
     Partition,
+    Quiet,
     Restart,
+    Restore,
     SetLinkFaults,
     Shutdown,
+    Snapshot,
     Unfreeze,
 )
 from crdt_kv.sim.links import LinkShell
@@ -60,6 +64,12 @@ class FaultActions:
         raise NotImplementedError
 
     def write(self, index: int, op: Op) -> None:
+        raise NotImplementedError
+
+    def push(self, t_us: int, fn: Any, arg: Any) -> None:
+        raise NotImplementedError
+
+    def _planned(self, action: FaultAction) -> None:
         raise NotImplementedError
 
     def apply(self, action: FaultAction) -> None:
@@ -168,6 +178,43 @@ class FaultActions:
             writes = tuple((k, {"burst": n.index, "n": self.c["bursts"]}, False) for k in a.keys)
             self.write(n.index, Op("batch", writes))
 
+    def _a_snapshot(self, a: FaultAction) -> None:
+        assert isinstance(a, Snapshot)
+        node = self.nodes[a.node]
+        if node.state == UP and isinstance(node.backend, SimDisk):
+            node.snapshot = node.backend.snapshot()
+            self.c["snapshots"] += 1
+
+    def _a_quiet(self, a: FaultAction) -> None:
+        assert isinstance(a, Quiet)
+        self.nodes[a.node].quiet = a.on
+
+    def _a_restore(self, a: FaultAction) -> None:
+        assert isinstance(a, Restore)
+        node = self.nodes[a.node]
+        disk = node.backend
+        if node.state != UP or node.snapshot is None or not isinstance(disk, SimDisk):
+            return
+        assert node.store is not None
+        others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
+        if uncovered(node.store, others):
+            self.c["restore_waits"] += 1
+            self.push(self.vt.now + 250_000, self._planned, a)
+            return
+        self._take_down(node, "restored from a copy")
+        disk.restore(node.snapshot)
+        disk.reopen()
+        node.power_lost = True  # its disk went back: older states are legitimate
+        node.quiet = False
+        self.c["restores"] += 1
+        self._open_store(node)
+        # Cut off with one peer for a while: its clients write, and it pulls that peer,
+        # at sequences the other peers already passed.
+        buddy = self.sched_rng.choice([n.index for n in self.nodes if n is not node])
+        self.network.partition(((a.node, buddy),))
+        self.push(self.vt.now + 1_500_000, self._planned, Heal())
+        self._start_links(node)
+
 
 _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Partition: FaultActions._a_partition,
@@ -182,4 +229,7 @@ _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     SetLinkFaults: FaultActions._a_faults,
     Burst: FaultActions._a_burst,
     Shutdown: FaultActions._a_shutdown,
+    Snapshot: FaultActions._a_snapshot,
+    Restore: FaultActions._a_restore,
+    Quiet: FaultActions._a_quiet,
 }

@@ -53,7 +53,7 @@ class Clients:
         """Perform a client operation on a node and record acknowledged writes."""
         node = self.nodes[index]
         store = node.store
-        if node.state != UP or store is None:
+        if node.state != UP or store is None or node.quiet:
             self.c["unavailable"] += 1
             return
         kind = op.kind

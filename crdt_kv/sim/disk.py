@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sortedcontainers import SortedDict
+
 from crdt_kv.backends.base import Op
 from crdt_kv.backends.memory import MemoryBackend
 
@@ -41,6 +43,21 @@ class SimDisk(MemoryBackend):
                 if k not in undo:
                     undo[k] = data.get(k)
         super()._write(ops)
+
+    def snapshot(self) -> SortedDict:
+        """A copy of what the disk holds durably (unsynced writes left out)."""
+        snap = self._data.copy()
+        for k, old in self._undo.items():
+            if old is None:
+                snap.pop(k, None)
+            else:
+                snap[k] = old
+        return snap
+
+    def restore(self, snap: SortedDict) -> None:
+        """Replace the whole disk with a :meth:`snapshot` (the disk must be closed)."""
+        self._data = snap.copy()
+        self._undo.clear()
 
     def peek(self, key: bytes) -> bytes | None:
         """Read ``key`` even while closed (the simulator inspects a stopped node's disk)."""

@@ -114,6 +114,35 @@ class Burst:
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Copy what a node's disk holds durably, as a backup of its directory would."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Kill a node, put its disk back to its :class:`Snapshot` (same incarnation: a
+    plain copy) and start it again. It waits (retrying every 250 ms) until every version
+    the node holds is also held or superseded on another up node, so no write that only
+    this node held is lost by the restore (the oracle expects every acknowledged write);
+    a :class:`Quiet` before it pauses the node's clients so that this happens. The
+    restored node's clients resume at once while it and one other node are cut off from
+    the rest for 1.5 s: it writes, and pulls that node, at sequences the rest had
+    already passed."""
+
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """Pause (``on``) or resume a node's clients: their operations are not performed."""
+
+    node: int
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Cut:
     """Reset one open connection, picked by the network generator (none open: nothing)."""
 
@@ -138,6 +167,9 @@ FaultAction = (
     | SetLinkFaults
     | Burst
     | Shutdown
+    | Snapshot
+    | Restore
+    | Quiet
 )
 Plan = list[tuple[float, FaultAction]]
 

@@ -33,8 +33,10 @@ class SimNode:
         "path",
         "peer_id",
         "power_lost",
+        "quiet",
         "rng",
         "rogue",
+        "snapshot",
         "state",
         "store",
     )
@@ -52,6 +54,9 @@ class SimNode:
         self.links: list[SimLink] = []
         self.dirty = False
         self.power_lost = False
+        self.quiet = False
+        self.snapshot: object | None = None
+        """The disk copy a :class:`~crdt_kv.sim.faults.Restore` puts back."""
         self.rogue = False
         self.last_write_hlc = 0
         self.hlc_seen = 0

@@ -67,6 +67,10 @@ class Oracle:
         self.writes = 0
         self.ties = 0
         """How many times two different acknowledged writes of one key had equal HLCs."""
+        self.collecting = False
+        """Tombstones may be collected (``gc_interval_ms`` set): a key whose expected
+        state is a tombstone may also be absent. A live value where a tombstone is
+        expected is still a ``resurrected`` mismatch."""
 
     def record(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
         """Record an acknowledged write (``value`` is ignored for a tombstone)."""
@@ -105,6 +109,8 @@ class Oracle:
         for key, w in self.best.items():
             e = store.entry(key)
             if e is None:
+                if w.deleted and self.collecting:
+                    continue
                 out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
                 continue
             raw = b"" if e.deleted else (e.raw or b"")

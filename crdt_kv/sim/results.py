@@ -12,6 +12,7 @@ from crdt_kv.sim.config import MAX_REPORTED_MISMATCHES, SimConfig, SimResult
 from crdt_kv.sim.links import LinkShell
 from crdt_kv.sim.nodes import SimNode
 from crdt_kv.sim.oracle import Mismatch, Oracle
+from crdt_kv.sim.stampwatch import StampWatch
 
 __all__ = ["Reporting"]
 
@@ -24,6 +25,7 @@ class Reporting:
     links: LinkShell
     oracle: Oracle
     causal: CausalOracle | None
+    watch: StampWatch | None
     c: dict[str, int]
     failures: dict[str, int]
     vt: VirtualTime
@@ -108,6 +110,11 @@ class Reporting:
                 )
             else:
                 out.extend(self.oracle.check(n.peer_id, n.store, exclude_peers=rogues))
+        if self.watch is not None:
+            out.extend(
+                Mismatch(r.node, r.key, "resurrected", f"stamp >= {r.before}", f"stamp {r.after}")
+                for r in self.watch.regressions
+            )
         return out
 
     def result(self, *, check: bool = True) -> SimResult:

@@ -60,6 +60,7 @@ from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.oracle import Oracle
 from crdt_kv.sim.results import Reporting
 from crdt_kv.sim.screen import screen
+from crdt_kv.sim.stampwatch import StampWatch
 from crdt_kv.sim.topology import Topology
 from crdt_kv.sim.workload import Workload
 from crdt_kv.version import Resolver
@@ -126,6 +127,8 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
             self.causal = CausalOracle(cfg.nodes, cfg.resolver)
             self.links.observer = Deliveries(self.causal)
         self.unfreeze_on_heal = True
+        self.watch: StampWatch | None = None
+        """Set (by a scenario) to check that no key's state stamp ever goes back on a node."""
         self.lingering = False
         self._auto = False
         self._targets: dict[int, tuple[list[int], list[int]]] = {}
@@ -178,6 +181,9 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
                 "bursts",
                 "power_cuts",
                 "shutdowns",
+                "snapshots",
+                "restores",
+                "restore_waits",
                 "unsynced_reverted",
                 "hlc_rewinds",
                 "hlc_violations",
@@ -258,6 +264,10 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
         node.state = UP
         self._up = None
         store.on_commit(self._commit_hook(node))
+        if self.watch is not None:
+            if node.power_lost:
+                self.watch.forget(node.peer_id)
+            store.on_change(self.watch.listener(node.peer_id))
         last = store.hlc.last
         if node.power_lost:
             # Not power safe by contract: stamps of lost writes may be issued again (the

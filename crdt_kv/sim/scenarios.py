@@ -29,6 +29,9 @@ from crdt_kv.sim.faults import (
     FaultAction,
     Freeze,
     Join,
+    Quiet,
+    Restore,
+    Snapshot,
     Unfreeze,
     crash_plan,
     cut_plan,
@@ -317,3 +320,28 @@ def _churn(sim: ScenarioHost) -> None:
 def _power_loss(sim: ScenarioHost) -> None:
     sim.cfg.sync_writes = False
     _crash_restart(sim)
+
+
+@scenario(
+    "restore",
+    "nodes are restored from plain copies of their disks taken earlier (same incarnation, "
+    "an older log): peers must notice the rollback and nothing any other replica "
+    "acknowledged may be lost",
+)
+def _restore(sim: ScenarioHost) -> None:
+    cfg, rng, d = sim.cfg, sim.fault_rng, sim.duration_ms
+    sim.network.latency = Latency(base_ms=2, jitter_ms=20)
+    sim.network.faults = LinkFaults(loss=0.01, duplicate=0.005)
+    _ntp_clocks(sim)
+    sim.cfg.gossip_ms = min(sim.cfg.gossip_ms, 100.0)  # peers' cursors stay close to heads
+    victims = rng.sample(range(cfg.nodes), max(1, cfg.nodes // 3))
+    plan: list[tuple[float, FaultAction]] = []
+    for i in victims:
+        t_snap = d * (0.05 + 0.3 * rng.random())
+        t_back = t_snap + d * (0.2 + 0.4 * rng.random())
+        plan += [
+            (t_snap, Snapshot(i)),
+            (t_back - 1500.0, Quiet(i, True)),
+            (t_back, Restore(i)),
+        ]
+    sim.schedule(plan)

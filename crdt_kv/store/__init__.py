@@ -37,7 +37,7 @@ from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
-from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
+from crdt_kv.layout import DATA, META_INCARNATION, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.collect import Collector
@@ -49,6 +49,7 @@ from crdt_kv.store.meta import open_store
 from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.repair import Repair
+from crdt_kv.store.rollback import cursor_mismatch
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
@@ -103,6 +104,7 @@ class Store(Repair):
             conflicts=conflicts,
         )
         self._conflicts = m.conflicts
+        self._rng = rng
         self._backend = backend
         self._bget = backend.get
         self.resolver = resolver
@@ -412,6 +414,33 @@ class Store(Repair):
     def cursors(self) -> dict[tuple[str, bytes], int]:
         """Every stored delta-sync cursor: ``{(peer, incarnation): seq}``."""
         return self._changelog.cursors()
+
+    def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
+        """``(key, state stamp)`` of the newest entry applied under that cursor, or None:
+        what a ``Request`` sends to prove its cursor (rollback detection)."""
+        return self._changelog.cursor_proof(peer, incarnation)
+
+    def check_cursor(self, since: int, proof: tuple[bytes, int] | None) -> str | None:
+        """Why a peer's cursor into our log (``since``, ``proof``) cannot be true, meaning
+        this store was rolled back (restored from a copy), or None if it may be."""
+        held = self._record(proof[0]) if proof is not None else None
+        return cursor_mismatch(
+            last_seq=self.last_seq,
+            since=since,
+            proof=proof,
+            held=held,
+            gc_horizon=self.gc_horizon,
+        )
+
+    def rotate_incarnation(self) -> bytes:
+        """Take a new random incarnation now (the log was found rolled back): peers then
+        pull the whole log again instead of skipping reissued sequences. Returns it."""
+        with self._w.lock:
+            self._check()
+            incarnation = self._rng.getrandbits(128).to_bytes(16, "big")
+            self._backend.write([(META_INCARNATION, incarnation)])
+            self._incarnation = incarnation
+            return incarnation
 
     # --- writes ---------------------------------------------------------------------
 

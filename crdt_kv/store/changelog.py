@@ -19,13 +19,13 @@ from crdt_kv.layout import (
     log_key,
     log_key_and_source,
     log_stop,
+    pack_cursor,
     pack_source,
-    pack_u64,
     parse_cursor_key,
     seq_of_log_key,
     source_key,
+    unpack_cursor,
     unpack_record_at,
-    unpack_u64,
 )
 from crdt_kv.protocol.storage import entry_size
 from crdt_kv.version import RawEntry
@@ -127,13 +127,20 @@ class ChangeLog:
         """The stored cursor of one remote peer incarnation; 0 if none."""
         self._check()
         v = self._backend.get(cursor_key(peer, incarnation))
-        return 0 if v is None else unpack_u64(v)
+        return 0 if v is None else unpack_cursor(v)[0]
+
+    def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
+        """The proof stored with one remote cursor: ``(key, state stamp)`` of the newest
+        entry applied under it, or None (no cursor, or stored before proofs existed)."""
+        self._check()
+        v = self._backend.get(cursor_key(peer, incarnation))
+        return None if v is None else unpack_cursor(v)[1]
 
     def cursors(self) -> dict[Source, int]:
         """Every stored cursor: ``{(peer, incarnation): seq}``."""
         self._check()
         it = self._backend.iterate(CURSOR, CURSOR_END)
-        return {parse_cursor_key(k): unpack_u64(v) for k, v in it}
+        return {parse_cursor_key(k): unpack_cursor(v)[0] for k, v in it}
 
 
 def _chunk(it: Iterator[tuple[bytes, bytes]], skip: int) -> tuple[list[tuple[int, bytes]], int]:
@@ -151,15 +158,20 @@ def _chunk(it: Iterator[tuple[bytes, bytes]], skip: int) -> tuple[list[tuple[int
 
 
 def cursor_ops(
-    sources: dict[Source, int], peer: str, incarnation: bytes, seq: int
+    sources: dict[Source, int],
+    peer: str,
+    incarnation: bytes,
+    seq: int,
+    proof: tuple[bytes, int] | None = None,
 ) -> tuple[list[Op], int]:
-    """The writes that store a cursor, and the source id of its peer incarnation.
+    """The writes that store a cursor (with its ``proof``), and the source id of its peer
+    incarnation.
 
     The first op sets the cursor; a second one, present only for a peer incarnation not
     seen before, names its new source id (the caller records it in ``sources`` once the
     commit carrying it succeeded). ``peer`` must already be a checked peer id.
     """
-    ops: list[Op] = [(cursor_key(peer, incarnation), pack_u64(seq))]
+    ops: list[Op] = [(cursor_key(peer, incarnation), pack_cursor(seq, proof))]
     source = sources.get((peer, incarnation), 0)
     if not source:
         source = max(sources.values(), default=0) + 1

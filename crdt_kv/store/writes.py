@@ -14,13 +14,16 @@ from collections.abc import Callable
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
 from crdt_kv.errors import ClosedError, EncodingError
+from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
     DATA,
+    cursor_key,
     pack_put,
     pack_siblings,
     record_body,
     siblings_context,
+    unpack_cursor,
     unpack_record,
 )
 from crdt_kv.store.batch import BatchOp
@@ -201,7 +204,13 @@ class Writer:
         source = 0
         if cursor is not None:
             peer, incarnation, seq = cursor
-            extra, source = cursor_ops(self.sources, check_peer_id(peer), incarnation, seq)
+            extra, source = cursor_ops(
+                self.sources,
+                check_peer_id(peer),
+                incarnation,
+                seq,
+                self._proof(batch, peer, incarnation),
+            )
         if batch and self.gc_horizon:
             batch, refused = absent_below(batch, self.gc_horizon, self._backend.get_many)
             self.stats["refused_below_horizon"] += refused
@@ -227,6 +236,17 @@ class Writer:
             self._backend.write(extra[:1])
         self.stats["applied"] += len(items)
         return len(items)
+
+    def _proof(
+        self, batch: list[RawEntry], peer: str, incarnation: bytes
+    ) -> tuple[bytes, int] | None:
+        """The proof stored with a cursor: key and state stamp of the batch's newest
+        entry, or (a batch of none) the proof the cursor already had."""
+        if batch:
+            e = batch[-1]
+            return e.key, state_stamp(e)
+        old = self._backend.get(cursor_key(peer, incarnation))
+        return None if old is None else unpack_cursor(old)[1]
 
     def clock_now(self) -> int:
         """A fresh HLC stamp, under the lock."""
