@@ -283,18 +283,21 @@ def load_state(backend: Backend) -> State:
     raw = backend.get(META_GC_HORIZON)
     horizon = 0 if raw is None else unpack_u64(raw)
     last = next(backend.iterate(LOG, LOG_END, reverse=True), None)
+    gc = backend.get(META_GC)
+    gc_state = unpack_gc_state(gc) if gc is not None else None
     seq = count = digest = hlc = 0
     if last is not None:
-        _, trailer = unpack_log(last[1])
-        if trailer is None:
-            raise CorruptionError("newest change-log entry lacks the commit trailer")
-        count, digest, hlc = trailer
         seq = seq_of_log_key(last[0])
-    gc = backend.get(META_GC)
-    if gc is not None:
-        gc_seq, gc_count, gc_digest, gc_hlc = unpack_gc_state(gc)
-        if gc_seq >= seq:
-            seq, count, digest, hlc = gc_seq, gc_count, gc_digest, max(hlc, gc_hlc)
+        _, trailer = unpack_log(last[1])
+        if trailer is not None:
+            count, digest, hlc = trailer
+        elif gc_state is None or gc_state[0] < seq:
+            # A collection may leave a plain entry of a multi-key commit newest; only its
+            # ``mgc`` record, written after that commit, may stand in for the trailer.
+            raise CorruptionError("newest change-log entry lacks the commit trailer")
+    if gc_state is not None and gc_state[0] >= seq:
+        gc_seq, gc_count, gc_digest, gc_hlc = gc_state
+        seq, count, digest, hlc = gc_seq, gc_count, gc_digest, max(hlc, gc_hlc)
     return State(seq, count, digest, hlc, horizon)
 
 
