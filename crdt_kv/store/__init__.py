@@ -37,19 +37,21 @@ from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
+from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.commit import Committer
 from crdt_kv.store.history import History
 from crdt_kv.store.hooks import Hooks
+from crdt_kv.store.members import Member, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
-__all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Store", "supersedes"]
+__all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Member", "Store", "supersedes"]
 
 DEFAULT_MAX_OFFSET_MS = 500
 APPLY_CHUNK = 5000
@@ -78,6 +80,7 @@ class Store:
         boot_id: bytes | None = None,
         conflicts: str | None = None,
         keep_history: bool = False,
+        member_expiry_ms: int = DEFAULT_MEMBER_EXPIRY_MS,
     ) -> None:
         m, state = open_store(
             backend,
@@ -114,6 +117,14 @@ class Store:
             self._log.history = self._history.ops
         self._reader = RangeReader(backend, self._check, self._enc_key, self._kdec, self._vdec)
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
+        self._members = Members(
+            backend,
+            peer_id=m.peer_id,
+            clock=clock,
+            lock=self._w.lock,
+            fresh_hlc=self.clock_now,
+            expiry_ms=member_expiry_ms,
+        )
 
     # --- properties -----------------------------------------------------------------
 
@@ -490,6 +501,25 @@ class Store:
         self._check()
         chunks = raw_chunks(entries, self._enc_key, self._venc, APPLY_CHUNK)
         return sum(self.apply_raw(chunk) for chunk in chunks)
+
+    # --- membership -----------------------------------------------------------------
+
+    @property
+    def membership(self) -> Members:
+        """The membership table replication sessions update (gossip, completed pulls)."""
+        return self._members
+
+    def members(self) -> list[Member]:
+        """Every peer this replica knows of, sorted by id, with what it received of each
+        (:class:`~crdt_kv.store.members.Member`); ``active`` ones hold the horizon back."""
+        self._check()
+        return self._members.rows()
+
+    def forget_peer(self, peer: str) -> None:
+        """Stop ``peer`` holding the collection horizon back (a member gone for good);
+        it becomes a member again if it is seen after this."""
+        self._check()
+        self._members.forget(peer)
 
     # --- hooks ----------------------------------------------------------------------
 
