@@ -6,16 +6,18 @@ Pure (no clock, no storage): wall times arrive as ``now_ms`` arguments, HLC stam
 - ``v``: received-through of X's own writes, "this replica holds every write X originated
   with stamp <= v (or a state superseding it)";
 - ``seen_ms``: the last direct contact with X anyone reported (wall ms);
-- ``reported_d``: X's own received-through D, as last heard;
+- ``reported_d``: X's own received-through D, as reported at that latest contact (a D
+  can drop when X learns of a new member, so the freshest report wins, not the largest);
 - ``forgotten_ms``: when X was forgotten here (0: never).
 
 ``v`` only grows when a pull from a member completes (:meth:`Membership.pulled`): the
 member's Hello carried a fresh stamp T (every write it originated with stamp <= T was in
 its log then) and its own table; receiving its log up to a ``done`` batch therefore gives
-us every write of the member <= T, and every write of X <= its ``v[X]``. Every value only
-ever grows by ``max``, so merging gossip in any order, any number of times, gives the same
-table, and losing the table (a new store) only lowers values, which is safe: the horizon
-only holds back further.
+us every write of the member <= T, and every write of X <= its ``v[X]``. ``v``,
+``forgotten_ms`` and the pair ``(seen_ms, reported_d)`` (ordered as a pair) only grow by
+``max``, so merging gossip in any order, any number of times, gives the same table, and
+losing the table (a new store) only lowers values, which is safe: the horizon only holds
+back further.
 
 A member is *active* while its ``seen_ms`` is within ``expiry_ms`` of now and it was not
 forgotten (or was seen after the forget). D (our received-through) = min over active
@@ -99,7 +101,7 @@ class Membership:
     def heard(self, peer: str, table: Iterable[GossipRow], now_ms: int) -> set[str]:
         """``peer``'s Hello arrived (direct contact): merge its ``seen_ms`` and reported D
         values. ``v`` is not touched: only a completed pull proves receipt."""
-        changed = self._merge(table, now_ms, with_v=False)
+        changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=False)
         if peer != self.self_id:
             row = self._row(peer)
             if now_ms > row.seen_ms:
@@ -113,7 +115,7 @@ class Membership:
         """Our receiving side got ``peer``'s first ``done`` batch of a session whose Hello
         carried ``hello_hlc`` and ``table``: v[peer] >= hello_hlc, v[X] >= table's v[X];
         also a direct contact, like :meth:`heard`."""
-        changed = self._merge(table, now_ms, with_v=True)
+        changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=True)
         if peer != self.self_id:
             row = self._row(peer)
             if hello_hlc > row.v or now_ms > row.seen_ms:
@@ -177,6 +179,11 @@ class Membership:
             row = self.rows[peer] = MemberRow()
         return row
 
+    @staticmethod
+    def _direct(peer: str, table: Iterable[GossipRow], now_ms: int) -> list[GossipRow]:
+        """The table with the sender's own row dated by our clock: its D is current."""
+        return [GossipRow(g.peer, g.v, now_ms, g.d) if g.peer == peer else g for g in table]
+
     def _merge(self, table: Iterable[GossipRow], now_ms: int, *, with_v: bool) -> set[str]:
         changed: set[str] = set()
         for g in table:
@@ -184,8 +191,9 @@ class Membership:
                 continue
             row = self._row(g.peer)
             before = row.as_list()
-            row.seen_ms = max(row.seen_ms, min(g.seen_ms, now_ms))
-            row.reported_d = max(row.reported_d, g.d)
+            # (seen_ms, D) is one register: the D reported at the latest contact wins.
+            seen = (min(g.seen_ms, now_ms), g.d)
+            row.seen_ms, row.reported_d = max((row.seen_ms, row.reported_d), seen)
             if with_v:
                 row.v = max(row.v, g.v)
             if row.as_list() != before:

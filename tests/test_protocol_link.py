@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdt_kv.errors import ClockSkewError, LocalProtocolError, RemoteProtocolError
+from crdt_kv.horizon import GossipRow, Membership
 from crdt_kv.protocol import (
     Ack,
     ApplyBatch,
@@ -42,6 +43,29 @@ from crdt_kv.version import RawEntry
 WALL = 1_700_000_000_000
 
 
+class FakeMembership:
+    """The pure membership table at a fixed wall time, recording what sessions told it."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.table = Membership(peer_id)
+        self.now_ms = WALL
+        self.calls: list[tuple[str, str]] = []
+
+    def gossip(self, own_hlc: int) -> tuple[GossipRow, ...]:
+        return self.table.gossip(self.now_ms, own_hlc)
+
+    def heard(self, peer: str, table: Sequence[GossipRow] | Any) -> None:
+        self.calls.append(("heard", peer))
+        self.table.heard(peer, table, self.now_ms)
+
+    def pulled(self, peer: str, hello_hlc: int, table: Sequence[GossipRow] | Any) -> None:
+        self.calls.append(("pulled", peer))
+        self.table.pulled(peer, hello_hlc, table, self.now_ms)
+
+    def horizon(self, grace_ms: int) -> int:
+        return self.table.horizon(self.now_ms, WALL << 16, grace_ms)
+
+
 @dataclass
 class FakeReplica:
     """An in-memory replica: a compact log (one entry per key), LWW by (hlc, peer)."""
@@ -58,6 +82,10 @@ class FakeReplica:
     cursors: dict[tuple[str, bytes], int] = field(default_factory=dict)
     seq: int = 0
     applies: int = 0
+    membership: FakeMembership = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.membership = FakeMembership(self.peer_id)
 
     @property
     def last_seq(self) -> int:
