@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fingerprint_layout import check_index_and_buckets
 
 import crdt_kv
 from crdt_kv import codec
@@ -526,7 +527,8 @@ def _check_layout(dump: list[list[str | None]], expect: dict[str, Any]) -> None:
     pairs = {bytes.fromhex(str(k)): bytes.fromhex(v) for k, v in dump if v is not None}
     records = {k[1:]: v for k, v in pairs.items() if k[:1] == b"d"}
     logs = sorted((int.from_bytes(k[1:], "big"), v) for k, v in pairs.items() if k[:1] == b"l")
-    assert {k[:1] for k in pairs} <= {b"c", b"d", b"l", b"m"}
+    assert {k[:1] for k in pairs} <= {b"c", b"d", b"f", b"l", b"m", b"x"}
+    check_index_and_buckets(pairs)
     digest, live = 0, 0
     for key, rec in records.items():
         assert rec[0] == 1, "record format version"

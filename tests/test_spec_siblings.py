@@ -21,6 +21,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from fingerprint_layout import check_index_and_buckets
 
 import crdt_kv
 from crdt_kv.backends import open_backend
@@ -490,7 +491,8 @@ def _apply_step(h: _Harness, step: dict[str, Any], where: str) -> None:
 
 def _check_storage(dump: list[tuple[bytes, bytes]], expect: dict[str, Any]) -> None:
     """Sections 16 and 17 on raw storage, with the parser above and no crdt_kv parser."""
-    assert {k[:1] for k, _ in dump} <= {b"c", b"d", b"h", b"l", b"m"}
+    assert {k[:1] for k, _ in dump} <= {b"c", b"d", b"f", b"h", b"l", b"m", b"x"}
+    check_index_and_buckets(dict(dump))
     meta = {k[1:]: v for k, v in dump if k[:1] == b"m"}
     assert meta[b"format"] == (2).to_bytes(8, "big") and meta[b"conflicts"] == b"siblings"
     digest = live = 0

@@ -41,13 +41,16 @@ from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
+from crdt_kv.store.collect import Collector
 from crdt_kv.store.commit import Committer
 from crdt_kv.store.history import History
 from crdt_kv.store.hooks import Hooks
 from crdt_kv.store.members import Member, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
+from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
+from crdt_kv.store.repair import Repair
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
@@ -55,10 +58,18 @@ __all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Member", "Store", "
 
 DEFAULT_MAX_OFFSET_MS = 500
 APPLY_CHUNK = 5000
-_STATS = ("commits", "applied", "apply_rejected", "hook_errors")
+_STATS = (
+    "commits",
+    "applied",
+    "apply_rejected",
+    "hook_errors",
+    "collected",
+    "dropped",
+    "refused_below_horizon",
+)
 
 
-class Store:
+class Store(Repair):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -82,7 +93,7 @@ class Store:
         keep_history: bool = False,
         member_expiry_ms: int = DEFAULT_MEMBER_EXPIRY_MS,
     ) -> None:
-        m, state = open_store(
+        m, state, buckets = open_store(
             backend,
             peer_id=peer_id,
             rng=rng,
@@ -105,7 +116,7 @@ class Store:
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
-            backend.write, self._hooks, self.stats, state.seq, state.count, state.digest
+            backend.write, self._hooks, self.stats, state.seq, state.count, state.digest, buckets
         )
         self._hlc = HLC(clock, max_offset_ms=max_offset_ms, last=state.hlc)
         checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
@@ -117,6 +128,9 @@ class Store:
             self._log.history = self._history.ops
         self._reader = RangeReader(backend, self._check, self._enc_key, self._kdec, self._vdec)
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
+        self._w.gc_horizon = state.gc_horizon
+        self._collector = Collector(backend, self._w)
+        self._ranges = Ranges(backend, buckets, self._w.lock, self._w.check)
         self._members = Members(
             backend,
             peer_id=m.peer_id,

@@ -13,6 +13,7 @@ from typing import Any
 from crdt_kv.causal import Order, join
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
 from crdt_kv.errors import ConfigError, EncodingError
+from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import MAX_STAMP
 from crdt_kv.layout import (
     DATA,
@@ -30,6 +31,7 @@ from crdt_kv.version import Entry, RawEntry, Resolver
 
 __all__ = [
     "EntryChecker",
+    "absent_below",
     "Prefer",
     "changes",
     "raw_chunks",
@@ -214,6 +216,30 @@ def changes(  # noqa: PLR0917 - private; the merge's inputs, all needed
                 pb = peer_bytes[new.peer] = new.peer.encode("utf-8")
             items.append((k, record_body(new.hlc, pb, new.deleted, new.value), blob))
     return items
+
+
+def absent_below(
+    batch: list[RawEntry], horizon: int, get_many: Callable[[list[bytes]], list[bytes | None]]
+) -> tuple[list[RawEntry], int]:
+    """Absence wins: ``batch`` without the entries of keys this store holds no record of
+    whose incoming state (the newest over the batch) is older than ``horizon``, and how
+    many entries that left out. Such a key was collected here, or is about to be
+    everywhere: taking it back would resurrect what collection removed."""
+    tops: dict[bytes, int] = {}
+    for e in batch:
+        s = state_stamp(e)
+        if s > tops.get(e.key, -1):
+            tops[e.key] = s
+    old = [k for k, s in tops.items() if s < horizon]
+    if not old:
+        return batch, 0
+    gone = {
+        k for k, blob in zip(old, get_many([DATA + k for k in old]), strict=True) if blob is None
+    }
+    if not gone:
+        return batch, 0
+    kept = [e for e in batch if e.key not in gone]
+    return kept, len(batch) - len(kept)
 
 
 def sibling_changes(

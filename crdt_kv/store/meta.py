@@ -1,5 +1,6 @@
 """Opening a store: options, metadata (format, peer id, incarnation, encodings, the open
-marker, source ids) and the counters restored from the newest change-log entry.
+marker, source ids), the counters restored from the newest change-log entry (or from the
+newest collection, ``mgc``), the collection horizon and the bucket fingerprints.
 
 Runs once per open, before the store exists, so it works on the bare backend.
 """
@@ -33,6 +34,8 @@ from crdt_kv.layout import (
     unpack_source,
     unpack_u64,
 )
+from crdt_kv.layout_fingerprints import META_GC, META_GC_HORIZON, unpack_gc_state
+from crdt_kv.store.buckets import Buckets, load_buckets
 from crdt_kv.version import Resolver
 
 __all__ = [
@@ -69,12 +72,14 @@ class Meta:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """The counters of the newest commit: last sequence, live count, digest, HLC floor."""
+    """The counters of the newest commit: last sequence, live count, digest, HLC floor;
+    and the collection horizon."""
 
     seq: int
     count: int
     digest: int
     hlc: int
+    gc_horizon: int = 0
 
 
 def check_peer_id(peer_id: object, what: str = "peer_id") -> str:
@@ -126,8 +131,9 @@ def open_store(
     new_incarnation: bool,
     boot_id: bytes,
     conflicts: str | None = None,
-) -> tuple[Meta, State]:
-    """Check the options, settle the metadata and restore the counters of an open.
+) -> tuple[Meta, State, Buckets]:
+    """Check the options, settle the metadata and restore the counters and the bucket
+    fingerprints of an open (building those once for a store that predates them).
 
     Any failure closes the backend before it propagates: a rejected open must not leave
     the backend (its lock) open.
@@ -144,7 +150,8 @@ def open_store(
             boot_id=boot_id,
             conflicts=conflicts,
         )
-        return m, load_state(backend)
+        state = load_state(backend)
+        return m, state, load_buckets(backend, state.seq)
     except BaseException:
         backend.close()
         raise
@@ -267,15 +274,28 @@ def _lost_tail(backend: Backend, boot_id: bytes) -> bool:
 
 
 def load_state(backend: Backend) -> State:
-    """Restore the counters from the trailer of the newest change-log entry: O(1)."""
+    """Restore the counters from the trailer of the newest change-log entry: O(1).
+
+    A collection (``gc``, ``drop_collected``) writes no log entry but moves the digest and
+    counts, and may delete the newest log entry: its ``mgc`` record wins when its seq is
+    not below the newest log entry's, so ``last_seq`` never goes back after a reopen.
+    """
+    raw = backend.get(META_GC_HORIZON)
+    horizon = 0 if raw is None else unpack_u64(raw)
     last = next(backend.iterate(LOG, LOG_END, reverse=True), None)
-    if last is None:
-        return State(0, 0, 0, 0)
-    _, trailer = unpack_log(last[1])
-    if trailer is None:
-        raise CorruptionError("newest change-log entry lacks the commit trailer")
-    count, digest, hlc = trailer
-    return State(seq_of_log_key(last[0]), count, digest, hlc)
+    seq = count = digest = hlc = 0
+    if last is not None:
+        _, trailer = unpack_log(last[1])
+        if trailer is None:
+            raise CorruptionError("newest change-log entry lacks the commit trailer")
+        count, digest, hlc = trailer
+        seq = seq_of_log_key(last[0])
+    gc = backend.get(META_GC)
+    if gc is not None:
+        gc_seq, gc_count, gc_digest, gc_hlc = unpack_gc_state(gc)
+        if gc_seq >= seq:
+            seq, count, digest, hlc = gc_seq, gc_count, gc_digest, max(hlc, gc_hlc)
+    return State(seq, count, digest, hlc, horizon)
 
 
 def mark_closed(backend: Backend) -> None:

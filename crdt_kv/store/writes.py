@@ -27,7 +27,14 @@ from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
 from crdt_kv.store.hooks import Hooks
-from crdt_kv.store.merge import EntryChecker, Prefer, changes, sibling_changes, winners
+from crdt_kv.store.merge import (
+    EntryChecker,
+    Prefer,
+    absent_below,
+    changes,
+    sibling_changes,
+    winners,
+)
 from crdt_kv.store.meta import Meta, check_peer_id, mark_closed
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
@@ -56,6 +63,9 @@ class Writer:
         self._peer_id, self._peer_b = opened.peer_id, opened.peer_id.encode("utf-8")
         self.order: Order | None = None
         """Sibling order in ``siblings`` mode (set by the store); None in ``lww`` mode."""
+        self.gc_horizon = 0
+        """The collection horizon: incoming states older than it are refused for keys
+        this store does not hold (absence wins)."""
 
     def _body(  # noqa: PLR0917 - private; one write's inputs
         self,
@@ -192,6 +202,11 @@ class Writer:
         if cursor is not None:
             peer, incarnation, seq = cursor
             extra, source = cursor_ops(self.sources, check_peer_id(peer), incarnation, seq)
+        if batch and self.gc_horizon:
+            batch, refused = absent_below(batch, self.gc_horizon, self._backend.get_many)
+            self.stats["refused_below_horizon"] += refused
+            if not batch:
+                self.hlc.update(top)
         if not batch:
             if extra:
                 self._backend.write(extra[:1])
@@ -231,6 +246,7 @@ class Writer:
             self.closed = True
             try:
                 if not self._backend.closed:
+                    self.log.save_buckets()
                     mark_closed(self._backend)
             finally:
                 self._backend.close()

@@ -1,0 +1,158 @@
+"""Tombstone collection (issue 10): the horizon, ``gc`` and the repair drop.
+
+A key whose whole state is deleted and older than the collection horizon (a stamp every
+member has received everything up to) can go: every replica holds that tombstone or a
+newer state, so nothing can bring the deleted value back, and absence-wins
+(:func:`crdt_kv.store.merge.absent_below`) refuses the old state if a late peer offers it.
+Removing a key deletes its record, its change-log entry and its position index entry, and
+moves the digest, the counts and its bucket fingerprint, in one atomic batch with the
+counters (``mgc``), since no log trailer describes a removal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from crdt_kv.backends.base import Backend, Op
+from crdt_kv.fingerprint import BUCKET_SHIFT, Statistics, position_bytes, state_stamp
+from crdt_kv.layout import (
+    DATA,
+    DATA_END,
+    DATA_SKIP,
+    body_hash,
+    pack_u64,
+    record_is_deleted,
+    unpack_record,
+)
+from crdt_kv.layout_fingerprints import (
+    INDEX,
+    META_GC,
+    META_GC_HORIZON,
+    pack_gc_state,
+    record_log_key,
+)
+from crdt_kv.store.writes import Writer
+
+__all__ = ["COLLECT_CHUNK", "Collector"]
+
+COLLECT_CHUNK = 5000
+"""Keys removed per atomic batch, so collection never holds the commit lock for long."""
+_MOD = 1 << 256
+_MAX_STAMP = (1 << 64) - 1
+
+
+class Collector:
+    """Collection for one store: works through its writer, under the commit lock."""
+
+    __slots__ = ("_backend", "_w")
+
+    def __init__(self, backend: Backend, writer: Writer) -> None:
+        self._backend, self._w = backend, writer
+
+    @property
+    def horizon(self) -> int:
+        return self._w.gc_horizon
+
+    def raise_horizon(self, h: int) -> int:
+        """Raise the horizon to ``h`` (never lowered); persisted. Returns the horizon."""
+        if type(h) is not int or not 0 <= h <= _MAX_STAMP:
+            raise ValueError(f"gc horizon must be an HLC stamp (a u64), got {h!r}")
+        w = self._w
+        with w.lock:
+            w.check()
+            if h > w.gc_horizon:
+                self._backend.write([(META_GC_HORIZON, pack_u64(h))])
+                w.gc_horizon = h
+            return w.gc_horizon
+
+    def statistics(self) -> Statistics:
+        log, stats = self._w.log, self._w.stats
+        keys = log.buckets.total
+        return Statistics(
+            live=log.count,
+            tombstones=keys - log.count,
+            keys=keys,
+            gc_horizon=self._w.gc_horizon,
+            collected=stats["collected"],
+            refused_below_horizon=stats["refused_below_horizon"],
+            dropped=stats["dropped"],
+        )
+
+    def gc(self, limit: int | None) -> int:
+        """Remove up to ``limit`` (None: all) tombstones older than the horizon."""
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"gc limit must be a non-negative int or None, got {limit!r}")
+        w = self._w
+        done = 0
+        with w.lock:
+            w.check()
+            h = w.gc_horizon
+            if not h or w.log.buckets.total == w.log.count:
+                return 0
+            chunk: list[tuple[bytes, bytes]] = []
+            for k, blob in self._collectable(h):
+                if limit is not None and done + len(chunk) >= limit:
+                    break
+                chunk.append((k, blob))
+                if len(chunk) >= COLLECT_CHUNK:
+                    done += self._remove(chunk, "collected")
+                    chunk = []
+            if chunk:
+                done += self._remove(chunk, "collected")
+        return done
+
+    def drop(self, keys: Iterable[bytes], below: int) -> int:
+        """Remove the given keys whose state stamp is below ``below``, live or not."""
+        if type(below) is not int:
+            raise ValueError(f"drop_collected: below must be an HLC stamp, got {below!r}")
+        ks = list(dict.fromkeys(keys))
+        w = self._w
+        done = 0
+        with w.lock:
+            w.check()
+            for i in range(0, len(ks), COLLECT_CHUNK):
+                part = ks[i : i + COLLECT_CHUNK]
+                blobs = self._backend.get_many([DATA + k for k in part])
+                victims = [
+                    (k, b)
+                    for k, b in zip(part, blobs, strict=True)
+                    if b is not None and state_stamp(unpack_record(k, b)) < below
+                ]
+                if victims:
+                    done += self._remove(victims, "dropped")
+        return done
+
+    def _collectable(self, h: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every record whose state is all tombstones with state stamp below ``h``."""
+        for dk, blob in self._backend.iterate(DATA, DATA_END):
+            if record_is_deleted(blob):
+                r = unpack_record(dk, blob, DATA_SKIP)
+                if all(o.deleted for o in r.others) and state_stamp(r) < h:
+                    yield r.key, blob
+
+    def _remove(self, victims: list[tuple[bytes, bytes]], counter: str) -> int:
+        """Remove ``victims`` (key, stored record) in one batch with the new counters."""
+        w = self._w
+        log, buckets = w.log, w.log.buckets
+        digest, count = log.digest, log.count
+        ops: list[Op] = []
+        moves: dict[int, tuple[int, int]] = {}
+        for k, blob in victims:
+            hv = body_hash(k, blob[:-8])
+            pb = position_bytes(k)
+            b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
+            ops += [(DATA + k, None), (record_log_key(blob), None), (INDEX + pb + k, None)]
+            m = moves.get(b, (0, 0))
+            moves[b] = (m[0] - 1, m[1] - hv)
+            digest -= hv
+            if not record_is_deleted(blob):
+                count -= 1
+        digest %= _MOD
+        staged = buckets.stage(moves)
+        ops += buckets.checkpoint_ops(staged, log.seq)
+        ops.append((META_GC, pack_gc_state(log.seq, count, digest, w.hlc.last)))
+        self._backend.write(ops)
+        log.digest, log.count = digest, count
+        buckets.store(staged, len(victims), True)
+        w.stats[counter] += len(victims)
+        return len(victims)

@@ -1,0 +1,75 @@
+"""The store's repair and collection API (issue 10), a base class of
+:class:`~crdt_kv.store.Store` so the store module stays small: range fingerprints and
+items for reconciliation, statistics, the collection horizon, ``gc`` and the repair drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from crdt_kv.fingerprint import Statistics
+from crdt_kv.store.collect import Collector
+from crdt_kv.store.ranges import Ranges
+from crdt_kv.version import RawEntry
+
+__all__ = ["Repair"]
+
+
+class Repair:
+    """Methods of :class:`~crdt_kv.store.Store`; sync, they may block on storage (run them
+    off an event loop). Positions, ranges and fingerprints: :mod:`crdt_kv.fingerprint`."""
+
+    _ranges: Ranges
+    _collector: Collector
+
+    def range_fingerprint(self, lo: int, hi: int) -> tuple[int, int]:
+        """``(sum mod 2**256, count)`` over the keys whose position is in ``[lo, hi)``.
+
+        The sum adds each key's digest contribution, so ``range_fingerprint(0, 2**64)``
+        is ``(int(digest), number of records)``. Bucket-aligned parts come from memory;
+        parts of a bucket read the keys there. ValueError for a range outside
+        ``[0, 2**64]`` or with ``lo > hi``.
+        """
+        return self._ranges.fingerprint(lo, hi)
+
+    def range_items(self, lo: int, hi: int) -> list[tuple[int, bytes, int]]:
+        """``(position, encoded key, H)`` of every key in ``[lo, hi)``, sorted by
+        ``(position, key)``; ``H`` is the key's digest contribution."""
+        return self._ranges.items(lo, hi)
+
+    def raw_entries(self, keys: Iterable[bytes]) -> list[RawEntry]:
+        """The current states (tombstones included) of the encoded ``keys`` this store
+        holds, in wire form, in the order given; keys it does not hold are skipped."""
+        return self._ranges.raw_entries(keys)
+
+    def statistics(self) -> Statistics:
+        """Record, live and tombstone counts, the horizon and collection counters: O(1)."""
+        return self._collector.statistics()
+
+    @property
+    def gc_horizon(self) -> int:
+        """The collection horizon (an HLC stamp; 0 = nothing is collectable)."""
+        return self._collector.horizon
+
+    def raise_gc_horizon(self, h: int) -> int:
+        """Raise the collection horizon to ``h`` and persist it; a lower ``h`` changes
+        nothing (the horizon never goes back). Returns the horizon now in force.
+
+        Tombstones older than the horizon may be collected, and incoming states older
+        than it are refused for keys this store does not hold (absence wins): ``h`` must
+        be a stamp every member has received everything up to.
+        """
+        return self._collector.raise_horizon(h)
+
+    def gc(self, *, limit: int | None = None) -> int:
+        """Collect tombstones: remove every key whose whole state is deleted with a state
+        stamp below :attr:`gc_horizon` (up to ``limit`` keys), with its change-log entry.
+        Reads and the digest change as if the key had never been written here. Returns
+        how many keys were collected. Local: nothing is replicated."""
+        return self._collector.gc(limit)
+
+    def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
+        """Remove the encoded ``keys`` whose state stamp is below ``below``, live or not,
+        without a log entry (local, never replicated): the repair's absence-wins drop, for
+        keys a peer collected. Returns how many were removed. Listeners are not called."""
+        return self._collector.drop(keys, below)
