@@ -82,6 +82,7 @@ class FakeReplica:
     cursors: dict[tuple[str, bytes], int] = field(default_factory=dict)
     seq: int = 0
     applies: int = 0
+    gc_horizon: int = 0
     membership: FakeMembership = field(init=False)
 
     def __post_init__(self) -> None:
@@ -165,6 +166,16 @@ class FakeReplica:
         if cursor is not None:
             self.cursors[(cursor[0], cursor[1])] = cursor[2]
         return changed
+
+    def raise_gc_horizon(self, h: int) -> int:
+        self.gc_horizon = max(self.gc_horizon, h)
+        return self.gc_horizon
+
+    def gc(self, *, limit: int | None = None) -> int:
+        dead = [k for k, e in self.data.items() if e.deleted and e.hlc < self.gc_horizon]
+        for k in dead[:limit]:
+            del self.data[k]
+        return len(dead[:limit])
 
     def state(self) -> dict[bytes, tuple[bytes, int, str]]:
         return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}

@@ -109,6 +109,14 @@ class Replica(Protocol):
         that brings ``sum(len(key) + len(value) + 24)`` to ``max_bytes``. May block."""
         ...
 
+    def raise_gc_horizon(self, h: int) -> int:
+        """Raise the collection horizon to ``h`` (never lowered); returns the one in force."""
+        ...
+
+    def gc(self, *, limit: int | None = None) -> int:
+        """Collect tombstones below the horizon (up to ``limit`` keys); may block."""
+        ...
+
     def apply_raw(
         self, entries: Sequence[RawEntry], *, cursor: tuple[str, bytes, int] | None = None
     ) -> int:

@@ -96,7 +96,8 @@ class Oracle:
     ) -> list[Mismatch]:
         """Compare every key of ``store`` with the expectation; return the differences.
 
-        Reads each expected key with :meth:`Store.entry` (tombstones included), then scans
+        Reads each expected key with :meth:`Store.entry` (tombstones included; one below
+        the store's collection horizon may be absent, collected), then scans
         the change log for keys the oracle never saw written. ``exclude_peers`` names
         peers whose writes were refused by design: any trace of them is a ``phantom``.
         """
@@ -105,7 +106,8 @@ class Oracle:
         for key, w in self.best.items():
             e = store.entry(key)
             if e is None:
-                out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
+                if not (w.deleted and w.hlc < store.gc_horizon):  # else: collected
+                    out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
                 continue
             raw = b"" if e.deleted else (e.raw or b"")
             if (e.hlc, e.peer, e.deleted, raw) == (w.hlc, w.peer, w.deleted, w.value_bytes):
