@@ -45,7 +45,7 @@ from crdt_kv.store.collect import Collector
 from crdt_kv.store.commit import Committer
 from crdt_kv.store.history import History
 from crdt_kv.store.hooks import Hooks
-from crdt_kv.store.members import Member, Members
+from crdt_kv.store.members import Member, MemberApi, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
 from crdt_kv.store.ranges import Ranges
@@ -69,7 +69,7 @@ _STATS = (
 )
 
 
-class Store(Repair):
+class Store(Repair, MemberApi):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -515,25 +515,6 @@ class Store(Repair):
         self._check()
         chunks = raw_chunks(entries, self._enc_key, self._venc, APPLY_CHUNK)
         return sum(self.apply_raw(chunk) for chunk in chunks)
-
-    # --- membership -----------------------------------------------------------------
-
-    @property
-    def membership(self) -> Members:
-        """The membership table replication sessions update (gossip, completed pulls)."""
-        return self._members
-
-    def members(self) -> list[Member]:
-        """Every peer this replica knows of, sorted by id, with what it received of each
-        (:class:`~crdt_kv.store.members.Member`); ``active`` ones hold the horizon back."""
-        self._check()
-        return self._members.rows()
-
-    def forget_peer(self, peer: str) -> None:
-        """Stop ``peer`` holding the collection horizon back (a member gone for good);
-        it becomes a member again if it is seen after this."""
-        self._check()
-        self._members.forget(peer)
 
     # --- hooks ----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from crdt_kv.backends.base import Backend
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS, GossipRow, MemberRow, Membership
 from crdt_kv.layout import MEMBERS, MEMBERS_END, pack_member, unpack_member
 
-__all__ = ["Member", "Members"]
+__all__ = ["Member", "MemberApi", "Members"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +111,30 @@ class Members:
                 Member(p, r.v, r.seen_ms, r.reported_d, table.active(p, now), r.forgotten_ms)
                 for p, r in sorted(table.rows.items())
             ]
+
+
+class MemberApi:
+    """The membership methods of :class:`~crdt_kv.store.Store` (a base class, so the
+    store module stays small)."""
+
+    _members: Members
+
+    def _check(self) -> None:
+        raise NotImplementedError  # pragma: no cover - the Store's
+
+    @property
+    def membership(self) -> Members:
+        """The membership table replication sessions update (gossip, completed pulls)."""
+        return self._members
+
+    def members(self) -> list[Member]:
+        """Every peer this replica knows of, sorted by id, with what it received of each
+        (:class:`~crdt_kv.store.members.Member`); ``active`` ones hold the horizon back."""
+        self._check()
+        return self._members.rows()
+
+    def forget_peer(self, peer: str) -> None:
+        """Stop ``peer`` holding the collection horizon back (a member gone for good);
+        it becomes a member again if it is seen after this."""
+        self._check()
+        self._members.forget(peer)
