@@ -13,6 +13,7 @@ from crdt_kv.backends.base import Backend
 from crdt_kv.clocks import system_clock
 from crdt_kv.config import load_config
 from crdt_kv.errors import ConfigError
+from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.store import DEFAULT_MAX_OFFSET_MS, Store
 from crdt_kv.version import Resolver
 
@@ -35,6 +36,7 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     new_incarnation: bool = False,
     conflicts: str | None = None,
     keep_history: bool | None = None,
+    member_expiry_s: float | None = None,
 ) -> Store:
     """Open (creating if needed) a replicated store.
 
@@ -49,7 +51,9 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     mistake it for the life it was copied from. ``conflicts`` (``"lww"``, the default for
     a new store, or ``"siblings"``) is fixed when the store is created; opening with the
     other mode raises :class:`ConfigError`. ``keep_history=True`` keeps every superseded
-    version (:meth:`Store.history`). Raises :class:`ConfigError` for an unknown
+    version (:meth:`Store.history`). ``member_expiry_s`` (default 7 days): a replication
+    peer silent that long stops holding the collection horizon back
+    (:meth:`Store.members`). Raises :class:`ConfigError` for an unknown
     backend (listing the available ones) or options that contradict the stored ones.
     """
     cfg = load_config(config)
@@ -90,6 +94,9 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         boot_id=None if isinstance(backend, Backend) else _boot_id(),
         conflicts=pick(conflicts, storage, "conflicts", None),
         keep_history=bool(pick(keep_history, storage, "keep_history", False)),
+        member_expiry_ms=int(
+            1000 * pick(member_expiry_s, node, "member_expiry_s", DEFAULT_MEMBER_EXPIRY_MS / 1000)
+        ),
     )
 
 

@@ -1,6 +1,6 @@
 """The ``crdt-kv`` command: inspect a store offline (including the siblings of
-``siblings``-mode stores), run the demo, and (from the sim and net packages) ``simulate``
-and ``serve``.
+``siblings``-mode stores and its replication members), forget a departed peer, run the
+demo, and (from the sim and net packages) ``simulate`` and ``serve``.
 
 Subcommands from other packages register themselves through a module-level
 ``register(subparsers)`` function listed in ``_PLUGIN_MODULES``; the CLI stays one file
@@ -10,6 +10,7 @@ while each feature keeps its own command code.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -160,6 +161,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_members(args: argparse.Namespace) -> int:
+    """The membership table: what this replica received of each peer (the horizon's input)."""
+    with _open(args) as db:
+        for m in db.members():
+            if args.json:
+                print(json.dumps(dataclasses.asdict(m), sort_keys=True))
+            else:
+                state = "active" if m.active else "inactive"
+                print(
+                    f"{m.peer}\treceived_through={m.received_through}\tseen_ms={m.seen_ms}"
+                    f"\treported_d={m.reported_d}\t{state}"
+                )
+    return 0
+
+
+def _cmd_forget_peer(args: argparse.Namespace) -> int:
+    with _open(args) as db:
+        if args.peer not in {m.peer for m in db.members()}:
+            print(f"note: peer {args.peer!r} was not a known member", file=sys.stderr)
+        db.forget_peer(args.peer)
+        print(f"ok forgot {args.peer}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Two RocksDB replicas write concurrently, exchange changes, and must converge."""
     with tempfile.TemporaryDirectory(prefix="crdt_kv-demo-") as tmp:
@@ -251,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the store's peer id, conflict mode, counts and digest")
     _store_args(p)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "members",
+        help="list the replication members this store knows and what it received of each",
+    )
+    _store_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per member")
+    p.set_defaults(func=_cmd_members)
+
+    p = sub.add_parser(
+        "forget-peer",
+        help="stop a departed peer holding the tombstone-collection horizon back",
+    )
+    _store_args(p)
+    p.add_argument("peer", help="the peer id to forget (a member again if seen later)")
+    p.set_defaults(func=_cmd_forget_peer)
 
     p = sub.add_parser("demo", help="two RocksDB replicas converge (a quick self-check)")
     p.add_argument("--keys", type=_count, default=2000)

@@ -39,6 +39,9 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "discovery": bool,
         "multicast_group": str,
         "multicast_port": int,
+        "member_expiry_s": (int, float),
+        "gc_grace_s": (int, float),
+        "gc_interval_s": (int, float),
     },
 }
 
@@ -62,8 +65,12 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a port number (0-65535)"
     elif key == "max_offset_ms" and value < 0:
         bad = "must not be negative"
-    elif key == "sync_interval_s" and not (math.isfinite(value) and value > 0):
+    elif key in ("sync_interval_s", "member_expiry_s", "gc_interval_s") and not (
+        math.isfinite(value) and value > 0
+    ):
         bad = "must be a positive number of seconds"
+    elif key == "gc_grace_s" and not (math.isfinite(value) and value >= 0):
+        bad = "must be a non-negative number of seconds"
     if bad is not None:
         raise ConfigError(f"config {table}.{key} {bad}, got {value!r}")
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import cbor2
+
 from crdt_kv.errors import CorruptionError
 from crdt_kv.layout_siblings import (
     FORMAT_SIBLINGS,
@@ -42,6 +44,10 @@ __all__ = [
     "MAX_SIBLING_PEERS",
     "HISTORY",
     "HISTORY_END",
+    "MEMBERS",
+    "MEMBERS_END",
+    "pack_member",
+    "unpack_member",
     "history_bound",
     "history_key",
     "history_value",
@@ -103,6 +109,9 @@ CURSOR_END = b"d"
 META = b"m"
 HISTORY = b"h"
 HISTORY_END = b"i"
+MEMBERS = b"g"
+MEMBERS_END = b"h"
+"""``g`` + peer id -> CBOR ``[v, seen_ms, reported_d, forgotten_ms]`` (membership)."""
 
 META_FORMAT = META + b"format"
 META_PEER = META + b"peer"
@@ -500,3 +509,23 @@ def unpack_history(k: bytes, blob: bytes) -> RawEntry:
     except UnicodeDecodeError:
         raise CorruptionError(f"revision key {k!r} has a corrupt peer id") from None
     return RawEntry(key, blob[1:], hlc, peer, bool(blob[0] & 1))
+
+
+def pack_member(row: list[int]) -> bytes:
+    """A membership row ``[v, seen_ms, reported_d, forgotten_ms]`` as stored under ``g``."""
+    return cbor2.dumps(row)
+
+
+def unpack_member(peer: str, blob: bytes) -> list[int]:
+    """The row stored for ``peer``; :class:`CorruptionError` if it is not four u64s."""
+    try:
+        row = cbor2.loads(blob)
+    except (cbor2.CBORError, ValueError, TypeError, EOFError) as exc:
+        raise CorruptionError(f"membership row of peer {peer!r} is not CBOR: {exc}") from None
+    if (
+        type(row) is not list
+        or len(row) != 4
+        or not all(type(x) is int and 0 <= x <= _MAX_SEQ for x in row)
+    ):
+        raise CorruptionError(f"membership row of peer {peer!r} is malformed: {row!r:.80}")
+    return row

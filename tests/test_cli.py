@@ -335,3 +335,30 @@ def test_the_console_script_survives_a_closed_pipe(tmp_path: Path) -> None:
     proc.stderr.close()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in err
+
+
+def test_members_and_forget_peer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from crdt_kv.horizon import GossipRow
+
+    db = str(tmp_path / "db")
+    now = int(time.time() * 1000)  # the CLI opens the store on the system clock
+    with crdt_kv.open(db, peer_id="me") as store:
+        table = [GossipRow("a", 7 << 16, now, 5 << 16), GossipRow("b", 3, now, 2)]
+        store.membership.heard("a", table)
+        store.membership.pulled("a", 9 << 16, table)
+    code, out, _ = run(capsys, "members", "--path", db, "--json")
+    rows = {r["peer"]: r for r in map(json.loads, out.splitlines())}
+    assert code == 0 and set(rows) == {"a", "b"}
+    assert rows["a"]["received_through"] == 9 << 16 and rows["a"]["reported_d"] == 5 << 16
+    assert rows["b"]["received_through"] == 3 and rows["a"]["active"] is True
+    code, out, err = run(capsys, "forget-peer", "--path", db, "a")
+    assert (code, out, err) == (0, "ok forgot a\n", "")
+    code, out, _ = run(capsys, "members", "--path", db)
+    lines = dict(line.split("\t", 1) for line in out.splitlines())
+    assert lines["a"].endswith("\tinactive") and lines["b"].endswith("\tactive")
+    assert f"received_through={9 << 16}" in lines["a"]
+    code, out, err = run(capsys, "forget-peer", "--path", db, "zz")
+    assert code == 0 and "'zz' was not a known member" in err
+    assert run(capsys, "members", "--path", str(tmp_path / "nope"))[0] == 2

@@ -18,7 +18,16 @@ import sys
 import crdt_kv
 
 PKG = pathlib.Path(crdt_kv.__file__).parent
-CORE = ["hlc.py", "version.py", "causal.py", "codec.py", "layout.py", "errors.py", "config.py"]
+CORE = [
+    "hlc.py",
+    "version.py",
+    "causal.py",
+    "codec.py",
+    "layout.py",
+    "errors.py",
+    "config.py",
+    "horizon.py",
+]
 CORE_DIRS = ["store", "protocol", "backends", "sim"]
 FORBIDDEN = {"socket", "trio", "time", "asyncio", "selectors", "_thread"}
 FORBIDDEN_NAMES = {"Thread", "Timer", "start_new_thread"}

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdt_kv.errors import ClockSkewError, LocalProtocolError, RemoteProtocolError
+from crdt_kv.horizon import GossipRow, Membership
 from crdt_kv.protocol import (
     Ack,
     ApplyBatch,
@@ -42,6 +43,29 @@ from crdt_kv.version import RawEntry
 WALL = 1_700_000_000_000
 
 
+class FakeMembership:
+    """The pure membership table at a fixed wall time, recording what sessions told it."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.table = Membership(peer_id)
+        self.now_ms = WALL
+        self.calls: list[tuple[str, str]] = []
+
+    def gossip(self, own_hlc: int) -> tuple[GossipRow, ...]:
+        return self.table.gossip(self.now_ms, own_hlc)
+
+    def heard(self, peer: str, table: Sequence[GossipRow] | Any) -> None:
+        self.calls.append(("heard", peer))
+        self.table.heard(peer, table, self.now_ms)
+
+    def pulled(self, peer: str, hello_hlc: int, table: Sequence[GossipRow] | Any) -> None:
+        self.calls.append(("pulled", peer))
+        self.table.pulled(peer, hello_hlc, table, self.now_ms)
+
+    def horizon(self, grace_ms: int) -> int:
+        return self.table.horizon(self.now_ms, WALL << 16, grace_ms)
+
+
 @dataclass
 class FakeReplica:
     """An in-memory replica: a compact log (one entry per key), LWW by (hlc, peer)."""
@@ -58,6 +82,11 @@ class FakeReplica:
     cursors: dict[tuple[str, bytes], int] = field(default_factory=dict)
     seq: int = 0
     applies: int = 0
+    gc_horizon: int = 0
+    membership: FakeMembership = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.membership = FakeMembership(self.peer_id)
 
     @property
     def last_seq(self) -> int:
@@ -149,6 +178,16 @@ class FakeReplica:
         if cursor is not None:
             self.cursors[(cursor[0], cursor[1])] = cursor[2]
         return changed
+
+    def raise_gc_horizon(self, h: int) -> int:
+        self.gc_horizon = max(self.gc_horizon, h)
+        return self.gc_horizon
+
+    def gc(self, *, limit: int | None = None) -> int:
+        dead = [k for k, e in self.data.items() if e.deleted and e.hlc < self.gc_horizon]
+        for k in dead[:limit]:
+            del self.data[k]
+        return len(dead[:limit])
 
     def state(self) -> dict[bytes, tuple[bytes, int, str]]:
         return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}

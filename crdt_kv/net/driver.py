@@ -23,6 +23,7 @@ import trio
 
 from crdt_kv.protocol import (
     CloseConnection,
+    CollectGarbage,
     DialDue,
     LinkEvent,
     PeerLink,
@@ -44,6 +45,7 @@ ABORT_GRACE_S = 0.5
 """How long a broken or cancelled connection may still take to deliver a last Abort."""
 
 _Done = Callable[[object, BaseException | None], None]
+_Work = StorageRequest | CollectGarbage
 
 
 def on_commit_anywhere(store: Store, callback: Callable[[], object]) -> Callable[[], None]:
@@ -75,14 +77,14 @@ class StorageWorker:
         self.replica = replica
         self.performed = 0
         self._pending = 0
-        self._send, self._recv = trio.open_memory_channel[tuple[StorageRequest, _Done]](math.inf)
+        self._send, self._recv = trio.open_memory_channel[tuple[_Work, _Done]](math.inf)
 
     @property
     def idle(self) -> bool:
         """Nothing queued or being performed."""
         return self._pending == 0
 
-    def submit(self, request: StorageRequest, done: _Done) -> None:
+    def submit(self, request: _Work, done: _Done) -> None:
         """Queue ``request``; ``done`` is called once it was performed."""
         self._pending += 1
         self._send.send_nowait((request, done))

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -50,7 +52,10 @@ from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
 from crdt_kv.net.sockets import connect_failure, peer_address, tune_socket
 from crdt_kv.protocol import (
     BatchApplied,
+    CollectGarbage,
     Connected,
+    GcPolicy,
+    GcResult,
     InState,
     LinkConfig,
     LinkEvent,
@@ -138,8 +143,12 @@ class Node:
         connect_timeout_s: float,
         rng: random.Random,
         wrap_stream: StreamWrapper | None,
+        gc: GcPolicy | None = None,
     ) -> None:
         self.store = store
+        self.gc = gc
+        """The collection policy (None: this node never collects)."""
+        self._gc_wake: trio.Event | None = None
         self.config = config
         self.cluster_id = config.cluster_id
         self.mode = config.mode
@@ -336,6 +345,9 @@ class Node:
 
     def _see(self, watch: _Watch, ev: LinkEvent) -> None:
         """Keep score and emit node events for what a link reports."""
+        if self.gc is not None and self._gc_wake is not None:
+            self.gc.link_event(ev, trio.current_time())
+            self._gc_wake.set()
         if isinstance(ev, Connected):
             session = watch.link.session
             assert session is not None
@@ -491,12 +503,35 @@ class Node:
         await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
         unsubscribe = on_commit_anywhere(self.store, self._on_commit)
         nursery.start_soon(self._unsubscribe_on_exit, unsubscribe)
+        if self.gc is not None:
+            nursery.start_soon(self._run_gc, self.gc)
         for p in peers:
             self.add_peer(p)
         if discovery is not None:
             self.discovery = discovery(self)
             await nursery.start(self.discovery.run)
         log.info("%s: listening on %s", self.peer_id, format_address(*self.address))
+
+    async def _run_gc(self, policy: GcPolicy) -> None:
+        """Honour the collection policy: sleep until its timer, run its requests on the
+        storage worker (ordered with every other storage request)."""
+        while True:
+            wake = self._gc_wake = trio.Event()
+            timer = policy.get_timer()
+            with trio.move_on_at(math.inf if timer is None else timer):
+                await wake.wait()
+            request = policy.handle_timer(trio.current_time())
+            if request is not None:
+                self.worker.submit(request, functools.partial(self._collected, policy, request))
+
+    def _collected(
+        self, policy: GcPolicy, request: CollectGarbage, result: object, error: BaseException | None
+    ) -> None:
+        if error is not None:
+            log.error("%s: collection failed", self.peer_id, exc_info=error)
+        policy.storage_done(request, result if isinstance(result, GcResult) else None)
+        if self._gc_wake is not None:
+            self._gc_wake.set()
 
     async def _unsubscribe_on_exit(self, unsubscribe: Callable[[], None]) -> None:
         try:

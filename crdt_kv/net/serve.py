@@ -13,9 +13,10 @@ from typing import Any
 
 import trio
 
+from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
-from crdt_kv.protocol import LinkConfig
+from crdt_kv.protocol import DEFAULT_GC_INTERVAL_S, GcPolicy, LinkConfig
 from crdt_kv.store import Store
 
 __all__ = ["serve"]
@@ -47,6 +48,8 @@ async def serve(
     backoff_max_s: float = 30.0,
     wrap_stream: StreamWrapper | None = None,
     session_options: Mapping[str, Any] | None = None,
+    gc_grace_s: float | None = DEFAULT_GC_GRACE_MS / 1000,
+    gc_interval_s: float = DEFAULT_GC_INTERVAL_S,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -70,6 +73,10 @@ async def serve(
     specific IPv4 address, so a node bound to 127.0.0.1 announces on loopback only.
     ``discovery_transport`` replaces the multicast socket (any object with the
     :class:`~crdt_kv.net.discovery.DatagramTransport` methods).
+
+    Every ``gc_interval_s`` the node raises the store's collection horizon to what its
+    members acknowledged minus ``gc_grace_s`` and collects the tombstones below it
+    (:class:`~crdt_kv.protocol.GcPolicy`); ``gc_grace_s=None`` turns collection off.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -83,8 +90,12 @@ async def serve(
         backoff_base_s=backoff_base_s,
         backoff_max_s=backoff_max_s,
     ).with_options(session_options or {})
+    gc = None
+    if gc_grace_s is not None:
+        gc = GcPolicy(now=trio.current_time(), grace_s=gc_grace_s, interval_s=gc_interval_s)
     node = Node(
         store,
+        gc=gc,
         config=config,
         connect_timeout_s=connect_timeout_s,
         rng=the_rng,

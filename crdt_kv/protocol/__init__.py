@@ -23,6 +23,7 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
+from crdt_kv.protocol.gc import DEFAULT_GC_INTERVAL_S, CollectGarbage, GcPolicy, GcResult
 from crdt_kv.protocol.link import LinkRole, LinkState, PeerLink
 from crdt_kv.protocol.linkconfig import LinkConfig
 from crdt_kv.protocol.messages import (
@@ -48,6 +49,7 @@ from crdt_kv.protocol.states import ConnState, InState, OutState
 from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, StorageRequest
 
 __all__ = [
+    "DEFAULT_GC_INTERVAL_S",
     "DEFAULT_MAX_FRAME_BYTES",
     "MODES",
     "PROTOCOL_VERSION",
@@ -58,6 +60,7 @@ __all__ = [
     "Backoff",
     "Batch",
     "BatchApplied",
+    "CollectGarbage",
     "CaughtUp",
     "CloseConnection",
     "ConnState",
@@ -66,6 +69,8 @@ __all__ = [
     "DialDue",
     "Event",
     "FrameDecoder",
+    "GcPolicy",
+    "GcResult",
     "Hello",
     "InState",
     "LinkConfig",

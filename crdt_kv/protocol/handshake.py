@@ -11,13 +11,15 @@ __all__ = ["hello_mismatch", "our_hello"]
 def our_hello(
     replica: Replica, *, cluster_id: str, mode: str, live: bool, max_batch_entries: int
 ) -> Hello:
-    """Our Hello: who we are, our clock and log head, and what we want of the session."""
+    """Our Hello: who we are, our clock and log head, our membership gossip, and what we
+    want of the session."""
+    hlc = replica.clock_now()
     return Hello(
         version=PROTOCOL_VERSION,
         cluster_id=cluster_id,
         peer_id=replica.peer_id,
         incarnation=replica.incarnation,
-        hlc=replica.clock_now(),
+        hlc=hlc,
         last_seq=replica.last_seq,
         send=mode in ("both", "push"),
         receive=mode in ("both", "pull"),
@@ -26,6 +28,7 @@ def our_hello(
         value_encoding=replica.value_encoding,
         max_batch_entries=max_batch_entries,
         conflicts=replica.conflict_mode,
+        gc=replica.membership.gossip(hlc),
     )
 
 

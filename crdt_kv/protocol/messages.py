@@ -20,6 +20,7 @@ import cbor2
 
 from crdt_kv.codec import MAX_KEY_BYTES
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
+from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
 from crdt_kv.version import RawEntry
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "encode_message",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME_BYTES = 8 << 20
 _LEN = struct.Struct(">I")
 _U64 = (1 << 64) - 1
@@ -91,6 +92,9 @@ class Hello:
     max_batch_entries: int
     conflicts: str = "lww"
     """The sender's conflict mode; replicas in different modes refuse to sync."""
+    gc: tuple[GossipRow, ...] = ()
+    """The sender's membership gossip (version 3): its own row first, then what it knows
+    of each member (:mod:`crdt_kv.horizon`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,7 @@ def encode_message(msg: Message) -> bytes:
                 msg.value_encoding,
                 msg.max_batch_entries,
                 msg.conflicts,
+                [[g.peer, g.v, g.seen_ms, g.d] for g in msg.gc],
             ]
         )
     if isinstance(msg, Abort):
@@ -347,9 +352,32 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
             value_encoding=_text(msg[9], "hello.value_encoding", 32),
             max_batch_entries=_uint(msg[10], "hello.max_batch_entries"),
             conflicts=_text(msg[11], "hello.conflicts", 32) if len(msg) > 11 else "lww",
+            gc=_decode_gossip(msg[12]) if len(msg) > 12 else (),
         )
     _array(msg, "abort", 3)
     return Abort(_uint(msg[1], "abort.code", 0xFFFF), _text(msg[2], "abort.reason", 4096))
+
+
+def _decode_gossip(v: object) -> tuple[GossipRow, ...]:
+    rows = _array(v, "hello.gc")
+    if len(rows) > MAX_GOSSIP_ROWS:
+        raise _fail(f"field 'hello.gc' has {len(rows)} rows, more than {MAX_GOSSIP_ROWS}")
+    out: list[GossipRow] = []
+    for i, row in enumerate(rows):
+        w = f"hello.gc[{i}]"
+        _array(row, w, 4)
+        peer = _text(row[0], f"{w}.peer_id")
+        if not peer:
+            raise _fail(f"field '{w}.peer_id' must not be empty")
+        out.append(
+            GossipRow(
+                peer,
+                _uint(row[1], f"{w}.v"),
+                _uint(row[2], f"{w}.seen_ms", _WALL_MAX),
+                _uint(row[3], f"{w}.d"),
+            )
+        )
+    return tuple(out)
 
 
 def _decode_batch(msg: list[Any], max_entries: int | None) -> Batch:

@@ -12,12 +12,37 @@ writes locally (the store serializes commits and its clock with a lock).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from crdt_kv.horizon import GossipRow
 from crdt_kv.version import RawEntry
 
-__all__ = ["Replica"]
+__all__ = ["MembershipView", "Replica"]
+
+
+class MembershipView(Protocol):
+    """The replica's membership table (:mod:`crdt_kv.horizon`), as sessions update it.
+
+    Calls are quick (in memory, plus at most one small write of the changed rows) and are
+    made from the thread that drives the session."""
+
+    def gossip(self, own_hlc: int) -> tuple[GossipRow, ...]:
+        """The gossip table for our Hello stamped ``own_hlc``."""
+        ...
+
+    def heard(self, peer: str, table: Iterable[GossipRow]) -> None:
+        """``peer``'s Hello (accepted) carried ``table``: a direct contact."""
+        ...
+
+    def pulled(self, peer: str, hello_hlc: int, table: Iterable[GossipRow]) -> None:
+        """We received ``peer``'s log to a ``done`` batch in a session whose Hello carried
+        ``hello_hlc`` and ``table``."""
+        ...
+
+    def horizon(self, grace_ms: int) -> int:
+        """The collection horizon the membership allows now, ``grace_ms`` held back."""
+        ...
 
 
 class Replica(Protocol):
@@ -51,6 +76,11 @@ class Replica(Protocol):
     @property
     def conflict_mode(self) -> str:
         """``lww`` or ``siblings``; both peers must agree."""
+        ...
+
+    @property
+    def membership(self) -> MembershipView:
+        """The membership table that Hellos and completed pulls update."""
         ...
 
     def clock_now(self) -> int:
@@ -91,6 +121,14 @@ class Replica(Protocol):
         """Up to ``limit`` log entries with ``since < seq <= stop_at`` in order, skipping
         those whose current state came from ``exclude_source``, ending early with the entry
         that brings ``sum(len(key) + len(value) + 24)`` to ``max_bytes``. May block."""
+        ...
+
+    def raise_gc_horizon(self, h: int) -> int:
+        """Raise the collection horizon to ``h`` (never lowered); returns the one in force."""
+        ...
+
+    def gc(self, *, limit: int | None = None) -> int:
+        """Collect tombstones below the horizon (up to ``limit`` keys); may block."""
         ...
 
     def apply_raw(

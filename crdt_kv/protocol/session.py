@@ -149,6 +149,7 @@ class Session:
         self._stop_at: int | None = None
         self._echo: tuple[str, bytes] | None = None
         self._complete = False
+        self._pulled = False  # got a done batch: the pull is complete (crdt_kv.horizon)
 
     @property
     def store(self) -> Replica:
@@ -444,6 +445,7 @@ class Session:
                 max_offset_ms=exc.max_offset_ms,
             ) from None
         self.remote = h
+        self.replica.membership.heard(h.peer_id, h.gc)
         self._echo = (h.peer_id, h.incarnation)
         self._remote_head = h.last_seq
         if self.mode in ("both", "push") and h.receive:
@@ -582,6 +584,9 @@ class Session:
             # that keeps our version: it moves past the pinned head, so the pin follows
             # (bounded: it moves only while the peer's finite log is being applied).
             self._stop_at = max(self._stop_at, self.replica.last_seq)
+        if b.done and not self._pulled:
+            self._pulled = True
+            self.replica.membership.pulled(remote.peer_id, remote.hlc, remote.gc)
         if b.done:
             # The sender tails its log only if both sides asked for live (see _on_request).
             event = TailBatch() if self.live and remote.live else FinalBatch()

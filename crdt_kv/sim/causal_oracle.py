@@ -200,9 +200,6 @@ class CausalOracle:
         self.seen: list[dict[bytes, int]] = [{} for _ in range(nodes)]
         self.pending: dict[tuple[bytes, str, int, bool, bytes], tuple[_Book, int]] = {}
         """Acknowledged writes not yet durable anywhere (``sync_writes=False`` only)."""
-        self.collecting = False
-        """Tombstones may be collected: a key whose expected state holds only tombstones
-        may also be absent."""
         self.writes = 0
         self.ties = 0
         """Writes of one key by different peers with equal stamps."""
@@ -378,8 +375,8 @@ class CausalOracle:
             got = store.get_all(book.key)
             out.extend(self._live(node, book, exp, got, excluded))
             state = states.pop(kb, None)
-            if state is None and self.collecting and not exp.live:
-                continue  # collected: every expected version was a tombstone
+            if state is None and not exp.live and _collected(exp, store.gc_horizon):
+                continue
             dead = [v for v in _versions(state) if v[2]] if state is not None else []
             out.extend(self._dead(node, book, exp, dead, excluded))
             if orders is not None:
@@ -447,6 +444,11 @@ class CausalOracle:
         if any((w.peer, w.hlc) == (v[0], v[1]) for w in kept):
             return "wrong-winner"
         return "phantom"
+
+
+def _collected(exp: Expected, horizon: int) -> bool:
+    """Every expected version is a tombstone below the store's horizon: it may be gone."""
+    return all(w.hlc < horizon for w in exp.tombstones)
 
 
 def _describe(v: Version) -> str:

@@ -69,6 +69,11 @@ class SimConfig:
     check_ms: float = 50.0
     linger_ms: float = 0.0
     sample_ms: float | None = None
+    gc_grace_ms: float | None = None
+    """Run each node's collection policy with this grace (None: never collect)."""
+    gc_interval_ms: float = 1000.0
+    member_expiry_ms: float | None = None
+    """Members silent this long stop holding the horizon back (None: the store default)."""
 
     def validate(self) -> None:
         """Raise :class:`~crdt_kv.errors.ConfigError` naming the first bad field."""
@@ -97,6 +102,10 @@ class SimConfig:
             raise ConfigError("resolver must be callable (a, b) -> bool")
         if not isinstance(self.resolver_screen, bool):
             raise ConfigError(f"resolver_screen must be a bool, got {self.resolver_screen!r}")
+        if self.gc_grace_ms is not None and not self.gc_grace_ms >= 0:
+            raise ConfigError(f"gc_grace_ms must be >= 0 or None, got {self.gc_grace_ms!r}")
+        if self.member_expiry_ms is not None and not self.member_expiry_ms > 0:
+            raise ConfigError(f"member_expiry_ms must be > 0, got {self.member_expiry_ms!r}")
         fanout = self.gossip_fanout
         if fanout is not None and (not isinstance(fanout, int) or fanout < 0):
             raise ConfigError(f"gossip_fanout must be an int >= 0, got {self.gossip_fanout!r}")
@@ -107,6 +116,7 @@ class SimConfig:
             "convergence_bound_ms",
             "backoff_base_ms",
             "backoff_max_ms",
+            "gc_interval_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

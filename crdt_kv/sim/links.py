@@ -182,6 +182,7 @@ class LinkShell:
 
     def _on_event(self, sl: SimLink, ev: object) -> None:
         sim = self.sim
+        sim.gc_event(sl.node, ev)
         if isinstance(ev, DialDue):
             self._dial(sl)
         elif isinstance(ev, CloseConnection):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from crdt_kv.backends.base import Backend
+from crdt_kv.protocol import GcPolicy
 from crdt_kv.sim.clocks import SimClock
 from crdt_kv.sim.links import Connection, SimLink
 from crdt_kv.store import Store
@@ -26,6 +27,8 @@ class SimNode:
         "clock",
         "conns",
         "dirty",
+        "gc",
+        "gc_sched",
         "hlc_seen",
         "index",
         "last_write_hlc",
@@ -60,6 +63,8 @@ class SimNode:
         self.rogue = False
         self.last_write_hlc = 0
         self.hlc_seen = 0
+        self.gc: GcPolicy | None = None
+        self.gc_sched: int | None = None
 
     def __repr__(self) -> str:
         return f"<SimNode {self.peer_id} {self.state}>"

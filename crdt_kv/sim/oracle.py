@@ -67,10 +67,6 @@ class Oracle:
         self.writes = 0
         self.ties = 0
         """How many times two different acknowledged writes of one key had equal HLCs."""
-        self.collecting = False
-        """Tombstones may be collected (``gc_interval_ms`` set): a key whose expected
-        state is a tombstone may also be absent. A live value where a tombstone is
-        expected is still a ``resurrected`` mismatch."""
 
     def record(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
         """Record an acknowledged write (``value`` is ignored for a tombstone)."""
@@ -100,7 +96,8 @@ class Oracle:
     ) -> list[Mismatch]:
         """Compare every key of ``store`` with the expectation; return the differences.
 
-        Reads each expected key with :meth:`Store.entry` (tombstones included), then scans
+        Reads each expected key with :meth:`Store.entry` (tombstones included; one below
+        the store's collection horizon may be absent, collected), then scans
         the change log for keys the oracle never saw written. ``exclude_peers`` names
         peers whose writes were refused by design: any trace of them is a ``phantom``.
         """
@@ -109,9 +106,8 @@ class Oracle:
         for key, w in self.best.items():
             e = store.entry(key)
             if e is None:
-                if w.deleted and self.collecting:
-                    continue
-                out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
+                if not (w.deleted and w.hlc < store.gc_horizon):  # else: collected
+                    out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
                 continue
             raw = b"" if e.deleted else (e.raw or b"")
             if (e.hlc, e.peer, e.deleted, raw) == (w.hlc, w.peer, w.deleted, w.value_bytes):

@@ -38,6 +38,7 @@ from crdt_kv.sim.actions import FaultActions
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clients import Clients
 from crdt_kv.sim.clocks import SimClock
+from crdt_kv.sim.collect import Collection
 from crdt_kv.sim.config import (
     BACKENDS,
     CONFLICT_MODES,
@@ -87,7 +88,7 @@ ProgressFn = Callable[[str, int, int], None]
 # --- the simulation --------------------------------------------------------------------
 
 
-class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
+class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting):
     """A cluster of real stores over a simulated network, driven by virtual time.
 
     ``run()`` performs a whole scenario. Tests can also drive it by hand: call
@@ -192,6 +193,7 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
                 "entries_changed",
                 "merges",
                 "merges_dropped",
+                "collected",
             ),
             0,
         )
@@ -249,6 +251,8 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
             "resolver": cfg.resolver,
             "conflicts": cfg.conflicts,
         }
+        if cfg.member_expiry_ms is not None:
+            common["member_expiry_s"] = cfg.member_expiry_ms / 1000
         if cfg.backend == "memory":
             if node.backend is None:
                 node.backend = SimDisk(volatile=not cfg.sync_writes)
@@ -283,6 +287,7 @@ class Simulation(Topology, Engine, Clients, FaultActions, Reporting):
                 node, f"reopened at hlc {last} below its write {node.last_write_hlc}"
             )
         node.hlc_seen = last
+        self._gc_open(node)
 
     def _hlc_violation(self, node: SimNode, what: str) -> None:
         self.c["hlc_violations"] += 1

@@ -37,6 +37,7 @@ from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
+from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, META_INCARNATION, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
@@ -44,6 +45,7 @@ from crdt_kv.store.collect import Collector
 from crdt_kv.store.commit import Committer
 from crdt_kv.store.history import History
 from crdt_kv.store.hooks import Hooks
+from crdt_kv.store.members import Member, MemberApi, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
 from crdt_kv.store.ranges import Ranges
@@ -53,7 +55,7 @@ from crdt_kv.store.rollback import cursor_mismatch
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
-__all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Store", "supersedes"]
+__all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Member", "Store", "supersedes"]
 
 DEFAULT_MAX_OFFSET_MS = 500
 APPLY_CHUNK = 5000
@@ -68,7 +70,7 @@ _STATS = (
 )
 
 
-class Store(Repair):
+class Store(Repair, MemberApi):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -90,6 +92,7 @@ class Store(Repair):
         boot_id: bytes | None = None,
         conflicts: str | None = None,
         keep_history: bool = False,
+        member_expiry_ms: int = DEFAULT_MEMBER_EXPIRY_MS,
     ) -> None:
         m, state, buckets = open_store(
             backend,
@@ -130,6 +133,14 @@ class Store(Repair):
         self._w.gc_horizon = state.gc_horizon
         self._collector = Collector(backend, self._w)
         self._ranges = Ranges(backend, buckets, self._w.lock, self._w.check)
+        self._members = Members(
+            backend,
+            peer_id=m.peer_id,
+            clock=clock,
+            lock=self._w.lock,
+            fresh_hlc=self.clock_now,
+            expiry_ms=member_expiry_ms,
+        )
 
     # --- properties -----------------------------------------------------------------
 
