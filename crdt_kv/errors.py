@@ -19,6 +19,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "ResolverError",
+    "RolledBackError",
 ]
 
 

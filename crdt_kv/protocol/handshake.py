@@ -1,11 +1,13 @@
-"""The Hello we send and the checks a peer's Hello must pass (spec section 5, steps 1-4)."""
+"""The Hello we send, the checks a peer's Hello must pass (spec section 5, steps 1-4), and
+the check of the cursor a peer's Request proves (spec section 9, rollback detection)."""
 
 from __future__ import annotations
 
-from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello
+from crdt_kv.errors import RolledBackError
+from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request
 from crdt_kv.protocol.replica import Replica
 
-__all__ = ["hello_mismatch", "our_hello"]
+__all__ = ["check_rollback", "hello_mismatch", "our_hello"]
 
 
 def our_hello(
@@ -52,3 +54,19 @@ def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:
             f"{replica.conflict_mode!r}: replicas in different conflict modes cannot sync"
         )
     return None
+
+
+def check_rollback(replica: Replica, r: Request, remote: Hello | None) -> RolledBackError | None:
+    """The error to fail the session with when the peer's Request proves a cursor our log no
+    longer matches (we were restored from a copy: ``spec/protocol.md`` section 9), after
+    taking a new incarnation so that peers pull the whole log again; None if it may be true.
+    """
+    why = replica.check_cursor(r.since, r.proof)
+    if why is None:
+        return None
+    peer = remote.peer_id if remote is not None else "peer"
+    replica.rotate_incarnation()
+    return RolledBackError(
+        f"peer {peer!r} proved a cursor our log no longer matches ({why}): this store was "
+        "rolled back; it took a new incarnation so peers pull it again"
+    )

@@ -33,7 +33,6 @@ from crdt_kv.errors import (
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
-    RolledBackError,
 )
 from crdt_kv.protocol.events import (
     BatchApplied,
@@ -43,7 +42,7 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
-from crdt_kv.protocol.handshake import hello_mismatch, our_hello
+from crdt_kv.protocol.handshake import check_rollback, hello_mismatch, our_hello
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     Abort,
@@ -466,17 +465,9 @@ class Session:
     def _on_request(self, r: Request) -> None:
         self.out_state = step(OUT_TABLE, self.out_state, r, "our sending side")
         last = self.replica.last_seq
-        why = self.replica.check_cursor(r.since, r.proof)
-        if why is not None:
-            peer = self.remote.peer_id if self.remote else "peer"
-            self.replica.rotate_incarnation()
-            return self._fail(
-                RolledBackError(
-                    f"peer {peer!r} proved a cursor our log no longer matches ({why}): this "
-                    "store was rolled back; it took a new incarnation so peers pull it again"
-                ),
-                AbortCode.ROLLED_BACK,
-            )
+        rolled_back = check_rollback(self.replica, r, self.remote)
+        if rolled_back is not None:
+            return self._fail(rolled_back, AbortCode.ROLLED_BACK)
         self._out_pos = r.since
         # Our own ``live`` bounds how long we serve: a one-shot side never tails its log.
         self._remote_live = r.live and self.live

@@ -28,6 +28,7 @@ builder), :mod:`.changelog` (log scans, cursors), :mod:`.merge` (pure merge deci
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -38,7 +39,7 @@ from crdt_kv.codec import key_codec, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
-from crdt_kv.layout import DATA, META_INCARNATION, digest_bytes, live_value, unpack_record
+from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.collect import Collector
@@ -51,7 +52,7 @@ from crdt_kv.store.meta import open_store
 from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.repair import Repair
-from crdt_kv.store.rollback import cursor_mismatch
+from crdt_kv.store.rollback import CursorChecks
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
@@ -70,7 +71,7 @@ _STATS = (
 )
 
 
-class Store(Repair, MemberApi):
+class Store(Repair, MemberApi, CursorChecks):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -213,6 +214,9 @@ class Store(Repair, MemberApi):
 
     def _to_entry(self, r: RawEntry) -> Entry:
         return to_entry(r, self._kdec, self._vdec)
+
+    def _commit_lock(self) -> threading.RLock:
+        return self._w.lock
 
     def _record(self, k: bytes) -> RawEntry | None:
         blob = self._bget(DATA + k)
@@ -425,33 +429,6 @@ class Store(Repair, MemberApi):
     def cursors(self) -> dict[tuple[str, bytes], int]:
         """Every stored delta-sync cursor: ``{(peer, incarnation): seq}``."""
         return self._changelog.cursors()
-
-    def cursor_proof(self, peer: str, incarnation: bytes) -> tuple[bytes, int] | None:
-        """``(key, state stamp)`` of the newest entry applied under that cursor, or None:
-        what a ``Request`` sends to prove its cursor (rollback detection)."""
-        return self._changelog.cursor_proof(peer, incarnation)
-
-    def check_cursor(self, since: int, proof: tuple[bytes, int] | None) -> str | None:
-        """Why a peer's cursor into our log (``since``, ``proof``) cannot be true, meaning
-        this store was rolled back (restored from a copy), or None if it may be."""
-        held = self._record(proof[0]) if proof is not None else None
-        return cursor_mismatch(
-            last_seq=self.last_seq,
-            since=since,
-            proof=proof,
-            held=held,
-            gc_horizon=self.gc_horizon,
-        )
-
-    def rotate_incarnation(self) -> bytes:
-        """Take a new random incarnation now (the log was found rolled back): peers then
-        pull the whole log again instead of skipping reissued sequences. Returns it."""
-        with self._w.lock:
-            self._check()
-            incarnation = self._rng.getrandbits(128).to_bytes(16, "big")
-            self._backend.write([(META_INCARNATION, incarnation)])
-            self._incarnation = incarnation
-            return incarnation
 
     # --- writes ---------------------------------------------------------------------
 
