@@ -20,6 +20,7 @@ from crdt_kv.sim.faults import (
     FaultAction,
     Freeze,
     Heal,
+    Isolate,
     Join,
     Partition,
     Quiet,
@@ -215,6 +216,24 @@ class FaultActions:
         self.push(self.vt.now + 1_500_000, self._planned, Heal())
         self._start_links(node)
 
+    def _a_isolate(self, a: FaultAction) -> None:
+        assert isinstance(a, Isolate)
+        node = self.nodes[a.node]
+        if node.state != UP or node.store is None:
+            return
+        others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
+        if uncovered(node.store, others, every=True):
+            self.c["isolate_waits"] += 1
+            self.push(self.vt.now + 250_000, self._planned, a)
+            return
+        self.c["isolations"] += 1
+        self.network.partition(((a.node,),))
+        self.push(self.vt.now + int(a.span_ms * 1000), self._rejoin, a.node)
+
+    def _rejoin(self, index: int) -> None:
+        self.nodes[index].quiet = False
+        self.network.heal()
+
 
 _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Partition: FaultActions._a_partition,
@@ -232,4 +251,5 @@ _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Snapshot: FaultActions._a_snapshot,
     Restore: FaultActions._a_restore,
     Quiet: FaultActions._a_quiet,
+    Isolate: FaultActions._a_isolate,
 }

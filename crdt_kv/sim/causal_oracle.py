@@ -378,7 +378,7 @@ class CausalOracle:
             if state is None and not exp.live and _collected(exp, store.gc_horizon):
                 continue
             dead = [v for v in _versions(state) if v[2]] if state is not None else []
-            out.extend(self._dead(node, book, exp, dead, excluded))
+            out.extend(self._dead(node, book, exp, dead, excluded, store.gc_horizon))
             if orders is not None:
                 mine = [(e.peer, e.hlc) for e in got]
                 first = orders.setdefault(kb, (node, mine))
@@ -416,14 +416,20 @@ class CausalOracle:
             out.append(Mismatch(node, book.key, "wrong-order", _listed(exp.live), shown))
         return out
 
-    def _dead(
-        self, node: str, book: _Book, exp: Expected, held: list[Version], excluded: set[str]
+    def _dead(  # noqa: PLR0917 - private; the check's inputs
+        self,
+        node: str,
+        book: _Book,
+        exp: Expected,
+        held: list[Version],
+        excluded: set[str],
+        horizon: int,
     ) -> list[Mismatch]:
         want = {(w.peer, w.hlc, True, b""): w for w in exp.tombstones}
         out = [
             Mismatch(node, book.key, "lost", w.describe(), "no such tombstone sibling")
             for v, w in want.items()
-            if v not in held
+            if v not in held and w.hlc >= horizon  # below it: pruned by collection
         ]
         for v in held:
             if v not in want:

@@ -28,17 +28,19 @@ def _covers(mode: str, held: RawEntry, v: RawEntry) -> bool:
     return max(seen, default=-1) >= v.hlc
 
 
-def uncovered(store: Store, others: Sequence[Store]) -> int:
-    """How many versions of ``store``'s current states no store of ``others`` holds or
-    supersedes (a tombstone collected below another store's horizon counts as held)."""
+def uncovered(store: Store, others: Sequence[Store], *, every: bool = False) -> int:
+    """How many versions of ``store``'s current states no store of ``others`` (``every``:
+    not every store of ``others``) holds or supersedes (a tombstone collected below
+    another store's horizon counts as held)."""
     mode = store.conflict_mode
     missing = 0
     for r in store.raw_changes(0):
         helds = [o.raw_entries([r.key]) for o in others]
         for v in (r, *r.others):
-            held = any(
+            each = (
                 _covers(mode, found[0], v) if found else v.deleted and v.hlc < o.gc_horizon
                 for o, found in zip(others, helds, strict=True)
             )
+            held = all(each) if every else any(each)
             missing += not held
     return missing

@@ -135,6 +135,20 @@ class Restore:
 
 
 @dataclass(frozen=True, slots=True)
+class Isolate:
+    """Cut a node off from every other for ``span_ms``, once everything it holds is held
+    by every other up node (retrying every 250 ms): long enough, it expires from the
+    others' membership and they collect without it. (A write of an expiring member that
+    reached only some members may be refused by the others once their horizon passes it:
+    the known limit of member expiry, ``spec/data-model.md`` section 19.) Its clients
+    resume when it returns (pause them before with :class:`Quiet`, so that its writes
+    reach the others first)."""
+
+    node: int
+    span_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class Quiet:
     """Pause (``on``) or resume a node's clients: their operations are not performed."""
 
@@ -170,6 +184,7 @@ FaultAction = (
     | Snapshot
     | Restore
     | Quiet
+    | Isolate
 )
 Plan = list[tuple[float, FaultAction]]
 

@@ -67,6 +67,7 @@ _STATS = (
     "hook_errors",
     "collected",
     "dropped",
+    "pruned",
     "refused_below_horizon",
 )
 

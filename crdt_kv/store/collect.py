@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from crdt_kv.backends.base import Backend, Op
+from crdt_kv.causal import prune
 from crdt_kv.fingerprint import BUCKET_SHIFT, Statistics, position_bytes, state_stamp
 from crdt_kv.layout import (
     DATA,
     DATA_END,
     DATA_SKIP,
+    FORMAT_SIBLINGS,
     body_hash,
+    pack_siblings,
     pack_u64,
     record_is_deleted,
     unpack_record,
@@ -87,10 +90,11 @@ class Collector:
         with w.lock:
             w.check()
             h = w.gc_horizon
-            if not h or w.log.buckets.total == w.log.count:
+            if not h:
                 return 0
             chunk: list[tuple[bytes, bytes]] = []
-            for k, blob in self._collectable(h):
+            any_dead = w.log.buckets.total != w.log.count
+            for k, blob in self._collectable(h) if any_dead else ():
                 if limit is not None and done + len(chunk) >= limit:
                     break
                 chunk.append((k, blob))
@@ -99,7 +103,53 @@ class Collector:
                     chunk = []
             if chunk:
                 done += self._remove(chunk, "collected")
+            if w.order is not None:
+                self._prune(h)
         return done
+
+    def _prune(self, h: int) -> None:
+        """``siblings`` mode: drop the tombstone versions older than ``h`` from the states
+        that keep a newer version (:func:`crdt_kv.causal.prune`), rewriting each record in
+        place: same sequence, no log entry (every replica prunes below its own horizon)."""
+        order = self._w.order
+        assert order is not None
+        rewrites: list[tuple[bytes, bytes, bytes]] = []
+        for dk, blob in self._backend.iterate(DATA, DATA_END):
+            if blob[0] != FORMAT_SIBLINGS:
+                continue
+            r = unpack_record(dk, blob, DATA_SKIP)
+            pruned = prune(r, h, order) if r.others else None
+            if pruned is not None:
+                rewrites.append((r.key, blob, pack_siblings(pruned)))
+            if len(rewrites) >= COLLECT_CHUNK:
+                self._rewrite(rewrites)
+                rewrites = []
+        if rewrites:
+            self._rewrite(rewrites)
+
+    def _rewrite(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Replace the bodies of ``(key, stored record, new body)`` in one batch, keeping
+        each record's sequence; the digest and buckets move, the live count does not."""
+        w = self._w
+        log, buckets = w.log, w.log.buckets
+        digest = log.digest
+        ops: list[Op] = []
+        moves: dict[int, tuple[int, int]] = {}
+        for k, blob, body in items:
+            delta = body_hash(k, body) - body_hash(k, blob[:-8])
+            b = int.from_bytes(position_bytes(k), "big") >> BUCKET_SHIFT
+            m = moves.get(b, (0, 0))
+            moves[b] = (m[0], m[1] + delta)
+            digest += delta
+            ops.append((DATA + k, body + blob[-8:]))
+        digest %= _MOD
+        staged = buckets.stage(moves)
+        ops += buckets.checkpoint_ops(staged, log.seq)
+        ops.append((META_GC, pack_gc_state(log.seq, log.count, digest, w.hlc.last)))
+        self._backend.write(ops)
+        log.digest = digest
+        buckets.store(staged, len(items), True)
+        w.stats["pruned"] += len(items)
 
     def drop(self, keys: Iterable[bytes], below: int) -> int:
         """Remove the given keys whose state stamp is below ``below``, live or not."""

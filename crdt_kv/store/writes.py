@@ -223,7 +223,9 @@ class Writer:
         self.hlc.update(top)
         mixed: frozenset[bytes] = frozenset()
         if self.order is not None:
-            items, mixed = sibling_changes(batch, self._backend.get_many, self.order)
+            items, mixed = sibling_changes(
+                batch, self._backend.get_many, self.order, self.gc_horizon
+            )
         else:
             best = winners(batch, prefer, resolver, to_entry)
             olds = self._backend.get_many([DATA + k for k in best])
