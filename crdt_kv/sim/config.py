@@ -195,6 +195,12 @@ class SimResult:
     joins: int
     partitions: int
     skew_rejections: int
+    divergences: int
+    """Sessions whose verification found clean replicas with different digests (counted at
+    each end of a session)."""
+    repairs: int
+    """Reconciliations run inside sessions, first contact or after a divergence (counted at
+    each end)."""
     rogue_nodes: list[str]
     rogue_writes: int
     hlc_ties: int

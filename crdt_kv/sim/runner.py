@@ -178,6 +178,8 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "joins",
                 "partitions",
                 "skew_rejections",
+                "divergences",
+                "repairs",
                 "rogue_writes",
                 "bursts",
                 "power_cuts",
