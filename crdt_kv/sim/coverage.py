@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from crdt_kv.store import Store
 from crdt_kv.version import RawEntry
 
-__all__ = ["uncovered"]
+__all__ = ["held_elsewhere", "uncovered"]
 
 
 def _covers(mode: str, held: RawEntry, v: RawEntry) -> bool:
@@ -26,6 +26,19 @@ def _covers(mode: str, held: RawEntry, v: RawEntry) -> bool:
     seen = [o.hlc for o in versions if o.peer == v.peer]
     seen += [h for p, h in held.context if p == v.peer]
     return max(seen, default=-1) >= v.hlc
+
+
+def held_elsewhere(mode: str, r: RawEntry, others: Sequence[Store]) -> bool:
+    """True when each version of state ``r`` is held or superseded on one of ``others``
+    (not necessarily the same one; a tombstone below another's horizon counts)."""
+    helds = [o.raw_entries([r.key]) for o in others]
+    return all(
+        any(
+            _covers(mode, found[0], v) if found else v.deleted and v.hlc < o.gc_horizon
+            for o, found in zip(others, helds, strict=True)
+        )
+        for v in (r, *r.others)
+    )
 
 
 def uncovered(store: Store, others: Sequence[Store]) -> int:
