@@ -96,6 +96,10 @@ class Replica(Protocol):
         """A fresh HLC stamp (for our Hello)."""
         ...
 
+    def digest(self) -> bytes:
+        """The 32-byte digest of every key's state (kept per commit: costs nothing)."""
+        ...
+
     def observe_clock(self, stamp: int) -> None:
         """Merge a peer's stamp into our HLC; raises ``ClockSkewError`` if too far ahead."""
         ...
