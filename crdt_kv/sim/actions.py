@@ -242,6 +242,7 @@ class FaultActions:
             if r is None or not held_elsewhere(mode, r, others):
                 continue
             garbage = rng.random() < 0.5
+
             disk.write([(DATA + k, b"\xff" + rng.randbytes(12) if garbage else None)])
             if self.causal is not None:
                 self.causal.lose(a.node, k)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from crdt_kv.errors import CorruptionError
 from crdt_kv.store import Store
 from crdt_kv.version import RawEntry
 
@@ -28,10 +29,17 @@ def _covers(mode: str, held: RawEntry, v: RawEntry) -> bool:
     return max(seen, default=-1) >= v.hlc
 
 
+def _read(store: Store, key: bytes) -> list[RawEntry]:
+    try:
+        return store.raw_entries([key])
+    except CorruptionError:  # rotted there too: not held
+        return []
+
+
 def held_elsewhere(mode: str, r: RawEntry, others: Sequence[Store]) -> bool:
     """True when each version of state ``r`` is held or superseded on one of ``others``
     (not necessarily the same one; a tombstone below another's horizon counts)."""
-    helds = [o.raw_entries([r.key]) for o in others]
+    helds = [_read(o, r.key) for o in others]
     return all(
         any(
             _covers(mode, found[0], v) if found else v.deleted and v.hlc < o.gc_horizon

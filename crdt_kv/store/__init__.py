@@ -146,6 +146,7 @@ class Store(Repair, MemberApi, CursorChecks):
             fresh_hlc=self.clock_now,
             expiry_ms=member_expiry_ms,
         )
+        self._members.hold = self._scrubber.hold
 
     # --- properties -----------------------------------------------------------------
 

@@ -47,13 +47,16 @@ from crdt_kv.layout import (
     LOG,
     LOG_END,
     body_hash,
+    pack_u64,
     record_is_deleted,
     unpack_log,
     unpack_record,
+    unpack_u64,
 )
 from crdt_kv.layout_fingerprints import (
     INDEX,
     META_GC,
+    META_QUARANTINE_HOLD,
     QUARANTINE,
     QUARANTINE_END,
     index_bound,
@@ -146,11 +149,22 @@ class Scrubber:
     """The scrub of one store: works through its writer, under the commit lock. Loads
     the quarantine into the writer at open."""
 
-    __slots__ = ("_backend", "_w")
+    __slots__ = ("_backend", "_hold", "_w")
 
     def __init__(self, backend: Backend, writer: Writer) -> None:
         self._backend, self._w = backend, writer
         writer.quarantined.update(k[1:] for k, _ in backend.iterate(QUARANTINE, QUARANTINE_END))
+        held = backend.get(META_QUARANTINE_HOLD)
+        self._hold = 0 if held is None else unpack_u64(held)
+
+    def hold(self) -> int | None:
+        """While keys are quarantined, the most this replica may claim to hold of anyone's
+        writes (a member's gossip, :meth:`crdt_kv.horizon.Membership.gossip`): the
+        collection horizon when the first of them was lost. A lost record's stamp is
+        unknown; below that horizon every member holds it (or a newer state), above it
+        only the lost record may have, so peers that pull this replica must not take its
+        word beyond it, or the horizon would pass the lost state and absence win for it."""
+        return self._hold if self._w.quarantined else None
 
     def quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
         """``(position, key)`` of the quarantined keys in ``[lo, hi)``, sorted."""
@@ -253,16 +267,22 @@ class Scrubber:
         staged = buckets.stage(moves)
         ops += buckets.checkpoint_ops(staged, log.seq)
         ops.append((META_GC, pack_gc_state(log.seq, live, digest, w.hlc.last)))
+        hold = self._hold if w.quarantined else w.gc_horizon
+        if rotten:
+            ops.append((META_QUARANTINE_HOLD, pack_u64(hold)))
         self._backend.write(ops)
         log.digest, log.count = digest, live
         buckets.store(staged, 0, True)
         w.quarantined.update(rotten)
+        if rotten:
+            self._hold = hold
 
     def _log_pass(self, wrong: set[int], found: _Pass) -> list[Op]:
         """Deletions of the change-log entries of rotten keys (a lost record no longer
-        says at which sequence it was logged), and of those naming a key of a ``wrong``
-        bucket that has neither record nor index entry: lost too (the log names every
-        key once), so added to ``found.missing``."""
+        says at which sequence it was logged), and, for the keys of ``wrong`` buckets, of
+        entries naming a key that has no record (lost with its index entry: added to
+        ``found.missing``) or a record at another sequence (left behind when a lost key
+        was written again, which would name a missing record once it is collected)."""
         rotten = set(found.missing) | set(found.corrupt)
         ops: list[Op] = []
         named: list[tuple[bytes, bytes]] = []
@@ -270,11 +290,13 @@ class Scrubber:
             k = unpack_log(v)[0]
             if k in rotten:
                 ops.append((lk, None))
-            elif k not in found.indexed and bucket_of(position(k)) in wrong:
+            elif bucket_of(position(k)) in wrong:
                 named.append((lk, k))
         blobs = self._backend.get_many([DATA + k for _, k in named])
         for (lk, k), blob in zip(named, blobs, strict=True):
-            if blob is None:
+            if blob is None or blob[-8:] != lk[1:]:
                 ops.append((lk, None))
+            if blob is None and k not in rotten:
+                rotten.add(k)
                 found.missing.append(k)
         return ops
