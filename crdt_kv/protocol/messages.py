@@ -117,7 +117,7 @@ class Request:
     live: bool
     proof: tuple[bytes, int] | None = None
     repair: bool = False
-    """First contact: reconcile before streaming (spec section 10); the log then streams
+    """First contact: reconcile before streaming (spec section 13); the log then streams
     from the sender's head at the time it received this Request."""
 
 

@@ -62,6 +62,7 @@ from crdt_kv.protocol.messages import (
     encode_frame,
 )
 from crdt_kv.protocol.options import MODES, Mode, SessionStats, check_options, clip_reason
+from crdt_kv.protocol.queue import StorageQueue
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.protocol.states import (
     CONN_TABLE,
@@ -96,7 +97,7 @@ __all__ = ["MODES", "Session", "SessionStats"]
 _O, _I = OutState, InState
 
 
-class Session:
+class Session(StorageQueue):
     """One side of a replication session over a reliable ordered byte stream.
 
     ``replica`` is what we replicate (a :class:`~crdt_kv.store.Store`, or anything with
@@ -154,7 +155,7 @@ class Session:
         self._outbox = bytearray()
         self._events: list[Event] = []
         self._queued: deque[StorageRequest] = deque()
-        self._taken: StorageRequest | None = None
+        self._taken: StorageRequest | None = None  # see StorageQueue
         self._reading: ReadLog | None = None
         self._applying: tuple[ApplyBatch, Batch] | None = None
         self._out_pos = 0
@@ -228,11 +229,6 @@ class Session:
         """Bytes are queued for the peer (take them with :meth:`data_to_send`)."""
         return bool(self._outbox)
 
-    @property
-    def storage_busy(self) -> bool:
-        """A storage request is queued or being performed."""
-        return bool(self._queued) or self._taken is not None
-
     # --- driving --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -296,32 +292,6 @@ class Session:
         self._send_batch(LogSlice((), pos, True))
         return True
 
-    def storage_request(self) -> StorageRequest | None:
-        """Take the next storage request to perform (``defer_storage=True`` only).
-
-        At most one is handed out at a time: call :meth:`storage_done` (or
-        :meth:`storage_failed`) before the next one is given.
-        """
-        if self._taken is not None or not self._queued:
-            return None
-        self._taken = self._queued.popleft()
-        return self._taken
-
-    def storage_done(self, request: StorageRequest, result: object) -> list[Event]:
-        """Hand back what :meth:`StorageRequest.perform` returned; returns new events."""
-        self._release(request)
-        self._finish(request, result)
-        self._process()
-        return self._take_events()
-
-    def storage_failed(self, request: StorageRequest, error: BaseException) -> list[Event]:
-        """The request raised ``error``. Clock skew and undecodable entries fail the session
-        as the peer's fault; anything else is ours and is re-raised after the session is
-        closed with an ``Abort``."""
-        self._release(request)
-        self._on_storage_error(request, error)
-        return self._take_events()
-
     def close(self, reason: str = "closed by local side") -> None:
         """Close the session; one that is not settled tells the peer why. Idempotent."""
         if self.closed:
@@ -353,22 +323,6 @@ class Session:
         self.stats.errors += 1
         self._queued.clear()
         self._events.append(SessionFailed(error))
-
-    def _release(self, request: StorageRequest) -> None:
-        if request is not self._taken:
-            raise LocalProtocolError(f"storage result for a request not handed out: {request!r}")
-        self._taken = None
-
-    def _submit(self, request: StorageRequest) -> None:
-        if not self.defer_storage:
-            try:
-                result = request.perform(self.replica)
-            except Exception as exc:
-                self._on_storage_error(request, exc)
-                return
-            self._finish(request, result)
-            return
-        self._queued.append(request)
 
     def _finish(self, request: StorageRequest, result: object) -> None:
         if isinstance(request, ReadLog):

@@ -1,4 +1,4 @@
-"""Verification and repair inside a replication session (``spec/protocol.md`` section 10).
+"""Verification and repair inside a replication session (``spec/protocol.md`` section 13).
 
 Two cases make a session run the range-fingerprint reconciliation of
 :mod:`crdt_kv.repair` over its own connection, each end driving one
