@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 
 from crdt_kv.protocol import ApplyBatch, LogSlice, ReadLog, StorageRequest
+from crdt_kv.protocol.storage import RepairWork
+from crdt_kv.repair.work import ApplyEntries
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.links import Connection, SimLink
 
@@ -45,6 +47,10 @@ class Deliveries:
             snaps = self.oracle.snapshot(sl.node.index, result.entries)
             queue = self._queues.setdefault((conn.id, sl.side), deque())
             queue.append((result.to_seq, len(result.entries), snaps))
+        elif isinstance(request, RepairWork) and isinstance(request.work, ApplyEntries):
+            # A repair ships current states, not log slices: the receiver has seen what
+            # the states show (their versions and what those superseded).
+            self.oracle.absorb(sl.node.index, request.work.entries)
         elif isinstance(request, ApplyBatch) and request.entries:
             if conn is None:
                 raise RuntimeError(f"{sl!r} applied a batch without a connection")
