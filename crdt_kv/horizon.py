@@ -116,7 +116,13 @@ class Membership:
     ) -> set[str]:
         """Our receiving side got ``peer``'s first ``done`` batch of a session whose Hello
         carried ``hello_hlc`` and ``table``: v[peer] >= hello_hlc, v[X] >= table's v[X];
-        also a direct contact, like :meth:`heard`."""
+        also a direct contact, like :meth:`heard`. A sender whose own row claims less
+        than ``hello_hlc`` (it lost records: :mod:`crdt_kv.store.scrub`) is taken at its
+        row's word."""
+        table = list(table)
+        own = [g.v for g in table if g.peer == peer]
+        if own:
+            hello_hlc = min(hello_hlc, own[0])
         changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=True)
         if peer != self.self_id:
             row = self._row(peer)
@@ -173,15 +179,26 @@ class Membership:
             low = min(low, self.rows[p].reported_d)
         return max(0, low - (grace_ms << _LOGICAL_BITS))
 
-    def gossip(self, now_ms: int, own_hlc: int) -> tuple[GossipRow, ...]:
+    def gossip(self, now_ms: int, own_hlc: int, hold: int | None = None) -> tuple[GossipRow, ...]:
         """The table for our Hello: our own row, then the active members, most recently
-        seen first, at most :data:`MAX_GOSSIP_ROWS` rows in all."""
-        own = GossipRow(self.self_id, own_hlc, now_ms, self.received_through(now_ms, own_hlc))
+        seen first, at most :data:`MAX_GOSSIP_ROWS` rows in all.
+
+        ``hold``: this replica lost records whose stamps it does not know (quarantined
+        keys), so it claims to hold no one's writes beyond ``hold`` (a horizon every
+        member had reached when they were lost): every ``v`` and ``d`` is capped at it,
+        and the horizon cannot pass a state only the lost records carried."""
+        cap = (1 << 64) if hold is None else hold
+        own = GossipRow(
+            self.self_id,
+            min(own_hlc, cap),
+            now_ms,
+            min(self.received_through(now_ms, own_hlc), cap),
+        )
         active = sorted(self.members(now_ms), key=lambda p: (-self.rows[p].seen_ms, p))
         out = [own]
         for p in active[: MAX_GOSSIP_ROWS - 1]:
             r = self.rows[p]
-            out.append(GossipRow(p, r.v, r.seen_ms, r.reported_d))
+            out.append(GossipRow(p, min(r.v, cap), r.seen_ms, min(r.reported_d, cap)))
         return tuple(out)
 
     # --- internals ----------------------------------------------------------------------

@@ -45,6 +45,15 @@ class MembershipView(Protocol):
         ...
 
 
+class ScrubCounts(Protocol):
+    """What the collection policy reads of a scrub's report."""
+
+    @property
+    def quarantined(self) -> int:
+        """Keys found rotten and put in quarantine."""
+        ...
+
+
 class Replica(Protocol):
     """What a session reads and writes of the replica it serves."""
 
@@ -133,6 +142,10 @@ class Replica(Protocol):
 
     def gc(self, *, limit: int | None = None) -> int:
         """Collect tombstones below the horizon (up to ``limit`` keys); may block."""
+        ...
+
+    def scrub(self, *, buckets: Iterable[int] | None = None) -> ScrubCounts:
+        """Check these buckets' records, quarantine the rotten ones; may block."""
         ...
 
     def apply_raw(

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from crdt_kv.hlc import LOGICAL_BITS
+from crdt_kv.layout import DATA, DATA_END, unpack_record
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import SimConfig
-from crdt_kv.sim.coverage import uncovered
+from crdt_kv.sim.coverage import held_elsewhere, uncovered
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.faults import (
     Burst,
@@ -26,6 +28,7 @@ from crdt_kv.sim.faults import (
     Quiet,
     Restart,
     Restore,
+    Rot,
     SetLinkFaults,
     Shutdown,
     Snapshot,
@@ -49,6 +52,8 @@ class FaultActions:
     links: LinkShell
     c: dict[str, int]
     sched_rng: random.Random
+    fault_rng: random.Random
+    causal: CausalOracle | None
     _up: list[int] | None
     vt: VirtualTime
 
@@ -233,6 +238,34 @@ class FaultActions:
     def _rejoin(self, index: int) -> None:
         self.nodes[index].quiet = False
         self.network.heal()
+    def _a_rot(self, a: FaultAction) -> None:
+        assert isinstance(a, Rot)
+        node = self.nodes[a.node]
+        disk, store = node.backend, node.store
+        if node.state != UP or store is None or not isinstance(disk, SimDisk):
+            return
+        others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
+        mode, rng = store.conflict_mode, self.fault_rng
+        keys = [k[1:] for k, _ in disk.iterate(DATA, DATA_END)]
+        rng.shuffle(keys)
+        done = 0
+        for k in keys:
+            if done >= a.records:
+                break
+            blob = disk.get(DATA + k)
+            try:
+                r = unpack_record(k, blob) if blob is not None else None
+            except Exception:  # rotted already
+                continue
+            if r is None or not held_elsewhere(mode, r, others):
+                continue
+            garbage = rng.random() < 0.5
+
+            disk.write([(DATA + k, b"\xff" + rng.randbytes(12) if garbage else None)])
+            if self.causal is not None:
+                self.causal.lose(a.node, k)
+            self.c["rotten" if not garbage else "garbled"] += 1
+            done += 1
 
 
 _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
@@ -252,4 +285,5 @@ _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Restore: FaultActions._a_restore,
     Quiet: FaultActions._a_quiet,
     Isolate: FaultActions._a_isolate,
+    Rot: FaultActions._a_rot,
 }

@@ -294,16 +294,31 @@ class CausalOracle:
         """After a power cut: ``node`` has seen exactly what its store still holds."""
         seen: dict[bytes, int] = {}
         for r in states:
-            book = self.books.get(r.key)
-            if book is None:
-                continue
-            mask = 0
-            for v in _versions(r):
-                wid = book.find(v)
-                if wid is not None:
-                    mask |= (1 << wid) | book.closed[wid]
-            seen[r.key] = mask
+            if r.key in self.books:
+                seen[r.key] = self._shown(r)
         self.seen[node] = seen
+
+    def _shown(self, r: RawEntry) -> int:
+        """The writes state ``r`` holds, with what they superseded."""
+        book = self.books[r.key]
+        mask = 0
+        for v in _versions(r):
+            wid = book.find(v)
+            if wid is not None:
+                mask |= (1 << wid) | book.closed[wid]
+        return mask
+
+    def lose(self, node: int, key: bytes) -> None:
+        """``node``'s record of ``key`` rotted away: it has seen nothing of the key."""
+        self.seen[node].pop(key, None)
+
+    def absorb(self, node: int, states: Iterable[RawEntry]) -> None:
+        """``node`` merged these states outside a batch (repair): it has seen what they
+        show."""
+        seen = self.seen[node]
+        for r in states:
+            if r.key in self.books:
+                seen[r.key] = seen.get(r.key, 0) | self._shown(r)
 
     # --- the expectation -------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ class SimConfig:
     gc_grace_ms: float | None = None
     """Run each node's collection policy with this grace (None: never collect)."""
     gc_interval_ms: float = 1000.0
+    scrub_buckets: int = 64
+    """Buckets each node's collection policy scrubs per interval (of 4096; 0: none)."""
     member_expiry_ms: float | None = None
     """Members silent this long stop holding the horizon back (None: the store default)."""
 

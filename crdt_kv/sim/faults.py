@@ -26,6 +26,7 @@ __all__ = [
     "Partition",
     "Plan",
     "Restart",
+    "Rot",
     "SetLinkFaults",
     "Shutdown",
     "Unfreeze",
@@ -157,6 +158,17 @@ class Quiet:
 
 
 @dataclass(frozen=True, slots=True)
+class Rot:
+    """Bit rot on a node's disk: ``records`` of its records, picked by the fault generator
+    among those whose state another up node also holds (or supersedes), each either
+    vanishes or is overwritten with bytes that do not parse, behind the store's back (its
+    index and change-log entries stay). The scrub must find them and repair heal them."""
+
+    node: int
+    records: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Cut:
     """Reset one open connection, picked by the network generator (none open: nothing)."""
 
@@ -185,6 +197,7 @@ FaultAction = (
     | Restore
     | Quiet
     | Isolate
+    | Rot
 )
 Plan = list[tuple[float, FaultAction]]
 

@@ -198,6 +198,10 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "merges",
                 "merges_dropped",
                 "collected",
+                "rotten",
+                "garbled",
+                "quarantined",
+                "rot_errors",
             ),
             0,
         )

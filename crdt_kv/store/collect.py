@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import prune
+from crdt_kv.errors import CorruptionError
 from crdt_kv.fingerprint import BUCKET_SHIFT, Statistics, position_bytes, state_stamp
 from crdt_kv.layout import (
     DATA,
@@ -79,6 +80,8 @@ class Collector:
             collected=stats["collected"],
             refused_below_horizon=stats["refused_below_horizon"],
             dropped=stats["dropped"],
+            quarantined=len(self._w.quarantined),
+            rotten=stats["rotten"],
         )
 
     def gc(self, limit: int | None) -> int:
@@ -175,8 +178,11 @@ class Collector:
     def _collectable(self, h: int) -> Iterator[tuple[bytes, bytes]]:
         """Every record whose state is all tombstones with state stamp below ``h``."""
         for dk, blob in self._backend.iterate(DATA, DATA_END):
-            if record_is_deleted(blob):
-                r = unpack_record(dk, blob, DATA_SKIP)
+            if len(blob) > 1 and record_is_deleted(blob):
+                try:
+                    r = unpack_record(dk, blob, DATA_SKIP)
+                except CorruptionError:
+                    continue  # rotten: the scrub quarantines it
                 if all(o.deleted for o in r.others) and state_stamp(r) < h:
                     yield r.key, blob
 

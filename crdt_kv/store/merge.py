@@ -7,7 +7,7 @@ the caller, so the store decides which function that is at call time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
 from crdt_kv.causal import Order, join, join_at
@@ -219,18 +219,22 @@ def changes(  # noqa: PLR0917 - private; the merge's inputs, all needed
 
 
 def absent_below(
-    batch: list[RawEntry], horizon: int, get_many: Callable[[list[bytes]], list[bytes | None]]
+    batch: list[RawEntry],
+    horizon: int,
+    get_many: Callable[[list[bytes]], list[bytes | None]],
+    quarantined: Container[bytes] = (),
 ) -> tuple[list[RawEntry], int]:
     """Absence wins: ``batch`` without the entries of keys this store holds no record of
     whose incoming state (the newest over the batch) is older than ``horizon``, and how
     many entries that left out. Such a key was collected here, or is about to be
-    everywhere: taking it back would resurrect what collection removed."""
+    everywhere: taking it back would resurrect what collection removed. Keys in
+    ``quarantined`` are exempt: their absence here is a loss, not a collection."""
     tops: dict[bytes, int] = {}
     for e in batch:
         s = state_stamp(e)
         if s > tops.get(e.key, -1):
             tops[e.key] = s
-    old = [k for k, s in tops.items() if s < horizon]
+    old = [k for k, s in tops.items() if s < horizon and k not in quarantined]
     if not old:
         return batch, 0
     gone = {
