@@ -16,6 +16,16 @@ def test_rotten_records_are_healed(conflicts: str) -> None:
     assert r.ok, (r.error, r.mismatches[:3])
 
 
+@pytest.mark.parametrize("seed", [6, 8])
+def test_siblings_seeds_that_failed(seed: int) -> None:
+    """Seed 8: a tombstone version pruned on the replica with the highest horizon spread
+    by the join to replicas whose horizon a permanent quarantine held back (the oracle
+    counted it lost). Seed 6: sessions stalled by a message lost before the heal timed out
+    after convergence (the quiet check counted them)."""
+    r = run("bitrot", nodes=6, ops=1000, seed=seed, conflicts="siblings")
+    assert r.ok, (r.checks, r.mismatches[:3])
+
+
 def test_without_the_scrub_the_scenario_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scenario really rots records: with the scrub off, nothing notices them and
     the replicas end unreadable or different."""

@@ -335,3 +335,48 @@ def test_siblings_random_resolver_breaks_the_sibling_order() -> None:
     )
     assert not bad.ok and not bad.oracle_match, _why(bad)
     assert {"wrong-order", "divergent-order"} & set(bad.mismatch_kinds), bad.mismatch_kinds
+
+
+# --- collection elsewhere: pruning and repair drops spread past a replica's own horizon ----
+
+
+def test_causal_oracle_accepts_a_tombstone_pruned_by_another_replica(store_factory: Any) -> None:
+    """A tombstone version pruned below one replica's horizon leaves its dot in the
+    context, so a replica with a lower horizon that joins the pruned state drops it too:
+    the check must allow what the highest horizon of the cluster allows."""
+    a = store_factory("memory", peer_id="a", conflicts="siblings")
+    b = store_factory("memory", peer_id="b", conflicts="siblings")
+    oracle = CausalOracle(2)
+    v = a.put("k", "x")
+    oracle.record(0, "k", "x", False, v.hlc, v.peer)
+    d = b.delete("k")  # concurrent: a tombstone sibling next to the live x
+    oracle.record(1, "k", None, True, d.hlc, d.peer)
+    for src, dst, i in ((a, b, 1), (b, a, 0)):
+        sent = list(src.raw_changes(0))
+        dst.apply(src.changes())
+        oracle.deliver(i, sent, oracle.snapshot(1 - i, sent))
+    assert oracle.check("b", b) == []
+    a.raise_gc_horizon(max(v.hlc, d.hlc) + 1)
+    a.gc()
+    assert [s.deleted for s in a.raw_entries([b"k"])[0].others] == []  # pruned at a
+    b.apply(a.changes())  # b's horizon is 0, yet the pruned dot is covered: gone at b too
+    assert b.gc_horizon == 0
+    (m,) = oracle.check("b", b)
+    assert (m.kind, m.expected) == ("lost", f"hlc={d.hlc} peer=b tombstone")
+    assert oracle.check("b", b, horizon=a.gc_horizon) == []
+    assert oracle.check("b", b, horizon=d.hlc) != []  # not below that horizon: still lost
+
+
+def test_oracle_accepts_a_tombstone_dropped_for_a_peer_that_collected_it(
+    store_factory: Any,
+) -> None:
+    """Repair drops a state below the *peer's* horizon (absence wins), whatever ours."""
+    a, c, _, oracle = _stores(store_factory)
+    v = a.delete("k")
+    oracle.record("k", None, True, v.hlc, v.peer)
+    c.apply(a.changes())
+    assert c.drop_collected([b"k"], below=v.hlc + 1) == 1
+    assert c.gc_horizon == 0
+    (m,) = oracle.check("c", c)
+    assert m.kind == "lost"
+    assert oracle.check("c", c, horizon=v.hlc + 1) == []

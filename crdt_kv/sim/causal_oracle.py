@@ -373,6 +373,7 @@ class CausalOracle:
         *,
         exclude_peers: Iterable[str] = (),
         orders: dict[bytes, tuple[str, list[Dot]]] | None = None,
+        horizon: int = 0,
     ) -> list[Mismatch]:
         """Compare every key of ``store`` with the expectation; return the differences.
 
@@ -381,19 +382,25 @@ class CausalOracle:
         never saw written. ``orders`` (shared across the replicas of one check) records the
         first replica's sibling order per key; a later replica with another order is a
         ``divergent-order``.
+
+        ``horizon``: the highest collection horizon any replica reached. Tombstone versions
+        below it may be gone from this store even above its own horizon: a version pruned
+        elsewhere leaves its dot in the context, so joining the pruned state drops it here
+        too, and repair drops a state below the peer's horizon (absence wins).
         """
         out: list[Mismatch] = []
         excluded = set(exclude_peers)
+        below = max(horizon, store.gc_horizon)
         states = {r.key: r for r in store.raw_changes(0)}
         for kb, book in self.books.items():
             exp = self.expected(kb)
             got = store.get_all(book.key)
             out.extend(self._live(node, book, exp, got, excluded))
             state = states.pop(kb, None)
-            if state is None and not exp.live and _collected(exp, store.gc_horizon):
+            if state is None and not exp.live and _collected(exp, below):
                 continue
             dead = [v for v in _versions(state) if v[2]] if state is not None else []
-            out.extend(self._dead(node, book, exp, dead, excluded, store.gc_horizon))
+            out.extend(self._dead(node, book, exp, dead, excluded, below))
             if orders is not None:
                 mine = [(e.peer, e.hlc) for e in got]
                 first = orders.setdefault(kb, (node, mine))
@@ -468,7 +475,7 @@ class CausalOracle:
 
 
 def _collected(exp: Expected, horizon: int) -> bool:
-    """Every expected version is a tombstone below the store's horizon: it may be gone."""
+    """Every expected version is a tombstone below ``horizon``: it may be gone."""
     return all(w.hlc < horizon for w in exp.tombstones)
 
 

@@ -50,7 +50,7 @@ class SimNode(Protocol):
 class SimLink:
     """A link and where it lives: its node, its dial target, its current connection."""
 
-    __slots__ = ("conn", "kind", "link", "node", "sched", "side", "target")
+    __slots__ = ("conn", "kind", "last", "link", "node", "sched", "side", "target")
 
     def __init__(self, link: PeerLink, node: SimNode, target: int | None, kind: str) -> None:
         self.link = link
@@ -58,6 +58,8 @@ class SimLink:
         self.target = target
         self.kind = kind
         self.conn: Connection | None = None
+        self.last: Connection | None = None
+        """The connection it had last (still set once ``conn`` is cleared)."""
         self.side = 0
         self.sched: int | None = None
 
@@ -68,7 +70,7 @@ class SimLink:
 class Connection:
     """Two links joined by two simulated one-way channels."""
 
-    __slots__ = ("alive", "ended", "fifo", "id", "kind", "links")
+    __slots__ = ("alive", "ended", "fifo", "id", "kind", "links", "stalled")
 
     def __init__(self, cid: int, a: SimLink, b: SimLink, kind: str) -> None:
         self.id = cid
@@ -77,6 +79,9 @@ class Connection:
         self.alive = True
         self.ended = [False, False]
         self.fifo = [0, 0]
+        self.stalled = False
+        """A message of it vanished (lost, or dropped across a partition): its sessions
+        may wait for it until their idle timeout, as on a dead TCP connection."""
 
     @property
     def nodes(self) -> tuple[SimNode, SimNode]:
@@ -203,7 +208,8 @@ class LinkShell:
             c["entries_changed"] += ev.stats.entries_changed
             if ev.timed_out:
                 c["timeouts"] += 1
-                if sim.lingering:
+                last = sl.last
+                if sim.lingering and not (last is not None and last.stalled):
                     c["quiet_timeouts"] += 1
 
     # --- timers -------------------------------------------------------------------------------
@@ -247,8 +253,8 @@ class LinkShell:
         accept = self.add(b, role=LinkRole.ONCE, config=inbound, target=None, kind="accept")
         conn = Connection(self._next_id, sl, accept, sl.kind)
         self._next_id += 1
-        sl.conn, sl.side = conn, 0
-        accept.conn, accept.side = conn, 1
+        sl.conn, sl.side, sl.last = conn, 0, conn
+        accept.conn, accept.side, accept.last = conn, 1, conn
         a.conns.setdefault(j, []).append(conn)
         b.conns.setdefault(a.index, []).append(conn)
         self.conns[conn.id] = conn
@@ -283,6 +289,7 @@ class LinkShell:
         sim = self.sim
         fates = sim.network.fate(sim.net_rng)
         if not fates:
+            msg.conn.stalled = True
             sim.c["lost"] += 1
             sim.record(f"L{sim.vt.now},{msg.conn.id},{msg.src},{len(msg.data)}\n")
             return
@@ -309,6 +316,7 @@ class LinkShell:
         dst = 1 - msg.src
         a, b = conn.nodes
         if not sim.network.reachable(a.index, b.index):
+            conn.stalled = True
             sim.c["partitioned"] += 1
             sim.record(f"P{now},{conn.id},{msg.src},{len(msg.data)}\n")
             return
@@ -321,6 +329,7 @@ class LinkShell:
 
     def drop(self, msg: Message) -> None:
         """Lose an intercepted message (counted and traced like a network loss)."""
+        msg.conn.stalled = True
         self.sim.c["lost"] += 1
         self.sim.record(f"L{self.sim.vt.now},{msg.conn.id},{msg.src},{len(msg.data)}\n")
 

@@ -92,7 +92,7 @@ class Oracle:
         return self.best.get(key)
 
     def check(
-        self, node: str, store: Store, *, exclude_peers: Iterable[str] = ()
+        self, node: str, store: Store, *, exclude_peers: Iterable[str] = (), horizon: int = 0
     ) -> list[Mismatch]:
         """Compare every key of ``store`` with the expectation; return the differences.
 
@@ -100,13 +100,16 @@ class Oracle:
         the store's collection horizon may be absent, collected), then scans
         the change log for keys the oracle never saw written. ``exclude_peers`` names
         peers whose writes were refused by design: any trace of them is a ``phantom``.
+        ``horizon``: the highest collection horizon any replica reached; a tombstone below
+        it may be absent here too (repair drops a state below the peer's horizon).
         """
         out: list[Mismatch] = []
         excluded = set(exclude_peers)
+        below = max(horizon, store.gc_horizon)
         for key, w in self.best.items():
             e = store.entry(key)
             if e is None:
-                if not (w.deleted and w.hlc < store.gc_horizon):  # else: collected
+                if not (w.deleted and w.hlc < below):  # else: collected
                     out.append(Mismatch(node, key, "lost", w.describe(), "absent"))
                 continue
             raw = b"" if e.deleted else (e.raw or b"")
