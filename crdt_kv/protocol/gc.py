@@ -9,7 +9,8 @@ in seconds, and told of the links' events (:meth:`GcPolicy.link_event`):
 
 - every ``interval_s`` the horizon is computed from the membership
   (:mod:`crdt_kv.horizon`, ``grace_s`` held back), raised on the store
-  (``raise_gc_horizon``, monotone) and ``gc`` is run;
+  (``raise_gc_horizon``, monotone), ``gc`` is run and a ``checkpoint`` taken (so commits
+  rarely take one on the commit path);
 - when a link reports a caught-up batch (a pull completed, which may move the horizon),
   the horizon is raised soon, without collecting, at most once per ``raise_min_s``.
 """
@@ -38,7 +39,8 @@ class GcResult:
 
 @dataclass(frozen=True, slots=True)
 class CollectGarbage:
-    """Raise the horizon to what the membership allows; with ``collect``, run ``gc``."""
+    """Raise the horizon to what the membership allows; with ``collect``, run ``gc`` and
+    take a store checkpoint."""
 
     grace_ms: int
     collect: bool
@@ -53,6 +55,8 @@ class CollectGarbage:
         """Compute and raise the horizon, then collect (may block)."""
         horizon = replica.raise_gc_horizon(replica.membership.horizon(self.grace_ms))
         collected = replica.gc(limit=self.limit) if self.collect else 0
+        if self.collect:
+            replica.checkpoint()  # off the commit path, on the storage worker
         return GcResult(horizon, collected)
 
 

@@ -131,6 +131,11 @@ class Replica(Protocol):
         """Collect tombstones below the horizon (up to ``limit`` keys); may block."""
         ...
 
+    def checkpoint(self) -> bool:
+        """Save what the store keeps in memory between checkpoints (bucket fingerprints,
+        new keys' index entries); True if it wrote. May block."""
+        ...
+
     def apply_raw(
         self, entries: Sequence[RawEntry], *, cursor: tuple[str, bytes, int] | None = None
     ) -> int:

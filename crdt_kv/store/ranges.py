@@ -2,7 +2,9 @@
 
 A range ``[lo, hi)`` of positions (:mod:`crdt_kv.fingerprint`) is summed from the
 in-memory bucket fingerprints where it covers whole buckets, and by scanning the position
-index (``x``) and reading the records where it covers part of one. Reads run under the
+index (``x``), adding the keys created since the last checkpoint (whose index entries are
+still in memory, :attr:`~crdt_kv.store.buckets.Buckets.fresh`), and reading the records
+where it covers part of one. Reads run under the
 commit lock, so the buckets and the records agree (and the in-memory backend, whose
 iterators do not tolerate concurrent writes, is safe).
 """
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.errors import CorruptionError
-from crdt_kv.fingerprint import BUCKET_WIDTH, POSITION_SPACE
+from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, POSITION_SPACE
 from crdt_kv.layout import DATA, body_hash, unpack_record
 from crdt_kv.layout_fingerprints import index_bound, unpack_index_key
 from crdt_kv.store.buckets import Buckets
@@ -56,6 +58,7 @@ class Ranges:
             if first >= end:
                 return self._scan_sum(lo, hi)
             b = self._buckets
+            b.settle()
             total, count = sum(b.sums[first:end]), sum(b.counts[first:end])
             for a, z in ((lo, first * BUCKET_WIDTH), (end * BUCKET_WIDTH, hi)):
                 if a < z:
@@ -88,6 +91,15 @@ class Ranges:
         found = [
             unpack_index_key(k) for k, _ in self._backend.iterate(index_bound(lo), index_bound(hi))
         ]
+        buckets = self._buckets
+        buckets.settle()
+        if buckets.fresh:
+            for b in range(lo >> BUCKET_SHIFT, ((hi - 1) >> BUCKET_SHIFT) + 1):
+                for k, pb in buckets.fresh.get(b, {}).items():
+                    pos = int.from_bytes(pb, "big")
+                    if lo <= pos < hi:
+                        found.append((pos, k))
+            found.sort()
         blobs = self._backend.get_many([DATA + k for _, k in found])
         out: list[tuple[int, bytes, int]] = []
         for (pos, k), blob in zip(found, blobs, strict=True):
