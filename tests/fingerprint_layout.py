@@ -96,10 +96,11 @@ def check_store(s: Store) -> None:
     want = expected_buckets(pairs)
     b = settled(s)
     on_disk = {k[9:] for k in pairs if k[:1] == b"x"}
-    fresh = {k: pb for keys in b.fresh.values() for k, pb in keys.items()}
-    assert all(spec_position(k) == pb for k, pb in fresh.items())
+    assert b.fresh_index() == sorted(b.fresh) and len(set(b.fresh)) == len(b.fresh)
+    fresh = {x[9:] for x in b.fresh}
+    assert all(x == b"x" + spec_position(x[9:]) + x[9:] for x in b.fresh)
     assert on_disk.isdisjoint(fresh)
-    assert on_disk | fresh.keys() == {k[1:] for k in pairs if k[:1] == b"d"}
+    assert on_disk | fresh == {k[1:] for k in pairs if k[:1] == b"d"}
     assert {i: (b.counts[i], b.sums[i]) for i in range(BUCKETS) if b.counts[i]} == want
     assert b.total == sum(c for c, _ in want.values())
     assert s.range_fingerprint(0, POSITION_SPACE) == (int.from_bytes(s.digest(), "big"), b.total)

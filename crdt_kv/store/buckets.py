@@ -11,8 +11,9 @@ would cost a put about a third more time; they are saved at *checkpoints* instea
 ``mfingerprints`` = the last sequence they describe: when :data:`CHECKPOINT_KEYS` keys
 changed since the last one (inside the commit's own batch), with every collection (which
 leaves no log entry), on :meth:`crdt_kv.store.Store.checkpoint` (a node calls it off the
-commit path) and at close. Until then the keys created since the checkpoint are kept per
-bucket in memory (:attr:`Buckets.fresh`) and range reads merge them with the ``x`` scan.
+commit path) and at close. Until then the keys created since the checkpoint are kept in
+memory (:attr:`Buckets.fresh`, sorted when a range read needs them) and range reads merge
+them with the ``x`` scan.
 
 Recovery needs no extra state: a key changed after the checkpoint has its log entry after
 it (the log keeps each key's newest change, and a collection is a checkpoint), so at open
@@ -24,6 +25,7 @@ close leaves nothing to recompute.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from hashlib import blake2b
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, BUCKETS, position_bytes
@@ -61,6 +63,7 @@ CHECKPOINT_KEYS = 1 << 14
 keys' index entries, the stall of one checkpoint (writing that many index entries at
 random positions takes ~50-100 ms on RocksDB) and the log a reopen after a crash reads."""
 _MOD = 1 << 256
+_POSITION = blake2b(digest_size=8)
 
 Note = tuple[bytes, int, int]
 """One key's change as the buckets see it: ``(key, digest delta, count delta)``; the count
@@ -70,21 +73,32 @@ a removed one."""
 
 class Buckets:
     """Count and hash sum (mod 2**256) of every bucket, the total record count, and what
-    changed since the last checkpoint: ``dirty`` buckets, ``fresh`` keys (per bucket,
-    ``{key: position bytes}``: created since, their ``x`` entries not written yet),
-    ``pending`` changed keys; plus the ``notes`` of commits not folded in yet.
+    changed since the last checkpoint: ``dirty`` buckets, ``fresh`` (the ``x`` entry keys
+    of the keys created since, not written yet), ``pending`` changed keys; plus the
+    ``notes`` of commits not folded in yet.
 
     Not locked itself: every caller holds the store's commit lock.
     """
 
-    __slots__ = ("counts", "dirty", "fresh", "notes", "pending", "room", "sums", "total")
+    __slots__ = (
+        "_order",
+        "counts",
+        "dirty",
+        "fresh",
+        "notes",
+        "pending",
+        "room",
+        "sums",
+        "total",
+    )
 
     def __init__(self) -> None:
         self.counts = [0] * BUCKETS
         self.sums = [0] * BUCKETS
         self.total = 0
         self.dirty: set[int] = set()
-        self.fresh: dict[int, dict[bytes, bytes]] = {}
+        self.fresh: list[bytes] = []
+        self._order: list[bytes] | None = []
         self.pending = 0
         self.notes: list[Note] = []
         """Changes committed and not folded in yet; the commit path appends to it."""
@@ -96,44 +110,67 @@ class Buckets:
         notes = self.notes
         if not notes:
             return
-        counts, sums, dirty, fresh = self.counts, self.sums, self.dirty, self.fresh
+        counts, sums = self.counts, self.sums
+        touched: set[int] = set()
+        gone: set[bytes] = set()
+        copy, touch, grow = _POSITION.copy, touched.add, self.fresh.append
         total = self.total
         for k, delta, dc in notes:
-            pb = position_bytes(k)
+            h = copy()
+            h.update(k)
+            pb = h.digest()
             b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
-            sums[b] = (sums[b] + delta) % _MOD
-            dirty.add(b)
+            sums[b] += delta
+            touch(b)
             if dc:
                 counts[b] += dc
                 total += dc
+                self._order = None
                 if dc > 0:
-                    fresh.setdefault(b, {})[k] = pb
-                elif b in fresh:
-                    fresh[b].pop(k, None)
+                    grow(INDEX + pb + k)
+                else:  # only a collection removes keys (and saves a checkpoint)
+                    gone.add(INDEX + pb + k)
+        if gone:
+            self.fresh = [x for x in self.fresh if x not in gone]
+        for b in touched:
+            sums[b] %= _MOD
+        self.dirty |= touched
         self.total = total
         self.pending += len(notes)
         self.room = CHECKPOINT_KEYS - self.pending
         notes.clear()
 
+    def fresh_index(self) -> list[bytes]:
+        """The ``x`` entry keys of the :attr:`fresh` keys, sorted (after :meth:`settle`)."""
+        if self._order is None:
+            self._order = sorted(self.fresh)
+        return self._order
+
     def checkpoint_ops(self, seq: int, notes: Iterable[Note] = ()) -> list[Op]:
         """The ops of a checkpoint as of ``seq``: the ``x`` entries of the fresh keys, every
         dirty bucket and ``mfingerprints``, as they will be once ``notes`` (changes in the
-        same batch, not yet noted) are; memory is not changed beyond :meth:`settle`."""
+        same batch, not yet noted) are; memory is not changed beyond :meth:`settle`.
+
+        The ops are in key order: RocksDB inserts a sorted batch about twice as fast."""
         self.settle()
         counts, sums = self.counts, self.sums
-        fresh = {k: pb for keys in self.fresh.values() for k, pb in keys.items()}
         new: dict[int, tuple[int, int]] = {}
+        added: list[bytes] = []
+        removed: set[bytes] = set()
         for k, delta, dc in notes:
             pb = position_bytes(k)
             b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
             c, s = new.get(b, (counts[b], sums[b]))
             new[b] = (c + dc, (s + delta) % _MOD)
             if dc > 0:
-                fresh[k] = pb
+                added.append(INDEX + pb + k)
             elif dc < 0:
-                fresh.pop(k, None)
-        ops: list[Op] = [(INDEX + pb + k, b"") for k, pb in fresh.items()]
-        for b in self.dirty | new.keys():
+                removed.add(INDEX + pb + k)
+        xs = self.fresh_index()
+        if added or removed:
+            xs = sorted([x for x in xs if x not in removed] + added)
+        ops: list[Op] = [(x, b"") for x in xs]
+        for b in sorted(self.dirty | new.keys()):
             c, s = new.get(b, (counts[b], sums[b]))
             ops.append((BUCKET_KEYS[b], pack_bucket(c, s) if c else None))
         ops.append((META_FINGERPRINTS, pack_u64(seq)))
@@ -145,6 +182,7 @@ class Buckets:
         self.settle()
         self.dirty.clear()
         self.fresh.clear()
+        self._order = []
         self.pending = 0
         self.room = CHECKPOINT_KEYS
 

@@ -3,7 +3,7 @@
 A range ``[lo, hi)`` of positions (:mod:`crdt_kv.fingerprint`) is summed from the
 in-memory bucket fingerprints where it covers whole buckets, and by scanning the position
 index (``x``), adding the keys created since the last checkpoint (whose index entries are
-still in memory, :attr:`~crdt_kv.store.buckets.Buckets.fresh`), and reading the records
+still in memory, :meth:`~crdt_kv.store.buckets.Buckets.fresh_index`), and reading the records
 where it covers part of one. Reads run under the
 commit lock, so the buckets and the records agree (and the in-memory backend, whose
 iterators do not tolerate concurrent writes, is safe).
@@ -12,11 +12,12 @@ iterators do not tolerate concurrent writes, is safe).
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.errors import CorruptionError
-from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, POSITION_SPACE
+from crdt_kv.fingerprint import BUCKET_WIDTH, POSITION_SPACE
 from crdt_kv.layout import DATA, body_hash, unpack_record
 from crdt_kv.layout_fingerprints import index_bound, unpack_index_key
 from crdt_kv.store.buckets import Buckets
@@ -94,12 +95,12 @@ class Ranges:
         buckets = self._buckets
         buckets.settle()
         if buckets.fresh:
-            for b in range(lo >> BUCKET_SHIFT, ((hi - 1) >> BUCKET_SHIFT) + 1):
-                for k, pb in buckets.fresh.get(b, {}).items():
-                    pos = int.from_bytes(pb, "big")
-                    if lo <= pos < hi:
-                        found.append((pos, k))
-            found.sort()
+            xs = buckets.fresh_index()
+            first = bisect_left(xs, index_bound(lo))
+            end = bisect_left(xs, index_bound(hi), first)
+            if first < end:
+                found += [unpack_index_key(x) for x in xs[first:end]]
+                found.sort()
         blobs = self._backend.get_many([DATA + k for _, k in found])
         out: list[tuple[int, bytes, int]] = []
         for (pos, k), blob in zip(found, blobs, strict=True):
