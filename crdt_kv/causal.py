@@ -34,6 +34,8 @@ __all__ = [
     "context_of",
     "full_context",
     "join",
+    "join_at",
+    "prune",
     "siblings",
     "state",
     "write",
@@ -80,10 +82,26 @@ def _pick(a: RawEntry, b: RawEntry) -> RawEntry:
 
 def join(a: RawEntry | None, b: RawEntry, order: Order) -> RawEntry:
     """The join of states ``a`` (None: no record) and ``b`` of one key."""
+    j = join_at(a, b, order, 0)
+    assert j is not None  # nothing is below horizon 0
+    return j
+
+
+def join_at(a: RawEntry | None, b: RawEntry, order: Order, horizon: int) -> RawEntry | None:
+    """:func:`join` at a receiver whose collection horizon is ``horizon``.
+
+    Below the horizon absence wins version by version: a version of ``b`` older than the
+    horizon whose dot ``a`` does not hold was superseded or collected here, so it is not
+    taken back (its dot stays covered by the context). None when nothing of ``b`` is left
+    to hold and ``a`` is None.
+    """
     if a is None:
         if not b.others and not b.context:  # one version: what state() would return
+            if b.hlc < horizon:
+                return None
             return RawEntry(b.key, b.value, b.hlc, b.peer, b.deleted) if b.seq else b
-        return state(b.key, siblings(b), full_context(b), order)
+        sibs = [s for s in siblings(b) if s.hlc >= horizon]
+        return state(b.key, sibs, full_context(b), order) if sibs else None
     ca, cb = full_context(a), full_context(b)
     theirs = {(s.peer, s.hlc): s for s in siblings(b)}
     kept: list[RawEntry] = []
@@ -93,7 +111,9 @@ def join(a: RawEntry | None, b: RawEntry, order: Order) -> RawEntry:
             kept.append(_pick(s, other))
         elif s.hlc > cb.get(s.peer, -1):
             kept.append(s)
-    kept.extend(s for s in theirs.values() if s.hlc > ca.get(s.peer, -1))
+    kept.extend(s for s in theirs.values() if s.hlc > ca.get(s.peer, -1) and s.hlc >= horizon)
+    if not kept:  # only versions below the horizon would supersede a's: keep a
+        return a
     for peer, hlc in cb.items():
         if hlc > ca.get(peer, -1):
             ca[peer] = hlc
@@ -120,6 +140,17 @@ def write(old: RawEntry | None, new: RawEntry, covers: Context | None, order: Or
         ctx[new.peer] = new.hlc
     kept.append(new)
     return state(new.key, kept, ctx, order)
+
+
+def prune(r: RawEntry, horizon: int, order: Order) -> RawEntry | None:
+    """State ``r`` without its tombstone versions older than ``horizon`` (their dots stay
+    covered by the context), or None if that removes nothing or would remove every version
+    (a whole deleted state is collected as one, ``spec/data-model.md`` section 19)."""
+    sibs = siblings(r)
+    kept = [s for s in sibs if not (s.deleted and s.hlc < horizon)]
+    if not kept or len(kept) == len(sibs):
+        return None
+    return state(r.key, kept, full_context(r), order)
 
 
 def state(key: bytes, sibs: Sequence[RawEntry], ctx: Context, order: Order) -> RawEntry:

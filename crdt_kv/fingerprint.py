@@ -87,7 +87,9 @@ class Statistics:
     none). ``collected`` counts the tombstones :meth:`~crdt_kv.store.Store.gc` removed
     since open, ``dropped`` the keys :meth:`~crdt_kv.store.Store.drop_collected` removed
     since open, ``refused_below_horizon`` the incoming states refused since open because
-    they are older than the horizon for a key this store does not hold.
+    they are older than the horizon for a key this store does not hold. ``quarantined``
+    counts the keys in quarantine (lost here, state unknown: :meth:`~crdt_kv.store.Store.scrub`),
+    ``rotten`` the rotten records the scrub found since open.
     """
 
     live: int
@@ -97,3 +99,5 @@ class Statistics:
     collected: int
     refused_below_horizon: int
     dropped: int = 0
+    quarantined: int = 0
+    rotten: int = 0

@@ -20,8 +20,10 @@ losing the table (a new store) only lowers values, which is safe: the horizon on
 back further.
 
 A member is *active* while its ``seen_ms`` is within ``expiry_ms`` of now and it was not
-forgotten (or was seen after the forget). D (our received-through) = min over active
-members X != self of ``v[X]`` (our own HLC if none); the horizon H = min over active members
+forgotten (or was seen after the forget); while no member was seen within the expiry
+(we are the one cut off) none expires. D (our received-through) = min over active members
+X != self of ``v[X]`` (0 if we never had a member, our own HLC if all were forgotten); the
+horizon H = min over active members
 Y (self included) of D_Y (an active member whose D we never heard counts as 0), minus the
 grace period. Gossip ``seen_ms`` values are clamped to our own ``now_ms`` so a peer whose
 clock runs ahead cannot keep a dead member active forever.
@@ -114,7 +116,13 @@ class Membership:
     ) -> set[str]:
         """Our receiving side got ``peer``'s first ``done`` batch of a session whose Hello
         carried ``hello_hlc`` and ``table``: v[peer] >= hello_hlc, v[X] >= table's v[X];
-        also a direct contact, like :meth:`heard`."""
+        also a direct contact, like :meth:`heard`. A sender whose own row claims less
+        than ``hello_hlc`` (it lost records: :mod:`crdt_kv.store.scrub`) is taken at its
+        row's word."""
+        table = list(table)
+        own = [g.v for g in table if g.peer == peer]
+        if own:
+            hello_hlc = min(hello_hlc, own[0])
         changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=True)
         if peer != self.self_id:
             row = self._row(peer)
@@ -135,22 +143,33 @@ class Membership:
     # --- outputs ------------------------------------------------------------------------
 
     def active(self, peer: str, now_ms: int) -> bool:
-        """Whether ``peer`` is a known member that holds the horizon back now."""
+        """Whether ``peer`` is a known member that holds the horizon back now.
+
+        Expiry needs fresh news: while no member at all was seen within the expiry (we
+        are the one cut off, or everyone else is gone: we cannot tell), nobody expires,
+        so an isolated replica never collects, or refuses, on its own say-so."""
         row = self.rows.get(peer)
         if row is None:
             return False
         if row.forgotten_ms and row.seen_ms <= row.forgotten_ms:
             return False
-        return now_ms - row.seen_ms <= self.expiry_ms
+        return now_ms - row.seen_ms <= self.expiry_ms or not self._connected(now_ms)
+
+    def _connected(self, now_ms: int) -> bool:
+        return any(now_ms - r.seen_ms <= self.expiry_ms for r in self.rows.values())
 
     def members(self, now_ms: int) -> list[str]:
         """Active members other than ourselves, sorted."""
         return sorted(p for p in self.rows if self.active(p, now_ms))
 
     def received_through(self, now_ms: int, own_hlc: int) -> int:
-        """D: every active member's writes up to this stamp are held here."""
+        """D: every active member's writes up to this stamp are held here.
+
+        0 for a replica that never had a member: it has received nothing yet, and a
+        horizon of its own would make it refuse the history of the cluster it joins. Our
+        own HLC when every member was forgotten (the operator says we are alone)."""
         vs = [self.rows[p].v for p in self.members(now_ms)]
-        return min(vs, default=own_hlc)
+        return min(vs, default=own_hlc if self.rows else 0)
 
     def horizon(self, now_ms: int, own_hlc: int, grace_ms: int) -> int:
         """H: the stamp below which every active member has received everything, minus
@@ -160,15 +179,26 @@ class Membership:
             low = min(low, self.rows[p].reported_d)
         return max(0, low - (grace_ms << _LOGICAL_BITS))
 
-    def gossip(self, now_ms: int, own_hlc: int) -> tuple[GossipRow, ...]:
+    def gossip(self, now_ms: int, own_hlc: int, hold: int | None = None) -> tuple[GossipRow, ...]:
         """The table for our Hello: our own row, then the active members, most recently
-        seen first, at most :data:`MAX_GOSSIP_ROWS` rows in all."""
-        own = GossipRow(self.self_id, own_hlc, now_ms, self.received_through(now_ms, own_hlc))
+        seen first, at most :data:`MAX_GOSSIP_ROWS` rows in all.
+
+        ``hold``: this replica lost records whose stamps it does not know (quarantined
+        keys), so it claims to hold no one's writes beyond ``hold`` (a horizon every
+        member had reached when they were lost): every ``v`` and ``d`` is capped at it,
+        and the horizon cannot pass a state only the lost records carried."""
+        cap = (1 << 64) if hold is None else hold
+        own = GossipRow(
+            self.self_id,
+            min(own_hlc, cap),
+            now_ms,
+            min(self.received_through(now_ms, own_hlc), cap),
+        )
         active = sorted(self.members(now_ms), key=lambda p: (-self.rows[p].seen_ms, p))
         out = [own]
         for p in active[: MAX_GOSSIP_ROWS - 1]:
             r = self.rows[p]
-            out.append(GossipRow(p, r.v, r.seen_ms, r.reported_d))
+            out.append(GossipRow(p, min(r.v, cap), r.seen_ms, min(r.reported_d, cap)))
         return tuple(out)
 
     # --- internals ----------------------------------------------------------------------

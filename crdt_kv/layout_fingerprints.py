@@ -13,6 +13,11 @@ like :mod:`crdt_kv.layout_siblings`; pure byte packing.
   win over the newest log trailer when their seq is not below it (a collection may delete
   the newest log entry).
 - ``mgc_horizon``: u64be, the collection horizon (monotone).
+- ``q`` + key -> ``b""``: a key in quarantine: the scrub found its record rotten (gone, or
+  unreadable) and removed it; this replica does not know the key's state
+  (:mod:`crdt_kv.store.scrub`).
+- ``mquarantine_hold``: u64be, the collection horizon when the quarantine last became
+  non-empty: while it is, the replica's gossip claims no write beyond it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ __all__ = [
     "META_FINGERPRINTS",
     "META_GC",
     "META_GC_HORIZON",
+    "META_QUARANTINE_HOLD",
+    "QUARANTINE",
+    "QUARANTINE_END",
     "bucket_of_key",
     "index_bound",
     "index_key",
@@ -47,6 +55,9 @@ INDEX = b"x"
 INDEX_END = b"y"
 BUCKET = b"f"
 BUCKET_END = b"g"
+QUARANTINE = b"q"
+QUARANTINE_END = b"r"
+META_QUARANTINE_HOLD = META + b"quarantine_hold"
 META_FINGERPRINTS = META + b"fingerprints"
 META_GC = META + b"gc"
 META_GC_HORIZON = META + b"gc_horizon"

@@ -202,3 +202,17 @@ def test_acyclic_graph_has_no_cycles() -> None:
 def test_two_separate_cycles_are_reported_apart() -> None:
     graph = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"c", "a"}}
     assert cycles(graph) == [["a", "b"], ["c", "d"]]
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A merge once left conflict markers in docs/simulation.md for two releases."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    bad = []
+    for top in ("crdt_kv", "tests", "docs", "spec", "bench"):
+        for path in (root / top).rglob("*"):
+            if path.suffix not in {".py", ".md", ".json", ".cddl", ".toml"}:
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+                    bad.append(f"{path.relative_to(root)}:{n}")
+    assert not bad, bad

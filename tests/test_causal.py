@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import crdt_kv
-from crdt_kv.causal import full_context, join, sibling_order, siblings
+from crdt_kv.causal import full_context, join, join_at, prune, sibling_order, siblings, state
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 from crdt_kv.version import Entry, RawEntry
@@ -213,3 +213,61 @@ class Cluster(RuleBasedStateMachine):
 
 Cluster.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestCluster = Cluster.TestCase
+
+
+# --- below the collection horizon (spec/data-model.md section 19) -------------------------
+
+
+def _v(peer: str, hlc: int, *, deleted: bool = False) -> RawEntry:
+    return RawEntry(b"k", b"" if deleted else b"\x01", hlc, peer, deleted)
+
+
+def test_join_at_leaves_out_old_versions_the_receiver_does_not_hold() -> None:
+    held = state(b"k", [_v("a", 50)], {"a": 50}, ORDER)
+    incoming = state(b"k", [_v("a", 50), _v("b", 10, deleted=True), _v("c", 90)], {}, ORDER)
+    got = join_at(held, incoming, ORDER, 40)
+    assert got is not None
+    assert {(s.peer, s.hlc) for s in siblings(got)} == {("a", 50), ("c", 90)}
+    assert full_context(got)["b"] == 10  # its dot stays covered
+    assert join_at(held, incoming, ORDER, 0) == join(held, incoming, ORDER)
+    # A version the receiver holds stays whatever its age.
+    assert join_at(incoming, held, ORDER, 1000) == join(incoming, held, ORDER)
+
+
+def test_join_at_on_an_absent_key() -> None:
+    incoming = state(b"k", [_v("b", 10, deleted=True), _v("c", 90)], {}, ORDER)
+    got = join_at(None, incoming, ORDER, 40)
+    assert got is not None and [(s.peer, s.hlc) for s in siblings(got)] == [("c", 90)]
+    assert join_at(None, incoming, ORDER, 100) is None
+    assert join_at(None, _v("c", 90), ORDER, 100) is None
+
+
+def test_prune_drops_old_tombstone_versions_but_keeps_their_coverage() -> None:
+    r = state(b"k", [_v("a", 70), _v("b", 10, deleted=True), _v("c", 60, deleted=True)], {}, ORDER)
+    got = prune(r, 40, ORDER)
+    assert got is not None
+    assert [(s.peer, s.hlc) for s in siblings(got)] == [("a", 70), ("c", 60)]
+    assert full_context(got) == full_context(r)
+    assert prune(r, 5, ORDER) is None  # nothing below the horizon
+    only_dead = state(b"k", [_v("b", 10, deleted=True)], {}, ORDER)
+    assert prune(only_dead, 40, ORDER) is None  # a whole deleted state is collected as one
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 20))
+def test_pruning_commutes_with_trimmed_joins(seed: int, pick: int) -> None:
+    """Two replicas at one horizon end with one state whichever pruned first: the
+    receiver's trim and the holder's prune leave the same live versions."""
+    states = _states(seed, 12)
+    if len(states) < 2:
+        return
+    a, b = states[:2]
+    stamps = sorted({h for r in (a, b) for h in full_context(r).values()})
+    horizon = stamps[pick % len(stamps)]
+    direct = join_at(a, b, ORDER, horizon)
+    pa = prune(a, horizon, ORDER) or a
+    via = join_at(pa, b, ORDER, horizon)
+    if direct is None or via is None:
+        return
+    live = lambda r: {(s.peer, s.hlc) for s in siblings(r) if not s.deleted}  # noqa: E731
+    assert live(direct) == live(via)

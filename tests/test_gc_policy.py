@@ -73,9 +73,9 @@ def test_collect_request_raises_the_horizon_from_membership_and_collects() -> No
     a.delete("k")
     _sync(a, b)
     clock.advance(10)
-    # b's Hello was stamped T0, before a's tombstone (T0, logical 1): not yet collectable.
+    # b had no member when it sent its Hello: it reported D = 0, holding the horizon at 0.
     first = CollectGarbage(0, True).perform(a)
-    assert first.horizon == T0 << 16 and first.collected == 0
+    assert first.horizon == 0 and first.collected == 0
     _sync(a, b)  # b's second Hello is stamped 10 ms later, and b now reports D > tombstone
     clock.advance(10)
     res = CollectGarbage(0, True).perform(a)
@@ -113,6 +113,8 @@ def test_node_runs_gc_on_its_storage_worker() -> None:
         a = crdt_kv.open(backend="memory", peer_id="a", clock=clock, rng=random.Random(1))
         a.put("k", 1)
         a.delete("k")
+        a.membership.heard("gone", [])
+        a.forget_peer("gone")  # a replica that had peers and was told it is alone
         clock.advance(5)
         async with crdt_kv.serve(a, gc_grace_s=0, gc_interval_s=0.05) as node:
             assert node.gc is not None

@@ -24,11 +24,21 @@ def stamp(ms: int) -> int:
     return ms << 16
 
 
-def test_no_members_horizon_is_own_clock_minus_grace() -> None:
+def test_a_replica_that_never_had_a_member_has_received_nothing() -> None:
+    """Its horizon stays 0: one of its own would refuse the history of the cluster it
+    later joins."""
     m = Membership("me")
-    assert m.received_through(T0, stamp(T0)) == stamp(T0)
-    assert m.horizon(T0, stamp(T0), 1000) == stamp(T0 - 1000)
-    assert m.horizon(T0, stamp(T0), T0 + 5) == 0
+    assert m.received_through(T0, stamp(T0)) == 0
+    assert m.horizon(T0, stamp(T0), 0) == 0
+
+
+def test_all_members_forgotten_horizon_is_own_clock_minus_grace() -> None:
+    m = Membership("me")
+    m.heard("a", [], T0)
+    m.forget("a", T0 + 1)
+    assert m.received_through(T0 + 1, stamp(T0)) == stamp(T0)
+    assert m.horizon(T0 + 1, stamp(T0), 1000) == stamp(T0 - 1000)
+    assert m.horizon(T0 + 1, stamp(T0), T0 + 5) == 0
 
 
 def test_heard_member_without_pull_holds_horizon_at_zero() -> None:
@@ -68,10 +78,24 @@ def test_expiry_releases_the_horizon() -> None:
     m.heard("b", [], T0)  # never pulled from: holds the horizon at 0
     assert m.horizon(T0 + DAY, stamp(T0 + DAY), 0) == 0
     later = T0 + 7 * DAY + 1
-    assert m.members(later) == []
-    assert m.horizon(later, stamp(later), 0) == stamp(later)
+    assert m.members(later) == ["a", "b"]  # we heard from nobody: we may be the one cut off
+    m.heard("c", [], later)
+    m.pulled("c", stamp(later), [], later)
+    assert m.members(later) == ["c"]  # news from c: a and b expire
+    assert m.horizon(later, stamp(later), 0) == 0  # c's own D is not known yet
+    m.heard("c", [GossipRow("c", stamp(later), later, stamp(later - 5))], later)
+    assert m.horizon(later, stamp(later + 9), 0) == stamp(later - 5)
     m.heard("b", [], later)
-    assert m.members(later) == ["b"]
+    assert m.members(later) == ["b", "c"]
+
+
+def test_an_isolated_replica_expires_nobody() -> None:
+    m = Membership("me", expiry_ms=DAY)
+    m.heard("a", [], T0)
+    m.pulled("a", stamp(T0), [GossipRow("a", stamp(T0), T0, stamp(T0 - 1))], T0)
+    far = T0 + 30 * DAY
+    assert m.members(far) == ["a"]
+    assert m.horizon(far, stamp(far), 0) == stamp(T0 - 1)  # frozen, not our own clock
 
 
 def test_forget_until_seen_again() -> None:
@@ -91,6 +115,7 @@ def test_gossip_seen_ms_is_clamped_to_our_clock() -> None:
     m = Membership("me", expiry_ms=DAY)
     m.heard("a", [GossipRow("ghost", 0, T0 + 100 * DAY, 0)], T0)
     assert m.rows["ghost"].seen_ms == T0
+    m.heard("a", [], T0 + 2 * DAY)
     assert "ghost" not in m.members(T0 + 2 * DAY)
 
 
@@ -221,12 +246,13 @@ def test_store_members_persist_across_reopen(tmp_path: pathlib.Path, backend: st
 def test_store_membership_horizon_uses_the_store_clock() -> None:
     clock = ManualClock(T0)
     s = crdt_kv.open(backend="memory", peer_id="me", clock=clock, rng=random.Random(1))
-    assert s.membership.horizon(1000) == stamp(T0 - 1000)
+    assert s.membership.horizon(1000) == 0  # never had a member
     s.membership.heard("a", [])
     assert s.membership.horizon(0) == 0
     clock.advance(8 * DAY)
+    s.forget_peer("a")
     assert s.members()[0].active is False
-    assert s.membership.horizon(0) >= stamp(T0 + 8 * DAY)
+    assert s.membership.horizon(1000) == stamp(T0 + 8 * DAY - 1000)
     s.close()
 
 

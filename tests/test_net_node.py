@@ -160,7 +160,7 @@ async def test_stats_report_cursors_lag_bytes_entries(stores: Any) -> None:
     max_lag = 0
     with trio.fail_after(20):
         async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
-            opts = {"max_batch_entries": 25, "window": 1}
+            opts = {"max_batch_entries": 25, "window": 1, "repair": False}  # the log path
             async with crdt_kv.serve(
                 a,
                 peers=[addr(nb)],

@@ -252,7 +252,7 @@ def _link(replica: FakeReplica, role: str, now: float = 0.0, **cfg: Any) -> Peer
     return PeerLink(
         replica,
         role=role,
-        config=LinkConfig(**cfg),
+        config=LinkConfig(**{"repair": False, **cfg}),  # the fake is no range source
         rng=random.Random(1),
         now=now,
         defer_storage=True,
@@ -271,8 +271,8 @@ def test_deferred_session_acks_only_after_the_apply_is_done() -> None:
     ra, rb = FakeReplica("a"), FakeReplica("b")
     for i in range(5):
         ra.put(f"k{i}", b"v")
-    a = Session(ra, defer_storage=True, max_batch_entries=2)
-    b = Session(rb, defer_storage=True, max_batch_entries=2)
+    a = Session(ra, defer_storage=True, max_batch_entries=2, repair=False)
+    b = Session(rb, defer_storage=True, max_batch_entries=2, repair=False)
     a.start()
     b.start()
     b.receive_data(a.data_to_send())

@@ -82,10 +82,9 @@ def test_completed_pull_moves_received_through_and_the_horizon() -> None:
     hello_a = next(m for m in lk.sent_a if isinstance(m, Hello))
     assert rows(a)["b"] == (hello_b.hlc, T0, hello_b.gc[0].d, True)
     assert rows(b)["a"] == (hello_a.hlc, T0, hello_a.gc[0].d, True)
-    # Before the sync each knew no member, so each reported its own clock as D.
-    assert hello_b.gc[0].d == hello_b.hlc
-    grace = 10
-    assert a.membership.horizon(grace) == min(hello_b.hlc, hello_b.gc[0].d) - (grace << 16)
+    # Before the sync each knew no member, so each reported D = 0: nothing received yet.
+    assert hello_b.gc[0].d == 0
+    assert a.membership.horizon(10) == 0
     # A later sync reports D = what the other received of us, and the horizon follows.
     clock.advance(1000)
     lk2 = sync(a, b)

@@ -23,11 +23,14 @@ from crdt_kv.protocol import (
     Hello,
     Message,
     MsgType,
+    Repair,
     Request,
+    Verify,
     decode_message,
     encode_frame,
     encode_message,
 )
+from crdt_kv.protocol.messages import MAX_REPAIR_PAYLOAD
 from crdt_kv.version import RawEntry
 
 T0 = 1_700_000_000_000
@@ -67,6 +70,12 @@ MESSAGES: list[Message] = [
     hello(send=False, receive=False, max_batch_entries=U64, last_seq=U64),
     Request(0, False),
     Request(U64, True),
+    Request(0, True, None, True),
+    Request(7, False, (b"k", 9), True),
+    Verify(b"\x00" * 32, True),
+    Verify(b"\xff" * 32, False),
+    Repair(b"\x00\x00\x00\x01\x80"),
+    Repair(b"r" * MAX_REPAIR_PAYLOAD),
     Batch(0, 0, True, ()),
     Batch(3, 9, False, ENTRIES),
     Batch(0, U64, True, ENTRIES[:1]),
@@ -105,9 +114,15 @@ def test_hello_flags_are_independent_bits() -> None:
 
 def test_hello_ignores_unknown_flag_bits_and_extra_elements() -> None:
     arr = cbor2.loads(encode_message(hello(live=True)))
-    arr[7] |= 0xF8
+    arr[7] |= 0xF0
     arr.extend(["future", 1])
     assert decode_message(cbor2.dumps(arr)) == hello(live=True)
+
+
+def test_hello_repair_flag_is_bit_3() -> None:
+    msg = hello(repair=True)
+    assert cbor2.loads(encode_message(msg))[7] & 8
+    assert decode_message(encode_message(msg)) == msg
 
 
 def test_batch_encoding_is_compact() -> None:
@@ -231,7 +246,14 @@ BAD: list[tuple[str, Any, str]] = [
     ("ack short", [3], "'ack'"),
     ("ack long", [3, 1, 2], "'ack'"),
     ("request short", [1, 0], "'request'"),
-    ("request long", [1, 0, True, None, 0], "'request'"),
+    ("request long", [1, 0, True, None, True, 0], "'request'"),
+    ("request repair not bool", [1, 0, True, None, 0], "'request.repair'"),
+    ("verify short digest", [5, b"\x00" * 31, True], "'verify.digest'"),
+    ("verify clean not bool", [5, b"\x00" * 32, 1], "'verify.clean'"),
+    ("verify long", [5, b"\x00" * 32, True, 0], "'verify'"),
+    ("repair empty", [6, b""], "'repair.payload'"),
+    ("repair too big", [6, b"x" * (MAX_REPAIR_PAYLOAD + 1)], "'repair.payload'"),
+    ("repair not bytes", [6, "x"], "'repair.payload'"),
     ("request proof not an array", [1, 0, True, 0], "'request.proof'"),
     ("request proof key not bytes", [1, 0, True, ["k", 1]], "'request.proof'"),
     ("request proof stamp", [1, 0, True, [b"k", -1]], "'request.proof stamp'"),
@@ -243,7 +265,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("empty array", [], "empty message array"),
     ("map", {"type": 3}, "'message'"),
     ("int", 3, "'message'"),
-    ("unknown type 5", [5, 0], "unknown message type 5"),
+    ("unknown type 7", [7, 0], "unknown message type 7"),
     ("unknown type -1", [-1], "unknown message type -1"),
     ("type as text", ["0"], "unknown message type '0'"),
     ("type as bool", [False, 0], "unknown message type False"),

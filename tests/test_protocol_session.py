@@ -171,7 +171,7 @@ def test_concurrent_conflicting_writes_converge_to_lww_winners(
     assert c.put("tie", 1).hlc == d.put("tie", 2).hlc
     a.delete("k5")
     winners["k5"] = (a.entry("k5").hlc, "a", None)  # type: ignore[union-attr]
-    lk = sync(a, b)
+    lk = sync(a, b, repair=False)  # the change logs, not a first-contact repair
     assert a.digest() == b.digest()
     assert state(a) == state(b)
     for k, (hlc, peer, v) in winners.items():
@@ -195,7 +195,7 @@ def test_second_sync_sends_nothing_and_changes_nothing(
     for i in range(20):
         a.put(f"a{i}", i)
         b.put(f"b{i}", i)
-    first = sync(a, b)
+    first = sync(a, b, repair=False)
     assert first.a.stats.entries_sent == 20 and first.b.stats.entries_sent == 20
     seq_a, seq_b = a.last_seq, b.last_seq
     again = sync(a, b)
@@ -940,7 +940,7 @@ def test_event_sequence(pair: tuple[Store, Store, ManualClock]) -> None:
     for i in range(12):
         a.put(f"k{i:02}", i)
     b.put("b", 1)
-    lk = sync(a, b, max_batch_entries=5)
+    lk = sync(a, b, max_batch_entries=5, repair=False)
     assert lk.events_b == [
         Connected("a", a.incarnation, "default", 12, 0),
         BatchApplied(5, 5, 0, 5, False),

@@ -45,6 +45,7 @@ class Inspect(Simulation):
     def __init__(self, cfg: SimConfig) -> None:
         super().__init__(cfg)
         self.final: dict[str, dict[bytes, RawEntry]] = {}
+        self.horizons: dict[str, int] = {}
         self.acked: list[tuple[str, bool, int, str]] = []
         self.crashes: list[dict[str, Any]] = []
         self.restarts: list[dict[str, Any]] = []
@@ -94,6 +95,7 @@ class Inspect(Simulation):
         for n in self.live_nodes():
             if n.store is not None:
                 self.final[n.peer_id] = {e.key: e for e in n.store.raw_changes(0)}
+                self.horizons[n.peer_id] = n.store.gc_horizon
         super().close()
 
 
@@ -121,14 +123,17 @@ def assert_invariants(s: Inspect, r: SimResult) -> None:
         if key not in latest or (hlc, peer) > latest[key][:2]:
             latest[key] = (hlc, peer, deleted)
     for node, entries in s.final.items():
+        horizon = s.horizons.get(node, 0)
         for key, deleted, hlc, _ in s.acked:
             e = entries.get(key.encode())
+            last_hlc, _, last_deleted = latest[key]
+            if e is None and last_deleted and last_hlc < horizon:
+                continue  # deleted, then collected below the node's horizon
             assert e is not None, f"{node} lost every write of {key!r}; {_why(r)}"
             assert e.hlc >= hlc, f"{node} lost {key!r}@{hlc} (holds {e.hlc}); {_why(r)}"
             del deleted
         for key, (_, _, deleted) in latest.items():
-            if deleted:
-                e = entries[key.encode()]
+            if deleted and (e := entries.get(key.encode())) is not None:
                 assert e.deleted, f"{node}: deleted key {key!r} came back; {_why(r)}"
     if not s.cfg.sync_writes:
         return  # oracle records come at write-back, and a power cut may rewind stamps

@@ -299,6 +299,10 @@ class _Reversed:
     def raw_changes(self, since: int = 0) -> Any:
         return self.store.raw_changes(since)
 
+    @property
+    def gc_horizon(self) -> int:
+        return int(self.store.gc_horizon)
+
 
 def test_causal_oracle_flags_sibling_order(store_factory: Any) -> None:
     a = store_factory("memory", peer_id="a", conflicts="siblings")

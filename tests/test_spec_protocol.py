@@ -32,9 +32,11 @@ from crdt_kv.protocol import (
     Hello,
     Message,
     MsgType,
+    Repair,
     Request,
     Session,
     SessionFailed,
+    Verify,
     decode_message,
     encode_frame,
     encode_message,
@@ -55,7 +57,7 @@ _CDDL = (SPEC / "protocol.cddl").read_text("utf-8")
 # pycddl (cddl-rs) wrongly accepts later alternatives of a choice after failing one whose
 # array holds a nested `*` array: each alternative of `message` gets its own root instead.
 ROOTS = ("hello-v3", "hello-without-gc", "hello-without-conflicts", "request", "ack", "abort",
-         "batch")  # fmt: skip
+         "verify", "repair", "batch")  # fmt: skip
 SCHEMAS = [pycddl.Schema(f"root = {r}\n" + _CDDL) for r in ROOTS]
 T0 = 1_700_000_000_000
 
@@ -84,9 +86,14 @@ def fields(m: Message) -> dict[str, Any]:
             "max_batch_entries": m.max_batch_entries,
             "conflicts": m.conflicts,
             "gc": [{"peer": g.peer, "v": g.v, "seen_ms": g.seen_ms, "d": g.d} for g in m.gc],
+            "repair": m.repair,
         }
     if isinstance(m, Request):
-        return {"since": m.since, "live": m.live}
+        return {"since": m.since, "live": m.live, "repair": m.repair}
+    if isinstance(m, Verify):
+        return {"digest_hex": m.digest.hex(), "clean": m.clean}
+    if isinstance(m, Repair):
+        return {"payload_hex": m.payload.hex()}
     if isinstance(m, Batch):
         return {
             "from_seq": m.from_seq,
@@ -155,6 +162,10 @@ def from_fields(kind: str, f: dict[str, Any]) -> Message:
         return Batch(f["from_seq"], f["to_seq"], f["done"], entries)
     if kind == "Ack":
         return Ack(**f)
+    if kind == "Verify":
+        return Verify(bytes.fromhex(f["digest_hex"]), f["clean"])
+    if kind == "Repair":
+        return Repair(bytes.fromhex(f["payload_hex"]))
     assert kind == "Abort"
     return Abort(**f)
 
@@ -204,7 +215,7 @@ def test_valid_vector_decodes_and_reencodes_byte_for_byte(vec: dict[str, Any]) -
 
 def test_valid_vectors_cover_every_message_type() -> None:
     assert {v["type"] for v in MESSAGES["valid"]} == {
-        "Hello", "Request", "Batch", "Ack", "Abort",
+        "Hello", "Request", "Batch", "Ack", "Abort", "Verify", "Repair",
     }  # fmt: skip
 
 
@@ -382,7 +393,9 @@ def _transcript_run() -> tuple[list[dict[str, Any]], dict[str, Any], list[bytes]
     b.put("gone", True)
     b.delete("gone")
     clock.advance(2)
-    sa, sb = Session(a, max_batch_entries=2, window=2), Session(b, max_batch_entries=2, window=2)
+    # The change-log path (no first-contact repair): what the transcript shows.
+    kw: dict[str, Any] = {"max_batch_entries": 2, "window": 2, "repair": False}
+    sa, sb = Session(a, **kw), Session(b, **kw)
     sa.start()
     sb.start()
     steps: list[dict[str, Any]] = []
@@ -457,6 +470,14 @@ def test_every_emitted_message_validates_against_cddl() -> None:
     y.start()
     _pump(x, y, emitted)
     assert x.complete and y.complete
+    assert x.stats.repairs == 1  # first contact: a reconciliation, carried in Repair
+    # a second round: both sides verify their digests
+    a.put("again", 1)
+    x, y = Session(a), Session(b)
+    x.start()
+    y.start()
+    _pump(x, y, emitted)
+    assert x.complete and y.complete and x.stats.repairs == 0
     # live: catch up, then push new commits, then a shutdown Abort
     lx, ly = Session(a, live=True, mode="push"), Session(b, live=True, mode="pull")
     lx.start()
@@ -502,7 +523,8 @@ def test_siblings_sync_emits_both_row_shapes_valid_against_cddl() -> None:
     c.merge("k1", c.get_all("k1"), "merged")
     emitted: list[bytes] = []
     for x, y in ((a, b), (b, c), (a, c)):
-        sx, sy = Session(x, max_batch_entries=3, window=2), Session(y, max_batch_entries=4)
+        sx = Session(x, max_batch_entries=3, window=2, repair=False)  # rows go in batches
+        sy = Session(y, max_batch_entries=4, repair=False)
         sx.start()
         sy.start()
         _pump(sx, sy, emitted)

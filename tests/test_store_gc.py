@@ -222,3 +222,29 @@ def test_drop_collected(store_factory: Any, clock: Any) -> None:
     assert s.entry("live") is None and s.entry("tomb") is None and s.get("recent") == 2
     assert len(s) == 1 and s.last_seq == seq and count_ns(s, b"l") == log - 2
     check_store(s)
+
+
+def test_siblings_gc_prunes_old_tombstone_versions_and_trims_them_on_apply() -> None:
+    clock = ManualClock(T0)
+    a = open_mem(MemoryBackend(), clock, peer_id="a", conflicts="siblings")
+    b = open_mem(MemoryBackend(), clock, peer_id="b", conflicts="siblings")
+    c = open_mem(MemoryBackend(), clock, peer_id="c", conflicts="siblings")
+    a.put("k", 1)
+    b.apply(a.changes())
+    clock.advance(5)
+    a.put("k", 2)
+    b.delete("k")  # concurrent with a's put: a hidden tombstone sibling
+    a.apply(b.changes())
+    c.apply(b.changes())  # c holds only b's tombstone
+    state = a.raw_entries([b"k"])[0]
+    assert [s.deleted for s in (state, *state.others)] == [False, True]
+    before = [e.value for e in a.get_all("k")]
+    a.raise_gc_horizon((T0 + 100) << 16)
+    a.gc()
+    state = a.raw_entries([b"k"])[0]
+    assert not state.others and [e.value for e in a.get_all("k")] == before
+    assert a.stats["pruned"] == 1
+    check_store(a)
+    a.apply(c.changes())  # b's old tombstone again: below a's horizon, not held: left out
+    assert not a.raw_entries([b"k"])[0].others
+    check_store(a)

@@ -62,6 +62,7 @@ from crdt_kv.protocol import (
     LinkFailed,
     LinkRole,
     PeerLink,
+    RepairFinished,
     SessionEnded,
     SyncComplete,
 )
@@ -370,6 +371,9 @@ class Node:
                         rec.peer_id, watch.address, ev.changed, ev.received, ev.to_seq, ev.caught_up
                     )
                 )
+        elif isinstance(ev, RepairFinished) and ev.changed and watch.record is not None:
+            rec = watch.record
+            self._emit(ChangeEvent(rec.peer_id, watch.address, ev.changed, ev.changed, 0, False))
         elif isinstance(ev, SyncComplete) and watch.record is not None:
             watch.record.rounds_completed += 1
             session = watch.link.session

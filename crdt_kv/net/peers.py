@@ -29,6 +29,8 @@ COUNTERS = (
     "batches_sent",
     "batches_received",
     "skew_rejected",
+    "divergences",
+    "repairs",
 )
 
 

@@ -16,9 +16,11 @@ from crdt_kv.protocol.events import (
     Connected,
     ConnectionClosed,
     DialDue,
+    DivergenceFound,
     Event,
     LinkEvent,
     LinkFailed,
+    RepairFinished,
     SessionEnded,
     SessionFailed,
     SyncComplete,
@@ -37,7 +39,9 @@ from crdt_kv.protocol.messages import (
     Hello,
     Message,
     MsgType,
+    Repair,
     Request,
+    Verify,
     decode_message,
     encode_frame,
     encode_message,
@@ -46,7 +50,7 @@ from crdt_kv.protocol.options import MODES, SessionStats
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.protocol.session import Session
 from crdt_kv.protocol.states import ConnState, InState, OutState
-from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, StorageRequest
+from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, RepairWork, StorageRequest
 
 __all__ = [
     "DEFAULT_GC_INTERVAL_S",
@@ -67,6 +71,7 @@ __all__ = [
     "Connected",
     "ConnectionClosed",
     "DialDue",
+    "DivergenceFound",
     "Event",
     "FrameDecoder",
     "GcPolicy",
@@ -84,6 +89,9 @@ __all__ = [
     "OutState",
     "PeerLink",
     "ReadLog",
+    "Repair",
+    "RepairFinished",
+    "RepairWork",
     "Replica",
     "Request",
     "Session",
@@ -92,6 +100,7 @@ __all__ = [
     "SessionStats",
     "StorageRequest",
     "SyncComplete",
+    "Verify",
     "decode_message",
     "encode_frame",
     "encode_message",

@@ -15,6 +15,8 @@ __all__ = [
     "CaughtUp",
     "CloseConnection",
     "DialDue",
+    "DivergenceFound",
+    "RepairFinished",
     "LinkEvent",
     "LinkFailed",
     "SessionEnded",
@@ -68,7 +70,36 @@ class ConnectionClosed:
     complete: bool
 
 
-Event = Connected | BatchApplied | SyncComplete | SessionFailed | ConnectionClosed
+@dataclass(frozen=True, slots=True)
+class DivergenceFound:
+    """Both sides of a finished one-shot round were clean, yet their digests differed: a
+    replica lost or altered a state its log does not carry. A repair follows at once."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RepairFinished:
+    """A reconciliation inside the session ended. ``first_contact``: it replaced pulling
+    the peer's whole log; ``changed``: received states that changed ours; ``dropped``: our
+    states removed because the peer collected them (absence wins)."""
+
+    peer_id: str
+    first_contact: bool
+    changed: int
+    dropped: int
+    round_trips: int
+
+
+Event = (
+    Connected
+    | BatchApplied
+    | SyncComplete
+    | SessionFailed
+    | ConnectionClosed
+    | DivergenceFound
+    | RepairFinished
+)
 
 
 # --- events of a PeerLink -------------------------------------------------------------

@@ -9,8 +9,10 @@ in seconds, and told of the links' events (:meth:`GcPolicy.link_event`):
 
 - every ``interval_s`` the horizon is computed from the membership
   (:mod:`crdt_kv.horizon`, ``grace_s`` held back), raised on the store
-  (``raise_gc_horizon``, monotone), ``gc`` is run and a ``checkpoint`` taken (so commits
-  rarely take one on the commit path);
+  (``raise_gc_horizon``, monotone), ``gc`` is run, the next ``scrub_buckets`` of the
+  4,096 buckets are scrubbed (``store.scrub``: rotten records quarantined, for repair to
+  heal), so the whole store is checked every ``4096 / scrub_buckets`` intervals, and a
+  store ``checkpoint`` is taken (so commits rarely take one on the commit path);
 - when a link reports a caught-up batch (a pull completed, which may move the horizon),
   the horizon is raised soon, without collecting, at most once per ``raise_min_s``.
 """
@@ -20,13 +22,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdt_kv.errors import ConfigError
+from crdt_kv.fingerprint import BUCKETS
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.protocol.events import BatchApplied
 from crdt_kv.protocol.replica import Replica
 
-__all__ = ["DEFAULT_GC_INTERVAL_S", "CollectGarbage", "GcPolicy", "GcResult"]
+__all__ = [
+    "DEFAULT_GC_INTERVAL_S",
+    "DEFAULT_SCRUB_BUCKETS",
+    "CollectGarbage",
+    "GcPolicy",
+    "GcResult",
+]
 
 DEFAULT_GC_INTERVAL_S = 60.0
+DEFAULT_SCRUB_BUCKETS = 64
+"""Buckets scrubbed per collection interval: the whole store every 64 intervals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,8 @@ class GcResult:
 
     horizon: int
     collected: int
+    quarantined: int = 0
+    """Keys the scrub that ran with it found rotten (quarantined, for repair to heal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +58,8 @@ class CollectGarbage:
     grace_ms: int
     collect: bool
     limit: int | None = None
+    scrub: tuple[int, int] = (0, 0)
+    """Buckets ``[first, first + count)`` to scrub after collecting (count 0: none)."""
 
     @property
     def light(self) -> bool:
@@ -55,9 +70,11 @@ class CollectGarbage:
         """Compute and raise the horizon, then collect (may block)."""
         horizon = replica.raise_gc_horizon(replica.membership.horizon(self.grace_ms))
         collected = replica.gc(limit=self.limit) if self.collect else 0
+        first, count = self.scrub
+        rotten = replica.scrub(buckets=range(first, first + count)).quarantined if count else 0
         if self.collect:
             replica.checkpoint()  # off the commit path, on the storage worker
-        return GcResult(horizon, collected)
+        return GcResult(horizon, collected, rotten)
 
 
 class GcPolicy:
@@ -73,6 +90,7 @@ class GcPolicy:
         interval_s: float = DEFAULT_GC_INTERVAL_S,
         raise_min_s: float | None = None,
         limit: int | None = 10_000,
+        scrub_buckets: int = DEFAULT_SCRUB_BUCKETS,
     ) -> None:
         if not grace_s >= 0 or not interval_s > 0:
             raise ConfigError(
@@ -82,6 +100,11 @@ class GcPolicy:
         self.interval_s = interval_s
         self.raise_min_s = interval_s / 10 if raise_min_s is None else raise_min_s
         self.limit = limit
+        if not 0 <= scrub_buckets <= BUCKETS:
+            raise ConfigError(f"scrub_buckets must be in 0..{BUCKETS}, got {scrub_buckets!r}")
+        self.scrub_buckets = scrub_buckets
+        self.quarantined = 0
+        self._scrub_next = 0
         self.horizon = 0
         self.collected = 0
         self.runs = 0
@@ -103,7 +126,9 @@ class GcPolicy:
         if now >= self._next_gc:
             self._next_gc = now + self.interval_s
             self._raise_at = None
-            request = CollectGarbage(self.grace_ms, True, self.limit)
+            n = self.scrub_buckets
+            request = CollectGarbage(self.grace_ms, True, self.limit, (self._scrub_next, n))
+            self._scrub_next = (self._scrub_next + n) % BUCKETS
         elif self._raise_at is not None and now >= self._raise_at:
             self._raise_at = None
             request = CollectGarbage(self.grace_ms, False)
@@ -123,6 +148,7 @@ class GcPolicy:
             self.runs += 1
             self.horizon = max(self.horizon, result.horizon)
             self.collected += result.collected
+            self.quarantined += result.quarantined
             if request.limit is not None and result.collected >= request.limit:
                 self._next_gc = self._last_raise  # more to collect: go on at once
 

@@ -3,15 +3,22 @@ the check of the cursor a peer's Request proves (spec section 9, rollback detect
 
 from __future__ import annotations
 
-from crdt_kv.errors import RolledBackError
+from crdt_kv.errors import ClockSkewError, RolledBackError
 from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request
+from crdt_kv.protocol.options import SessionStats
 from crdt_kv.protocol.replica import Replica
 
-__all__ = ["check_rollback", "hello_mismatch", "our_hello"]
+__all__ = ["check_rollback", "hello_mismatch", "observe_peer_clock", "our_hello"]
 
 
 def our_hello(
-    replica: Replica, *, cluster_id: str, mode: str, live: bool, max_batch_entries: int
+    replica: Replica,
+    *,
+    cluster_id: str,
+    mode: str,
+    live: bool,
+    max_batch_entries: int,
+    repair: bool = False,
 ) -> Hello:
     """Our Hello: who we are, our clock and log head, our membership gossip, and what we
     want of the session."""
@@ -31,7 +38,23 @@ def our_hello(
         max_batch_entries=max_batch_entries,
         conflicts=replica.conflict_mode,
         gc=replica.membership.gossip(hlc),
+        repair=repair,
     )
+
+
+def observe_peer_clock(replica: Replica, h: Hello, stats: SessionStats) -> None:
+    """Merge the stamp of the peer's Hello into our clock; a stamp too far ahead is counted
+    and raised as :class:`ClockSkewError` naming the peer."""
+    try:
+        replica.observe_clock(h.hlc)
+    except ClockSkewError as exc:
+        stats.skew_rejected += 1
+        raise ClockSkewError(
+            f"peer {h.peer_id!r}: {exc}",
+            remote_hlc=exc.remote_hlc,
+            local_wall_ms=exc.local_wall_ms,
+            max_offset_ms=exc.max_offset_ms,
+        ) from None
 
 
 def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:

@@ -47,6 +47,9 @@ class LinkConfig:
     max_batch_bytes: int = 1 << 20
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     window: int = 4
+    repair: bool = True
+    """Sessions verify digests after a round and repair divergences and first contacts
+    (:mod:`crdt_kv.protocol.verify`); needs a replica that is a range source."""
 
     def __post_init__(self) -> None:
         check_options(
@@ -113,4 +116,5 @@ class LinkConfig:
             max_frame_bytes=self.max_frame_bytes,
             window=self.window,
             defer_storage=defer_storage,
+            repair=self.repair,
         )

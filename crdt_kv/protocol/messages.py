@@ -32,9 +32,12 @@ __all__ = [
     "Batch",
     "FrameDecoder",
     "Hello",
+    "MAX_REPAIR_PAYLOAD",
     "Message",
     "MsgType",
+    "Repair",
     "Request",
+    "Verify",
     "decode_message",
     "encode_frame",
     "encode_message",
@@ -56,6 +59,8 @@ class MsgType(IntEnum):
     BATCH = 2
     ACK = 3
     ABORT = 4
+    VERIFY = 5
+    REPAIR = 6
 
 
 class AbortCode(IntEnum):
@@ -95,6 +100,9 @@ class Hello:
     gc: tuple[GossipRow, ...] = ()
     """The sender's membership gossip (version 3): its own row first, then what it knows
     of each member (:mod:`crdt_kv.horizon`)."""
+    repair: bool = False
+    """The sender verifies digests after a round and repairs (:class:`Verify`,
+    :class:`Repair`, ``Request.repair``); both sides must set it for either to happen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +116,9 @@ class Request:
     since: int
     live: bool
     proof: tuple[bytes, int] | None = None
+    repair: bool = False
+    """First contact: reconcile before streaming (spec section 13); the log then streams
+    from the sender's head at the time it received this Request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +146,28 @@ class Abort:
     reason: str
 
 
-Message = Hello | Request | Batch | Ack | Abort
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Both directions of a one-shot round finished: our ``digest`` now, and ``clean``: our
+    store changed only through this session's applies since we pinned our head."""
 
-_FLAG_SEND, _FLAG_RECEIVE, _FLAG_LIVE = 1, 2, 4
+    digest: bytes
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A piece of the reconciliation byte stream (``spec/reconcile.md`` frames) carried
+    inside the session; the pieces concatenated in order are that stream."""
+
+    payload: bytes
+
+
+Message = Hello | Request | Batch | Ack | Abort | Verify | Repair
+
+_FLAG_SEND, _FLAG_RECEIVE, _FLAG_LIVE, _FLAG_REPAIR = 1, 2, 4, 8
+MAX_REPAIR_PAYLOAD = 1 << 16
+"""The largest :class:`Repair` payload a side sends (and accepts)."""
 
 
 def encode_message(msg: Message) -> bytes:
@@ -147,14 +177,22 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Ack):
         return cbor2.dumps([MsgType.ACK, msg.seq])
     if isinstance(msg, Request):
-        if msg.proof is None:
+        proof = None if msg.proof is None else list(msg.proof)
+        if msg.repair:
+            return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live, proof, True])
+        if proof is None:
             return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live])
-        return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live, list(msg.proof)])
+        return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live, proof])
+    if isinstance(msg, Verify):
+        return cbor2.dumps([MsgType.VERIFY, msg.digest, msg.clean])
+    if isinstance(msg, Repair):
+        return cbor2.dumps([MsgType.REPAIR, msg.payload])
     if isinstance(msg, Hello):
         flags = (
             (_FLAG_SEND if msg.send else 0)
             | (_FLAG_RECEIVE if msg.receive else 0)
             | (_FLAG_LIVE if msg.live else 0)
+            | (_FLAG_REPAIR if msg.repair else 0)
         )
         return cbor2.dumps(
             [
@@ -290,16 +328,31 @@ _NO_TAGS = NoTags("a message")
 
 
 def _decode_request(msg: list[Any]) -> Request:
-    if len(msg) not in (3, 4):
-        raise _fail(f"field 'request' must be an array of 3 or 4, got {len(msg)} elements")
+    if len(msg) not in (3, 4, 5):
+        raise _fail(f"field 'request' must be an array of 3 to 5, got {len(msg)} elements")
     since, live = _uint(msg[1], "request.since"), _bool(msg[2], "request.live")
+    repair = _bool(msg[4], "request.repair") if len(msg) == 5 else False
     if len(msg) == 3 or msg[3] is None:
-        return Request(since, live)
+        return Request(since, live, None, repair)
     proof = _array(msg[3], "request.proof", 2)
     key = proof[0]
     if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
         raise _fail(f"field 'request.proof' key must be at most {MAX_KEY_BYTES} bytes")
-    return Request(since, live, (key, _uint(proof[1], "request.proof stamp")))
+    return Request(since, live, (key, _uint(proof[1], "request.proof stamp")), repair)
+
+
+def _decode_verify_or_repair(msg: list[Any]) -> Verify | Repair:
+    if msg[0] == MsgType.VERIFY:
+        _array(msg, "verify", 3)
+        digest = msg[1]
+        if type(digest) is not bytes or len(digest) != 32:
+            raise _fail(f"field 'verify.digest' must be 32 bytes, got {digest!r:.60}")
+        return Verify(digest, _bool(msg[2], "verify.clean"))
+    _array(msg, "repair", 2)
+    payload = msg[1]
+    if type(payload) is not bytes or not 0 < len(payload) <= MAX_REPAIR_PAYLOAD:
+        raise _fail(f"field 'repair.payload' must be 1..{MAX_REPAIR_PAYLOAD} bytes")
+    return Repair(payload)
 
 
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
@@ -328,6 +381,8 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
         return Ack(_uint(msg[1], "ack.seq"))
     if kind == MsgType.REQUEST:
         return _decode_request(msg)
+    if kind in (MsgType.VERIFY, MsgType.REPAIR):
+        return _decode_verify_or_repair(msg)
     if kind == MsgType.HELLO:
         if len(msg) < 11:
             raise _fail(f"hello has {len(msg)} elements, needs at least 11")
@@ -348,6 +403,7 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
             send=bool(flags & _FLAG_SEND),
             receive=bool(flags & _FLAG_RECEIVE),
             live=bool(flags & _FLAG_LIVE),
+            repair=bool(flags & _FLAG_REPAIR),
             key_encoding=_text(msg[8], "hello.key_encoding", 32),
             value_encoding=_text(msg[9], "hello.value_encoding", 32),
             max_batch_entries=_uint(msg[10], "hello.max_batch_entries"),

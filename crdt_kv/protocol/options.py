@@ -53,3 +53,9 @@ class SessionStats:
     entries_changed: int = 0
     skew_rejected: int = 0
     errors: int = 0
+    divergences: int = 0
+    """Rounds whose Verify digests differed although both sides were clean."""
+    repairs: int = 0
+    """Reconciliations run inside this session (first contact or after a divergence)."""
+    repair_entries: int = 0
+    """Entries a reconciliation shipped here that changed our state."""

@@ -45,6 +45,15 @@ class MembershipView(Protocol):
         ...
 
 
+class ScrubCounts(Protocol):
+    """What the collection policy reads of a scrub's report."""
+
+    @property
+    def quarantined(self) -> int:
+        """Keys found rotten and put in quarantine."""
+        ...
+
+
 class Replica(Protocol):
     """What a session reads and writes of the replica it serves."""
 
@@ -85,6 +94,10 @@ class Replica(Protocol):
 
     def clock_now(self) -> int:
         """A fresh HLC stamp (for our Hello)."""
+        ...
+
+    def digest(self) -> bytes:
+        """The 32-byte digest of every key's state (kept per commit: costs nothing)."""
         ...
 
     def observe_clock(self, stamp: int) -> None:
@@ -129,6 +142,10 @@ class Replica(Protocol):
 
     def gc(self, *, limit: int | None = None) -> int:
         """Collect tombstones below the horizon (up to ``limit`` keys); may block."""
+        ...
+
+    def scrub(self, *, buckets: Iterable[int] | None = None) -> ScrubCounts:
+        """Check these buckets' records, quarantine the rotten ones; may block."""
         ...
 
     def checkpoint(self) -> bool:

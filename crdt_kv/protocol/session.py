@@ -25,11 +25,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import (
     ClockSkewError,
     CrdtKvError,
-    EncodingError,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
@@ -42,7 +40,12 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
-from crdt_kv.protocol.handshake import check_rollback, hello_mismatch, our_hello
+from crdt_kv.protocol.handshake import (
+    check_rollback,
+    hello_mismatch,
+    observe_peer_clock,
+    our_hello,
+)
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     Abort,
@@ -52,11 +55,14 @@ from crdt_kv.protocol.messages import (
     FrameDecoder,
     Hello,
     Message,
+    Repair,
     Request,
+    Verify,
     decode_message,
     encode_frame,
 )
 from crdt_kv.protocol.options import MODES, Mode, SessionStats, check_options, clip_reason
+from crdt_kv.protocol.queue import StorageQueue
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.protocol.states import (
     CONN_TABLE,
@@ -75,14 +81,23 @@ from crdt_kv.protocol.states import (
     TailBatch,
     step,
 )
-from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, StorageRequest
+from crdt_kv.protocol.storage import (
+    ApplyBatch,
+    LogSlice,
+    ReadLog,
+    RepairWork,
+    StorageRequest,
+    oversized_entry,
+    peer_fault,
+)
+from crdt_kv.protocol.verify import Checkup
 
 __all__ = ["MODES", "Session", "SessionStats"]
 
 _O, _I = OutState, InState
 
 
-class Session:
+class Session(StorageQueue):
     """One side of a replication session over a reliable ordered byte stream.
 
     ``replica`` is what we replicate (a :class:`~crdt_kv.store.Store`, or anything with
@@ -93,7 +108,9 @@ class Session:
     ``max_batch_entries`` caps what we accept (and send) per batch; batches we send are
     also cut at about ``max_batch_bytes``; at most ``window`` batches are in flight
     unacknowledged, so a huge catch-up holds bounded memory on both sides and commits in
-    bounded chunks. ``defer_storage``: see the module doc.
+    bounded chunks. ``defer_storage``: see the module doc. ``repair``: offer verification
+    and repair (:mod:`crdt_kv.protocol.verify`); the replica must then also be a
+    :class:`~crdt_kv.repair.source.RangeSource`.
     """
 
     def __init__(
@@ -108,6 +125,7 @@ class Session:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         window: int = 4,
         defer_storage: bool = False,
+        repair: bool = True,
     ) -> None:
         check_options(
             mode,
@@ -137,7 +155,7 @@ class Session:
         self._outbox = bytearray()
         self._events: list[Event] = []
         self._queued: deque[StorageRequest] = deque()
-        self._taken: StorageRequest | None = None
+        self._taken: StorageRequest | None = None  # see StorageQueue
         self._reading: ReadLog | None = None
         self._applying: tuple[ApplyBatch, Batch] | None = None
         self._out_pos = 0
@@ -149,6 +167,13 @@ class Session:
         self._echo: tuple[str, bytes] | None = None
         self._complete = False
         self._pulled = False  # got a done batch: the pull is complete (crdt_kv.horizon)
+        self._our_seq = 0
+        self._fix = Checkup(
+            replica,
+            enabled=repair,
+            stats=self.stats,
+            io=(self._send, self._submit, self._events.append),
+        )
 
     @property
     def store(self) -> Replica:
@@ -185,6 +210,7 @@ class Session:
             and self.caught_up
             and not self._unacked
             and self._applying is None
+            and not self._fix.pending
         )
 
     @property
@@ -203,11 +229,6 @@ class Session:
         """Bytes are queued for the peer (take them with :meth:`data_to_send`)."""
         return bool(self._outbox)
 
-    @property
-    def storage_busy(self) -> bool:
-        """A storage request is queued or being performed."""
-        return bool(self._queued) or self._taken is not None
-
     # --- driving --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -215,15 +236,16 @@ class Session:
         if self.state is not ConnState.IDLE:
             raise LocalProtocolError(f"start() called while the session is {self.state}")
         self.state = CONN_TABLE[(self.state, Start)]
-        self._send(
-            our_hello(
-                self.replica,
-                cluster_id=self.cluster_id,
-                mode=self.mode,
-                live=self.live,
-                max_batch_entries=self.max_batch_entries,
-            )
+        hello = our_hello(
+            self.replica,
+            cluster_id=self.cluster_id,
+            mode=self.mode,
+            live=self.live,
+            max_batch_entries=self.max_batch_entries,
+            repair=self._fix.enabled,
         )
+        self._our_seq = hello.last_seq
+        self._send(hello)
 
     def data_to_send(self) -> bytes:
         """Take every byte queued for the peer (possibly ``b""``)."""
@@ -270,32 +292,6 @@ class Session:
         self._send_batch(LogSlice((), pos, True))
         return True
 
-    def storage_request(self) -> StorageRequest | None:
-        """Take the next storage request to perform (``defer_storage=True`` only).
-
-        At most one is handed out at a time: call :meth:`storage_done` (or
-        :meth:`storage_failed`) before the next one is given.
-        """
-        if self._taken is not None or not self._queued:
-            return None
-        self._taken = self._queued.popleft()
-        return self._taken
-
-    def storage_done(self, request: StorageRequest, result: object) -> list[Event]:
-        """Hand back what :meth:`StorageRequest.perform` returned; returns new events."""
-        self._release(request)
-        self._finish(request, result)
-        self._process()
-        return self._take_events()
-
-    def storage_failed(self, request: StorageRequest, error: BaseException) -> list[Event]:
-        """The request raised ``error``. Clock skew and undecodable entries fail the session
-        as the peer's fault; anything else is ours and is re-raised after the session is
-        closed with an ``Abort``."""
-        self._release(request)
-        self._on_storage_error(request, error)
-        return self._take_events()
-
     def close(self, reason: str = "closed by local side") -> None:
         """Close the session; one that is not settled tells the peer why. Idempotent."""
         if self.closed:
@@ -308,7 +304,8 @@ class Session:
     # --- internals: plumbing ----------------------------------------------------------
 
     def _take_events(self) -> list[Event]:
-        events, self._events = self._events, []
+        events = self._events.copy()
+        self._events.clear()
         return events
 
     def _send(self, msg: Message) -> None:
@@ -327,22 +324,6 @@ class Session:
         self._queued.clear()
         self._events.append(SessionFailed(error))
 
-    def _release(self, request: StorageRequest) -> None:
-        if request is not self._taken:
-            raise LocalProtocolError(f"storage result for a request not handed out: {request!r}")
-        self._taken = None
-
-    def _submit(self, request: StorageRequest) -> None:
-        if not self.defer_storage:
-            try:
-                result = request.perform(self.replica)
-            except Exception as exc:
-                self._on_storage_error(request, exc)
-                return
-            self._finish(request, result)
-            return
-        self._queued.append(request)
-
     def _finish(self, request: StorageRequest, result: object) -> None:
         if isinstance(request, ReadLog):
             self._reading = None
@@ -351,6 +332,13 @@ class Session:
                 self._send_batch(result)
                 if self.defer_storage:  # inline, the caller's _pump loop goes on
                     self._pump()
+        elif isinstance(request, RepairWork):
+            if request is self._fix.work and not self.closed:
+                try:
+                    self._fix.work_done(result, step=self.defer_storage)
+                except ProtocolError as exc:
+                    return self._fail(exc, AbortCode.PROTOCOL)
+                self._repair_progress()
         elif self._applying is not None and self._applying[0] is request:
             batch = self._applying[1]
             self._applying = None
@@ -361,24 +349,18 @@ class Session:
     def _on_storage_error(self, request: StorageRequest, error: BaseException) -> None:
         if isinstance(request, ReadLog):
             self._reading = None
+        elif isinstance(request, RepairWork):
+            self._fix.failed()
         else:
             self._applying = None
         if self.closed:
             return
         peer = self.remote.peer_id if self.remote is not None else "peer"
-        if isinstance(error, ClockSkewError):
-            n = len(request.entries) if isinstance(request, ApplyBatch) else 0
-            self.stats.skew_rejected += n
-            wrapped = ClockSkewError(
-                f"batch from peer {peer!r} rejected: {error}",
-                remote_hlc=error.remote_hlc,
-                local_wall_ms=error.local_wall_ms,
-                max_offset_ms=error.max_offset_ms,
-            )
-            self._fail(wrapped, AbortCode.CLOCK_SKEW)
-        elif isinstance(error, EncodingError):
-            err = RemoteProtocolError(f"batch from peer {peer!r} rejected: {error}")
-            self._fail(err, AbortCode.REJECTED_DATA)
+        fault = peer_fault(request, error, peer)
+        if fault is not None:
+            err, code, skewed = fault
+            self.stats.skew_rejected += skewed
+            self._fail(err, code)
         else:
             self.close(f"local failure: {type(error).__name__}")
             raise error
@@ -388,7 +370,7 @@ class Session:
     def _process(self) -> None:
         """Handle queued frames in order until one waits for storage or the session ends."""
         inbox = self._inbox
-        while not self.closed and self._applying is None:
+        while not self.closed and self._applying is None and self._fix.work is None:
             if not inbox:
                 if self._decode_error is not None:
                     self._fail(self._decode_error, AbortCode.PROTOCOL)
@@ -416,6 +398,9 @@ class Session:
             self._on_request(msg)
         elif isinstance(msg, Hello):
             self._on_hello(msg)
+        elif isinstance(msg, Repair | Verify):
+            self._fix.on_message(msg)
+            self._repair_progress()
         else:
             peer = self.remote.peer_id if self.remote else "peer"
             err = ProtocolError(f"{peer} aborted the session (code {msg.code}): {msg.reason}")
@@ -433,16 +418,7 @@ class Session:
             return self._incompatible(mismatch)
         if h.max_batch_entries < 1:
             raise RemoteProtocolError(f"peer {h.peer_id!r} accepts no entries per batch")
-        try:
-            self.replica.observe_clock(h.hlc)
-        except ClockSkewError as exc:
-            self.stats.skew_rejected += 1
-            raise ClockSkewError(
-                f"peer {h.peer_id!r}: {exc}",
-                remote_hlc=exc.remote_hlc,
-                local_wall_ms=exc.local_wall_ms,
-                max_offset_ms=exc.max_offset_ms,
-            ) from None
+        observe_peer_clock(self.replica, h, self.stats)
         self.remote = h
         self.replica.membership.heard(h.peer_id, h.gc)
         self._echo = (h.peer_id, h.incarnation)
@@ -455,7 +431,11 @@ class Session:
             self._in_pos = cursor
             self.in_state = InState.REQUESTED
             proof = self.replica.cursor_proof(h.peer_id, h.incarnation) if cursor else None
-            self._send(Request(cursor, self.live, proof))
+            both_ways = self.out_state is OutState.WAITING
+            repair = self._fix.on_hello(
+                h, both_ways=both_ways, cursor=cursor, our_seq=self._our_seq
+            )
+            self._send(Request(cursor, self.live, proof, repair))
         self._events.append(Connected(h.peer_id, h.incarnation, h.cluster_id, h.last_seq, cursor))
         self._check_complete()
         return None
@@ -474,7 +454,11 @@ class Session:
         # A one-shot pull gets the log as it was when asked; otherwise a busy writer would
         # keep moving the head and the sync would never complete.
         self._stop_at = None if self._remote_live else last
-        self._pump()
+        if self._fix.on_request(r, last):
+            self._out_pos = last  # after the repair the peer holds our state as of ``last``
+            self._repair_progress()
+        else:
+            self._pump()
         return None
 
     def _pump(self) -> None:
@@ -484,6 +468,7 @@ class Session:
             and not self.closed
             and len(self._unacked) < self.window
             and self.out_state in (_O.STREAMING, _O.LIVE)
+            and not self._fix.repairing
         ):
             if self.out_state is _O.LIVE and self._out_pos >= self.replica.last_seq:
                 return
@@ -530,25 +515,21 @@ class Session:
         self.in_state = step(IN_TABLE, self.in_state, b, "our receiving side")
         remote = self.remote
         assert remote is not None
+        if self._fix.repairing:
+            raise RemoteProtocolError(f"batch from {remote.peer_id!r} during a repair")
+        rebase = self._fix.rebase and b.from_seq >= self._in_pos
+        if rebase:  # the first batch after a first-contact repair: our cursor moves up
+            self._fix.rebase = False
+            self._in_pos = b.from_seq
         if b.from_seq != self._in_pos:
             raise RemoteProtocolError(
                 f"batch from {remote.peer_id!r} starts at {b.from_seq}, "
                 f"but our cursor is at {self._in_pos}"
             )
-        for e in b.entries:
-            if len(e.key) > MAX_KEY_BYTES or max(len(s.value) for s in (e, *e.others)) > (
-                MAX_VALUE_BYTES
-            ):
-                # The store enforces these limits on local writes only.
-                return self._fail(
-                    RemoteProtocolError(
-                        f"batch from peer {remote.peer_id!r} rejected: key {e.key[:40]!r} "
-                        f"({len(e.key)} bytes, limit {MAX_KEY_BYTES}) or a value of it "
-                        f"(limit {MAX_VALUE_BYTES} bytes) is too large"
-                    ),
-                    AbortCode.REJECTED_DATA,
-                )
-        if b.to_seq > b.from_seq or b.entries:
+        too_big = oversized_entry(b.entries, remote.peer_id)
+        if too_big is not None:  # the store enforces these limits on local writes only
+            return self._fail(RemoteProtocolError(too_big), AbortCode.REJECTED_DATA)
+        if b.to_seq > b.from_seq or b.entries or rebase:
             request = ApplyBatch(b.entries, (remote.peer_id, remote.incarnation, b.to_seq))
             self._applying = (request, b)
             self._submit(request)
@@ -586,8 +567,21 @@ class Session:
         self._check_complete()
 
     def _check_complete(self) -> None:
-        if self._complete:
+        if self._complete or self._fix.pending:
             return
-        if self.in_state in (_I.DISABLED, _I.DONE) and self.out_state in (_O.DISABLED, _O.DONE):
+        ended = self.in_state in (_I.DISABLED, _I.DONE) and self.out_state in (_O.DISABLED, _O.DONE)
+        if ended and not self._fix.verify(self.stats.entries_changed, self._in_pos):
+            self._completed()
+
+    def _completed(self) -> None:
+        if not self._complete:
             self._complete = True
             self._events.append(SyncComplete())
+
+    def _repair_progress(self) -> None:
+        """Act on verification or repair (:mod:`crdt_kv.protocol.verify`) moving on."""
+        action = self._fix.progress()
+        if action == "stream":
+            self._pump()
+        elif action == "complete":
+            self._completed()

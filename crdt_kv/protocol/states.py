@@ -11,7 +11,7 @@ from enum import Enum
 from typing import TypeVar
 
 from crdt_kv.errors import RemoteProtocolError
-from crdt_kv.protocol.messages import Abort, Ack, Batch, Hello, Request
+from crdt_kv.protocol.messages import Abort, Ack, Batch, Hello, Repair, Request, Verify
 
 __all__ = [
     "CONN_TABLE",
@@ -102,6 +102,8 @@ CONN_TABLE: dict[tuple[ConnState, type], ConnState] = {
     (_C.OPEN, Request): _C.OPEN,
     (_C.OPEN, Batch): _C.OPEN,
     (_C.OPEN, Ack): _C.OPEN,
+    (_C.OPEN, Verify): _C.OPEN,
+    (_C.OPEN, Repair): _C.OPEN,
     (_C.HELLO_SENT, Abort): _C.FAILED,
     (_C.OPEN, Abort): _C.FAILED,
     (_C.HELLO_SENT, EndOfStream): _C.CLOSED,

@@ -11,8 +11,13 @@ ordered.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from crdt_kv.errors import ClockSkewError, CrdtKvError, EncodingError, RemoteProtocolError
+from crdt_kv.protocol.messages import AbortCode
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.version import RawEntry
 
@@ -21,8 +26,11 @@ __all__ = [
     "ApplyBatch",
     "LogSlice",
     "ReadLog",
+    "RepairWork",
     "StorageRequest",
     "entry_size",
+    "oversized_entry",
+    "peer_fault",
 ]
 
 LIGHT_ENTRIES = 16
@@ -109,4 +117,81 @@ class ApplyBatch:
         return replica.apply_raw(self.entries, cursor=self.cursor)
 
 
-StorageRequest = ReadLog | ApplyBatch
+class _Work(Protocol):
+    def perform(self, source: Any) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RepairWork:
+    """Storage work of a reconciliation running inside the session: one
+    :mod:`crdt_kv.repair.work` request (fingerprints, item lists, reads, merges, drops),
+    performed against the replica (which is then a ``RangeSource``)."""
+
+    work: _Work
+    cursor: tuple[str, bytes, int] | None = None
+    """Merges store this (unchanged) cursor, so what they apply counts as the peer's:
+    never echoed back to it."""
+
+    @property
+    def light(self) -> bool:
+        """Never: listing a range or merging a chunk may read and write a lot."""
+        return False
+
+    def perform(self, replica: Replica) -> object:
+        """Run the work; a replica whose Hello offered repair is a range source."""
+        if self.cursor is None:
+            return self.work.perform(replica)
+        return self.work.perform(_Sourced(replica, self.cursor))
+
+
+class _Sourced:
+    """The replica, its merges applied under a cursor."""
+
+    def __init__(self, replica: Replica, cursor: tuple[str, bytes, int]) -> None:
+        self._replica = replica
+        self._cursor = cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._replica, name)
+
+    def apply_raw(self, entries: Iterable[RawEntry]) -> int:
+        return self._replica.apply_raw(list(entries), cursor=self._cursor)
+
+
+StorageRequest = ReadLog | ApplyBatch | RepairWork
+
+
+def oversized_entry(entries: tuple[RawEntry, ...], peer: str) -> str | None:
+    """Why a received batch is refused because a key or value of it exceeds the store's
+    limits (the store enforces them on local writes only), or None."""
+    for e in entries:
+        if len(e.key) > MAX_KEY_BYTES or max(len(s.value) for s in (e, *e.others)) > (
+            MAX_VALUE_BYTES
+        ):
+            return (
+                f"batch from peer {peer!r} rejected: key {e.key[:40]!r} "
+                f"({len(e.key)} bytes, limit {MAX_KEY_BYTES}) or a value of it "
+                f"(limit {MAX_VALUE_BYTES} bytes) is too large"
+            )
+    return None
+
+
+def peer_fault(
+    request: StorageRequest, error: BaseException, peer: str
+) -> tuple[CrdtKvError, AbortCode, int] | None:
+    """If ``error`` of performing ``request`` is the peer's fault (a stamp too far ahead,
+    an undecodable entry): the error to fail the session with, its abort code, and how
+    many entries count as skew-rejected. None: our own failure."""
+    if isinstance(error, ClockSkewError):
+        n = len(request.entries) if isinstance(request, ApplyBatch) else 0
+        wrapped = ClockSkewError(
+            f"batch from peer {peer!r} rejected: {error}",
+            remote_hlc=error.remote_hlc,
+            local_wall_ms=error.local_wall_ms,
+            max_offset_ms=error.max_offset_ms,
+        )
+        return wrapped, AbortCode.CLOCK_SKEW, n
+    if isinstance(error, EncodingError):
+        err = RemoteProtocolError(f"batch from peer {peer!r} rejected: {error}")
+        return err, AbortCode.REJECTED_DATA, 0
+    return None

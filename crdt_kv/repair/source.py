@@ -57,6 +57,12 @@ class RangeSource(Protocol):
         ``(position, key)``."""
         ...
 
+    def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """``(position, key)`` of the keys in ``[lo, hi)`` this replica lost (its scrub
+        found their records rotten) and holds no state of, sorted. Repair announces them
+        so that no peer takes their absence for a collection."""
+        ...
+
     def raw_entries(self, keys: Iterable[bytes]) -> list[RawEntry]:
         """The current states of ``keys`` (keys not held are skipped)."""
         ...

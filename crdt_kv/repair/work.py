@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from crdt_kv.fingerprint import POSITION_SPACE
 from crdt_kv.repair.source import RangeSource
 from crdt_kv.repair.tree import FANOUT, child_nodes, node_range, state_stamp
 from crdt_kv.version import RawEntry
@@ -31,6 +32,31 @@ T_co = TypeVar("T_co", covariant=True)
 
 Range = tuple[int, int]
 Item = tuple[int, bytes, int]
+
+
+LOST_HASH = 0
+"""The item hash a replica announces for a key it lost (quarantined): no state hashes to
+it (but with probability 2**-64 on the wire), so the peer sees the key as held
+differently and sends its state; were the key left out, the peer would take its absence
+for a collection below the horizon and drop its own copy."""
+
+
+def _fingerprint(source: RangeSource, lo: int, hi: int) -> tuple[int, int]:
+    """The range's fingerprint, each quarantined key counted as an item of hash 0: a range
+    holding one never looks empty to the peer (which would then drop what it holds)."""
+    s, c = source.range_fingerprint(lo, hi)
+    return s, c + len(source.range_quarantined(lo, hi))
+
+
+def _items(source: RangeSource, lo: int, hi: int) -> list[Item]:
+    items = source.range_items(lo, hi)
+    lost = source.range_quarantined(lo, hi)
+    if not lost:
+        return items
+    held = {k for _, k, _ in items}
+    items += [(p, k, LOST_HASH) for p, k in lost if k not in held]
+    items.sort(key=lambda t: (t[0], t[1]))
+    return items
 
 
 class Work(Protocol[T_co]):
@@ -60,7 +86,7 @@ class Describe:
 
     def perform(self, source: RangeSource) -> Described:
         """Reads only (bucket-aligned fingerprints come from memory in a store)."""
-        top = tuple(source.range_fingerprint(*node_range(*n)) for n in child_nodes(0, 0))
+        top = tuple(_fingerprint(source, *node_range(*n)) for n in child_nodes(0, 0))
         assert len(top) == FANOUT
         return Described(
             source.peer_id,
@@ -81,7 +107,7 @@ class Fingerprints:
 
     def perform(self, source: RangeSource) -> list[tuple[int, int]]:
         """Reads only."""
-        return [source.range_fingerprint(lo, hi) for lo, hi in self.ranges]
+        return [_fingerprint(source, lo, hi) for lo, hi in self.ranges]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +117,8 @@ class ListItems:
     ranges: tuple[Range, ...]
 
     def perform(self, source: RangeSource) -> list[list[Item]]:
-        """Reads only."""
-        return [source.range_items(lo, hi) for lo, hi in self.ranges]
+        """Reads only. Quarantined keys are listed with hash 0 (see :data:`LOST_HASH`)."""
+        return [_items(source, lo, hi) for lo, hi in self.ranges]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +148,7 @@ class ApplyEntries:
             old = [e for e in kept if state_stamp(e) < horizon]
             if old:
                 held = {e.key for e in source.raw_entries(e.key for e in old)}
+                held.update(k for _, k in source.range_quarantined(0, POSITION_SPACE))
                 kept = [e for e in kept if state_stamp(e) >= horizon or e.key in held]
         changed = source.apply_raw(kept) if kept else 0
         return changed, len(self.entries) - len(kept)

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from crdt_kv.hlc import LOGICAL_BITS
+from crdt_kv.layout import DATA, DATA_END, unpack_record
+from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import SimConfig
-from crdt_kv.sim.coverage import uncovered
+from crdt_kv.sim.coverage import held_elsewhere, uncovered
 from crdt_kv.sim.disk import SimDisk
 from crdt_kv.sim.faults import (
     Burst,
@@ -20,11 +22,13 @@ from crdt_kv.sim.faults import (
     FaultAction,
     Freeze,
     Heal,
+    Isolate,
     Join,
     Partition,
     Quiet,
     Restart,
     Restore,
+    Rot,
     SetLinkFaults,
     Shutdown,
     Snapshot,
@@ -48,6 +52,8 @@ class FaultActions:
     links: LinkShell
     c: dict[str, int]
     sched_rng: random.Random
+    fault_rng: random.Random
+    causal: CausalOracle | None
     _up: list[int] | None
     vt: VirtualTime
 
@@ -215,6 +221,52 @@ class FaultActions:
         self.push(self.vt.now + 1_500_000, self._planned, Heal())
         self._start_links(node)
 
+    def _a_isolate(self, a: FaultAction) -> None:
+        assert isinstance(a, Isolate)
+        node = self.nodes[a.node]
+        if node.state != UP or node.store is None:
+            return
+        others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
+        if uncovered(node.store, others, every=True):
+            self.c["isolate_waits"] += 1
+            self.push(self.vt.now + 250_000, self._planned, a)
+            return
+        self.c["isolations"] += 1
+        self.network.partition(((a.node,),))
+        self.push(self.vt.now + int(a.span_ms * 1000), self._rejoin, a.node)
+
+    def _rejoin(self, index: int) -> None:
+        self.nodes[index].quiet = False
+        self.network.heal()
+    def _a_rot(self, a: FaultAction) -> None:
+        assert isinstance(a, Rot)
+        node = self.nodes[a.node]
+        disk, store = node.backend, node.store
+        if node.state != UP or store is None or not isinstance(disk, SimDisk):
+            return
+        others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
+        mode, rng = store.conflict_mode, self.fault_rng
+        keys = [k[1:] for k, _ in disk.iterate(DATA, DATA_END)]
+        rng.shuffle(keys)
+        done = 0
+        for k in keys:
+            if done >= a.records:
+                break
+            blob = disk.get(DATA + k)
+            try:
+                r = unpack_record(k, blob) if blob is not None else None
+            except Exception:  # rotted already
+                continue
+            if r is None or not held_elsewhere(mode, r, others):
+                continue
+            garbage = rng.random() < 0.5
+
+            disk.write([(DATA + k, b"\xff" + rng.randbytes(12) if garbage else None)])
+            if self.causal is not None:
+                self.causal.lose(a.node, k)
+            self.c["rotten" if not garbage else "garbled"] += 1
+            done += 1
+
 
 _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Partition: FaultActions._a_partition,
@@ -232,4 +284,6 @@ _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {
     Snapshot: FaultActions._a_snapshot,
     Restore: FaultActions._a_restore,
     Quiet: FaultActions._a_quiet,
+    Isolate: FaultActions._a_isolate,
+    Rot: FaultActions._a_rot,
 }

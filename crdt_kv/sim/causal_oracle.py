@@ -294,16 +294,31 @@ class CausalOracle:
         """After a power cut: ``node`` has seen exactly what its store still holds."""
         seen: dict[bytes, int] = {}
         for r in states:
-            book = self.books.get(r.key)
-            if book is None:
-                continue
-            mask = 0
-            for v in _versions(r):
-                wid = book.find(v)
-                if wid is not None:
-                    mask |= (1 << wid) | book.closed[wid]
-            seen[r.key] = mask
+            if r.key in self.books:
+                seen[r.key] = self._shown(r)
         self.seen[node] = seen
+
+    def _shown(self, r: RawEntry) -> int:
+        """The writes state ``r`` holds, with what they superseded."""
+        book = self.books[r.key]
+        mask = 0
+        for v in _versions(r):
+            wid = book.find(v)
+            if wid is not None:
+                mask |= (1 << wid) | book.closed[wid]
+        return mask
+
+    def lose(self, node: int, key: bytes) -> None:
+        """``node``'s record of ``key`` rotted away: it has seen nothing of the key."""
+        self.seen[node].pop(key, None)
+
+    def absorb(self, node: int, states: Iterable[RawEntry]) -> None:
+        """``node`` merged these states outside a batch (repair): it has seen what they
+        show."""
+        seen = self.seen[node]
+        for r in states:
+            if r.key in self.books:
+                seen[r.key] = seen.get(r.key, 0) | self._shown(r)
 
     # --- the expectation -------------------------------------------------------------------
 
@@ -378,7 +393,7 @@ class CausalOracle:
             if state is None and not exp.live and _collected(exp, store.gc_horizon):
                 continue
             dead = [v for v in _versions(state) if v[2]] if state is not None else []
-            out.extend(self._dead(node, book, exp, dead, excluded))
+            out.extend(self._dead(node, book, exp, dead, excluded, store.gc_horizon))
             if orders is not None:
                 mine = [(e.peer, e.hlc) for e in got]
                 first = orders.setdefault(kb, (node, mine))
@@ -416,14 +431,20 @@ class CausalOracle:
             out.append(Mismatch(node, book.key, "wrong-order", _listed(exp.live), shown))
         return out
 
-    def _dead(
-        self, node: str, book: _Book, exp: Expected, held: list[Version], excluded: set[str]
+    def _dead(  # noqa: PLR0917 - private; the check's inputs
+        self,
+        node: str,
+        book: _Book,
+        exp: Expected,
+        held: list[Version],
+        excluded: set[str],
+        horizon: int,
     ) -> list[Mismatch]:
         want = {(w.peer, w.hlc, True, b""): w for w in exp.tombstones}
         out = [
             Mismatch(node, book.key, "lost", w.describe(), "no such tombstone sibling")
             for v, w in want.items()
-            if v not in held
+            if v not in held and w.hlc >= horizon  # below it: pruned by collection
         ]
         for v in held:
             if v not in want:

@@ -13,6 +13,7 @@ from typing import Any
 
 import cbor2
 
+from crdt_kv.errors import CorruptionError
 from crdt_kv.layout import DATA, unpack_record
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
@@ -50,12 +51,21 @@ class Clients:
         raise NotImplementedError
 
     def write(self, index: int, op: Op) -> None:
-        """Perform a client operation on a node and record acknowledged writes."""
+        """Perform a client operation on a node and record acknowledged writes. A record
+        that rotted (the ``bitrot`` scenario) fails the operation with a read error, as a
+        disk's checksum would: nothing is written, nothing acknowledged."""
         node = self.nodes[index]
         store = node.store
         if node.state != UP or store is None or node.quiet:
             self.c["unavailable"] += 1
             return
+        try:
+            self._perform(node, store, op)
+        except CorruptionError:
+            self.c["rot_errors"] += 1
+
+    def _perform(self, node: SimNode, store: Store, op: Op) -> None:
+        index = node.index
         kind = op.kind
         if kind == "read":
             store.get(op.key)
@@ -138,7 +148,10 @@ class Clients:
         if node.store is not store or node.state != UP or self._quiesced:
             self.c["merges_dropped"] += 1
             return
-        self._merge(node, store, op, passed)
+        try:
+            self._merge(node, store, op, passed)
+        except CorruptionError:
+            self.c["rot_errors"] += 1
 
     def _merge(self, node: SimNode, store: Store, op: Op, passed: list[Entry]) -> None:
         key, value, _ = op.writes[0]

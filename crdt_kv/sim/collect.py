@@ -40,6 +40,7 @@ class Collection:
             now=self.vt.now / US,
             grace_s=cfg.gc_grace_ms / 1000,
             interval_s=cfg.gc_interval_ms / 1000,
+            scrub_buckets=cfg.scrub_buckets,
         )
         self._gc_arm(node)
 
@@ -74,5 +75,6 @@ class Collection:
             result = request.perform(node.store)
             policy.storage_done(request, result)
             self.c["collected"] += result.collected
+            self.c["quarantined"] += result.quarantined
             self.record(f"G{node.index} {result.horizon} {result.collected}\n")
         self._gc_arm(node)

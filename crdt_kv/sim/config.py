@@ -72,6 +72,8 @@ class SimConfig:
     gc_grace_ms: float | None = None
     """Run each node's collection policy with this grace (None: never collect)."""
     gc_interval_ms: float = 1000.0
+    scrub_buckets: int = 64
+    """Buckets each node's collection policy scrubs per interval (of 4096; 0: none)."""
     member_expiry_ms: float | None = None
     """Members silent this long stop holding the horizon back (None: the store default)."""
 
@@ -195,6 +197,12 @@ class SimResult:
     joins: int
     partitions: int
     skew_rejections: int
+    divergences: int
+    """Sessions whose verification found clean replicas with different digests (counted at
+    each end of a session)."""
+    repairs: int
+    """Reconciliations run inside sessions, first contact or after a divergence (counted at
+    each end)."""
     rogue_nodes: list[str]
     rogue_writes: int
     hlc_ties: int

@@ -26,6 +26,7 @@ __all__ = [
     "Partition",
     "Plan",
     "Restart",
+    "Rot",
     "SetLinkFaults",
     "Shutdown",
     "Unfreeze",
@@ -135,11 +136,36 @@ class Restore:
 
 
 @dataclass(frozen=True, slots=True)
+class Isolate:
+    """Cut a node off from every other for ``span_ms``, once everything it holds is held
+    by every other up node (retrying every 250 ms): long enough, it expires from the
+    others' membership and they collect without it. (A write of an expiring member that
+    reached only some members may be refused by the others once their horizon passes it:
+    the known limit of member expiry, ``spec/data-model.md`` section 19.) Its clients
+    resume when it returns (pause them before with :class:`Quiet`, so that its writes
+    reach the others first)."""
+
+    node: int
+    span_ms: float
+
+
+@dataclass(frozen=True, slots=True)
 class Quiet:
     """Pause (``on``) or resume a node's clients: their operations are not performed."""
 
     node: int
     on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rot:
+    """Bit rot on a node's disk: ``records`` of its records, picked by the fault generator
+    among those whose state another up node also holds (or supersedes), each either
+    vanishes or is overwritten with bytes that do not parse, behind the store's back (its
+    index and change-log entries stay). The scrub must find them and repair heal them."""
+
+    node: int
+    records: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +196,8 @@ FaultAction = (
     | Snapshot
     | Restore
     | Quiet
+    | Isolate
+    | Rot
 )
 Plan = list[tuple[float, FaultAction]]
 

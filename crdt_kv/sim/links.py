@@ -197,6 +197,8 @@ class LinkShell:
         elif isinstance(ev, SessionEnded):
             c = sim.c
             c["skew_rejections"] += ev.stats.skew_rejected
+            c["divergences"] += ev.stats.divergences
+            c["repairs"] += ev.stats.repairs
             c["entries_sent"] += ev.stats.entries_sent
             c["entries_changed"] += ev.stats.entries_changed
             if ev.timed_out:

@@ -122,7 +122,9 @@ class Reporting:
         cfg = self.cfg
         for stats in self.links.session_stats():
             self.c["skew_rejections"] += stats.skew_rejected
-            stats.skew_rejected = 0
+            self.c["divergences"] += stats.divergences
+            self.c["repairs"] += stats.repairs
+            stats.skew_rejected = stats.divergences = stats.repairs = 0
         mismatches = self.check() if check and self.error is None else []
         kinds: dict[str, int] = {}
         for m in mismatches:
@@ -189,6 +191,8 @@ class Reporting:
             joins=c["joins"],
             partitions=c["partitions"],
             skew_rejections=c["skew_rejections"],
+            divergences=c["divergences"],
+            repairs=c["repairs"],
             rogue_nodes=rogues,
             rogue_writes=c["rogue_writes"],
             hlc_ties=self.causal.ties if self.causal is not None else self.oracle.ties,

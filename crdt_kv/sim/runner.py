@@ -178,6 +178,8 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "joins",
                 "partitions",
                 "skew_rejections",
+                "divergences",
+                "repairs",
                 "rogue_writes",
                 "bursts",
                 "power_cuts",
@@ -185,6 +187,8 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "snapshots",
                 "restores",
                 "restore_waits",
+                "isolations",
+                "isolate_waits",
                 "unsynced_reverted",
                 "hlc_rewinds",
                 "hlc_violations",
@@ -194,6 +198,10 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "merges",
                 "merges_dropped",
                 "collected",
+                "rotten",
+                "garbled",
+                "quarantined",
+                "rot_errors",
             ),
             0,
         )
@@ -222,6 +230,10 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
         """Mark a node whose clock is beyond ``max_offset``: its writes must be refused
         everywhere, so it is left out of the convergence and oracle checks."""
         self.nodes[index].rogue = True
+
+    def watch_stamps(self) -> None:
+        """Check that no key's state stamp ever goes back on a node (a resurrection)."""
+        self.watch = StampWatch()
 
     def set_pending(self, index: int) -> None:
         """Keep a node out of the cluster until a :class:`Join` (or the heal)."""

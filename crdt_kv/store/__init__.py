@@ -53,6 +53,7 @@ from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.repair import Repair
 from crdt_kv.store.rollback import CursorChecks
+from crdt_kv.store.scrub import Scrubber
 from crdt_kv.store.writes import Writer
 from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 
@@ -67,7 +68,10 @@ _STATS = (
     "hook_errors",
     "collected",
     "dropped",
+    "pruned",
     "refused_below_horizon",
+    "rotten",
+    "scrubbed_buckets",
 )
 
 
@@ -133,6 +137,7 @@ class Store(Repair, MemberApi, CursorChecks):
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
         self._w.gc_horizon = state.gc_horizon
         self._collector = Collector(backend, self._w)
+        self._scrubber = Scrubber(backend, self._w)
         self._ranges = Ranges(backend, buckets, self._w.lock, self._w.check)
         self._members = Members(
             backend,
@@ -142,6 +147,7 @@ class Store(Repair, MemberApi, CursorChecks):
             fresh_hlc=self.clock_now,
             expiry_ms=member_expiry_ms,
         )
+        self._members.hold = self._scrubber.hold
 
     # --- properties -----------------------------------------------------------------
 

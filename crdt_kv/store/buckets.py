@@ -146,15 +146,21 @@ class Buckets:
             self._order = sorted(self.fresh)
         return self._order
 
-    def checkpoint_ops(self, seq: int, notes: Iterable[Note] = ()) -> list[Op]:
+    def checkpoint_ops(
+        self,
+        seq: int,
+        notes: Iterable[Note] = (),
+        fixes: dict[int, tuple[int, int]] | None = None,
+    ) -> list[Op]:
         """The ops of a checkpoint as of ``seq``: the ``x`` entries of the fresh keys, every
         dirty bucket and ``mfingerprints``, as they will be once ``notes`` (changes in the
-        same batch, not yet noted) are; memory is not changed beyond :meth:`settle`.
+        same batch, not yet noted) are and ``fixes`` (``{bucket: (count, sum)}`` set by a
+        scrub, before the notes) are taken; memory is not changed beyond :meth:`settle`.
 
         The ops are in key order: RocksDB inserts a sorted batch about twice as fast."""
         self.settle()
         counts, sums = self.counts, self.sums
-        new: dict[int, tuple[int, int]] = {}
+        new: dict[int, tuple[int, int]] = dict(fixes or {})
         added: list[bytes] = []
         removed: set[bytes] = set()
         for k, delta, dc in notes:
@@ -176,8 +182,14 @@ class Buckets:
         ops.append((META_FINGERPRINTS, pack_u64(seq)))
         return ops
 
-    def saved(self, notes: Iterable[Note] = ()) -> None:
-        """A checkpoint (of :meth:`checkpoint_ops` with the same ``notes``) was written."""
+    def saved(
+        self, notes: Iterable[Note] = (), fixes: dict[int, tuple[int, int]] | None = None
+    ) -> None:
+        """A checkpoint (of :meth:`checkpoint_ops` with the same arguments) was written."""
+        self.settle()
+        for b, (c, s) in (fixes or {}).items():
+            self.total += c - self.counts[b]
+            self.counts[b], self.sums[b] = c, s
         self.notes.extend(notes)
         self.settle()
         self.dirty.clear()

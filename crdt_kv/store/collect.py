@@ -14,12 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from crdt_kv.backends.base import Backend, Op
+from crdt_kv.causal import prune
+from crdt_kv.errors import CorruptionError
 from crdt_kv.fingerprint import Statistics, position_bytes, state_stamp
 from crdt_kv.layout import (
     DATA,
     DATA_END,
     DATA_SKIP,
+    FORMAT_SIBLINGS,
     body_hash,
+    pack_siblings,
     pack_u64,
     record_is_deleted,
     unpack_record,
@@ -80,6 +84,8 @@ class Collector:
                 collected=stats["collected"],
                 refused_below_horizon=stats["refused_below_horizon"],
                 dropped=stats["dropped"],
+                quarantined=len(w.quarantined),
+                rotten=stats["rotten"],
             )
 
     def gc(self, limit: int | None) -> int:
@@ -92,10 +98,11 @@ class Collector:
             w.check()
             h = w.gc_horizon
             w.log.buckets.settle()
-            if not h or w.log.buckets.total == w.log.count:
+            if not h:
                 return 0
             chunk: list[tuple[bytes, bytes]] = []
-            for k, blob in self._collectable(h):
+            any_dead = w.log.buckets.total != w.log.count
+            for k, blob in self._collectable(h) if any_dead else ():
                 if limit is not None and done + len(chunk) >= limit:
                     break
                 chunk.append((k, blob))
@@ -104,7 +111,50 @@ class Collector:
                     chunk = []
             if chunk:
                 done += self._remove(chunk, "collected")
+            if w.order is not None:
+                self._prune(h)
         return done
+
+    def _prune(self, h: int) -> None:
+        """``siblings`` mode: drop the tombstone versions older than ``h`` from the states
+        that keep a newer version (:func:`crdt_kv.causal.prune`), rewriting each record in
+        place: same sequence, no log entry (every replica prunes below its own horizon)."""
+        order = self._w.order
+        assert order is not None
+        rewrites: list[tuple[bytes, bytes, bytes]] = []
+        for dk, blob in self._backend.iterate(DATA, DATA_END):
+            if blob[0] != FORMAT_SIBLINGS:
+                continue
+            r = unpack_record(dk, blob, DATA_SKIP)
+            pruned = prune(r, h, order) if r.others else None
+            if pruned is not None:
+                rewrites.append((r.key, blob, pack_siblings(pruned)))
+            if len(rewrites) >= COLLECT_CHUNK:
+                self._rewrite(rewrites)
+                rewrites = []
+        if rewrites:
+            self._rewrite(rewrites)
+
+    def _rewrite(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Replace the bodies of ``(key, stored record, new body)`` in one batch, keeping
+        each record's sequence; the digest and buckets move, the live count does not."""
+        w = self._w
+        log, buckets = w.log, w.log.buckets
+        digest = log.digest
+        ops: list[Op] = []
+        notes: list[Note] = []
+        for k, blob, body in items:
+            delta = body_hash(k, body) - body_hash(k, blob[:-8])
+            notes.append((k, delta, 0))
+            digest += delta
+            ops.append((DATA + k, body + blob[-8:]))
+        digest %= _MOD
+        ops += buckets.checkpoint_ops(log.seq, notes)
+        ops.append((META_GC, pack_gc_state(log.seq, log.count, digest, w.hlc.last)))
+        self._backend.write(ops)
+        log.digest = digest
+        buckets.saved(notes)
+        w.stats["pruned"] += len(items)
 
     def drop(self, keys: Iterable[bytes], below: int) -> int:
         """Remove the given keys whose state stamp is below ``below``, live or not."""
@@ -130,8 +180,11 @@ class Collector:
     def _collectable(self, h: int) -> Iterator[tuple[bytes, bytes]]:
         """Every record whose state is all tombstones with state stamp below ``h``."""
         for dk, blob in self._backend.iterate(DATA, DATA_END):
-            if record_is_deleted(blob):
-                r = unpack_record(dk, blob, DATA_SKIP)
+            if len(blob) > 1 and record_is_deleted(blob):
+                try:
+                    r = unpack_record(dk, blob, DATA_SKIP)
+                except CorruptionError:
+                    continue  # rotten: the scrub quarantines it
                 if all(o.deleted for o in r.others) and state_stamp(r) < h:
                     yield r.key, blob
 

@@ -62,6 +62,8 @@ class Members:
             peer = k[len(MEMBERS) :].decode("utf-8", "replace")
             rows[peer] = MemberRow(*unpack_member(peer, blob))
         self.table = Membership(peer_id, expiry_ms=expiry_ms, rows=rows)
+        self.hold: Callable[[], int | None] = lambda: None
+        """The cap of what our gossip claims (set by the store: the scrub's hold)."""
 
     def _persist(self, changed: set[str]) -> None:
         if changed:
@@ -91,7 +93,7 @@ class Members:
     def gossip(self, own_hlc: int) -> tuple[GossipRow, ...]:
         """The gossip table for a Hello stamped ``own_hlc``."""
         with self._lock:
-            return self.table.gossip(self._clock(), own_hlc)
+            return self.table.gossip(self._clock(), own_hlc, self.hold())
 
     def horizon(self, grace_ms: int) -> int:
         """The horizon H the membership allows now (see ``Membership.horizon``)."""

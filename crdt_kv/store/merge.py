@@ -7,10 +7,10 @@ the caller, so the store decides which function that is at call time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
-from crdt_kv.causal import Order, join
+from crdt_kv.causal import Order, join, join_at
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.fingerprint import state_stamp
@@ -219,18 +219,22 @@ def changes(  # noqa: PLR0917 - private; the merge's inputs, all needed
 
 
 def absent_below(
-    batch: list[RawEntry], horizon: int, get_many: Callable[[list[bytes]], list[bytes | None]]
+    batch: list[RawEntry],
+    horizon: int,
+    get_many: Callable[[list[bytes]], list[bytes | None]],
+    quarantined: Container[bytes] = (),
 ) -> tuple[list[RawEntry], int]:
     """Absence wins: ``batch`` without the entries of keys this store holds no record of
     whose incoming state (the newest over the batch) is older than ``horizon``, and how
     many entries that left out. Such a key was collected here, or is about to be
-    everywhere: taking it back would resurrect what collection removed."""
+    everywhere: taking it back would resurrect what collection removed. Keys in
+    ``quarantined`` are exempt: their absence here is a loss, not a collection."""
     tops: dict[bytes, int] = {}
     for e in batch:
         s = state_stamp(e)
         if s > tops.get(e.key, -1):
             tops[e.key] = s
-    old = [k for k, s in tops.items() if s < horizon]
+    old = [k for k, s in tops.items() if s < horizon and k not in quarantined]
     if not old:
         return batch, 0
     gone = {
@@ -242,16 +246,24 @@ def absent_below(
     return kept, len(batch) - len(kept)
 
 
+def min_stamp(e: RawEntry) -> int:
+    """The oldest version stamp of a state."""
+    return min(s.hlc for s in (e, *e.others))
+
+
 def sibling_changes(
     batch: Sequence[RawEntry],
     get_many: Callable[[list[bytes]], list[bytes | None]],
     order: Order,
+    horizon: int = 0,
 ) -> tuple[list[Change], frozenset[bytes]]:
     """``siblings`` mode: join each key's incoming states (validated) with its stored
     state; the changes of the keys whose state moved, and the keys among them whose new
     state is not the incoming one (it kept local versions the sender lacks, so it must
     not be echo-suppressed towards that sender). A joined state a record cannot hold
-    raises :class:`EncodingError` before anything is written."""
+    raises :class:`EncodingError` before anything is written. Versions older than
+    ``horizon`` that the stored state does not hold are left out (absence wins version by
+    version, :func:`crdt_kv.causal.join`)."""
     joined: dict[bytes, RawEntry] = {}
     for e in batch:
         joined[e.key] = join(joined.get(e.key), e, order)
@@ -267,13 +279,20 @@ def sibling_changes(
         else:
             incoming = pack_siblings(new)
         if blob is None:
+            if horizon and state_stamp(new) >= horizon > min_stamp(new):
+                trimmed = join_at(None, new, order, horizon)
+                if trimmed is not None:
+                    items.append((k, pack_siblings(trimmed), None))
+                continue
             items.append((k, incoming, None))
             continue
         if single and (mine := sole_dot(blob, pb)) is not None and mine < new.hlc:
             # One writer's newer version over its own older one: the join is the new one.
             items.append((k, incoming, blob))
             continue
-        merged = join(unpack_record(k, blob), new, order)
+        merged = join_at(unpack_record(k, blob), new, order, horizon)
+        if merged is None:
+            continue
         _check_counts(merged)
         body = pack_siblings(merged)
         if body != blob[:-8]:

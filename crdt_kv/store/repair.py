@@ -9,7 +9,8 @@ from collections.abc import Iterable
 
 from crdt_kv.fingerprint import Statistics
 from crdt_kv.store.collect import Collector
-from crdt_kv.store.ranges import Ranges
+from crdt_kv.store.ranges import Ranges, check_range
+from crdt_kv.store.scrub import Scrubber, ScrubReport
 from crdt_kv.version import RawEntry
 
 __all__ = ["Repair"]
@@ -21,6 +22,7 @@ class Repair:
 
     _ranges: Ranges
     _collector: Collector
+    _scrubber: Scrubber
 
     def range_fingerprint(self, lo: int, hi: int) -> tuple[int, int]:
         """``(sum mod 2**256, count)`` over the keys whose position is in ``[lo, hi)``.
@@ -82,3 +84,17 @@ class Repair:
         without a log entry (local, never replicated): the repair's absence-wins drop, for
         keys a peer collected. Returns how many were removed. Listeners are not called."""
         return self._collector.drop(keys, below)
+
+    def scrub(self, *, buckets: Iterable[int] | None = None) -> ScrubReport:
+        """Check the given buckets (numbers in ``[0, 4096)``; None: all) against the
+        records: a record gone or unreadable is removed with its index and change-log
+        entries and its key quarantined; each bucket's fingerprint, the digest and the live
+        count are set to what the records say. Atomic per step of 64 buckets; local, never
+        replicated. Repair then fetches the quarantined keys' states from peers
+        (:mod:`crdt_kv.store.scrub`). A record altered so that it still parses is trusted."""
+        return self._scrubber.scrub(buckets)
+
+    def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """``(position, encoded key)`` of the quarantined keys in ``[lo, hi)``, sorted:
+        keys this replica lost and holds no state of (repair asks peers for them)."""
+        return self._scrubber.quarantined(*check_range(lo, hi))

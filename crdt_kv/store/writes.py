@@ -9,7 +9,7 @@ notifies listeners after each commit, on the committing thread, with the lock he
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
@@ -26,6 +26,7 @@ from crdt_kv.layout import (
     unpack_cursor,
     unpack_record,
 )
+from crdt_kv.layout_fingerprints import QUARANTINE
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
@@ -69,6 +70,9 @@ class Writer:
         self.gc_horizon = 0
         """The collection horizon: incoming states older than it are refused for keys
         this store does not hold (absence wins)."""
+        self.quarantined: set[bytes] = set()
+        """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
+        never wins for them, and any commit of one takes it out of quarantine."""
 
     def _body(  # noqa: PLR0917 - private; one write's inputs
         self,
@@ -120,7 +124,10 @@ class Writer:
                 body = record_body(hlc, self._peer_b, deleted, v)
             else:
                 body = self._body(k, v, deleted, hlc, old, covers)
-            self.log.commit_one(k, body, old, hlc)
+            if self.quarantined and k in self.quarantined:
+                self.commit([(k, body, old)], self.hlc.last)
+            else:
+                self.log.commit_one(k, body, old, hlc)
         finally:
             lock.release()
         return Version(hlc, self._peer_id)
@@ -150,8 +157,25 @@ class Writer:
                     ]
                 )
             if items:
-                self.log.commit(items, self.hlc.last)
+                self.commit(items, self.hlc.last)
         return versions
+
+    def commit(
+        self,
+        items: Sequence[Change],
+        hlc: int,
+        source: int = 0,
+        extra: Sequence[Op] = (),
+        mixed: frozenset[bytes] = frozenset(),
+    ) -> None:
+        """:meth:`Committer.commit`, taking the committed keys out of quarantine in the
+        same batch: a key with a state again is no longer one this replica lost."""
+        q = self.quarantined
+        freed = [k for k, _, _ in items if k in q] if q else []
+        if freed:
+            extra = [*extra, *((QUARANTINE + k, None) for k in freed)]
+        self.log.commit(items, hlc, source, extra, mixed)
+        q.difference_update(freed)
 
     def reject(self) -> None:
         """Count one rejected apply."""
@@ -212,7 +236,9 @@ class Writer:
                 self._proof(batch, peer, incarnation),
             )
         if batch and self.gc_horizon:
-            batch, refused = absent_below(batch, self.gc_horizon, self._backend.get_many)
+            batch, refused = absent_below(
+                batch, self.gc_horizon, self._backend.get_many, self.quarantined
+            )
             self.stats["refused_below_horizon"] += refused
             if not batch:
                 self.hlc.update(top)
@@ -223,13 +249,15 @@ class Writer:
         self.hlc.update(top)
         mixed: frozenset[bytes] = frozenset()
         if self.order is not None:
-            items, mixed = sibling_changes(batch, self._backend.get_many, self.order)
+            items, mixed = sibling_changes(
+                batch, self._backend.get_many, self.order, self.gc_horizon
+            )
         else:
             best = winners(batch, prefer, resolver, to_entry)
             olds = self._backend.get_many([DATA + k for k in best])
             items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
         if items:
-            self.log.commit(items, self.hlc.last, source, extra, mixed)
+            self.commit(items, self.hlc.last, source, extra, mixed)
             if source:
                 self.sources[(peer, incarnation)] = source
         elif extra:

@@ -53,6 +53,8 @@ class DictSource:
         self.value_encoding = value_encoding
         self.gc_horizon = gc_horizon
         self.states: dict[bytes, RawEntry] = {}
+        self.quarantine: set[bytes] = set()
+        """Keys this replica lost (as a scrub quarantines them): absence never wins."""
         self.calls = 0
         self._order = sibling_order(None, _no_decode)
 
@@ -75,6 +77,10 @@ class DictSource:
         """Brute force over every state."""
         self.calls += 1
         return [t for t in self._hashed() if lo <= t[0] < hi]
+
+    def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
+        """The quarantined keys in ``[lo, hi)``."""
+        return sorted((p, k) for k in self.quarantine if lo <= (p := position(k)) < hi)
 
     def raw_entries(self, keys: Iterable[bytes]) -> list[RawEntry]:
         """States held, in the order asked."""
@@ -104,9 +110,11 @@ class DictSource:
         self.calls += 1
         changed = 0
         for e in entries:
-            if e.key not in self.states and state_stamp(e) < self.gc_horizon:
+            lost = e.key in self.quarantine
+            if e.key not in self.states and state_stamp(e) < self.gc_horizon and not lost:
                 continue
             changed += self.merge(e)
+            self.quarantine.discard(e.key)
         return changed
 
     def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
