@@ -238,6 +238,7 @@ class FaultActions:
     def _rejoin(self, index: int) -> None:
         self.nodes[index].quiet = False
         self.network.heal()
+
     def _a_rot(self, a: FaultAction) -> None:
         assert isinstance(a, Rot)
         node = self.nodes[a.node]
