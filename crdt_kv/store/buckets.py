@@ -110,26 +110,28 @@ class Buckets:
         notes = self.notes
         if not notes:
             return
-        counts, sums = self.counts, self.sums
+        counts, sums, fresh = self.counts, self.sums, self.fresh
         touched: set[int] = set()
         gone: set[bytes] = set()
-        copy, touch, grow = _POSITION.copy, touched.add, self.fresh.append
-        total = self.total
+        copy, touch, grow = _POSITION.copy, touched.add, fresh.append
+        frombytes, shift, index = int.from_bytes, BUCKET_SHIFT, INDEX
+        grown, total = len(fresh), self.total
         for k, delta, dc in notes:
             h = copy()
             h.update(k)
             pb = h.digest()
-            b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
+            b = frombytes(pb, "big") >> shift
             sums[b] += delta
             touch(b)
             if dc:
                 counts[b] += dc
                 total += dc
-                self._order = None
                 if dc > 0:
-                    grow(INDEX + pb + k)
+                    grow(index + pb + k)
                 else:  # only a collection removes keys (and saves a checkpoint)
-                    gone.add(INDEX + pb + k)
+                    gone.add(index + pb + k)
+        if gone or len(fresh) != grown:
+            self._order = None
         if gone:
             self.fresh = [x for x in self.fresh if x not in gone]
         for b in touched:
