@@ -2,12 +2,13 @@
 ``x``, the bucket fingerprints ``f`` and their metadata. Split from :mod:`crdt_kv.layout`,
 like :mod:`crdt_kv.layout_siblings`; pure byte packing.
 
-- ``x`` + u64be(position) + key -> ``b""``: every key that has a record, in position order
+- ``x`` + u64be(position) + key -> ``b""``: every key that has a record (as of the last
+  checkpoint: keys created since are held in memory), in position order
   (:mod:`crdt_kv.fingerprint`), so a range of positions is one scan.
 - ``f`` + u16be(bucket) -> u64be(count) + 32-byte sum: the fingerprint of one bucket
   (absent = empty).
-- ``mfingerprints``: present once ``x`` and ``f`` describe every record (stores of the
-  previous release lack both and build them once at open).
+- ``mfingerprints``: u64be, the sequence ``x`` and ``f`` describe (the last checkpoint);
+  stores of the previous release lack all three and build them once at open.
 - ``mgc``: the counters after the newest collection (seq, live count, digest, HLC), which
   win over the newest log trailer when their seq is not below it (a collection may delete
   the newest log entry).

@@ -8,6 +8,7 @@ import hashlib
 
 from crdt_kv import Store
 from crdt_kv.fingerprint import BUCKETS, POSITION_SPACE
+from crdt_kv.store.buckets import Buckets
 
 MOD = 1 << 256
 
@@ -32,26 +33,35 @@ def expected_buckets(pairs: dict[bytes, bytes]) -> dict[int, tuple[int, int]]:
     return out
 
 
-def stale_buckets(pairs: dict[bytes, bytes]) -> set[int]:
-    """Buckets whose ``f`` entry may predate the checkpoint ``mfingerprints`` (u64be seq):
-    those of the keys logged after it."""
+def logged_after_checkpoint(pairs: dict[bytes, bytes]) -> set[bytes]:
+    """The keys whose newest log entry is after the checkpoint ``mfingerprints`` (u64be
+    seq): the only ones whose ``x`` entry and bucket may be missing from storage."""
     since = int.from_bytes(pairs[b"mfingerprints"], "big")
     out = set()
     for k, v in pairs.items():
         if k[:1] == b"l" and int.from_bytes(k[1:], "big") > since:
-            key = v[1 + (48 if v[0] & 1 else 0) + (4 if v[0] & 2 else 0) :]
-            out.add(int.from_bytes(spec_position(key), "big") >> 52)
+            out.add(v[1 + (48 if v[0] & 1 else 0) + (4 if v[0] & 2 else 0) :])
     return out
 
 
+def stale_buckets(pairs: dict[bytes, bytes]) -> set[int]:
+    """Buckets whose ``f`` entry may predate the checkpoint: those of the keys logged
+    after it."""
+    return {int.from_bytes(spec_position(k), "big") >> 52 for k in logged_after_checkpoint(pairs)}
+
+
 def check_index_and_buckets(pairs: dict[bytes, bytes], *, exact: bool = False) -> None:
-    """Every record has exactly one ``x`` entry (``x`` + position + key, empty value), and
-    the ``f`` entries hold count and sum of exactly the non-empty buckets, except buckets
-    changed after the checkpoint (none when ``exact``)."""
-    index = [k for k in pairs if k[:1] == b"x"]
+    """Every ``x`` entry (``x`` + position + key, empty value) names a record; every record
+    has one, except keys logged after the checkpoint (none when ``exact``); the ``f``
+    entries hold count and sum of exactly the non-empty buckets, except buckets changed
+    after the checkpoint."""
+    index = {k for k in pairs if k[:1] == b"x"}
     assert all(pairs[k] == b"" for k in index)
     records = {k[1:] for k in pairs if k[:1] == b"d"}
-    assert sorted(index) == sorted(b"x" + spec_position(k) + k for k in records)
+    want_index = {b"x" + spec_position(k) + k for k in records}
+    assert index <= want_index
+    late = set() if exact else logged_after_checkpoint(pairs)
+    assert want_index - index <= {b"x" + spec_position(k) + k for k in late}
     stored = {
         int.from_bytes(k[1:], "big"): (int.from_bytes(v[:8], "big"), int.from_bytes(v[8:], "big"))
         for k, v in pairs.items()
@@ -71,12 +81,26 @@ def storage(s: Store) -> dict[bytes, bytes]:
     return dict(s.backend.iterate())
 
 
+def settled(s: Store) -> Buckets:
+    """The store's in-memory buckets with every committed change folded in."""
+    b = s._log.buckets
+    with s._w.lock:
+        b.settle()
+    return b
+
+
 def check_store(s: Store) -> None:
     """Storage, memory and the API agree with a recomputation from the records."""
     pairs = storage(s)
     check_index_and_buckets(pairs)
     want = expected_buckets(pairs)
-    b = s._log.buckets
+    b = settled(s)
+    on_disk = {k[9:] for k in pairs if k[:1] == b"x"}
+    assert b.fresh_index() == sorted(b.fresh) and len(set(b.fresh)) == len(b.fresh)
+    fresh = {x[9:] for x in b.fresh}
+    assert all(x == b"x" + spec_position(x[9:]) + x[9:] for x in b.fresh)
+    assert on_disk.isdisjoint(fresh)
+    assert on_disk | fresh == {k[1:] for k in pairs if k[:1] == b"d"}
     assert {i: (b.counts[i], b.sums[i]) for i in range(BUCKETS) if b.counts[i]} == want
     assert b.total == sum(c for c, _ in want.values())
     assert s.range_fingerprint(0, POSITION_SPACE) == (int.from_bytes(s.digest(), "big"), b.total)

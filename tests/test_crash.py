@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from crash_writer import BATCH, value_of
+from fingerprint_layout import check_index_and_buckets, check_store, storage
 
 import crdt_kv
 from crdt_kv import Store
@@ -87,7 +88,10 @@ def reopen(backend: str, path: str, sync: bool, clock: ManualClock) -> Store:
 
 
 def assert_counters_match_the_data(db: Store) -> None:
-    """The trailer's live count and digest equal what a full rebuild computes."""
+    """The trailer's live count and digest equal what a full rebuild computes; the position
+    index and bucket fingerprints were restored (spec/data-model.md section 18)."""
+    check_index_and_buckets(storage(db), exact=True)
+    check_store(db)
     assert len(db) == sum(1 for _ in db.items())
     log = list(db.changes())
     assert len({e.key for e in log}) == len(log), "the change log holds a key twice"

@@ -15,6 +15,7 @@ from fingerprint_layout import (
     MOD,
     check_index_and_buckets,
     check_store,
+    settled,
     spec_hash,
     stale_buckets,
     storage,
@@ -36,7 +37,7 @@ from crdt_kv.fingerprint import (
     position_bytes,
     state_stamp,
 )
-from crdt_kv.store import commit as commit_module
+from crdt_kv.store import buckets as buckets_module
 from crdt_kv.testing import ManualClock
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -118,16 +119,35 @@ OPS = st.lists(
         st.tuples(st.just("apply"), st.integers(0, 40), st.integers(0, 1)),
         st.tuples(st.just("gc"), st.just(0), st.integers(0, 3)),
         st.tuples(st.just("reopen"), st.just(0), st.just(0)),
+        st.tuples(st.just("close"), st.just(0), st.just(0)),
+        st.tuples(st.just("checkpoint"), st.just(0), st.just(0)),
     ),
     max_size=40,
 )
 BOUNDS = st.tuples(st.integers(0, SPACE), st.integers(0, SPACE)).map(sorted)
 
 
-@given(ops=OPS, ranges=st.lists(BOUNDS, min_size=1, max_size=4), siblings=st.booleans())
+@given(
+    ops=OPS,
+    ranges=st.lists(BOUNDS, min_size=1, max_size=4),
+    siblings=st.booleans(),
+    limit=st.sampled_from([2, 7, 1 << 14]),
+)
 def test_fingerprints_follow_every_change(
-    ops: list[tuple[str, int, int]], ranges: list[list[int]], siblings: bool
+    ops: list[tuple[str, int, int]], ranges: list[list[int]], siblings: bool, limit: int
 ) -> None:
+    """Through any commits, collections, checkpoints (``limit``: changed keys between the
+    automatic ones), clean closes and crashes (``reopen`` drops the store unclosed), the
+    memory, storage and range reads agree with the records."""
+    saved = buckets_module.CHECKPOINT_KEYS
+    buckets_module.CHECKPOINT_KEYS = limit
+    try:
+        follow_ops(ops, ranges, siblings)
+    finally:
+        buckets_module.CHECKPOINT_KEYS = saved
+
+
+def follow_ops(ops: list[tuple[str, int, int]], ranges: list[list[int]], siblings: bool) -> None:
     clock = ManualClock(1_700_000_000_000)
     mode = "siblings" if siblings else "lww"
     mem, other_mem = MemoryBackend(), MemoryBackend()
@@ -155,9 +175,20 @@ def test_fingerprints_follow_every_change(
         elif op == "gc":
             s.raise_gc_horizon(max(0, s.hlc.last - n))
             s.gc()
+        elif op == "checkpoint":
+            s.checkpoint()
+            check_index_and_buckets(storage(s), exact=True)
+        elif op == "close":
+            s.close()
+            pairs = dict(mem._data)  # what a clean close left on disk
+            check_index_and_buckets(pairs, exact=True)
+            mem = MemoryBackend()
+            mem.write(list(pairs.items()))
+            s = open_mem(mem, clock)
         else:
             s = open_mem(mem, clock)
         check_store(s)
+        check_range(s, *ranges[0])
     for lo, hi in ranges:
         check_range(s, lo, hi)
     for i in (0, 1, BUCKETS // 2, BUCKETS - 1):
@@ -182,7 +213,7 @@ def test_failed_write_leaves_fingerprints_unchanged() -> None:
     for i in range(50):
         s.put(f"k{i}", i)
     s.delete("k3")
-    before = (list(s._log.buckets.counts), list(s._log.buckets.sums), s._log.buckets.total)
+    before = (list(settled(s).counts), list(s._log.buckets.sums), s._log.buckets.total)
     be.fail = True
     other = open_mem(MemoryBackend(), clock, peer_id="b")
     other.put("new", 1)
@@ -195,7 +226,7 @@ def test_failed_write_leaves_fingerprints_unchanged() -> None:
     ):
         with pytest.raises(OSError):
             attempt()
-    after = (list(s._log.buckets.counts), list(s._log.buckets.sums), s._log.buckets.total)
+    after = (list(settled(s).counts), list(s._log.buckets.sums), s._log.buckets.total)
     assert after == before
     be.fail = False
     check_store(s)
@@ -212,11 +243,11 @@ def test_failed_gc_leaves_fingerprints_unchanged() -> None:
         s.put(f"k{i}", i)
         s.delete(f"k{i}")
     s.raise_gc_horizon(s.hlc.last + 1)
-    before = (list(s._log.buckets.sums), s._log.buckets.total, s.digest(), len(s))
+    before = (list(settled(s).sums), s._log.buckets.total, s.digest(), len(s))
     be.fail = True
     with pytest.raises(OSError):
         s.gc()
-    assert (list(s._log.buckets.sums), s._log.buckets.total, s.digest(), len(s)) == before
+    assert (list(settled(s).sums), s._log.buckets.total, s.digest(), len(s)) == before
     be.fail = False
     assert s.gc() == 20
     check_store(s)
@@ -291,22 +322,91 @@ def test_reopen_after_a_crash_recomputes_the_stale_buckets(clock: ManualClock) -
 def test_a_commit_saves_the_buckets_every_checkpoint_keys(
     monkeypatch: pytest.MonkeyPatch, clock: ManualClock
 ) -> None:
-    monkeypatch.setattr(commit_module, "CHECKPOINT_KEYS", 5)
+    monkeypatch.setattr(buckets_module, "CHECKPOINT_KEYS", 5)
     be = FailingBackend()
     s = open_mem(be, clock, peer_id="a")
     for i in range(4):
         s.put(f"k{i}", i)
     assert be.get(b"mfingerprints") == bytes(8)
+    assert not any(k[:1] == b"x" for k in storage(s))  # kept in memory until then
     be.fail = True
     with pytest.raises(OSError):
         s.put("k4", 4)  # the fifth change, with the checkpoint: refused
-    assert s._log.buckets.pending == 4 and be.get(b"mfingerprints") == bytes(8)
+    b = settled(s)
+    assert b.pending == 4 and len(b.fresh) == 4
+    assert be.get(b"mfingerprints") == bytes(8)
     be.fail = False
     s.put("k4", 4)
     assert be.get(b"mfingerprints") == s.last_seq.to_bytes(8, "big")
     check_index_and_buckets(storage(s), exact=True)
+    assert not s._log.buckets.fresh and not s._log.buckets.notes
     with s.batch() as b:
         for i in range(7):
             b.put(f"b{i}", i)
     assert be.get(b"mfingerprints") == s.last_seq.to_bytes(8, "big")
+    check_store(s)
+    for i in range(3):
+        s.put(f"c{i}", i)
+    check_store(s)
+    s.range_items(0, SPACE)  # folds the notes: the room left shrinks, not the bound
+    s.put("c3", 3)
+    assert be.get(b"mfingerprints") != s.last_seq.to_bytes(8, "big")
+    s.put("c4", 4)
+    assert be.get(b"mfingerprints") == s.last_seq.to_bytes(8, "big")
+    check_index_and_buckets(storage(s), exact=True)
+
+
+def test_checkpoint_writes_the_new_keys_index_entries(clock: ManualClock) -> None:
+    be = MemoryBackend()
+    s = open_mem(be, clock, peer_id="a")
+    assert s.checkpoint() is False
+    for i in range(50):
+        s.put(f"k{i}", i)
+    s.put("k3", "again")
+    s.delete("k4")
+    items = s.range_items(0, SPACE)
+    assert len(items) == 50 and items == brute(s, 0, SPACE)
+    assert not any(k[:1] == b"x" for k in storage(s))
+    assert s.checkpoint() is True
+    check_index_and_buckets(storage(s), exact=True)
+    assert s.checkpoint() is False
+    assert s.range_items(0, SPACE) == items
+    check_store(s)
+
+
+class CrashingBackend(MemoryBackend):
+    """A memory backend whose writes fail once ``budget`` more writes went through."""
+
+    budget: int | None = None
+
+    def _write(self, ops: Any) -> None:
+        if self.budget is not None:
+            if self.budget <= 0:
+                raise OSError("crash")
+            self.budget -= 1
+        super()._write(ops)
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2, 3])
+def test_a_crash_while_restoring_the_index_at_open_restores_it_next_time(
+    monkeypatch: pytest.MonkeyPatch, clock: ManualClock, writes: int
+) -> None:
+    monkeypatch.setattr(buckets_module, "BUILD_CHUNK", 40)
+    be = CrashingBackend()
+    s = open_mem(be, clock, peer_id="a")
+    for i in range(100):
+        s.put(f"k{i}", i)
+    s.delete("k7")
+    s.checkpoint()
+    for i in range(95, 190):
+        s.put(f"k{i}", i)  # 90 new keys, their index entries in memory only
+    digest, items = s.digest(), s.range_items(0, SPACE)
+    be.budget = writes + 1  # the open marker, then `writes` of the recovery go through
+    with pytest.raises(OSError):
+        open_mem(be, clock)  # crashes after `writes` writes of the recovery
+    after = MemoryBackend()  # what the crashed open left (a failed open closes its backend)
+    after.write(list(be._data.items()))
+    s = open_mem(after, clock)
+    check_index_and_buckets(storage(s), exact=True)
+    assert s.digest() == digest and s.range_items(0, SPACE) == items
     check_store(s)

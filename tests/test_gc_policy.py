@@ -84,6 +84,19 @@ def test_collect_request_raises_the_horizon_from_membership_and_collects() -> No
     assert b.entry("k") is not None  # b collects on its own policy
 
 
+def test_a_collect_request_takes_a_store_checkpoint_and_a_raise_does_not() -> None:
+    clock = ManualClock(T0)
+    a = crdt_kv.open(backend="memory", peer_id="a", clock=clock, rng=random.Random(1))
+    for i in range(20):
+        a.put(f"k{i}", i)  # nothing collectable: the checkpoint is the request's own
+    marker = a.backend.get(b"mfingerprints")
+    CollectGarbage(0, False).perform(a)
+    assert a.backend.get(b"mfingerprints") == marker
+    CollectGarbage(0, True).perform(a)
+    assert a.backend.get(b"mfingerprints") == a.last_seq.to_bytes(8, "big")
+    assert sum(1 for _ in a.backend.iterate(b"x", b"y")) == 20
+
+
 def test_simulation_collects_on_the_policy() -> None:
     cfg = SimConfig(nodes=3, ops=300, seed=3, gc_grace_ms=0.0, gc_interval_ms=200.0)
     sim = Simulation(cfg)

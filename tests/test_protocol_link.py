@@ -189,6 +189,9 @@ class FakeReplica:
             del self.data[k]
         return len(dead[:limit])
 
+    def checkpoint(self) -> bool:
+        return False
+
     def state(self) -> dict[bytes, tuple[bytes, int, str]]:
         return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}
 

@@ -43,6 +43,7 @@ def garble(s: Store, key: str) -> None:
 
 
 def unindex(s: Store, key: str) -> None:
+    s.checkpoint()  # a new key's index entry is on disk from the next checkpoint on
     k = kb(s, key)
     s.backend.write([(b"x" + position(k).to_bytes(8, "big") + k, None)])
 

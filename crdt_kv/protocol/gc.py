@@ -9,9 +9,10 @@ in seconds, and told of the links' events (:meth:`GcPolicy.link_event`):
 
 - every ``interval_s`` the horizon is computed from the membership
   (:mod:`crdt_kv.horizon`, ``grace_s`` held back), raised on the store
-  (``raise_gc_horizon``, monotone), ``gc`` is run, and the next ``scrub_buckets`` of the
+  (``raise_gc_horizon``, monotone), ``gc`` is run, the next ``scrub_buckets`` of the
   4,096 buckets are scrubbed (``store.scrub``: rotten records quarantined, for repair to
-  heal), so the whole store is checked every ``4096 / scrub_buckets`` intervals;
+  heal), so the whole store is checked every ``4096 / scrub_buckets`` intervals, and a
+  store ``checkpoint`` is taken (so commits rarely take one on the commit path);
 - when a link reports a caught-up batch (a pull completed, which may move the horizon),
   the horizon is raised soon, without collecting, at most once per ``raise_min_s``.
 """
@@ -51,7 +52,8 @@ class GcResult:
 
 @dataclass(frozen=True, slots=True)
 class CollectGarbage:
-    """Raise the horizon to what the membership allows; with ``collect``, run ``gc``."""
+    """Raise the horizon to what the membership allows; with ``collect``, run ``gc`` and
+    take a store checkpoint."""
 
     grace_ms: int
     collect: bool
@@ -70,6 +72,8 @@ class CollectGarbage:
         collected = replica.gc(limit=self.limit) if self.collect else 0
         first, count = self.scrub
         rotten = replica.scrub(buckets=range(first, first + count)).quarantined if count else 0
+        if self.collect:
+            replica.checkpoint()  # off the commit path, on the storage worker
         return GcResult(horizon, collected, rotten)
 
 

@@ -148,6 +148,11 @@ class Replica(Protocol):
         """Check these buckets' records, quarantine the rotten ones; may block."""
         ...
 
+    def checkpoint(self) -> bool:
+        """Save what the store keeps in memory between checkpoints (bucket fingerprints,
+        new keys' index entries); True if it wrote. May block."""
+        ...
+
     def apply_raw(
         self, entries: Sequence[RawEntry], *, cursor: tuple[str, bytes, int] | None = None
     ) -> int:

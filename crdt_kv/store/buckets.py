@@ -1,21 +1,31 @@
-"""The bucket fingerprints: exact in memory, saved to the ``f`` entries at checkpoints.
+"""The bucket fingerprints and the position index of new keys: exact in memory, saved to the
+``f`` and ``x`` entries at checkpoints.
 
-Every commit moves the count and sum of the buckets its keys fall in, in memory, after the
-backend accepted the batch (so memory never runs ahead of storage). Writing the touched
-``f`` entries in every commit would cost every put one more key write (a third more time
-per put), so they are saved at *checkpoints* instead, with ``mfingerprints`` = the last
-sequence they describe: every :data:`CHECKPOINT_KEYS` changed keys (inside the commit's own
-batch), with every collection (which leaves no log entry), and at close. The ``x`` index
-entries, by contrast, are written in the commit that creates the key, so ``x`` is always
-exact.
+A commit only notes, after the backend accepted its batch, each changed key with its
+digest delta and whether the key is new (a list append: the position hash, the bucket sums
+and the new keys' index entries cost nothing on the commit path). The notes are folded into
+the buckets (:meth:`Buckets.settle`) before anything reads them (range fingerprints and
+items, statistics, collection, checkpoints), under the commit lock. Writing the touched
+``f`` entries and a new key's ``x`` entry (a write at a random position) in every commit
+would cost a put about a third more time; they are saved at *checkpoints* instead, with
+``mfingerprints`` = the last sequence they describe: when :data:`CHECKPOINT_KEYS` keys
+changed since the last one (inside the commit's own batch), with every collection (which
+leaves no log entry), on :meth:`crdt_kv.store.Store.checkpoint` (a node calls it off the
+commit path) and at close. Until then the keys created since the checkpoint are kept in
+memory (:attr:`Buckets.fresh`, sorted when a range read needs them) and range reads merge
+them with the ``x`` scan.
 
 Recovery needs no extra state: a key changed after the checkpoint has its log entry after
-it (the log keeps each key's newest change), so at open the buckets of the keys logged
-after ``mfingerprints`` are the only stale ones, and each is recomputed from its ``x``
-range and its records. A clean close leaves nothing to recompute.
+it (the log keeps each key's newest change, and a collection is a checkpoint), so at open
+the keys logged after ``mfingerprints`` get their ``x`` entries (again: writing one is
+idempotent) and their buckets are recomputed from the ``x`` range and the records. A clean
+close leaves nothing to recompute.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from hashlib import blake2b
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, BUCKETS, position_bytes
@@ -44,67 +54,163 @@ from crdt_kv.layout_fingerprints import (
     unpack_bucket,
 )
 
-__all__ = ["BUILD_CHUNK", "CHECKPOINT_KEYS", "Buckets", "load_buckets"]
+__all__ = ["BUILD_CHUNK", "CHECKPOINT_KEYS", "Buckets", "Note", "load_buckets"]
 
 BUILD_CHUNK = 10_000
-"""Index entries written per batch while building the index of an older store."""
-CHECKPOINT_KEYS = 1 << 16
-"""Changed keys after which a commit saves the bucket fingerprints: bounds the log a
-reopen after a crash reads (a clean close saves them)."""
+"""Index entries written per batch while building or restoring the index."""
+CHECKPOINT_KEYS = 1 << 14
+"""Changed keys after which a commit takes a checkpoint: bounds the memory of the new
+keys' index entries, the stall of one checkpoint (writing that many index entries at
+random positions takes ~50-100 ms on RocksDB) and the log a reopen after a crash reads."""
 _MOD = 1 << 256
+_POSITION = blake2b(digest_size=8)
+
+Note = tuple[bytes, int, int]
+"""One key's change as the buckets see it: ``(key, digest delta, count delta)``; the count
+delta is 1 for a new key (``True`` from the commit path), 0 for a replaced record, -1 for
+a removed one."""
 
 
 class Buckets:
     """Count and hash sum (mod 2**256) of every bucket, the total record count, and what
-    changed since the last checkpoint (``dirty`` buckets, ``pending`` changed keys)."""
+    changed since the last checkpoint: ``dirty`` buckets, ``fresh`` (the ``x`` entry keys
+    of the keys created since, not written yet), ``pending`` changed keys; plus the
+    ``notes`` of commits not folded in yet.
 
-    __slots__ = ("counts", "dirty", "pending", "sums", "total")
+    Not locked itself: every caller holds the store's commit lock.
+    """
+
+    __slots__ = (
+        "_order",
+        "counts",
+        "dirty",
+        "fresh",
+        "notes",
+        "pending",
+        "room",
+        "sums",
+        "total",
+    )
 
     def __init__(self) -> None:
         self.counts = [0] * BUCKETS
         self.sums = [0] * BUCKETS
         self.total = 0
         self.dirty: set[int] = set()
+        self.fresh: list[bytes] = []
+        self._order: list[bytes] | None = []
         self.pending = 0
+        self.notes: list[Note] = []
+        """Changes committed and not folded in yet; the commit path appends to it."""
+        self.room = CHECKPOINT_KEYS
+        """The length of :attr:`notes` at which the next commit takes a checkpoint."""
 
-    def stage(self, moves: dict[int, tuple[int, int]]) -> list[tuple[int, int, int]]:
-        """The new ``(bucket, count, sum)`` values for per-bucket moves ``{bucket: (count
-        delta, sum delta)}``; :meth:`store` them after the write."""
-        counts, sums = self.counts, self.sums
-        return [(b, counts[b] + dc, (sums[b] + ds) % _MOD) for b, (dc, ds) in moves.items()]
+    def settle(self) -> None:
+        """Fold the :attr:`notes` into the buckets (memory only: they are committed)."""
+        notes = self.notes
+        if not notes:
+            return
+        counts, sums, fresh = self.counts, self.sums, self.fresh
+        touched: set[int] = set()
+        gone: set[bytes] = set()
+        copy, touch, grow = _POSITION.copy, touched.add, fresh.append
+        frombytes, shift, index = int.from_bytes, BUCKET_SHIFT, INDEX
+        grown, total = len(fresh), self.total
+        for k, delta, dc in notes:
+            h = copy()
+            h.update(k)
+            pb = h.digest()
+            b = frombytes(pb, "big") >> shift
+            sums[b] += delta
+            touch(b)
+            if dc:
+                counts[b] += dc
+                total += dc
+                if dc > 0:
+                    grow(index + pb + k)
+                else:  # only a collection removes keys (and saves a checkpoint)
+                    gone.add(index + pb + k)
+        if gone or len(fresh) != grown:
+            self._order = None
+        if gone:
+            self.fresh = [x for x in self.fresh if x not in gone]
+        for b in touched:
+            sums[b] %= _MOD
+        self.dirty |= touched
+        self.total = total
+        self.pending += len(notes)
+        self.room = CHECKPOINT_KEYS - self.pending
+        notes.clear()
 
-    def checkpoint_ops(self, staged: list[tuple[int, int, int]], seq: int) -> list[Op]:
-        """The ops saving every dirty bucket (with ``staged`` values applied) as of ``seq``."""
-        new = {b: (c, s) for b, c, s in staged}
+    def fresh_index(self) -> list[bytes]:
+        """The ``x`` entry keys of the :attr:`fresh` keys, sorted (after :meth:`settle`)."""
+        if self._order is None:
+            self._order = sorted(self.fresh)
+        return self._order
+
+    def checkpoint_ops(
+        self,
+        seq: int,
+        notes: Iterable[Note] = (),
+        fixes: dict[int, tuple[int, int]] | None = None,
+    ) -> list[Op]:
+        """The ops of a checkpoint as of ``seq``: the ``x`` entries of the fresh keys, every
+        dirty bucket and ``mfingerprints``, as they will be once ``notes`` (changes in the
+        same batch, not yet noted) are and ``fixes`` (``{bucket: (count, sum)}`` set by a
+        scrub, before the notes) are taken; memory is not changed beyond :meth:`settle`.
+
+        The ops are in key order: RocksDB inserts a sorted batch about twice as fast."""
+        self.settle()
         counts, sums = self.counts, self.sums
-        ops: list[Op] = []
-        for b in self.dirty | new.keys():
+        new: dict[int, tuple[int, int]] = dict(fixes or {})
+        added: list[bytes] = []
+        removed: set[bytes] = set()
+        for k, delta, dc in notes:
+            pb = position_bytes(k)
+            b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
+            c, s = new.get(b, (counts[b], sums[b]))
+            new[b] = (c + dc, (s + delta) % _MOD)
+            if dc > 0:
+                added.append(INDEX + pb + k)
+            elif dc < 0:
+                removed.add(INDEX + pb + k)
+        xs = self.fresh_index()
+        if added or removed:
+            xs = sorted([x for x in xs if x not in removed] + added)
+        ops: list[Op] = [(x, b"") for x in xs]
+        for b in sorted(self.dirty | new.keys()):
             c, s = new.get(b, (counts[b], sums[b]))
             ops.append((BUCKET_KEYS[b], pack_bucket(c, s) if c else None))
         ops.append((META_FINGERPRINTS, pack_u64(seq)))
         return ops
 
-    def store(self, staged: list[tuple[int, int, int]], keys: int, saved: bool) -> None:
-        """Take ``staged`` values of a write that changed ``keys`` keys; ``saved``: the
-        write held :meth:`checkpoint_ops`."""
-        counts, sums = self.counts, self.sums
-        total = self.total
-        for b, c, s in staged:
-            total += c - counts[b]
-            counts[b], sums[b] = c, s
-        self.total = total
-        if saved:
-            self.dirty.clear()
-            self.pending = 0
-        else:
-            self.dirty.update(b for b, _, _ in staged)
-            self.pending += keys
+    def saved(
+        self, notes: Iterable[Note] = (), fixes: dict[int, tuple[int, int]] | None = None
+    ) -> None:
+        """A checkpoint (of :meth:`checkpoint_ops` with the same arguments) was written."""
+        self.settle()
+        for b, (c, s) in (fixes or {}).items():
+            self.total += c - self.counts[b]
+            self.counts[b], self.sums[b] = c, s
+        self.notes.extend(notes)
+        self.settle()
+        self.dirty.clear()
+        self.fresh.clear()
+        self._order = []
+        self.pending = 0
+        self.room = CHECKPOINT_KEYS
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed since the last checkpoint."""
+        return bool(self.notes or self.pending or self.dirty)
 
 
 def load_buckets(backend: Backend, seq: int) -> Buckets:
     """Read the bucket fingerprints of a store whose newest sequence is ``seq``: build the
     index and buckets first if the store predates them (``mfingerprints`` absent: one scan
-    of the records); recompute the buckets changed after the last checkpoint."""
+    of the records); after a crash, write the index entries of the keys logged after the
+    last checkpoint and recompute their buckets."""
     saved = backend.get(META_FINGERPRINTS)
     if saved is None:
         _build(backend, seq)
@@ -115,12 +221,14 @@ def load_buckets(backend: Backend, seq: int) -> Buckets:
         out.counts[b], out.sums[b] = unpack_bucket(v)
     since = unpack_u64(saved)
     if since < seq:
-        for _, v in backend.iterate(log_key(since + 1), LOG_END):
-            key = unpack_log(v)[0]
-            out.dirty.add(int.from_bytes(position_bytes(key), "big") >> BUCKET_SHIFT)
+        keys = [unpack_log(v)[0] for _, v in backend.iterate(log_key(since + 1), LOG_END)]
+        for i in range(0, len(keys), BUILD_CHUNK):
+            part = keys[i : i + BUILD_CHUNK]
+            backend.write([(index_key(position_bytes(k), k), b"") for k in part])
+        out.dirty = {int.from_bytes(position_bytes(k), "big") >> BUCKET_SHIFT for k in keys}
         for b in out.dirty:
             out.counts[b], out.sums[b] = _recount(backend, b)
-        backend.write(out.checkpoint_ops([], seq))
+        backend.write(out.checkpoint_ops(seq))
         out.dirty.clear()
     out.total = sum(out.counts)
     return out

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import prune
 from crdt_kv.errors import CorruptionError
-from crdt_kv.fingerprint import BUCKET_SHIFT, Statistics, position_bytes, state_stamp
+from crdt_kv.fingerprint import Statistics, position_bytes, state_stamp
 from crdt_kv.layout import (
     DATA,
     DATA_END,
@@ -35,6 +35,7 @@ from crdt_kv.layout_fingerprints import (
     pack_gc_state,
     record_log_key,
 )
+from crdt_kv.store.buckets import Note
 from crdt_kv.store.writes import Writer
 
 __all__ = ["COLLECT_CHUNK", "Collector"]
@@ -70,19 +71,22 @@ class Collector:
             return w.gc_horizon
 
     def statistics(self) -> Statistics:
-        log, stats = self._w.log, self._w.stats
-        keys = log.buckets.total
-        return Statistics(
-            live=log.count,
-            tombstones=keys - log.count,
-            keys=keys,
-            gc_horizon=self._w.gc_horizon,
-            collected=stats["collected"],
-            refused_below_horizon=stats["refused_below_horizon"],
-            dropped=stats["dropped"],
-            quarantined=len(self._w.quarantined),
-            rotten=stats["rotten"],
-        )
+        w = self._w
+        log, stats = w.log, w.stats
+        with w.lock:
+            log.buckets.settle()
+            keys = log.buckets.total
+            return Statistics(
+                live=log.count,
+                tombstones=keys - log.count,
+                keys=keys,
+                gc_horizon=w.gc_horizon,
+                collected=stats["collected"],
+                refused_below_horizon=stats["refused_below_horizon"],
+                dropped=stats["dropped"],
+                quarantined=len(w.quarantined),
+                rotten=stats["rotten"],
+            )
 
     def gc(self, limit: int | None) -> int:
         """Remove up to ``limit`` (None: all) tombstones older than the horizon."""
@@ -93,6 +97,7 @@ class Collector:
         with w.lock:
             w.check()
             h = w.gc_horizon
+            w.log.buckets.settle()
             if not h:
                 return 0
             chunk: list[tuple[bytes, bytes]] = []
@@ -137,21 +142,18 @@ class Collector:
         log, buckets = w.log, w.log.buckets
         digest = log.digest
         ops: list[Op] = []
-        moves: dict[int, tuple[int, int]] = {}
+        notes: list[Note] = []
         for k, blob, body in items:
             delta = body_hash(k, body) - body_hash(k, blob[:-8])
-            b = int.from_bytes(position_bytes(k), "big") >> BUCKET_SHIFT
-            m = moves.get(b, (0, 0))
-            moves[b] = (m[0], m[1] + delta)
+            notes.append((k, delta, 0))
             digest += delta
             ops.append((DATA + k, body + blob[-8:]))
         digest %= _MOD
-        staged = buckets.stage(moves)
-        ops += buckets.checkpoint_ops(staged, log.seq)
+        ops += buckets.checkpoint_ops(log.seq, notes)
         ops.append((META_GC, pack_gc_state(log.seq, log.count, digest, w.hlc.last)))
         self._backend.write(ops)
         log.digest = digest
-        buckets.store(staged, len(items), True)
+        buckets.saved(notes)
         w.stats["pruned"] += len(items)
 
     def drop(self, keys: Iterable[bytes], below: int) -> int:
@@ -187,28 +189,37 @@ class Collector:
                     yield r.key, blob
 
     def _remove(self, victims: list[tuple[bytes, bytes]], counter: str) -> int:
-        """Remove ``victims`` (key, stored record) in one batch with the new counters."""
+        """Remove ``victims`` (key, stored record) in one batch with the new counters and a
+        checkpoint of the buckets (a removal leaves no log entry for a reopen to find)."""
         w = self._w
         log, buckets = w.log, w.log.buckets
         digest, count = log.digest, log.count
         ops: list[Op] = []
-        moves: dict[int, tuple[int, int]] = {}
+        notes: list[Note] = []
         for k, blob in victims:
             hv = body_hash(k, blob[:-8])
-            pb = position_bytes(k)
-            b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
-            ops += [(DATA + k, None), (record_log_key(blob), None), (INDEX + pb + k, None)]
-            m = moves.get(b, (0, 0))
-            moves[b] = (m[0] - 1, m[1] - hv)
+            ops += [
+                (DATA + k, None),
+                (record_log_key(blob), None),
+                (INDEX + position_bytes(k) + k, None),
+            ]
+            notes.append((k, -hv, -1))
             digest -= hv
             if not record_is_deleted(blob):
                 count -= 1
         digest %= _MOD
-        staged = buckets.stage(moves)
-        ops += buckets.checkpoint_ops(staged, log.seq)
+        ops += buckets.checkpoint_ops(log.seq, notes)
         ops.append((META_GC, pack_gc_state(log.seq, count, digest, w.hlc.last)))
         self._backend.write(ops)
         log.digest, log.count = digest, count
-        buckets.store(staged, len(victims), True)
+        buckets.saved(notes)
         w.stats[counter] += len(victims)
         return len(victims)
+
+    def checkpoint(self) -> bool:
+        """Take a checkpoint of the buckets now, under the commit lock (see
+        :meth:`crdt_kv.store.commit.Committer.checkpoint`)."""
+        w = self._w
+        with w.lock:
+            w.check()
+            return w.log.checkpoint()

@@ -5,22 +5,20 @@ A commit replaces some keys' records. For each it writes the new record at the n
 sequence and its change-log entry, and removes the key's previous log entry (so the log
 stays one entry per key). The last log entry of the commit carries the trailer: live
 count, digest and HLC high-water mark, which reopening reads back in O(1). A key's first
-record adds its position index entry (``x``); the bucket fingerprints move in memory and
-are saved at checkpoints (:mod:`crdt_kv.store.buckets`). Extra ops (the remote cursor)
+record will have a position index entry (``x``): the commit only notes each changed key
+for the bucket fingerprints, which keep the new keys' index entries and are saved at
+checkpoints (:mod:`crdt_kv.store.buckets`). Extra ops (the remote cursor)
 ride in the same atomic backend batch. After the write, the commit is counted and the
 listeners are told.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Op
-from crdt_kv.fingerprint import BUCKET_SHIFT
 from crdt_kv.layout import DATA, log_prefix, stage_record, trailer_log
-from crdt_kv.layout_fingerprints import INDEX
-from crdt_kv.store.buckets import CHECKPOINT_KEYS, Buckets
+from crdt_kv.store.buckets import Buckets, Note
 from crdt_kv.store.hooks import Hooks
 
 __all__ = ["Change", "Committer"]
@@ -30,7 +28,6 @@ Change = tuple[bytes, bytes, bytes | None]
 
 _MOD = 1 << 256
 _LOCAL = log_prefix(0)
-_POSITION = hashlib.blake2b(digest_size=8)
 
 
 class Committer:
@@ -42,7 +39,17 @@ class Committer:
     Not locked itself: the store's writer calls it with the commit lock held.
     """
 
-    __slots__ = ("_hooks", "_stats", "_write", "buckets", "count", "digest", "history", "seq")
+    __slots__ = (
+        "_hooks",
+        "_notes",
+        "_stats",
+        "_write",
+        "buckets",
+        "count",
+        "digest",
+        "history",
+        "seq",
+    )
 
     def __init__(  # noqa: PLR0917 - private; built once by the store
         self,
@@ -57,6 +64,7 @@ class Committer:
         self._write, self._hooks, self._stats = write, hooks, stats
         self.seq, self.count, self.digest = seq, count, digest
         self.buckets = buckets
+        self._notes = buckets.notes
         self.history: Callable[[bytes, bytes, bytes | None], list[Op]] | None = None
         """``keep_history``: the revision ops each change adds to its commit."""
 
@@ -80,21 +88,13 @@ class Committer:
         ops: list[Op] = []
         add = ops.append
         logs: list[tuple[bytes, bytes]] = []
-        moves: dict[int, tuple[int, int]] = {}
+        notes: list[Note] = []
         for k, body, old in items:
             seq += 1
             old_log, record, lk, digest_delta, count_delta = stage_record(k, body, old, seq)
-            h = _POSITION.copy()
-            h.update(k)
-            pb = h.digest()
-            b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
-            m = moves.get(b, (0, 0))
-            if old_log is None:
-                add((INDEX + pb + k, b""))
-                moves[b] = (m[0] + 1, m[1] + digest_delta)
-            else:
+            notes.append((k, digest_delta, old_log is None))
+            if old_log is not None:
                 add((old_log, None))
-                moves[b] = (m[0], m[1] + digest_delta)
             digest += digest_delta
             count += count_delta
             add((DATA + k, record))
@@ -112,16 +112,18 @@ class Committer:
         last_source = 0 if last_k in mixed else source
         add((last_lk, trailer_log(last_k, count, digest, hlc, last_source)))
         buckets = self.buckets
-        staged = buckets.stage(moves)
-        save = buckets.pending + len(items) >= CHECKPOINT_KEYS
+        save = len(self._notes) + len(notes) >= buckets.room
         if save:
-            ops.extend(buckets.checkpoint_ops(staged, seq))
+            ops.extend(buckets.checkpoint_ops(seq, notes))
         if extra:
             ops.extend(extra)
         self._write(ops)
         first = self.seq + 1
         self.seq, self.count, self.digest = seq, count, digest
-        buckets.store(staged, len(items), save)
+        if save:
+            buckets.saved(notes)
+        else:
+            self._notes.extend(notes)
         self._stats["commits"] += 1
         hooks = self._hooks
         if hooks.commit or hooks.change:
@@ -129,9 +131,9 @@ class Committer:
 
     def commit_one(self, k: bytes, body: bytes, old: bytes | None, hlc: int) -> None:
         """:meth:`commit` of one local change with no extra ops, unrolled: every local put
-        and delete takes this path. Writes the same operations (order aside)."""
-        buckets = self.buckets
-        if buckets.pending >= CHECKPOINT_KEYS - 1:
+        and delete takes this path. Writes the same operations in the same order."""
+        notes = self._notes
+        if len(notes) + 1 >= self.buckets.room:
             self.commit(((k, body, old),), hlc)  # with a checkpoint
             return
         seq = self.seq + 1
@@ -139,35 +141,28 @@ class Committer:
         count = self.count + live
         digest = (self.digest + delta) % _MOD
         last = (lk, trailer_log(k, count, digest, hlc, 0))
-        h = _POSITION.copy()
-        h.update(k)
-        pb = h.digest()
-        b = int.from_bytes(pb, "big") >> BUCKET_SHIFT
         if self.history is not None:
             ops: list[Op] = [] if old_log is None else [(old_log, None)]
-            if old_log is None:
-                ops.append((INDEX + pb + k, b""))
             self._write([*ops, (DATA + k, record), last, *self.history(k, body, old)])
         elif old_log is None:
-            self._write([(DATA + k, record), (INDEX + pb + k, b""), last])
+            self._write([(DATA + k, record), last])
         else:
             self._write([(old_log, None), (DATA + k, record), last])
         self.seq, self.count, self.digest = seq, count, digest
-        buckets.sums[b] = (buckets.sums[b] + delta) % _MOD
-        if old_log is None:
-            buckets.counts[b] += 1
-            buckets.total += 1
-        buckets.dirty.add(b)
-        buckets.pending += 1
+        notes.append((k, delta, old_log is None))
         self._stats["commits"] += 1
         hooks = self._hooks
         if hooks.commit or hooks.change:
             hooks.notify(((k, body, old),), seq, seq)
 
-    def save_buckets(self) -> None:
-        """Write a checkpoint of the bucket fingerprints if anything changed since the last
-        (at close, so the next open recomputes nothing)."""
+    def checkpoint(self) -> bool:
+        """Save the bucket fingerprints and the new keys' index entries if anything changed
+        since the last checkpoint (one write); True if it wrote. Memory changes only after
+        the write succeeded."""
         buckets = self.buckets
-        if buckets.dirty or buckets.pending:
-            self._write(buckets.checkpoint_ops([], self.seq))
-            buckets.store([], 0, True)
+        buckets.settle()
+        if not buckets.changed:
+            return False
+        self._write(buckets.checkpoint_ops(self.seq))
+        buckets.saved()
+        return True

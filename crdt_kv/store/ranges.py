@@ -2,7 +2,9 @@
 
 A range ``[lo, hi)`` of positions (:mod:`crdt_kv.fingerprint`) is summed from the
 in-memory bucket fingerprints where it covers whole buckets, and by scanning the position
-index (``x``) and reading the records where it covers part of one. Reads run under the
+index (``x``), adding the keys created since the last checkpoint (whose index entries are
+still in memory, :meth:`~crdt_kv.store.buckets.Buckets.fresh_index`), and reading the records
+where it covers part of one. Reads run under the
 commit lock, so the buckets and the records agree (and the in-memory backend, whose
 iterators do not tolerate concurrent writes, is safe).
 """
@@ -10,6 +12,7 @@ iterators do not tolerate concurrent writes, is safe).
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from crdt_kv.backends.base import Backend
@@ -56,6 +59,7 @@ class Ranges:
             if first >= end:
                 return self._scan_sum(lo, hi)
             b = self._buckets
+            b.settle()
             total, count = sum(b.sums[first:end]), sum(b.counts[first:end])
             for a, z in ((lo, first * BUCKET_WIDTH), (end * BUCKET_WIDTH, hi)):
                 if a < z:
@@ -88,6 +92,15 @@ class Ranges:
         found = [
             unpack_index_key(k) for k, _ in self._backend.iterate(index_bound(lo), index_bound(hi))
         ]
+        buckets = self._buckets
+        buckets.settle()
+        if buckets.fresh:
+            xs = buckets.fresh_index()
+            first = bisect_left(xs, index_bound(lo))
+            end = bisect_left(xs, index_bound(hi), first)
+            if first < end:
+                found += [unpack_index_key(x) for x in xs[first:end]]
+                found.sort()
         blobs = self._backend.get_many([DATA + k for _, k in found])
         out: list[tuple[int, bytes, int]] = []
         for (pos, k), blob in zip(found, blobs, strict=True):

@@ -70,6 +70,15 @@ class Repair:
         how many keys were collected. Local: nothing is replicated."""
         return self._collector.gc(limit)
 
+    def checkpoint(self) -> bool:
+        """Save the bucket fingerprints and the index entries of the keys created since the
+        last checkpoint now; True if anything needed saving. Commits take one on their own
+        every :data:`~crdt_kv.store.buckets.CHECKPOINT_KEYS` changed keys, inside a commit
+        (a stall of tens of milliseconds); a node calls this off its commit path (on its
+        storage thread, with every collection) so commits rarely have to. Also bounds what
+        a reopen after a crash recomputes. Sync, may block."""
+        return self._collector.checkpoint()
+
     def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
         """Remove the encoded ``keys`` whose state stamp is below ``below``, live or not,
         without a log entry (local, never replicated): the repair's absence-wins drop, for

@@ -179,6 +179,7 @@ class Scrubber:
         for i in range(0, len(todo), SCRUB_CHUNK):
             with self._w.lock:
                 self._w.check()
+                self._w.log.checkpoint()  # every record indexed on disk, buckets settled
                 report += self._step(todo[i : i + SCRUB_CHUNK])
         w = self._w
         w.stats["scrubbed_buckets"] += report.buckets
@@ -257,22 +258,17 @@ class Scrubber:
         for k in rotten:
             ops += [(INDEX + position_bytes(k) + k, None), (QUARANTINE + k, b"")]
         ops += [(INDEX + pb + k, b"") for k, pb in found.unindexed]
-        moves: dict[int, tuple[int, int]] = {}
-        shift = 0
-        for b in wrong:
-            c, s = found.recount[b]
-            moves[b] = (c - buckets.counts[b], s - buckets.sums[b])
-            shift += s - buckets.sums[b]
+        fixes = {b: found.recount[b] for b in wrong}
+        shift = sum(s - buckets.sums[b] for b, (_, s) in fixes.items())
         digest = (log.digest + shift) % _MOD
-        staged = buckets.stage(moves)
-        ops += buckets.checkpoint_ops(staged, log.seq)
+        ops += buckets.checkpoint_ops(log.seq, fixes=fixes)
         ops.append((META_GC, pack_gc_state(log.seq, live, digest, w.hlc.last)))
         hold = self._hold if w.quarantined else w.gc_horizon
         if rotten:
             ops.append((META_QUARANTINE_HOLD, pack_u64(hold)))
         self._backend.write(ops)
         log.digest, log.count = digest, live
-        buckets.store(staged, 0, True)
+        buckets.saved(fixes=fixes)
         w.quarantined.update(rotten)
         if rotten:
             self._hold = hold

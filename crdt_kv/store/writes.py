@@ -294,7 +294,7 @@ class Writer:
             self.closed = True
             try:
                 if not self._backend.closed:
-                    self.log.save_buckets()
+                    self.log.checkpoint()
                     mark_closed(self._backend)
             finally:
                 self._backend.close()
