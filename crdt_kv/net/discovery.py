@@ -29,7 +29,7 @@ import trio
 
 from crdt_kv.errors import ConfigError, RemoteProtocolError
 from crdt_kv.net.addresses import format_address
-from crdt_kv.protocol.messages import NoTags
+from crdt_kv.protocol.fields import NoTags
 
 __all__ = [
     "DEFAULT_GROUP",

@@ -9,18 +9,22 @@ Nothing here performs I/O.
 
 from __future__ import annotations
 
-import io
 import struct
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, NoReturn
+from typing import Any
 
 import cbor2
 
 from crdt_kv.codec import MAX_KEY_BYTES
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
+from crdt_kv.protocol.fields import NoTags, load
+from crdt_kv.protocol.fields import array as _array
+from crdt_kv.protocol.fields import boolean as _bool
+from crdt_kv.protocol.fields import fail as _fail
+from crdt_kv.protocol.fields import text as _text
+from crdt_kv.protocol.fields import uint as _uint
 from crdt_kv.version import RawEntry
 
 __all__ = [
@@ -46,7 +50,6 @@ __all__ = [
 PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME_BYTES = 8 << 20
 _LEN = struct.Struct(">I")
-_U64 = (1 << 64) - 1
 _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
 
@@ -268,62 +271,6 @@ def encode_frame(msg: Message) -> bytes:
 # --- decoding -------------------------------------------------------------------------
 
 
-def _fail(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(what)
-
-
-def _uint(v: object, field: str, maximum: int = _U64) -> int:
-    if type(v) is not int or not 0 <= v <= maximum:
-        raise _fail(f"field {field!r} must be an unsigned integer <= {maximum}, got {v!r:.60}")
-    return v
-
-
-def _bool(v: object, field: str) -> bool:
-    if type(v) is not bool:
-        raise _fail(f"field {field!r} must be a boolean, got {v!r:.60}")
-    return v
-
-
-def _text(v: object, field: str, max_bytes: int = 255) -> str:
-    if type(v) is not str or len(v.encode("utf-8")) > max_bytes:
-        raise _fail(f"field {field!r} must be text of at most {max_bytes} bytes, got {v!r:.60}")
-    return v
-
-
-def _array(v: object, field: str, length: int | None = None) -> list[Any]:
-    if type(v) is not list or (length is not None and len(v) != length):
-        want = "an array" if length is None else f"an array of {length}"
-        raise _fail(f"field {field!r} must be {want}, got {v!r:.60}")
-    return v
-
-
-class NoTags(Mapping[int, Any]):
-    """A semantic-decoder table that refuses every CBOR tag (``RemoteProtocolError`` naming
-    the tag and ``where`` it appeared): no message or announcement carries one.
-
-    cbor2 would otherwise turn tags into values that pass exact type checks (bignums into
-    ints, string and shared references into texts and aliased arrays).
-    """
-
-    def __init__(self, where: str) -> None:
-        self._where = where
-
-    def __getitem__(self, tag: int) -> Any:
-        def refuse(*_: object) -> NoReturn:
-            raise _fail(f"CBOR tag {tag} is not allowed in {self._where}")
-
-        return refuse
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 _NO_TAGS = NoTags("a message")
 
 
@@ -357,17 +304,7 @@ def _decode_verify_or_repair(msg: list[Any]) -> Verify | Repair:
 
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
     """Decode and validate one message payload; raises :class:`RemoteProtocolError`."""
-    try:
-        fp = io.BytesIO(payload)
-        obj = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS).decode()
-        if fp.tell() != len(payload):
-            raise _fail(f"{len(payload) - fp.tell()} trailing bytes after the message")
-    except RemoteProtocolError:
-        raise
-    except (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError) as exc:
-        if isinstance(exc.__cause__, RemoteProtocolError):
-            raise exc.__cause__ from None  # our tag refusal, wrapped by cbor2
-        raise _fail(f"frame is not valid CBOR: {exc}") from None
+    obj = load(payload, _NO_TAGS)
     msg = _array(obj, "message")
     if not msg:
         raise _fail("empty message array")

@@ -12,7 +12,6 @@ replication. Nothing here performs I/O.
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -21,12 +20,17 @@ from typing import Any
 import cbor2
 
 from crdt_kv.codec import MAX_KEY_BYTES
-from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
+from crdt_kv.errors import LocalProtocolError
+from crdt_kv.protocol.fields import NoTags, load, text
+from crdt_kv.protocol.fields import array as _array
+from crdt_kv.protocol.fields import boolean as _bool
+from crdt_kv.protocol.fields import byte_string as _bytes
+from crdt_kv.protocol.fields import fail as _fail
+from crdt_kv.protocol.fields import uint as _uint
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     Batch,
     FrameDecoder,
-    NoTags,
     decode_message,
     encode_message,
 )
@@ -52,7 +56,6 @@ __all__ = [
 
 REPAIR_VERSION = 1
 _LEN = struct.Struct(">I")
-_U64 = (1 << 64) - 1
 _FP = struct.Struct(">Q")
 MIN_FRAME_BYTES = 4096
 """The smallest ``max_frame_bytes`` either end may announce: room for any round item."""
@@ -198,40 +201,8 @@ def encode_frame(msg: Message) -> bytes:
 # --- decoding --------------------------------------------------------------------------
 
 
-def _fail(what: str) -> RemoteProtocolError:
-    return RemoteProtocolError(what)
-
-
-def _uint(v: object, field: str, maximum: int = _U64) -> int:
-    if type(v) is not int or not 0 <= v <= maximum:
-        raise _fail(f"field {field!r} must be an unsigned integer <= {maximum}, got {v!r:.60}")
-    return v
-
-
-def _bool(v: object, field: str) -> bool:
-    if type(v) is not bool:
-        raise _fail(f"field {field!r} must be a boolean, got {v!r:.60}")
-    return v
-
-
 def _text(v: object, field: str, max_bytes: int) -> str:
-    if type(v) is not str or not v or len(v.encode("utf-8")) > max_bytes:
-        raise _fail(f"field {field!r} must be text of 1..{max_bytes} bytes, got {v!r:.60}")
-    return v
-
-
-def _array(v: object, field: str, length: int | None = None) -> list[Any]:
-    if type(v) is not list or (length is not None and len(v) != length):
-        want = "an array" if length is None else f"an array of {length}"
-        raise _fail(f"field {field!r} must be {want}, got {v!r:.60}")
-    return v
-
-
-def _bytes(v: object, field: str, length: int | None = None) -> bytes:
-    if type(v) is not bytes or (length is not None and len(v) != length):
-        want = "a byte string" if length is None else f"a byte string of {length} bytes"
-        raise _fail(f"field {field!r} must be {want}, got {v!r:.60}")
-    return v
+    return text(v, field, max_bytes, min_bytes=1)
 
 
 def _keys(v: object, field: str) -> tuple[bytes, ...]:
@@ -296,18 +267,7 @@ _NO_TAGS = NoTags("a repair message")
 
 
 def _load(payload: bytes) -> Any:
-    try:
-        fp = io.BytesIO(payload)
-        obj = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS).decode()
-        if fp.tell() != len(payload):
-            raise _fail(f"{len(payload) - fp.tell()} trailing bytes after the message")
-    except RemoteProtocolError:
-        raise
-    except (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError) as exc:
-        if isinstance(exc.__cause__, RemoteProtocolError):
-            raise exc.__cause__ from None
-        raise _fail(f"frame is not valid CBOR: {exc}") from None
-    return obj
+    return load(payload, _NO_TAGS)
 
 
 def _hello(msg: list[Any]) -> RepairHello:
