@@ -47,6 +47,9 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_local.py
 	$(BIN)/python bench/bench_sync.py
 	$(BIN)/python bench/bench_sim.py
+	$(BIN)/python bench/bench_fingerprints.py
+	$(BIN)/python bench/bench_repair.py
+	$(BIN)/python bench/bench_first_contact.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
