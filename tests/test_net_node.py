@@ -601,7 +601,9 @@ async def test_local_failure_ends_one_session_not_the_node(
             assert b.get("from c") == 3 and c.get("tie") == 2
             st = nb.stats()["a"]
         assert isinstance(errors[0].error, RuntimeError) and errors[0].peer_id == "a"
-        assert st["errors"] >= 1 and st["protocol_errors"] == 0
+        # The resolver's error is not a protocol error. (a's node may dial again before it
+        # shuts down; that session can end with a's shutdown abort, a protocol error.)
+        assert st["errors"] - st["protocol_errors"] >= 1
         assert "resolver bug" in caplog.text
     finally:
         for s in (a, b, c):
