@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+import crdt_kv
+from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 
 settings.register_profile(
@@ -55,6 +59,27 @@ def store_factory(tmp_path: object, clock: ManualClock) -> Iterator[Callable[...
         opened.append(s)
         return s
 
+    yield make
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """``make(peer, **options)``: stores on one shared hand-moved clock (``make.clock``);
+    the parameter picks the backend; all are closed afterwards."""
+    clock = ManualClock()
+    opened: list[Store] = []
+
+    def make(peer: str, **kw: Any) -> Store:
+        if request.param == "memory":
+            s = crdt_kv.open(backend="memory", peer_id=peer, clock=clock, **kw)
+        else:
+            s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer, clock=clock, **kw)
+        opened.append(s)
+        return s
+
+    make.clock = clock  # type: ignore[attr-defined]
     yield make
     for s in opened:
         s.close()

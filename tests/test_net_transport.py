@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -19,7 +18,6 @@ from net_helpers import (
     assert_converged,
     assert_matches_model,
     hello_for,
-    mem_store,
     raw_frame,
     sync_pair,
     wait_until,
@@ -32,26 +30,6 @@ from crdt_kv.net import ReplicationResult, run_session
 from crdt_kv.protocol import BatchApplied, Connected, Event, Session
 from crdt_kv.protocol.messages import Abort, Ack, Hello, Request, encode_frame
 from crdt_kv.testing import ManualClock
-
-
-@pytest.fixture(params=["memory", "rocksdb"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """Stores on one shared hand-moved clock; the parameter picks the backend."""
-    clock = ManualClock()
-    opened: list[Store] = []
-
-    def make(peer: str, **kw: Any) -> Store:
-        if request.param == "memory":
-            s = mem_store(peer, clock, **kw)
-        else:
-            s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer, clock=clock, **kw)
-        opened.append(s)
-        return s
-
-    make.clock = clock  # type: ignore[attr-defined]
-    yield make
-    for s in opened:
-        s.close()
 
 
 def conflicting_writes(

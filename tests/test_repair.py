@@ -32,26 +32,6 @@ from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
 
 
-@pytest.fixture(params=["memory", "rocksdb"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    clock = ManualClock()
-    opened: list[Store] = []
-
-    def make(peer: str, conflicts: str = "lww") -> Store:
-        kw: dict[str, Any] = {"peer_id": peer, "clock": clock, "conflicts": conflicts}
-        if request.param == "memory":
-            s = crdt_kv.open(backend="memory", **kw)
-        else:
-            s = crdt_kv.open(tmp_path / peer, backend="rocksdb", **kw)
-        opened.append(s)
-        return s
-
-    make.clock = clock  # type: ignore[attr-defined]
-    yield make
-    for s in opened:
-        s.close()
-
-
 async def both(a: Store, b: Store, **kw: Any) -> tuple[ReconcileReport, ReconcileReport]:
     left, right = trio.testing.memory_stream_pair()
     out: dict[str, ReconcileReport] = {}
@@ -73,7 +53,7 @@ def fill(s: Store, n: int, prefix: str = "k") -> None:
 
 @pytest.mark.parametrize("conflicts", ["lww", "siblings"])
 async def test_reconcile_converges_over_a_stream(make_store: Any, conflicts: str) -> None:
-    a, b = make_store("a", conflicts), make_store("b", conflicts)
+    a, b = make_store("a", conflicts=conflicts), make_store("b", conflicts=conflicts)
     fill(a, 1500)
     b.apply_raw(a.raw_entries(f"k{i}".encode() for i in range(0, 1500, 2)))
     make_store.clock.advance(4)
