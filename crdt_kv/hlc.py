@@ -5,7 +5,10 @@ unsigned 64-bit integer, so stamps compare as plain ints. The clock never issues
 or below one it issued or observed before; the store persists its high-water mark so this
 holds across restarts and wall-clock steps backwards. Remote stamps more than
 ``max_offset_ms`` ahead of our wall clock are refused (:class:`ClockSkewError`) without
-changing the clock. The wall clock is injected: this module reads no global time.
+changing the clock, unless the node was judged behind most of its peers
+(:mod:`crdt_kv.skew`): then it accepts stamps up to its measured lag further ahead and
+refuses local writes instead (the *fence*) until its wall clock is back in bound. The wall
+clock is injected: this module reads no global time.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class HLC:
     bounds how far that can run ahead.
     """
 
-    __slots__ = ("_clock", "_last", "max_offset_ms")
+    __slots__ = ("_clock", "_last", "fence", "lag_ms", "max_offset_ms")
 
     def __init__(
         self, clock: Callable[[], int], *, max_offset_ms: int = 500, last: int = 0
@@ -60,6 +63,12 @@ class HLC:
         self._clock = clock
         self._last = last
         self.max_offset_ms = max_offset_ms
+        self.lag_ms = 0
+        """How far this clock was measured behind most of its peers (0: not behind).
+        Remote stamps up to ``max_offset_ms + lag_ms`` ahead of the wall clock pass."""
+        self.fence: tuple[str, int] | None = None
+        """``("behind" | "ahead", measured ms)`` while local writes are refused because
+        this clock is out of bound with most of its peers (:meth:`check_write`)."""
 
     @property
     def last(self) -> int:
@@ -90,10 +99,11 @@ class HLC:
             raise ValueError(f"remote stamp {remote!r} is not an unsigned 64-bit integer")
         pt = self.wall()
         remote_wall = remote >> LOGICAL_BITS
-        if remote_wall > pt + self.max_offset_ms:
+        if remote_wall > pt + self.max_offset_ms + self.lag_ms:
             raise ClockSkewError(
                 f"remote stamp is {remote_wall - pt} ms ahead of the local wall clock "
-                f"(max_offset_ms={self.max_offset_ms})",
+                f"(max_offset_ms={self.max_offset_ms}"
+                + (f", measured lag {self.lag_ms} ms)" if self.lag_ms else ")"),
                 remote_hlc=remote,
                 local_wall_ms=pt,
                 max_offset_ms=self.max_offset_ms,
@@ -125,6 +135,31 @@ class HLC:
             raise OverflowError("hybrid logical clock exhausted 64 bits")
         self._last = stamp
         return stamp
+
+    def check_write(self) -> None:
+        """Raise :class:`ClockSkewError` if local writes are fenced (see :attr:`fence`).
+
+        A node behind most of its peers stays fenced until its wall clock is back within
+        ``max_offset_ms`` of the newest stamp it has seen (its peers' time); then the fence
+        and the lag lift here. A node ahead of most of its peers is fenced until the
+        judge (:class:`crdt_kv.skew.ClockJudge`) measures it in bound again: its stamps
+        would be refused everywhere, so a write it acknowledged could not leave it.
+        """
+        fence = self.fence
+        if fence is None:
+            return
+        pt = self.wall()
+        side, ms = fence
+        if side == "behind" and (self._last >> LOGICAL_BITS) - pt <= self.max_offset_ms:
+            self.fence, self.lag_ms = None, 0
+            return
+        raise ClockSkewError(
+            f"local write refused: this node's clock is {ms} ms {side} of most of its peers "
+            f"(max_offset_ms={self.max_offset_ms}); writes resume once it is back in bound",
+            remote_hlc=self._last,
+            local_wall_ms=pt,
+            max_offset_ms=self.max_offset_ms,
+        )
 
     def observe(self, stamp: int) -> None:
         """Raise ``last`` to at least ``stamp`` without a skew check (trusted, e.g. persisted)."""

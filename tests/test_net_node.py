@@ -532,9 +532,10 @@ async def test_peer_with_fast_clock_is_refused_and_reported(tmp_path: Path) -> N
     assert isinstance(result[addr(nb)], crdt_kv.ProtocolError)  # told by b's Abort
     assert isinstance(errors[0].error, crdt_kv.ClockSkewError)
     assert "'fast'" in str(errors[0].error)  # the message names the peer
-    # The Hello itself carried the fast stamp, so the session failed before the peer was
-    # identified: the refusal is counted under UNIDENTIFIED (see the report to the lead).
-    st = stats.get("fast", stats[UNIDENTIFIED])
+    # The Hello itself carried the fast stamp: the refusal is counted under the peer id
+    # the Hello claimed, and the error event names it.
+    assert UNIDENTIFIED not in stats and errors[0].peer_id == "fast"
+    st = stats["fast"]
     # One refusal per attempt (sync_now and the first periodic round may both dial).
     assert st["skew_rejected"] == st["errors"] == st["protocol_errors"] >= 1
     assert "'fast'" in st["last_error"]

@@ -415,8 +415,8 @@ class Node:
         assert session is not None
         error = ev.error
         watch.result = error
-        self._book.ended(watch.record, session, error)
-        peer_id = watch.record.peer_id if watch.record is not None else None
+        named = self._book.ended(watch.record, session, error).peer_id
+        peer_id = None if named == UNIDENTIFIED else named
         watch.record = None
         if error is not None:
             if isinstance(error, CrdtKvError):

@@ -101,8 +101,10 @@ class PeerBook:
     def ended(
         self, rec: PeerRecord | None, session: Session, error: BaseException | None
     ) -> PeerRecord:
-        """A session ended; ``rec`` is None if the peer never identified itself."""
-        final = rec if rec is not None else self.record(UNIDENTIFIED)
+        """A session ended; ``rec`` is None if its Hello was never accepted: then the
+        session is counted under the peer id its Hello claimed, if it sent one (a clock
+        skew refusal, an incompatible peer), else under :data:`UNIDENTIFIED`."""
+        final = rec if rec is not None else self.record(session.claimed_peer or UNIDENTIFIED)
         if session in final.active:
             final.active.remove(session)
         final.fold(session.stats)

@@ -43,18 +43,14 @@ def our_hello(
 
 
 def observe_peer_clock(replica: Replica, h: Hello, stats: SessionStats) -> None:
-    """Merge the stamp of the peer's Hello into our clock; a stamp too far ahead is counted
-    and raised as :class:`ClockSkewError` naming the peer."""
+    """Merge the stamp of the peer's Hello into our clock, judged against our other peers
+    (:mod:`crdt_kv.skew`); a refused stamp is counted and raised as
+    :class:`ClockSkewError` naming the peer."""
     try:
-        replica.observe_clock(h.hlc)
-    except ClockSkewError as exc:
+        replica.observe_clock(h.hlc, peer=h.peer_id)
+    except ClockSkewError:
         stats.skew_rejected += 1
-        raise ClockSkewError(
-            f"peer {h.peer_id!r}: {exc}",
-            remote_hlc=exc.remote_hlc,
-            local_wall_ms=exc.local_wall_ms,
-            max_offset_ms=exc.max_offset_ms,
-        ) from None
+        raise
 
 
 def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:

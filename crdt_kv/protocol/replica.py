@@ -100,8 +100,10 @@ class Replica(Protocol):
         """The 32-byte digest of every key's state (kept per commit: costs nothing)."""
         ...
 
-    def observe_clock(self, stamp: int) -> None:
-        """Merge a peer's stamp into our HLC; raises ``ClockSkewError`` if too far ahead."""
+    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
+        """Merge a peer's stamp into our HLC; raises ``ClockSkewError`` if too far ahead.
+        With ``peer`` (its Hello's stamp) the skew is judged against the other peers too
+        (:mod:`crdt_kv.skew`)."""
         ...
 
     def cursor(self, peer: str, incarnation: bytes) -> int:

@@ -147,6 +147,9 @@ class Session(StorageQueue):
         self.out_state = OutState.DISABLED
         self.in_state = InState.DISABLED
         self.remote: Hello | None = None
+        self.claimed_peer: str | None = None
+        """The peer id the peer's Hello claimed, set before the Hello is checked, so a
+        refusal (clock skew, incompatibility) is attributed to the peer that caused it."""
         self.stats = SessionStats()
         self.error: CrdtKvError | None = None
         self._decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
@@ -413,6 +416,7 @@ class Session(StorageQueue):
         self._fail(RemoteProtocolError(what), AbortCode.INCOMPATIBLE)
 
     def _on_hello(self, h: Hello) -> None:
+        self.claimed_peer = h.peer_id
         mismatch = hello_mismatch(h, self.replica, self.cluster_id)
         if mismatch is not None:
             return self._incompatible(mismatch)

@@ -13,7 +13,7 @@ from typing import Any
 
 import cbor2
 
-from crdt_kv.errors import CorruptionError
+from crdt_kv.errors import ClockSkewError, CorruptionError
 from crdt_kv.layout import DATA, unpack_record
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
@@ -63,6 +63,8 @@ class Clients:
             self._perform(node, store, op)
         except CorruptionError:
             self.c["rot_errors"] += 1
+        except ClockSkewError:  # the node's clock is fenced: nothing written or acknowledged
+            self.c["writes_fenced"] += 1
 
     def _perform(self, node: SimNode, store: Store, op: Op) -> None:
         index = node.index
@@ -152,6 +154,8 @@ class Clients:
             self._merge(node, store, op, passed)
         except CorruptionError:
             self.c["rot_errors"] += 1
+        except ClockSkewError:
+            self.c["writes_fenced"] += 1
 
     def _merge(self, node: SimNode, store: Store, op: Op, passed: list[Entry]) -> None:
         key, value, _ = op.writes[0]

@@ -205,6 +205,9 @@ class SimResult:
     each end)."""
     rogue_nodes: list[str]
     rogue_writes: int
+    writes_fenced: int
+    """Client writes a node refused because its clock was judged out of bound with most
+    of its peers (``ClockSkewError``; never acknowledged)."""
     hlc_ties: int
     hlc_violations: int
     checks: dict[str, bool]

@@ -204,6 +204,7 @@ class Reporting:
             repairs=c["repairs"],
             rogue_nodes=rogues,
             rogue_writes=c["rogue_writes"],
+            writes_fenced=c["writes_fenced"],
             hlc_ties=self.causal.ties if self.causal is not None else self.oracle.ties,
             hlc_violations=c["hlc_violations"],
             checks=checks,

@@ -181,6 +181,7 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "divergences",
                 "repairs",
                 "rogue_writes",
+                "writes_fenced",
                 "bursts",
                 "power_cuts",
                 "shutdowns",

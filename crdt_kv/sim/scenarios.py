@@ -257,6 +257,28 @@ def _clock_skew(sim: ScenarioHost) -> None:
 
 
 @scenario(
+    "clock-step",
+    "mid-run one node's clock steps an hour behind and back, another's an hour ahead and "
+    "back, a third's an hour behind for good: the ones behind keep pulling and refuse local "
+    "writes, the one ahead is refused; an hour passes before the checks",
+)
+def _clock_step(sim: ScenarioHost) -> None:
+    cfg, d, rng = sim.cfg, sim.duration_ms, sim.fault_rng
+    sim.network.latency = Latency(base_ms=1, jitter_ms=10)
+    _ntp_clocks(sim)
+    order = rng.sample(range(cfg.nodes), min(3, cfg.nodes))
+    stays = order[0]
+    sim.schedule([(0.55 * d, ClockJump(stays, -HOUR_MS))])
+    if len(order) == 3:
+        back, ahead = order[1], order[2]
+        sim.schedule([(0.2 * d, ClockJump(back, -HOUR_MS)), (0.5 * d, ClockJump(back, HOUR_MS))])
+        sim.schedule([(0.35 * d, ClockJump(ahead, HOUR_MS)), (0.7 * d, ClockJump(ahead, -HOUR_MS))])
+    # The node that was ahead keeps stamps an hour in the future (its clock never goes
+    # back): peers refuse them until their clocks get there. Let that hour pass.
+    sim.schedule_final([ClockJump(i, HOUR_MS + 1000) for i in range(cfg.nodes)])
+
+
+@scenario(
     "ties",
     "every clock equal and frozen: HLC ties between peers on a tiny key space; two bursts "
     "where every node writes the same keys with the same stamps, the last one after the "

@@ -40,6 +40,7 @@ from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
+from crdt_kv.skew import ClockJudge
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.collect import Collector
@@ -202,13 +203,21 @@ class Store(Repair, MemberApi, CursorChecks):
         """A fresh HLC stamp (for a replication Hello), issued under the commit lock."""
         return self._w.clock_now()
 
-    def observe_clock(self, stamp: int) -> None:
+    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
         """Merge a remote HLC stamp into the clock (the receive rule), under the commit lock.
 
         Raises :class:`~crdt_kv.errors.ClockSkewError` and leaves the clock unchanged when
         ``stamp`` is too far ahead of the local wall clock, as ``store.hlc.update`` does.
+        With ``peer`` (the stamp of that peer's Hello) the store judges the skew against
+        its peers first (:mod:`crdt_kv.skew`): a node behind most of its peers accepts the
+        stamp and fences its local writes instead of being cut off.
         """
-        self._w.observe_clock(stamp)
+        self._w.observe_clock(stamp, peer)
+
+    @property
+    def clock_judge(self) -> ClockJudge:
+        """The per-peer clock offsets this store measured and rules on."""
+        return self._w.judge
 
     # --- reads ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
-from crdt_kv.errors import ClosedError, EncodingError
+from crdt_kv.errors import ClockSkewError, ClosedError, EncodingError
 from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
@@ -27,6 +27,7 @@ from crdt_kv.layout import (
     unpack_record,
 )
 from crdt_kv.layout_fingerprints import QUARANTINE
+from crdt_kv.skew import ClockJudge
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
 from crdt_kv.store.commit import Change, Committer
@@ -61,6 +62,8 @@ class Writer:
         self.lock = threading.RLock()
         self.closed = False
         self.log, self.hlc, self.hooks, self.stats = log, hlc, hooks, stats
+        self.judge = ClockJudge(max_offset_ms=hlc.max_offset_ms)
+        """Rules on peers' Hello stamps (:mod:`crdt_kv.skew`)."""
         self.sources, self._checker = opened.sources, checker
         self._backend = backend
         self._bget = backend.get
@@ -114,6 +117,8 @@ class Writer:
         try:
             if self.closed:
                 self.check()
+            if self.hlc.fence is not None:
+                self.hlc.check_write()
             if covers and max(covers.values()) > self.hlc.last:
                 self.hlc.update(max(covers.values()))
             old = self._bget(DATA + k)
@@ -140,6 +145,8 @@ class Writer:
         kept = ops if len(last_index) == len(ops) else [ops[i] for i in sorted(last_index.values())]
         with self.lock:
             self.check()
+            if kept:
+                self.hlc.check_write()
             olds = self._backend.get_many([DATA + k for k, _, _ in kept])
             items: list[Change] = []
             versions: list[Version] = []
@@ -281,9 +288,19 @@ class Writer:
         with self.lock:
             return self.hlc.now()
 
-    def observe_clock(self, stamp: int) -> None:
-        """The HLC receive rule for ``stamp``, under the lock (may raise ClockSkewError)."""
+    def observe_clock(self, stamp: int, peer: str | None = None) -> None:
+        """The HLC receive rule for ``stamp``, under the lock (may raise ClockSkewError).
+        With ``peer`` (a Hello's stamp) the :attr:`judge` rules on it first."""
         with self.lock:
+            if peer is not None:
+                why = self.judge.judge(peer, stamp, self.hlc)
+                if why is not None:
+                    raise ClockSkewError(
+                        f"peer {peer!r} refused: {why}",
+                        remote_hlc=stamp,
+                        local_wall_ms=self.hlc.wall(),
+                        max_offset_ms=self.hlc.max_offset_ms,
+                    )
             self.hlc.update(stamp)
 
     def close(self) -> None:
