@@ -148,14 +148,14 @@ def test_report_string_lists_every_peer() -> None:
         timeout_s=2.0,
     )
     assert str(report).splitlines() == [
-        "catch-up incomplete: caught up from 1 of 3 peers in 2.0 s",
+        "catch-up incomplete: caught up from 1 of 3 peers in 2.04 s",
         "  caught up  10.0.0.1:7000  peer pa",
         "  failed     10.0.0.2:7000  connect failed: refused",
         "  pending    10.0.0.3:7000  no answer within 2 s",
     ]
     done = CatchUpReport((CatchUpPeer(A, "pa"),), (), (), 0.21, 30.0)
     assert done.complete
-    assert str(done).splitlines()[0] == "catch-up complete: caught up from 1 of 1 peers in 0.2 s"
+    assert str(done).splitlines()[0] == "catch-up complete: caught up from 1 of 1 peers in 0.21 s"
 
 
 def test_failure_reason_is_short_and_one_line() -> None:

@@ -93,7 +93,7 @@ class CatchUpReport:
         verdict = "complete" if self.complete else "incomplete"
         lines = [
             f"catch-up {verdict}: caught up from {len(self.caught_up)} of {self.peers} "
-            f"peers in {self.elapsed_s:.1f} s"
+            f"peers in {self.elapsed_s:.2f} s"
         ]
         for p in self.caught_up:
             lines.append(f"  caught up  {p.address}  peer {p.peer_id}")
