@@ -51,9 +51,7 @@ async def silent_listener(nursery: trio.Nursery, hold_s: float) -> str:
         await trio.sleep(hold_s)
         await stream.aclose()
 
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-    )
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
     return f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
