@@ -37,12 +37,14 @@ from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
 if TYPE_CHECKING:
     from crdt_kv.net import Node, replicate, serve
+    from crdt_kv.protocol.catchup import CatchUpReport
     from crdt_kv.repair.api import reconcile
     from crdt_kv.repair.report import ReconcileReport
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "CatchUpReport": "crdt_kv.protocol.catchup",
     "Node": "crdt_kv.net",
     "ReconcileReport": "crdt_kv.repair.report",
     "reconcile": "crdt_kv.repair.api",
@@ -55,6 +57,7 @@ __all__ = [
     "HLC",
     "Backend",
     "Batch",
+    "CatchUpReport",
     "ClockSkewError",
     "ClosedError",
     "ConfigError",

@@ -42,6 +42,8 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "member_expiry_s": (int, float),
         "gc_grace_s": (int, float),
         "gc_interval_s": (int, float),
+        "catch_up": bool,
+        "catch_up_timeout_s": (int, float),
     },
 }
 
@@ -69,7 +71,7 @@ def _check_value(table: str, key: str, value: Any) -> None:
         math.isfinite(value) and value > 0
     ):
         bad = "must be a positive number of seconds"
-    elif key == "gc_grace_s" and not (math.isfinite(value) and value >= 0):
+    elif key in ("gc_grace_s", "catch_up_timeout_s") and not (math.isfinite(value) and value >= 0):
         bad = "must be a non-negative number of seconds"
     if bad is not None:
         raise ConfigError(f"config {table}.{key} {bad}, got {value!r}")

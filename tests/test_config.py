@@ -163,6 +163,10 @@ def test_an_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
         ("node", "peers", [1, 2]),
         ("node", "live", "true"),
         ("node", "multicast_port", 7.0),
+        ("node", "catch_up", "yes"),
+        ("node", "catch_up", 1),
+        ("node", "catch_up_timeout_s", "30"),
+        ("node", "catch_up_timeout_s", False),
     ],
 )
 def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -185,6 +189,9 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "sync_interval_s", 0),
         ("node", "sync_interval_s", float("nan")),
         ("node", "sync_interval_s", float("inf")),
+        ("node", "catch_up_timeout_s", -1),
+        ("node", "catch_up_timeout_s", float("nan")),
+        ("node", "catch_up_timeout_s", float("inf")),
     ],
 )
 def test_out_of_range_values_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -196,10 +203,18 @@ def test_every_known_key_accepts_its_type() -> None:
     loaded = load_config(
         {
             "storage": {"backend": "memory", "sync_writes": False},
-            "node": {"max_offset_ms": 0, "sync_interval_s": 2, "mode": "both", "peers": []},
+            "node": {
+                "max_offset_ms": 0,
+                "sync_interval_s": 2,
+                "mode": "both",
+                "peers": [],
+                "catch_up": True,
+                "catch_up_timeout_s": 0,
+            },
         }
     )
     assert loaded["node"]["sync_interval_s"] == 2
+    assert loaded["node"]["catch_up"] is True and loaded["node"]["catch_up_timeout_s"] == 0
     assert set(KNOWN) == {"storage", "node"}
 
 

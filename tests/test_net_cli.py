@@ -269,3 +269,51 @@ def test_serve_flag_rejects_malformed_address(tmp_path: Path, flag: str) -> None
     )
     assert r.returncode == 2, r.stderr
     assert "nonsense" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_serve_prints_the_catch_up_report_before_listening(tmp_path: Path) -> None:
+    refused = f"127.0.0.1:{free_tcp_port()}"
+    with crdt_kv.open(backend="memory", peer_id="b") as b:
+        b.put("from-b", 1)
+        async with crdt_kv.serve(b, listen="127.0.0.1:0") as nb:
+            there = f"127.0.0.1:{nb.address[1]}"
+            cfg = write_config(
+                tmp_path / "a.toml", "a", "127.0.0.1:0", [there, refused], catch_up=True
+            )
+            server = await start_server(cfg, "--catch-up-timeout", "20")
+            proc = server.proc
+            assert proc.stdout is not None
+            buf = b""
+            try:
+                with trio.fail_after(30):
+                    while b"listening on " not in buf:
+                        chunk = await proc.stdout.receive_some(4096)
+                        assert chunk, "server exited before listening"
+                        buf += chunk
+            finally:
+                proc.send_signal(signal.SIGINT)
+                with trio.fail_after(15):
+                    await proc.wait()
+    lines = buf.decode().splitlines()
+    listening = next(i for i, line in enumerate(lines) if line.startswith("listening on "))
+    report = lines[:listening]
+    assert report[0].startswith("catch-up incomplete: caught up from 1 of 2 peers"), report
+    assert f"  caught up  {there}  peer b" in report
+    assert any(line.startswith(f"  failed     {refused}  connect failed") for line in report)
+    assert proc.returncode == 0
+    with crdt_kv.open(tmp_path / "a-data", backend="rocksdb") as a:
+        assert a.get("from-b") == 1
+
+
+def test_serve_rejects_a_negative_catch_up_timeout(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "e.toml", "e", "127.0.0.1:0", [])
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(cfg), "--catch-up", "--catch-up-timeout", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "catch_up_timeout_s" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""

@@ -23,11 +23,14 @@ from crdt_kv.net.peers import UNIDENTIFIED
 from crdt_kv.net.serve import serve
 from crdt_kv.net.transport import ReplicationResult, replicate, run_session
 from crdt_kv.protocol.backoff import Backoff
+from crdt_kv.protocol.catchup import CatchUpPeer, CatchUpReport
 
 __all__ = [
     "EVENT_KINDS",
     "UNIDENTIFIED",
     "Backoff",
+    "CatchUpPeer",
+    "CatchUpReport",
     "ChangeEvent",
     "ConnectEvent",
     "ConnectionEvent",

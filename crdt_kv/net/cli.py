@@ -4,7 +4,8 @@ Registered into the main ``crdt-kv`` parser by :func:`register`. Flags override 
 file's ``[node]`` table, except ``--peer``, which adds to its ``peers``; the store opens
 with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conflicts``
 is given), so a node replicates in the mode its store was created with. On startup the
-command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it); it
+command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it), after
+the catch-up report when ``catch_up`` is on; it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
 """
@@ -27,7 +28,7 @@ from crdt_kv.errors import ConfigError
 from crdt_kv.net.addresses import format_address
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S
 from crdt_kv.net.serve import serve
-from crdt_kv.protocol import MODES
+from crdt_kv.protocol import DEFAULT_CATCH_UP_TIMEOUT_S, MODES
 from crdt_kv.store import Store
 from crdt_kv.store.meta import CONFLICT_MODES
 
@@ -82,6 +83,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--multicast-group", help="discovery multicast group")
     p.add_argument("--multicast-port", type=int, help="discovery UDP port")
+    p.add_argument(
+        "--catch-up",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="before accepting writes, pull once from every peer (prints a report)",
+    )
+    p.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        dest="catch_up_timeout_s",
+        help=f"seconds to wait for the catch-up at most (default {DEFAULT_CATCH_UP_TIMEOUT_S:g})",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     p.set_defaults(func=_cmd_serve)
 
@@ -95,6 +108,8 @@ _FLAG_KEYS = (
     "discovery",
     "multicast_group",
     "multicast_port",
+    "catch_up",
+    "catch_up_timeout_s",
 )
 
 
@@ -126,6 +141,8 @@ async def run_node(
     """Serve ``store`` until SIGINT/SIGTERM; returns the name of the signal that stopped it."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with serve(store, **options) as node:
+            if node.catch_up_report is not None:
+                announce(str(node.catch_up_report))
             announce(f"listening on {format_address(*node.address)}")
             async for signum in signals:
                 return signal.Signals(signum).name

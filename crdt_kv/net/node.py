@@ -37,6 +37,7 @@ import trio
 
 from crdt_kv.errors import ClosedError, ConfigError, CrdtKvError
 from crdt_kv.net.addresses import format_address, parse_address
+from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.driver import LinkDriver, StorageWorker, on_commit_anywhere
 from crdt_kv.net.events import (
     EVENT_KINDS,
@@ -52,6 +53,7 @@ from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
 from crdt_kv.net.sockets import connect_failure, peer_address, tune_socket
 from crdt_kv.protocol import (
     BatchApplied,
+    CatchUpReport,
     CollectGarbage,
     Connected,
     GcPolicy,
@@ -174,6 +176,9 @@ class Node:
         self._book = PeerBook(store)
         self._callbacks: dict[str, list[Callable[[Any], object]]] = {k: [] for k in EVENT_KINDS}
         self._streams: set[EventStream] = set()
+        self._catch_up: CatchUpWaiter | None = None
+        self.catch_up_report: CatchUpReport | None = None
+        """What catching up before accepting writes achieved (None: not asked for)."""
 
     # --- public API -----------------------------------------------------------------
 
@@ -217,6 +222,8 @@ class Node:
         self._targets[key] = target
         assert self._nursery is not None
         self._nursery.start_soon(self._run_target, target)
+        if self._catch_up is not None:
+            self._catch_up.add(key)
         log.info("%s: peer %s added%s", self.peer_id, key, " (discovered)" if discovered else "")
         return True
 
@@ -227,6 +234,8 @@ class Node:
         if target is None:
             return False
         target.scope.cancel()
+        if self._catch_up is not None:
+            self._catch_up.remove(target.address)
         return True
 
     async def sync_now(self) -> dict[str, BaseException | None]:
@@ -346,6 +355,8 @@ class Node:
 
     def _see(self, watch: _Watch, ev: LinkEvent) -> None:
         """Keep score and emit node events for what a link reports."""
+        if self._catch_up is not None and watch.target is not None:
+            self._catch_up.see(watch.target.address, ev)
         if self.gc is not None and self._gc_wake is not None:
             self.gc.link_event(ev, trio.current_time())
             self._gc_wake.set()

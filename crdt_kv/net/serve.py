@@ -15,8 +15,14 @@ import trio
 
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
+from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
-from crdt_kv.protocol import DEFAULT_GC_INTERVAL_S, GcPolicy, LinkConfig
+from crdt_kv.protocol import (
+    DEFAULT_CATCH_UP_TIMEOUT_S,
+    DEFAULT_GC_INTERVAL_S,
+    GcPolicy,
+    LinkConfig,
+)
 from crdt_kv.store import Store
 
 __all__ = ["serve"]
@@ -50,6 +56,8 @@ async def serve(
     session_options: Mapping[str, Any] | None = None,
     gc_grace_s: float | None = DEFAULT_GC_GRACE_MS / 1000,
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S,
+    catch_up: bool = False,
+    catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -77,6 +85,16 @@ async def serve(
     Every ``gc_interval_s`` the node raises the store's collection horizon to what its
     members acknowledged minus ``gc_grace_s`` and collects the tombstones below it
     (:class:`~crdt_kv.protocol.GcPolicy`); ``gc_grace_s=None`` turns collection off.
+
+    ``catch_up=True`` follows level-replicator's rule that a database must try to replicate
+    before it accepts writes (a restarted node then rarely stamps writes over changes it
+    missed): entering the ``async with`` returns only once a session with every peer
+    (configured, and any added or discovered meanwhile) caught up or failed once, or after
+    ``catch_up_timeout_s`` (default 30 s), whichever comes first; peers that failed keep
+    being retried in the background. The node listens meanwhile, so peers catching up
+    from it are served. ``node.catch_up_report``
+    (:class:`~crdt_kv.protocol.CatchUpReport`) says which peers were caught up from, which
+    failed and why, and which were still pending; with no peers it returns at once.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -119,13 +137,19 @@ async def serve(
     peers = list(peers)
     for p in peers:
         parse_address(p, what="peer address")
+    # Created before binding: a bad timeout fails before any socket is opened.
+    waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s) if catch_up else None
     listeners = await node._bind(listen)
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         try:
+            node._catch_up = waiter
             await node._start(nursery, listeners, peers, make_discovery)
+            if waiter is not None:
+                node.catch_up_report = await waiter.wait()
+                node._catch_up = None
             yield node
         except BaseException as exc:
             body_error = exc

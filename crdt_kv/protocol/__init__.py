@@ -9,6 +9,12 @@ the driver.
 from __future__ import annotations
 
 from crdt_kv.protocol.backoff import Backoff
+from crdt_kv.protocol.catchup import (
+    DEFAULT_CATCH_UP_TIMEOUT_S,
+    CatchUpPeer,
+    CatchUpReport,
+    CatchUpTracker,
+)
 from crdt_kv.protocol.events import (
     BatchApplied,
     CaughtUp,
@@ -53,6 +59,7 @@ from crdt_kv.protocol.states import ConnState, InState, OutState
 from crdt_kv.protocol.storage import ApplyBatch, LogSlice, ReadLog, RepairWork, StorageRequest
 
 __all__ = [
+    "DEFAULT_CATCH_UP_TIMEOUT_S",
     "DEFAULT_GC_INTERVAL_S",
     "DEFAULT_MAX_FRAME_BYTES",
     "MODES",
@@ -64,6 +71,9 @@ __all__ = [
     "Backoff",
     "Batch",
     "BatchApplied",
+    "CatchUpPeer",
+    "CatchUpReport",
+    "CatchUpTracker",
     "CollectGarbage",
     "CaughtUp",
     "CloseConnection",
