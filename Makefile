@@ -40,7 +40,10 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
+# 10,000+ seeded schedules: every scenario, seeds 1-1250, 6 nodes x 1,000 operations, one
+# summary row per scenario and the wall time; then the soak-marked tests.
 soak: $(VENV)/.installed-test
+	$(BIN)/crdt-kv simulate --nodes 6 --ops 1000 --seeds 1250 --summary
 	$(BIN)/python -m pytest -m soak
 
 bench: $(VENV)/.installed-test

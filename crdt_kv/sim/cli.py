@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ from crdt_kv.sim.report import (
     print_json,
     results_table,
     runs_with_progress,
+    summary_table,
     suite_document,
 )
 from crdt_kv.sim.runner import BACKENDS, CONFLICT_MODES
@@ -123,6 +125,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document, no table")
     p.add_argument(
+        "--summary",
+        action="store_true",
+        help="one row per scenario instead of one per run, and the wall time (for sweeps)",
+    )
+    p.add_argument(
         "--plot",
         metavar="FILE.png",
         help="draw divergent keys over virtual time per run (needs matplotlib: "
@@ -145,6 +152,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the suite ``args`` describe, print the table or JSON, return the exit code."""
     _check_args(args)
+    started = time.monotonic()
     resolver = load_resolver(args.resolver) if args.resolver else None
     if args.plot:
         import_pyplot()  # fail before the runs, not after
@@ -165,7 +173,7 @@ def run_command(args: argparse.Namespace) -> int:
         results = runs_with_progress(args, resolver, err)
     else:
         results = run_all(args, resolver, lambda _n, _s: None)
-    console.print(results_table(results))
+    console.print(summary_table(results) if args.summary else results_table(results))
     failures = [r for r in results if not r.ok]
     for r in failures:
         console.print(
@@ -177,6 +185,8 @@ def run_command(args: argparse.Namespace) -> int:
         console.print(f"divergence plot written to {args.plot}", highlight=False)
     passed = len(results) - len(failures)
     mode = " (siblings mode)" if args.conflicts == "siblings" else ""
+    if args.summary:
+        console.print(f"wall time {time.monotonic() - started:,.1f} s", highlight=False)
     console.print(
         f"{passed}/{len(results)} runs passed{mode}: "
         + ("[green]CONVERGED[/]" if not failures else "[red]FAILED[/]")

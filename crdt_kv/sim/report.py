@@ -84,6 +84,36 @@ def results_table(results: Sequence[SimResult]) -> Any:
     return t
 
 
+def summary_table(results: Sequence[SimResult]) -> Any:
+    """A :class:`rich.table.Table`, one row per scenario and conflict mode: runs, passed,
+    seeds swept, median and worst convergence, messages (for sweeps of thousands of runs,
+    where one row per run says nothing)."""
+    from rich.table import Table
+
+    groups: dict[tuple[str, str], list[SimResult]] = {}
+    for r in results:
+        groups.setdefault((r.scenario, r.conflicts), []).append(r)
+    t = Table(title="crdt-kv simulate (summary)", title_justify="left")
+    for col in ("scenario", "conflicts", "runs", "passed", "seeds", "median conv.", "worst conv."):
+        t.add_column(col, justify="left" if col in ("scenario", "conflicts") else "right")
+    t.add_column("messages", justify="right")
+    for (scenario, mode), rs in groups.items():
+        conv = sorted(r.convergence_time_ms for r in rs if r.convergence_time_ms is not None)
+        seeds = f"{min(r.seed for r in rs)}-{max(r.seed for r in rs)}"
+        passed = sum(r.ok for r in rs)
+        t.add_row(
+            scenario,
+            mode,
+            f"{len(rs):,}",
+            f"{passed:,}" if passed == len(rs) else f"[red]{passed:,}[/]",
+            seeds,
+            _fmt_ms(conv[len(conv) // 2] if conv else None),
+            _fmt_ms(conv[-1] if conv else None),
+            f"{sum(r.messages for r in rs):,}",
+        )
+    return t
+
+
 def failure_detail(r: SimResult) -> str:
     """One line naming what a failed run got wrong (failed checks, mismatch kinds...)."""
     if r.error:
