@@ -443,7 +443,7 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
 def test_clock_step_keeps_the_node_behind_replicating() -> None:
     """The scenario of issue 11: a node behind most peers keeps pulling and refuses its
     clients' writes (fenced), the one ahead is refused, and everything converges."""
-    s, r = inspect("clock-step", nodes=6, ops=1000, seed=2)
+    _, r = inspect("clock-step", nodes=6, ops=1000, seed=2)
     assert_passed(r)
     assert r.writes_fenced > 0, _why(r)
     assert r.skew_rejections > 0, _why(r)

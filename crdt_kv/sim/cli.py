@@ -38,8 +38,8 @@ from crdt_kv.sim.report import (
     print_json,
     results_table,
     runs_with_progress,
-    summary_table,
     suite_document,
+    summary_table,
 )
 from crdt_kv.sim.runner import BACKENDS, CONFLICT_MODES
 from crdt_kv.sim.scenarios import expand, scenario_names
