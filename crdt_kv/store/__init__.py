@@ -35,8 +35,8 @@ from typing import Any
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
-from crdt_kv.codec import key_codec, value_codec
-from crdt_kv.errors import CorruptionError, EncodingError
+from crdt_kv.codec import key_codec, short_repr, value_codec
+from crdt_kv.errors import CorruptionError, EncodingError, ReadOnlyError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
@@ -98,6 +98,7 @@ class Store(Repair, MemberApi, CursorChecks):
         conflicts: str | None = None,
         keep_history: bool = False,
         member_expiry_ms: int = DEFAULT_MEMBER_EXPIRY_MS,
+        read_only: bool = False,
     ) -> None:
         m, state, buckets = open_store(
             backend,
@@ -110,7 +111,9 @@ class Store(Repair, MemberApi, CursorChecks):
             new_incarnation=new_incarnation,
             boot_id=boot_id or b"1",
             conflicts=conflicts,
+            read_only=read_only,
         )
+        self._read_only = read_only
         self._conflicts = m.conflicts
         self._rng = rng
         self._backend = backend
@@ -128,6 +131,7 @@ class Store(Repair, MemberApi, CursorChecks):
         self._hlc = HLC(clock, max_offset_ms=max_offset_ms, last=state.hlc)
         checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
         self._w = Writer(backend, self._log, self._hlc, self._hooks, self.stats, m, checker)
+        self._w.read_only = read_only
         if m.conflicts == "siblings":
             self._w.order = sibling_order(resolver, self._to_entry)
         self._history = History(backend, self._check, self._enc_key, self._to_entry)
@@ -183,6 +187,16 @@ class Store(Repair, MemberApi, CursorChecks):
         return self._log.seq
 
     @property
+    def read_only(self) -> bool:
+        """Opened with ``read_only=True``: writes raise :class:`ReadOnlyError`, and nothing
+        on disk changes, not even at open or close."""
+        return self._read_only
+
+    def _writable(self, op: str) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{op} refused: the store {self._backend.where} is read-only")
+
+    @property
     def backend(self) -> Backend:
         """The storage backend this store writes to."""
         return self._backend
@@ -216,7 +230,7 @@ class Store(Repair, MemberApi, CursorChecks):
         try:
             return self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
 
     def _to_entry(self, r: RawEntry) -> Entry:
         return to_entry(r, self._kdec, self._vdec)
@@ -235,7 +249,7 @@ class Store(Repair, MemberApi, CursorChecks):
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         blob = self._bget(DATA + k)
         if blob is None:
             return default
@@ -440,16 +454,18 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def put(self, key: Any, value: Any) -> Version:
         """Write ``value`` under ``key``; returns the :class:`Version` it was stamped with."""
+        if self._read_only:
+            self._writable("put")
         if self._w.closed:
             self._w.check()
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         try:
             v = self._venc(value)
         except EncodingError as exc:
-            raise EncodingError(f"value of key {key!r}: {exc}") from None
+            raise EncodingError(f"value of key {short_repr(key)}: {exc}") from None
         return self._w.local(k, v, False)
 
     def merge(self, key: Any, versions: Iterable[Entry | Version], value: Any) -> Version:
@@ -461,6 +477,7 @@ class Store(Repair, MemberApi, CursorChecks):
         :meth:`put`. Raises TypeError for something that is not a version and ValueError
         for an entry of another key.
         """
+        self._writable("merge")
         self._check()
         dots: list[tuple[str, int]] = []
         for v in versions:
@@ -476,7 +493,7 @@ class Store(Repair, MemberApi, CursorChecks):
         try:
             v_b = self._venc(value)
         except EncodingError as exc:
-            raise EncodingError(f"value of key {key!r}: {exc}") from None
+            raise EncodingError(f"value of key {short_repr(key)}: {exc}") from None
         covers = context_of(dots) if self._conflicts == "siblings" else None
         return self._w.local(k, v_b, False, covers)
 
@@ -485,6 +502,7 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def delete(self, key: Any) -> Version:
         """Write a tombstone for ``key`` (even if absent here: it may exist elsewhere)."""
+        self._writable("delete")
         self._check()
         return self._w.local(self._enc_key(key), b"", True)
 
@@ -493,6 +511,7 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def batch(self) -> Batch:
         """An atomic batch: ``with store.batch() as b: b.put(...); b.delete(...)``."""
+        self._writable("batch")
         self._check()
         return Batch(self._kenc, self._venc, self._w.batch)
 
@@ -513,6 +532,7 @@ class Store(Repair, MemberApi, CursorChecks):
         outside the commit lock; the rest (clock, reads of the current records, commit)
         under it.
         """
+        self._writable("apply_raw")
         self._check()
         return self._w.apply(list(entries), cursor, supersedes, self.resolver, self._to_entry)
 
@@ -524,6 +544,7 @@ class Store(Repair, MemberApi, CursorChecks):
         atomic chunks so a huge input neither blocks writers for long nor fills memory.
         Returns how many entries changed the state.
         """
+        self._writable("apply")
         self._check()
         chunks = raw_chunks(entries, self._enc_key, self._venc, APPLY_CHUNK)
         return sum(self.apply_raw(chunk) for chunk in chunks)
