@@ -460,9 +460,7 @@ class _Harness:
 
     def dump(self) -> list[list[str | None]]:
         """Storage as the vectors give it: without ``mbackend``, which names the backend."""
-        return [
-            [k.hex(), v.hex()] for k, v in self.store.backend.iterate() if k != META_BACKEND
-        ]
+        return [[k.hex(), v.hex()] for k, v in self.store.backend.iterate() if k != META_BACKEND]
 
     def close(self) -> None:
         self.store.close()
