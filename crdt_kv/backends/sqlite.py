@@ -52,10 +52,10 @@ def _denied(path: str) -> bool:
 def _open_error(path: str, exc: sqlite3.Error) -> ConfigError:
     """Why a writable open failed, in words a user can act on."""
     name = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) and _denied(path):
-        why = "permission denied (the file or its directory is not writable)"
-    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         why = "another process is using it"
+    elif _denied(path):  # SQLite reports it as CANTOPEN, READONLY or IOERR, by the case
+        why = "permission denied (the file or its directory is not writable)"
     else:
         why = str(exc)
     return ConfigError(f"cannot open SQLite store at {path!r}: {why} ({exc})")
