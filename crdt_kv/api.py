@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from crdt_kv.backends import DEFAULT_BACKEND, open_backend
-from crdt_kv.backends.base import Backend
+from crdt_kv.backends.base import Backend, ReadOnlyView
 from crdt_kv.clocks import system_clock
 from crdt_kv.config import load_config
 from crdt_kv.errors import ConfigError
@@ -37,6 +37,7 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     conflicts: str | None = None,
     keep_history: bool | None = None,
     member_expiry_s: float | None = None,
+    read_only: bool = False,
 ) -> Store:
     """Open (creating if needed) a replicated store.
 
@@ -53,8 +54,12 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
     other mode raises :class:`ConfigError`. ``keep_history=True`` keeps every superseded
     version (:meth:`Store.history`). ``member_expiry_s`` (default 7 days): a replication
     peer silent that long stops holding the collection horizon back
-    (:meth:`Store.members`). Raises :class:`ConfigError` for an unknown
-    backend (listing the available ones) or options that contradict the stored ones.
+    (:meth:`Store.members`). ``read_only=True`` opens an existing store without creating
+    or changing any file, also while a running node holds it (RocksDB: a snapshot as of
+    the open) and on read-only files; its write methods raise :class:`ReadOnlyError`, and
+    a path holding no store raises :class:`StoreNotFoundError`. Raises
+    :class:`ConfigError` for an unknown backend (listing the available ones), a path
+    holding another backend's store, or options that contradict the stored ones.
     """
     cfg = load_config(config)
     storage, node = cfg["storage"], cfg["node"]
@@ -69,14 +74,17 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         return arg if arg is not None else table.get(key, default)
 
     the_path = path if path is not None else storage.get("path")
+    if not isinstance(read_only, bool):
+        raise ConfigError(f"read_only must be a bool, got {read_only!r}")
     if isinstance(backend, Backend):
-        be = backend
+        be = ReadOnlyView(backend) if read_only else backend
     else:
         name = pick(backend, storage, "backend", DEFAULT_BACKEND)
         be = open_backend(
             name,
             None if the_path is None else os.fspath(the_path),
             sync_writes=bool(pick(sync_writes, storage, "sync_writes", False)),
+            read_only=read_only,
         )
     if clock is not None and not callable(clock):
         be.close()
@@ -97,6 +105,7 @@ def open(  # noqa: A001 - the natural name, like plyvel/dbm/shelve
         member_expiry_ms=int(
             1000 * pick(member_expiry_s, node, "member_expiry_s", DEFAULT_MEMBER_EXPIRY_MS / 1000)
         ),
+        read_only=read_only,
     )
 
 

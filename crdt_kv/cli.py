@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -20,8 +21,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import crdt_kv
+from crdt_kv.backends import DEFAULT_BACKEND
+from crdt_kv.backends.files import detect
 from crdt_kv.config import load_config
-from crdt_kv.errors import ConfigError, CrdtKvError
+from crdt_kv.errors import ConfigError, CrdtKvError, StoreNotFoundError
 from crdt_kv.store.meta import CONFLICT_MODES
 from crdt_kv.version import Entry
 
@@ -42,17 +45,45 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _open(args: argparse.Namespace, *, create: bool = False) -> crdt_kv.Store:
-    """Open the store; commands that only read refuse a path that does not exist rather
-    than create an empty store there (a typo would otherwise print "not found")."""
-    if not create:
-        path = args.path
-        if path is None and args.config is not None:
-            path = load_config(args.config)["storage"].get("path")
-        if path is not None and not os.path.exists(path):
-            raise ConfigError(f"no store at {path!r}")
+_READ_ONLY_HELP = (
+    "The store is opened read-only: nothing is created or changed, a path holding no store "
+    "is an error, and it works while a node (crdt-kv serve) holds a RocksDB store, showing "
+    "the store as it was when the command started, and on read-only files."
+)
+_JSON_HELP = (
+    "Values print as JSON. What JSON cannot hold prints as a tagged object, so the output "
+    'always parses: NaN and infinite floats as {"$float": "NaN"|"Infinity"|"-Infinity"}, '
+    "integers beyond Python's 4,300-digit conversion limit as "
+    '{"$int": "<hexadecimal, 0x-prefixed>"}; bytes and other types as their Python repr '
+    "(a JSON string; bytes at the top level print bare, as a Python literal)."
+)
+
+
+def _open(args: argparse.Namespace, *, write: bool = False, create: bool = False) -> crdt_kv.Store:
+    """Open the store named by ``--path``/``--config``.
+
+    Commands that only read open it read-only: they create and change nothing, work while
+    a node holds the store, and refuse a path holding no store. ``write`` without
+    ``create`` (``forget-peer``) also refuses a path holding no store rather than create an
+    empty one there (a typo would otherwise succeed silently). ``create`` (``put``,
+    ``del``) refuses the memory backend: the write would vanish when the command exits.
+    """
+    cfg = load_config(args.config)
+    path = args.path if args.path is not None else cfg["storage"].get("path")
+    backend = args.backend or cfg["storage"].get("backend", DEFAULT_BACKEND)
+    if create and backend == "memory":
+        raise ConfigError(
+            f"{args.command} with the memory backend would write to a store that vanishes "
+            "when the command exits; use a stored backend (rocksdb or sqlite) and --path"
+        )
+    if write and not create and path is not None and detect(os.fspath(path)) is None:
+        raise StoreNotFoundError(f"no store at {path!r}")
     return crdt_kv.open(
-        args.path, config=args.config, backend=args.backend, conflicts=args.conflicts
+        args.path,
+        config=args.config,
+        backend=args.backend,
+        conflicts=args.conflicts,
+        read_only=not write,
     )
 
 
@@ -66,13 +97,52 @@ def _count(text: str) -> int:
     return n
 
 
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # e.g. an int past the digit limit inside an object's repr
+        return f"<{type(value).__name__} object>"
+
+
+def _key(k: Any) -> str:
+    if isinstance(k, str):
+        return k
+    if isinstance(k, bool) or k is None:
+        return json.dumps(k)
+    jk = _jsonable(k)
+    return jk if isinstance(jk, str) else json.dumps(jk)
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with everything JSON cannot hold replaced as :data:`_JSON_HELP` says."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        try:
+            str(value)
+        except ValueError:
+            return {"$int": hex(value)}
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        name = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return {"$float": name}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {_key(k): _jsonable(v) for k, v in value.items()}
+    return _safe_repr(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         return repr(bytes(value))
-    try:
-        return json.dumps(value, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):
-        return repr(value)
+    return _dumps(value)
 
 
 def _stamp(e: Entry) -> str:
@@ -80,12 +150,12 @@ def _stamp(e: Entry) -> str:
 
 
 def _json_line(key: Any, live: list[Entry]) -> str:
-    """One key and its siblings as a JSON object; what JSON cannot hold shows as repr."""
+    """One key and its siblings as a JSON object (what JSON cannot hold: :data:`_JSON_HELP`)."""
     doc = {
         "key": key,
         "siblings": [{"value": e.value, "hlc": e.hlc, "peer": e.peer} for e in live],
     }
-    return json.dumps(doc, ensure_ascii=False, default=repr)
+    return _dumps(doc)
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
@@ -115,14 +185,14 @@ def _cmd_put(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: value is not JSON: {exc}", file=sys.stderr)
             return 2
-    with _open(args, create=True) as db:
+    with _open(args, write=True, create=True) as db:
         v = db.put(args.key, value)
         print(f"ok hlc={v.hlc} peer={v.peer}")
     return 0
 
 
 def _cmd_del(args: argparse.Namespace) -> int:
-    with _open(args, create=True) as db:
+    with _open(args, write=True, create=True) as db:
         v = db.delete(args.key)
         print(f"ok hlc={v.hlc} peer={v.peer}")
     return 0
@@ -177,7 +247,7 @@ def _cmd_members(args: argparse.Namespace) -> int:
 
 
 def _cmd_forget_peer(args: argparse.Namespace) -> int:
-    with _open(args) as db:
+    with _open(args, write=True) as db:
         if args.peer not in {m.peer for m in db.members()}:
             print(f"note: peer {args.peer!r} was not a known member", file=sys.stderr)
         db.forget_peer(args.peer)
@@ -224,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "if it is absent or deleted. A key of a siblings-mode store holding concurrent "
         "versions prints one line per live sibling, in sibling order (the first is what "
         "Store.get returns): VALUE<TAB>hlc=STAMP peer=PEER. A single value prints alone, "
-        "as in lww mode.",
+        f"as in lww mode. {_READ_ONLY_HELP} {_JSON_HELP}",
     )
     _store_args(p)
     p.add_argument("key")
@@ -248,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.set_defaults(func=_cmd_del)
 
-    p = sub.add_parser("scan", help="list live keys in a half-open range")
+    p = sub.add_parser(
+        "scan",
+        help="list live keys in a half-open range",
+        description="Print KEY<TAB>VALUE for every live key in [--gte, --lt), in key order "
+        f"(--reverse: descending). {_READ_ONLY_HELP} {_JSON_HELP}",
+    )
     _store_args(p)
     p.add_argument("--gte")
     p.add_argument("--lt")
@@ -264,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sibling, KEY<TAB>VALUE<TAB>hlc=STAMP peer=PEER, in sibling order; with --json one "
         'object per key and line, {"key": K, "siblings": [{"value": V, "hlc": H, "peer": '
         "P}, ...]} (what JSON cannot hold, such as bytes, as its Python repr). --limit "
-        "counts keys. An lww-mode store never holds siblings: nothing is listed.",
+        "counts keys. An lww-mode store never holds siblings: nothing is listed. "
+        f"{_READ_ONLY_HELP} {_JSON_HELP}",
     )
     _store_args(p)
     p.add_argument("--gte")
@@ -273,7 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per key")
     p.set_defaults(func=_cmd_conflicts)
 
-    p = sub.add_parser("info", help="print the store's peer id, conflict mode, counts and digest")
+    p = sub.add_parser(
+        "info",
+        help="print the store's peer id, conflict mode, counts and digest",
+        description=f"Print the store's identity, counts and digest. {_READ_ONLY_HELP}",
+    )
     _store_args(p)
     p.set_defaults(func=_cmd_info)
 
@@ -308,25 +388,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``crdt-kv`` console script; returns the exit code."""
+    """Entry point of the ``crdt-kv`` console script; returns the exit code.
+
+    No failure prints a traceback: the library's errors, the operating system's and bad
+    values each print one ``error: ...`` line on stderr and exit 2; anything else (a bug)
+    exits 70 with its type and message, and ``CRDT_KV_TRACEBACK=1`` shows the traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except CrdtKvError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _broken_pipe()
+    except OSError as exc:
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (e.g. ``crdt-kv scan | head``): not an error worth a traceback.
-        # Point stdout at devnull so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 1
+    except Exception as exc:
+        if os.environ.get("CRDT_KV_TRACEBACK"):
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} "
+            "(a bug: please report it; CRDT_KV_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 70
     return code
+
+
+def _broken_pipe() -> int:
+    """The reader went away (e.g. ``crdt-kv scan | head``): not an error worth a traceback.
+    Point stdout at devnull so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 1
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ __all__ = [
     "parse_cursor_key",
     "record_body",
     "seq_of_log_key",
+    "short_repr",
     "unpack_log",
     "unpack_log_source",
     "unpack_record",
@@ -71,6 +72,28 @@ __all__ = [
 
 Encoder = Callable[[Any], bytes]
 Decoder = Callable[[bytes], Any]
+
+SHORT_REPR_CHARS = 64
+"""How much of an oversized key or value an error message shows."""
+
+
+def short_repr(obj: object, limit: int = SHORT_REPR_CHARS) -> str:
+    """``repr(obj)``, cut to ``limit`` characters plus its size when longer.
+
+    Error messages name the key they are about; a megabyte key must not become a
+    megabyte message (or a line a terminal chokes on).
+    """
+    text = repr(obj)
+    if len(text) <= limit:
+        return text
+    if isinstance(obj, str):
+        size = f"{len(obj.encode('utf-8', 'surrogatepass'))} bytes"
+    elif isinstance(obj, bytes | bytearray | memoryview):
+        size = f"{len(obj)} bytes"
+    else:
+        size = f"{len(text)} characters"
+    return f"{text[:limit]}... ({size})"
+
 
 MAX_KEY_BYTES = 64 * 1024
 """Largest encoded key. Keys are repeated in the log, the digest input and every batch."""

@@ -17,9 +17,12 @@ __all__ = [
     "EncodingError",
     "LocalProtocolError",
     "ProtocolError",
+    "ReadOnlyError",
     "RemoteProtocolError",
     "ResolverError",
     "RolledBackError",
+    "StorageError",
+    "StoreNotFoundError",
 ]
 
 
@@ -33,6 +36,28 @@ class ConfigError(CrdtKvError, ValueError):
 
 class EncodingError(CrdtKvError, ValueError):
     """A key or value cannot be held by the chosen encoding; nothing was written."""
+
+
+class StoreNotFoundError(ConfigError):
+    """No store exists at the path, and the open was not allowed to create one (a read-only
+    open, or a command that only reads): nothing was created there."""
+
+
+class ReadOnlyError(CrdtKvError):
+    """A write was attempted on a store (or backend) opened read-only; nothing changed."""
+
+
+class StorageError(CrdtKvError):
+    """The storage backend failed to write (e.g. the disk is full); nothing of the failed
+    write was applied, and the store keeps working once the cause is gone.
+
+    ``errno`` is the operating-system error number when known (``errno.ENOSPC`` for a
+    full disk), else None.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class CorruptionError(CrdtKvError):

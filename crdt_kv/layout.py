@@ -122,6 +122,9 @@ META_OPEN = META + b"open"
 """Present while the store is open (its value names the boot); absent after a clean close."""
 META_CONFLICTS = META + b"conflicts"
 """``siblings`` in a store created in that mode; absent in an ``lww`` store (format 1)."""
+META_BACKEND = META + b"backend"
+"""The name of the backend that created the store (absent in stores created before it was
+recorded); opening the store with another backend is refused."""
 META_SOURCE = META + b"src:"
 META_SOURCE_END = META + b"src;"
 

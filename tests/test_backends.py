@@ -9,6 +9,7 @@ as the store does.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import sqlite3
@@ -22,7 +23,9 @@ import pytest
 
 import crdt_kv
 from crdt_kv.backends import ENTRY_POINT_GROUP, Backend, available_backends, open_backend
-from crdt_kv.errors import ClosedError, ConfigError
+from crdt_kv.backends import open_backend as open_named
+from crdt_kv.backends.files import detect
+from crdt_kv.errors import ClosedError, ConfigError, ReadOnlyError, StorageError, StoreNotFoundError
 from crdt_kv.testing import ManualClock
 
 PLUGIN = "bisectlist"
@@ -438,3 +441,170 @@ def test_a_store_runs_on_a_plugin_backend(tmp_path: Path, monkeypatch: pytest.Mo
             assert other.digest() == a.digest()
     with crdt_kv.open(config={"storage": {"backend": PLUGIN}}, clock=ManualClock()) as c:
         assert c.backend.name == PLUGIN
+
+
+# --- read-only opens, backend detection, storage errors (issue 11) -----------------------
+
+STORED = ["rocksdb", "sqlite"]
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("name", STORED)
+def test_read_only_open_reads_refuses_writes_and_changes_no_file(tmp_path: Path, name: str) -> None:
+    path = str(tmp_path / "s")
+    with open_named(name, path) as w:
+        w.write([(b"a", b"1"), (b"b", b"2")])
+    assert detect(path) == name
+    before = _files(tmp_path)
+    modes = {p: p.stat().st_mode for p in [tmp_path / "s", *(tmp_path / "s").rglob("*")]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        with open_named(name, path, read_only=True) as ro:
+            assert ro.read_only and ro.get(b"a") == b"1"
+            assert list(ro.iterate()) == [(b"a", b"1"), (b"b", b"2")]
+            with pytest.raises(ReadOnlyError, match="read-only"):
+                ro.write([(b"c", b"3")])
+            with pytest.raises(ReadOnlyError):
+                ro.make_durable()
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", STORED)
+def test_read_only_open_of_no_store_creates_nothing(tmp_path: Path, name: str) -> None:
+    (tmp_path / "empty").mkdir()
+    for where in ("empty", "missing", "missing.sqlite3"):
+        with pytest.raises(StoreNotFoundError, match=repr(str(tmp_path / where))):
+            open_named(name, str(tmp_path / where), read_only=True)
+    assert [p.name for p in tmp_path.rglob("*")] == ["empty"]
+
+
+def test_memory_refuses_read_only_and_a_plugin_must_support_it() -> None:
+    with pytest.raises(ConfigError, match="would be empty"):
+        open_named("memory", None, read_only=True)
+
+
+@pytest.mark.parametrize(("made", "other"), [("rocksdb", "sqlite"), ("sqlite", "rocksdb")])
+def test_another_backends_store_is_refused_before_anything_is_created(
+    tmp_path: Path, made: str, other: str
+) -> None:
+    path = str(tmp_path / "s")
+    open_named(made, path).close()
+    before = _files(tmp_path)
+    for read_only in (False, True):
+        with pytest.raises(ConfigError, match=f"uses the {made} backend, not {other}"):
+            open_named(other, path, read_only=read_only)
+    with pytest.raises(ConfigError, match=f"uses the {made} backend, not memory"):
+        open_named("memory", path)
+    assert _files(tmp_path) == before
+
+
+def test_a_sqlite_store_held_by_a_process_is_reported_when_read(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with open_named("sqlite", path):
+        with pytest.raises(ConfigError, match="held by another process"):
+            open_named("sqlite", path, read_only=True)
+        with pytest.raises(ConfigError, match="another process is using it"):
+            open_named("sqlite", path)
+
+
+def test_sqlite_permission_errors_say_permission_denied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s"
+    open_named("sqlite", str(path)).close()
+    (path / "crdt_kv.sqlite3").chmod(0o444)
+    path.chmod(0o555)
+    # root may write anyway: judge access as an unprivileged user would
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
+    real = sqlite3.connect
+
+    def readonly_connect(database: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real(Path(database).as_uri() + "?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", readonly_connect)
+    try:
+        with pytest.raises(ConfigError, match="permission denied") as info:
+            open_named("sqlite", str(path))
+        assert "another process" not in str(info.value)
+    finally:
+        path.chmod(0o755)
+
+
+class _FullDisk:
+    """Stands in for a handle whose writes fail as on a full disk while ``full`` is set."""
+
+    def __init__(self, inner: Any, exc: Exception) -> None:
+        self.inner, self.exc, self.full = inner, exc, True
+
+    def write(self, *args: Any) -> Any:
+        if self.full:
+            raise self.exc
+        return self.inner.write(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_rocksdb_write_failure_is_a_storage_error_and_the_next_write_reopens(
+    tmp_path: Path,
+) -> None:
+    from crdt_kv.backends.rocksdb import RocksDBBackend
+
+    be = RocksDBBackend(str(tmp_path / "s"))
+    be.write([(b"a", b"1")])
+    full = _FullDisk(be._db, Exception("IO error: No space left on device: While appending"))
+    be._db, be._dbwrite = full, full.write
+    with pytest.raises(StorageError, match="no space left on device") as info:
+        be.write([(b"b", b"2"), (b"c", b"3")])
+    assert info.value.errno == errno.ENOSPC and str(tmp_path / "s") in str(info.value)
+    full.full = False
+    be.write([(b"d", b"4")])  # reopens the handle first (RocksDB refuses after an error)
+    assert be._db is not full
+    assert list(be.iterate()) == [(b"a", b"1"), (b"d", b"4")]
+    be.close()
+    be.close()
+
+
+def test_sqlite_full_disk_is_a_storage_error_and_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    be = open_named("sqlite", str(tmp_path / "s"))
+    be.write([(b"a", b"1")])
+    real_execute = be._db.execute  # type: ignore[attr-defined]
+    calls = {"n": 0}
+
+    class Db:
+        in_transaction = property(lambda _: be_db.in_transaction)
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith("INSERT"):
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    exc = sqlite3.OperationalError("database or disk is full")
+                    exc.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+                    raise exc
+            return real_execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(be_db, name)
+
+    be_db = be._db  # type: ignore[attr-defined]
+    be._db = Db()  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="no space left on device") as info:
+        be.write([(b"b", b"2"), (b"c", b"3")])
+    assert info.value.errno == errno.ENOSPC
+    be._db = be_db  # type: ignore[attr-defined]
+    assert list(be.iterate()) == [(b"a", b"1")]  # nothing partial
+    be.write([(b"d", b"4")])
+    assert list(be.iterate()) == [(b"a", b"1"), (b"d", b"4")]
+    be.close()

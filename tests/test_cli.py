@@ -240,7 +240,7 @@ def test_reading_commands_do_not_create_a_store(
     missing = str(tmp_path / "typo")
     code, out, err = run(capsys, *command.split(), "--path", missing)
     assert code == 2 and out == ""
-    assert err == f"error: ConfigError: no store at {missing!r}\n"
+    assert err.startswith(f"error: StoreNotFoundError: no store at {missing!r}")
     assert not os.path.exists(missing)
 
 
@@ -266,11 +266,18 @@ def test_errors_exit_non_zero_with_one_line(
 def test_a_store_in_use_is_reported_not_crashed_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for backend in ("rocksdb", "sqlite"):
-        db = str(tmp_path / backend)
-        with crdt_kv.open(db, backend=backend):
-            code, _, err = run(capsys, "get", "k", "--path", db, "--backend", backend)
-            assert code == 2 and "ConfigError" in err and "lock" in err.lower()
+    db = str(tmp_path / "sqlite")
+    with crdt_kv.open(db, backend="sqlite"):
+        code, _, err = run(capsys, "get", "k", "--path", db, "--backend", "sqlite")
+        assert code == 2 and "ConfigError" in err and "held by another process" in err
+        code, _, err = run(capsys, "put", "k", "v", "--path", db, "--backend", "sqlite")
+        assert code == 2 and "another process is using it" in err
+    db = str(tmp_path / "rocksdb")
+    with crdt_kv.open(db) as held:
+        held.put("k", "v")
+        assert run(capsys, "get", "k", "--path", db) == (0, '"v"\n', "")  # read-only
+        code, _, err = run(capsys, "put", "k", "w", "--path", db)
+        assert code == 2 and "ConfigError" in err and "lock" in err.lower()
 
 
 @pytest.mark.parametrize(
@@ -363,3 +370,143 @@ def test_members_and_forget_peer(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, out, err = run(capsys, "forget-peer", "--path", db, "zz")
     assert code == 0 and "'zz' was not a known member" in err
     assert run(capsys, "members", "--path", str(tmp_path / "nope"))[0] == 2
+
+
+# --- read-only commands and errors a user can act on (issue 11) --------------------------
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and mtime: what "changed nothing" compares."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("backend", ["rocksdb", "sqlite"])
+def test_reading_commands_change_nothing_also_on_read_only_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    db = tmp_path / "db"
+    with crdt_kv.open(db, backend=backend) as s:
+        s.put("k", "v")
+    before = _tree(db)
+    modes = {p: p.stat().st_mode for p in [db, *db.rglob("*")]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        for argv in (["get", "k"], ["scan"], ["info"], ["members"], ["conflicts"]):
+            code, _out, err = run(capsys, *argv, "--path", str(db), "--backend", backend)
+            assert code == 0, (argv, err)
+        assert run(capsys, "get", "k", "--path", str(db), "--backend", backend)[1] == '"v"\n'
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert _tree(db) == before
+
+
+def test_get_with_the_wrong_backend_says_which_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "db"
+    with crdt_kv.open(db) as s:
+        s.put("k", "v")
+    before = _tree(db)
+    for argv in (["get", "k"], ["put", "k", "w"], ["info"]):
+        code, _, err = run(capsys, *argv, "--path", str(db), "--backend", "sqlite")
+        assert code == 2 and "uses the rocksdb backend, not sqlite" in err
+    assert _tree(db) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "info", "--path", str(empty))
+    assert code == 2 and "StoreNotFoundError" in err and repr(str(empty)) in err
+    code, _, err = run(capsys, "forget-peer", "p", "--path", str(empty))
+    assert code == 2 and "StoreNotFoundError" in err
+    assert list(empty.iterdir()) == []
+
+
+def test_put_with_the_memory_backend_refuses(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["put", "k", "v"], ["del", "k"]):
+        code, out, err = run(capsys, *argv, "--backend", "memory")
+        assert code == 2 and out == "" and "would write to a store that vanishes" in err
+
+
+def test_values_json_cannot_hold_print_as_valid_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "db")
+    big = 7**6000  # past Python's 4,300-digit str() limit, as a peer may send
+    value = [float("nan"), float("inf"), -float("inf"), big, -big, {1: 2.5, "b": b"x"}]
+    with crdt_kv.open(db) as s:
+        s.put("k", value)
+        s.put("n", float("nan"))
+    code, out, _ = run(capsys, "get", "k", "--path", db)
+    assert code == 0
+    assert json.loads(out) == [
+        {"$float": "NaN"},
+        {"$float": "Infinity"},
+        {"$float": "-Infinity"},
+        {"$int": hex(big)},
+        {"$int": hex(-big)},
+        {"1": 2.5, "b": "b'x'"},
+    ]
+    assert int(json.loads(out)[3]["$int"], 16) == big
+    code, out, _ = run(capsys, "scan", "--path", db)
+    assert code == 0
+    for line in out.splitlines():
+        json.loads(line.split("\t", 1)[1])
+
+
+def test_no_failure_prints_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = str(tmp_path / "db")
+    with crdt_kv.open(db) as s:
+        s.put("k", "v")
+
+    def boom(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device", db)
+
+    monkeypatch.setattr(crdt_kv, "open", boom)
+    code, _, err = run(capsys, "get", "k", "--path", db)
+    assert (code, err) == (2, f"error: No space left on device: {db!r}\n")
+
+    def bug(*_: object, **__: object) -> None:
+        raise KeyError("x")
+
+    monkeypatch.setattr(crdt_kv, "open", bug)
+    code, _, err = run(capsys, "get", "k", "--path", db)
+    assert code == 70 and err.startswith("error: unexpected KeyError") and err[-1] == "\n"
+
+
+def test_read_commands_work_while_another_process_writes_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node holds the RocksDB store (its LOCK) and keeps writing; get/scan/info read it."""
+    db = tmp_path / "db"
+    writer = (
+        "import itertools, sys, crdt_kv\n"
+        "s = crdt_kv.open(sys.argv[1])\n"
+        "s.put('first', 1)\n"
+        "print('ready', flush=True)\n"
+        "for i in itertools.count():\n"
+        "    s.put(f'w{i % 500}', i)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with subprocess.Popen(
+        [sys.executable, "-c", writer, str(db)], stdout=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+            for _ in range(3):
+                assert run(capsys, "get", "first", "--path", str(db)) == (0, "1\n", "")
+                code, out, err = run(capsys, "scan", "--path", str(db), "--limit", "5")
+                assert code == 0 and out.startswith("first\t1\n"), err
+                code, out, err = run(capsys, "info", "--path", str(db))
+                assert code == 0 and "live keys" in out, err
+            assert proc.poll() is None, "the writer must still be running (holding the store)"
+        finally:
+            proc.kill()
+    assert not any(
+        p.name == "rocksdict-config.json" and p.stat().st_size == 0 for p in db.iterdir()
+    )

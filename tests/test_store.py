@@ -3,10 +3,15 @@ digests, hooks, encodings, errors and reopening."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import os
 import random
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -23,9 +28,14 @@ from crdt_kv import (
     EncodingError,
     Entry,
     RawEntry,
+    ReadOnlyError,
+    StorageError,
     Store,
+    StoreNotFoundError,
     Version,
 )
+from crdt_kv.backends.memory import MemoryBackend
+from crdt_kv.codec import MAX_KEY_BYTES, short_repr
 from crdt_kv.hlc import pack, unpack
 from crdt_kv.testing import ManualClock
 
@@ -927,3 +937,155 @@ def test_open_with_a_config_mapping_and_an_injected_backend(clock: ManualClock) 
         assert db2.peer_id == "cfg"
     with pytest.raises(ConfigError, match="clock"):
         crdt_kv.open(backend="memory", clock=5)  # type: ignore[arg-type]
+
+
+# --- read-only stores, storage failures, short key reprs (issue 11) ----------------------
+
+_WRITES: list[tuple[str, Callable[[Store], object]]] = [
+    ("put", lambda s: s.put("k", 1)),
+    ("put", lambda s: s.__setitem__("k", 1)),
+    ("delete", lambda s: s.delete("k")),
+    ("delete", lambda s: s.__delitem__("k")),
+    ("merge", lambda s: s.merge("k", [], 1)),
+    ("batch", lambda s: s.batch()),
+    ("apply", lambda s: s.apply([])),
+    ("apply_raw", lambda s: s.apply_raw([])),
+    ("forget_peer", lambda s: s.forget_peer("q")),
+    ("raise_gc_horizon", lambda s: s.raise_gc_horizon(1)),
+    ("gc", lambda s: s.gc()),
+    ("checkpoint", lambda s: s.checkpoint()),
+    ("drop_collected", lambda s: s.drop_collected([], below=1)),
+    ("scrub", lambda s: s.scrub()),
+    ("rotate_incarnation", lambda s: s.rotate_incarnation()),
+]
+
+
+@pytest.mark.parametrize(("op", "call"), _WRITES, ids=[f"{i}" for i in range(len(_WRITES))])
+def test_every_write_of_a_read_only_store_raises_naming_it(
+    op: str, call: Callable[[Store], object]
+) -> None:
+    be = MemoryBackend()
+    w = crdt_kv.open(backend=be, peer_id="p", clock=ManualClock())  # still open, as a node's
+    w.put("k", 0)
+    raw = dict(be._data)
+    with crdt_kv.open(backend=be, clock=ManualClock(), read_only=True) as ro:
+        assert ro.read_only and ro["k"] == 0 and ro.peer_id == "p"
+        with pytest.raises(ReadOnlyError, match=rf"^{op} refused: .* read-only"):
+            call(ro)
+    assert dict(be._data) == raw  # not even the open marker was written
+    assert not be.closed  # the read-only view leaves the caller's backend open
+
+
+def test_a_read_only_open_of_a_crashed_store_recovers_in_memory() -> None:
+    """A store left open (a running node, or a crash) has its last keys' index entries and
+    buckets unsaved; a read-only open computes them without writing."""
+    be = MemoryBackend()
+    w = crdt_kv.open(backend=be, peer_id="p", clock=ManualClock())
+    for i in range(300):
+        w.put(f"k{i}", i)
+    w.delete("k7")
+    raw = dict(be._data)
+    ro = crdt_kv.open(backend=be, clock=ManualClock(), read_only=True)
+    assert dict(be._data) == raw
+    assert ro.digest() == w.digest() and len(ro) == 299
+    assert ro.range_fingerprint(0, 2**64) == w.range_fingerprint(0, 2**64)
+    assert ro.range_items(0, 2**63) == w.range_items(0, 2**63)
+    assert ro.statistics() == w.statistics()
+    ro.close()
+    w.close()
+
+
+def test_read_only_needs_an_existing_store_and_no_new_incarnation() -> None:
+    with pytest.raises(StoreNotFoundError, match="no crdt_kv store in memory"):
+        crdt_kv.open(backend=MemoryBackend(), read_only=True)
+    be = MemoryBackend()
+    crdt_kv.open(backend=be, clock=ManualClock()).close()
+    with pytest.raises(ConfigError, match="new_incarnation"):
+        crdt_kv.open(backend=be, read_only=True, new_incarnation=True)
+
+
+def test_a_store_records_its_backend_and_refuses_another(tmp_path: Path) -> None:
+    class Other(MemoryBackend):
+        name = "other"
+
+    be = MemoryBackend()
+    crdt_kv.open(backend=be, clock=ManualClock()).close()
+    copy = Other()
+    copy.write(list(be._data.items()))
+    with pytest.raises(ConfigError, match="uses the memory backend, not other"):
+        crdt_kv.open(backend=copy, clock=ManualClock())
+
+
+class FullDisk(MemoryBackend):
+    """A memory backend whose writes fail as on a full disk while ``full`` is set."""
+
+    full = False
+
+    def _write(self, ops: Any) -> None:
+        if self.full:
+            raise StorageError("cannot write: no space left on device", errno=errno.ENOSPC)
+        super()._write(ops)
+
+
+def test_a_full_disk_fails_the_write_whole_and_the_store_recovers() -> None:
+    be = FullDisk()
+    s = crdt_kv.open(backend=be, peer_id="p", clock=ManualClock())
+    s.put("a", 1)
+    before, raw = snapshot(s), dict(be._data)
+    be.full = True
+    with pytest.raises(StorageError, match="no space") as info:
+        s.put("b", 2)
+    assert isinstance(info.value, crdt_kv.CrdtKvError) and info.value.errno == errno.ENOSPC
+    with pytest.raises(StorageError), s.batch() as b:
+        b.put("c", 3)
+        b.delete("a")
+    assert snapshot(s) == before and dict(be._data) == raw  # nothing partial
+    be.full = False
+    s.put("b", 2)  # no reopen needed
+    assert s["b"] == 2 and len(s) == 2
+    be.full = True
+    s.close()  # never raises, even when its final writes fail
+    s.close()
+
+
+def test_a_full_disk_on_a_real_small_filesystem(tmp_path: Path) -> None:
+    """RocksDB and SQLite on a 1 MiB tmpfs, where the test can mount one (root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]
+    if os.geteuid() != 0 or subprocess.run(mount, check=False, capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here")
+    try:
+        for backend in ("rocksdb", "sqlite"):
+            s = crdt_kv.open(mnt / backend, backend=backend, clock=ManualClock())
+            n = 0
+            with pytest.raises(StorageError) as info:
+                for n in range(10_000):
+                    s.put(f"k{n}", "x" * 2000)
+            assert info.value.errno == errno.ENOSPC, info.value
+            assert "k0" in s and f"k{n}" not in s
+            subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+            s.put("after", 1)  # works again once space is freed, without a reopen
+            assert s["after"] == 1 and len(s) == n + 1
+            s.close()
+            with crdt_kv.open(mnt / backend, backend=backend, read_only=True) as ro:
+                assert len(ro) == n + 1 and ro["after"] == 1
+            subprocess.run(["mount", "-o", "remount,size=1m", str(mnt)], check=True)
+            shutil.rmtree(mnt / backend)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_encoding_errors_show_a_short_prefix_of_an_oversized_key() -> None:
+    s = mem()
+    huge = "k" * (MAX_KEY_BYTES + 10)
+    for call in (lambda: s.put(huge, 1), lambda: s.get(huge), lambda: s.delete(huge)):
+        with pytest.raises(EncodingError) as info:
+            call()
+        text = str(info.value)
+        assert len(text) < 300 and f"({MAX_KEY_BYTES + 10} bytes)" in text, text
+    with pytest.raises(EncodingError) as info, s.batch() as b:
+        b.put(huge, 1)
+    assert len(str(info.value)) < 300
+    assert short_repr("short") == "'short'"
+    assert short_repr(b"\x00" * 100).endswith("... (100 bytes)")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Sequence
 
-from crdt_kv.errors import ClosedError
+from crdt_kv.errors import ClosedError, ReadOnlyError
 
-__all__ = ["Backend", "Op", "checked_ops"]
+__all__ = ["Backend", "Op", "ReadOnlyView", "checked_ops"]
 
 Op = tuple[bytes, bytes | None]
 """One write of a batch: ``(key, value)`` puts, ``(key, None)`` deletes."""
@@ -51,6 +51,9 @@ class Backend(abc.ABC):
     """True when a batch whose ``write`` returned survives power loss (fsync per batch, or
     nothing to lose). The store rotates its incarnation after an unclean shutdown of a
     backend that is not power-safe, because the tail of its log may be gone."""
+    read_only: bool = False
+    """True when opened read-only: :meth:`write` and :meth:`make_durable` raise
+    :class:`ReadOnlyError` and nothing on disk is created or changed."""
 
     def __init__(self) -> None:
         self._closed = False
@@ -63,6 +66,18 @@ class Backend(abc.ABC):
     def _check(self) -> None:
         if self._closed:
             raise ClosedError(f"{self.name} backend is closed")
+
+    def _check_write(self) -> None:
+        """:meth:`_check`, and refuse a write to a read-only backend."""
+        self._check()
+        if self.read_only:
+            raise ReadOnlyError(f"{self.name} backend {self.where} is open read-only")
+
+    @property
+    def where(self) -> str:
+        """Where the data lives, for messages: ``at '<path>'`` or ``in memory``."""
+        path = getattr(self, "path", None)
+        return f"at {path!r}" if path else "in memory"
 
     def get(self, key: bytes) -> bytes | None:
         """Return the value stored under ``key`` or None."""
@@ -80,7 +95,7 @@ class Backend(abc.ABC):
         An op that is not ``(bytes, bytes | None)`` raises :class:`TypeError` and nothing
         is written.
         """
-        self._check()
+        self._check_write()
         if ops:
             self._write(ops)
 
@@ -91,7 +106,7 @@ class Backend(abc.ABC):
         lossy, e.g. the "open" marker that tells the next open whether the log tail can be
         trusted. Backends that are ``power_safe`` need do nothing (the default).
         """
-        self._check()
+        self._check_write()
 
     def iterate(
         self, start: bytes | None = None, stop: bytes | None = None, *, reverse: bool = False
@@ -134,3 +149,36 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _close(self) -> None: ...
+
+
+class ReadOnlyView(Backend):
+    """Reads of another open backend, refusing every write: ``crdt_kv.open(backend=be,
+    read_only=True)`` with a backend instance. Closing the view leaves ``be`` open."""
+
+    read_only = True
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self._inner = backend
+        self.name = backend.name
+        self.power_safe = backend.power_safe
+        self.path = getattr(backend, "path", None)
+
+    def _get(self, key: bytes) -> bytes | None:
+        return self._inner.get(key)
+
+    def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self._inner.get_many(keys)
+
+    def _write(self, ops: Sequence[Op]) -> None:  # pragma: no cover - write() refuses first
+        raise ReadOnlyError(f"{self.name} backend {self.where} is open read-only")
+
+    def _iterate(
+        self, start: bytes | None, stop: bytes | None, reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        for item in self._inner.iterate(start, stop, reverse=reverse):
+            self._check()
+            yield item
+
+    def _close(self) -> None:
+        pass

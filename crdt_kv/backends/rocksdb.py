@@ -3,10 +3,16 @@
 Every batch goes through RocksDB's write-ahead log, so a write that returned survives the
 process being killed; with ``sync_writes=True`` each batch is also fsynced, surviving power
 loss. Iterators read a consistent snapshot.
+
+A failed write (a full disk) raises :class:`StorageError` and leaves RocksDB refusing every
+later write until the database is reopened; the backend reopens its handle before the next
+write, so the store works again once space is freed. Read-only opens: :mod:`.rocksdb_view`.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import cast
@@ -14,9 +20,27 @@ from typing import cast
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from crdt_kv.backends.base import Backend, Op
-from crdt_kv.errors import ClosedError, ConfigError
+from crdt_kv.backends.rocksdb_view import SecondaryView
+from crdt_kv.errors import ClosedError, ConfigError, StorageError
 
-__all__ = ["RocksDBBackend", "open_backend"]
+__all__ = ["RocksDBBackend", "open_backend", "storage_error"]
+
+log = logging.getLogger(__name__)
+
+_ERRNOS = (
+    ("No space left on device", errno.ENOSPC),
+    ("Disk quota exceeded", errno.EDQUOT),
+    ("Read-only file system", errno.EROFS),
+    ("Permission denied", errno.EACCES),
+)
+
+
+def storage_error(path: str, doing: str, exc: Exception) -> StorageError:
+    """A :class:`StorageError` for rocksdict's plain ``Exception``, naming the cause."""
+    text = str(exc)
+    code = next((n for phrase, n in _ERRNOS if phrase in text), None)
+    cause = f"{os.strerror(code).lower()}: " if code is not None else ""
+    return StorageError(f"cannot {doing} the rocksdb store at {path!r}: {cause}{text}", errno=code)
 
 
 class RocksDBBackend(Backend):
@@ -24,21 +48,38 @@ class RocksDBBackend(Backend):
 
     name = "rocksdb"
 
-    def __init__(self, path: str, *, sync_writes: bool = False) -> None:
+    def __init__(self, path: str, *, sync_writes: bool = False, read_only: bool = False) -> None:
         super().__init__()
         self.power_safe = sync_writes
-        os.makedirs(path, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
         self.path = path
-        try:
-            self._db = Rdict(path, opts)
-        except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
-            raise ConfigError(f"cannot open RocksDB store at {path!r}: {exc}") from exc
+        self.read_only = read_only
+        self._view: SecondaryView | None = None
+        self._failed = False
+        if read_only:
+            self._view = SecondaryView(path)
+            self._db = self._view.db
+        else:
+            os.makedirs(path, exist_ok=True)
+            self._db = self._open()
         wopt = WriteOptions()
         wopt.sync = sync_writes
-        # Set once: passing the options to every write() converts them again each call.
-        self._db.set_write_options(wopt)
+        self._wopt = wopt
+        self._bind()
+        self._slow = read_only
+        """True when a write must take the slow path: closed, read-only, or failed."""
+
+    def _open(self) -> Rdict:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        try:
+            return Rdict(self.path, opts)
+        except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
+            raise ConfigError(f"cannot open RocksDB store at {self.path!r}: {exc}") from exc
+
+    def _bind(self) -> None:
+        if not self.read_only:
+            # Set once: passing the options to every write() converts them again each call.
+            self._db.set_write_options(self._wopt)
         self._dbwrite = self._db.write
         self._dbget = self._db.get
 
@@ -51,10 +92,32 @@ class RocksDBBackend(Backend):
 
     _get = get
 
+    def _prepare_write(self) -> None:
+        """The slow path of :meth:`write`: refuse when closed or read-only; after a failed
+        write, reopen the handle (RocksDB refuses writes after a write error until then)."""
+        self._check_write()
+        if self._failed:
+            try:
+                self._db.close()
+            except Exception as exc:
+                log.debug("closing the failed rocksdb handle at %r: %s", self.path, exc)
+            try:
+                self._db = self._open()
+            except ConfigError as exc:
+                raise StorageError(
+                    f"the rocksdb store at {self.path!r} cannot be reopened after a failed "
+                    f"write: {exc.__cause__ or exc}"
+                ) from exc
+            self._bind()
+            self._failed = self._slow = False
+
     def write(self, ops: Sequence[Op]) -> None:
-        """Atomic batch through the write-ahead log (fsynced with ``sync_writes``)."""
-        if self._closed:
-            self._check()
+        """Atomic batch through the write-ahead log (fsynced with ``sync_writes``).
+
+        :class:`StorageError` (e.g. ``errno.ENOSPC``) when RocksDB cannot write: nothing
+        of the batch is applied."""
+        if self._slow:
+            self._prepare_write()
         wb = WriteBatch(raw_mode=True)
         put, delete = wb.put, wb.delete
         try:
@@ -65,12 +128,20 @@ class RocksDBBackend(Backend):
                     put(k, v)
         except (ValueError, KeyError) as exc:  # rocksdict's errors for non-bytes keys/values
             raise TypeError(f"ops must be (bytes, bytes | None) pairs: {exc!r}") from exc
-        self._dbwrite(wb)
+        try:
+            self._dbwrite(wb)
+        except Exception as exc:  # rocksdict raises plain Exception
+            self._failed = self._slow = True
+            raise storage_error(self.path, "write to", exc) from exc
 
     def make_durable(self) -> None:
         """Flush and fsync the write-ahead log (every earlier write becomes durable)."""
-        self._check()
-        self._db.flush_wal(True)
+        self._check_write()
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:  # rocksdict raises plain Exception
+            self._failed = self._slow = True
+            raise storage_error(self.path, "sync", exc) from exc
 
     def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -105,11 +176,22 @@ class RocksDBBackend(Backend):
                 yield k, v
 
     def _close(self) -> None:
-        self._db.close()
+        """Never raises: a handle that failed a write refuses to close cleanly, and what
+        it holds is already durable or already lost."""
+        self._slow = True
+        try:
+            self._db.close()
+        except Exception as exc:
+            log.warning("closing the rocksdb store at %r: %s", self.path, exc)
+        if self._view is not None:
+            self._view.remove()
 
 
-def open_backend(path: str | None = None, *, sync_writes: bool = False) -> RocksDBBackend:
-    """Open (creating if missing) a RocksDB store in directory ``path``."""
+def open_backend(
+    path: str | None = None, *, sync_writes: bool = False, read_only: bool = False
+) -> RocksDBBackend:
+    """Open (creating if missing, unless ``read_only``) a RocksDB store in directory
+    ``path``."""
     if path is None:
         raise ConfigError("the rocksdb backend needs a path (a directory)")
-    return RocksDBBackend(os.fspath(path), sync_writes=sync_writes)
+    return RocksDBBackend(os.fspath(path), sync_writes=sync_writes, read_only=read_only)

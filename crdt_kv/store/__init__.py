@@ -35,14 +35,14 @@ from typing import Any
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
-from crdt_kv.codec import key_codec, value_codec
-from crdt_kv.errors import CorruptionError, EncodingError
+from crdt_kv.codec import key_codec, short_repr, value_codec
+from crdt_kv.errors import CorruptionError, EncodingError, ReadOnlyError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
 from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
-from crdt_kv.skew import ClockJudge
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
+from crdt_kv.store.clock import ClockApi
 from crdt_kv.store.collect import Collector
 from crdt_kv.store.commit import Committer
 from crdt_kv.store.history import History
@@ -76,7 +76,7 @@ _STATS = (
 )
 
 
-class Store(Repair, MemberApi, CursorChecks):
+class Store(Repair, MemberApi, CursorChecks, ClockApi):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -99,6 +99,7 @@ class Store(Repair, MemberApi, CursorChecks):
         conflicts: str | None = None,
         keep_history: bool = False,
         member_expiry_ms: int = DEFAULT_MEMBER_EXPIRY_MS,
+        read_only: bool = False,
     ) -> None:
         m, state, buckets = open_store(
             backend,
@@ -111,7 +112,9 @@ class Store(Repair, MemberApi, CursorChecks):
             new_incarnation=new_incarnation,
             boot_id=boot_id or b"1",
             conflicts=conflicts,
+            read_only=read_only,
         )
+        self._read_only = read_only
         self._conflicts = m.conflicts
         self._rng = rng
         self._backend = backend
@@ -129,6 +132,7 @@ class Store(Repair, MemberApi, CursorChecks):
         self._hlc = HLC(clock, max_offset_ms=max_offset_ms, last=state.hlc)
         checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
         self._w = Writer(backend, self._log, self._hlc, self._hooks, self.stats, m, checker)
+        self._w.read_only = read_only
         if m.conflicts == "siblings":
             self._w.order = sibling_order(resolver, self._to_entry)
         self._history = History(backend, self._check, self._enc_key, self._to_entry)
@@ -184,6 +188,16 @@ class Store(Repair, MemberApi, CursorChecks):
         return self._log.seq
 
     @property
+    def read_only(self) -> bool:
+        """Opened with ``read_only=True``: writes raise :class:`ReadOnlyError`, and nothing
+        on disk changes, not even at open or close."""
+        return self._read_only
+
+    def _writable(self, op: str) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{op} refused: the store {self._backend.where} is read-only")
+
+    @property
     def backend(self) -> Backend:
         """The storage backend this store writes to."""
         return self._backend
@@ -197,35 +211,13 @@ class Store(Repair, MemberApi, CursorChecks):
         if self._w.closed:
             self._w.check()
 
-    # --- clock ----------------------------------------------------------------------
-
-    def clock_now(self) -> int:
-        """A fresh HLC stamp (for a replication Hello), issued under the commit lock."""
-        return self._w.clock_now()
-
-    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
-        """Merge a remote HLC stamp into the clock (the receive rule), under the commit lock.
-
-        Raises :class:`~crdt_kv.errors.ClockSkewError` and leaves the clock unchanged when
-        ``stamp`` is too far ahead of the local wall clock, as ``store.hlc.update`` does.
-        With ``peer`` (the stamp of that peer's Hello) the store judges the skew against
-        its peers first (:mod:`crdt_kv.skew`): a node behind most of its peers accepts the
-        stamp and fences its local writes instead of being cut off.
-        """
-        self._w.observe_clock(stamp, peer)
-
-    @property
-    def clock_judge(self) -> ClockJudge:
-        """The per-peer clock offsets this store measured and rules on."""
-        return self._w.judge
-
     # --- reads ----------------------------------------------------------------------
 
     def _enc_key(self, key: Any) -> bytes:
         try:
             return self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
 
     def _to_entry(self, r: RawEntry) -> Entry:
         return to_entry(r, self._kdec, self._vdec)
@@ -244,7 +236,7 @@ class Store(Repair, MemberApi, CursorChecks):
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         blob = self._bget(DATA + k)
         if blob is None:
             return default
@@ -449,16 +441,18 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def put(self, key: Any, value: Any) -> Version:
         """Write ``value`` under ``key``; returns the :class:`Version` it was stamped with."""
+        if self._read_only:
+            self._writable("put")
         if self._w.closed:
             self._w.check()
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         try:
             v = self._venc(value)
         except EncodingError as exc:
-            raise EncodingError(f"value of key {key!r}: {exc}") from None
+            raise EncodingError(f"value of key {short_repr(key)}: {exc}") from None
         return self._w.local(k, v, False)
 
     def merge(self, key: Any, versions: Iterable[Entry | Version], value: Any) -> Version:
@@ -470,6 +464,7 @@ class Store(Repair, MemberApi, CursorChecks):
         :meth:`put`. Raises TypeError for something that is not a version and ValueError
         for an entry of another key.
         """
+        self._writable("merge")
         self._check()
         dots: list[tuple[str, int]] = []
         for v in versions:
@@ -485,7 +480,7 @@ class Store(Repair, MemberApi, CursorChecks):
         try:
             v_b = self._venc(value)
         except EncodingError as exc:
-            raise EncodingError(f"value of key {key!r}: {exc}") from None
+            raise EncodingError(f"value of key {short_repr(key)}: {exc}") from None
         covers = context_of(dots) if self._conflicts == "siblings" else None
         return self._w.local(k, v_b, False, covers)
 
@@ -494,6 +489,7 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def delete(self, key: Any) -> Version:
         """Write a tombstone for ``key`` (even if absent here: it may exist elsewhere)."""
+        self._writable("delete")
         self._check()
         return self._w.local(self._enc_key(key), b"", True)
 
@@ -502,6 +498,7 @@ class Store(Repair, MemberApi, CursorChecks):
 
     def batch(self) -> Batch:
         """An atomic batch: ``with store.batch() as b: b.put(...); b.delete(...)``."""
+        self._writable("batch")
         self._check()
         return Batch(self._kenc, self._venc, self._w.batch)
 
@@ -522,6 +519,7 @@ class Store(Repair, MemberApi, CursorChecks):
         outside the commit lock; the rest (clock, reads of the current records, commit)
         under it.
         """
+        self._writable("apply_raw")
         self._check()
         return self._w.apply(list(entries), cursor, supersedes, self.resolver, self._to_entry)
 
@@ -533,6 +531,7 @@ class Store(Repair, MemberApi, CursorChecks):
         atomic chunks so a huge input neither blocks writers for long nor fills memory.
         Returns how many entries changed the state.
         """
+        self._writable("apply")
         self._check()
         chunks = raw_chunks(entries, self._enc_key, self._venc, APPLY_CHUNK)
         return sum(self.apply_raw(chunk) for chunk in chunks)

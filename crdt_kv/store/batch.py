@@ -6,7 +6,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from crdt_kv.codec import Encoder
+from crdt_kv.codec import Encoder, short_repr
 from crdt_kv.errors import ClosedError, EncodingError
 from crdt_kv.version import Version
 
@@ -44,11 +44,11 @@ class Batch:
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         try:
             v = self._venc(value)
         except EncodingError as exc:
-            raise EncodingError(f"value of key {key!r}: {exc}") from None
+            raise EncodingError(f"value of key {short_repr(key)}: {exc}") from None
         self._ops.append((k, v, False))
 
     def delete(self, key: Any) -> None:
@@ -57,7 +57,7 @@ class Batch:
         try:
             k = self._kenc(key)
         except EncodingError as exc:
-            raise EncodingError(f"key {key!r}: {exc}") from None
+            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
         self._ops.append((k, b"", True))
 
     def __len__(self) -> int:

@@ -142,6 +142,12 @@ class Buckets:
         self.room = CHECKPOINT_KEYS - self.pending
         notes.clear()
 
+    def keep_fresh(self, xs: list[bytes]) -> None:
+        """Add ``x`` entry keys not written to storage (a read-only open's recovery)."""
+        if xs:
+            self.fresh.extend(xs)
+            self._order = None
+
     def fresh_index(self) -> list[bytes]:
         """The ``x`` entry keys of the :attr:`fresh` keys, sorted (after :meth:`settle`)."""
         if self._order is None:
@@ -206,13 +212,19 @@ class Buckets:
         return bool(self.notes or self.pending or self.dirty)
 
 
-def load_buckets(backend: Backend, seq: int) -> Buckets:
+def load_buckets(backend: Backend, seq: int, *, read_only: bool = False) -> Buckets:
     """Read the bucket fingerprints of a store whose newest sequence is ``seq``: build the
     index and buckets first if the store predates them (``mfingerprints`` absent: one scan
     of the records); after a crash, write the index entries of the keys logged after the
-    last checkpoint and recompute their buckets."""
+    last checkpoint and recompute their buckets.
+
+    ``read_only``: write nothing; the index entries a writable open would write are kept
+    in memory (:attr:`Buckets.fresh`), as for keys created since the last checkpoint.
+    """
     saved = backend.get(META_FINGERPRINTS)
     if saved is None:
+        if read_only:
+            return _computed(backend)
         _build(backend, seq)
         saved = pack_u64(seq)
     out = Buckets()
@@ -222,25 +234,52 @@ def load_buckets(backend: Backend, seq: int) -> Buckets:
     since = unpack_u64(saved)
     if since < seq:
         keys = [unpack_log(v)[0] for _, v in backend.iterate(log_key(since + 1), LOG_END)]
-        for i in range(0, len(keys), BUILD_CHUNK):
-            part = keys[i : i + BUILD_CHUNK]
-            backend.write([(index_key(position_bytes(k), k), b"") for k in part])
+        if read_only:
+            out.keep_fresh(_unindexed(backend, keys))
+        else:
+            for i in range(0, len(keys), BUILD_CHUNK):
+                part = keys[i : i + BUILD_CHUNK]
+                backend.write([(index_key(position_bytes(k), k), b"") for k in part])
         out.dirty = {int.from_bytes(position_bytes(k), "big") >> BUCKET_SHIFT for k in keys}
         for b in out.dirty:
-            out.counts[b], out.sums[b] = _recount(backend, b)
-        backend.write(out.checkpoint_ops(seq))
-        out.dirty.clear()
+            out.counts[b], out.sums[b] = _recount(backend, b, out.fresh)
+        if not read_only:
+            backend.write(out.checkpoint_ops(seq))
+            out.dirty.clear()
     out.total = sum(out.counts)
     return out
 
 
-def _recount(backend: Backend, b: int) -> tuple[int, int]:
-    """Count and sum of bucket ``b`` from its index entries and records."""
+def _unindexed(backend: Backend, keys: list[bytes]) -> list[bytes]:
+    """The ``x`` entry keys of those of ``keys`` that have none yet."""
+    xs = [index_key(position_bytes(k), k) for k in keys]
+    return [x for x, v in zip(xs, backend.get_many(xs), strict=True) if v is None]
+
+
+def _recount(backend: Backend, b: int, fresh: Iterable[bytes] = ()) -> tuple[int, int]:
+    """Count and sum of bucket ``b`` from its index entries (and the ``fresh`` ones not
+    written yet) and records."""
     lo, hi = index_bound(b * BUCKET_WIDTH), index_bound((b + 1) * BUCKET_WIDTH)
     keys = [k[9:] for k, _ in backend.iterate(lo, hi)]
+    keys += [x[9:] for x in fresh if lo <= x < hi]
     blobs = backend.get_many([DATA + k for k in keys])
     total = sum(body_hash(k, r[:-8]) for k, r in zip(keys, blobs, strict=True) if r is not None)
     return sum(r is not None for r in blobs), total % _MOD
+
+
+def _computed(backend: Backend) -> Buckets:
+    """The buckets of a store that predates them, in memory only (a read-only open)."""
+    out = Buckets()
+    keys: list[bytes] = []
+    for dk, blob in backend.iterate(DATA, DATA_END):
+        k = dk[DATA_SKIP:]
+        i = int.from_bytes(position_bytes(k), "big") >> BUCKET_SHIFT
+        out.counts[i] += 1
+        out.sums[i] = (out.sums[i] + body_hash(k, blob[:-8])) % _MOD
+        keys.append(k)
+    out.keep_fresh(_unindexed(backend, keys))
+    out.total = sum(out.counts)
+    return out
 
 
 def _build(backend: Backend, seq: int) -> None:

@@ -124,6 +124,9 @@ class MemberApi:
     def _check(self) -> None:
         raise NotImplementedError  # pragma: no cover - the Store's
 
+    def _writable(self, op: str) -> None:
+        raise NotImplementedError  # pragma: no cover - the Store's
+
     @property
     def membership(self) -> Members:
         """The membership table replication sessions update (gossip, completed pulls)."""
@@ -138,5 +141,6 @@ class MemberApi:
     def forget_peer(self, peer: str) -> None:
         """Stop ``peer`` holding the collection horizon back (a member gone for good);
         it becomes a member again if it is seen after this."""
+        self._writable("forget_peer")
         self._check()
         self._members.forget(peer)

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.codec import key_codec, value_codec
-from crdt_kv.errors import ConfigError, CorruptionError
+from crdt_kv.errors import ConfigError, CorruptionError, StoreNotFoundError
 from crdt_kv.layout import (
     FORMAT_SIBLINGS,
     FORMAT_VERSION,
     LOG,
     LOG_END,
+    META_BACKEND,
     META_CONFLICTS,
     META_FORMAT,
     META_INCARNATION,
@@ -131,15 +132,19 @@ def open_store(
     new_incarnation: bool,
     boot_id: bytes,
     conflicts: str | None = None,
+    read_only: bool = False,
 ) -> tuple[Meta, State, Buckets]:
     """Check the options, settle the metadata and restore the counters and the bucket
     fingerprints of an open (building those once for a store that predates them).
 
+    ``read_only``: write nothing (what a writable open would write is kept in memory).
     Any failure closes the backend before it propagates: a rejected open must not leave
     the backend (its lock) open.
     """
     try:
         check_options(key_encoding, value_encoding, resolver, max_offset_ms, conflicts)
+        if read_only and new_incarnation:
+            raise ConfigError("new_incarnation=True writes a new incarnation: not read-only")
         m = open_meta(
             backend,
             peer_id=peer_id,
@@ -149,9 +154,10 @@ def open_store(
             new_incarnation=new_incarnation,
             boot_id=boot_id,
             conflicts=conflicts,
+            read_only=read_only,
         )
         state = load_state(backend)
-        return m, state, load_buckets(backend, state.seq)
+        return m, state, load_buckets(backend, state.seq, read_only=read_only)
     except BaseException:
         backend.close()
         raise
@@ -167,17 +173,22 @@ def open_meta(
     new_incarnation: bool,
     boot_id: bytes,
     conflicts: str | None = None,
+    read_only: bool = False,
 ) -> Meta:
     """Create or check the store's metadata; settle peer id, incarnation, encodings and
     conflict mode.
 
     Encodings and mode not given default to what the store was created with
     (``utf-8``/``cbor``/``lww`` for a new store); given ones must match it. Leaves the open
-    marker (``boot_id``) written, and durable on a backend that is not power-safe.
+    marker (``boot_id``) written, and durable on a backend that is not power-safe. A
+    ``read_only`` open writes nothing and refuses a backend holding no store
+    (:class:`StoreNotFoundError`).
     """
     if peer_id is not None:
         check_peer_id(peer_id)
     if backend.get(META_FORMAT) is None:
+        if read_only:
+            raise StoreNotFoundError(f"no crdt_kv store {backend.where} (no store metadata)")
         mode = conflicts or "lww"
         peer, incarnation, kname, vname = _create(
             backend, peer_id, rng, key_encoding or "utf-8", value_encoding or "cbor", mode
@@ -186,7 +197,7 @@ def open_meta(
         peer, incarnation, kname, vname, mode = _check_existing(
             backend, peer_id, key_encoding, value_encoding, conflicts
         )
-        if new_incarnation or _lost_tail(backend, boot_id):
+        if not read_only and (new_incarnation or _lost_tail(backend, boot_id)):
             # A restored copy, or an unclean shutdown without fsync across a reboot, or
             # of unknown boot (the log tail may be lost): peers' cursors into our log
             # could skip reissued sequences, so a new incarnation makes them start over.
@@ -196,8 +207,9 @@ def open_meta(
             backend.write([(META_INCARNATION, incarnation)])
     key_codec(kname)
     value_codec(vname)
-    backend.write([(META_OPEN, boot_id)])
-    if not backend.power_safe:
+    if not read_only:
+        backend.write([(META_OPEN, boot_id)])
+    if not read_only and not backend.power_safe:
         # Durable before any commit: if a power cut lost the marker (with the writes
         # after it), the next open would trust a log whose tail peers already hold
         # cursors past, reissue those sequence numbers, and peers would skip them.
@@ -218,6 +230,7 @@ def _create(  # noqa: PLR0917 - private; the settled options of a new store
     backend.write(
         [
             (META_FORMAT, pack_u64(FORMAT_SIBLINGS if mode == "siblings" else FORMAT_VERSION)),
+            (META_BACKEND, backend.name.encode("utf-8")),
             (META_PEER, peer.encode("utf-8")),
             (META_INCARNATION, incarnation),
             (META_KEY_ENCODING, kname.encode()),
@@ -240,6 +253,13 @@ def _check_existing(
         raise CorruptionError(
             f"store format {version} is not supported (this library reads formats "
             f"{FORMAT_VERSION} and {FORMAT_SIBLINGS})"
+        )
+    made_by = backend.get(META_BACKEND)
+    if made_by is not None and made_by != backend.name.encode("utf-8"):
+        used = made_by.decode("utf-8", "replace")
+        raise ConfigError(
+            f"the store {backend.where} uses the {used} backend, not {backend.name}; "
+            f"open it with backend {used!r}"
         )
     mode = "siblings" if version == FORMAT_SIBLINGS else "lww"
     if (backend.get(META_CONFLICTS) == b"siblings") != (mode == "siblings"):

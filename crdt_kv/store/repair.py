@@ -24,6 +24,9 @@ class Repair:
     _collector: Collector
     _scrubber: Scrubber
 
+    def _writable(self, op: str) -> None:
+        raise NotImplementedError  # pragma: no cover - the Store's
+
     def range_fingerprint(self, lo: int, hi: int) -> tuple[int, int]:
         """``(sum mod 2**256, count)`` over the keys whose position is in ``[lo, hi)``.
 
@@ -61,6 +64,7 @@ class Repair:
         than it are refused for keys this store does not hold (absence wins): ``h`` must
         be a stamp every member has received everything up to.
         """
+        self._writable("raise_gc_horizon")
         return self._collector.raise_horizon(h)
 
     def gc(self, *, limit: int | None = None) -> int:
@@ -68,6 +72,7 @@ class Repair:
         stamp below :attr:`gc_horizon` (up to ``limit`` keys), with its change-log entry.
         Reads and the digest change as if the key had never been written here. Returns
         how many keys were collected. Local: nothing is replicated."""
+        self._writable("gc")
         return self._collector.gc(limit)
 
     def checkpoint(self) -> bool:
@@ -77,12 +82,14 @@ class Repair:
         (a stall of tens of milliseconds); a node calls this off its commit path (on its
         storage thread, with every collection) so commits rarely have to. Also bounds what
         a reopen after a crash recomputes. Sync, may block."""
+        self._writable("checkpoint")
         return self._collector.checkpoint()
 
     def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
         """Remove the encoded ``keys`` whose state stamp is below ``below``, live or not,
         without a log entry (local, never replicated): the repair's absence-wins drop, for
         keys a peer collected. Returns how many were removed. Listeners are not called."""
+        self._writable("drop_collected")
         return self._collector.drop(keys, below)
 
     def scrub(self, *, buckets: Iterable[int] | None = None) -> ScrubReport:
@@ -92,6 +99,7 @@ class Repair:
         count are set to what the records say. Atomic per step of 64 buckets; local, never
         replicated. Repair then fetches the quarantined keys' states from peers
         (:mod:`crdt_kv.store.scrub`). A record altered so that it still parses is trusted."""
+        self._writable("scrub")
         return self._scrubber.scrub(buckets)
 
     def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:

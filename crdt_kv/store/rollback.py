@@ -78,6 +78,9 @@ class CursorChecks:
     def _check(self) -> None:
         raise NotImplementedError
 
+    def _writable(self, op: str) -> None:
+        raise NotImplementedError
+
     def _commit_lock(self) -> threading.RLock:
         raise NotImplementedError
 
@@ -101,6 +104,7 @@ class CursorChecks:
     def rotate_incarnation(self) -> bytes:
         """Take a new random incarnation now (the log was found rolled back): peers then
         pull the whole log again instead of skipping reissued sequences. Returns it."""
+        self._writable("rotate_incarnation")
         with self._commit_lock():
             self._check()
             incarnation = self._rng.getrandbits(128).to_bytes(16, "big")

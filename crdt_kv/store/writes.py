@@ -8,12 +8,13 @@ notifies listeners after each commit, on the committing thread, with the lock he
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
-from crdt_kv.errors import ClockSkewError, ClosedError, EncodingError
+from crdt_kv.errors import ClockSkewError, ClosedError, CrdtKvError, EncodingError
 from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
@@ -45,6 +46,8 @@ from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
 __all__ = ["Writer"]
 
+log = logging.getLogger(__name__)
+
 
 class Writer:
     """Commits for one store, serialized by :attr:`lock` (an :class:`threading.RLock`)."""
@@ -61,6 +64,8 @@ class Writer:
     ) -> None:
         self.lock = threading.RLock()
         self.closed = False
+        self.read_only = False
+        """Set by a read-only store: close writes nothing."""
         self.log, self.hlc, self.hooks, self.stats = log, hlc, hooks, stats
         self.judge = ClockJudge(max_offset_ms=hlc.max_offset_ms)
         """Rules on peers' Hello stamps (:mod:`crdt_kv.skew`)."""
@@ -304,14 +309,18 @@ class Writer:
             self.hlc.update(stamp)
 
     def close(self) -> None:
-        """Mark the store closed and close the backend; idempotent."""
+        """Mark the store closed and close the backend; idempotent, and never raises for a
+        storage failure (a full disk): the checkpoint and the clean-close mark are then
+        left out, and the next open treats the store as not closed cleanly."""
         with self.lock:
             if self.closed:
                 return
             self.closed = True
             try:
-                if not self._backend.closed:
+                if not self._backend.closed and not self.read_only:
                     self.log.checkpoint()
                     mark_closed(self._backend)
+            except CrdtKvError as exc:
+                log.warning("closing the store of peer %r: %s", self._peer_id, exc)
             finally:
                 self._backend.close()
