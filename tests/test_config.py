@@ -185,6 +185,10 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "sync_interval_s", 0),
         ("node", "sync_interval_s", float("nan")),
         ("node", "sync_interval_s", float("inf")),
+        ("node", "metrics_listen", "localhost"),
+        ("node", "metrics_listen", "127.0.0.1:"),
+        ("node", "metrics_listen", "127.0.0.1:70000"),
+        ("node", "metrics_listen", "127.0.0.1:\uff19\uff10"),  # fullwidth digits
     ],
 )
 def test_out_of_range_values_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -201,6 +205,8 @@ def test_every_known_key_accepts_its_type() -> None:
     )
     assert loaded["node"]["sync_interval_s"] == 2
     assert set(KNOWN) == {"storage", "node"}
+    for listen in ("127.0.0.1:0", "[::1]:9100", ":9100"):
+        assert load_config({"node": {"metrics_listen": listen}})["node"]["metrics_listen"] == listen
 
 
 def test_the_conflict_mode_comes_from_the_config_and_is_fixed(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ Registered into the main ``crdt-kv`` parser by :func:`register`. Flags override 
 file's ``[node]`` table, except ``--peer``, which adds to its ``peers``; the store opens
 with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conflicts``
 is given), so a node replicates in the mode its store was created with. On startup the
-command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it); it
+command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it),
+then ``metrics on http://HOST:PORT/metrics`` if it serves metrics (``metrics_listen``); it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
 """
@@ -82,6 +83,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--multicast-group", help="discovery multicast group")
     p.add_argument("--multicast-port", type=int, help="discovery UDP port")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     p.set_defaults(func=_cmd_serve)
 
@@ -95,6 +101,7 @@ _FLAG_KEYS = (
     "discovery",
     "multicast_group",
     "multicast_port",
+    "metrics_listen",
 )
 
 
@@ -127,6 +134,8 @@ async def run_node(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with serve(store, **options) as node:
             announce(f"listening on {format_address(*node.address)}")
+            if node.metrics_address is not None:
+                announce(f"metrics on http://{format_address(*node.metrics_address)}/metrics")
             async for signum in signals:
                 return signal.Signals(signum).name
     return "end"  # pragma: no cover - the signal iterator never ends by itself

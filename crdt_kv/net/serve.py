@@ -15,6 +15,7 @@ import trio
 
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
+from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.protocol import DEFAULT_GC_INTERVAL_S, GcPolicy, LinkConfig
 from crdt_kv.store import Store
@@ -50,6 +51,7 @@ async def serve(
     session_options: Mapping[str, Any] | None = None,
     gc_grace_s: float | None = DEFAULT_GC_GRACE_MS / 1000,
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S,
+    metrics_listen: str | None = None,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -77,6 +79,9 @@ async def serve(
     Every ``gc_interval_s`` the node raises the store's collection horizon to what its
     members acknowledged minus ``gc_grace_s`` and collects the tombstones below it
     (:class:`~crdt_kv.protocol.GcPolicy`); ``gc_grace_s=None`` turns collection off.
+
+    ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
+    picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -119,13 +124,26 @@ async def serve(
     peers = list(peers)
     for p in peers:
         parse_address(p, what="peer address")
+    if metrics_listen is not None:
+        parse_address(metrics_listen, what="metrics listen address")
     listeners = await node._bind(listen)
+    metrics = None
+    if metrics_listen is not None:
+        try:
+            metrics = await open_metrics_endpoint(metrics_registry(node), metrics_listen)
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+        node.metrics_address = metrics.address
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
     body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         try:
             await node._start(nursery, listeners, peers, make_discovery)
+            if metrics is not None:
+                await nursery.start(metrics.run)
             yield node
         except BaseException as exc:
             body_error = exc
