@@ -4,6 +4,7 @@ real nodes on loopback scraped over HTTP, and the endpoint against bad clients."
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -316,4 +317,18 @@ def test_registry_is_per_node_not_the_global_default() -> None:
     r2 = metrics_registry(FakeNode(store, {}))  # type: ignore[arg-type]
     assert r1 is not r2 and REGISTRY not in (r1, r2)
     assert b"crdt_kv_" not in generate_latest(REGISTRY)
+    store.close()
+
+
+def test_every_metric_is_documented_in_operations_md() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    section = doc.split("\n## Metrics\n", 1)[1]
+    clock = ManualClock(int(WALL * 1000))
+    store = crdt_kv.open(backend="memory", peer_id="a", clock=clock)
+    store.raise_gc_horizon(1 << 16)
+    fams = scrape_fake(FakeNode(store, {"b": peer_row(lag_seconds=1.0, last_sync=WALL)}))
+    names = {s.name for f in fams.values() for s in f.samples}
+    assert len(names) >= 30
+    missing = sorted(n for n in names if f"`{n}`" not in section)
+    assert not missing, f"undocumented metrics: {missing}"
     store.close()
