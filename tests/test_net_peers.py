@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+from net_helpers import wait_until
+
 import crdt_kv
 from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
 from crdt_kv.protocol import InState, SessionStats
@@ -111,3 +114,18 @@ def test_last_contact_is_the_wall_time_of_the_last_touch_or_now_while_connected(
     rec.active.append(FakeSession())  # type: ignore[arg-type]
     assert book.snapshot(rec, 0.0)["last_contact"] == 250.0
     store.close()
+
+
+async def test_a_node_forgets_a_peer_that_dialed_in_once_after_the_member_expiry() -> None:
+    b = crdt_kv.open(backend="memory", peer_id="b", member_expiry_s=1.0)
+    a = crdt_kv.open(backend="memory", peer_id="a")
+    a.put("k", 1)
+    async with crdt_kv.serve(b) as nb:
+        stream = await trio.open_tcp_stream(*nb.address)
+        await crdt_kv.replicate(a, stream, live=False)
+        await wait_until(lambda: nb.stats().get("a", {}).get("connected") is False, what="ended")
+        assert len(nb.peer_book.records) == 1 and b.get("k") == 1
+        await wait_until(lambda: "a" not in nb.stats(), what="a pruned")
+        assert nb.peer_book.pruned == 1 and not nb.peer_book.records
+    a.close()
+    b.close()
