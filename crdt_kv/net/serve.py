@@ -150,5 +150,8 @@ async def serve(
         finally:
             node._stop()
             nursery.cancel_scope.cancel()
+    if metrics is not None:  # closed already if it ran; not if starting up failed
+        for listener in metrics.listeners:
+            await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
