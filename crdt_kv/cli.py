@@ -1,6 +1,6 @@
 """The ``crdt-kv`` command: inspect a store offline (including the siblings of
 ``siblings``-mode stores and its replication members), forget a departed peer, run the
-demo, and (from the sim and net packages) ``simulate`` and ``serve``.
+demo, and (from the sim and net packages) ``simulate``, ``serve`` and ``status``.
 
 Subcommands from other packages register themselves through a module-level
 ``register(subparsers)`` function listed in ``_PLUGIN_MODULES``; the CLI stays one file
@@ -30,7 +30,7 @@ from crdt_kv.version import Entry
 
 __all__ = ["main"]
 
-_PLUGIN_MODULES = ("crdt_kv.sim.cli", "crdt_kv.net.cli")
+_PLUGIN_MODULES = ("crdt_kv.sim.cli", "crdt_kv.net.cli", "crdt_kv.net.status")
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:

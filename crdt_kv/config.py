@@ -44,12 +44,19 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "gc_interval_s": (int, float),
         "catch_up": bool,
         "catch_up_timeout_s": (int, float),
+        "metrics_listen": str,
     },
 }
 
 
 _MODES = ("both", "push", "pull")
 _CONFLICTS = ("lww", "siblings")
+
+
+def _is_host_port(text: str) -> bool:
+    """``"host:port"`` shaped (the host is the resolver's business, as for ``listen``)."""
+    _, sep, port = text.rpartition(":")
+    return bool(sep) and port.isascii() and port.isdigit() and int(port) <= 65535
 
 
 def _check_value(table: str, key: str, value: Any) -> None:
@@ -73,6 +80,8 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a positive number of seconds"
     elif key in ("gc_grace_s", "catch_up_timeout_s") and not (math.isfinite(value) and value >= 0):
         bad = "must be a non-negative number of seconds"
+    elif key == "metrics_listen" and not _is_host_port(value):
+        bad = "must be 'host:port' with a port in 0..65535"
     if bad is not None:
         raise ConfigError(f"config {table}.{key} {bad}, got {value!r}")
 

@@ -192,6 +192,10 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "catch_up_timeout_s", -1),
         ("node", "catch_up_timeout_s", float("nan")),
         ("node", "catch_up_timeout_s", float("inf")),
+        ("node", "metrics_listen", "localhost"),
+        ("node", "metrics_listen", "127.0.0.1:"),
+        ("node", "metrics_listen", "127.0.0.1:70000"),
+        ("node", "metrics_listen", "127.0.0.1:\uff19\uff10"),  # fullwidth digits
     ],
 )
 def test_out_of_range_values_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -216,6 +220,8 @@ def test_every_known_key_accepts_its_type() -> None:
     assert loaded["node"]["sync_interval_s"] == 2
     assert loaded["node"]["catch_up"] is True and loaded["node"]["catch_up_timeout_s"] == 0
     assert set(KNOWN) == {"storage", "node"}
+    for listen in ("127.0.0.1:0", "[::1]:9100", ":9100"):
+        assert load_config({"node": {"metrics_listen": listen}})["node"]["metrics_listen"] == listen
 
 
 def test_the_conflict_mode_comes_from_the_config_and_is_fixed(tmp_path: Path) -> None:

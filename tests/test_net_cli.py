@@ -257,7 +257,7 @@ async def test_serve_reports_bad_config_and_busy_port(tmp_path: Path) -> None:
         assert s.incarnation == inc
 
 
-@pytest.mark.parametrize("flag", ["--peer", "--listen"])
+@pytest.mark.parametrize("flag", ["--peer", "--listen", "--metrics-listen"])
 def test_serve_flag_rejects_malformed_address(tmp_path: Path, flag: str) -> None:
     cfg = write_config(tmp_path / "d.toml", "d", "127.0.0.1:0", [])
     r = subprocess.run(

@@ -5,7 +5,8 @@ file's ``[node]`` table, except ``--peer``, which adds to its ``peers``; the sto
 with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conflicts``
 is given), so a node replicates in the mode its store was created with. On startup the
 command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it), after
-the catch-up report when ``catch_up`` is on; it
+the catch-up report when ``catch_up`` is on, then ``metrics on http://HOST:PORT/metrics``
+if it serves metrics (``metrics_listen``); it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
 """
@@ -95,6 +96,11 @@ def register(subparsers: Any) -> None:
         dest="catch_up_timeout_s",
         help=f"seconds to wait for the catch-up at most (default {DEFAULT_CATCH_UP_TIMEOUT_S:g})",
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one)",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     p.set_defaults(func=_cmd_serve)
 
@@ -110,6 +116,7 @@ _FLAG_KEYS = (
     "multicast_port",
     "catch_up",
     "catch_up_timeout_s",
+    "metrics_listen",
 )
 
 
@@ -144,6 +151,8 @@ async def run_node(
             if node.catch_up_report is not None:
                 announce(str(node.catch_up_report))
             announce(f"listening on {format_address(*node.address)}")
+            if node.metrics_address is not None:
+                announce(f"metrics on http://{format_address(*node.metrics_address)}/metrics")
             async for signum in signals:
                 return signal.Signals(signum).name
     return "end"  # pragma: no cover - the signal iterator never ends by itself

@@ -112,7 +112,12 @@ class _Target:
 
     def info(self) -> TargetInfo:
         return TargetInfo(
-            self.address, self.peer_id, self.discovered, self.connect_errors, self.last_error
+            self.address,
+            self.peer_id,
+            self.discovered,
+            self.connect_errors,
+            self.last_error,
+            self.driver.link.failures,
         )
 
 
@@ -160,6 +165,8 @@ class Node:
         self.rng = rng
         self.wrap_stream = wrap_stream
         self.address: tuple[str, int] = ("", 0)
+        self.metrics_address: tuple[str, int] | None = None
+        """Where ``/metrics`` is served (``serve(metrics_listen=...)``), else None."""
         self.discovery: Any = None
         self.connections_accepted = 0
         self.connections_refused = 0
@@ -173,7 +180,9 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._targets: dict[str, _Target] = {}
-        self._book = PeerBook(store)
+        self._book = PeerBook(
+            store, clock=trio.current_time, keep=lambda: [t.peer_id for t in self._targets.values()]
+        )
         self._callbacks: dict[str, list[Callable[[Any], object]]] = {k: [] for k in EVENT_KINDS}
         self._streams: set[EventStream] = set()
         self._catch_up: CatchUpWaiter | None = None
@@ -191,6 +200,12 @@ class Node:
     def peer_id(self) -> str:
         """The store's peer id."""
         return self.store.peer_id
+
+    @property
+    def peer_book(self) -> PeerBook:
+        """The per-peer records behind :meth:`stats`: ``len(peer_book.records)`` held,
+        ``peer_book.pruned`` dropped since start (see :class:`~crdt_kv.net.peers.PeerBook`)."""
+        return self._book
 
     @property
     def peers(self) -> list[str]:
@@ -284,7 +299,11 @@ class Node:
         by a protocol violation, either side's), ``skew_rejected`` (entries and hellos
         refused for clock skew), ``connected`` (a session is open now), ``live`` (a live
         session is open now), ``last_sync`` (wall time of the last catch-up, or None),
-        ``last_error``, ``discovered``.
+        ``last_contact`` (wall time we last heard from the peer; now while a session is
+        open; None if never), ``reachable`` (a session is open, or the last attempt to
+        reach the peer worked), ``last_error``, ``discovered``, ``dialed`` (this node
+        dials it). Records of peers unheard of for the store's member expiry are pruned
+        (:attr:`peer_book` counts them).
         """
         targets = [t.info() for t in self._targets.values()]
         return self._book.stats(targets, trio.current_time())
@@ -360,6 +379,8 @@ class Node:
         if self.gc is not None and self._gc_wake is not None:
             self.gc.link_event(ev, trio.current_time())
             self._gc_wake.set()
+        if watch.record is not None:
+            self._book.touch(watch.record)
         if isinstance(ev, Connected):
             session = watch.link.session
             assert session is not None

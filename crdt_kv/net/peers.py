@@ -1,21 +1,34 @@
 """Per-peer replication statistics of a node, summed over all sessions with each peer.
 
 Bookkeeping only: the node feeds it the link events it sees (:meth:`PeerBook.connected`,
-:meth:`PeerBook.applied`, :meth:`PeerBook.ended`) and :meth:`Node.stats` reads
-:meth:`PeerBook.snapshot`. Wall and loop times are the shell's to read, so they come in
-as arguments.
+:meth:`PeerBook.touch`, :meth:`PeerBook.ended`) and :meth:`Node.stats` reads
+:meth:`PeerBook.snapshot`. Clocks are injected (the node passes its loop clock), so
+pruning can be tested without waiting.
+
+Records are pruned (:meth:`PeerBook.prune`): a peer not heard from for the store's member
+expiry is forgotten here, and at most ``max_records`` are kept (oldest contact goes
+first), so peers that come and go (discovery, clients, forged Hellos) cannot grow the
+table without bound. A peer with an open session or one the node dials is never pruned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crdt_kv.protocol import InState, Session, SessionStats
 from crdt_kv.store import Store
 
-__all__ = ["COUNTERS", "UNIDENTIFIED", "PeerBook", "PeerRecord", "TargetInfo"]
+__all__ = [
+    "COUNTERS",
+    "MAX_PEER_RECORDS",
+    "UNIDENTIFIED",
+    "PeerBook",
+    "PeerRecord",
+    "TargetInfo",
+]
 
 UNIDENTIFIED = "(unidentified)"
 """Stats key of connections that failed before the peer identified itself with a Hello."""
@@ -32,6 +45,9 @@ COUNTERS = (
     "divergences",
     "repairs",
 )
+
+MAX_PEER_RECORDS = 4096
+"""Per-peer records kept at most (see :class:`PeerBook`)."""
 
 
 @dataclass(slots=True)
@@ -51,6 +67,12 @@ class PeerRecord:
     last_sync: float | None = None
     caught_up_at: float | None = None
     last_error: str | None = None
+    seen_at: float = 0.0
+    """Clock time of the last contact (for pruning)."""
+    last_contact: float | None = None
+    """Wall time of the last contact (handshake, batch, round or session end)."""
+    ok: bool | None = None
+    """How the last session went: True once connected or ended cleanly, False if failed."""
 
     def fold(self, stats: SessionStats) -> None:
         """Add a finished session's counters to the totals."""
@@ -67,21 +89,60 @@ class TargetInfo:
     discovered: bool
     connect_errors: int
     last_error: str | None
+    failures: int = 0
+    """Failed dials or sessions in a row (0 once a session ended cleanly)."""
 
 
 class PeerBook:
     """Every :class:`PeerRecord` of a node, keyed by peer id."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        keep: Callable[[], Collection[str | None]] = tuple,
+        max_records: int = MAX_PEER_RECORDS,
+    ) -> None:
         self.store = store
         self.records: dict[str, PeerRecord] = {}
+        self.clock, self.wall, self.keep = clock, wall, keep
+        """``clock``: seconds for expiry; ``wall``: Unix time; ``keep``: peer ids the
+        node dials (never pruned)."""
+        self.max_records = max_records
+        self.pruned = 0
+        """Records pruned since the book was made."""
 
     def record(self, peer_id: str) -> PeerRecord:
         """The record of ``peer_id`` (created on first use)."""
         rec = self.records.get(peer_id)
         if rec is None:
-            rec = self.records[peer_id] = PeerRecord(peer_id)
+            rec = self.records[peer_id] = PeerRecord(peer_id, seen_at=self.clock())
         return rec
+
+    def touch(self, rec: PeerRecord) -> None:
+        """We just heard from the peer of ``rec``."""
+        rec.seen_at = self.clock()
+        rec.last_contact = self.wall()
+
+    def prune(self) -> int:
+        """Forget records of peers not heard from for the store's member expiry, then the
+        oldest beyond ``max_records``; never one with an open session or one in
+        ``keep()``. Returns how many were dropped."""
+        now = self.clock()
+        expiry_s = self.store.membership.table.expiry_ms / 1000
+        keep = set(self.keep())
+        idle = [r for r in self.records.values() if not r.active and r.peer_id not in keep]
+        drop = [r for r in idle if now - r.seen_at > expiry_s]
+        excess = len(self.records) - len(drop) - self.max_records
+        if excess > 0:
+            rest = sorted((r for r in idle if now - r.seen_at <= expiry_s), key=_seen_at)
+            drop += rest[:excess]
+        for r in drop:
+            del self.records[r.peer_id]
+        self.pruned += len(drop)
+        return len(drop)
 
     def connected(
         self, session: Session, peer_id: str, incarnation: bytes, remote_last_seq: int, address: str
@@ -91,11 +152,14 @@ class PeerBook:
         rec.active.append(session)
         rec.sessions += 1
         rec.address = address
+        rec.ok = True
+        self.touch(rec)
         if rec.incarnation != incarnation:
             rec.incarnation = incarnation
             rec.remote_last_seq = 0
         if session.in_state is not InState.DISABLED:
             rec.remote_last_seq = max(rec.remote_last_seq, remote_last_seq)
+        self.prune()
         return rec
 
     def ended(
@@ -108,6 +172,9 @@ class PeerBook:
         if session in final.active:
             final.active.remove(session)
         final.fold(session.stats)
+        self.touch(final)
+        if rec is not None:
+            rec.ok = error is None
         if error is not None:
             final.errors += 1
             if session.error is not None:
@@ -117,6 +184,7 @@ class PeerBook:
 
     def stats(self, targets: Iterable[TargetInfo], now: float) -> dict[str, dict[str, Any]]:
         """The per-peer table of :meth:`Node.stats` (see there for the fields)."""
+        self.prune()
         out: dict[str, dict[str, Any]] = {}
         for rec in self.records.values():
             out[rec.peer_id] = self.snapshot(rec, now)
@@ -127,7 +195,9 @@ class PeerBook:
                 entry["peer_id"] = None
             entry["address"] = t.address
             entry["discovered"] = t.discovered
+            entry["dialed"] = True
             entry["errors"] += t.connect_errors
+            entry["reachable"] = entry["connected"] or (entry["reachable"] and not t.failures)
             if t.last_error is not None and entry["last_error"] is None:
                 entry["last_error"] = t.last_error
         return out
@@ -161,6 +231,7 @@ class PeerBook:
             "peer_id": rec.peer_id,
             "address": rec.address,
             "discovered": False,
+            "dialed": False,
             "incarnation": rec.incarnation.hex() if rec.incarnation is not None else None,
             "cursor": cursor,
             "remote_last_seq": remote_seq,
@@ -174,5 +245,11 @@ class PeerBook:
             "connected": bool(rec.active),
             "live": live,
             "last_sync": rec.last_sync,
+            "last_contact": self.wall() if rec.active else rec.last_contact,
+            "reachable": bool(rec.active) or rec.ok is True,
             "last_error": rec.last_error,
         }
+
+
+def _seen_at(rec: PeerRecord) -> float:
+    return rec.seen_at

@@ -16,6 +16,7 @@ import trio
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.catchup import CatchUpWaiter
+from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.protocol import (
     DEFAULT_CATCH_UP_TIMEOUT_S,
@@ -58,6 +59,7 @@ async def serve(
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S,
     catch_up: bool = False,
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
+    metrics_listen: str | None = None,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -95,6 +97,8 @@ async def serve(
     from it are served. ``node.catch_up_report``
     (:class:`~crdt_kv.protocol.CatchUpReport`) says which peers were caught up from, which
     failed and why, and which were still pending; with no peers it returns at once.
+    ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
+    picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -139,7 +143,18 @@ async def serve(
         parse_address(p, what="peer address")
     # Created before binding: a bad timeout fails before any socket is opened.
     waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s) if catch_up else None
+    if metrics_listen is not None:
+        parse_address(metrics_listen, what="metrics listen address")
     listeners = await node._bind(listen)
+    metrics = None
+    if metrics_listen is not None:
+        try:
+            metrics = await open_metrics_endpoint(metrics_registry(node), metrics_listen)
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+        node.metrics_address = metrics.address
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
     body_error: BaseException | None = None
@@ -147,6 +162,8 @@ async def serve(
         try:
             node._catch_up = waiter
             await node._start(nursery, listeners, peers, make_discovery)
+            if metrics is not None:
+                await nursery.start(metrics.run)
             if waiter is not None:
                 node.catch_up_report = await waiter.wait()
                 node._catch_up = None
@@ -156,5 +173,8 @@ async def serve(
         finally:
             node._stop()
             nursery.cancel_scope.cancel()
+    if metrics is not None:  # closed already if it ran; not if starting up failed
+        for listener in metrics.listeners:
+            await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
