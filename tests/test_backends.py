@@ -608,3 +608,16 @@ def test_sqlite_full_disk_is_a_storage_error_and_rolls_back(
     be.write([(b"d", b"4")])
     assert list(be.iterate()) == [(b"a", b"1"), (b"d", b"4")]
     be.close()
+
+
+def test_rocksdb_held_by_another_handle_says_so(tmp_path: Path) -> None:
+    """A second writable open of a RocksDB store (a node holds it) names the cause and the
+    way out instead of RocksDB's bare LOCK error."""
+    first = crdt_kv.open(str(tmp_path / "db"), backend="rocksdb")
+    try:
+        with pytest.raises(ConfigError, match="another process .* has it open"):
+            crdt_kv.open(str(tmp_path / "db"), backend="rocksdb")
+        with crdt_kv.open(str(tmp_path / "db"), backend="rocksdb", read_only=True) as ro:
+            assert len(ro) == 0
+    finally:
+        first.close()

@@ -74,6 +74,12 @@ class RocksDBBackend(Backend):
         try:
             return Rdict(self.path, opts)
         except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
+            if "LOCK" in str(exc):
+                raise ConfigError(
+                    f"cannot open RocksDB store at {self.path!r}: another process (a running "
+                    "node?) or handle has it open; write through that one, read with a "
+                    f"read-only open ({exc})"
+                ) from exc
             raise ConfigError(f"cannot open RocksDB store at {self.path!r}: {exc}") from exc
 
     def _bind(self) -> None:
