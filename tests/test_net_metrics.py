@@ -322,7 +322,7 @@ def test_registry_is_per_node_not_the_global_default() -> None:
 
 def test_every_metric_is_documented_in_operations_md() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
-    section = doc.split("\n## Metrics\n", 1)[1]
+    section = doc.split("\n## 9. Metrics\n", 1)[1]
     clock = ManualClock(int(WALL * 1000))
     store = crdt_kv.open(backend="memory", peer_id="a", clock=clock)
     store.raise_gc_horizon(1 << 16)
