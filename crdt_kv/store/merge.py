@@ -256,6 +256,7 @@ def sibling_changes(
     get_many: Callable[[list[bytes]], list[bytes | None]],
     order: Order,
     horizon: int = 0,
+    quarantined: Container[bytes] = (),
 ) -> tuple[list[Change], frozenset[bytes]]:
     """``siblings`` mode: join each key's incoming states (validated) with its stored
     state; the changes of the keys whose state moved, and the keys among them whose new
@@ -263,7 +264,8 @@ def sibling_changes(
     not be echo-suppressed towards that sender). A joined state a record cannot hold
     raises :class:`EncodingError` before anything is written. Versions older than
     ``horizon`` that the stored state does not hold are left out (absence wins version by
-    version, :func:`crdt_kv.causal.join`)."""
+    version, :func:`crdt_kv.causal.join`), except for ``quarantined`` keys, whose stored
+    state may lack versions it lost."""
     joined: dict[bytes, RawEntry] = {}
     for e in batch:
         joined[e.key] = join(joined.get(e.key), e, order)
@@ -272,6 +274,7 @@ def sibling_changes(
     items: list[Change] = []
     mixed: set[bytes] = set()
     for (k, new), blob in zip(joined.items(), olds, strict=True):
+        h = 0 if k in quarantined else horizon
         single = not new.others and not new.context
         if single:
             pb = new.peer.encode("utf-8")
@@ -279,8 +282,8 @@ def sibling_changes(
         else:
             incoming = pack_siblings(new)
         if blob is None:
-            if horizon and state_stamp(new) >= horizon > min_stamp(new):
-                trimmed = join_at(None, new, order, horizon)
+            if h and state_stamp(new) >= h > min_stamp(new):
+                trimmed = join_at(None, new, order, h)
                 if trimmed is not None:
                     items.append((k, pack_siblings(trimmed), None))
                 continue
@@ -290,7 +293,7 @@ def sibling_changes(
             # One writer's newer version over its own older one: the join is the new one.
             items.append((k, incoming, blob))
             continue
-        merged = join_at(unpack_record(k, blob), new, order, horizon)
+        merged = join_at(unpack_record(k, blob), new, order, h)
         if merged is None:
             continue
         _check_counts(merged)

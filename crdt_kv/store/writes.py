@@ -80,7 +80,8 @@ class Writer:
         this store does not hold (absence wins)."""
         self.quarantined: set[bytes] = set()
         """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
-        never wins for them, and any commit of one takes it out of quarantine."""
+        never wins for them, whole or version by version, until a peer's state of the key
+        arrives (local writes keep them quarantined)."""
 
     def _body(  # noqa: PLR0917 - private; one write's inputs
         self,
@@ -134,10 +135,7 @@ class Writer:
                 body = record_body(hlc, self._peer_b, deleted, v)
             else:
                 body = self._body(k, v, deleted, hlc, old, covers)
-            if self.quarantined and k in self.quarantined:
-                self.commit([(k, body, old)], self.hlc.last)
-            else:
-                self.log.commit_one(k, body, old, hlc)
+            self.log.commit_one(k, body, old, hlc)
         finally:
             lock.release()
         return Version(hlc, self._peer_id)
@@ -179,15 +177,22 @@ class Writer:
         source: int = 0,
         extra: Sequence[Op] = (),
         mixed: frozenset[bytes] = frozenset(),
+        *,
+        freed: Sequence[bytes] = (),
     ) -> None:
-        """:meth:`Committer.commit`, taking the committed keys out of quarantine in the
-        same batch: a key with a state again is no longer one this replica lost."""
-        q = self.quarantined
-        freed = [k for k, _, _ in items if k in q] if q else []
+        """:meth:`Committer.commit`, taking the ``freed`` keys out of quarantine in the
+        same batch."""
         if freed:
             extra = [*extra, *((QUARANTINE + k, None) for k in freed)]
         self.log.commit(items, hlc, source, extra, mixed)
-        q.difference_update(freed)
+        self.quarantined.difference_update(freed)
+
+    def _free(self, extra: list[Op], freed: Sequence[bytes]) -> None:
+        """Write ``extra`` (a cursor) and take ``freed`` out of quarantine, with no commit."""
+        ops = [*extra, *((QUARANTINE + k, None) for k in freed)]
+        if ops:
+            self._backend.write(ops)
+            self.quarantined.difference_update(freed)
 
     def reject(self) -> None:
         """Count one rejected apply."""
@@ -238,6 +243,11 @@ class Writer:
     ) -> int:
         extra: list[Op] = []
         source = 0
+        q = self.quarantined
+        # A peer's state of a quarantined key ends its quarantine, applied or not: joined
+        # with it, this replica holds at least what that member holds. A local write does
+        # not: the lost record may have held versions the write knows nothing of.
+        freed = sorted({e.key for e in batch if e.key in q}) if q else []
         if cursor is not None:
             peer, incarnation, seq = cursor
             extra, source = cursor_ops(
@@ -255,25 +265,24 @@ class Writer:
             if not batch:
                 self.hlc.update(top)
         if not batch:
-            if extra:
-                self._backend.write(extra[:1])
+            self._free(extra[:1], freed)
             return 0
         self.hlc.update(top)
         mixed: frozenset[bytes] = frozenset()
         if self.order is not None:
             items, mixed = sibling_changes(
-                batch, self._backend.get_many, self.order, self.gc_horizon
+                batch, self._backend.get_many, self.order, self.gc_horizon, q
             )
         else:
             best = winners(batch, prefer, resolver, to_entry)
             olds = self._backend.get_many([DATA + k for k in best])
             items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
         if items:
-            self.commit(items, self.hlc.last, source, extra, mixed)
+            self.commit(items, self.hlc.last, source, extra, mixed, freed=freed)
             if source:
                 self.sources[(peer, incarnation)] = source
-        elif extra:
-            self._backend.write(extra[:1])
+        else:
+            self._free(extra[:1], freed)
         self.stats["applied"] += len(items)
         return len(items)
 
