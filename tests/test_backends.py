@@ -615,7 +615,7 @@ def test_rocksdb_held_by_another_handle_says_so(tmp_path: Path) -> None:
     way out instead of RocksDB's bare LOCK error."""
     first = crdt_kv.open(str(tmp_path / "db"), backend="rocksdb")
     try:
-        with pytest.raises(ConfigError, match="another process .* has it open"):
+        with pytest.raises(ConfigError, match=r"another process .* has it open"):
             crdt_kv.open(str(tmp_path / "db"), backend="rocksdb")
         with crdt_kv.open(str(tmp_path / "db"), backend="rocksdb", read_only=True) as ro:
             assert len(ro) == 0

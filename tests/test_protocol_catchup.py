@@ -171,3 +171,21 @@ def test_failure_reason_is_short_and_one_line() -> None:
 def test_bad_timeout_is_a_config_error(bad: float) -> None:
     with pytest.raises(ConfigError, match="catch_up_timeout_s"):
         CatchUpTracker(now=0.0, timeout_s=bad)
+
+
+def test_listening_time_waits_for_discovered_peers() -> None:
+    """With discovery the wait lasts at least the listening time: a peer heard meanwhile
+    is waited for; with nobody heard it ends then, not at the timeout."""
+    t = CatchUpTracker(now=0.0, timeout_s=30, listen_s=4)
+    assert not t.done and t.get_timer() == 4
+    t.add(A, 1.0)
+    t.link_event(A, CaughtUp("a", live=False), 2.0)
+    assert not t.done  # caught up from A, still listening
+    t.handle_timer(4.0)
+    assert t.done and t.report(4.0).caught_up == (CatchUpPeer(A, "a"),)
+    quiet = CatchUpTracker(now=0.0, timeout_s=2, listen_s=4)  # capped by the timeout
+    assert quiet.get_timer() == 2
+    quiet.handle_timer(2.0)
+    assert quiet.done and quiet.report(2.0).complete
+    with pytest.raises(ConfigError):
+        CatchUpTracker(now=0.0, listen_s=-1)

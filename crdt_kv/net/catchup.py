@@ -21,8 +21,10 @@ class CatchUpWaiter:
     """One catch-up of a starting node; create it inside the trio run (the timeout starts
     now). Raises :class:`~crdt_kv.errors.ConfigError` for a bad ``timeout_s``."""
 
-    def __init__(self, *, timeout_s: float) -> None:
-        self.tracker = CatchUpTracker(now=trio.current_time(), timeout_s=timeout_s)
+    def __init__(self, *, timeout_s: float, listen_s: float = 0.0) -> None:
+        self.tracker = CatchUpTracker(
+            now=trio.current_time(), timeout_s=timeout_s, listen_s=listen_s
+        )
         self._wake = trio.Event()
 
     def add(self, address: str) -> None:

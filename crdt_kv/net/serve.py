@@ -142,7 +142,9 @@ async def serve(
     for p in peers:
         parse_address(p, what="peer address")
     # Created before binding: a bad timeout fails before any socket is opened.
-    waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s) if catch_up else None
+    # With discovery, listen for two announcements before deciding nobody is there.
+    listen_s = 2 * announce_interval_s if discovery else 0.0
+    waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s, listen_s=listen_s) if catch_up else None
     if metrics_listen is not None:
         parse_address(metrics_listen, what="metrics listen address")
     listeners = await node._bind(listen)

@@ -109,25 +109,33 @@ class CatchUpTracker:
 
     ``now``: the start (seconds, any monotonic origin); the wait is over when every peer
     added has an outcome or at ``now + timeout_s``, whichever comes first. Peers added after
-    the deadline are not waited for.
+    the deadline are not waited for. ``listen_s``: the wait lasts at least that long (capped
+    by the timeout), so that a node finding its peers by discovery hears their
+    announcements before it decides nobody is there.
     """
 
-    def __init__(self, *, now: float, timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S) -> None:
+    def __init__(
+        self, *, now: float, timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S, listen_s: float = 0.0
+    ) -> None:
         if not (math.isfinite(timeout_s) and timeout_s >= 0):
             raise ConfigError(
                 f"catch_up_timeout_s must be a non-negative number of seconds, got {timeout_s!r}"
             )
+        if not (math.isfinite(listen_s) and listen_s >= 0):
+            raise ConfigError(f"catch-up listen time must be >= 0 s, got {listen_s!r}")
         self.started = now
         self.timeout_s = timeout_s
         self.deadline = now + timeout_s
+        self.listen_until = now + min(listen_s, timeout_s)
+        self._listened = listen_s <= 0
         self._expired = False
         self._peers: dict[str, CatchUpPeer] = {}
         self._pending: set[str] = set()
 
     @property
     def done(self) -> bool:
-        """No peer is pending, or the deadline passed."""
-        return self._expired or not self._pending
+        """No peer is pending and the listening time is over, or the deadline passed."""
+        return self._expired or (self._listened and not self._pending)
 
     @property
     def pending(self) -> list[str]:
@@ -176,10 +184,14 @@ class CatchUpTracker:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called (None once done)."""
-        return None if self.done else self.deadline
+        if self.done:
+            return None
+        return self.deadline if self._listened else min(self.deadline, self.listen_until)
 
     def handle_timer(self, now: float) -> None:
         """Past the deadline the wait is over, whatever is still pending."""
+        if now >= self.listen_until:
+            self._listened = True
         if now >= self.deadline:
             self._expired = True
 
