@@ -96,7 +96,7 @@ class FakeReplica:
         self.hlc += 1
         return self.hlc
 
-    def observe_clock(self, stamp: int) -> None:
+    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
         if stamp - self.hlc > self.max_ahead:
             raise ClockSkewError(
                 f"stamp {stamp} too far ahead",
