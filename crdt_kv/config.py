@@ -45,6 +45,7 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "catch_up": bool,
         "catch_up_timeout_s": (int, float),
         "metrics_listen": str,
+        "live_idle_timeout_s": (int, float),
     },
 }
 
@@ -74,9 +75,12 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a port number (0-65535)"
     elif key == "max_offset_ms" and value < 0:
         bad = "must not be negative"
-    elif key in ("sync_interval_s", "member_expiry_s", "gc_interval_s") and not (
-        math.isfinite(value) and value > 0
-    ):
+    elif key in (
+        "sync_interval_s",
+        "member_expiry_s",
+        "gc_interval_s",
+        "live_idle_timeout_s",
+    ) and not (math.isfinite(value) and value > 0):
         bad = "must be a positive number of seconds"
     elif key in ("gc_grace_s", "catch_up_timeout_s") and not (math.isfinite(value) and value >= 0):
         bad = "must be a non-negative number of seconds"

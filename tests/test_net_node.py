@@ -820,9 +820,9 @@ async def test_inbound_connection_flood_is_capped_and_peers_keep_syncing(stores:
     a, b = stores("a"), stores("b")
     async with chain([a, b], live=False, sync_interval_s=60) as (na, nb):
         await wait_until(lambda: na.stats().get("b", {}).get("rounds_completed", 0) >= 1)
-        await wait_until(lambda: nb._inbound == 0)
+        await wait_until(lambda: nb.admission.inbound == 0)
         base = nb.connections_accepted
-        nb.max_inbound_connections = 3
+        nb.admission.max_inbound = 3
         silent = [await trio.open_tcp_stream(*nb.address) for _ in range(3)]
         await wait_until(lambda: nb.connections_accepted == base + 3)
         extra = await trio.open_tcp_stream(*nb.address)
@@ -838,7 +838,7 @@ async def test_inbound_connection_flood_is_capped_and_peers_keep_syncing(stores:
         for s in [*silent, extra]:
             await s.aclose()
         # Slots free up again: a peer can connect in.
-        await wait_until(lambda: nb._inbound == 0)
+        await wait_until(lambda: nb.admission.inbound == 0)
         assert await na.sync_now() == {addr(nb): None}
         assert a.get("k") == 1
 
@@ -883,3 +883,59 @@ async def test_nodes_replicate_over_tls_with_wrap_stream(stores: Any) -> None:
             await wait_until(lambda: nb.stats().get(UNIDENTIFIED, {}).get("errors", 0) >= 1)
             assert "plain" not in nb.stats()
     assert_converged([a, b, c])
+
+
+# --- fair slots (crdt_kv/net/admission.py) ---------------------------------------------
+
+
+async def test_live_hello_then_silence_frees_its_slot(stores: Any) -> None:
+    b = stores("b")
+    async with crdt_kv.serve(b, live_idle_timeout_s=0.3, **FAST) as nb:
+        s = await trio.open_tcp_stream(*nb.address)
+        peer = RawPeer(s)
+        await peer.send(hello_for("mute", hlc=b.hlc.now(), send=False, live=True))
+        assert isinstance(await peer.receive(), Hello)
+        await peer.send(Request(0, True))  # now tailed live; then never a word again
+        await wait_until(lambda: nb.admission.inbound == 1)
+        replies = await peer.drain(timeout=5)
+        await wait_until(lambda: nb.admission.inbound == 0)
+        assert any(isinstance(m, Abort) and "idle" in m.reason for m in replies), replies
+        await s.aclose()
+
+
+async def test_second_session_of_a_peer_id_is_refused_and_counted(stores: Any) -> None:
+    b = stores("b")
+    async with crdt_kv.serve(b, **FAST) as nb:
+        first = RawPeer(await trio.open_tcp_stream(*nb.address))
+        await first.send(hello_for("twin", hlc=b.hlc.now(), send=False, live=True))
+        assert isinstance(await first.receive(), Hello)
+        await wait_until(lambda: nb.admission.pending == 0)
+        second = RawPeer(await trio.open_tcp_stream(*nb.address))
+        await second.send(hello_for("twin", hlc=b.hlc.now(), send=False, live=True))
+        replies = await second.drain()
+        assert isinstance(replies[-1], Abort), replies
+        assert "already has an established live session" in replies[-1].reason
+        assert nb.admission.refused["duplicate"] == 1 and nb.connections_refused == 1
+        # A one-shot round of the same peer (sync_now beside a live session) is let in.
+        third = RawPeer(await trio.open_tcp_stream(*nb.address))
+        await third.send(hello_for("twin", hlc=b.hlc.now(), send=False))
+        assert isinstance(await third.receive(), Hello)
+        for p in (first, second, third):
+            await p.stream.aclose()
+
+
+async def test_unidentified_connections_cannot_take_every_slot(stores: Any) -> None:
+    a, b = stores("a"), stores("b")
+    async with crdt_kv.serve(b, live=False, sync_interval_s=60, **FAST) as nb:
+        nb.admission.max_pending = 2
+        silent = [await trio.open_tcp_stream(*nb.address) for _ in range(2)]
+        await wait_until(lambda: nb.admission.pending == 2)
+        b.put("k", 1)
+        async with crdt_kv.serve(a, live=False, sync_interval_s=60, peers=[addr(nb)], **FAST) as na:
+            assert (await na.sync_now())[addr(nb)] is None  # an identified peer gets in
+        assert a.get("k") == 1
+        assert nb.admission.refused["evicted"] >= 1
+        dropped = await RawPeer(silent[0]).drain()  # the oldest: our Hello, then an Abort
+        assert isinstance(dropped[-1], Abort)
+        for s in silent:
+            await s.aclose()

@@ -3,7 +3,6 @@ cancellation, and hostile peers (crdt_kv/net/transport.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +24,10 @@ from net_helpers import (
 
 import crdt_kv
 from crdt_kv import ClockSkewError, ProtocolError, RemoteProtocolError, Store
+from crdt_kv.codec import MAX_VALUE_BYTES
 from crdt_kv.hlc import pack
 from crdt_kv.net import ReplicationResult, run_session
-from crdt_kv.protocol import BatchApplied, Connected, Event, Session
+from crdt_kv.protocol import MIN_MAX_FRAME_BYTES, BatchApplied, Connected, Event, Session
 from crdt_kv.protocol.messages import Abort, Ack, Hello, Request, encode_frame
 from crdt_kv.testing import ManualClock
 
@@ -319,7 +319,7 @@ def encode_hello(wall: int) -> bytes:
 BAD_INPUTS: dict[str, Callable[[int], bytes]] = {
     "garbage payload": lambda wall: raw_frame(b"\xff\xfe not cbor at all"),
     "oversized length prefix": lambda wall: b"\xff\xff\xff\xf0" + b"x" * 100,
-    "frame just over max_frame_bytes": lambda wall: (1 << 16 | 1).to_bytes(4, "big"),
+    "frame just over max_frame_bytes": lambda wall: (MIN_MAX_FRAME_BYTES + 1).to_bytes(4, "big"),
     "unknown message type": lambda wall: raw_frame(cbor2.dumps([9, 1, 2])),
     "trailing bytes": lambda wall: raw_frame(cbor2.dumps([3, 0]) + b"\x00"),
     "cbor tag": lambda wall: raw_frame(cbor2.dumps([3, cbor2.CBORTag(2, b"\x01")])),
@@ -356,7 +356,11 @@ async def test_bad_frames_fail_the_session_and_apply_nothing(make_store: Any, ca
             n.start_soon(raw_side)
             with pytest.raises(ProtocolError) as info:
                 await crdt_kv.replicate(
-                    a, sa, max_batch_entries=10, max_frame_bytes=1 << 16, on_event=events.append
+                    a,
+                    sa,
+                    max_batch_entries=10,
+                    max_frame_bytes=MIN_MAX_FRAME_BYTES,
+                    on_event=events.append,
                 )
         replies = await peer.drain()
     assert isinstance(info.value, RemoteProtocolError), info.value
@@ -553,21 +557,21 @@ async def test_peer_silent_after_hello_times_out(make_store: Any) -> None:
     assert isinstance(replies[-1], Abort) and "idle" in replies[-1].reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (reported): a value whose batch frame exceeds the receiver's "
-    "max_frame_bytes is accepted by put() but can never replicate, and it stalls every "
-    "entry after it in the log",
-)
 async def test_value_larger_than_a_frame_does_not_stall_replication(make_store: Any) -> None:
+    """Fixed: a frame limit too small for the largest value is a ConfigError, and a sender
+    fits its batches to the limit the receiver's Hello states, so a receiver at the
+    smallest limit gets a log of maximal values behind and ahead of small ones."""
     a, b = make_store("a"), make_store("b")
+    sa, sb = trio.testing.memory_stream_pair()
+    with pytest.raises(crdt_kv.ConfigError, match="max_frame_bytes"):
+        await crdt_kv.replicate(a, sa, max_frame_bytes=1 << 16)
     a.put("before", 1)
-    with contextlib.suppress(crdt_kv.EncodingError):  # refusing it would be a fix too
-        a.put("huge", b"x" * 70_000)
+    a.put("huge", b"x" * (MAX_VALUE_BYTES - 16))
+    a.put("huge2", b"y" * (MAX_VALUE_BYTES - 16))
     a.put("after", 2)
     sa, sb = trio.testing.memory_stream_pair()
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         async with trio.open_nursery() as n:
-            n.start_soon(lambda: crdt_kv.replicate(a, sa, max_frame_bytes=1 << 16))
-            await crdt_kv.replicate(b, sb, max_frame_bytes=1 << 16)
-    assert b.get("after") == 2
+            n.start_soon(lambda: crdt_kv.replicate(a, sa, max_batch_bytes=1 << 26))
+            await crdt_kv.replicate(b, sb, max_frame_bytes=MIN_MAX_FRAME_BYTES)
+    assert b.get("after") == 2 and b.get("huge2") == b"y" * (MAX_VALUE_BYTES - 16)

@@ -22,6 +22,7 @@ from crdt_kv.errors import (
     RolledBackError,
 )
 from crdt_kv.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Abort,
     AbortCode,
@@ -726,10 +727,11 @@ def test_oversized_frame_fails_the_receiver(pair: tuple[Store, Store, ManualCloc
     a, b, _ = pair
     for i in range(20):
         a.put(f"k{i:02}", "x" * 50)
-    lk = link(a, b, b_max_frame_bytes=300, b_mode="pull")
+    lk = link(a, b, b_mode="pull")
     before = _snapshot(b)
-    lk.run()
-    assert "exceeds max_frame_bytes=300" in str(lk.b.error)
+    lk.events_b += lk.b.receive_data(lk.a.data_to_send())  # a's Hello
+    lk.events_b += lk.b.receive_data(struct.pack(">I", DEFAULT_MAX_FRAME_BYTES + 1))
+    assert f"exceeds max_frame_bytes={DEFAULT_MAX_FRAME_BYTES}" in str(lk.b.error)
     _assert_failed_by_b(lk, before, b, AbortCode.PROTOCOL)
 
 

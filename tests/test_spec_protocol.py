@@ -8,6 +8,7 @@ state tables and code tables of protocol.md match the implementation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -56,8 +57,8 @@ TRANSCRIPT = json.loads((VECTORS / "protocol-session.json").read_text("utf-8"))
 _CDDL = (SPEC / "protocol.cddl").read_text("utf-8")
 # pycddl (cddl-rs) wrongly accepts later alternatives of a choice after failing one whose
 # array holds a nested `*` array: each alternative of `message` gets its own root instead.
-ROOTS = ("hello-v3", "hello-without-gc", "hello-without-conflicts", "request", "ack", "abort",
-         "verify", "repair", "batch")  # fmt: skip
+ROOTS = ("hello-with-frame-limit", "hello-v3", "hello-without-gc", "hello-without-conflicts",
+         "request", "ack", "abort", "verify", "repair", "batch")  # fmt: skip
 SCHEMAS = [pycddl.Schema(f"root = {r}\n" + _CDDL) for r in ROOTS]
 T0 = 1_700_000_000_000
 
@@ -651,3 +652,13 @@ def test_message_and_abort_code_tables_match() -> None:
     assert {int(c): n for c, n, _ in codes} == {
         c.value: c.name.replace("_", " ").lower() for c in AbortCode
     }
+
+
+def test_hello_stating_its_frame_limit_matches_the_cddl() -> None:
+    """protocol.md 4.1 element 13: stated only when not the default, within its range."""
+    base = from_fields("Hello", MESSAGES["context_hello"]["fields"])
+    for limit, ok in ((messages_mod.MIN_MAX_FRAME_BYTES, True), ((1 << 32) - 1, True)):
+        payload = encode_message(dataclasses.replace(base, max_frame_bytes=limit))
+        assert len(cbor2.loads(payload)) == 14 and cddl_ok(payload) is ok
+    small = [*cbor2.loads(encode_message(base)), 1 << 16]
+    assert not cddl_ok(cbor2.dumps(small))

@@ -33,12 +33,21 @@ from crdt_kv.protocol import (
 )
 from crdt_kv.store import Store
 
-__all__ = ["RECEIVE_SIZE", "LinkDriver", "StorageWorker", "on_commit_anywhere"]
+__all__ = [
+    "HELLO_RECEIVE_SIZE",
+    "RECEIVE_SIZE",
+    "LinkDriver",
+    "StorageWorker",
+    "on_commit_anywhere",
+]
 
 log = logging.getLogger("crdt_kv.net")
 
 RECEIVE_SIZE = 1 << 18
 """Bytes asked of the stream per read: several batches, so one wakeup applies several."""
+HELLO_RECEIVE_SIZE = 1 << 14
+"""Bytes asked per read until the peer's Hello was accepted (it must fit 16 KiB): an
+unauthenticated connection costs us little memory."""
 
 TRANSPORT_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 ABORT_GRACE_S = 0.5
@@ -120,6 +129,8 @@ class _Connection:
         self.send_interrupted = False
         self.lost = False
         self.recv_scope: trio.CancelScope | None = None
+        self.resume = trio.Event()
+        """Set when reading may go on after the session paused it (``input_paused``)."""
 
 
 class LinkDriver:
@@ -218,6 +229,8 @@ class LinkDriver:
         conn = self._conn
         if conn is not None and link.session is not None and link.session.has_output:
             conn.wake.set()
+        if conn is not None and not link.input_paused:
+            conn.resume.set()
 
     def _take_events(self) -> None:
         link = self.link
@@ -292,12 +305,18 @@ class LinkDriver:
     async def _receive_loop(self, conn: _Connection) -> None:
         link = self.link
         while conn.closing is None:
+            if link.input_paused:  # frames wait for storage: let the peer's sends back up
+                conn.resume = trio.Event()
+                await conn.resume.wait()
+                continue
+            s = link.session
+            size = RECEIVE_SIZE if s is not None and s.remote is not None else HELLO_RECEIVE_SIZE
             with trio.CancelScope() as scope:
                 conn.recv_scope = scope
                 if conn.broken is not None:
                     scope.deadline = trio.current_time() + ABORT_GRACE_S
                 try:
-                    data = await conn.stream.receive_some(RECEIVE_SIZE)
+                    data = await conn.stream.receive_some(size)
                 except TRANSPORT_ERRORS as exc:
                     conn.broken = conn.broken or exc
                     return
@@ -336,6 +355,7 @@ class LinkDriver:
         if conn is None:
             return
         conn.closing = ev
+        conn.resume.set()
         if conn.recv_scope is not None:
             conn.recv_scope.cancel()
         if not ev.flush:

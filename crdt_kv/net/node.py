@@ -37,6 +37,12 @@ import trio
 
 from crdt_kv.errors import ClosedError, ConfigError, CrdtKvError
 from crdt_kv.net.addresses import format_address, parse_address
+from crdt_kv.net.admission import (
+    MAX_INBOUND_CONNECTIONS,
+    MAX_PENDING_CONNECTIONS,
+    Admission,
+    Ticket,
+)
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.driver import LinkDriver, StorageWorker, on_commit_anywhere
 from crdt_kv.net.events import (
@@ -75,6 +81,7 @@ __all__ = [
     "DISCOVERED_MAX_FAILURES",
     "MAX_DISCOVERED_PEERS",
     "MAX_INBOUND_CONNECTIONS",
+    "MAX_PENDING_CONNECTIONS",
     "UNIDENTIFIED",
     "Node",
     "format_address",
@@ -84,8 +91,6 @@ __all__ = [
 log = logging.getLogger("crdt_kv.net")
 
 DEFAULT_SYNC_INTERVAL_S = 5.0
-MAX_INBOUND_CONNECTIONS = 256
-"""Inbound connections served at once; more are closed at once (see ``Node``)."""
 MAX_DISCOVERED_PEERS = 64
 """Discovered addresses dialed at most at once: announcements are unauthenticated, so a
 flood of forged ones must not make the node dial thousands of addresses."""
@@ -129,6 +134,7 @@ class _Watch:
     address: str
     outbound: bool
     target: _Target | None = None
+    ticket: Ticket | None = None
     record: PeerRecord | None = None
     result: BaseException | None = None
 
@@ -137,11 +143,8 @@ class Node:
     """A running replication node; get one from :func:`serve`.
 
     ``address`` is the ``(host, port)`` actually bound. Methods are safe to call from any
-    task of the same trio run while the node is running. Hostile input is bounded: at most
-    :attr:`max_inbound_connections` inbound connections are served at once (the rest are
-    closed and counted in ``connections_refused``), so silent clients cannot exhaust the
-    file descriptors our own dials need.
-    """
+    task of the same trio run while it runs. :attr:`admission` admits inbound connections
+    (refusals also count in ``connections_refused``)."""
 
     def __init__(
         self,
@@ -170,13 +173,12 @@ class Node:
         self.discovery: Any = None
         self.connections_accepted = 0
         self.connections_refused = 0
-        self.max_inbound_connections = MAX_INBOUND_CONNECTIONS
+        self.admission = Admission()
         self.max_discovered_peers = MAX_DISCOVERED_PEERS
         self.discovered_max_failures = DISCOVERED_MAX_FAILURES
         self.callback_errors = 0
         self.worker = StorageWorker(store)
         self._drivers: set[LinkDriver] = set()
-        self._inbound = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._targets: dict[str, _Target] = {}
@@ -384,6 +386,8 @@ class Node:
         if isinstance(ev, Connected):
             session = watch.link.session
             assert session is not None
+            if watch.ticket is not None and not self._admitted(watch, ev.peer_id):
+                return
             watch.record = self._book.connected(
                 session, ev.peer_id, ev.incarnation, ev.remote_last_seq, watch.address
             )
@@ -415,6 +419,19 @@ class Node:
             self._failed(watch, ev)
         elif isinstance(ev, SessionEnded):
             self._ended(watch, ev)
+
+    def _admitted(self, watch: _Watch, peer_id: str) -> bool:
+        """Register an established inbound session, or close it: a duplicate."""
+        session, ticket = watch.link.session, watch.ticket
+        assert session is not None and session.remote is not None and ticket is not None
+        live = session.live and session.remote.live
+        why = self.admission.established(ticket, peer_id, live=live)
+        if why is None:
+            return True
+        self.connections_refused += 1
+        log.warning("%s: refusing session from %s: %s", self.peer_id, watch.address, why)
+        watch.link.close(trio.current_time(), f"refused: {why}")
+        return False
 
     def _failed(self, watch: _Watch, ev: LinkFailed) -> None:
         """A dial or a session failed: count it; forget a discovered address that keeps
@@ -497,15 +514,13 @@ class Node:
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         address = peer_address(stream)
-        if self._inbound >= self.max_inbound_connections:
-            # Connections that never speak are held for the handshake timeout; without a
-            # cap a flood of them would take every file descriptor, dials included.
+        ticket = self.admission.admit()
+        if isinstance(ticket, str):
             self.connections_refused += 1
-            log.warning("%s: refusing connection from %s: too many", self.peer_id, address)
+            log.warning("%s: refusing connection from %s: %s", self.peer_id, address, ticket)
             await trio.aclose_forcefully(stream)
             return
         self.connections_accepted += 1
-        self._inbound += 1
         try:
             tune_socket(stream)
             try:
@@ -514,11 +529,13 @@ class Node:
                 await trio.aclose_forcefully(stream)
                 raise
             link = self._link(LinkRole.ONCE, self.config, address)
-            watch = _Watch(link, address, outbound=False)
+            watch = _Watch(link, address, outbound=False, ticket=ticket)
             driver = LinkDriver(link, worker=self.worker, on_event=lambda e: self._see(watch, e))
-            await self._run_driver(driver, wrapped)
+            with trio.CancelScope() as scope:
+                ticket.cancel = scope.cancel  # evicted while still unidentified
+                await self._run_driver(driver, wrapped)
         finally:
-            self._inbound -= 1
+            self.admission.release(ticket)
 
     async def _bind(self, listen: str) -> list[trio.SocketListener]:
         host, port = parse_address(listen, what="listen address")

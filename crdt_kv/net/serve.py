@@ -49,6 +49,7 @@ async def serve(
     discovery_transport: Any = None,
     rng: random.Random | None = None,
     idle_timeout_s: float | None = 30.0,
+    live_idle_timeout_s: float | None = 60.0,
     handshake_timeout_s: float | None = 10.0,
     connect_timeout_s: float = 5.0,
     backoff_base_s: float = 0.2,
@@ -68,8 +69,10 @@ async def serve(
     apply to every session (inbound ones too: a node with ``live=False`` never tails).
     ``sync_interval_s``: the slowest period of anti-entropy rounds per peer;
     ``min_sync_interval_s`` (default a tenth of it) the fastest, reached when writes are
-    frequent. ``idle_timeout_s`` fails a session whose peer is silent that long (live
-    sessions exchange keep-alives a third of that apart, so only a vanished peer is dropped);
+    frequent. ``idle_timeout_s`` fails a session whose peer is silent that long, and
+    ``live_idle_timeout_s`` a live one (live sessions exchange keep-alives a third of the
+    shorter apart, so only a vanished peer is dropped, and a connection that sent a live
+    Hello and then nothing frees its slot);
     ``handshake_timeout_s`` drops connections that never send a Hello. Reconnects back off
     exponentially from ``backoff_base_s`` to ``backoff_max_s`` with jitter drawn from
     ``rng``. ``wrap_stream(stream, outbound)`` may wrap each TCP stream (e.g. in
@@ -108,6 +111,7 @@ async def serve(
         sync_interval_s=sync_interval_s,
         min_sync_interval_s=min_sync_interval_s,
         idle_timeout_s=idle_timeout_s,
+        live_idle_timeout_s=live_idle_timeout_s,
         handshake_timeout_s=handshake_timeout_s,
         backoff_base_s=backoff_base_s,
         backoff_max_s=backoff_max_s,

@@ -36,6 +36,8 @@ from crdt_kv.protocol.link import LinkRole, LinkState, PeerLink
 from crdt_kv.protocol.linkconfig import LinkConfig
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
+    HELLO_MAX_FRAME_BYTES,
+    MIN_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Abort,
     AbortCode,
@@ -62,6 +64,8 @@ __all__ = [
     "DEFAULT_CATCH_UP_TIMEOUT_S",
     "DEFAULT_GC_INTERVAL_S",
     "DEFAULT_MAX_FRAME_BYTES",
+    "HELLO_MAX_FRAME_BYTES",
+    "MIN_MAX_FRAME_BYTES",
     "MODES",
     "PROTOCOL_VERSION",
     "Abort",

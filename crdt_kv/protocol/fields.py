@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import cbor2
 
 from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.protocol.framing import short
 
 __all__ = ["U64", "NoTags", "array", "boolean", "byte_string", "fail", "load", "text", "uint"]
 
@@ -69,32 +70,32 @@ def load(payload: bytes, no_tags: NoTags) -> Any:
 
 def uint(v: object, field: str, maximum: int = U64) -> int:
     if type(v) is not int or not 0 <= v <= maximum:
-        raise fail(f"field {field!r} must be an unsigned integer <= {maximum}, got {v!r:.60}")
+        raise fail(f"field {field!r} must be an unsigned integer <= {maximum}, got {short(v)}")
     return v
 
 
 def boolean(v: object, field: str) -> bool:
     if type(v) is not bool:
-        raise fail(f"field {field!r} must be a boolean, got {v!r:.60}")
+        raise fail(f"field {field!r} must be a boolean, got {short(v)}")
     return v
 
 
 def text(v: object, field: str, max_bytes: int = 255, *, min_bytes: int = 0) -> str:
     if type(v) is not str or not min_bytes <= len(v.encode("utf-8")) <= max_bytes:
         span = f"at most {max_bytes}" if not min_bytes else f"{min_bytes}..{max_bytes}"
-        raise fail(f"field {field!r} must be text of {span} bytes, got {v!r:.60}")
+        raise fail(f"field {field!r} must be text of {span} bytes, got {short(v)}")
     return v
 
 
 def array(v: object, field: str, length: int | None = None) -> list[Any]:
     if type(v) is not list or (length is not None and len(v) != length):
         want = "an array" if length is None else f"an array of {length}"
-        raise fail(f"field {field!r} must be {want}, got {v!r:.60}")
+        raise fail(f"field {field!r} must be {want}, got {short(v)}")
     return v
 
 
 def byte_string(v: object, field: str, length: int | None = None) -> bytes:
     if type(v) is not bytes or (length is not None and len(v) != length):
         want = "a byte string" if length is None else f"a byte string of {length} bytes"
-        raise fail(f"field {field!r} must be {want}, got {v!r:.60}")
+        raise fail(f"field {field!r} must be {want}, got {short(v)}")
     return v

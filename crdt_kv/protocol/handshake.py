@@ -3,12 +3,15 @@ the check of the cursor a peer's Request proves (spec section 9, rollback detect
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from crdt_kv.errors import ClockSkewError, RolledBackError
-from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request
+from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, HELLO_MAX_FRAME_BYTES
+from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request, encode_message
 from crdt_kv.protocol.options import SessionStats
 from crdt_kv.protocol.replica import Replica
 
-__all__ = ["check_rollback", "hello_mismatch", "observe_peer_clock", "our_hello"]
+__all__ = ["check_rollback", "fit_hello", "hello_mismatch", "observe_peer_clock", "our_hello"]
 
 
 def our_hello(
@@ -19,11 +22,12 @@ def our_hello(
     live: bool,
     max_batch_entries: int,
     repair: bool = False,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
 ) -> Hello:
     """Our Hello: who we are, our clock and log head, our membership gossip, and what we
-    want of the session."""
+    want of the session; trimmed to :data:`HELLO_MAX_FRAME_BYTES` (:func:`fit_hello`)."""
     hlc = replica.clock_now()
-    return Hello(
+    hello = Hello(
         version=PROTOCOL_VERSION,
         cluster_id=cluster_id,
         peer_id=replica.peer_id,
@@ -39,7 +43,27 @@ def our_hello(
         conflicts=replica.conflict_mode,
         gc=replica.membership.gossip(hlc),
         repair=repair,
+        max_frame_bytes=max_frame_bytes,
     )
+    return fit_hello(hello)
+
+
+def fit_hello(h: Hello) -> Hello:
+    """``h`` with as many of its gossip rows as fit a frame of
+    :data:`HELLO_MAX_FRAME_BYTES` (the peer refuses a longer first frame), dropping the
+    least recently seen members first; the sender's own row always fits (the other fields
+    take at most about 1 KiB). A member left out is simply not reported by this Hello, as
+    one past ``MAX_GOSSIP_ROWS`` is not."""
+    if len(encode_message(h)) <= HELLO_MAX_FRAME_BYTES:
+        return h
+    lo, hi = 1, len(h.gc) - 1  # rows kept: lo fits, hi + 1 does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encode_message(replace(h, gc=h.gc[:mid]))) <= HELLO_MAX_FRAME_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return replace(h, gc=h.gc[:lo])
 
 
 def observe_peer_clock(replica: Replica, h: Hello, stats: SessionStats) -> None:

@@ -189,6 +189,12 @@ class PeerLink:
         return self.state is LinkState.CONNECTED and s is not None and s.live and s.caught_up
 
     @property
+    def input_paused(self) -> bool:
+        """The session's received frames wait for storage: stop reading for now."""
+        s = self._current()
+        return s is not None and s.input_paused
+
+    @property
     def closed(self) -> bool:
         """The link ended for good."""
         return self.state is LinkState.CLOSED
@@ -379,8 +385,9 @@ class PeerLink:
         times: list[float] = []
         if s.remote is None and cfg.handshake_timeout_s is not None:
             times.append(self._connected_at + cfg.handshake_timeout_s)
-        if cfg.idle_timeout_s is not None and not s.storage_busy:
-            times.append(self._last_rx + cfg.idle_timeout_s)
+        idle = self._idle_limit(s)
+        if idle is not None and not s.storage_busy:
+            times.append(self._last_rx + idle)
         if self._push_at is not None:
             times.append(self._push_at)
         if s.live and s.remote is not None:
@@ -447,7 +454,7 @@ class PeerLink:
 
     def _check_deadlines(self, s: Session, now: float) -> None:
         cfg = self.config
-        hs, idle = cfg.handshake_timeout_s, cfg.idle_timeout_s
+        hs, idle = cfg.handshake_timeout_s, self._idle_limit(s)
         if s.remote is None and hs is not None and now >= self._connected_at + hs:
             return self._timed_out(s, now, "said nothing", hs)
         if idle is not None and not s.storage_busy and now >= self._last_rx + idle:
@@ -461,6 +468,13 @@ class PeerLink:
         if s.has_output:
             self._last_tx = now
         return None
+
+    def _idle_limit(self, s: Session) -> float | None:
+        """The idle timeout of ``s``: ``live_idle_timeout_s`` once both sides asked for
+        live streaming (a live peer sends keep-alives), else ``idle_timeout_s``."""
+        if s.live and s.remote is not None and s.remote.live:
+            return self.config.live_idle_timeout_s
+        return self.config.idle_timeout_s
 
     def _timed_out(self, s: Session, now: float, what: str, limit: float) -> None:
         self._set_error(RemoteProtocolError(f"peer {self._name()} {what} for {limit:g} s"))

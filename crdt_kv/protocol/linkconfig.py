@@ -23,9 +23,12 @@ __all__ = ["LinkConfig"]
 class LinkConfig:
     """Every knob of the replication policy, in seconds where it is a time.
 
-    ``idle_timeout_s`` applies to every session, live ones too: a live session that has
-    nothing to say sends a keep-alive (an empty batch) every ``keepalive_s`` (default a
-    third of the idle timeout), so only a peer that really went silent is dropped.
+    ``idle_timeout_s`` fails a session whose peer sent nothing that long;
+    ``live_idle_timeout_s`` replaces it once both Hellos asked for live streaming. A live
+    session that has nothing to say sends a keep-alive (an empty batch) every
+    ``keepalive_s`` (default a third of the shorter of the two), so only a peer that really
+    went silent is dropped, and a connection that said Hello and then nothing does not hold
+    a slot for longer than that.
     ``min_sync_interval_s`` defaults to a tenth of ``sync_interval_s`` (at least 50 ms).
     ``push_delay_s`` coalesces live pushes (0: push on every commit).
     """
@@ -35,6 +38,7 @@ class LinkConfig:
     cluster_id: str = "default"
     handshake_timeout_s: float | None = 10.0
     idle_timeout_s: float | None = 30.0
+    live_idle_timeout_s: float | None = 60.0
     keepalive_s: float | None = None
     flush_timeout_s: float = 10.0
     sync_interval_s: float = 5.0
@@ -65,7 +69,7 @@ class LinkConfig:
                 "need 0 < min_sync_interval_s <= sync_interval_s, got "
                 f"{self.min_sync_interval_s!r} and {self.sync_interval_s!r}"
             )
-        for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_s"):
+        for name in ("handshake_timeout_s", "idle_timeout_s", "live_idle_timeout_s", "keepalive_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value!r}")
@@ -85,7 +89,8 @@ class LinkConfig:
         """Seconds of silence after which a live sender sends a keep-alive."""
         if self.keepalive_s is not None:
             return self.keepalive_s
-        return math.inf if self.idle_timeout_s is None else self.idle_timeout_s / 3
+        idle = [t for t in (self.idle_timeout_s, self.live_idle_timeout_s) if t is not None]
+        return min(idle) / 3 if idle else math.inf
 
     def backoff(self, rng: random.Random) -> Backoff:
         """A fresh reconnect backoff drawing its jitter from ``rng``."""

@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 
 from crdt_kv.codec import MAX_KEY_BYTES
-from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
+from crdt_kv.errors import LocalProtocolError
 from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
 from crdt_kv.protocol.fields import NoTags, load
 from crdt_kv.protocol.fields import array as _array
@@ -25,10 +25,20 @@ from crdt_kv.protocol.fields import boolean as _bool
 from crdt_kv.protocol.fields import fail as _fail
 from crdt_kv.protocol.fields import text as _text
 from crdt_kv.protocol.fields import uint as _uint
+from crdt_kv.protocol.framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FRAME_LIMIT,
+    HELLO_MAX_FRAME_BYTES,
+    MIN_MAX_FRAME_BYTES,
+    FrameDecoder,
+    short,
+)
 from crdt_kv.version import RawEntry
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "HELLO_MAX_FRAME_BYTES",
+    "MIN_MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "Abort",
     "AbortCode",
@@ -48,7 +58,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 3
-DEFAULT_MAX_FRAME_BYTES = 8 << 20
 _LEN = struct.Struct(">I")
 _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
@@ -106,6 +115,9 @@ class Hello:
     repair: bool = False
     """The sender verifies digests after a round and repairs (:class:`Verify`,
     :class:`Repair`, ``Request.repair``); both sides must set it for either to happen."""
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """The largest frame the sender accepts; the peer fits its batches to it. On the wire
+    only when it differs from the default (``spec/protocol.md`` section 4.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,23 +209,24 @@ def encode_message(msg: Message) -> bytes:
             | (_FLAG_LIVE if msg.live else 0)
             | (_FLAG_REPAIR if msg.repair else 0)
         )
-        return cbor2.dumps(
-            [
-                MsgType.HELLO,
-                msg.version,
-                msg.cluster_id,
-                msg.peer_id,
-                msg.incarnation,
-                msg.hlc,
-                msg.last_seq,
-                flags,
-                msg.key_encoding,
-                msg.value_encoding,
-                msg.max_batch_entries,
-                msg.conflicts,
-                [[g.peer, g.v, g.seen_ms, g.d] for g in msg.gc],
-            ]
-        )
+        fields: list[Any] = [
+            MsgType.HELLO,
+            msg.version,
+            msg.cluster_id,
+            msg.peer_id,
+            msg.incarnation,
+            msg.hlc,
+            msg.last_seq,
+            flags,
+            msg.key_encoding,
+            msg.value_encoding,
+            msg.max_batch_entries,
+            msg.conflicts,
+            [[g.peer, g.v, g.seen_ms, g.d] for g in msg.gc],
+        ]
+        if msg.max_frame_bytes != DEFAULT_MAX_FRAME_BYTES:
+            fields.append(msg.max_frame_bytes)
+        return cbor2.dumps(fields)
     if isinstance(msg, Abort):
         return cbor2.dumps([MsgType.ABORT, msg.code, msg.reason])
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
@@ -293,7 +306,7 @@ def _decode_verify_or_repair(msg: list[Any]) -> Verify | Repair:
         _array(msg, "verify", 3)
         digest = msg[1]
         if type(digest) is not bytes or len(digest) != 32:
-            raise _fail(f"field 'verify.digest' must be 32 bytes, got {digest!r:.60}")
+            raise _fail(f"field 'verify.digest' must be 32 bytes, got {short(digest)}")
         return Verify(digest, _bool(msg[2], "verify.clean"))
     _array(msg, "repair", 2)
     payload = msg[1]
@@ -310,7 +323,7 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
         raise _fail("empty message array")
     kind = msg[0]
     if type(kind) is not int or kind not in MsgType._value2member_map_:
-        raise _fail(f"unknown message type {kind!r:.30}")
+        raise _fail(f"unknown message type {short(kind)}")
     if kind == MsgType.BATCH:
         return _decode_batch(msg, max_batch_entries)
     if kind == MsgType.ACK:
@@ -346,9 +359,24 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
             max_batch_entries=_uint(msg[10], "hello.max_batch_entries"),
             conflicts=_text(msg[11], "hello.conflicts", 32) if len(msg) > 11 else "lww",
             gc=_decode_gossip(msg[12]) if len(msg) > 12 else (),
+            max_frame_bytes=_frame_limit(msg[13] if len(msg) > 13 else None),
         )
     _array(msg, "abort", 3)
     return Abort(_uint(msg[1], "abort.code", 0xFFFF), _text(msg[2], "abort.reason", 4096))
+
+
+def _frame_limit(v: object) -> int:
+    """Element 13 of a Hello; what is not an integer there is ignored as before (protocol
+    3 reserved the elements after ``gc``), meaning the default."""
+    if type(v) is not int:
+        return DEFAULT_MAX_FRAME_BYTES
+    limit = _uint(v, "hello.max_frame_bytes", FRAME_LIMIT)
+    if limit < MIN_MAX_FRAME_BYTES:
+        raise _fail(
+            f"field 'hello.max_frame_bytes' is {limit}, below {MIN_MAX_FRAME_BYTES}: too small "
+            "for one entry of the largest key and value"
+        )
+    return limit
 
 
 def _decode_gossip(v: object) -> tuple[GossipRow, ...]:
@@ -432,7 +460,7 @@ def _stamp(base: int, dwall: object, logical: object, where: str) -> int:
 
 def _peer(peers: list[Any], pidx: object, where: str) -> str:
     if type(pidx) is not int or not 0 <= pidx < len(peers):
-        raise _fail(f"{where} names peer index {pidx!r:.20} of {len(peers)}")
+        raise _fail(f"{where} names peer index {short(pidx)} of {len(peers)}")
     return str(peers[pidx])
 
 
@@ -458,43 +486,3 @@ def _decode_state(row: list[Any], i: int, base: int, peers: list[Any]) -> RawEnt
         sibs.append(RawEntry(key, v or b"", hlc, peer, v is None))
     hlc, peer = _stamp(base, dwall, logical, where), _peer(peers, pidx, where)
     return RawEntry(key, value or b"", hlc, peer, value is None, 0, tuple(context), tuple(sibs))
-
-
-class FrameDecoder:
-    """Splits a byte stream into frame payloads, refusing frames over ``max_frame_bytes``.
-
-    The length is checked before any payload is buffered, so a hostile length prefix
-    cannot make us allocate.
-    """
-
-    __slots__ = ("_buf", "max_frame_bytes")
-
-    def __init__(self, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self._buf = bytearray()
-        self.max_frame_bytes = max_frame_bytes
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet returned as a frame."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every complete payload now available."""
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos = 0
-        n = len(buf)
-        while n - pos >= 4:
-            (length,) = _LEN.unpack_from(buf, pos)
-            if length > self.max_frame_bytes:
-                raise RemoteProtocolError(
-                    f"frame of {length} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
-                )
-            if n - pos - 4 < length:
-                break
-            out.append(bytes(buf[pos + 4 : pos + 4 + length]))
-            pos += 4 + length
-        if pos:
-            del buf[:pos]
-        return out

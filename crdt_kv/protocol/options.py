@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from crdt_kv.errors import ConfigError
+from crdt_kv.protocol.framing import check_frame_limit
 
 __all__ = ["MAX_REASON_BYTES", "MODES", "Mode", "SessionStats", "check_options", "clip_reason"]
 
@@ -28,7 +29,10 @@ def utf8_len(text: str) -> int:
         return 1 << 30  # a lone surrogate cannot go on the wire at all
 
 
-def check_options(mode: str, cluster_id: object, **positive: int) -> None:
+def check_options(mode: str, cluster_id: object, *, max_frame_bytes: int, **positive: int) -> None:
+    """Validate session options; :class:`ConfigError` names the bad one. ``max_frame_bytes``
+    must leave room for one maximal entry (:func:`check_frame_limit`)."""
+    check_frame_limit(max_frame_bytes)
     if mode not in MODES:
         raise ConfigError(f"unknown sync mode {mode!r}; use one of {', '.join(MODES)}")
     for name, value in positive.items():

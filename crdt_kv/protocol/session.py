@@ -40,6 +40,7 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
+from crdt_kv.protocol.framing import Inbox, bare
 from crdt_kv.protocol.handshake import (
     check_rollback,
     hello_mismatch,
@@ -52,7 +53,6 @@ from crdt_kv.protocol.messages import (
     AbortCode,
     Ack,
     Batch,
-    FrameDecoder,
     Hello,
     Message,
     Repair,
@@ -88,6 +88,7 @@ from crdt_kv.protocol.storage import (
     RepairWork,
     StorageRequest,
     oversized_entry,
+    oversized_frame,
     peer_fault,
 )
 from crdt_kv.protocol.verify import Checkup
@@ -141,6 +142,7 @@ class Session(StorageQueue):
         self.cluster_id = cluster_id
         self.max_batch_entries = max_batch_entries
         self.max_batch_bytes = max_batch_bytes
+        self.max_frame_bytes = max_frame_bytes
         self.window = window
         self.defer_storage = defer_storage
         self.state = ConnState.IDLE
@@ -152,9 +154,7 @@ class Session(StorageQueue):
         refusal (clock skew, incompatibility) is attributed to the peer that caused it."""
         self.stats = SessionStats()
         self.error: CrdtKvError | None = None
-        self._decoder = FrameDecoder(max_frame_bytes=max_frame_bytes)
-        self._inbox: deque[bytes | None] = deque()  # None: end of stream
-        self._decode_error: ProtocolError | None = None
+        self._inbox = Inbox(max_frame_bytes)
         self._outbox = bytearray()
         self._events: list[Event] = []
         self._queued: deque[StorageRequest] = deque()
@@ -228,6 +228,14 @@ class Session(StorageQueue):
         )
 
     @property
+    def input_paused(self) -> bool:
+        """Received frames wait for storage work: stop reading until this turns False (a
+        session then buffers at most about one frame plus one read)."""
+        return self._inbox.buffered > 0 and (
+            self._applying is not None or self._fix.work is not None
+        )
+
+    @property
     def has_output(self) -> bool:
         """Bytes are queued for the peer (take them with :meth:`data_to_send`)."""
         return bool(self._outbox)
@@ -246,6 +254,7 @@ class Session(StorageQueue):
             live=self.live,
             max_batch_entries=self.max_batch_entries,
             repair=self._fix.enabled,
+            max_frame_bytes=self.max_frame_bytes,
         )
         self._our_seq = hello.last_seq
         self._send(hello)
@@ -269,14 +278,8 @@ class Session(StorageQueue):
             raise LocalProtocolError("receive_data() before start()")
         if self.closed:
             return self._take_events()
-        if not data:
-            self._inbox.append(None)
-        elif self._decode_error is None:
-            self.stats.bytes_received += len(data)
-            try:
-                self._inbox.extend(self._decoder.feed(data))
-            except ProtocolError as exc:
-                self._decode_error = exc
+        self.stats.bytes_received += len(data)
+        self._inbox.push(data)
         self._process()
         return self._take_events()
 
@@ -311,8 +314,8 @@ class Session(StorageQueue):
         self._events.clear()
         return events
 
-    def _send(self, msg: Message) -> None:
-        frame = encode_frame(msg)
+    def _send(self, msg: Message, frame: bytes = b"") -> None:
+        frame = frame or encode_frame(msg)
         self._outbox += frame
         self.stats.bytes_sent += len(frame)
         self.stats.frames_sent += 1
@@ -371,25 +374,25 @@ class Session(StorageQueue):
     # --- internals: input -------------------------------------------------------------
 
     def _process(self) -> None:
-        """Handle queued frames in order until one waits for storage or the session ends."""
+        """Handle received frames in order until one waits for storage or the session ends;
+        errors are kept without the traceback that holds a failed decode's objects."""
         inbox = self._inbox
         while not self.closed and self._applying is None and self._fix.work is None:
-            if not inbox:
-                if self._decode_error is not None:
-                    self._fail(self._decode_error, AbortCode.PROTOCOL)
-                return
-            payload = inbox.popleft()
+            payload = inbox.next()
             if payload is None:
-                self.state = step(CONN_TABLE, self.state, EndOfStream(), "the connection")
-                self._events.append(ConnectionClosed(self._complete))
+                if inbox.error is not None:
+                    self._fail(inbox.error, AbortCode.PROTOCOL)
+                elif inbox.eof:
+                    self.state = step(CONN_TABLE, self.state, EndOfStream(), "the connection")
+                    self._events.append(ConnectionClosed(self._complete))
                 return
             self.stats.frames_received += 1
             try:
                 self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
             except ClockSkewError as exc:
-                self._fail(exc, AbortCode.CLOCK_SKEW)
+                self._fail(bare(exc), AbortCode.CLOCK_SKEW)
             except ProtocolError as exc:
-                self._fail(exc, AbortCode.PROTOCOL)
+                self._fail(bare(exc), AbortCode.PROTOCOL)
 
     def _handle(self, msg: Message) -> None:
         self.state = step(CONN_TABLE, self.state, msg, "the connection")
@@ -412,18 +415,16 @@ class Session(StorageQueue):
             self._queued.clear()
             self._events.append(SessionFailed(err, by_peer=True))
 
-    def _incompatible(self, what: str) -> None:
-        self._fail(RemoteProtocolError(what), AbortCode.INCOMPATIBLE)
-
     def _on_hello(self, h: Hello) -> None:
         self.claimed_peer = h.peer_id
         mismatch = hello_mismatch(h, self.replica, self.cluster_id)
         if mismatch is not None:
-            return self._incompatible(mismatch)
+            return self._fail(RemoteProtocolError(mismatch), AbortCode.INCOMPATIBLE)
         if h.max_batch_entries < 1:
             raise RemoteProtocolError(f"peer {h.peer_id!r} accepts no entries per batch")
         observe_peer_clock(self.replica, h, self.stats)
         self.remote = h
+        self._inbox.open_up()
         self.replica.membership.heard(h.peer_id, h.gc)
         self._echo = (h.peer_id, h.incarnation)
         self._remote_head = h.last_seq
@@ -485,13 +486,20 @@ class Session(StorageQueue):
                 stop_at=self._stop_at,
                 exclude_source=self._echo,
                 tail=self.out_state is _O.LIVE,
+                frame_bytes=remote.max_frame_bytes,
             )
             self._submit(self._reading)
 
     def _send_batch(self, s: LogSlice) -> None:
         if s.done and self._stop_at is not None and s.to_seq < self._stop_at:
             s = LogSlice(s.entries, s.to_seq, False)  # the pinned head moved meanwhile
-        self._send(Batch(self._out_pos, s.to_seq, s.done, s.entries))
+        batch = Batch(self._out_pos, s.to_seq, s.done, s.entries)
+        frame, remote = encode_frame(batch), self.remote
+        assert remote is not None
+        too_big = oversized_frame(len(frame) - 4, s.entries, remote.peer_id, remote.max_frame_bytes)
+        if too_big is not None:
+            return self._fail(LocalProtocolError(too_big), AbortCode.REJECTED_DATA)
+        self._send(batch, frame)
         self._unacked.append(s.to_seq)
         self._out_pos = s.to_seq
         self.stats.batches_sent += 1

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import ClockSkewError, CrdtKvError, EncodingError, RemoteProtocolError
+from crdt_kv.protocol.framing import short
 from crdt_kv.protocol.messages import AbortCode
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.version import RawEntry
@@ -29,7 +30,9 @@ __all__ = [
     "RepairWork",
     "StorageRequest",
     "entry_size",
+    "fit_frame",
     "oversized_entry",
+    "oversized_frame",
     "peer_fault",
 ]
 
@@ -44,6 +47,36 @@ def entry_size(e: RawEntry) -> int:
     if e.others or e.context:
         size += sum(len(o.value) + 24 for o in e.others) + 16 * len(e.context)
     return size
+
+
+BATCH_OVERHEAD = 64
+"""Bytes of a Batch frame outside its rows: prefix, type, sequences, flags, array heads."""
+
+
+def _text_bound(peer: str) -> int:
+    return 3 + len(peer.encode("utf-8", "surrogatepass"))
+
+
+def row_bound(e: RawEntry) -> int:
+    """At least the bytes ``e`` adds to an encoded Batch: its row with the longest integer
+    heads, and its writers' peer ids as if each were new to the batch."""
+    size = len(e.key) + len(e.value) + 28 + _text_bound(e.peer)
+    if e.others or e.context:
+        size += 10 + sum(18 + _text_bound(p) for p, _ in e.context)
+        size += sum(23 + len(o.value) + _text_bound(o.peer) for o in e.others)
+    return size
+
+
+def fit_frame(rows: list[RawEntry], frame_bytes: int) -> list[RawEntry]:
+    """The longest prefix of ``rows`` whose Batch frame payload fits ``frame_bytes`` (the
+    receiver's ``max_frame_bytes``); at least one row, which alone may not fit (the session
+    then refuses to send it, naming its key)."""
+    total = BATCH_OVERHEAD
+    for i, e in enumerate(rows):
+        total += row_bound(e)
+        if total > frame_bytes:
+            return rows[: max(i, 1)]
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +102,8 @@ class ReadLog:
     exclude_source: tuple[str, bytes] | None
     tail: bool = False
     """Asked while tailing the peer live: only what was committed since the last push."""
+    frame_bytes: int | None = None
+    """The receiver's ``max_frame_bytes``: the batch is cut to fit it (:func:`fit_frame`)."""
 
     @property
     def light(self) -> bool:
@@ -85,7 +120,13 @@ class ReadLog:
             stop_at=head,
             max_bytes=self.max_bytes,
         )
-        if rows and (len(rows) >= self.limit or sum(map(entry_size, rows)) >= self.max_bytes):
+        cut = False
+        if self.frame_bytes is not None and rows:
+            fitted = fit_frame(rows, self.frame_bytes)
+            cut, rows = len(fitted) < len(rows), fitted
+        if rows and (
+            cut or len(rows) >= self.limit or sum(map(entry_size, rows)) >= self.max_bytes
+        ):
             covered = rows[-1].seq
         else:
             covered = head
@@ -174,6 +215,19 @@ def oversized_entry(entries: tuple[RawEntry, ...], peer: str) -> str | None:
                 f"(limit {MAX_VALUE_BYTES} bytes) is too large"
             )
     return None
+
+
+def oversized_frame(size: int, entries: tuple[RawEntry, ...], peer: str, limit: int) -> str | None:
+    """Why a Batch whose frame payload takes ``size`` bytes cannot go to ``peer``, whose
+    ``max_frame_bytes`` is ``limit`` (a batch is cut to fit, so only a single state can be
+    too big: in mode ``siblings``, several large values), or None."""
+    if size <= limit:
+        return None
+    key = short(entries[0].key if entries else b"")
+    return (
+        f"cannot send key {key} to peer {peer!r}: its state takes a {size}-byte frame, over "
+        f"the peer's max_frame_bytes={limit} (resolve its siblings to shrink it)"
+    )
 
 
 def peer_fault(

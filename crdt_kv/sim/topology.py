@@ -41,6 +41,7 @@ class Topology:
             cluster_id="sim",
             handshake_timeout_s=cfg.idle_timeout_ms / 1000,
             idle_timeout_s=cfg.idle_timeout_ms / 1000,
+            live_idle_timeout_s=cfg.idle_timeout_ms / 1000,
             sync_interval_s=period / 1000,
             min_sync_interval_s=period / 2000,
             backoff_base_s=cfg.backoff_base_ms / 1000,

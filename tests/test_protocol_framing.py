@@ -1,0 +1,226 @@
+"""Frame limits (crdt_kv/protocol/framing.py): the small limit before the peer's Hello, the
+limit each Hello states and the sender fitting its batches to it, and nothing of a failed
+decode kept alive."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import crdt_kv
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from crdt_kv.errors import ConfigError, RemoteProtocolError
+from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
+from crdt_kv.protocol import (
+    HELLO_MAX_FRAME_BYTES,
+    MIN_MAX_FRAME_BYTES,
+    Batch,
+    FrameDecoder,
+    Hello,
+    LinkConfig,
+    Request,
+    Session,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
+from crdt_kv.protocol.framing import short
+from crdt_kv.protocol.handshake import fit_hello
+from crdt_kv.protocol.storage import BATCH_OVERHEAD, fit_frame, row_bound
+from crdt_kv.store import Store
+from crdt_kv.testing import ManualClock
+from crdt_kv.version import RawEntry
+
+
+def mem(peer: str, clock: ManualClock) -> Store:
+    return crdt_kv.open(backend="memory", peer_id=peer, clock=clock)
+
+
+def hello(peer: str, **kw: Any) -> Hello:
+    fields: dict[str, Any] = dict(
+        version=3, cluster_id="default", peer_id=peer, incarnation=b"i" * 16, hlc=1 << 16,
+        last_seq=0, send=True, receive=True, live=False, key_encoding="utf-8",
+        value_encoding="cbor", max_batch_entries=1000,
+    )  # fmt: skip
+    fields.update(kw)
+    return Hello(**fields)
+
+
+def frames_of(data: bytes) -> list[Any]:
+    return [decode_message(p) for p in FrameDecoder(max_frame_bytes=1 << 30).feed(data)]
+
+
+def pump(x: Session, y: Session, seen: list[bytes] | None = None) -> None:
+    for _ in range(10_000):
+        moved = False
+        for src, dst in ((x, y), (y, x)):
+            data = src.data_to_send()
+            if data:
+                if seen is not None and src is x:
+                    seen.extend(FrameDecoder(max_frame_bytes=1 << 30).feed(data))
+                dst.receive_data(data)
+                moved = True
+        if not moved:
+            return
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1 << 16, MIN_MAX_FRAME_BYTES - 1, 1 << 32, 2.5e7])
+def test_a_frame_limit_too_small_for_one_entry_is_a_config_error(limit: Any) -> None:
+    store = mem("a", ManualClock())
+    with pytest.raises(ConfigError, match="max_frame_bytes must be an int in"):
+        Session(store, max_frame_bytes=limit)
+    with pytest.raises(ConfigError, match="max_frame_bytes"):
+        LinkConfig(max_frame_bytes=limit)
+    assert MIN_MAX_FRAME_BYTES > MAX_VALUE_BYTES + MAX_KEY_BYTES
+    Session(store, max_frame_bytes=MIN_MAX_FRAME_BYTES)
+
+
+# --- the Hello's limit on the wire -------------------------------------------------------
+
+
+def test_hello_states_its_limit_only_when_not_the_default() -> None:
+    plain = encode_message(hello("a"))
+    assert len(cbor2.loads(plain)) == 13
+    assert decode_message(plain) == hello("a")
+    h = hello("a", max_frame_bytes=MIN_MAX_FRAME_BYTES)
+    payload = encode_message(h)
+    assert cbor2.loads(payload)[13] == MIN_MAX_FRAME_BYTES
+    assert decode_message(payload) == h
+
+
+def test_hello_with_a_limit_below_one_entry_is_refused() -> None:
+    payload = cbor2.loads(encode_message(hello("a")))
+    payload.append(1 << 16)
+    with pytest.raises(RemoteProtocolError, match=r"hello\.max_frame_bytes"):
+        decode_message(cbor2.dumps(payload))
+
+
+def test_hello_with_a_big_gossip_is_trimmed_to_the_hello_limit() -> None:
+    rows = tuple(GossipRow("p" * 200 + str(i), 1 << 60, 1 << 47, 1 << 60) for i in range(2000))
+    h = hello("a" * 255, cluster_id="c" * 255, gc=rows[:MAX_GOSSIP_ROWS])
+    assert len(encode_message(h)) > HELLO_MAX_FRAME_BYTES
+    fitted = fit_hello(h)
+    assert len(encode_message(fitted)) <= HELLO_MAX_FRAME_BYTES
+    assert fitted.gc == h.gc[: len(fitted.gc)] and len(fitted.gc) > 10
+    more = fitted.gc + h.gc[len(fitted.gc) : len(fitted.gc) + 1]
+    assert len(encode_message(fitted.__class__(**{**_fields(fitted), "gc": more}))) > (
+        HELLO_MAX_FRAME_BYTES
+    )
+
+
+def _fields(h: Hello) -> dict[str, Any]:
+    return {name: getattr(h, name) for name in Hello.__slots__}
+
+
+# --- the small limit before the Hello ---------------------------------------------------------
+
+
+def test_first_frame_over_the_hello_limit_is_refused_before_it_is_buffered() -> None:
+    b = Session(mem("b", ManualClock()))
+    b.start()
+    b.data_to_send()
+    events = b.receive_data(struct.pack(">I", HELLO_MAX_FRAME_BYTES + 1) + b"\x80" * 100)
+    assert b.closed and f"max_frame_bytes={HELLO_MAX_FRAME_BYTES}" in str(b.error)
+    assert events and b._inbox.buffered == 0
+
+
+def test_frames_after_the_hello_in_the_same_read_get_the_full_limit() -> None:
+    clock = ManualClock()
+    b = mem("b", clock)
+    b.put("k", 1)
+    sess = Session(b)
+    sess.start()
+    sess.data_to_send()
+    big_proof = Request(0, False, (b"x" * 60_000, 1))
+    data = encode_frame(hello("a", hlc=clock.now << 16, send=False)) + encode_frame(big_proof)
+    assert len(encode_frame(big_proof)) > HELLO_MAX_FRAME_BYTES
+    sess.receive_data(data)
+    assert sess.remote is not None and sess.remote.peer_id == "a"
+    assert "max_frame_bytes" not in str(sess.error)
+
+
+def test_a_failed_decode_keeps_no_traceback_alive() -> None:
+    clock = ManualClock()
+    b = Session(mem("b", clock))
+    b.start()
+    b.data_to_send()
+    b.receive_data(encode_frame(hello("a", hlc=clock.now << 16, send=False)))
+    junk = cbor2.dumps([9, *([[]] * 100_000)])  # an unknown type after 100,000 objects
+    b.receive_data(struct.pack(">I", len(junk)) + junk)
+    err = b.error
+    assert isinstance(err, RemoteProtocolError) and "unknown message type" in str(err)
+    assert err.__traceback__ is None and err.__context__ is None and err.__cause__ is None
+
+
+def test_error_messages_do_not_repr_huge_values() -> None:
+    assert len(short(list(range(1_000_000)))) < 80
+    assert len(short(b"x" * 10_000_000)) < 80
+    assert short("abc") == "'abc'"
+
+
+# --- the sender fits the receiver's limit ------------------------------------------------------
+
+
+def test_sender_fits_batches_to_the_receivers_stated_limit() -> None:
+    clock = ManualClock()
+    a, b = mem("a", clock), mem("b", clock)
+    big = MAX_VALUE_BYTES - 64
+    for i in range(3):
+        a.put(f"big{i}", b"v" * big)
+        a.put(f"small{i}", i)
+    x = Session(a, mode="push", max_batch_bytes=1 << 26, max_frame_bytes=1 << 26, repair=False)
+    y = Session(b, mode="pull", max_frame_bytes=MIN_MAX_FRAME_BYTES, repair=False)
+    x.start()
+    y.start()
+    sent: list[bytes] = []
+    pump(x, y, sent)
+    assert x.complete and y.complete, (x.error, y.error)
+    assert dict(b.items()) == dict(a.items())
+    batches = [decode_message(p) for p in sent]
+    assert sum(isinstance(m, Batch) and len(m.entries) > 0 for m in batches) >= 3
+    assert max(len(p) for p in sent) <= MIN_MAX_FRAME_BYTES
+
+
+versions = st.builds(
+    RawEntry,
+    key=st.binary(max_size=300),
+    value=st.binary(max_size=3000),
+    hlc=st.integers(0, (1 << 64) - 1),
+    peer=st.text(min_size=1, max_size=40),
+    deleted=st.just(False),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(versions, min_size=1, max_size=30),
+    limit=st.integers(BATCH_OVERHEAD, 40_000),
+    others=st.lists(versions, max_size=3),
+)
+def test_fitted_batches_never_exceed_the_limit(
+    rows: list[RawEntry], limit: int, others: list[RawEntry]
+) -> None:
+    """Property: a batch cut by fit_frame encodes within the limit, unless it is one row."""
+    if others:
+        first = rows[0]
+        rows[0] = RawEntry(
+            first.key, first.value, first.hlc, first.peer, False, 0,
+            tuple((o.peer, o.hlc) for o in others[:2]),
+            tuple(RawEntry(first.key, o.value, o.hlc, o.peer, False) for o in others),
+        )  # fmt: skip
+    rows = [RawEntry(r.key, r.value, r.hlc, r.peer, r.deleted, i + 1, r.context, r.others)
+            for i, r in enumerate(rows)]  # fmt: skip
+    kept = fit_frame(rows, limit)
+    assert kept == rows[: len(kept)] and kept
+    size = len(encode_message(Batch(0, len(kept), False, tuple(kept))))
+    assert size <= limit or len(kept) == 1
+    if len(kept) < len(rows):  # cut only where one more row could overflow the frame
+        assert BATCH_OVERHEAD + sum(map(row_bound, rows[: len(kept) + 1])) > limit
