@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -400,8 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     exits 70 with its type and message, and ``CRDT_KV_TRACEBACK=1`` shows the traceback.
     """
     args = build_parser().parse_args(argv)
+    started = time.monotonic()
     try:
         code: int = args.func(args)
+        if getattr(args, "summary", False):  # simulate --summary: sweeps report their time
+            print(f"wall time {time.monotonic() - started:,.1f} s", flush=True)
     except CrdtKvError as exc:
         print(f"error: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -415,7 +415,7 @@ def test_quiet_live_session_survives_on_keepalives(keepalive: bool) -> None:
     """A tailing live session with nothing to say stays up for many idle timeouts, because
     each side sends a keep-alive; without keep-alives the idle timeout would drop it (the
     rule the simulator and the node once applied differently)."""
-    cfg: dict[str, Any] = {"idle_timeout_s": 3.0}
+    cfg: dict[str, Any] = {"idle_timeout_s": 3.0, "live_idle_timeout_s": 3.0}
     if not keepalive:
         cfg["keepalive_s"] = 1000.0
     wire, ra, rb = _live_pair(**cfg)

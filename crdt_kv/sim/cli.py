@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,7 +151,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the suite ``args`` describe, print the table or JSON, return the exit code."""
     _check_args(args)
-    started = time.monotonic()
     resolver = load_resolver(args.resolver) if args.resolver else None
     if args.plot:
         import_pyplot()  # fail before the runs, not after
@@ -185,8 +183,6 @@ def run_command(args: argparse.Namespace) -> int:
         console.print(f"divergence plot written to {args.plot}", highlight=False)
     passed = len(results) - len(failures)
     mode = " (siblings mode)" if args.conflicts == "siblings" else ""
-    if args.summary:
-        console.print(f"wall time {time.monotonic() - started:,.1f} s", highlight=False)
     console.print(
         f"{passed}/{len(results)} runs passed{mode}: "
         + ("[green]CONVERGED[/]" if not failures else "[red]FAILED[/]")
