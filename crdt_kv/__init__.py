@@ -25,6 +25,7 @@ from crdt_kv.errors import (
     CrdtKvError,
     EncodingError,
     LocalProtocolError,
+    PeerIdentityError,
     ProtocolError,
     ReadOnlyError,
     RemoteProtocolError,
@@ -39,7 +40,7 @@ from crdt_kv.store import Batch, Store
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
 if TYPE_CHECKING:
-    from crdt_kv.net import Node, replicate, serve
+    from crdt_kv.net import Node, TlsConfig, replicate, serve
     from crdt_kv.protocol.catchup import CatchUpReport
     from crdt_kv.repair.api import reconcile
     from crdt_kv.repair.report import ReconcileReport
@@ -50,6 +51,7 @@ _LAZY = {
     "CatchUpReport": "crdt_kv.protocol.catchup",
     "Node": "crdt_kv.net",
     "ReconcileReport": "crdt_kv.repair.report",
+    "TlsConfig": "crdt_kv.net",
     "reconcile": "crdt_kv.repair.api",
     "replicate": "crdt_kv.net",
     "serve": "crdt_kv.net",
@@ -70,6 +72,7 @@ __all__ = [
     "Entry",
     "LocalProtocolError",
     "Node",
+    "PeerIdentityError",
     "ProtocolError",
     "RawEntry",
     "ReadOnlyError",
@@ -82,6 +85,7 @@ __all__ = [
     "StorageError",
     "Store",
     "StoreNotFoundError",
+    "TlsConfig",
     "Version",
     "__version__",
     "available_backends",

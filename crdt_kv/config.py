@@ -1,8 +1,11 @@
-"""Configuration: a mapping or a TOML file with ``[storage]`` and ``[node]`` tables.
+"""Configuration: a mapping or a TOML file with ``[storage]``, ``[node]`` and ``[tls]`` tables.
 
 Unknown tables or keys raise :class:`ConfigError` naming them, so a typo never silently
-falls back to a default. Relative storage paths in a TOML file are resolved against the
-file's directory. Keyword arguments given to :func:`crdt_kv.open` override the file.
+falls back to a default. Relative paths in a TOML file (``storage.path``, ``tls.cert``,
+``tls.key``, ``tls.ca``) are resolved against the file's directory. Keyword arguments given
+to :func:`crdt_kv.open` override the file. A ``[tls]`` table needs ``cert``, ``key`` and
+``ca``; whether those files exist and load is checked when a node starts
+(:class:`~crdt_kv.net.tls.TlsConfig`), so commands that only open the store do not need them.
 """
 
 from __future__ import annotations
@@ -47,7 +50,16 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "metrics_listen": str,
         "live_idle_timeout_s": (int, float),
     },
+    "tls": {
+        "cert": str,
+        "key": str,
+        "ca": str,
+        "allowed_peers": list,
+    },
 }
+
+_PATHS = (("storage", "path"), ("tls", "cert"), ("tls", "key"), ("tls", "ca"))
+"""Keys holding a path, resolved against a TOML file's directory."""
 
 
 _MODES = ("both", "push", "pull")
@@ -65,6 +77,10 @@ def _check_value(table: str, key: str, value: Any) -> None:
     bad = None
     if isinstance(value, str) and not value and key in ("backend", "path", "peer_id"):
         bad = "must not be empty"
+    elif table == "tls" and isinstance(value, str) and not value:
+        bad = "must be a file path"
+    elif key == "allowed_peers" and not all(isinstance(p, str) and p for p in value):
+        bad = "must be a list of peer ids (non-empty strings)"
     elif key == "peers" and not all(isinstance(p, str) for p in value):
         bad = "must be a list of 'host:port' strings"
     elif key == "mode" and value not in _MODES:
@@ -93,9 +109,10 @@ def _check_value(table: str, key: str, value: Any) -> None:
 def load_config(
     config: Mapping[str, Any] | str | os.PathLike[str] | None,
 ) -> dict[str, dict[str, Any]]:
-    """Read and validate a configuration; returns ``{"storage": {...}, "node": {...}}``."""
+    """Read and validate a configuration; returns ``{table: {key: value}}`` for every
+    table of :data:`KNOWN` (empty when absent)."""
     if config is None:
-        return {"storage": {}, "node": {}}
+        return {table: {} for table in KNOWN}
     base_dir: str | None = None
     if isinstance(config, str | os.PathLike):
         path = os.fspath(config)
@@ -113,7 +130,7 @@ def load_config(
         raw = config
     else:
         raise ConfigError(f"config must be a mapping or a TOML path, not {type(config).__name__}")
-    out: dict[str, dict[str, Any]] = {"storage": {}, "node": {}}
+    out: dict[str, dict[str, Any]] = {table: {} for table in KNOWN}
     for table, values in raw.items():
         if table not in KNOWN:
             raise ConfigError(f"unknown config table [{table}]; known: {', '.join(KNOWN)}")
@@ -129,7 +146,11 @@ def load_config(
                 raise ConfigError(f"config {table}.{key} has the wrong type: {value!r}")
             _check_value(table, key, value)
             out[table][key] = value
-    path_value = out["storage"].get("path")
-    if base_dir is not None and path_value is not None and not os.path.isabs(path_value):
-        out["storage"]["path"] = os.path.join(base_dir, path_value)
+    missing = [key for key in ("cert", "key", "ca") if "tls" in raw and key not in out["tls"]]
+    if missing:
+        raise ConfigError(f"config [tls] needs cert, key and ca; missing: {', '.join(missing)}")
+    for table, key in _PATHS:
+        value = out[table].get(key)
+        if base_dir is not None and value is not None and not os.path.isabs(value):
+            out[table][key] = os.path.join(base_dir, value)
     return out

@@ -16,6 +16,7 @@ __all__ = [
     "CrdtKvError",
     "EncodingError",
     "LocalProtocolError",
+    "PeerIdentityError",
     "ProtocolError",
     "ReadOnlyError",
     "RemoteProtocolError",
@@ -97,6 +98,27 @@ class ProtocolError(CrdtKvError):
 
 class RemoteProtocolError(ProtocolError):
     """The remote peer sent bytes or messages that break the protocol (their fault)."""
+
+
+class PeerIdentityError(RemoteProtocolError):
+    """A peer was refused for who it is (or could not prove it), before any data moved.
+
+    ``reason`` says which check refused it, one of :attr:`REASONS`:
+    ``tls_handshake`` (no TLS, a certificate our CA did not sign, no client certificate,
+    or a handshake that timed out), ``no_identity`` (a valid certificate naming no peer
+    id), ``identity_mismatch`` (the Hello claims another peer id than the certificate
+    names) and ``not_allowed`` (the peer id is not in ``allowed_peers``). ``peer_id`` is
+    the peer's authenticated identity when known, else the id it claimed, else None.
+    """
+
+    REASONS = ("tls_handshake", "no_identity", "identity_mismatch", "not_allowed")
+
+    def __init__(self, message: str, *, reason: str, peer_id: str | None = None) -> None:
+        super().__init__(message)
+        if reason not in self.REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
+        self.reason = reason
+        self.peer_id = peer_id
 
 
 class LocalProtocolError(ProtocolError):

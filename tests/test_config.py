@@ -117,9 +117,10 @@ def test_keyword_false_overrides_a_true_config(tmp_path: Path) -> None:
 
 
 def test_no_config_means_empty_tables() -> None:
-    assert load_config(None) == {"storage": {}, "node": {}}
-    assert load_config({}) == {"storage": {}, "node": {}}
-    assert load_config({"storage": {}}) == {"storage": {}, "node": {}}
+    empty: dict[str, dict[str, Any]] = {"storage": {}, "node": {}, "tls": {}}
+    assert load_config(None) == empty
+    assert load_config({}) == empty
+    assert load_config({"storage": {}}) == empty
 
 
 @pytest.mark.parametrize(
@@ -167,6 +168,10 @@ def test_an_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
         ("node", "catch_up", 1),
         ("node", "catch_up_timeout_s", "30"),
         ("node", "catch_up_timeout_s", False),
+        ("tls", "cert", 3),
+        ("tls", "ca", ["ca.pem"]),
+        ("tls", "allowed_peers", "a"),
+        ("tls", "allowed_peers", {"a": 1}),
     ],
 )
 def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -196,6 +201,9 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "metrics_listen", "127.0.0.1:"),
         ("node", "metrics_listen", "127.0.0.1:70000"),
         ("node", "metrics_listen", "127.0.0.1:\uff19\uff10"),  # fullwidth digits
+        ("tls", "key", ""),
+        ("tls", "allowed_peers", ["a", 1]),
+        ("tls", "allowed_peers", ["a", ""]),
     ],
 )
 def test_out_of_range_values_are_config_errors(table: str, key: str, value: Any) -> None:
@@ -219,7 +227,7 @@ def test_every_known_key_accepts_its_type() -> None:
     )
     assert loaded["node"]["sync_interval_s"] == 2
     assert loaded["node"]["catch_up"] is True and loaded["node"]["catch_up_timeout_s"] == 0
-    assert set(KNOWN) == {"storage", "node"}
+    assert set(KNOWN) == {"storage", "node", "tls"}
     for listen in ("127.0.0.1:0", "[::1]:9100", ":9100"):
         assert load_config({"node": {"metrics_listen": listen}})["node"]["metrics_listen"] == listen
 
@@ -272,3 +280,41 @@ def test_the_backend_named_in_the_config_must_exist(tmp_path: Path) -> None:
     cfg = write(tmp_path, '[storage]\nbackend = "leveldb"\npath = "x"\n')
     with pytest.raises(ConfigError, match=r"'leveldb'.*memory.*rocksdb.*sqlite"):
         crdt_kv.open(config=cfg)
+
+
+TLS_TOML = """\
+[storage]
+backend = "memory"
+
+[tls]
+cert = "certs/node.pem"
+key = "/abs/node.key"
+ca = "ca.pem"
+allowed_peers = ["a", "b"]
+"""
+
+
+def test_tls_table_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    loaded = load_config(write(tmp_path, TLS_TOML))
+    assert loaded["tls"] == {
+        "cert": str(tmp_path / "certs" / "node.pem"),
+        "key": "/abs/node.key",
+        "ca": str(tmp_path / "ca.pem"),
+        "allowed_peers": ["a", "b"],
+    }
+    # Only a node needs the files: opening the store with this config does not look.
+    with crdt_kv.open(config=write(tmp_path, TLS_TOML), peer_id="a") as db:
+        assert db.peer_id == "a"
+
+
+@pytest.mark.parametrize(
+    ("tls", "missing"),
+    [
+        ({"cert": "c.pem", "key": "k.pem"}, "missing: ca"),
+        ({"allowed_peers": ["a"]}, "missing: cert, key, ca"),
+        ({}, "missing: cert, key, ca"),
+    ],
+)
+def test_tls_table_needs_cert_key_and_ca(tls: dict[str, Any], missing: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[tls\] needs cert, key and ca; {missing}"):
+        load_config({"tls": tls})

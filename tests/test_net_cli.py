@@ -317,3 +317,53 @@ def test_serve_rejects_a_negative_catch_up_timeout(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "catch_up_timeout_s" in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+async def test_cli_server_over_tls_syncs_with_certified_peers_only(tmp_path: Path) -> None:
+    from tls_helpers import Pki
+
+    from crdt_kv.net.tls import PEER_URI_PREFIX
+
+    pki = Pki(tmp_path / "pki")
+    pki.issue("a", uris=[PEER_URI_PREFIX + "a"])
+    seed(tmp_path / "a-data", "a", 3, "from-a")
+    cfg = write_config(tmp_path / "a.toml", "a", "127.0.0.1:0", [])
+    with cfg.open("a") as fh:  # relative paths: resolved against the config file's directory
+        fh.write('\n[tls]\ncert = "pki/a.pem"\nkey = "pki/a.key"\nca = "pki/ca.pem"\n')
+        fh.write('allowed_peers = ["b"]\n')
+    server = await start_server(cfg)
+    try:
+        address = await server.read_listening()
+        with crdt_kv.open(backend="memory", peer_id="b") as b:
+            async with crdt_kv.serve(b, peers=[address], tls=pki.tls("b"), live=False) as nb:
+                with trio.fail_after(20):
+                    await wait_until(lambda: b.get("shared") == "from-a", what="sync over TLS")
+                assert not nb.peer_book.refusals
+            with pytest.raises(crdt_kv.CrdtKvError):  # plaintext: the server hangs up
+                await pull_copy(address)
+    finally:
+        server.proc.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            await server.proc.wait()
+    assert server.proc.returncode == 0
+    assert "refused" in await server.stderr_text()  # logged at WARNING, the default level
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--tls-cert", "x.pem"], "missing --tls-key, --tls-ca"),
+        (["--tls-cert", "nope.pem", "--tls-key", "k.pem", "--tls-ca", "c.pem"], "nope.pem"),
+    ],
+)
+def test_serve_tls_flags_are_checked(tmp_path: Path, flags: list[str], said: str) -> None:
+    cfg = write_config(tmp_path / "f.toml", "f", "127.0.0.1:0", [])
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(cfg), *flags],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert said in r.stderr and "Traceback" not in r.stderr and r.stdout == ""

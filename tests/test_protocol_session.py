@@ -17,6 +17,7 @@ from crdt_kv.errors import (
     ClockSkewError,
     ConfigError,
     LocalProtocolError,
+    PeerIdentityError,
     ProtocolError,
     RemoteProtocolError,
     RolledBackError,
@@ -831,6 +832,46 @@ def test_incompatible_hello_from_a_raw_peer(
     assert isinstance(sent[0], Hello) and sent[-1] == Abort(AbortCode.INCOMPATIBLE, str(sess.error))
     assert what in str(sess.error) and sess.state is ConnState.FAILED
     assert sess.remote is None and b.cursors() == {}
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason", "booked_as", "what"),
+    [
+        ({"peer_identity": "c"}, "identity_mismatch", "c", "certificate of 'c' claims to be 'a'"),
+        ({"allowed_peers": {"c", "d"}}, "not_allowed", "a", "'a' is not in allowed_peers"),
+        ({"peer_identity": "a", "allowed_peers": ["b"]}, "not_allowed", "a", "allowed_peers"),
+    ],
+    ids=["forged-peer-id", "off-the-list", "certified-but-off-the-list"],
+)
+def test_hello_refused_for_who_the_peer_is(
+    pair: tuple[Store, Store, ManualClock],
+    kw: dict[str, Any],
+    reason: str,
+    booked_as: str,
+    what: str,
+) -> None:
+    a, b, _ = pair
+    a.put("k", 1)
+    b.put("mine", 2)
+    lk = Link(Session(a), Session(b, **kw)).start().run()
+    [fb] = failed(lk.events_b)
+    err = fb.error
+    assert isinstance(err, PeerIdentityError) and not fb.by_peer
+    assert err.reason == reason and what in str(err) and lk.b.claimed_peer == booked_as
+    assert lk.sent_b[-1] == Abort(AbortCode.UNAUTHORIZED, str(err))
+    [fa] = failed(lk.events_a)
+    assert fa.by_peer and "code 7" in str(fa.error)
+    assert not any(isinstance(e, Connected) for e in lk.events_b)
+    assert "k" not in b and "mine" not in a and b.cursors() == {} and a.cursors() == {}
+
+
+def test_hello_matching_the_authenticated_identity_syncs(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    a, b, _ = pair
+    a.put("k", 1)
+    lk = sync(a, b, a_peer_identity="b", b_peer_identity="a", b_allowed_peers=["a"])
+    assert b.get("k") == 1 and lk.b.claimed_peer == "a"
 
 
 def test_self_connection_is_refused(pair: tuple[Store, Store, ManualClock]) -> None:

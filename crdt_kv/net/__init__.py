@@ -21,6 +21,7 @@ from crdt_kv.net.events import (
 from crdt_kv.net.node import Node
 from crdt_kv.net.peers import UNIDENTIFIED
 from crdt_kv.net.serve import serve
+from crdt_kv.net.tls import TlsConfig
 from crdt_kv.net.transport import ReplicationResult, replicate, run_session
 from crdt_kv.protocol.backoff import Backoff
 from crdt_kv.protocol.catchup import CatchUpPeer, CatchUpReport
@@ -40,6 +41,7 @@ __all__ = [
     "Node",
     "NodeEvent",
     "ReplicationResult",
+    "TlsConfig",
     "format_address",
     "parse_address",
     "replicate",

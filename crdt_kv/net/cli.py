@@ -6,7 +6,8 @@ with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conf
 is given), so a node replicates in the mode its store was created with. On startup the
 command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it), after
 the catch-up report when ``catch_up`` is on, then ``metrics on http://HOST:PORT/metrics``
-if it serves metrics (``metrics_listen``); it
+if it serves metrics (``metrics_listen``). A ``[tls]`` table or the ``--tls-*`` flags
+(which override its ``cert``, ``key`` and ``ca``) run the node over mutual TLS; it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
 """
@@ -29,11 +30,12 @@ from crdt_kv.errors import ConfigError
 from crdt_kv.net.addresses import format_address
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S
 from crdt_kv.net.serve import serve
+from crdt_kv.net.tls import TlsConfig
 from crdt_kv.protocol import DEFAULT_CATCH_UP_TIMEOUT_S, MODES
 from crdt_kv.store import Store
 from crdt_kv.store.meta import CONFLICT_MODES
 
-__all__ = ["node_options", "register", "run_node"]
+__all__ = ["node_options", "register", "run_node", "tls_options"]
 
 
 def register(subparsers: Any) -> None:
@@ -101,6 +103,14 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one)",
     )
+    p.add_argument("--tls-cert", metavar="PEM", help="this node's TLS certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="the CA that signs every node's certificate; with --tls-cert and --tls-key "
+        "(or a [tls] table) the node speaks only mutual TLS",
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
     p.set_defaults(func=_cmd_serve)
 
@@ -139,6 +149,24 @@ def node_options(node_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str
     return opts
 
 
+def tls_options(tls_cfg: dict[str, Any], args: argparse.Namespace) -> TlsConfig | None:
+    """The node's TLS from the ``[tls]`` table overridden by ``--tls-*`` flags; None when
+    neither asks for TLS. A partial set of files is a :class:`ConfigError`."""
+    table = dict(tls_cfg)
+    for key in ("cert", "key", "ca"):
+        flag = getattr(args, f"tls_{key}", None)
+        if flag is not None:
+            table[key] = flag
+    if not table:
+        return None
+    missing = [f"--tls-{key}" for key in ("cert", "key", "ca") if key not in table]
+    if missing:
+        raise ConfigError(
+            f"TLS needs a certificate, its key and a CA; missing {', '.join(missing)}"
+        )
+    return TlsConfig.from_table(table)
+
+
 async def run_node(
     store: Store,
     options: dict[str, Any],
@@ -163,6 +191,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(args.config)
     options = node_options(cfg["node"], args)
+    tls = tls_options(cfg["tls"], args)
+    if tls is not None:
+        options["tls"] = tls
     store = crdt_kv.open(
         args.path,
         config=args.config,

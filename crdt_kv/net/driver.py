@@ -140,6 +140,8 @@ class LinkDriver:
     link never dials, as for an accepted connection). ``on_event`` sees every event the
     link reports that is not about moving bytes; it runs on the event loop and must not
     block. An exception from it closes the link and is re-raised by :meth:`run`.
+    ``identify(stream)`` names the peer id a new connection authenticated (its TLS
+    certificate's), which the session's Hello must then claim; None: no such check.
     """
 
     def __init__(
@@ -149,8 +151,10 @@ class LinkDriver:
         worker: StorageWorker,
         connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
         on_event: Callable[[LinkEvent], object] | None = None,
+        identify: Callable[[trio.abc.Stream], str | None] | None = None,
     ) -> None:
         self.link = link
+        self.identify = identify
         self.worker = worker
         self.connect = connect
         self.on_event = on_event
@@ -179,7 +183,9 @@ class LinkDriver:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if stream is not None:
-                    link.connection_made(trio.current_time(), session=session)
+                    link.connection_made(
+                        trio.current_time(), session=session, peer_identity=self._identity(stream)
+                    )
                     self._start_connection(stream)
                 await self._main_loop()
                 nursery.cancel_scope.cancel()
@@ -282,9 +288,12 @@ class LinkDriver:
         if self.link.closed:
             await trio.aclose_forcefully(stream)
             return
-        self.link.connection_made(trio.current_time())
+        self.link.connection_made(trio.current_time(), peer_identity=self._identity(stream))
         self._start_connection(stream)
         self._wake.set()
+
+    def _identity(self, stream: trio.abc.Stream) -> str | None:
+        return None if self.identify is None else self.identify(stream)
 
     # --- one connection -------------------------------------------------------------------
 

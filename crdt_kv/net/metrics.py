@@ -179,6 +179,15 @@ class NodeCollector:
             "Inbound replication connections closed at once: too many open.",
             value=node.connections_refused,
         )
+        refused = CounterMetricFamily(
+            "crdt_kv_node_peer_refusals_total",
+            "Peers refused for who they are (TLS on), by reason: tls_handshake, no_identity, "
+            "identity_mismatch, not_allowed.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(book.refusals.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
     def _peer_metrics(self, stats: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         for field, name, doc in PEER_GAUGES:

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from crdt_kv.errors import ClosedError, ConfigError, CrdtKvError
+from crdt_kv.errors import ClosedError, ConfigError, CrdtKvError, PeerIdentityError
 from crdt_kv.net.addresses import format_address, parse_address
 from crdt_kv.net.admission import (
     MAX_INBOUND_CONNECTIONS,
@@ -57,6 +57,7 @@ from crdt_kv.net.events import (
 )
 from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
 from crdt_kv.net.sockets import connect_failure, peer_address, tune_socket
+from crdt_kv.net.tls import TlsConfig, verified_identity
 from crdt_kv.protocol import (
     BatchApplied,
     CatchUpReport,
@@ -155,8 +156,10 @@ class Node:
         rng: random.Random,
         wrap_stream: StreamWrapper | None,
         gc: GcPolicy | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.store = store
+        self.tls = tls
         self.gc = gc
         """The collection policy (None: this node never collects)."""
         self._gc_wake: trio.Event | None = None
@@ -365,6 +368,8 @@ class Node:
     async def _run_driver(self, driver: LinkDriver, stream: trio.abc.Stream | None = None) -> None:
         """Run a link, telling it about our commits while it runs."""
         self._drivers.add(driver)
+        if self.tls is not None:
+            driver.identify = verified_identity
         try:
             await driver.run(stream)
         finally:
@@ -439,6 +444,7 @@ class Node:
         watch.result = ev.error
         target = watch.target
         if ev.dialing:
+            self._book.count_refusal(ev.error)  # our TLS refused the dialed peer
             if target is not None:
                 target.connect_errors += 1
                 why = connect_failure(ev.error)
@@ -469,7 +475,7 @@ class Node:
         watch.record = None
         if error is not None:
             if isinstance(error, CrdtKvError):
-                log.info(
+                (log.warning if isinstance(error, PeerIdentityError) else log.info)(
                     "%s: session with %s (%s) failed: %s",
                     self.peer_id,
                     peer_id,
@@ -499,18 +505,27 @@ class Node:
 
     # --- internals: sockets -----------------------------------------------------------
 
-    def _wrap(self, stream: trio.abc.Stream, *, outbound: bool) -> trio.abc.Stream:
-        return stream if self.wrap_stream is None else self.wrap_stream(stream, outbound)
+    async def _wrap(
+        self, stream: trio.abc.Stream, *, outbound: bool, address: str, host: str | None = None
+    ) -> trio.abc.Stream:
+        """``stream`` in TLS (handshake done) or as ``wrap_stream`` makes it; closed if that
+        fails (a refused TLS peer raises :class:`PeerIdentityError`)."""
+        try:
+            if self.tls is not None:
+                timeout = self.connect_timeout_s if outbound else self.config.handshake_timeout_s
+                return await self.tls.secure(
+                    stream, outbound=outbound, address=address, host=host, timeout_s=timeout
+                )
+            return stream if self.wrap_stream is None else self.wrap_stream(stream, outbound)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
 
     async def _dial(self, target: _Target) -> trio.abc.Stream:
         with trio.fail_after(self.connect_timeout_s):
             stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
         tune_socket(stream)
-        try:
-            return self._wrap(stream, outbound=True)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
+        return await self._wrap(stream, outbound=True, address=target.address, host=target.host)
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
         address = peer_address(stream)
@@ -524,10 +539,11 @@ class Node:
         try:
             tune_socket(stream)
             try:
-                wrapped = self._wrap(stream, outbound=False)
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
+                wrapped = await self._wrap(stream, outbound=False, address=address)
+            except PeerIdentityError as exc:  # no session ever started: book it here
+                self._book.refused(exc)
+                log.warning("%s: refused %s: %s", self.peer_id, address, exc)
+                return self._emit(ErrorEvent(None, address, False, exc))
             link = self._link(LinkRole.ONCE, self.config, address)
             watch = _Watch(link, address, outbound=False, ticket=ticket)
             driver = LinkDriver(link, worker=self.worker, on_event=lambda e: self._see(watch, e))

@@ -14,10 +14,12 @@ table without bound. A peer with an open session or one the node dials is never 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdt_kv.errors import PeerIdentityError
 from crdt_kv.protocol import InState, Session, SessionStats
 from crdt_kv.store import Store
 
@@ -31,7 +33,8 @@ __all__ = [
 ]
 
 UNIDENTIFIED = "(unidentified)"
-"""Stats key of connections that failed before the peer identified itself with a Hello."""
+"""Stats key of connections that failed before the peer identified itself with a Hello or
+a certificate (a failed TLS handshake, plaintext on a TLS port)."""
 
 COUNTERS = (
     "bytes_sent",
@@ -113,6 +116,10 @@ class PeerBook:
         self.max_records = max_records
         self.pruned = 0
         """Records pruned since the book was made."""
+        self.refusals: Counter[str] = Counter()
+        """Peers refused for who they are, by :attr:`PeerIdentityError.reason`: TLS
+        handshakes failed, certificates naming no peer id, Hellos claiming another peer id
+        than the certificate names, peer ids outside ``allowed_peers``."""
 
     def record(self, peer_id: str) -> PeerRecord:
         """The record of ``peer_id`` (created on first use)."""
@@ -162,6 +169,21 @@ class PeerBook:
         self.prune()
         return rec
 
+    def count_refusal(self, error: BaseException | None) -> None:
+        """Count ``error`` in :attr:`refusals` if it refused a peer for who it is."""
+        if isinstance(error, PeerIdentityError):
+            self.refusals[error.reason] += 1
+
+    def refused(self, error: PeerIdentityError) -> PeerRecord:
+        """An inbound connection was refused before any session started (its TLS
+        handshake): counted under the peer id it proved, else :data:`UNIDENTIFIED`."""
+        self.count_refusal(error)
+        rec = self.record(error.peer_id or UNIDENTIFIED)
+        rec.errors += 1
+        rec.last_error = str(error)
+        self.touch(rec)
+        return rec
+
     def ended(
         self, rec: PeerRecord | None, session: Session, error: BaseException | None
     ) -> PeerRecord:
@@ -173,6 +195,7 @@ class PeerBook:
             final.active.remove(session)
         final.fold(session.stats)
         self.touch(final)
+        self.count_refusal(error)
         if rec is not None:
             rec.ok = error is None
         if error is not None:

@@ -7,17 +7,20 @@ listener, starts discovery if asked, and stops everything when the body exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import trio
 
+from crdt_kv.errors import ConfigError
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
+from crdt_kv.net.tls import TlsConfig
 from crdt_kv.protocol import (
     DEFAULT_CATCH_UP_TIMEOUT_S,
     DEFAULT_GC_INTERVAL_S,
@@ -55,6 +58,7 @@ async def serve(
     backoff_base_s: float = 0.2,
     backoff_max_s: float = 30.0,
     wrap_stream: StreamWrapper | None = None,
+    tls: TlsConfig | None = None,
     session_options: Mapping[str, Any] | None = None,
     gc_grace_s: float | None = DEFAULT_GC_GRACE_MS / 1000,
     gc_interval_s: float = DEFAULT_GC_INTERVAL_S,
@@ -76,7 +80,11 @@ async def serve(
     ``handshake_timeout_s`` drops connections that never send a Hello. Reconnects back off
     exponentially from ``backoff_base_s`` to ``backoff_max_s`` with jitter drawn from
     ``rng``. ``wrap_stream(stream, outbound)`` may wrap each TCP stream (e.g. in
-    :class:`trio.SSLStream`). ``session_options`` go to every
+    :class:`trio.SSLStream`). ``tls`` (:class:`~crdt_kv.net.tls.TlsConfig`, instead of
+    ``wrap_stream``) runs every connection over mutual TLS and binds peer ids to
+    certificates: a Hello must claim the peer id its certificate names, peers outside
+    ``tls.allowed_peers`` and plaintext are refused (counted in
+    ``node.peer_book.refusals``). ``session_options`` go to every
     :class:`~crdt_kv.protocol.Session` (``max_batch_entries``, ``window``, ...) and may set
     any other :class:`~crdt_kv.protocol.LinkConfig` field (``push_delay_s``, ...).
 
@@ -116,6 +124,11 @@ async def serve(
         backoff_base_s=backoff_base_s,
         backoff_max_s=backoff_max_s,
     ).with_options(session_options or {})
+    if tls is not None:
+        if wrap_stream is not None:
+            raise ConfigError("give serve() tls or wrap_stream, not both")
+        if tls.allowed_peers is not None:
+            config = dataclasses.replace(config, allowed_peers=frozenset(tls.allowed_peers))
     gc = None
     if gc_grace_s is not None:
         gc = GcPolicy(now=trio.current_time(), grace_s=gc_grace_s, interval_s=gc_interval_s)
@@ -126,6 +139,7 @@ async def serve(
         connect_timeout_s=connect_timeout_s,
         rng=the_rng,
         wrap_stream=wrap_stream,
+        tls=tls,
     )
     make_discovery: Callable[[Node], Any] | None = None
     if discovery:

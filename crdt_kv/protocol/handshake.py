@@ -1,17 +1,25 @@
-"""The Hello we send, the checks a peer's Hello must pass (spec section 5, steps 1-4), and
-the check of the cursor a peer's Request proves (spec section 9, rollback detection)."""
+"""The Hello we send, the checks a peer's Hello must pass (spec section 5), and the check
+of the cursor a peer's Request proves (spec section 9, rollback detection)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
-from crdt_kv.errors import ClockSkewError, RolledBackError
+from crdt_kv.errors import ClockSkewError, PeerIdentityError, RolledBackError
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, HELLO_MAX_FRAME_BYTES
 from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request, encode_message
 from crdt_kv.protocol.options import SessionStats
 from crdt_kv.protocol.replica import Replica
 
-__all__ = ["check_rollback", "fit_hello", "hello_mismatch", "observe_peer_clock", "our_hello"]
+__all__ = [
+    "check_rollback",
+    "fit_hello",
+    "hello_mismatch",
+    "observe_peer_clock",
+    "our_hello",
+    "peer_refusal",
+]
 
 
 def our_hello(
@@ -75,6 +83,28 @@ def observe_peer_clock(replica: Replica, h: Hello, stats: SessionStats) -> None:
     except ClockSkewError:
         stats.skew_rejected += 1
         raise
+
+
+def peer_refusal(
+    claimed: str, identity: str | None, allowed: Collection[str] | None
+) -> PeerIdentityError | None:
+    """Why the peer that claims ``claimed`` in its Hello is refused (abort code 7), or None.
+
+    ``identity`` is the peer id the transport authenticated (a TLS certificate's), None if
+    it authenticated nobody; ``allowed`` the peer ids admitted, None for any. The sans-I/O
+    session never looks at certificates: the driver hands it what they proved.
+    """
+    if identity is not None and claimed != identity:
+        return PeerIdentityError(
+            f"peer with the certificate of {identity!r} claims to be {claimed!r}",
+            reason="identity_mismatch",
+            peer_id=identity,
+        )
+    if allowed is not None and claimed not in allowed:
+        return PeerIdentityError(
+            f"peer {claimed!r} is not in allowed_peers", reason="not_allowed", peer_id=claimed
+        )
+    return None
 
 
 def hello_mismatch(h: Hello, replica: Replica, cluster_id: str) -> str | None:

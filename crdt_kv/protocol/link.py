@@ -218,13 +218,19 @@ class PeerLink:
 
     # --- inputs -------------------------------------------------------------------------
 
-    def connection_made(self, now: float, *, session: Session | None = None) -> None:
+    def connection_made(
+        self, now: float, *, session: Session | None = None, peer_identity: str | None = None
+    ) -> None:
         """A connection to the peer is open: start a session on it (``session``, if the
-        caller built one, else a new one from the config)."""
+        caller built one, else a new one from the config). ``peer_identity``: the peer id
+        the connection authenticated (a TLS certificate's); the Hello must claim it."""
         self._step(_Made)
         if session is None:
             session = self.config.session(
-                self.replica, live=self.config.live, defer_storage=self.defer_storage
+                self.replica,
+                live=self.config.live,
+                defer_storage=self.defer_storage,
+                peer_identity=peer_identity,
             )
         self.session = session
         self._error = None

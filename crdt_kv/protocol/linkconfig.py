@@ -54,6 +54,9 @@ class LinkConfig:
     repair: bool = True
     """Sessions verify digests after a round and repair divergences and first contacts
     (:mod:`crdt_kv.protocol.verify`); needs a replica that is a range source."""
+    allowed_peers: frozenset[str] | None = None
+    """Peer ids admitted (None: any); others are refused at the handshake (code 7). Only
+    meaningful when the transport authenticates peer ids (TLS, ``crdt_kv.net.tls``)."""
 
     def __post_init__(self) -> None:
         check_options(
@@ -76,6 +79,11 @@ class LinkConfig:
         if not self.flush_timeout_s > 0 or not self.push_delay_s >= 0:
             raise ConfigError("flush_timeout_s must be > 0 and push_delay_s >= 0")
         self.backoff(random.Random(0))  # validates the backoff fields
+        allowed = self.allowed_peers
+        if allowed is not None:
+            if isinstance(allowed, str) or not all(isinstance(p, str) and p for p in allowed):
+                raise ConfigError(f"allowed_peers must be a list of peer ids, got {allowed!r}")
+            object.__setattr__(self, "allowed_peers", frozenset(allowed))
 
     @property
     def min_interval(self) -> float:
@@ -109,8 +117,16 @@ class LinkConfig:
                 raise ConfigError(f"unknown replication option {name!r}")
         return dataclasses.replace(self, **options)
 
-    def session(self, replica: Replica, *, live: bool, defer_storage: bool) -> Session:
-        """A new session with these options."""
+    def session(
+        self,
+        replica: Replica,
+        *,
+        live: bool,
+        defer_storage: bool,
+        peer_identity: str | None = None,
+    ) -> Session:
+        """A new session with these options; ``peer_identity``: who the transport
+        authenticated the peer as (see :class:`Session`)."""
         return Session(
             replica,
             mode=self.mode,
@@ -122,4 +138,6 @@ class LinkConfig:
             window=self.window,
             defer_storage=defer_storage,
             repair=self.repair,
+            peer_identity=peer_identity,
+            allowed_peers=self.allowed_peers,
         )

@@ -84,6 +84,7 @@ class AbortCode(IntEnum):
     REJECTED_DATA = 4
     SHUTDOWN = 5
     ROLLED_BACK = 6
+    UNAUTHORIZED = 7
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ nothing of a bad message is applied.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 
 from crdt_kv.errors import (
     ClockSkewError,
@@ -46,6 +47,7 @@ from crdt_kv.protocol.handshake import (
     hello_mismatch,
     observe_peer_clock,
     our_hello,
+    peer_refusal,
 )
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -111,7 +113,9 @@ class Session(StorageQueue):
     unacknowledged, so a huge catch-up holds bounded memory on both sides and commits in
     bounded chunks. ``defer_storage``: see the module doc. ``repair``: offer verification
     and repair (:mod:`crdt_kv.protocol.verify`); the replica must then also be a
-    :class:`~crdt_kv.repair.source.RangeSource`.
+    :class:`~crdt_kv.repair.source.RangeSource`. ``peer_identity``: the peer id the transport
+    authenticated (a TLS certificate's); a Hello claiming another, or one not in
+    ``allowed_peers`` (if given), is refused with code 7 (``PeerIdentityError``).
     """
 
     def __init__(
@@ -127,6 +131,8 @@ class Session(StorageQueue):
         window: int = 4,
         defer_storage: bool = False,
         repair: bool = True,
+        peer_identity: str | None = None,
+        allowed_peers: Collection[str] | None = None,
     ) -> None:
         check_options(
             mode,
@@ -145,13 +151,15 @@ class Session(StorageQueue):
         self.max_frame_bytes = max_frame_bytes
         self.window = window
         self.defer_storage = defer_storage
+        self.peer_identity = peer_identity
+        self.allowed_peers = allowed_peers
         self.state = ConnState.IDLE
         self.out_state = OutState.DISABLED
         self.in_state = InState.DISABLED
         self.remote: Hello | None = None
         self.claimed_peer: str | None = None
-        """The peer id the peer's Hello claimed, set before the Hello is checked, so a
-        refusal (clock skew, incompatibility) is attributed to the peer that caused it."""
+        """The peer id the peer's Hello claimed (its authenticated one if it has one), set
+        before the Hello is checked, so a refusal is attributed to the peer that caused it."""
         self.stats = SessionStats()
         self.error: CrdtKvError | None = None
         self._inbox = Inbox(max_frame_bytes)
@@ -416,7 +424,10 @@ class Session(StorageQueue):
             self._events.append(SessionFailed(err, by_peer=True))
 
     def _on_hello(self, h: Hello) -> None:
-        self.claimed_peer = h.peer_id
+        self.claimed_peer = self.peer_identity or h.peer_id
+        refused = peer_refusal(h.peer_id, self.peer_identity, self.allowed_peers)
+        if refused is not None:
+            return self._fail(refused, AbortCode.UNAUTHORIZED)
         mismatch = hello_mismatch(h, self.replica, self.cluster_id)
         if mismatch is not None:
             return self._fail(RemoteProtocolError(mismatch), AbortCode.INCOMPATIBLE)
