@@ -471,6 +471,16 @@ def _requested(a: Store, request: Request) -> tuple[Session, list[object]]:
     return sess, list(sess.receive_data(encode_frame(request)))
 
 
+def test_request_whose_live_differs_from_its_hello_is_refused(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    """spec 4.2: a Request's ``live`` MUST equal its Hello's; the Hello said one-shot."""
+    sess, events = _requested(pair[0], Request(0, True))
+    assert failed(events) and isinstance(sess.error, RemoteProtocolError)
+    assert "live=True after Hello live=False" in str(sess.error)
+    assert frames(sess.data_to_send())[-1] == Abort(AbortCode.PROTOCOL, str(sess.error))
+
+
 def test_request_beyond_our_log_means_we_were_rolled_back(
     pair: tuple[Store, Store, ManualClock],
 ) -> None:

@@ -460,6 +460,9 @@ class Session(StorageQueue):
 
     def _on_request(self, r: Request) -> None:
         self.out_state = step(OUT_TABLE, self.out_state, r, "our sending side")
+        if self.remote is not None and r.live != self.remote.live:
+            err = f"peer {self.remote.peer_id!r} sent Request live={r.live} after Hello live="
+            return self._fail(RemoteProtocolError(f"{err}{self.remote.live}"), AbortCode.PROTOCOL)
         last = self.replica.last_seq
         rolled_back = check_rollback(self.replica, r, self.remote)
         if rolled_back is not None:
