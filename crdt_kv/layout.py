@@ -252,6 +252,8 @@ def unpack_record(key: bytes, blob: bytes, skip: int = 0) -> RawEntry:
     start = RECORD_HEAD
     if len(blob) < start + plen + _SEQ_SIZE:
         raise CorruptionError(f"record of key {key!r} is truncated")
+    if not plen:
+        raise CorruptionError(f"record of key {key!r} has an empty peer id")
     try:
         peer = blob[start : start + plen].decode("utf-8")
     except UnicodeDecodeError as exc:
