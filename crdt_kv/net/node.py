@@ -28,52 +28,37 @@ import functools
 import logging
 import math
 import random
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from crdt_kv.errors import ClosedError, ConfigError, CrdtKvError, PeerIdentityError
+from crdt_kv.errors import ClosedError, ConfigError, PeerIdentityError
 from crdt_kv.net.addresses import format_address, parse_address
 from crdt_kv.net.admission import (
     MAX_INBOUND_CONNECTIONS,
     MAX_PENDING_CONNECTIONS,
     Admission,
-    Ticket,
 )
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.driver import LinkDriver, StorageWorker, on_commit_anywhere
 from crdt_kv.net.events import (
     EVENT_KINDS,
-    ChangeEvent,
-    ConnectEvent,
-    ConnectionEvent,
-    DisconnectEvent,
     ErrorEvent,
     EventStream,
-    NodeEvent,
 )
-from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
-from crdt_kv.net.sockets import connect_failure, peer_address, tune_socket
+from crdt_kv.net.peers import UNIDENTIFIED, PeerBook
+from crdt_kv.net.scoring import Scorekeeper, Target, Watch
+from crdt_kv.net.sockets import peer_address, tune_socket
 from crdt_kv.net.tls import TlsConfig, verified_identity
 from crdt_kv.protocol import (
-    BatchApplied,
     CatchUpReport,
     CollectGarbage,
-    Connected,
     GcPolicy,
     GcResult,
-    InState,
     LinkConfig,
-    LinkEvent,
-    LinkFailed,
     LinkRole,
     PeerLink,
-    RepairFinished,
-    SessionEnded,
-    SyncComplete,
 )
 from crdt_kv.store import Store
 
@@ -102,50 +87,13 @@ announcing itself and is added again)."""
 StreamWrapper = Callable[[trio.abc.Stream, bool], trio.abc.Stream]
 
 
-@dataclass(eq=False, slots=True)
-class _Target:
-    """A peer address we dial, and the link that decides when."""
-
-    address: str
-    host: str
-    port: int
-    discovered: bool
-    driver: LinkDriver
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    peer_id: str | None = None
-    connect_errors: int = 0
-    last_error: str | None = None
-
-    def info(self) -> TargetInfo:
-        return TargetInfo(
-            self.address,
-            self.peer_id,
-            self.discovered,
-            self.connect_errors,
-            self.last_error,
-            self.driver.link.failures,
-        )
-
-
-@dataclass(eq=False, slots=True)
-class _Watch:
-    """One link's bookkeeping for stats and events while it runs."""
-
-    link: PeerLink
-    address: str
-    outbound: bool
-    target: _Target | None = None
-    ticket: Ticket | None = None
-    record: PeerRecord | None = None
-    result: BaseException | None = None
-
-
-class Node:
+class Node(Scorekeeper):
     """A running replication node; get one from :func:`serve`.
 
     ``address`` is the ``(host, port)`` actually bound. Methods are safe to call from any
     task of the same trio run while it runs. :attr:`admission` admits inbound connections
-    (refusals also count in ``connections_refused``)."""
+    (refusals also count in ``connections_refused``). What its links report is scored by
+    its base class, :class:`~crdt_kv.net.scoring.Scorekeeper`."""
 
     def __init__(
         self,
@@ -184,7 +132,7 @@ class Node:
         self._drivers: set[LinkDriver] = set()
         self._nursery: trio.Nursery | None = None
         self._closed = False
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[str, Target] = {}
         self._book = PeerBook(
             store, clock=trio.current_time, keep=lambda: [t.peer_id for t in self._targets.values()]
         )
@@ -235,9 +183,9 @@ class Node:
             if known >= self.max_discovered_peers:
                 log.warning("%s: ignoring discovered peer %s: too many", self.peer_id, key)
                 return False
-        watch = _Watch(self._link(LinkRole.DIAL, self.config, key), key, outbound=True)
+        watch = Watch(self._link(LinkRole.DIAL, self.config, key), key, outbound=True)
         driver = LinkDriver(watch.link, worker=self.worker, on_event=lambda e: self._see(watch, e))
-        target = watch.target = _Target(key, host, port, discovered, driver)
+        target = watch.target = Target(key, host, port, discovered, driver)
         driver.connect = lambda: self._dial(target)
         self._targets[key] = target
         assert self._nursery is not None
@@ -270,9 +218,9 @@ class Node:
         results: dict[str, BaseException | None] = {}
         once = dataclasses.replace(self.config, live=False)
 
-        async def one(target: _Target) -> None:
+        async def one(target: Target) -> None:
             link = self._link(LinkRole.ONCE, once, target.address)
-            watch = _Watch(link, target.address, outbound=True, target=target)
+            watch = Watch(link, target.address, outbound=True, target=target)
             driver = LinkDriver(
                 link,
                 worker=self.worker,
@@ -361,7 +309,7 @@ class Node:
             label=label,
         )
 
-    async def _run_target(self, target: _Target) -> None:
+    async def _run_target(self, target: Target) -> None:
         with target.scope:
             await self._run_driver(target.driver)
 
@@ -378,130 +326,6 @@ class Node:
     def _on_commit(self) -> None:
         for driver in list(self._drivers):
             driver.local_changed()
-
-    def _see(self, watch: _Watch, ev: LinkEvent) -> None:
-        """Keep score and emit node events for what a link reports."""
-        if self._catch_up is not None and watch.target is not None:
-            self._catch_up.see(watch.target.address, ev)
-        if self.gc is not None and self._gc_wake is not None:
-            self.gc.link_event(ev, trio.current_time())
-            self._gc_wake.set()
-        if watch.record is not None:
-            self._book.touch(watch.record)
-        if isinstance(ev, Connected):
-            session = watch.link.session
-            assert session is not None
-            if watch.ticket is not None and not self._admitted(watch, ev.peer_id):
-                return
-            watch.record = self._book.connected(
-                session, ev.peer_id, ev.incarnation, ev.remote_last_seq, watch.address
-            )
-            if watch.target is not None:
-                watch.target.peer_id = ev.peer_id
-            cls = ConnectEvent if watch.outbound else ConnectionEvent
-            self._emit(cls(ev.peer_id, watch.address, session.live))
-        elif isinstance(ev, BatchApplied) and watch.record is not None:
-            rec = watch.record
-            rec.remote_last_seq = max(rec.remote_last_seq, ev.to_seq)
-            if ev.caught_up:
-                rec.last_sync = time.time()
-                rec.caught_up_at = trio.current_time()
-            if ev.changed:
-                self._emit(
-                    ChangeEvent(
-                        rec.peer_id, watch.address, ev.changed, ev.received, ev.to_seq, ev.caught_up
-                    )
-                )
-        elif isinstance(ev, RepairFinished) and ev.changed and watch.record is not None:
-            rec = watch.record
-            self._emit(ChangeEvent(rec.peer_id, watch.address, ev.changed, ev.changed, 0, False))
-        elif isinstance(ev, SyncComplete) and watch.record is not None:
-            watch.record.rounds_completed += 1
-            session = watch.link.session
-            if session is not None and session.in_state is InState.DISABLED:
-                watch.record.last_sync = time.time()
-        elif isinstance(ev, LinkFailed):
-            self._failed(watch, ev)
-        elif isinstance(ev, SessionEnded):
-            self._ended(watch, ev)
-
-    def _admitted(self, watch: _Watch, peer_id: str) -> bool:
-        """Register an established inbound session, or close it: a duplicate."""
-        session, ticket = watch.link.session, watch.ticket
-        assert session is not None and session.remote is not None and ticket is not None
-        live = session.live and session.remote.live
-        why = self.admission.established(ticket, peer_id, live=live)
-        if why is None:
-            return True
-        self.connections_refused += 1
-        log.warning("%s: refusing session from %s: %s", self.peer_id, watch.address, why)
-        watch.link.close(trio.current_time(), f"refused: {why}")
-        return False
-
-    def _failed(self, watch: _Watch, ev: LinkFailed) -> None:
-        """A dial or a session failed: count it; forget a discovered address that keeps
-        failing."""
-        watch.result = ev.error
-        target = watch.target
-        if ev.dialing:
-            self._book.count_refusal(ev.error)  # our TLS refused the dialed peer
-            if target is not None:
-                target.connect_errors += 1
-                why = connect_failure(ev.error)
-                target.last_error = f"connect to {target.address} failed: {why}"
-            self._emit(ErrorEvent(watch.link.peer_id, watch.address, True, ev.error))
-        if (
-            target is not None
-            and watch.link.role is LinkRole.DIAL
-            and target.discovered
-            and ev.failures >= self.discovered_max_failures
-        ):
-            log.info(
-                "%s: forgetting discovered peer %s after %d failures",
-                self.peer_id,
-                target.address,
-                ev.failures,
-            )
-            if self._targets.get(target.address) is target:
-                self.remove_peer(target.address)
-
-    def _ended(self, watch: _Watch, ev: SessionEnded) -> None:
-        session = watch.link.session
-        assert session is not None
-        error = ev.error
-        watch.result = error
-        named = self._book.ended(watch.record, session, error).peer_id
-        peer_id = None if named == UNIDENTIFIED else named
-        watch.record = None
-        if error is not None:
-            if isinstance(error, CrdtKvError):
-                (log.warning if isinstance(error, PeerIdentityError) else log.info)(
-                    "%s: session with %s (%s) failed: %s",
-                    self.peer_id,
-                    peer_id,
-                    watch.address,
-                    error,
-                )
-            else:
-                log.error(
-                    "%s: session with %s failed locally",
-                    self.peer_id,
-                    watch.address,
-                    exc_info=error,
-                )
-            self._emit(ErrorEvent(peer_id, watch.address, watch.outbound, error))
-        text = None if error is None else str(error)
-        self._emit(DisconnectEvent(peer_id, watch.address, watch.outbound, ev.complete, text))
-
-    def _emit(self, event: NodeEvent) -> None:
-        for cb in list(self._callbacks[event.kind]):
-            try:
-                cb(event)
-            except Exception:
-                self.callback_errors += 1
-                log.exception("%s: %s callback %r failed", self.peer_id, event.kind, cb)
-        for stream in list(self._streams):
-            stream.offer(event)
 
     # --- internals: sockets -----------------------------------------------------------
 
@@ -521,7 +345,7 @@ class Node:
             await trio.aclose_forcefully(stream)
             raise
 
-    async def _dial(self, target: _Target) -> trio.abc.Stream:
+    async def _dial(self, target: Target) -> trio.abc.Stream:
         with trio.fail_after(self.connect_timeout_s):
             stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
         tune_socket(stream)
@@ -545,7 +369,7 @@ class Node:
                 log.warning("%s: refused %s: %s", self.peer_id, address, exc)
                 return self._emit(ErrorEvent(None, address, False, exc))
             link = self._link(LinkRole.ONCE, self.config, address)
-            watch = _Watch(link, address, outbound=False, ticket=ticket)
+            watch = Watch(link, address, outbound=False, ticket=ticket)
             driver = LinkDriver(link, worker=self.worker, on_event=lambda e: self._see(watch, e))
             with trio.CancelScope() as scope:
                 ticket.cancel = scope.cancel  # evicted while still unidentified

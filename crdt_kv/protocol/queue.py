@@ -1,6 +1,7 @@
 """The storage-request queue of a session: how its storage work is handed out and its
 results come back (:mod:`crdt_kv.protocol.storage`), a base class of
-:class:`~crdt_kv.protocol.session.Session` so that module stays small.
+:class:`~crdt_kv.protocol.session.Session` (through
+:class:`~crdt_kv.protocol.sending.Sender`) so that module stays small.
 
 With ``defer_storage=False`` a request is performed at once, inline; otherwise it waits in
 the queue until the driver takes it (:meth:`StorageQueue.storage_request`), performs it
