@@ -273,3 +273,18 @@ def test_rot_scrub_and_repair_restore_equality(
     assert states(a) == states(b)
     assert a.statistics().quarantined == 0
     check_store(a)
+
+
+def test_a_lost_record_written_again_is_listed_once() -> None:
+    """Found by the simulator (bitrot, lww, seed 172): a record rotted away (its index
+    entry stays until the scrub), the key was written again (new to the commit path, so
+    kept as a fresh index entry too) and range listings named it twice; a peer comparing
+    listings took the second copy for a key it lacked below its horizon, dropped it, and
+    the drop spread to every replica."""
+    s = filled("a")
+    s.checkpoint()  # k3's index entry is on disk
+    lose(s, "k3")
+    s.put("k3", "again")
+    items = s.range_items(0, POSITION_SPACE)
+    keys = [k for _, k, _ in items]
+    assert keys.count(kb(s, "k3")) == 1 and len(keys) == len(set(keys))

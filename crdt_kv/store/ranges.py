@@ -99,8 +99,10 @@ class Ranges:
             first = bisect_left(xs, index_bound(lo))
             end = bisect_left(xs, index_bound(hi), first)
             if first < end:
-                found += [unpack_index_key(x) for x in xs[first:end]]
-                found.sort()
+                # A key whose record rotted away (its index entry stays until the scrub)
+                # and was then written again is new to the commit path, so it is both on
+                # disk and fresh: listed twice, the peer would see it as one it lacks.
+                found = sorted({*found, *(unpack_index_key(x) for x in xs[first:end])})
         blobs = self._backend.get_many([DATA + k for _, k in found])
         out: list[tuple[int, bytes, int]] = []
         for (pos, k), blob in zip(found, blobs, strict=True):
