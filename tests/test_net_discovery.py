@@ -309,11 +309,22 @@ async def test_forged_announcements_are_bounded_and_forgotten(stores: Any) -> No
         backoff_max_s=0.05,
         rng=random.Random(1),
     ) as na:
+        most = 0
+        add_peer = na.add_peer
+
+        def counting_add(address: str, *, discovered: bool = False) -> bool:
+            nonlocal most
+            added = add_peer(address, discovered=discovered)
+            most = max(most, len(na.peers))
+            return added
+
+        na.add_peer = counting_add  # type: ignore[method-assign]
         for i in range(200):
             await forger.send(enc("crdt-kv", 1, "default", f"ghost{i}", "127.0.0.1", 1 + i))
         await wait_until(lambda: na.discovery.received >= 201)
-        assert len(na.peers) <= 64
-        assert na.discovery.found < 200  # the cap refused some
+        # The cap bounds the peers known at once, however fast the dead ones are forgotten
+        # (on a loaded machine they may all be tried in turn, so "found" is not bounded).
+        assert 0 < most <= 64 and len(na.peers) <= 64
         # Every forged address is refused (nothing listens on ports 1..200 here) and
         # forgotten after a few failures.
         await wait_until(lambda: na.peers == [], timeout=40, what="forged peers forgotten")
