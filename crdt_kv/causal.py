@@ -90,24 +90,18 @@ def join(a: RawEntry | None, b: RawEntry, order: Order) -> RawEntry:
 def join_at(a: RawEntry | None, b: RawEntry, order: Order, horizon: int) -> RawEntry | None:
     """:func:`join` at a receiver whose collection horizon is ``horizon``.
 
-    Below the horizon absence wins version by version for tombstones: a tombstone version
-    of ``b`` older than the horizon whose dot ``a`` does not hold was collected here (a
-    whole deleted state, or pruned), so it is not taken back (its dot stays covered by the
-    context). A *live* version is never dropped that way: live versions are not collected,
-    so one ``a`` neither holds nor covers was lost here (a record gone before the scrub
-    found it), and covering its dot would delete it on every replica. None when nothing of
-    ``b`` is left to hold and ``a`` is None.
+    Below the horizon absence wins version by version: a version of ``b`` older than the
+    horizon whose dot ``a`` does not hold was superseded or collected here, so it is not
+    taken back (its dot stays covered by the context). None when nothing of ``b`` is left
+    to hold and ``a`` is None.
     """
     if a is None:
         if not b.others and not b.context:  # one version: what state() would return
             if b.hlc < horizon:
                 return None
             return RawEntry(b.key, b.value, b.hlc, b.peer, b.deleted) if b.seq else b
-        ctx = full_context(b)
-        if max(ctx.values(), default=0) < horizon:  # the whole state: absence wins
-            return None
-        sibs = [s for s in siblings(b) if s.hlc >= horizon or not s.deleted]
-        return state(b.key, sibs, ctx, order) if sibs else None
+        sibs = [s for s in siblings(b) if s.hlc >= horizon]
+        return state(b.key, sibs, full_context(b), order) if sibs else None
     ca, cb = full_context(a), full_context(b)
     theirs = {(s.peer, s.hlc): s for s in siblings(b)}
     kept: list[RawEntry] = []
@@ -117,11 +111,7 @@ def join_at(a: RawEntry | None, b: RawEntry, order: Order, horizon: int) -> RawE
             kept.append(_pick(s, other))
         elif s.hlc > cb.get(s.peer, -1):
             kept.append(s)
-    kept.extend(
-        s
-        for s in theirs.values()
-        if s.hlc > ca.get(s.peer, -1) and (s.hlc >= horizon or not s.deleted)
-    )
+    kept.extend(s for s in theirs.values() if s.hlc > ca.get(s.peer, -1) and s.hlc >= horizon)
     if not kept:  # only versions below the horizon would supersede a's: keep a
         return a
     for peer, hlc in cb.items():

@@ -271,20 +271,3 @@ def test_pruning_commutes_with_trimmed_joins(seed: int, pick: int) -> None:
         return
     live = lambda r: {(s.peer, s.hlc) for s in siblings(r) if not s.deleted}  # noqa: E731
     assert live(direct) == live(via)
-
-
-def test_join_at_never_drops_a_live_version_by_absence() -> None:
-    """Found by the simulator (bitrot, siblings, seed 250): a replica lost a key's record
-    before its scrub ran, wrote the key again, then received the peers' live versions below
-    the horizon. Dropping them as collected put their dots in the context, and that
-    context deleted them on every replica. Live versions are never collected, so a live
-    version the receiver neither holds nor covers is taken; only tombstones stay out."""
-    mine = state(b"k", [_v("a", 190)], {}, ORDER)
-    theirs = state(b"k", [_v("a", 190), _v("c", 126), _v("e", 122, deleted=True)], {}, ORDER)
-    got = join_at(mine, theirs, ORDER, 150)
-    assert got is not None
-    assert sorted((s.peer, s.hlc) for s in siblings(got)) == [("a", 190), ("c", 126)]
-    assert full_context(got)["e"] == 122  # the collected tombstone stays covered
-    fresh = join_at(None, theirs, ORDER, 150)  # the key absent here, the state not wholly old
-    assert fresh is not None
-    assert sorted((s.peer, s.hlc) for s in siblings(fresh)) == [("a", 190), ("c", 126)]
