@@ -288,3 +288,31 @@ def test_a_lost_record_written_again_is_listed_once() -> None:
     items = s.range_items(0, POSITION_SPACE)
     keys = [k for _, k, _ in items]
     assert keys.count(kb(s, "k3")) == 1 and len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("how", ["write", "merge"])
+def test_siblings_lost_record_is_quarantined_when_a_write_or_merge_meets_it(how: str) -> None:
+    """Found by the simulator (bitrot, siblings, seed 250): before its scrub ran, a
+    replica that had lost a key's record wrote the key again, then joined the peers' older
+    versions below the horizon as collected: their dots entered its causal context, and
+    that context deleted them on every replica. Meeting a key with no record that the
+    position index still names now scrubs its bucket first, which quarantines it."""
+    clock = ManualClock(T0)
+    a = open_mem(MemoryBackend(), "a", conflicts="siblings", clock=clock)
+    b = open_mem(MemoryBackend(), "b", conflicts="siblings", clock=clock)
+    b.put("k", "theirs")
+    a.apply_raw(b.raw_changes(0))
+    a.checkpoint()
+    clock.now += 10_000
+    for s in (a, b):
+        s.raise_gc_horizon(s.clock_now())
+    lose(a, "k")
+    if how == "write":
+        a.put("k", "mine")
+        assert quarantine(a) == {kb(a, "k")}
+    a.apply_raw(b.raw_changes(0))
+    values = sorted(str(e.value) for e in a.get_all("k"))
+    assert values == (["mine", "theirs"] if how == "write" else ["theirs"])
+    assert quarantine(a) == set()
+    b.apply_raw(a.raw_changes(0))
+    assert sorted(str(e.value) for e in b.get_all("k")) == values

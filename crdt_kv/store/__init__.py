@@ -143,6 +143,7 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         self._w.gc_horizon = state.gc_horizon
         self._collector = Collector(backend, self._w)
         self._scrubber = Scrubber(backend, self._w)
+        self._w.on_lost = self._scrubber.scrub_keys
         self._ranges = Ranges(backend, buckets, self._w.lock, self._w.check)
         self._members = Members(
             backend,

@@ -172,6 +172,10 @@ class Scrubber:
             keys = list(self._w.quarantined)
         return sorted((p, k) for k in keys if lo <= (p := position(k)) < hi)
 
+    def scrub_keys(self, keys: Iterable[bytes]) -> ScrubReport:
+        """Scrub the buckets of ``keys`` now: a write or merge found their records lost."""
+        return self.scrub(sorted({position(k) >> BUCKET_SHIFT for k in keys}))
+
     def scrub(self, buckets: Iterable[int] | None) -> ScrubReport:
         """Check and fix the given buckets (None: all), :data:`SCRUB_CHUNK` at a time."""
         todo = check_buckets(buckets)

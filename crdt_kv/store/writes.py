@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.causal import Context, Order, write
 from crdt_kv.errors import ClockSkewError, ClosedError, CrdtKvError, EncodingError
-from crdt_kv.fingerprint import state_stamp
+from crdt_kv.fingerprint import position_bytes, state_stamp
 from crdt_kv.hlc import HLC
 from crdt_kv.layout import (
     DATA,
@@ -27,7 +28,7 @@ from crdt_kv.layout import (
     unpack_cursor,
     unpack_record,
 )
-from crdt_kv.layout_fingerprints import QUARANTINE
+from crdt_kv.layout_fingerprints import INDEX, QUARANTINE
 from crdt_kv.skew import ClockJudge
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
@@ -78,6 +79,8 @@ class Writer:
         self.gc_horizon = 0
         """The collection horizon: incoming states older than it are refused for keys
         this store does not hold (absence wins)."""
+        self.on_lost: Callable[[list[bytes]], object] | None = None
+        """Set by the store: scrub the buckets of these keys now (see :meth:`_lost`)."""
         self.quarantined: set[bytes] = set()
         """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
         never wins for them, whole or version by version, until a peer's state of the key
@@ -128,6 +131,8 @@ class Writer:
             if covers and max(covers.values()) > self.hlc.last:
                 self.hlc.update(max(covers.values()))
             old = self._bget(DATA + k)
+            if old is None and self.order is not None and self.gc_horizon:
+                self._lost([k])
             hlc = self.hlc.now()
             if self.hooks.before:
                 self.hooks.before_write([RawEntry(k, v, hlc, self._peer_id, deleted)])
@@ -187,6 +192,29 @@ class Writer:
         self.log.commit(items, hlc, source, extra, mixed)
         self.quarantined.difference_update(freed)
 
+    def _lost(self, keys: list[bytes]) -> None:
+        """``siblings`` mode with a horizon: of ``keys`` (no record here), those the position
+        index still names lost their record to rot the scrub has not found yet. Their
+        buckets are scrubbed now, which quarantines them, before a join takes their absence
+        for a collection: joining below the horizon puts the dots of versions this replica
+        lacks into the causal context, and that context would delete those versions on
+        every replica it reaches."""
+        if self.on_lost is None:
+            return
+        keys = [k for k in keys if k not in self.quarantined]
+        if not keys:
+            return
+        xs = [INDEX + position_bytes(k) + k for k in keys]
+        buckets = self.log.buckets
+        buckets.settle()
+        fresh = buckets.fresh_index()
+        found = self._backend.get_many(xs)
+        lost = [
+            k for k, x, v in zip(keys, xs, found, strict=True) if v is not None or _holds(fresh, x)
+        ]
+        if lost:
+            self.on_lost(lost)
+
     def _free(self, extra: list[Op], freed: Sequence[bytes]) -> None:
         """Write ``extra`` (a cursor) and take ``freed`` out of quarantine, with no commit."""
         ops = [*extra, *((QUARANTINE + k, None) for k in freed)]
@@ -243,6 +271,10 @@ class Writer:
     ) -> int:
         extra: list[Op] = []
         source = 0
+        if self.order is not None and self.gc_horizon and batch:
+            keys = list({e.key: None for e in batch})
+            blobs = self._backend.get_many([DATA + k for k in keys])
+            self._lost([k for k, b in zip(keys, blobs, strict=True) if b is None])
         q = self.quarantined
         # A peer's state of a quarantined key ends its quarantine, applied or not: joined
         # with it, this replica holds at least what that member holds. A local write does
@@ -333,3 +365,9 @@ class Writer:
                 log.warning("closing the store of peer %r: %s", self._peer_id, exc)
             finally:
                 self._backend.close()
+
+
+def _holds(ordered: list[bytes], x: bytes) -> bool:
+    """Whether sorted list ``ordered`` holds ``x``."""
+    i = bisect_left(ordered, x)
+    return i < len(ordered) and ordered[i] == x
