@@ -88,7 +88,7 @@ def fields(m: Message) -> dict[str, Any]:
             "conflicts": m.conflicts,
             "gc": [{"peer": g.peer, "v": g.v, "seen_ms": g.seen_ms, "d": g.d} for g in m.gc],
             "repair": m.repair,
-        }
+        } | ({"max_frame_bytes": m.max_frame_bytes} if m.max_frame_bytes != 8 << 20 else {})
     if isinstance(m, Request):
         return {"since": m.since, "live": m.live, "repair": m.repair}
     if isinstance(m, Verify):
