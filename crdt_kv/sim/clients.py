@@ -145,9 +145,11 @@ class Clients:
 
     def _stale_merge(self, arg: tuple[SimNode, Store, Op, list[Entry]]) -> None:
         """A merge of an old read. Dropped when its node crashed since the read (its client
-        died with the process) or the faults ended (clients stop at the heal)."""
+        died with the process), its clients are paused (:class:`~crdt_kv.sim.faults.Quiet`:
+        a node about to be isolated until it expires must not write what it cannot
+        replicate) or the faults ended (clients stop at the heal)."""
         node, store, op, passed = arg
-        if node.store is not store or node.state != UP or self._quiesced:
+        if node.store is not store or node.state != UP or node.quiet or self._quiesced:
             self.c["merges_dropped"] += 1
             return
         try:
