@@ -127,7 +127,14 @@ def write(old: RawEntry | None, new: RawEntry, covers: Context | None, order: Or
     superseded), the context of the merged versions for ``merge``.
     """
     if old is None:
-        return new
+        if not covers:
+            return new
+        # A merge over a state no longer held here (collected, or its record lost) still
+        # supersedes the versions it merged: without their dots they would come back.
+        ctx = dict(covers)
+        if new.hlc > ctx.get(new.peer, -1):
+            ctx[new.peer] = new.hlc
+        return state(new.key, [new], ctx, order)
     ctx = full_context(old)
     if covers is None:
         kept: list[RawEntry] = []

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import crdt_kv
-from crdt_kv.causal import full_context, join, join_at, prune, sibling_order, siblings, state
+from crdt_kv.causal import (
+    full_context,
+    join,
+    join_at,
+    prune,
+    sibling_order,
+    siblings,
+    state,
+    write,
+)
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 from crdt_kv.version import Entry, RawEntry
@@ -271,3 +280,15 @@ def test_pruning_commutes_with_trimmed_joins(seed: int, pick: int) -> None:
         return
     live = lambda r: {(s.peer, s.hlc) for s in siblings(r) if not s.deleted}  # noqa: E731
     assert live(direct) == live(via)
+
+
+def test_a_merge_over_an_absent_state_still_supersedes_what_it_merged() -> None:
+    """data-model 16.5: with no state held, a merge's context is W plus its own dot.
+    Found by the simulator (bitrot, siblings, seed 86): a replica lost a key's record, then
+    a client merged the versions it had read before; the merge kept none of their dots, so
+    every merged version came back as a sibling on every replica."""
+    new = _v("a", 200)
+    got = write(None, new, {"b": 90, "c": 50}, ORDER)
+    assert [(s.peer, s.hlc) for s in siblings(got)] == [("a", 200)]
+    assert full_context(got) == {"a": 200, "b": 90, "c": 50}
+    assert write(None, new, None, ORDER) == new and write(None, new, {}, ORDER) == new
