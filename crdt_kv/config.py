@@ -49,6 +49,7 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "catch_up_timeout_s": (int, float),
         "metrics_listen": str,
         "live_idle_timeout_s": (int, float),
+        "max_buffered_bytes": int,
     },
     "tls": {
         "cert": str,
@@ -63,6 +64,9 @@ _PATHS = (("storage", "path"), ("tls", "cert"), ("tls", "key"), ("tls", "ca"))
 
 
 _MODES = ("both", "push", "pull")
+_MIN_BUFFERED_BYTES = 64 << 10
+"""The smallest ``max_buffered_bytes`` (``crdt_kv.net.budget.FLOOR_BYTES``, not imported:
+loading a config must not import trio)."""
 _CONFLICTS = ("lww", "siblings")
 
 
@@ -100,6 +104,8 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a positive number of seconds"
     elif key in ("gc_grace_s", "catch_up_timeout_s") and not (math.isfinite(value) and value >= 0):
         bad = "must be a non-negative number of seconds"
+    elif key == "max_buffered_bytes" and value < _MIN_BUFFERED_BYTES:
+        bad = f"must be at least {_MIN_BUFFERED_BYTES} bytes"
     elif key == "metrics_listen" and not _is_host_port(value):
         bad = "must be 'host:port' with a port in 0..65535"
     if bad is not None:

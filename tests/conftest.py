@@ -83,3 +83,19 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     yield make
     for s in opened:
         s.close()
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Any:
+    """RocksDB stores on the system clock, by peer id (reopenable by name); all closed at
+    teardown. Used by the ``test_net_*`` modules."""
+    opened: list[Store] = []
+
+    def make(peer: str) -> Store:
+        s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()

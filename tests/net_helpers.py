@@ -34,6 +34,12 @@ TickClock = ManualClock
 """The old name of the net tests' clock, kept for tests written against it."""
 
 
+def addr(node: Any) -> str:
+    """A node's bound address as ``"host:port"``."""
+    host, port = node.address
+    return f"{host}:{port}"
+
+
 def mem_store(peer: str, clock: Callable[[], int], **kw: Any) -> Store:
     """A memory-backed store with a fixed peer id."""
     return crdt_kv.open(backend="memory", peer_id=peer, clock=clock, **kw)

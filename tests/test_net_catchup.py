@@ -6,15 +6,14 @@ from __future__ import annotations
 import functools
 import math
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from net_helpers import free_tcp_port
+from net_helpers import addr, free_tcp_port
 
 import crdt_kv
-from crdt_kv import CatchUpReport, ConfigError, Node, Store
+from crdt_kv import CatchUpReport, ConfigError
 from crdt_kv.net.discovery import Announcement
 
 FAST: dict[str, Any] = {
@@ -22,26 +21,6 @@ FAST: dict[str, Any] = {
     "backoff_max_s": 0.2,
     "rng": random.Random(3),
 }
-
-
-def addr(node: Node) -> str:
-    host, port = node.address
-    return f"{host}:{port}"
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Any:
-    """RocksDB stores on the system clock, reopenable by name; all closed at teardown."""
-    opened: list[Store] = []
-
-    def make(peer: str) -> Store:
-        s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer)
-        opened.append(s)
-        return s
-
-    yield make
-    for s in opened:
-        s.close()
 
 
 async def silent_listener(nursery: trio.Nursery, hold_s: float) -> str:

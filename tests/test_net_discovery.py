@@ -9,7 +9,6 @@ import math
 import random
 import socket
 import struct
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from net_helpers import assert_converged, free_udp_port, wait_until
 
 import crdt_kv
-from crdt_kv import ConfigError, RemoteProtocolError, Store
+from crdt_kv import ConfigError, RemoteProtocolError
 from crdt_kv.net.discovery import (
     MAX_DATAGRAM,
     Announcement,
@@ -227,20 +226,6 @@ def mcast_port() -> int:
     if not multicast_works(port):
         pytest.skip("this sandbox cannot deliver IPv4 multicast on the loopback interface")
     return port
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Any:
-    opened: list[Store] = []
-
-    def make(peer: str) -> Store:
-        s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer)
-        opened.append(s)
-        return s
-
-    yield make
-    for s in opened:
-        s.close()
 
 
 async def test_nodes_discover_each_other_by_multicast_and_converge(

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import crdt_kv
 from crdt_kv import ConfigError, Node
+from crdt_kv.net.budget import ByteBudget
 from crdt_kv.net.metrics import (
     PEER_COUNTERS,
     PEER_GAUGES,
@@ -73,6 +74,9 @@ class FakeNode:
         self.peer_book = PeerBook(store)
         self.peer_book.record("b")
         self.peer_book.pruned = 3
+        self.budget = ByteBudget(1 << 20)
+        self.budget.register(lambda: 12345)
+        self.budget.waits = 6
         self._stats = stats
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -121,6 +125,8 @@ def test_collector_turns_stats_and_store_counters_into_named_families() -> None:
         assert fams[name].type == "gauge"
     assert value(fams, "crdt_kv_node_info", peer_id="a", cluster_id="prod", version="0.1.0")
     assert value(fams, "crdt_kv_peer_lag_entries", peer="b") == 4
+    assert value(fams, "crdt_kv_node_buffered_bytes") == 12345
+    assert value(fams, "crdt_kv_node_budget_waits_total") == 6
     assert value(fams, "crdt_kv_peer_lag_seconds", peer="b") == 2.5
     assert value(fams, "crdt_kv_peer_last_contact_timestamp_seconds", peer="b") == WALL - 1
     assert value(fams, "crdt_kv_peer_connected", peer="b") == 1

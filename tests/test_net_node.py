@@ -19,6 +19,7 @@ import trio
 from net_helpers import (
     Model,
     RawPeer,
+    addr,
     assert_converged,
     assert_matches_model,
     free_tcp_port,
@@ -41,27 +42,6 @@ from crdt_kv.net import (
     parse_address,
 )
 from crdt_kv.protocol.messages import Abort, Hello, Request
-
-
-def addr(node: Node) -> str:
-    host, port = node.address
-    return f"{host}:{port}"
-
-
-@pytest.fixture
-def stores(tmp_path: Path) -> Any:
-    """RocksDB stores on the system clock; all closed at teardown."""
-    opened: list[Store] = []
-
-    def make(peer: str) -> Store:
-        s = crdt_kv.open(tmp_path / peer, backend="rocksdb", peer_id=peer)
-        opened.append(s)
-        return s
-
-    yield make
-    for s in opened:
-        s.close()
-
 
 FAST: dict[str, Any] = {
     "backoff_base_s": 0.05,

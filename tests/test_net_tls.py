@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
-from net_helpers import RawPeer, hello_for, wait_until
+from net_helpers import RawPeer, addr, hello_for, wait_until
 from prometheus_client.exposition import generate_latest
 from tls_helpers import Pki
 
@@ -50,10 +50,6 @@ def mem() -> Iterator[Any]:
     yield make
     for s in opened:
         s.close()
-
-
-def addr(node: Node) -> str:
-    return f"{node.address[0]}:{node.address[1]}"
 
 
 @contextlib.asynccontextmanager

@@ -138,7 +138,7 @@ def node_options(node_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str
         value = flag if flag is not None else node_cfg.get(key)
         if value is not None:
             opts[key] = value
-    for key in ("gc_grace_s", "gc_interval_s", "live_idle_timeout_s"):
+    for key in ("gc_grace_s", "gc_interval_s", "live_idle_timeout_s", "max_buffered_bytes"):
         if key in node_cfg:
             opts[key] = node_cfg[key]
     peers = list(node_cfg.get("peers", [])) + list(getattr(args, "peers", []) or [])

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from crdt_kv.net.budget import ByteBudget
 from crdt_kv.protocol import (
     CloseConnection,
     CollectGarbage,
@@ -142,6 +143,7 @@ class LinkDriver:
     block. An exception from it closes the link and is re-raised by :meth:`run`.
     ``identify(stream)`` names the peer id a new connection authenticated (its TLS
     certificate's), which the session's Hello must then claim; None: no such check.
+    ``budget``: the node's :class:`ByteBudget`, which this link's reads then respect.
     """
 
     def __init__(
@@ -152,8 +154,10 @@ class LinkDriver:
         connect: Callable[[], Awaitable[trio.abc.Stream]] | None = None,
         on_event: Callable[[LinkEvent], object] | None = None,
         identify: Callable[[trio.abc.Stream], str | None] | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.link = link
+        self.budget = budget
         self.identify = identify
         self.worker = worker
         self.connect = connect
@@ -179,6 +183,8 @@ class LinkDriver:
         """Run until the link closes. ``stream``: an already open connection to use at
         once (with ``session``, if the caller built one)."""
         link = self.link
+        budget = self.budget
+        token = budget.register(lambda: link.held_bytes) if budget is not None else None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -190,6 +196,8 @@ class LinkDriver:
                 await self._main_loop()
                 nursery.cancel_scope.cancel()
         finally:
+            if budget is not None and token is not None:
+                budget.unregister(token)
             await self._shutdown()
         if self._callback_error is not None:
             raise self._callback_error
@@ -269,6 +277,8 @@ class LinkDriver:
 
     def _stored(self, request: StorageRequest, result: object, error: BaseException | None) -> None:
         self._storage_busy = False
+        if self.budget is not None:
+            self.budget.released()
         now = trio.current_time()
         if error is None:
             self.link.storage_done(request, result, now)
@@ -325,6 +335,8 @@ class LinkDriver:
                 if conn.broken is not None:
                     scope.deadline = trio.current_time() + ABORT_GRACE_S
                 try:
+                    if self.budget is not None:
+                        size = await self.budget.read_size(lambda: link.held_bytes, size)
                     data = await conn.stream.receive_some(size)
                 except TRANSPORT_ERRORS as exc:
                     conn.broken = conn.broken or exc
@@ -335,6 +347,8 @@ class LinkDriver:
             link.receive_data(bytes(data), trio.current_time())
             self._act()
             self._wake.set()
+            if self.budget is not None:
+                self.budget.released()
             if not data:
                 return
 

@@ -179,6 +179,16 @@ class NodeCollector:
             "Inbound replication connections closed at once: too many open.",
             value=node.connections_refused,
         )
+        yield GaugeMetricFamily(
+            "crdt_kv_node_buffered_bytes",
+            "Bytes received from peers and not yet done with (buffered or decoded).",
+            value=node.budget.held,
+        )
+        yield CounterMetricFamily(
+            "crdt_kv_node_budget_waits_total",
+            "Times a connection stopped reading because max_buffered_bytes was spent.",
+            value=node.budget.waits,
+        )
         refused = CounterMetricFamily(
             "crdt_kv_node_peer_refusals_total",
             "Peers refused for who they are (TLS on), by reason: tls_handshake, no_identity, "

@@ -40,6 +40,7 @@ from crdt_kv.net.admission import (
     MAX_PENDING_CONNECTIONS,
     Admission,
 )
+from crdt_kv.net.budget import DEFAULT_MAX_BUFFERED_BYTES, ByteBudget
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.driver import LinkDriver, StorageWorker, on_commit_anywhere
 from crdt_kv.net.events import (
@@ -105,8 +106,11 @@ class Node(Scorekeeper):
         wrap_stream: StreamWrapper | None,
         gc: GcPolicy | None = None,
         tls: TlsConfig | None = None,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> None:
         self.store = store
+        self.budget = ByteBudget(max_buffered_bytes)
+        """Bytes all connections may hold of what peers sent (:mod:`crdt_kv.net.budget`)."""
         self.tls = tls
         self.gc = gc
         """The collection policy (None: this node never collects)."""
@@ -316,6 +320,7 @@ class Node(Scorekeeper):
     async def _run_driver(self, driver: LinkDriver, stream: trio.abc.Stream | None = None) -> None:
         """Run a link, telling it about our commits while it runs."""
         self._drivers.add(driver)
+        driver.budget = self.budget
         if self.tls is not None:
             driver.identify = verified_identity
         try:

@@ -17,6 +17,7 @@ import trio
 from crdt_kv.errors import ConfigError
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
+from crdt_kv.net.budget import DEFAULT_MAX_BUFFERED_BYTES, FLOOR_BYTES
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
@@ -65,6 +66,7 @@ async def serve(
     catch_up: bool = False,
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
     metrics_listen: str | None = None,
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -110,6 +112,10 @@ async def serve(
     failed and why, and which were still pending; with no peers it returns at once.
     ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
     picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
+
+    ``max_buffered_bytes`` (default 64 MiB) bounds what all connections together hold of
+    what peers sent, buffered or decoded (:mod:`crdt_kv.net.budget`): while it is spent,
+    connections holding 64 KiB or more stop reading and small frames still flow.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -140,6 +146,7 @@ async def serve(
         rng=the_rng,
         wrap_stream=wrap_stream,
         tls=tls,
+        max_buffered_bytes=_budget_limit(max_buffered_bytes),
     )
     make_discovery: Callable[[Node], Any] | None = None
     if discovery:
@@ -198,3 +205,11 @@ async def serve(
             await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
+
+
+def _budget_limit(value: object) -> int:
+    if type(value) is not int or value < FLOOR_BYTES:
+        raise ConfigError(
+            f"max_buffered_bytes must be an int of at least {FLOOR_BYTES}, got {value!r}"
+        )
+    return value

@@ -255,13 +255,21 @@ class PeerLink:
         s = self._current()
         if s is None:
             return
-        self._last_rx = now
+        frames = s.stats.frames_received
         try:
             events = s.receive_data(data)
         except Exception as exc:  # the replica failed applying inline: ours, not the peer's
             self._local_failure(s, exc, now)
             return
+        if s.stats.frames_received != frames or not data or not s.held_bytes:
+            self._last_rx = now  # a trickle into one frame is not progress
         self._feed(s, events, now)
+
+    @property
+    def held_bytes(self) -> int:
+        """The current session's :attr:`Session.held_bytes` (0 without one)."""
+        s = self.session
+        return 0 if s is None else s.held_bytes
 
     def data_to_send(self) -> bytes:
         """Bytes to send on the current connection (``b""`` if none)."""

@@ -17,8 +17,10 @@ from typing import Any
 import cbor2
 
 from crdt_kv.codec import MAX_KEY_BYTES
-from crdt_kv.errors import LocalProtocolError
+from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
+from crdt_kv.protocol.batch_decoding import decode_batch_fields
+from crdt_kv.protocol.cbor_reader import Reader
 from crdt_kv.protocol.fields import NoTags, load
 from crdt_kv.protocol.fields import array as _array
 from crdt_kv.protocol.fields import boolean as _bool
@@ -46,6 +48,7 @@ __all__ = [
     "Batch",
     "FrameDecoder",
     "Hello",
+    "MAX_CONTROL_FRAME_BYTES",
     "MAX_REPAIR_PAYLOAD",
     "Message",
     "MsgType",
@@ -316,8 +319,42 @@ def _decode_verify_or_repair(msg: list[Any]) -> Verify | Repair:
     return Repair(payload)
 
 
+MAX_CONTROL_FRAME_BYTES = 1 << 18
+"""The largest payload of a message other than a :class:`Batch` (256 KiB): four times the
+largest such message in preferred serialisation (a :class:`Repair` of
+:data:`MAX_REPAIR_PAYLOAD`), so a longer encoding of it still fits. Only batches are
+decoded incrementally; this bounds what decoding any other message can allocate."""
+
+
+def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
+    """A reader past ``[2, `` and the array's length if ``payload`` is a batch."""
+    r = Reader(payload)
+    try:
+        n = r.array("message")
+        if n != 0 and r.uint("message type") == MsgType.BATCH:
+            return r, n
+    except RemoteProtocolError:
+        pass
+    return None
+
+
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
-    """Decode and validate one message payload; raises :class:`RemoteProtocolError`."""
+    """Decode and validate one message payload; raises :class:`RemoteProtocolError`.
+
+    A batch is read row by row with each field's type checked before it is decoded
+    (:mod:`crdt_kv.protocol.batch_decoding`); any other message is at most
+    :data:`MAX_CONTROL_FRAME_BYTES`."""
+    head = _batch_head(payload)
+    if head is not None:
+        r, n = head
+        from_seq, to_seq, done, entries = decode_batch_fields(r, n, max_batch_entries)
+        r.finish()
+        return Batch(from_seq, to_seq, done, entries)
+    if len(payload) > MAX_CONTROL_FRAME_BYTES:
+        raise _fail(
+            f"a frame of {len(payload)} bytes that is not a batch: only batches may exceed "
+            f"{MAX_CONTROL_FRAME_BYTES} bytes"
+        )
     obj = load(payload, _NO_TAGS)
     msg = _array(obj, "message")
     if not msg:
@@ -325,8 +362,6 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
     kind = msg[0]
     if type(kind) is not int or kind not in MsgType._value2member_map_:
         raise _fail(f"unknown message type {short(kind)}")
-    if kind == MsgType.BATCH:
-        return _decode_batch(msg, max_batch_entries)
     if kind == MsgType.ACK:
         _array(msg, "ack", 2)
         return Ack(_uint(msg[1], "ack.seq"))
@@ -400,90 +435,3 @@ def _decode_gossip(v: object) -> tuple[GossipRow, ...]:
             )
         )
     return tuple(out)
-
-
-def _decode_batch(msg: list[Any], max_entries: int | None) -> Batch:
-    _array(msg, "batch", 7)
-    from_seq = _uint(msg[1], "batch.from_seq")
-    to_seq = _uint(msg[2], "batch.to_seq")
-    if to_seq < from_seq:
-        raise _fail(f"batch.to_seq {to_seq} is below batch.from_seq {from_seq}")
-    done = _bool(msg[3], "batch.done")
-    base = _uint(msg[4], "batch.base_wall", _WALL_MAX)
-    peers = _array(msg[5], "batch.peers")
-    for i, p in enumerate(peers):
-        if not _text(p, f"batch.peers[{i}]"):
-            raise _fail(f"batch.peers[{i}] is empty")
-    rows = _array(msg[6], "batch.entries")
-    if max_entries is not None and len(rows) > max_entries:
-        raise _fail(f"batch has {len(rows)} entries, more than the agreed {max_entries}")
-    if len(rows) > to_seq - from_seq:
-        raise _fail(f"batch carries {len(rows)} entries for only {to_seq - from_seq} sequences")
-    npeers = len(peers)
-    entries: list[RawEntry] = []
-    append = entries.append
-    for i, row in enumerate(rows):
-        if type(row) is not list or len(row) != 5:
-            if type(row) is list and len(row) == 7:
-                append(_decode_state(row, i, base, peers))
-                continue
-            raise _fail(f"batch.entries[{i}] must be an array of 5 or 7")
-        key, dwall, logical, pidx, value = row
-        if (
-            type(key) is not bytes
-            or type(dwall) is not int
-            or type(logical) is not int
-            or type(pidx) is not int
-        ):
-            raise _fail(f"batch.entries[{i}] has a field of the wrong type")
-        wall = base + dwall
-        if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
-            raise _fail(f"batch.entries[{i}] has an out-of-range timestamp")
-        if not 0 <= pidx < npeers:
-            raise _fail(f"batch.entries[{i}] names peer index {pidx} of {npeers}")
-        if value is None:
-            append(RawEntry(key, b"", (wall << 16) | logical, peers[pidx], True))
-        elif type(value) is bytes:
-            append(RawEntry(key, value, (wall << 16) | logical, peers[pidx], False))
-        else:
-            raise _fail(f"batch.entries[{i}].value must be bytes or null")
-    return Batch(from_seq, to_seq, done, tuple(entries))
-
-
-def _stamp(base: int, dwall: object, logical: object, where: str) -> int:
-    if type(dwall) is not int or type(logical) is not int:
-        raise _fail(f"{where} has a field of the wrong type")
-    wall = base + dwall
-    if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
-        raise _fail(f"{where} has an out-of-range timestamp")
-    return (wall << 16) | logical
-
-
-def _peer(peers: list[Any], pidx: object, where: str) -> str:
-    if type(pidx) is not int or not 0 <= pidx < len(peers):
-        raise _fail(f"{where} names peer index {short(pidx)} of {len(peers)}")
-    return str(peers[pidx])
-
-
-def _decode_state(row: list[Any], i: int, base: int, peers: list[Any]) -> RawEntry:
-    """A ``siblings``-mode row: ``[key, dwall, logical, peer, value, context, others]``."""
-    where = f"batch.entries[{i}]"
-    key, dwall, logical, pidx, value, ctx, others = row
-    if type(key) is not bytes or (value is not None and type(value) is not bytes):
-        raise _fail(f"{where} has a field of the wrong type")
-    context: list[tuple[str, int]] = []
-    for j, item in enumerate(_array(ctx, f"{where}.context")):
-        w = f"{where}.context[{j}]"
-        _array(item, w, 3)
-        context.append((_peer(peers, item[0], w), _stamp(base, item[1], item[2], w)))
-    sibs: list[RawEntry] = []
-    for j, item in enumerate(_array(others, f"{where}.others")):
-        w = f"{where}.others[{j}]"
-        _array(item, w, 4)
-        v = item[3]
-        if v is not None and type(v) is not bytes:
-            raise _fail(f"{w}.value must be bytes or null")
-        hlc, peer = _stamp(base, item[0], item[1], w), _peer(peers, item[2], w)
-        sibs.append(RawEntry(key, v or b"", hlc, peer, v is None))
-    hlc, peer = _stamp(base, dwall, logical, where), _peer(peers, pidx, where)
-    return RawEntry(key, value or b"", hlc, peer, value is None, 0, tuple(context), tuple(sibs))

@@ -92,6 +92,8 @@ from crdt_kv.protocol.verify import Checkup
 __all__ = ["MODES", "Session", "SessionStats"]
 
 _O, _I = OutState, InState
+_ROW_OBJECT_BYTES = 200
+"""What a decoded row costs in objects beyond its bytes, about (see :attr:`Session.held_bytes`)."""
 
 
 class Session(Sender):
@@ -163,6 +165,8 @@ class Session(Sender):
         self._taken: StorageRequest | None = None  # see StorageQueue
         self._reading: ReadLog | None = None
         self._applying: tuple[ApplyBatch, Batch] | None = None
+        self._frame_bytes = 0
+        self._applying_bytes = 0
         self._out_pos = 0
         self._unacked: deque[int] = deque()
         self._in_pos = 0
@@ -228,6 +232,16 @@ class Session(Sender):
             and self.in_state in (_I.DISABLED, _I.DONE, _I.LIVE)
             and self.out_state in (_O.DISABLED, _O.DONE, _O.LIVE)
         )
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory this session holds for what the peer sent, about: bytes received and not
+        yet processed, plus the decoded batch waiting for storage (twice its frame plus a
+        fixed cost per row). A node bounds the sum over its connections."""
+        held = self._inbox.buffered
+        if self._applying is not None:
+            held += self._applying_bytes
+        return held
 
     @property
     def input_paused(self) -> bool:
@@ -389,6 +403,7 @@ class Session(Sender):
                     self._events.append(ConnectionClosed(self._complete))
                 return
             self.stats.frames_received += 1
+            self._frame_bytes = len(payload)
             try:
                 self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
             except ClockSkewError as exc:
@@ -473,6 +488,7 @@ class Session(Sender):
         if b.to_seq > b.from_seq or b.entries or rebase:
             request = ApplyBatch(b.entries, (remote.peer_id, remote.incarnation, b.to_seq))
             self._applying = (request, b)
+            self._applying_bytes = 2 * self._frame_bytes + _ROW_OBJECT_BYTES * len(b.entries)
             self._submit(request)
         else:
             self._after_apply(b, 0)

@@ -1,0 +1,208 @@
+"""Decoding a :class:`~crdt_kv.protocol.messages.Batch` row by row (``spec/protocol.md``
+§4.3), checking each field's CBOR head before decoding it.
+
+A batch is the only message that may be large (up to the receiver's ``max_frame_bytes``),
+so it is the only one decoded incrementally: the row count is checked against
+``max_batch_entries`` and the sequence range before any row is read, a row of the wrong
+shape or type fails having allocated nothing more, and everything built is part of the
+result. The objects a batch decodes to therefore cost about its size plus a fixed amount
+per row, context entry and sibling (:func:`decoded_cost`).
+"""
+
+from __future__ import annotations
+
+import io
+
+import cbor2
+
+from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
+from crdt_kv.protocol.fields import NoTags, fail
+from crdt_kv.protocol.framing import bare, short
+from crdt_kv.version import RawEntry
+
+__all__ = ["decode_batch_fields", "decoded_cost"]
+
+_WALL_MAX = (1 << 48) - 1
+_LOGICAL_MAX = 0xFFFF
+_LWW_ROW, _BREAK = 0x85, 0xFF
+_NO_TAGS = NoTags("a batch row")
+_CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError)
+_OBJECT_BYTES = 160
+"""What one decoded row, context entry or sibling costs in objects beyond its bytes, about
+(a RawEntry or tuple, its stamp int and the bytes objects' headers)."""
+
+Fields = tuple[int, int, bool, tuple[RawEntry, ...]]
+
+
+def decoded_cost(payload_len: int, items: int) -> int:
+    """About how many bytes of objects a batch of ``payload_len`` bytes whose decoding
+    made ``items`` CBOR items holds (for memory budgets)."""
+    return payload_len + items * (_OBJECT_BYTES // 4)
+
+
+def decode_batch_fields(r: Reader, n: int, max_entries: int | None) -> Fields:
+    """The fields after the type of a batch array whose head said ``n`` items:
+    ``(from_seq, to_seq, done, entries)``; raises :class:`RemoteProtocolError`."""
+    if n not in (7, INDEFINITE):
+        raise fail(f"field 'batch' must be an array of 7, got {n} items")
+    from_seq = r.uint("batch.from_seq")
+    to_seq = r.uint("batch.to_seq")
+    if to_seq < from_seq:
+        raise fail(f"batch.to_seq {to_seq} is below batch.from_seq {from_seq}")
+    done = r.boolean("batch.done")
+    base = r.uint("batch.base_wall", _WALL_MAX)
+    peers = _peers(r)
+    rows = r.array("batch.entries")
+    if rows != INDEFINITE:
+        _check_count(rows, to_seq - from_seq, max_entries)
+    entries = _rows(r, rows, base, peers, to_seq - from_seq, max_entries)
+    r.end_array(n, "batch")
+    return from_seq, to_seq, done, entries
+
+
+def _rows(  # noqa: PLR0917 - private, called once
+    r: Reader, rows: int, base: int, peers: list[str], sequences: int, max_entries: int | None
+) -> tuple[RawEntry, ...]:
+    """The rows of ``batch.entries`` (``rows`` of them, or up to the break).
+
+    An LWW row in a definite 5-array (every row a conforming sender writes in mode ``lww``)
+    is decoded by cbor2 in one call with nesting refused (``max_depth=1``): its five items
+    are scalars, so it cannot decode to more than its size plus five objects. Any other
+    row goes through the checking :class:`Reader`."""
+    buf = r.buffer
+    fp = io.BytesIO(buf)
+    dec = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=1)
+    entries: list[RawEntry] = []
+    append = entries.append
+    limit = sequences if max_entries is None else min(sequences, max_entries)
+    pos = r.pos
+    end = len(buf)
+    i = 0
+    while i < rows if rows != INDEFINITE else (pos >= end or buf[pos] != _BREAK):
+        if i >= limit:
+            _check_count(i + 1, sequences, max_entries)
+        if pos < end and buf[pos] == _LWW_ROW:
+            fp.seek(pos)
+            try:
+                row = dec.decode()
+            except RemoteProtocolError:
+                raise
+            except _CBOR_ERRORS as exc:
+                r.pos = pos  # the reader names the field at fault
+                _row(r, i, base, peers)
+                raise bare(fail(f"batch.entries[{i}] is not valid CBOR: {exc}")) from None
+            pos = fp.tell()
+            append(_lww_row(row, i, base, peers))
+        else:
+            r.pos = pos
+            append(_row(r, i, base, peers))
+            pos = r.pos
+        i += 1
+    r.pos = pos
+    if rows == INDEFINITE:
+        r.at_break("batch.entries")
+    r.items += 6 * len(entries)
+    return tuple(entries)
+
+
+def _lww_row(row: list[object], i: int, base: int, peers: list[str]) -> RawEntry:
+    key, dwall, logical, pidx, value = row
+    if type(key) is not bytes or type(dwall) is not int or type(logical) is not int:
+        raise fail(f"batch.entries[{i}] has a field of the wrong type")
+    wall = base + dwall
+    if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
+        raise fail(f"batch.entries[{i}] has an out-of-range timestamp")
+    if type(pidx) is not int or not 0 <= pidx < len(peers):
+        raise fail(f"batch.entries[{i}] names peer index {short(pidx)} of {len(peers)}")
+    if value is None:
+        return RawEntry(key, b"", (wall << 16) | logical, peers[pidx], True)
+    if type(value) is not bytes:
+        raise fail(f"batch.entries[{i}].value must be bytes or null")
+    return RawEntry(key, value, (wall << 16) | logical, peers[pidx], False)
+
+
+def _check_count(rows: int, sequences: int, max_entries: int | None) -> None:
+    if max_entries is not None and rows > max_entries:
+        raise fail(f"batch has {rows} entries, more than the agreed {max_entries}")
+    if rows > sequences:
+        raise fail(f"batch carries {rows} entries for only {sequences} sequences")
+
+
+def _peers(r: Reader) -> list[str]:
+    n = r.array("batch.peers")
+    peers: list[str] = []
+    while (len(peers) < n) if n != INDEFINITE else not r.at_break("batch.peers"):
+        where = f"batch.peers[{len(peers)}]"
+        p = r.text(where, 255)
+        if not p:
+            raise fail(f"{where} is empty")
+        peers.append(p)
+    return peers
+
+
+def _stamp(r: Reader, base: int, where: str) -> int:
+    dwall = r.uint(where)
+    logical = r.uint(where, _LOGICAL_MAX)
+    wall = base + dwall
+    if wall > _WALL_MAX:
+        raise fail(f"{where} has an out-of-range timestamp")
+    return (wall << 16) | logical
+
+
+def _peer(r: Reader, peers: list[str], where: str) -> str:
+    pidx = r.uint(where)
+    if pidx >= len(peers):
+        raise fail(f"{where} names peer index {pidx} of {len(peers)}")
+    return peers[pidx]
+
+
+def _value(r: Reader, where: str) -> bytes | None:
+    if r.is_null(where):
+        return None
+    if not r.next_is_bytes(where):
+        raise fail(f"{where}.value must be bytes or null")
+    return r.byte_string(f"{where}.value")
+
+
+def _row(r: Reader, i: int, base: int, peers: list[str]) -> RawEntry:
+    where = f"batch.entries[{i}]"
+    n = r.array(where)
+    if n not in (5, 7, INDEFINITE):
+        raise fail(f"{where} must be an array of 5 or 7")
+    key = r.byte_string(f"{where}.key")
+    hlc = _stamp(r, base, where)
+    peer = _peer(r, peers, where)
+    value = _value(r, where)
+    if n == 5 or (n == INDEFINITE and r.at_break(where)):
+        return RawEntry(key, value or b"", hlc, peer, value is None)
+    context = _context(r, base, peers, where)
+    others = _others(r, key, base, peers, where)
+    r.end_array(n, where)
+    return RawEntry(key, value or b"", hlc, peer, value is None, 0, context, others)
+
+
+def _context(r: Reader, base: int, peers: list[str], row: str) -> tuple[tuple[str, int], ...]:
+    n = r.array(f"{row}.context")
+    out: list[tuple[str, int]] = []
+    while (len(out) < n) if n != INDEFINITE else not r.at_break(f"{row}.context"):
+        w = f"{row}.context[{len(out)}]"
+        m = r.array(w, 3)
+        peer = _peer(r, peers, w)
+        out.append((peer, _stamp(r, base, w)))
+        r.end_array(m, w)
+    return tuple(out)
+
+
+def _others(r: Reader, key: bytes, base: int, peers: list[str], row: str) -> tuple[RawEntry, ...]:
+    n = r.array(f"{row}.others")
+    out: list[RawEntry] = []
+    while (len(out) < n) if n != INDEFINITE else not r.at_break(f"{row}.others"):
+        w = f"{row}.others[{len(out)}]"
+        m = r.array(w, 4)
+        hlc = _stamp(r, base, w)
+        peer = _peer(r, peers, w)
+        v = _value(r, w)
+        out.append(RawEntry(key, v or b"", hlc, peer, v is None))
+        r.end_array(m, w)
+    return tuple(out)

@@ -1,0 +1,108 @@
+"""The node-wide byte budget (crdt_kv/net/budget.py): unit rules, and a node whose budget
+is spent by connections pinning partial frames keeps syncing a real live peer."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+import trio
+from net_helpers import RawPeer, addr, hello_for, wait_until
+
+import crdt_kv
+from crdt_kv import ConfigError
+from crdt_kv.net.budget import FLOOR_BYTES, ByteBudget
+from crdt_kv.net.driver import RECEIVE_SIZE
+from crdt_kv.protocol.messages import Hello
+
+
+async def test_read_size_under_the_limit_is_what_was_asked() -> None:
+    budget = ByteBudget(1 << 20)
+    held = {"a": 0}
+    budget.register(lambda: held["a"])
+    assert await budget.read_size(lambda: held["a"], 4096) == 4096
+    held["a"] = 900_000
+    assert await budget.read_size(lambda: held["a"], 100_000) == 100_000
+
+
+async def test_spent_budget_lets_small_holders_read_up_to_the_floor_only() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    big = budget.register(lambda: 1 << 20)
+    small = 10 << 10
+    assert await budget.read_size(lambda: small, 1 << 18) == (64 << 10) - small
+    budget.unregister(big)
+    assert await budget.read_size(lambda: small, 1 << 18) == 1 << 18
+
+
+async def test_spent_budget_stops_big_holders_until_bytes_are_released() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    other = {"held": 1 << 20}
+    budget.register(lambda: other["held"])
+    got: list[int] = []
+
+    async def reader() -> None:
+        got.append(await budget.read_size(lambda: 128 << 10, 1 << 16))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and budget.waits == 1
+        budget.released()  # nothing changed: it waits again
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [] and budget.waits == 2
+        other["held"] = 0
+        budget.released()
+    assert got == [1 << 16]
+
+
+def test_unregister_is_idempotent_and_a_limit_below_the_floor_is_refused() -> None:
+    budget = ByteBudget(1 << 20)
+    token = budget.register(lambda: 5)
+    assert budget.held == 5
+    budget.unregister(token)
+    budget.unregister(token)
+    assert budget.held == 0
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        ByteBudget(FLOOR_BYTES - 1)
+
+
+async def test_serve_refuses_a_budget_below_the_floor(stores: Any) -> None:
+    with pytest.raises(ConfigError, match="max_buffered_bytes"):
+        async with crdt_kv.serve(stores("b"), max_buffered_bytes=1000):
+            pass
+
+
+async def _pin(address: tuple[str, int], name: str, hlc: int, announced: int, sent: int) -> RawPeer:
+    """A raw peer that says a valid Hello, then starts a frame of ``announced`` bytes and
+    sends ``sent`` of them, pinning them in the node's buffer."""
+    peer = RawPeer(await trio.open_tcp_stream(*address))
+    await peer.send(hello_for(name, hlc=hlc, send=False, live=True))
+    assert isinstance(await peer.receive(), Hello)
+    await peer.send_bytes(struct.pack(">I", announced))
+    with trio.move_on_after(0.5):  # the node stops reading once its budget is spent
+        await peer.send_bytes(b"\x00" * sent)
+    return peer
+
+
+async def test_pinned_partial_frames_stay_within_the_budget_and_live_sync_goes_on(
+    stores: Any,
+) -> None:
+    a, b = stores("a"), stores("b")
+    limit = 2 << 20
+    opts: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_max_s": 0.2}
+    async with crdt_kv.serve(b, max_buffered_bytes=limit, live_idle_timeout_s=2.0, **opts) as nb:
+        pins = [await _pin(nb.address, f"pin{i}", b.hlc.now(), 4 << 20, 3 << 20) for i in range(4)]
+        await wait_until(lambda: nb.budget.waits > 0, what="a connection waiting for room")
+        bound = limit + len(pins) * (FLOOR_BYTES + RECEIVE_SIZE)
+        assert nb.budget.held <= bound
+        async with crdt_kv.serve(a, peers=[addr(nb)], **opts) as na:
+            await wait_until(lambda: bool(na.peer_book.records), what="a session")
+            for i in range(20):
+                a.put(f"k{i}", i)
+                await wait_until(lambda i=i: b.get(f"k{i}") == i, timeout=5, what="live push")
+            assert nb.budget.held <= bound
+            # The pins complete no frame: their idle timeout drops them and frees the budget.
+            await wait_until(lambda: nb.budget.held < FLOOR_BYTES, timeout=10, what="pins dropped")
+        for p in pins:
+            await p.stream.aclose()

@@ -1,0 +1,142 @@
+"""Batches decoded row by row (crdt_kv/protocol/batch_decoding.py): what a hostile frame
+can make the decoder allocate, and every well-formed encoding decoding the same."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.protocol.messages import (
+    MAX_CONTROL_FRAME_BYTES,
+    Batch,
+    decode_message,
+    encode_message,
+)
+from crdt_kv.version import RawEntry
+
+T0 = 1_700_000_000_000
+MIB = 1 << 20
+SIBS = 20_000
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """The peak of Python allocations while ``fn`` runs (it may raise)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except RemoteProtocolError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+def head(major: int, n: int) -> bytes:
+    return bytes([major << 5 | 26]) + n.to_bytes(4, "big")
+
+
+def batch_prefix(rows_head: bytes, to: int = 1 << 40) -> bytes:
+    """``[2, 0, to, false, T0, ["a"], `` then ``rows_head`` (the entries array's head)."""
+    return b"\x87\x02\x00" + cbor2.dumps(to) + b"\xf4" + cbor2.dumps(T0) + b"\x81\x61a" + rows_head
+
+
+HOSTILE: dict[str, bytes] = {
+    # a key made of a million empty arrays (a generic decoder: ~64 MB of lists)
+    "nested key": batch_prefix(b"\x81") + b"\x85" + head(4, MIB) + b"\x80" * MIB,
+    # a row claiming a million fields
+    "wide row": batch_prefix(b"\x81") + head(4, MIB) + b"\x00" * MIB,
+    # a million rows announced, more than the agreed 1,000
+    "many rows": batch_prefix(head(4, MIB)) + b"\x85\x41k\x00\x00\x00\xf6" * (MIB // 7),
+    # the same without announcing it: an indefinite array of rows
+    "indefinite rows": batch_prefix(b"\x9f") + b"\x85\x41k\x00\x00\x00\xf6" * (MIB // 7),
+    # a sibling-state row of many tiny siblings
+    "many siblings": batch_prefix(b"\x81")
+    + b"\x87\x41k\x00\x00\x00\xf6\x80"
+    + head(4, SIBS)
+    + b"\x84\x00\x00\x00\xf6" * (SIBS),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in HOSTILE if n != "many siblings"])
+def test_hostile_batches_are_refused_having_allocated_little(name: str) -> None:
+    payload = HOSTILE[name]
+    with pytest.raises(RemoteProtocolError):
+        decode_message(payload, max_batch_entries=1000)
+    assert peak_bytes(lambda: decode_message(payload, max_batch_entries=1000)) < MIB // 2
+
+
+def test_many_tiny_siblings_cost_objects_the_message_holds_only() -> None:
+    payload = HOSTILE["many siblings"]
+    msg = decode_message(payload, max_batch_entries=1000)
+    assert isinstance(msg, Batch) and len(msg.entries[0].others) == SIBS
+    # The objects decoded are the batch's own (one RawEntry per sibling), nothing more.
+    assert peak_bytes(lambda: decode_message(payload, max_batch_entries=1000)) < 200 * (SIBS)
+
+
+def test_messages_other_than_batches_are_small() -> None:
+    big = cbor2.dumps([4, 1, "x" * MAX_CONTROL_FRAME_BYTES])
+    with pytest.raises(RemoteProtocolError, match="only batches may exceed"):
+        decode_message(big)
+
+
+def test_a_nested_tag_in_a_row_is_named() -> None:
+    payload = cbor2.dumps([2, 0, 5, False, T0, ["a"], [[cbor2.CBORTag(24, b"k"), 0, 0, 0, None]]])
+    with pytest.raises(RemoteProtocolError, match=r"CBOR tag in batch.entries\[0\].key"):
+        decode_message(payload)
+
+
+# --- every well-formed encoding decodes the same ----------------------------------------
+
+
+def indefinite(obj: Any, draw_flags: list[bool]) -> bytes:
+    """``obj`` encoded with some arrays and byte strings in indefinite form (chunked)."""
+    if isinstance(obj, list):
+        flag = draw_flags.pop() if draw_flags else False
+        inner = b"".join(indefinite(x, draw_flags) for x in obj)
+        if flag:
+            return b"\x9f" + inner + b"\xff"
+        return cbor2.dumps([None] * len(obj))[: -len(obj) or None] + inner if obj else b"\x80"
+    if isinstance(obj, bytes) and obj and draw_flags and draw_flags.pop():
+        return b"\x5f" + b"".join(cbor2.dumps(obj[i : i + 1]) for i in range(len(obj))) + b"\xff"
+    return cbor2.dumps(obj)
+
+
+peers = st.sampled_from(["a", "b", "c"])
+stamps = st.integers(T0 << 16, (T0 + 10_000) << 16)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> RawEntry:
+    key = draw(st.binary(min_size=1, max_size=8))
+    deleted = draw(st.booleans())
+    value = b"" if deleted else draw(st.binary(max_size=8))
+    entry = RawEntry(key, value, draw(stamps), draw(peers), deleted)
+    if draw(st.booleans()):
+        return entry
+    others = tuple(
+        RawEntry(key, v or b"", draw(stamps), draw(peers), v is None)
+        for v in draw(st.lists(st.one_of(st.none(), st.binary(max_size=4)), max_size=3))
+    )
+    context = tuple(sorted({p: draw(stamps) for p in draw(st.lists(peers, max_size=3))}.items()))
+    if not others and not context:
+        return entry
+    return RawEntry(key, value, entry.hlc, entry.peer, deleted, 0, context, others)
+
+
+@given(st.lists(entries(), max_size=6), st.lists(st.booleans(), max_size=60))
+def test_indefinite_and_chunked_encodings_decode_like_the_preferred_one(
+    rows: list[RawEntry], flags: list[bool]
+) -> None:
+    batch = Batch(0, len(rows), True, tuple(rows))
+    preferred = encode_message(batch)
+    assert decode_message(preferred) == batch
+    other = indefinite(cbor2.loads(preferred), list(flags))
+    assert decode_message(other) == batch
