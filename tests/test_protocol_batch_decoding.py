@@ -13,6 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES, decode_batch_fields
+from crdt_kv.protocol.cbor_reader import Reader
 from crdt_kv.protocol.messages import (
     MAX_CONTROL_FRAME_BYTES,
     Batch,
@@ -87,10 +89,29 @@ def test_messages_other_than_batches_are_small() -> None:
         decode_message(big)
 
 
+def incremental(payload: bytes) -> Batch:
+    """``payload`` decoded by the row-by-row path whatever its size."""
+    r = Reader(payload)
+    n = r.array("message")
+    assert r.uint("type") == 2
+    batch = Batch(*decode_batch_fields(r, n, None))
+    r.finish()
+    return batch
+
+
 def test_a_nested_tag_in_a_row_is_named() -> None:
     payload = cbor2.dumps([2, 0, 5, False, T0, ["a"], [[cbor2.CBORTag(24, b"k"), 0, 0, 0, None]]])
     with pytest.raises(RemoteProtocolError, match=r"CBOR tag in batch.entries\[0\].key"):
+        incremental(payload)
+    with pytest.raises(RemoteProtocolError, match="CBOR tag"):
         decode_message(payload)
+
+
+def test_frames_over_the_small_size_take_the_row_by_row_path() -> None:
+    rows = tuple(RawEntry(b"k%d" % i, b"v" * 100, (T0 << 16) + i, "a", False) for i in range(800))
+    payload = encode_message(Batch(0, 800, True, rows))
+    assert len(payload) > SMALL_FRAME_BYTES
+    assert decode_message(payload) == incremental(payload) == Batch(0, 800, True, rows)
 
 
 # --- every well-formed encoding decodes the same ----------------------------------------
@@ -137,6 +158,6 @@ def test_indefinite_and_chunked_encodings_decode_like_the_preferred_one(
 ) -> None:
     batch = Batch(0, len(rows), True, tuple(rows))
     preferred = encode_message(batch)
-    assert decode_message(preferred) == batch
+    assert decode_message(preferred) == incremental(preferred) == batch
     other = indefinite(cbor2.loads(preferred), list(flags))
-    assert decode_message(other) == batch
+    assert decode_message(other) == incremental(other) == batch

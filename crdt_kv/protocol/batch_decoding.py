@@ -6,39 +6,36 @@ so it is the only one decoded incrementally: the row count is checked against
 ``max_batch_entries`` and the sequence range before any row is read, a row of the wrong
 shape or type fails having allocated nothing more, and everything built is part of the
 result. The objects a batch decodes to therefore cost about its size plus a fixed amount
-per row, context entry and sibling (:func:`decoded_cost`).
+per row, context entry and sibling.
 """
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import cbor2
 
 from crdt_kv.errors import RemoteProtocolError
 from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
-from crdt_kv.protocol.fields import NoTags, fail
+from crdt_kv.protocol.fields import NoTags, array, boolean, fail, text, uint
 from crdt_kv.protocol.framing import bare, short
 from crdt_kv.version import RawEntry
 
-__all__ = ["decode_batch_fields", "decoded_cost"]
+__all__ = ["SMALL_FRAME_BYTES", "decode_batch_fields", "decode_small_batch"]
 
 _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
 _LWW_ROW, _BREAK = 0x85, 0xFF
 _NO_TAGS = NoTags("a batch row")
 _CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError)
-_OBJECT_BYTES = 160
-"""What one decoded row, context entry or sibling costs in objects beyond its bytes, about
-(a RawEntry or tuple, its stamp int and the bytes objects' headers)."""
+
+SMALL_FRAME_BYTES = 1 << 16
+"""Frames up to this size are decoded whole by cbor2, which is faster for the small
+batches of live pushes: what that can allocate is bounded by 64 times this (4 MiB).
+Larger ones are read row by row."""
 
 Fields = tuple[int, int, bool, tuple[RawEntry, ...]]
-
-
-def decoded_cost(payload_len: int, items: int) -> int:
-    """About how many bytes of objects a batch of ``payload_len`` bytes whose decoding
-    made ``items`` CBOR items holds (for memory budgets)."""
-    return payload_len + items * (_OBJECT_BYTES // 4)
 
 
 def decode_batch_fields(r: Reader, n: int, max_entries: int | None) -> Fields:
@@ -106,7 +103,7 @@ def _rows(  # noqa: PLR0917 - private, called once
     return tuple(entries)
 
 
-def _lww_row(row: list[object], i: int, base: int, peers: list[str]) -> RawEntry:
+def _lww_row(row: list[Any], i: int, base: int, peers: list[Any]) -> RawEntry:
     key, dwall, logical, pidx, value = row
     if type(key) is not bytes or type(dwall) is not int or type(logical) is not int:
         raise fail(f"batch.entries[{i}] has a field of the wrong type")
@@ -206,3 +203,74 @@ def _others(r: Reader, key: bytes, base: int, peers: list[str], row: str) -> tup
         out.append(RawEntry(key, v or b"", hlc, peer, v is None))
         r.end_array(m, w)
     return tuple(out)
+
+
+# --- small frames: decoded whole ---------------------------------------------------------
+
+
+def decode_small_batch(msg: list[Any], max_entries: int | None) -> Fields:
+    """The fields of a batch already decoded whole by cbor2 (a frame of at most
+    :data:`SMALL_FRAME_BYTES`, whose objects cost at most 64 times that)."""
+    if len(msg) != 7:
+        raise fail(f"field 'batch' must be an array of 7, got {len(msg)} items")
+    from_seq = uint(msg[1], "batch.from_seq")
+    to_seq = uint(msg[2], "batch.to_seq")
+    if to_seq < from_seq:
+        raise fail(f"batch.to_seq {to_seq} is below batch.from_seq {from_seq}")
+    done = boolean(msg[3], "batch.done")
+    base = uint(msg[4], "batch.base_wall", _WALL_MAX)
+    peers = array(msg[5], "batch.peers")
+    for i, p in enumerate(peers):
+        if not text(p, f"batch.peers[{i}]"):
+            raise fail(f"batch.peers[{i}] is empty")
+    rows = array(msg[6], "batch.entries")
+    _check_count(len(rows), to_seq - from_seq, max_entries)
+    entries: list[RawEntry] = []
+    append = entries.append
+    for i, row in enumerate(rows):
+        if type(row) is list and len(row) == 5:
+            append(_lww_row(row, i, base, peers))
+        elif type(row) is list and len(row) == 7:
+            append(_list_state_row(row, i, base, peers))
+        else:
+            raise fail(f"batch.entries[{i}] must be an array of 5 or 7")
+    return from_seq, to_seq, done, tuple(entries)
+
+
+def _list_stamp(base: int, dwall: object, logical: object, where: str) -> int:
+    if type(dwall) is not int or type(logical) is not int:
+        raise fail(f"{where} has a field of the wrong type")
+    wall = base + dwall
+    if dwall < 0 or wall > _WALL_MAX or not 0 <= logical <= _LOGICAL_MAX:
+        raise fail(f"{where} has an out-of-range timestamp")
+    return (wall << 16) | logical
+
+
+def _list_peer(peers: list[Any], pidx: object, where: str) -> str:
+    if type(pidx) is not int or not 0 <= pidx < len(peers):
+        raise fail(f"{where} names peer index {short(pidx)} of {len(peers)}")
+    return str(peers[pidx])
+
+
+def _list_state_row(row: list[Any], i: int, base: int, peers: list[Any]) -> RawEntry:
+    """A ``siblings``-mode row: ``[key, dwall, logical, peer, value, context, others]``."""
+    where = f"batch.entries[{i}]"
+    key, dwall, logical, pidx, value, ctx, others = row
+    if type(key) is not bytes or (value is not None and type(value) is not bytes):
+        raise fail(f"{where} has a field of the wrong type")
+    context: list[tuple[str, int]] = []
+    for j, item in enumerate(array(ctx, f"{where}.context")):
+        w = f"{where}.context[{j}]"
+        array(item, w, 3)
+        context.append((_list_peer(peers, item[0], w), _list_stamp(base, item[1], item[2], w)))
+    sibs: list[RawEntry] = []
+    for j, item in enumerate(array(others, f"{where}.others")):
+        w = f"{where}.others[{j}]"
+        array(item, w, 4)
+        v = item[3]
+        if v is not None and type(v) is not bytes:
+            raise fail(f"{w}.value must be bytes or null")
+        hlc, peer = _list_stamp(base, item[0], item[1], w), _list_peer(peers, item[2], w)
+        sibs.append(RawEntry(key, v or b"", hlc, peer, v is None))
+    hlc, peer = _list_stamp(base, dwall, logical, where), _list_peer(peers, pidx, where)
+    return RawEntry(key, value or b"", hlc, peer, value is None, 0, tuple(context), tuple(sibs))

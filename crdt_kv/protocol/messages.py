@@ -19,7 +19,11 @@ import cbor2
 from crdt_kv.codec import MAX_KEY_BYTES
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
-from crdt_kv.protocol.batch_decoding import decode_batch_fields
+from crdt_kv.protocol.batch_decoding import (
+    SMALL_FRAME_BYTES,
+    decode_batch_fields,
+    decode_small_batch,
+)
 from crdt_kv.protocol.cbor_reader import Reader
 from crdt_kv.protocol.fields import NoTags, load
 from crdt_kv.protocol.fields import array as _array
@@ -341,20 +345,21 @@ def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
     """Decode and validate one message payload; raises :class:`RemoteProtocolError`.
 
-    A batch is read row by row with each field's type checked before it is decoded
-    (:mod:`crdt_kv.protocol.batch_decoding`); any other message is at most
-    :data:`MAX_CONTROL_FRAME_BYTES`."""
-    head = _batch_head(payload)
-    if head is not None:
-        r, n = head
-        from_seq, to_seq, done, entries = decode_batch_fields(r, n, max_batch_entries)
-        r.finish()
-        return Batch(from_seq, to_seq, done, entries)
-    if len(payload) > MAX_CONTROL_FRAME_BYTES:
-        raise _fail(
-            f"a frame of {len(payload)} bytes that is not a batch: only batches may exceed "
-            f"{MAX_CONTROL_FRAME_BYTES} bytes"
-        )
+    A batch larger than :data:`SMALL_FRAME_BYTES` is read row by row with each field's
+    type checked before it is decoded (:mod:`crdt_kv.protocol.batch_decoding`); any other
+    message is at most :data:`MAX_CONTROL_FRAME_BYTES`."""
+    if len(payload) > SMALL_FRAME_BYTES:
+        head = _batch_head(payload)
+        if head is not None:
+            r, n = head
+            from_seq, to_seq, done, entries = decode_batch_fields(r, n, max_batch_entries)
+            r.finish()
+            return Batch(from_seq, to_seq, done, entries)
+        if len(payload) > MAX_CONTROL_FRAME_BYTES:
+            raise _fail(
+                f"a frame of {len(payload)} bytes that is not a batch: only batches may "
+                f"exceed {MAX_CONTROL_FRAME_BYTES} bytes"
+            )
     obj = load(payload, _NO_TAGS)
     msg = _array(obj, "message")
     if not msg:
@@ -362,6 +367,8 @@ def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> M
     kind = msg[0]
     if type(kind) is not int or kind not in MsgType._value2member_map_:
         raise _fail(f"unknown message type {short(kind)}")
+    if kind == MsgType.BATCH:
+        return Batch(*decode_small_batch(msg, max_batch_entries))
     if kind == MsgType.ACK:
         _array(msg, "ack", 2)
         return Ack(_uint(msg[1], "ack.seq"))
