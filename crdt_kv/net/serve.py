@@ -18,6 +18,7 @@ from crdt_kv.errors import ConfigError
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.catchup import CatchUpWaiter
+from crdt_kv.net.client_api import open_client_endpoint
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.net.tls import TlsConfig
@@ -65,6 +66,8 @@ async def serve(
     catch_up: bool = False,
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
     metrics_listen: str | None = None,
+    client_listen: str | None = None,
+    client_allow_remote: bool = False,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -110,6 +113,9 @@ async def serve(
     failed and why, and which were still pending; with no peers it returns at once.
     ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
     picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
+    ``client_listen="HOST:PORT"`` serves the client endpoint there, once any catch-up is
+    done (``node.client_address`` tells where; :mod:`crdt_kv.net.client_api`): a loopback
+    address, unless ``client_allow_remote``.
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -165,16 +171,23 @@ async def serve(
     waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s, listen_s=listen_s) if catch_up else None
     if metrics_listen is not None:
         parse_address(metrics_listen, what="metrics listen address")
+    if client_listen is not None:
+        parse_address(client_listen, what="client listen address")
     listeners = await node._bind(listen)
-    metrics = None
-    if metrics_listen is not None:
-        try:
+    metrics = clients = None
+    try:
+        if metrics_listen is not None:
             metrics = await open_metrics_endpoint(metrics_registry(node), metrics_listen)
-        except BaseException:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            raise
-        node.metrics_address = metrics.address
+            node.metrics_address = metrics.address
+        if client_listen is not None:
+            clients = await open_client_endpoint(
+                store, client_listen, allow_remote=client_allow_remote
+            )
+            node.client_address = clients.address
+    except BaseException:
+        for listener in [*listeners, *(metrics.listeners if metrics else [])]:
+            await trio.aclose_forcefully(listener)
+        raise
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
     body_error: BaseException | None = None
@@ -187,14 +200,16 @@ async def serve(
             if waiter is not None:
                 node.catch_up_report = await waiter.wait()
                 node._catch_up = None
+            if clients is not None:  # writes are taken once caught up
+                await nursery.start(clients.run)
             yield node
         except BaseException as exc:
             body_error = exc
         finally:
             node._stop()
             nursery.cancel_scope.cancel()
-    if metrics is not None:  # closed already if it ran; not if starting up failed
-        for listener in metrics.listeners:
+    for endpoint in (metrics, clients):  # closed already if it ran; not if starting failed
+        for listener in endpoint.listeners if endpoint is not None else []:
             await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
