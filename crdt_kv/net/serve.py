@@ -185,8 +185,9 @@ async def serve(
             )
             node.client_address = clients.address
     except BaseException:
-        for listener in [*listeners, *(metrics.listeners if metrics else [])]:
-            await trio.aclose_forcefully(listener)
+        with trio.CancelScope(shield=True):  # a cancelled close must not skip the others
+            for listener in [*listeners, *(metrics.listeners if metrics else [])]:
+                await trio.aclose_forcefully(listener)
         raise
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
@@ -208,8 +209,9 @@ async def serve(
         finally:
             node._stop()
             nursery.cancel_scope.cancel()
-    for endpoint in (metrics, clients):  # closed already if it ran; not if starting failed
-        for listener in endpoint.listeners if endpoint is not None else []:
-            await trio.aclose_forcefully(listener)
+    with trio.CancelScope(shield=True):  # closed already if it ran; not if starting failed
+        for endpoint in (metrics, clients):
+            for listener in endpoint.listeners if endpoint is not None else []:
+                await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
