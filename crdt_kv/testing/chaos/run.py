@@ -111,10 +111,11 @@ class ChaosReport:
             f"{sum(self.faults.values())} faults ({faults})",
             f"proxy: {self.connections} connections, {self.forwarded / 2**20:.1f} MiB forwarded",
         ]
+        back = "every node was back up"
         if self.convergence_s is None:
-            out.append(f"convergence: NOT within {c.converge_timeout_s:g} s of every node being back up")
+            out.append(f"convergence: NOT within {c.converge_timeout_s:g} s after {back}")
         else:
-            out.append(f"convergence: all stores equal {self.convergence_s:.1f} s after every node was back up")
+            out.append(f"convergence: all stores equal {self.convergence_s:.1f} s after {back}")
         if any(code != 0 for code in self.stop_codes.values()):
             out.append(f"stop: exit codes {self.stop_codes}")
         out.extend(f"crash: {line}" for line in self.crashes)
