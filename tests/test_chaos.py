@@ -16,6 +16,7 @@ import pytest
 
 from crdt_kv.testing.chaos import ChaosConfig, ChaosError, ChaosReport, run_chaos
 from crdt_kv.testing.chaos.__main__ import main
+from crdt_kv.testing.chaos.run import DEFAULT_NODE_OPTIONS
 
 
 def processes_under(path: Path) -> list[str]:
@@ -68,6 +69,29 @@ async def test_a_node_that_cannot_start_fails_the_run_and_leaves_no_process(
     config = ChaosConfig(nodes=2, seconds=1, node_options={"bogus_option": 1})
     with pytest.raises(ChaosError, match=r"node n1 exited .*node\.bogus_option"):
         await run_chaos(config, tmp_path, say=print)
+    assert not processes_under(tmp_path)
+
+
+@needs_proc
+async def test_a_cluster_that_does_not_replicate_fails_the_verdict(tmp_path: Path) -> None:
+    """The whole pipeline can fail: nodes that only pull never send their writes, so the
+    stores differ, and the verdict says so."""
+    config = ChaosConfig(
+        nodes=2,
+        seconds=3,
+        writers=2,
+        keys=8,
+        kill_interval_s=0,
+        fault_interval_s=0,
+        converge_timeout_s=2,
+        node_options={**DEFAULT_NODE_OPTIONS, "mode": "pull", "catch_up": False},
+    )
+    report = await run_chaos(config, tmp_path, say=print)
+    show(report)
+    assert not report.ok and report.convergence_s is None
+    assert report.verdict is not None and report.verdict.problems["diverged"] > 0
+    assert report.kills == 0 and not report.faults
+    assert report.lines()[-1] == "RESULT: FAIL"
     assert not processes_under(tmp_path)
 
 

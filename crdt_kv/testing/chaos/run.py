@@ -86,6 +86,9 @@ class ChaosReport:
     connections: int = 0
     forwarded: int = 0
     convergence_s: float | None = None
+    """From healing the network to every store reporting the same digest."""
+    restart_s: float = 0.0
+    """From healing the network to every node answering again (restarted, caught up)."""
     stop_codes: dict[str, int | None] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)
     verdict: Verdict | None = None
@@ -111,11 +114,13 @@ class ChaosReport:
             f"{sum(self.faults.values())} faults ({faults})",
             f"proxy: {self.connections} connections, {self.forwarded / 2**20:.1f} MiB forwarded",
         ]
-        back = "every node was back up"
         if self.convergence_s is None:
-            out.append(f"convergence: NOT within {c.converge_timeout_s:g} s after {back}")
+            out.append(f"convergence: NOT within {c.converge_timeout_s:g} s of healing")
         else:
-            out.append(f"convergence: all stores equal {self.convergence_s:.1f} s after {back}")
+            out.append(
+                f"convergence: all stores equal {self.convergence_s:.1f} s after healing "
+                f"(every node was back up after {self.restart_s:.1f} s)"
+            )
         if any(code != 0 for code in self.stop_codes.values()):
             out.append(f"stop: exit codes {self.stop_codes}")
         out.extend(f"crash: {line}" for line in self.crashes)
@@ -186,13 +191,15 @@ async def _scenario(
     say(f"{config.nodes} nodes up; chaos for {config.seconds:g} s")
     await _chaos(config, cluster, proxy=proxy, rng=rng, report=report, say=say)
     proxy.heal()
+    healed = trio.current_time()
     for n in cluster:
         n.exited_by_itself()
         if not n.running:
             await n.start()
     await _all_ready(cluster)
+    report.restart_s = trio.current_time() - healed
     say("healed; waiting for convergence")
-    report.convergence_s = await _converge(cluster, config.converge_timeout_s)
+    report.convergence_s = await _converge(cluster, config.converge_timeout_s, since=healed)
     for n in cluster:
         report.stop_codes[n.name] = await n.stop()
     report.connections, report.forwarded = proxy.connections, proxy.forwarded
@@ -261,10 +268,10 @@ async def _chaos(
     )
 
 
-async def _converge(cluster: Cluster, timeout_s: float) -> float | None:
-    """Seconds until every node reported the same digest (confirmed by the next poll,
-    :data:`POLL_S` later); None if that did not happen within ``timeout_s``."""
-    started = trio.current_time()
+async def _converge(cluster: Cluster, timeout_s: float, *, since: float) -> float | None:
+    """Seconds from ``since`` until every node reported the same digest (confirmed by the
+    next poll, :data:`POLL_S` later); None if that did not happen within ``timeout_s``."""
+    started = since
     last: tuple[bytes, float] | None = None
     with trio.move_on_after(timeout_s):
         while True:
