@@ -39,6 +39,7 @@ __all__ = [
     "CLIENT_IDLE_TIMEOUT_S",
     "MAX_CLIENT_CONNECTIONS",
     "ClientEndpoint",
+    "check_client_listen",
     "is_loopback",
     "open_client_endpoint",
 ]
@@ -72,14 +73,21 @@ async def open_client_endpoint(
 
     A host that is not a loopback address is a :class:`ConfigError` unless
     ``allow_remote``: anyone who can connect may write."""
+    host, port = check_client_listen(listen, allow_remote=allow_remote)
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    return ClientEndpoint(store, listeners)
+
+
+def check_client_listen(listen: str, *, allow_remote: bool = False) -> tuple[str, int]:
+    """``listen`` parsed; :class:`ConfigError` if malformed, or not loopback while
+    ``allow_remote`` is off."""
     host, port = parse_address(listen, what="client listen address")
     if not allow_remote and not is_loopback(host):
         raise ConfigError(
             f"client listen address {listen!r} is not a loopback address: the client "
             "endpoint has no authentication (set client_allow_remote to expose it anyway)"
         )
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    return ClientEndpoint(store, listeners)
+    return host, port
 
 
 class ClientEndpoint:

@@ -18,7 +18,7 @@ from crdt_kv.errors import ConfigError
 from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.catchup import CatchUpWaiter
-from crdt_kv.net.client_api import open_client_endpoint
+from crdt_kv.net.client_api import check_client_listen, open_client_endpoint
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.net.tls import TlsConfig
@@ -172,7 +172,7 @@ async def serve(
     if metrics_listen is not None:
         parse_address(metrics_listen, what="metrics listen address")
     if client_listen is not None:
-        parse_address(client_listen, what="client listen address")
+        check_client_listen(client_listen, allow_remote=client_allow_remote)
     listeners = await node._bind(listen)
     metrics = clients = None
     try:

@@ -10,6 +10,10 @@
 5. Stop every node with SIGTERM (a clean close), dump every store read-only to JSON, and
    hand the dumps and the writers' logs to the independent :mod:`.checker`.
 
+Files in the work directory: per node ``nN/`` (``node.toml``, ``node.log``, ``store/``),
+``writer-N.jsonl``, ``nemesis.log`` (every kill and fault, with its wall time, to line up
+with the writers' ``t0``), ``dump-nN.json``.
+
 Whatever happens, no process outlives the run (:meth:`Cluster.kill_all`).
 """
 
@@ -79,6 +83,8 @@ class ChaosReport:
     config: ChaosConfig
     workdir: Path
     operations: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Refused operations by the node's error (nothing was written)."""
     chaos_s: float = 0.0
     kills: int = 0
     restarts: int = 0
@@ -104,11 +110,13 @@ class ChaosReport:
         ops = self.operations
         rate = ops["ok"] / self.chaos_s if self.chaos_s else 0.0
         faults = ", ".join(f"{n} {k}" for k, n in sorted(self.faults.items())) or "none"
+        why = ", ".join(f"{n} {k}" for k, n in sorted(self.refusals.items()))
+        why = f" ({why})" if why else ""
         out = [
             f"chaos: {c.nodes} nodes, {self.chaos_s:.0f} s of chaos, seed {c.seed}, "
             f"{c.writers} writers on {c.keys} keys; files in {self.workdir}",
             f"load: {sum(ops.values())} operations: {ops['ok']} acknowledged "
-            f"({rate:.0f}/s), {ops['unknown']} unknown, {ops['refused']} refused, "
+            f"({rate:.0f}/s), {ops['unknown']} unknown, {ops['refused']} refused{why}, "
             f"{ops['unsent']} unsent",
             f"nemesis: {self.kills} SIGKILLs, {self.restarts} restarts; "
             f"{sum(self.faults.values())} faults ({faults})",
@@ -250,17 +258,25 @@ async def _chaos(
         max_down=config.max_down,
     )
     started = time.monotonic()
-    async with trio.open_nursery() as nursery:
-        for w in writers:
-            nursery.start_soon(functools.partial(trio.to_thread.run_sync, w.run))
-        try:
-            with trio.move_on_after(config.seconds):
-                await nemesis.run()
-        finally:
-            stop.set()
+    with (report.workdir / "nemesis.log").open("a", encoding="utf-8") as events:
+
+        def log_event(line: str) -> None:
+            events.write(f"{time.time():.3f} {line}\n")
+            events.flush()
+
+        nemesis.on_event = log_event
+        async with trio.open_nursery() as nursery:
+            for w in writers:
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, w.run))
+            try:
+                with trio.move_on_after(config.seconds):
+                    await nemesis.run()
+            finally:
+                stop.set()
     report.chaos_s = time.monotonic() - started
     for w in writers:
         report.operations.update(w.outcomes)
+        report.refusals.update(w.refusals)
     report.kills, report.restarts, report.faults = nemesis.kills, nemesis.restarts, nemesis.faults
     say(
         f"chaos over: {report.operations['ok']} acknowledged, {nemesis.kills} kills, "

@@ -36,7 +36,8 @@ class Writer:
 
     ``nodes`` is ``[(peer id, client address)]``; ``keys`` the key space; a delete is
     chosen with probability ``delete_ratio``; ``pause_s`` separates operations (and
-    doubles as the wait after a failed one). ``outcomes`` counts operations by status.
+    doubles as the wait after a failed one). ``outcomes`` counts operations by status,
+    ``refusals`` the refused ones by the node's error.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Writer:
         self.pause_s = pause_s
         self.timeout_s = timeout_s
         self.outcomes: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
         self._clients: dict[str, Client] = {}
         self._avoid: dict[str, float] = {}
         self._n = 0
@@ -108,6 +110,7 @@ class Writer:
             else:
                 v = client.put(record["key"], record["value"])
         except RequestRefusedError as exc:
+            self.refusals[exc.kind] += 1
             record.update(status="refused", error=str(exc))
         except (OSError, ProtocolError) as exc:
             del self._clients[node]
