@@ -20,6 +20,7 @@ __all__ = [
     "ProtocolError",
     "ReadOnlyError",
     "RemoteProtocolError",
+    "RequestRefusedError",
     "ResolverError",
     "RolledBackError",
     "StorageError",
