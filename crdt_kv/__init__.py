@@ -4,9 +4,10 @@ Every key holds a last-writer-wins register stamped with a hybrid logical clock;
 exchange change-log deltas over CBOR and converge to equal digests.
 
 The networking names (:class:`Node`, :func:`replicate`, :func:`serve`, ...) live in the
-trio shell :mod:`crdt_kv.net` and are loaded on first access (PEP 562): importing the
-sans-I/O core (``crdt_kv.store``, ``crdt_kv.protocol``) always runs this module, and must
-not drag in trio and sockets with it.
+trio shell :mod:`crdt_kv.net` and are loaded on first access (PEP 562), as is the blocking
+:class:`Client` of a node's client endpoint (sockets): importing the sans-I/O core
+(``crdt_kv.store``, ``crdt_kv.protocol``) always runs this module, and must not drag in
+trio and sockets with it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from crdt_kv.errors import (
     ProtocolError,
     ReadOnlyError,
     RemoteProtocolError,
+    RequestRefusedError,
     ResolverError,
     RolledBackError,
     StorageError,
@@ -40,6 +42,7 @@ from crdt_kv.store import Batch, Store
 from crdt_kv.version import Entry, RawEntry, Resolver, Version
 
 if TYPE_CHECKING:
+    from crdt_kv.client import Client
     from crdt_kv.net import Node, TlsConfig, replicate, serve
     from crdt_kv.protocol.catchup import CatchUpReport
     from crdt_kv.repair.api import reconcile
@@ -49,6 +52,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CatchUpReport": "crdt_kv.protocol.catchup",
+    "Client": "crdt_kv.client",
     "Node": "crdt_kv.net",
     "ReconcileReport": "crdt_kv.repair.report",
     "TlsConfig": "crdt_kv.net",
@@ -63,6 +67,7 @@ __all__ = [
     "Backend",
     "Batch",
     "CatchUpReport",
+    "Client",
     "ClockSkewError",
     "ClosedError",
     "ConfigError",
@@ -78,6 +83,7 @@ __all__ = [
     "ReadOnlyError",
     "ReconcileReport",
     "RemoteProtocolError",
+    "RequestRefusedError",
     "RolledBackError",
     "Resolver",
     "ResolverError",

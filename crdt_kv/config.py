@@ -48,6 +48,8 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "catch_up": bool,
         "catch_up_timeout_s": (int, float),
         "metrics_listen": str,
+        "client_listen": str,
+        "client_allow_remote": bool,
         "live_idle_timeout_s": (int, float),
         "max_buffered_bytes": int,
     },
@@ -106,7 +108,7 @@ def _check_value(table: str, key: str, value: Any) -> None:
         bad = "must be a non-negative number of seconds"
     elif key == "max_buffered_bytes" and value < _MIN_BUFFERED_BYTES:
         bad = f"must be at least {_MIN_BUFFERED_BYTES} bytes"
-    elif key == "metrics_listen" and not _is_host_port(value):
+    elif key in ("metrics_listen", "client_listen") and not _is_host_port(value):
         bad = "must be 'host:port' with a port in 0..65535"
     if bad is not None:
         raise ConfigError(f"config {table}.{key} {bad}, got {value!r}")

@@ -20,6 +20,7 @@ __all__ = [
     "ProtocolError",
     "ReadOnlyError",
     "RemoteProtocolError",
+    "RequestRefusedError",
     "ResolverError",
     "RolledBackError",
     "StorageError",
@@ -129,3 +130,13 @@ class RolledBackError(ProtocolError):
     """This store's change log was found rolled back (restored from a copy under the same
     incarnation): a peer proved a cursor our log no longer matches. The store has taken a
     new incarnation, so peers pull its whole log again; the session that found it ends."""
+
+
+class RequestRefusedError(CrdtKvError):
+    """A node's client endpoint refused a request (:class:`crdt_kv.Client`); nothing was
+    written. ``kind`` names the node's error (``EncodingError``, ``ClockSkewError``,
+    ``StorageError``...), the message says why."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind

@@ -201,6 +201,8 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "metrics_listen", "127.0.0.1:"),
         ("node", "metrics_listen", "127.0.0.1:70000"),
         ("node", "metrics_listen", "127.0.0.1:\uff19\uff10"),  # fullwidth digits
+        ("node", "client_listen", "127.0.0.1"),
+        ("node", "client_listen", "127.0.0.1:65536"),
         ("tls", "key", ""),
         ("tls", "allowed_peers", ["a", 1]),
         ("tls", "allowed_peers", ["a", ""]),
@@ -230,6 +232,8 @@ def test_every_known_key_accepts_its_type() -> None:
     assert set(KNOWN) == {"storage", "node", "tls"}
     for listen in ("127.0.0.1:0", "[::1]:9100", ":9100"):
         assert load_config({"node": {"metrics_listen": listen}})["node"]["metrics_listen"] == listen
+    node = load_config({"node": {"client_listen": "127.0.0.1:7500", "client_allow_remote": True}})
+    assert node["node"] == {"client_listen": "127.0.0.1:7500", "client_allow_remote": True}
 
 
 def test_the_conflict_mode_comes_from_the_config_and_is_fixed(tmp_path: Path) -> None:

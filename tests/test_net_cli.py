@@ -257,7 +257,7 @@ async def test_serve_reports_bad_config_and_busy_port(tmp_path: Path) -> None:
         assert s.incarnation == inc
 
 
-@pytest.mark.parametrize("flag", ["--peer", "--listen", "--metrics-listen"])
+@pytest.mark.parametrize("flag", ["--peer", "--listen", "--metrics-listen", "--client-listen"])
 def test_serve_flag_rejects_malformed_address(tmp_path: Path, flag: str) -> None:
     cfg = write_config(tmp_path / "d.toml", "d", "127.0.0.1:0", [])
     r = subprocess.run(
@@ -303,6 +303,54 @@ async def test_serve_prints_the_catch_up_report_before_listening(tmp_path: Path)
     assert proc.returncode == 0
     with crdt_kv.open(tmp_path / "a-data", backend="rocksdb") as a:
         assert a.get("from-b") == 1
+
+
+async def test_serve_client_listen_takes_writes_with_stamps(tmp_path: Path) -> None:
+    """``--client-listen`` prints its address last; writes through it are in the store
+    after a clean stop, with the stamps the client was given."""
+    cfg = write_config(tmp_path / "f.toml", "f", "127.0.0.1:0", [])
+    server = await start_server(cfg, "--client-listen", "127.0.0.1:0")
+    proc = server.proc
+    assert proc.stdout is not None
+    buf = b""
+    try:
+        with trio.fail_after(20):
+            while b"client api on " not in buf or not buf.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(4096)
+                assert chunk, "server exited before its client endpoint"
+                buf += chunk
+        lines = buf.decode().splitlines()
+        assert lines[0].startswith("listening on ") and lines[-1].startswith("client api on ")
+        address = lines[-1].removeprefix("client api on ")
+
+        def write() -> tuple[crdt_kv.Version, crdt_kv.Version]:
+            with crdt_kv.Client(address) as c:
+                return c.put("k", "v"), c.delete("gone")
+
+        put, gone = await trio.to_thread.run_sync(write)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            await proc.wait()
+    assert proc.returncode == 0
+    with crdt_kv.open(tmp_path / "f-data", backend="rocksdb") as s:
+        e, d = s.entry("k"), s.entry("gone")
+        assert e is not None and (e.value, e.hlc, e.peer) == ("v", put.hlc, "f")
+        assert d is not None and d.deleted and d.hlc == gone.hlc
+
+
+def test_serve_refuses_a_client_endpoint_off_loopback(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "g.toml", "g", "127.0.0.1:0", [])
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(cfg), "--client-listen", "0.0.0.0:0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "not a loopback address" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
 
 
 def test_serve_rejects_a_negative_catch_up_timeout(tmp_path: Path) -> None:

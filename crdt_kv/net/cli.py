@@ -6,7 +6,8 @@ with the file's ``[storage]`` table (its ``conflicts`` mode too, unless ``--conf
 is given), so a node replicates in the mode its store was created with. On startup the
 command prints one line, ``listening on HOST:PORT``, to stdout (scripts wait for it), after
 the catch-up report when ``catch_up`` is on, then ``metrics on http://HOST:PORT/metrics``
-if it serves metrics (``metrics_listen``). A ``[tls]`` table or the ``--tls-*`` flags
+if it serves metrics (``metrics_listen``), then ``client api on HOST:PORT`` if it serves the
+client endpoint (``client_listen``). A ``[tls]`` table or the ``--tls-*`` flags
 (which override its ``cert``, ``key`` and ``ca``) run the node over mutual TLS; it
 stops cleanly on SIGINT or SIGTERM: every session is cancelled, sockets are closed, then
 the store is closed.
@@ -103,6 +104,12 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one)",
     )
+    p.add_argument(
+        "--client-listen",
+        metavar="HOST:PORT",
+        help="serve the client endpoint (put/del/get with stamps) on this loopback address "
+        "(port 0 picks one)",
+    )
     p.add_argument("--tls-cert", metavar="PEM", help="this node's TLS certificate (chain)")
     p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument(
@@ -127,6 +134,7 @@ _FLAG_KEYS = (
     "catch_up",
     "catch_up_timeout_s",
     "metrics_listen",
+    "client_listen",
 )
 
 
@@ -138,7 +146,13 @@ def node_options(node_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str
         value = flag if flag is not None else node_cfg.get(key)
         if value is not None:
             opts[key] = value
-    for key in ("gc_grace_s", "gc_interval_s", "live_idle_timeout_s", "max_buffered_bytes"):
+    for key in (
+        "gc_grace_s",
+        "gc_interval_s",
+        "live_idle_timeout_s",
+        "max_buffered_bytes",
+        "client_allow_remote",
+    ):
         if key in node_cfg:
             opts[key] = node_cfg[key]
     peers = list(node_cfg.get("peers", [])) + list(getattr(args, "peers", []) or [])
@@ -181,6 +195,8 @@ async def run_node(
             announce(f"listening on {format_address(*node.address)}")
             if node.metrics_address is not None:
                 announce(f"metrics on http://{format_address(*node.metrics_address)}/metrics")
+            if node.client_address is not None:
+                announce(f"client api on {format_address(*node.client_address)}")
             async for signum in signals:
                 return signal.Signals(signum).name
     return "end"  # pragma: no cover - the signal iterator never ends by itself

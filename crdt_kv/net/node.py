@@ -125,6 +125,8 @@ class Node(Scorekeeper):
         self.address: tuple[str, int] = ("", 0)
         self.metrics_address: tuple[str, int] | None = None
         """Where ``/metrics`` is served (``serve(metrics_listen=...)``), else None."""
+        self.client_address: tuple[str, int] | None = None
+        """Where the client endpoint is served (``serve(client_listen=...)``), else None."""
         self.discovery: Any = None
         self.connections_accepted = 0
         self.connections_refused = 0

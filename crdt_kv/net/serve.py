@@ -19,6 +19,7 @@ from crdt_kv.horizon import DEFAULT_GC_GRACE_MS
 from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.budget import DEFAULT_MAX_BUFFERED_BYTES, FLOOR_BYTES
 from crdt_kv.net.catchup import CatchUpWaiter
+from crdt_kv.net.client_api import check_client_listen, open_client_endpoint
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.net.tls import TlsConfig
@@ -67,6 +68,8 @@ async def serve(
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
     metrics_listen: str | None = None,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    client_listen: str | None = None,
+    client_allow_remote: bool = False,
 ) -> AsyncIterator[Node]:
     """Run a replication node for ``store`` while the ``async with`` body runs.
 
@@ -112,6 +115,9 @@ async def serve(
     failed and why, and which were still pending; with no peers it returns at once.
     ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
     picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
+    ``client_listen="HOST:PORT"`` serves the client endpoint there, once any catch-up is
+    done (``node.client_address`` tells where; :mod:`crdt_kv.net.client_api`): a loopback
+    address, unless ``client_allow_remote``.
 
     ``max_buffered_bytes`` (default 64 MiB) bounds what all connections together hold of
     what peers sent, buffered or decoded (:mod:`crdt_kv.net.budget`): while it is spent,
@@ -172,16 +178,24 @@ async def serve(
     waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s, listen_s=listen_s) if catch_up else None
     if metrics_listen is not None:
         parse_address(metrics_listen, what="metrics listen address")
+    if client_listen is not None:
+        check_client_listen(client_listen, allow_remote=client_allow_remote)
     listeners = await node._bind(listen)
-    metrics = None
-    if metrics_listen is not None:
-        try:
+    metrics = clients = None
+    try:
+        if metrics_listen is not None:
             metrics = await open_metrics_endpoint(metrics_registry(node), metrics_listen)
-        except BaseException:
-            for listener in listeners:
+            node.metrics_address = metrics.address
+        if client_listen is not None:
+            clients = await open_client_endpoint(
+                store, client_listen, allow_remote=client_allow_remote
+            )
+            node.client_address = clients.address
+    except BaseException:
+        with trio.CancelScope(shield=True):  # a cancelled close must not skip the others
+            for listener in [*listeners, *(metrics.listeners if metrics else [])]:
                 await trio.aclose_forcefully(listener)
-            raise
-        node.metrics_address = metrics.address
+        raise
     # Exceptions of the body (and of starting up) are re-raised outside the nursery, so
     # callers see their own exception rather than an ExceptionGroup wrapping it.
     body_error: BaseException | None = None
@@ -194,15 +208,18 @@ async def serve(
             if waiter is not None:
                 node.catch_up_report = await waiter.wait()
                 node._catch_up = None
+            if clients is not None:  # writes are taken once caught up
+                await nursery.start(clients.run)
             yield node
         except BaseException as exc:
             body_error = exc
         finally:
             node._stop()
             nursery.cancel_scope.cancel()
-    if metrics is not None:  # closed already if it ran; not if starting up failed
-        for listener in metrics.listeners:
-            await trio.aclose_forcefully(listener)
+    with trio.CancelScope(shield=True):  # closed already if it ran; not if starting failed
+        for endpoint in (metrics, clients):
+            for listener in endpoint.listeners if endpoint is not None else []:
+                await trio.aclose_forcefully(listener)
     if body_error is not None:
         raise body_error
 
