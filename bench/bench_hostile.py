@@ -750,7 +750,7 @@ def report(f: dict[str, Any]) -> bool:
         ("crdt_kv_node_buffered_bytes, max scraped", mib(f["buffered_bytes_max"])),
         ("crdt_kv_node_budget_waits_total", f"{f['budget_waits']:.0f}"),
         (
-            "T connections accepted / refused (too many)",
+            "T connections accepted / refused (full, dup.)",
             f"{f['accepted']:.0f} / {f['refused_too_many']:.0f}",
         ),
         ("metrics scrapes ok / failed (2 s timeout)", f"{f['scrapes']} / {f['scrape_failures']}"),
