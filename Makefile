@@ -63,6 +63,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_fingerprints.py
 	$(BIN)/python bench/bench_repair.py
 	$(BIN)/python bench/bench_first_contact.py
+	$(BIN)/python bench/bench_hostile.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -48,12 +48,47 @@ async def test_spent_budget_stops_big_holders_until_bytes_are_released() -> None
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
         assert got == [] and budget.waits == 1
-        budget.released()  # nothing changed: it waits again
+        budget.released()  # nothing changed: it is not even woken
         await trio.testing.wait_all_tasks_blocked()
-        assert got == [] and budget.waits == 2
+        assert got == [] and budget.waits == 1
         other["held"] = 0
         budget.released()
     assert got == [1 << 16]
+
+
+async def test_a_release_wakes_only_waiters_it_has_room_for_oldest_first() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    calls = {"n": 0}
+    other = {"held": 1 << 20}
+
+    def pinned() -> int:
+        calls["n"] += 1
+        return 128 << 10  # over the floor: waits while the budget is spent
+
+    for _ in range(50):
+        budget.register(pinned)
+    budget.register(lambda: other["held"])
+    got: list[int] = []
+
+    async def reader(i: int) -> None:
+        await budget.read_size(pinned, 1 << 18)
+        got.append(i)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(reader, i)
+                await trio.testing.wait_all_tasks_blocked()
+            assert budget.waits == 3
+            other["held"] = (1 << 20) - 50 * (128 << 10) - (1 << 18)  # room for one read
+            calls["n"] = 0
+            budget.released()
+            assert calls["n"] <= 50 + 3  # one sum over the holders, one look per waiter
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [0]
+            other["held"] = -(8 << 20)
+            budget.released()
+    assert got[0] == 0 and sorted(got) == [0, 1, 2] and budget.waits == 3
 
 
 def test_unregister_is_idempotent_and_a_limit_below_the_floor_is_refused() -> None:

@@ -16,6 +16,7 @@ them, and a real peer dropped so reconnects and resumes from its cursor.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
@@ -25,6 +26,14 @@ DEFAULT_MAX_BUFFERED_BYTES = 64 << 20
 """The default budget: room for several full-size frames at once."""
 FLOOR_BYTES = 64 << 10
 """What a connection may always hold: its small frames never wait for the budget."""
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    held: Callable[[], int]
+    want: int
+    woken: trio.Event = field(default_factory=trio.Event)
+    grant: int = 0
 
 
 class ByteBudget:
@@ -39,7 +48,7 @@ class ByteBudget:
         self.floor = floor
         self._holders: dict[int, Callable[[], int]] = {}
         self._next = 0
-        self._changed = trio.Event()
+        self._waiters: dict[_Waiter, None] = {}  # oldest first
         self.waits = 0
         """Times a connection stopped reading because the budget was spent."""
 
@@ -59,22 +68,42 @@ class ByteBudget:
         """Bytes held now by every registered connection."""
         return sum(held() for held in self._holders.values())
 
+    def _grant(self, mine: int, want: int, total: int) -> int:
+        """What a connection holding ``mine`` may read of ``want`` with ``total`` held in
+        all (0: it must wait)."""
+        if mine + want <= self.floor or total + want <= self.limit:
+            return want
+        return max(0, self.floor - mine)
+
     def released(self) -> None:
-        """Some holder may hold less now: wake the connections waiting for room."""
-        self._changed.set()
-        self._changed = trio.Event()
+        """Some holder may hold less now: wake the waiting connections that may read.
+
+        The total is summed once here and each grant added to it, oldest waiter first: a
+        waiter left without room is not woken (with a hundred connections pinning frames,
+        waking them all to sum every holder again was most of the event loop's work)."""
+        if not self._waiters:
+            return
+        total = self.held
+        for waiter in list(self._waiters):
+            grant = self._grant(waiter.held(), waiter.want, total)
+            if grant:
+                total += grant
+                waiter.grant = grant
+                del self._waiters[waiter]
+                waiter.woken.set()
 
     async def read_size(self, held: Callable[[], int], want: int) -> int:
         """How many bytes the connection holding ``held()`` may read now (at most ``want``),
         waiting while it holds :attr:`floor` or more and the budget is spent."""
-        while True:
-            mine = held()
-            if mine + want <= self.floor:
-                return want
-            total = self.held
-            if total + want <= self.limit:
-                return want
-            if mine < self.floor:
-                return self.floor - mine
-            self.waits += 1
-            await self._changed.wait()
+        mine = held()
+        grant = want if mine + want <= self.floor else self._grant(mine, want, self.held)
+        if grant:
+            return grant
+        self.waits += 1
+        waiter = _Waiter(held, want)
+        self._waiters[waiter] = None
+        try:
+            await waiter.woken.wait()
+        finally:
+            self._waiters.pop(waiter, None)
+        return waiter.grant

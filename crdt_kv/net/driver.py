@@ -3,7 +3,8 @@ run its storage work off the event loop. No replication policy lives here.
 
 - :class:`StorageWorker` performs the storage requests of one store's sessions one at a
   time on a worker thread (``trio.to_thread``), so an fsync or a long log scan never
-  stalls the event loop, and commits stay in the order they were asked for.
+  stalls the event loop; live replication's requests take turns with queued catch-up
+  work rather than waiting behind all of it.
 - :class:`LinkDriver` runs one link: it dials when the link says :class:`DialDue`, runs a
   receive task and a send task per connection (concurrently, so two peers streaming at
   each other never deadlock on full buffers), closes as :class:`CloseConnection` says,
@@ -17,15 +18,18 @@ import functools
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from crdt_kv.net.budget import ByteBudget
 from crdt_kv.protocol import (
+    ApplyBatch,
     CloseConnection,
     CollectGarbage,
     DialDue,
+    InState,
     LinkEvent,
     PeerLink,
     Replica,
@@ -81,28 +85,49 @@ class StorageWorker:
 
     Start :meth:`run` in a nursery; :meth:`submit` from the event-loop thread. ``done``
     callbacks run on the event-loop thread with ``(result, None)`` or ``(None, error)``.
+
+    Urgent requests (live replication: see :meth:`LinkDriver.urgent`) and the others
+    (catch-up log reads and applies, repairs, collections) wait in two queues, each in
+    the order submitted, and take turns while both hold some: peers pulling whole logs
+    (dozens at once, hostile or not) delay a live push by one request, not by the whole
+    queue, and a steady live load cannot starve them either. A link has at most one
+    request queued, so its own requests keep their order; those of different links are
+    independent reads and merges.
     """
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self.performed = 0
         self._pending = 0
-        self._send, self._recv = trio.open_memory_channel[tuple[_Work, _Done]](math.inf)
+        self._urgent: deque[tuple[_Work, _Done]] = deque()
+        self._other: deque[tuple[_Work, _Done]] = deque()
+        self._queued = trio.Event()
+        self._other_next = False
 
     @property
     def idle(self) -> bool:
         """Nothing queued or being performed."""
         return self._pending == 0
 
-    def submit(self, request: _Work, done: _Done) -> None:
-        """Queue ``request``; ``done`` is called once it was performed."""
+    def submit(self, request: _Work, done: _Done, *, urgent: bool | None = None) -> None:
+        """Queue ``request``; ``done`` is called once it was performed. ``urgent``
+        (default: ``request.light``) puts it before every queued request that is not."""
         self._pending += 1
-        self._send.send_nowait((request, done))
+        urgent = request.light if urgent is None else urgent
+        (self._urgent if urgent else self._other).append((request, done))
+        self._queued.set()
 
     async def run(self) -> None:
         """Perform queued requests until cancelled (the one in progress finishes first)."""
         replica = self.replica
-        async for request, done in self._recv:
+        while True:
+            if not self._urgent and not self._other:
+                self._queued = trio.Event()
+                await self._queued.wait()
+                continue
+            other = bool(self._other) and (self._other_next or not self._urgent)
+            self._other_next = not other
+            request, done = (self._other if other else self._urgent).popleft()
             result: object = None
             error: Exception | None = None
             try:
@@ -237,7 +262,8 @@ class LinkDriver:
                     self._perform_inline(request)
                     inline = True
                 else:
-                    self.worker.submit(request, functools.partial(self._stored, request))
+                    done = functools.partial(self._stored, request)
+                    self.worker.submit(request, done, urgent=self.urgent(request))
             if not inline:
                 break
         conn = self._conn
@@ -265,6 +291,16 @@ class LinkDriver:
                         self._callback_error = exc
                     link.close(trio.current_time(), f"local failure: {type(exc).__name__}")
 
+    def urgent(self, request: StorageRequest) -> bool:
+        """Whether ``request`` is live replication, which the storage worker performs
+        before catch-up work: a light one (a live push's few entries, a tail read), or an
+        apply while our receiving side tails the peer live, however many entries it has
+        (live pushes pile up into large batches exactly when the node is slow)."""
+        if request.light:
+            return True
+        s = self.link.session
+        return isinstance(request, ApplyBatch) and s is not None and s.in_state is InState.LIVE
+
     def _perform_inline(self, request: StorageRequest) -> None:
         try:
             result = request.perform(self.link.replica)
@@ -277,8 +313,7 @@ class LinkDriver:
 
     def _stored(self, request: StorageRequest, result: object, error: BaseException | None) -> None:
         self._storage_busy = False
-        if self.budget is not None:
-            self.budget.released()
+        held = self.link.held_bytes
         now = trio.current_time()
         if error is None:
             self.link.storage_done(request, result, now)
@@ -286,6 +321,14 @@ class LinkDriver:
             self.link.storage_failed(request, error, now)
         self._act()
         self._wake.set()
+        self._released(held)
+
+    def _released(self, before: int) -> None:
+        """Tell the budget if this link now holds less than ``before``: a release sums
+        what every connection holds, and nothing was freed when a read only added to what
+        the link holds (a trickle into a pinned frame)."""
+        if self.budget is not None and self.link.held_bytes < before:
+            self.budget.released()
 
     async def _dial(self) -> None:
         assert self.connect is not None
@@ -344,11 +387,11 @@ class LinkDriver:
             conn.recv_scope = None
             if scope.cancelled_caught:
                 return
+            held = link.held_bytes + len(data)
             link.receive_data(bytes(data), trio.current_time())
             self._act()
             self._wake.set()
-            if self.budget is not None:
-                self.budget.released()
+            self._released(held)
             if not data:
                 return
 
@@ -410,6 +453,8 @@ class LinkDriver:
         error = conn.broken if closing is None else None
         self.link.connection_lost(trio.current_time(), error)
         self._wake.set()
+        if self.budget is not None:
+            self.budget.released()
 
     async def _shutdown(self) -> None:
         """Cancelled or done: close the link and, best effort, tell the peer why."""

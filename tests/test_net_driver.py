@@ -1,0 +1,74 @@
+"""The trio driver's storage worker (crdt_kv/net/driver.py): live replication's requests
+go before queued catch-up work and take turns with it."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+
+from crdt_kv.net.driver import LinkDriver, StorageWorker
+from crdt_kv.protocol import ApplyBatch, InState, ReadLog
+from crdt_kv.version import RawEntry
+
+
+@dataclass(frozen=True)
+class Work:
+    """A storage request that records when it was performed (``gate``: waits for it)."""
+
+    name: str
+    light: bool
+    done: list[str]
+    gate: threading.Event | None = None
+
+    def perform(self, _replica: object) -> str:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.done.append(self.name)
+        return self.name
+
+
+async def test_urgent_requests_jump_the_queue_and_take_turns_with_the_others() -> None:
+    worker = StorageWorker(None)  # type: ignore[arg-type]
+    done: list[str] = []
+    results: list[object] = []
+    gate = threading.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run)
+            worker.submit(Work("busy", False, done, gate), lambda r, e: results.append(r))
+            await trio.testing.wait_all_tasks_blocked()
+            for name, light in (("o1", False), ("o2", False), ("u1", True), ("u2", True)):
+                worker.submit(Work(name, light, done), lambda r, e: results.append(r))
+            worker.submit(Work("o3", True, done), lambda r, e: results.append(r), urgent=False)
+            assert not worker.idle
+            gate.set()
+            while not worker.idle:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert done == ["busy", "u1", "o1", "u2", "o2", "o3"]
+    assert results == done and worker.performed == 6
+
+
+def _entries(n: int) -> tuple[RawEntry, ...]:
+    return tuple(RawEntry(f"k{i}".encode(), b"v", 1 << 16, "p", False) for i in range(n))
+
+
+def _driver(in_state: InState) -> LinkDriver:
+    link: Any = SimpleNamespace(session=SimpleNamespace(in_state=in_state))
+    return LinkDriver(link, worker=StorageWorker(None))  # type: ignore[arg-type]
+
+
+def test_live_applies_and_tail_reads_are_urgent_catch_up_work_is_not() -> None:
+    big = ApplyBatch(_entries(100), ("p", b"\x01", 100))
+    small = ApplyBatch(_entries(2), ("p", b"\x01", 2))
+    tail = ReadLog(0, 1000, 1 << 20, None, None, tail=True)
+    catch_up = ReadLog(0, 1000, 1 << 20, None, None)
+    live, catching_up = _driver(InState.LIVE), _driver(InState.REQUESTED)
+    assert live.urgent(big) and live.urgent(small) and live.urgent(tail)
+    assert not live.urgent(catch_up)
+    assert not catching_up.urgent(big) and not catching_up.urgent(catch_up)
+    assert catching_up.urgent(small) and catching_up.urgent(tail)
