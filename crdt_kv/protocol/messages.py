@@ -62,6 +62,7 @@ __all__ = [
     "decode_message",
     "encode_frame",
     "encode_message",
+    "message_type",
 ]
 
 PROTOCOL_VERSION = 3
@@ -330,16 +331,33 @@ largest such message in preferred serialisation (a :class:`Repair` of
 decoded incrementally; this bounds what decoding any other message can allocate."""
 
 
-def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
-    """A reader past ``[2, `` and the array's length if ``payload`` is a batch."""
+def _head(payload: bytes) -> tuple[Reader, int, int] | None:
+    """A reader past a message's array head and type, the array's length and the type;
+    None if the payload does not start so (then decoding it fails anyway)."""
     r = Reader(payload)
     try:
         n = r.array("message")
-        if n != 0 and r.uint("message type") == MsgType.BATCH:
-            return r, n
+        if n != 0:
+            return r, n, r.uint("message type")
     except RemoteProtocolError:
         pass
     return None
+
+
+def message_type(payload: bytes) -> int | None:
+    """The type of the message in ``payload`` read from its first bytes, without decoding
+    the rest (None: not a message array). A session waiting for the peer's Hello refuses
+    anything else this way, however large the frame's decoding would be."""
+    head = _head(payload)
+    return None if head is None else head[2]
+
+
+def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
+    """A reader past ``[2, `` and the array's length if ``payload`` is a batch."""
+    head = _head(payload)
+    if head is None or head[2] != MsgType.BATCH:
+        return None
+    return head[0], head[1]
 
 
 def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:

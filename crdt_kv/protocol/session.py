@@ -41,7 +41,7 @@ from crdt_kv.protocol.events import (
     SessionFailed,
     SyncComplete,
 )
-from crdt_kv.protocol.framing import Inbox, bare
+from crdt_kv.protocol.framing import Inbox, bare, short
 from crdt_kv.protocol.handshake import (
     hello_mismatch,
     observe_peer_clock,
@@ -56,11 +56,13 @@ from crdt_kv.protocol.messages import (
     Batch,
     Hello,
     Message,
+    MsgType,
     Repair,
     Request,
     Verify,
     decode_message,
     encode_frame,
+    message_type,
 )
 from crdt_kv.protocol.options import MODES, Mode, SessionStats, check_options, clip_reason
 from crdt_kv.protocol.replica import Replica
@@ -92,6 +94,8 @@ from crdt_kv.protocol.verify import Checkup
 __all__ = ["MODES", "Session", "SessionStats"]
 
 _O, _I = OutState, InState
+_FIRST_MESSAGES = (MsgType.HELLO, MsgType.ABORT)
+"""What a peer may send before its Hello was accepted (its Abort says why it refuses us)."""
 _ROW_OBJECT_BYTES = 200
 """What a decoded row costs in objects beyond its bytes, about (see :attr:`Session.held_bytes`)."""
 
@@ -404,6 +408,12 @@ class Session(Sender):
                 return
             self.stats.frames_received += 1
             self._frame_bytes = len(payload)
+            if self.remote is None and message_type(payload) not in _FIRST_MESSAGES:
+                self._fail(
+                    RemoteProtocolError(f"expected a Hello first, got {short(payload[:16])}"),
+                    AbortCode.PROTOCOL,
+                )
+                return
             try:
                 self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
             except ClockSkewError as exc:
