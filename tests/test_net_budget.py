@@ -14,7 +14,7 @@ import crdt_kv
 from crdt_kv import ConfigError
 from crdt_kv.net.budget import FLOOR_BYTES, ByteBudget
 from crdt_kv.net.driver import RECEIVE_SIZE
-from crdt_kv.protocol.messages import Hello
+from crdt_kv.protocol.messages import Hello, Request
 
 
 async def test_read_size_under_the_limit_is_what_was_asked() -> None:
@@ -141,3 +141,32 @@ async def test_pinned_partial_frames_stay_within_the_budget_and_live_sync_goes_o
             await wait_until(lambda: nb.budget.held < FLOOR_BYTES, timeout=10, what="pins dropped")
         for p in pins:
             await p.stream.aclose()
+
+
+async def test_a_peer_that_stops_reading_holds_what_the_budget_allows_and_is_dropped(
+    stores: Any,
+) -> None:
+    b = stores("b")
+    with b.batch() as w:  # about 12 MB to send
+        for i in range(6000):
+            w.put(f"k{i:05d}", "x" * 2000)
+    limit = 1 << 20
+    async with crdt_kv.serve(
+        b, max_buffered_bytes=limit, idle_timeout_s=1.5, live_idle_timeout_s=1.5
+    ) as nb:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect(nb.address)
+        peer = RawPeer(trio.SocketStream(sock))
+        await peer.send(hello_for("mute", hlc=b.hlc.now(), send=False))
+        assert isinstance(await peer.receive(), Hello)
+        await peer.send(Request(0, False))  # ask for everything, then never read again
+        most = 0
+        with trio.move_on_after(10):
+            while nb.admission.inbound:
+                most = max(most, nb.budget.held)
+                await trio.sleep(0.01)
+        assert nb.admission.inbound == 0, "a peer that reads nothing must be dropped"
+        # One batch (1 MiB) over the budget at most, and the 4 batches of the window never.
+        assert most <= limit + (1 << 20) + FLOOR_BYTES, most
+        await peer.stream.aclose()

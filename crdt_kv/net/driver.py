@@ -32,6 +32,7 @@ from crdt_kv.protocol import (
     InState,
     LinkEvent,
     PeerLink,
+    ReadLog,
     Replica,
     Session,
     StorageRequest,
@@ -157,6 +158,8 @@ class _Connection:
         self.recv_scope: trio.CancelScope | None = None
         self.resume = trio.Event()
         """Set when reading may go on after the session paused it (``input_paused``)."""
+        self.unsent = 0
+        """Bytes handed to the stream and not yet sent (the peer is not reading)."""
 
 
 class LinkDriver:
@@ -209,7 +212,7 @@ class LinkDriver:
         once (with ``session``, if the caller built one)."""
         link = self.link
         budget = self.budget
-        token = budget.register(lambda: link.held_bytes) if budget is not None else None
+        token = budget.register(self._held) if budget is not None else None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -261,6 +264,9 @@ class LinkDriver:
                     # work; with the worker idle the loop cannot wait on the store lock.
                     self._perform_inline(request)
                     inline = True
+                elif self._must_wait(request):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._submit_when_room, request)
                 else:
                     done = functools.partial(self._stored, request)
                     self.worker.submit(request, done, urgent=self.urgent(request))
@@ -322,6 +328,37 @@ class LinkDriver:
         self._act()
         self._wake.set()
         self._released(held)
+
+    def _held(self) -> int:
+        """What this link holds for the budget: the session's received, decoded and queued
+        bytes (:attr:`PeerLink.held_bytes`) plus those being sent now."""
+        conn = self._conn
+        return self.link.held_bytes + (conn.unsent if conn is not None else 0)
+
+    def _send_timeout(self) -> float:
+        """How long a send may wait for the peer to read: a peer that stops reading while
+        it keeps sending (keep-alives) would otherwise pin what we queued for it."""
+        cfg = self.link.config
+        limits = [t for t in (cfg.live_idle_timeout_s, cfg.idle_timeout_s) if t is not None]
+        return max(limits) if limits else math.inf
+
+    def _must_wait(self, request: StorageRequest) -> bool:
+        """Whether ``request`` (a catch-up read: it adds a batch to what we hold for the
+        peer) waits for the budget: a peer that does not read holds at most what one batch
+        adds while others hold the rest."""
+        budget = self.budget
+        if budget is None or not isinstance(request, ReadLog) or request.light:
+            return False
+        held = self._held()
+        return held >= budget.floor and budget.held + request.max_bytes > budget.limit
+
+    async def _submit_when_room(self, request: StorageRequest) -> None:
+        assert self.budget is not None
+        if isinstance(request, ReadLog):
+            await self.budget.read_size(self._held, request.max_bytes)
+        self.worker.submit(
+            request, functools.partial(self._stored, request), urgent=self.urgent(request)
+        )
 
     def _released(self, before: int) -> None:
         """Tell the budget if this link now holds less than ``before``: a release sums
@@ -402,8 +439,17 @@ class LinkDriver:
                 out = link.data_to_send() if not conn.lost else b""
                 if out:
                     conn.send_interrupted = True
-                    await conn.stream.send_all(out)
+                    conn.unsent = len(out)
+                    with trio.move_on_after(self._send_timeout()) as stall:
+                        await conn.stream.send_all(out)
+                    conn.unsent = 0
+                    if stall.cancelled_caught:
+                        raise trio.BrokenResourceError(
+                            f"peer read nothing of our data for {self._send_timeout():g} s"
+                        )
                     conn.send_interrupted = False
+                    if self.budget is not None:
+                        self.budget.released()
                     continue
                 if conn.closing is not None:
                     return

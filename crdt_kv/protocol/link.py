@@ -267,9 +267,10 @@ class PeerLink:
 
     @property
     def held_bytes(self) -> int:
-        """The current session's :attr:`Session.held_bytes` (0 without one)."""
+        """The current session's :attr:`Session.held_bytes` plus its queued output (0
+        without a session): what it holds of the peer's bytes and for the peer."""
         s = self.session
-        return 0 if s is None else s.held_bytes
+        return 0 if s is None else s.held_bytes + s.output_bytes
 
     def data_to_send(self) -> bytes:
         """Bytes to send on the current connection (``b""`` if none)."""

@@ -241,11 +241,17 @@ class Session(Sender):
     def held_bytes(self) -> int:
         """Memory this session holds for what the peer sent, about: bytes received and not
         yet processed, plus the decoded batch waiting for storage (twice its frame plus a
-        fixed cost per row). A node bounds the sum over its connections."""
+        fixed cost per row, sibling and context entry). A node bounds the sum over its
+        connections."""
         held = self._inbox.buffered
         if self._applying is not None:
             held += self._applying_bytes
         return held
+
+    @property
+    def output_bytes(self) -> int:
+        """Bytes queued for the peer and not yet taken by :meth:`data_to_send`."""
+        return len(self._outbox)
 
     @property
     def input_paused(self) -> bool:
@@ -498,7 +504,10 @@ class Session(Sender):
         if b.to_seq > b.from_seq or b.entries or rebase:
             request = ApplyBatch(b.entries, (remote.peer_id, remote.incarnation, b.to_seq))
             self._applying = (request, b)
-            self._applying_bytes = 2 * self._frame_bytes + _ROW_OBJECT_BYTES * len(b.entries)
+            objects = len(b.entries) + sum(
+                len(e.others) + len(e.context) for e in b.entries if e.others or e.context
+            )
+            self._applying_bytes = 2 * self._frame_bytes + _ROW_OBJECT_BYTES * objects
             self._submit(request)
         else:
             self._after_apply(b, 0)
