@@ -17,6 +17,7 @@ __all__ = [
     "EncodingError",
     "LocalProtocolError",
     "PeerIdentityError",
+    "RejectedDataError",
     "ProtocolError",
     "ReadOnlyError",
     "RemoteProtocolError",
@@ -99,6 +100,11 @@ class ProtocolError(CrdtKvError):
 
 class RemoteProtocolError(ProtocolError):
     """The remote peer sent bytes or messages that break the protocol (their fault)."""
+
+
+class RejectedDataError(RemoteProtocolError):
+    """A peer sent well-formed data this replica refuses to store (abort code 4): a state
+    of several siblings, or with a causal context, sent to a replica in mode ``lww``."""
 
 
 class PeerIdentityError(RemoteProtocolError):

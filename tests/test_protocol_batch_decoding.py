@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.errors import RejectedDataError, RemoteProtocolError
 from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES, decode_batch_fields
 from crdt_kv.protocol.cbor_reader import Reader
 from crdt_kv.protocol.messages import (
@@ -161,3 +161,16 @@ def test_indefinite_and_chunked_encodings_decode_like_the_preferred_one(
     assert decode_message(preferred) == incremental(preferred) == batch
     other = indefinite(cbor2.loads(preferred), list(flags))
     assert decode_message(other) == incremental(other) == batch
+
+
+def test_an_lww_receiver_refuses_sibling_states_from_their_heads() -> None:
+    payload = HOSTILE["many siblings"]
+    with pytest.raises(RejectedDataError, match=r"entries\[0\] is a state with others"):
+        decode_message(payload, max_batch_entries=1000, lww_only=True)
+    assert peak_bytes(lambda: decode_message(payload, lww_only=True)) < MIB // 4
+    # A sibling-state row of one version and no context is an LWW row (spec 4.3).
+    row = [b"k", 0, 0, 0, b"v", [], []]
+    big = cbor2.dumps([2, 0, 1, False, T0, ["a" * 200] * 400, [row]])
+    assert len(big) > SMALL_FRAME_BYTES
+    [entry] = decode_message(big, lww_only=True).entries  # type: ignore[union-attr]
+    assert (entry.key, entry.value, entry.others, entry.context) == (b"k", b"v", (), ())

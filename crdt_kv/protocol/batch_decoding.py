@@ -16,7 +16,7 @@ from typing import Any
 
 import cbor2
 
-from crdt_kv.errors import RemoteProtocolError
+from crdt_kv.errors import RejectedDataError, RemoteProtocolError
 from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
 from crdt_kv.protocol.fields import NoTags, array, boolean, fail, text, uint
 from crdt_kv.protocol.framing import bare, short
@@ -38,9 +38,15 @@ Larger ones are read row by row."""
 Fields = tuple[int, int, bool, tuple[RawEntry, ...]]
 
 
-def decode_batch_fields(r: Reader, n: int, max_entries: int | None) -> Fields:
+def decode_batch_fields(
+    r: Reader, n: int, max_entries: int | None, *, lww_only: bool = False
+) -> Fields:
     """The fields after the type of a batch array whose head said ``n`` items:
-    ``(from_seq, to_seq, done, entries)``; raises :class:`RemoteProtocolError`."""
+    ``(from_seq, to_seq, done, entries)``; raises :class:`RemoteProtocolError`.
+
+    ``lww_only`` (a receiver in mode ``lww``): a sibling-state row with a context entry or
+    another sibling raises :class:`RejectedDataError` (abort code 4) from its heads, before
+    any of them is decoded."""
     if n not in (7, INDEFINITE):
         raise fail(f"field 'batch' must be an array of 7, got {n} items")
     from_seq = r.uint("batch.from_seq")
@@ -53,13 +59,20 @@ def decode_batch_fields(r: Reader, n: int, max_entries: int | None) -> Fields:
     rows = r.array("batch.entries")
     if rows != INDEFINITE:
         _check_count(rows, to_seq - from_seq, max_entries)
-    entries = _rows(r, rows, base, peers, to_seq - from_seq, max_entries)
+    entries = _rows(r, rows, base, peers, to_seq - from_seq, max_entries, lww_only=lww_only)
     r.end_array(n, "batch")
     return from_seq, to_seq, done, entries
 
 
 def _rows(  # noqa: PLR0917 - private, called once
-    r: Reader, rows: int, base: int, peers: list[str], sequences: int, max_entries: int | None
+    r: Reader,
+    rows: int,
+    base: int,
+    peers: list[str],
+    sequences: int,
+    max_entries: int | None,
+    *,
+    lww_only: bool,
 ) -> tuple[RawEntry, ...]:
     """The rows of ``batch.entries`` (``rows`` of them, or up to the break).
 
@@ -87,13 +100,13 @@ def _rows(  # noqa: PLR0917 - private, called once
                 raise
             except _CBOR_ERRORS as exc:
                 r.pos = pos  # the reader names the field at fault
-                _row(r, i, base, peers)
+                _row(r, i, base, peers, lww_only=lww_only)
                 raise bare(fail(f"batch.entries[{i}] is not valid CBOR: {exc}")) from None
             pos = fp.tell()
             append(_lww_row(row, i, base, peers))
         else:
             r.pos = pos
-            append(_row(r, i, base, peers))
+            append(_row(r, i, base, peers, lww_only=lww_only))
             pos = r.pos
         i += 1
     r.pos = pos
@@ -162,7 +175,7 @@ def _value(r: Reader, where: str) -> bytes | None:
     return r.byte_string(f"{where}.value")
 
 
-def _row(r: Reader, i: int, base: int, peers: list[str]) -> RawEntry:
+def _row(r: Reader, i: int, base: int, peers: list[str], *, lww_only: bool = False) -> RawEntry:
     where = f"batch.entries[{i}]"
     n = r.array(where)
     if n not in (5, 7, INDEFINITE):
@@ -172,6 +185,15 @@ def _row(r: Reader, i: int, base: int, peers: list[str]) -> RawEntry:
     peer = _peer(r, peers, where)
     value = _value(r, where)
     if n == 5 or (n == INDEFINITE and r.at_break(where)):
+        return RawEntry(key, value or b"", hlc, peer, value is None)
+    if lww_only:
+        for part in ("context", "others"):
+            m = r.array(f"{where}.{part}")
+            if m > 0 or (m == INDEFINITE and not r.at_break(f"{where}.{part}")):
+                raise RejectedDataError(
+                    f"{where} is a state with {part}: this replica keeps conflicts as lww"
+                )
+        r.end_array(n, where)
         return RawEntry(key, value or b"", hlc, peer, value is None)
     context = _context(r, base, peers, where)
     others = _others(r, key, base, peers, where)

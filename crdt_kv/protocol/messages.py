@@ -360,17 +360,22 @@ def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
     return head[0], head[1]
 
 
-def decode_message(payload: bytes, *, max_batch_entries: int | None = None) -> Message:
+def decode_message(
+    payload: bytes, *, max_batch_entries: int | None = None, lww_only: bool = False
+) -> Message:
     """Decode and validate one message payload; raises :class:`RemoteProtocolError`.
 
     A batch larger than :data:`SMALL_FRAME_BYTES` is read row by row with each field's
     type checked before it is decoded (:mod:`crdt_kv.protocol.batch_decoding`); any other
-    message is at most :data:`MAX_CONTROL_FRAME_BYTES`."""
+    message is at most :data:`MAX_CONTROL_FRAME_BYTES`. ``lww_only``: see
+    :func:`~crdt_kv.protocol.batch_decoding.decode_batch_fields`."""
     if len(payload) > SMALL_FRAME_BYTES:
         head = _batch_head(payload)
         if head is not None:
             r, n = head
-            from_seq, to_seq, done, entries = decode_batch_fields(r, n, max_batch_entries)
+            from_seq, to_seq, done, entries = decode_batch_fields(
+                r, n, max_batch_entries, lww_only=lww_only
+            )
             r.finish()
             return Batch(from_seq, to_seq, done, entries)
         if len(payload) > MAX_CONTROL_FRAME_BYTES:

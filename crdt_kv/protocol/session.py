@@ -31,6 +31,7 @@ from crdt_kv.errors import (
     CrdtKvError,
     LocalProtocolError,
     ProtocolError,
+    RejectedDataError,
     RemoteProtocolError,
 )
 from crdt_kv.protocol.events import (
@@ -420,10 +421,16 @@ class Session(Sender):
                     AbortCode.PROTOCOL,
                 )
                 return
+            lww = self.replica.conflict_mode == "lww"
             try:
-                self._handle(decode_message(payload, max_batch_entries=self.max_batch_entries))
+                msg = decode_message(
+                    payload, max_batch_entries=self.max_batch_entries, lww_only=lww
+                )
+                self._handle(msg)
             except ClockSkewError as exc:
                 self._fail(bare(exc), AbortCode.CLOCK_SKEW)
+            except RejectedDataError as exc:
+                self._fail(bare(exc), AbortCode.REJECTED_DATA)
             except ProtocolError as exc:
                 self._fail(bare(exc), AbortCode.PROTOCOL)
 
