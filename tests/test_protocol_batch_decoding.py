@@ -174,3 +174,13 @@ def test_an_lww_receiver_refuses_sibling_states_from_their_heads() -> None:
     assert len(big) > SMALL_FRAME_BYTES
     [entry] = decode_message(big, lww_only=True).entries  # type: ignore[union-attr]
     assert (entry.key, entry.value, entry.others, entry.context) == (b"k", b"v", (), ())
+
+
+def test_a_key_of_a_million_chunks_costs_its_bytes_only() -> None:
+    chunks = MIB // 2
+    payload = (
+        batch_prefix(b"\x81") + b"\x85\x5f" + b"\x41a" * chunks + b"\xff" + b"\x00\x00\x00\xf6"
+    )
+    [entry] = decode_message(payload).entries  # type: ignore[union-attr]
+    assert entry.key == b"a" * chunks
+    assert peak_bytes(lambda: decode_message(payload)) < 4 * chunks

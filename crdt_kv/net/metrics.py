@@ -176,7 +176,8 @@ class NodeCollector:
         )
         yield CounterMetricFamily(
             "crdt_kv_node_connections_refused_total",
-            "Inbound replication connections closed at once: too many open.",
+            "Inbound replication connections closed at once: too many open, or a second live "
+            "session of a peer id.",
             value=node.connections_refused,
         )
         yield GaugeMetricFamily(
