@@ -22,13 +22,16 @@ from crdt_kv.protocol.fields import NoTags, array, boolean, fail, text, uint
 from crdt_kv.protocol.framing import bare, short
 from crdt_kv.version import RawEntry
 
-__all__ = ["SMALL_FRAME_BYTES", "decode_batch_fields", "decode_small_batch"]
+__all__ = ["MAX_BATCH_PEERS", "SMALL_FRAME_BYTES", "decode_batch_fields", "decode_small_batch"]
 
 _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
 _LWW_ROW, _BREAK = 0x85, 0xFF
 _NO_TAGS = NoTags("a batch row")
 _CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError)
+
+MAX_BATCH_PEERS = 1 << 16
+"""The most peer ids a batch's ``peers`` array may hold (spec ``protocol.md`` section 4.3)."""
 
 SMALL_FRAME_BYTES = 1 << 16
 """Frames up to this size are decoded whole by cbor2, which is faster for the small
@@ -140,13 +143,28 @@ def _check_count(rows: int, sequences: int, max_entries: int | None) -> None:
 
 
 def _peers(r: Reader) -> list[str]:
+    """``batch.peers``: at most :data:`MAX_BATCH_PEERS` ids, checked from the array's head,
+    each decoded by cbor2 with nesting refused (an id is a scalar) and then checked."""
     n = r.array("batch.peers")
+    if n > MAX_BATCH_PEERS:
+        raise fail(f"batch.peers has {n} entries, more than {MAX_BATCH_PEERS}")
+    fp = io.BytesIO(r.buffer)
+    fp.seek(r.pos)
+    dec = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=0)
     peers: list[str] = []
     while (len(peers) < n) if n != INDEFINITE else not r.at_break("batch.peers"):
         where = f"batch.peers[{len(peers)}]"
-        p = r.text(where, 255)
-        if not p:
-            raise fail(f"{where} is empty")
+        if len(peers) >= MAX_BATCH_PEERS:
+            raise fail(f"batch.peers has more than {MAX_BATCH_PEERS} entries")
+        fp.seek(r.pos)
+        try:
+            p = dec.decode()
+        except _CBOR_ERRORS:
+            p = r.text(where, 255)  # names what is wrong with it
+        else:
+            r.pos = fp.tell()
+        if type(p) is not str or not p or len(p.encode("utf-8")) > 255:
+            raise fail(f"{where} must be a peer id (text of 1..255 bytes), got {short(p)}")
         peers.append(p)
     return peers
 
@@ -242,6 +260,8 @@ def decode_small_batch(msg: list[Any], max_entries: int | None) -> Fields:
     done = boolean(msg[3], "batch.done")
     base = uint(msg[4], "batch.base_wall", _WALL_MAX)
     peers = array(msg[5], "batch.peers")
+    if len(peers) > MAX_BATCH_PEERS:
+        raise fail(f"batch.peers has {len(peers)} entries, more than {MAX_BATCH_PEERS}")
     for i, p in enumerate(peers):
         if not text(p, f"batch.peers[{i}]"):
             raise fail(f"batch.peers[{i}] is empty")
