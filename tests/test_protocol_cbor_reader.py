@@ -49,7 +49,7 @@ def test_chunked_strings_and_indefinite_arrays() -> None:
         (b"\x80", "byte_string", "must be a byte string, got an array"),
         (b"\x5a\xff\xff\xff\xff", "byte_string", "more than 16"),
         (b"\x62\xff\xfe", "text", "not valid UTF-8"),
-        (b"\x5f\x5f\xff\xff", "byte_string", "is indefinite"),
+        (b"\x5f\x5f\xff\xff", "byte_string", "not a valid chunked string"),
         (b"\xf9\x00\x00", "uint", "got a simple value or float"),
     ],
 )
