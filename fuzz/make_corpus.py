@@ -144,6 +144,19 @@ def _hand_made() -> list[bytes]:
     ]
 
 
+def _spread(payloads: list[bytes], per_type: int = 6) -> list[bytes]:
+    """At most ``per_type`` payloads of each message type, from the shortest to the longest
+    (the sessions repeat themselves: most frames add no coverage)."""
+    kinds: dict[bytes, list[bytes]] = {}
+    for p in sorted(set(payloads), key=lambda p: (len(p), p)):
+        kinds.setdefault(p[1:2], []).append(p)
+    out: list[bytes] = []
+    for group in kinds.values():
+        step = max(1, len(group) // per_type)
+        out += group[::step][:per_type]
+    return out
+
+
 def main() -> int:
     payloads: list[bytes] = _hand_made()
     for name, *head in SESSION_CASES:
@@ -159,12 +172,14 @@ def main() -> int:
         _write("reconcile", tag, bytes([int(siblings)]) + stream)
         _write("reconcile", f"{tag}-threshold-1", bytes([int(siblings) | 16]) + stream)
         repair_payloads += seen
-    for p in sorted(set(payloads)):
+    kept = _spread(payloads)
+    for p in kept:
         _write("messages", "msg", b"\x00" + p)
-        _write("messages", "msg-batch-limit", b"\x03" + p)
-        frame = len(p).to_bytes(4, "big") + p
-        _write("frames", "frame", b"\x06" + frame * 2)
-        _write("frames", "inbox-opening", b"\xc6" + frame * 2)
+        if p[1:2] == b"\x02":  # a Batch: also under a limit of 3 entries
+            _write("messages", "msg-batch-limit", b"\x03" + p)
+    stream = b"".join(len(p).to_bytes(4, "big") + p for p in kept)
+    for head in (0x00, 0x06, 0x0E, 0x2E, 0x46, 0xC6, 0xC7):
+        _write("frames", f"stream-{head:02x}", bytes([head]) + stream[:4000])
     _write("frames", "inbox-hello-limit", b"\x45" + encode_frame(Ack(1)) + b"\x00\x00\x40\x01")
     for p in sorted(set(repair_payloads)):
         decode_message_bytes(p)

@@ -2,8 +2,8 @@
 
     python fuzz/run.py [--seconds N | --runs N] [TARGET ...]   coverage-guided (atheris),
                                                                one target at a time
-    python fuzz/run.py --merge TARGET ...    fold what the runs found into fuzz/corpus,
-                                             minimized (libFuzzer -merge)
+    python fuzz/run.py --merge TARGET ...    add to fuzz/corpus what the runs found that
+                                             reaches new coverage (libFuzzer -merge)
     python fuzz/run.py --smoke [--runs N] [TARGET ...]   corpus + seeded mutants, no atheris
     python fuzz/run.py --replay TARGET FILE ...          run saved inputs (a crash file)
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -82,15 +81,10 @@ def _fuzz(name: str, max_len: int, budget: list[str]) -> dict[str, str]:
 
 
 def _merge(name: str, max_len: int) -> None:
-    """Replace fuzz/corpus/NAME by a minimal set covering it and fuzz/.work/NAME."""
-    fresh = WORK / f"{name}.merged"
-    shutil.rmtree(fresh, ignore_errors=True)
-    fresh.mkdir(parents=True)
-    args = ["-merge=1", f"-max_len={max_len}", str(fresh), str(CORPUS / name), str(WORK / name)]
-    cmd = [sys.executable, __file__, "--child", name, *args]
-    subprocess.run(cmd, check=True)
-    shutil.rmtree(CORPUS / name, ignore_errors=True)
-    fresh.rename(CORPUS / name)
+    """Add to fuzz/corpus/NAME the inputs of fuzz/.work/NAME that reach coverage it does not
+    (libFuzzer ``-merge=1``, which keeps the committed seeds as they are)."""
+    args = ["-merge=1", f"-max_len={max_len}", str(CORPUS / name), str(WORK / name)]
+    subprocess.run([sys.executable, __file__, "--child", name, *args], check=True)
 
 
 def main(argv: list[str]) -> int:

@@ -274,8 +274,7 @@ class SessionHarness:
 
     def deliver(self, data: bytes) -> None:
         """One delivery of the peer's bytes, ``case.step`` seconds after the previous one."""
-        self.now += self.case.step
-        self.clock.advance(round(self.case.step * 1000))
+        self._advance(self.case.step)
         self.link.receive_data(data, self.now)
         if self.case.local_writes and self._writes < _LOCAL_WRITES and self.open:
             self._writes += 1
@@ -286,8 +285,7 @@ class SessionHarness:
     def finish(self) -> None:
         """Let every timer run out, end the stream and the connection, close the store;
         raises if the session failed with anything but a peer fault."""
-        self.now += 1000.0
-        self._settle()
+        self._advance(1000.0)
         if self.open:
             self.link.receive_data(b"", self.now)
             self._settle()
@@ -297,7 +295,21 @@ class SessionHarness:
         if not _allowed(self.link.error):
             raise OracleError(f"the session failed with {self.link.error!r}") from self.link.error
 
+    def _advance(self, seconds: float) -> None:
+        """Move time on by ``seconds``, each timer firing at its due time on the way, as
+        for a driver that sleeps until ``get_timer()``."""
+        end = self.now + seconds
+        while (timer := self.link.get_timer()) is not None and timer <= end:
+            self._set_now(max(self.now, timer))
+            self._settle()
+        self._set_now(end)
+
+    def _set_now(self, now: float) -> None:
+        self.now = now
+        self.clock.set(START_MS + round(now * 1000))
+
     def _settle(self) -> None:
+        """Perform the storage work, check what we send, fire the timers due by now."""
         link = self.link
         for _ in range(_MAX_TIMER_ROUNDS):
             while (request := link.storage_request()) is not None:
