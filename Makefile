@@ -2,11 +2,15 @@
 #   make run   - create .venv if missing, install, run the simulation suite in both conflict
 #                modes and print a verdict per mode
 #   make test  - create .venv if missing, install .[test], run ruff, mypy --strict, pytest
+#   make fuzz  - install .[fuzz] (atheris) too, fuzz every target FUZZ_SECONDS (fuzz/README.md)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench soak chaos clean
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?=
+
+.PHONY: run test lint typecheck pytest bench soak chaos fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +24,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,fuzz]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
 # The suite in both conflict modes, one verdict line each; fails if either fails. Siblings
 # mode runs 32 replicas too, at 5,000 operations: its states carry every concurrent version,
 # so it costs about 20x more per operation, and at this size it takes about as long as lww.
@@ -30,7 +38,7 @@ run: $(VENV)/.installed
 	exit $$status
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check crdt_kv tests bench
+	$(BIN)/ruff check crdt_kv tests bench fuzz
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict crdt_kv
@@ -55,6 +63,13 @@ CHAOS_SECONDS ?= 300
 CHAOS_SEED ?= 1
 chaos: $(VENV)/.installed-test
 	CHAOS_SECONDS=$(CHAOS_SECONDS) CHAOS_SEED=$(CHAOS_SEED) $(BIN)/python -m pytest -m soak tests/test_chaos.py -s -q
+
+# Coverage-guided fuzzing with atheris: each target of crdt_kv/testing/fuzz_targets.py (or
+# those in FUZZ_TARGETS) for FUZZ_SECONDS, one after the other, printing executions and
+# coverage; a crash is saved in fuzz/crashes/ and fails the run. `make test` runs a short
+# smoke of the same targets without atheris.
+fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python fuzz/run.py --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_local.py

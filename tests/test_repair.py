@@ -246,6 +246,18 @@ def test_hostile_messages_name_the_field(obj: list[Any], field: str) -> None:
         decode_message_bytes(cbor2.dumps(obj))
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [[[0] * 100_000], [1, True, [[[0] * 100_000, 0, 0, b"", []]], [], []]],
+)
+def test_a_huge_unknown_kind_costs_a_short_message(obj: list[Any]) -> None:
+    """Found reviewing the fuzz targets: the error reprs the peer's value cut to a few
+    dozen characters, not all of it first (``f"{v!r:.30}"`` builds the whole repr)."""
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_message_bytes(cbor2.dumps(obj))
+    assert "..." in str(info.value) and len(str(info.value)) < 200
+
+
 def test_tags_and_trailing_bytes_are_refused() -> None:
     with pytest.raises(RemoteProtocolError, match="tag"):
         decode_message_bytes(cbor2.dumps(cbor2.CBORTag(2, b"\x01")))

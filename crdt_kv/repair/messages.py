@@ -27,6 +27,7 @@ from crdt_kv.protocol.fields import boolean as _bool
 from crdt_kv.protocol.fields import byte_string as _bytes
 from crdt_kv.protocol.fields import fail as _fail
 from crdt_kv.protocol.fields import uint as _uint
+from crdt_kv.protocol.framing import short
 from crdt_kv.protocol.messages import (
     DEFAULT_MAX_FRAME_BYTES,
     Batch,
@@ -255,7 +256,7 @@ def _range(v: object, field: str) -> RangeItem:
     item = _array(v, field, 5)
     kind = item[0]
     if type(kind) is not int or kind not in RangeKind._value2member_map_:
-        raise _fail(f"field '{field}.kind' is unknown: {kind!r:.30}")
+        raise _fail(f"field '{field}.kind' is unknown: {short(kind)}")
     if kind == RangeKind.CHILDREN:
         level, index = _node(item[1], item[2], field, MAX_LEVEL - 1)
         return _children(item[3], item[4], level, index, field)
@@ -302,7 +303,7 @@ def decode_message_bytes(payload: bytes) -> Message:
         raise _fail("empty message array")
     kind = msg[0]
     if type(kind) is not int or kind not in MsgType._value2member_map_:
-        raise _fail(f"unknown message type {kind!r:.30}")
+        raise _fail(f"unknown message type {short(kind)}")
     if kind == MsgType.HELLO:
         return _hello(msg)
     if kind == MsgType.ENTRIES:
