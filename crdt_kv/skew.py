@@ -17,7 +17,12 @@ odd one out:
 
 Independently, when most peers' clocks are more than ``max_offset_ms`` behind this node's
 newest stamp, its stamps would be refused everywhere: local writes are fenced ("ahead")
-until a majority measures in bound again.
+until a majority measures in bound again. A Hello held up in transit shows a clock that was
+behind by the time it arrives, so that verdict credits the Hello's *transit* bound (how long
+before its arrival the connection began: it cannot have been sent earlier) and counts only a
+lead no transit delay explains. The other verdicts need no credit: a delay makes a peer
+look less far ahead, never further, so it can hide a fast peer for that long but never
+invent one.
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ MAX_SAMPLES = 4096
 class Sample:
     """What one Hello of a peer showed: ``offset_ms`` = the peer's stamp minus our wall
     clock (positive: the peer is ahead), ``lead_ms`` = our newest stamp minus the peer's
-    (positive: our stamps are ahead of its clock), taken at our wall time ``at_ms``."""
+    stamp and minus ``transit_ms`` (positive: our stamps are ahead of its clock by at
+    least that much, however long the Hello was in flight), taken at our wall time
+    ``at_ms``; ``transit_ms`` is the bound on the Hello's time in flight that was credited."""
 
     offset_ms: int
     lead_ms: int
     at_ms: int
+    transit_ms: int = 0
 
 
 class ClockJudge:
@@ -64,13 +72,19 @@ class ClockJudge:
         """The latest sample of every peer measured (a copy)."""
         return dict(self._samples)
 
-    def judge(self, peer: str, remote: int, clock: HLC) -> str | None:
+    def judge(self, peer: str, remote: int, clock: HLC, *, transit_ms: int = 0) -> str | None:
         """Record the sample a Hello from ``peer`` stamped ``remote`` gives, update the
         clock's lag and fence, and return why the stamp must be refused (None: accept it;
-        the caller then merges it into ``clock`` by the receive rule)."""
+        the caller then merges it into ``clock`` by the receive rule).
+
+        ``transit_ms``: how long the Hello may have been in flight, at most (the time since
+        our side saw its connection begin; 0 when unknown, which credits nothing)."""
+        if transit_ms < 0:
+            raise ValueError(f"transit_ms of peer {peer!r}'s Hello is {transit_ms}, below 0")
         wall = clock.wall()
         remote_wall = remote >> LOGICAL_BITS
-        sample = Sample(remote_wall - wall, (clock.last >> LOGICAL_BITS) - remote_wall, wall)
+        lead = (clock.last >> LOGICAL_BITS) - remote_wall - transit_ms
+        sample = Sample(remote_wall - wall, lead, wall, transit_ms)
         samples = self._samples
         samples.pop(peer, None)
         samples[peer] = sample

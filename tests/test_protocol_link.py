@@ -83,6 +83,7 @@ class FakeReplica:
     seq: int = 0
     applies: int = 0
     gc_horizon: int = 0
+    transits: list[int] = field(default_factory=list)
     membership: FakeMembership = field(init=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +97,8 @@ class FakeReplica:
         self.hlc += 1
         return self.hlc
 
-    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
+    def observe_clock(self, stamp: int, *, peer: str | None = None, transit_ms: int = 0) -> None:
+        self.transits.append(transit_ms)
         if stamp - self.hlc > self.max_ahead:
             raise ClockSkewError(
                 f"stamp {stamp} too far ahead",
@@ -395,6 +397,26 @@ def test_handshake_timeout_closes_and_counts_a_failure() -> None:
     assert ended.timed_out and isinstance(ended.error, RemoteProtocolError)
     assert "said nothing for 2 s" in str(ended.error)
     assert any(isinstance(e, LinkFailed) for e in events)
+
+
+def test_hello_is_judged_with_the_time_since_the_connection_began() -> None:
+    """The link tells the session how long the connection has been open when the Hello
+    completes (the most it can have been in flight), and the replica's clock judge gets
+    it; bytes after the Hello do not change it."""
+    ra, rb = FakeReplica("a"), FakeReplica("b")
+    a, b = _link(ra, "once", live=False), _link(rb, "once", live=False)
+    a.connection_made(10.0)
+    b.connection_made(10.0)
+    hello = b.data_to_send()
+    a.receive_data(hello[:5], 10.5)
+    assert ra.transits == []
+    a.receive_data(hello[5:], 12.25)
+    assert ra.transits == [2250]
+    assert a.session is not None and a.session.hello_transit_ms == 2250
+    b.receive_data(a.data_to_send(), 10.0)  # at once: no credit
+    assert rb.transits == [0]
+    a.receive_data(b.data_to_send(), 20.0)
+    assert a.session.hello_transit_ms == 2250 and ra.transits == [2250]
 
 
 def _live_pair(**cfg: Any) -> tuple[Wire, FakeReplica, FakeReplica]:

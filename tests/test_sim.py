@@ -454,7 +454,9 @@ def test_clock_step_fails_under_the_old_rule(monkeypatch: pytest.MonkeyPatch) ->
     issue 11), the node left behind is cut off and the oracle finds writes lost."""
     from crdt_kv import skew
 
-    def wall_only(self: skew.ClockJudge, peer: str, remote: int, clock: Any) -> str | None:
+    def wall_only(
+        self: skew.ClockJudge, peer: str, remote: int, clock: Any, *, transit_ms: int = 0
+    ) -> str | None:
         return None if (remote >> 16) - clock.wall() <= self.max_offset_ms else "refused"
 
     monkeypatch.setattr(skew.ClockJudge, "judge", wall_only)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import crdt_kv
 from crdt_kv.errors import ClockSkewError
 from crdt_kv.hlc import HLC, pack
+from crdt_kv.protocol import PeerLink, Session
 from crdt_kv.skew import ClockJudge
 from crdt_kv.testing import ManualClock
 
@@ -142,3 +143,71 @@ def test_store_behind_its_peers_pulls_and_refuses_local_writes() -> None:
     s.put("after", 3)
     assert s.get("after") == 3
     s.close()
+
+
+def test_late_hellos_are_not_taken_for_slow_clocks() -> None:
+    """Regression (the chaos run): every clock agrees, but the peers' Hellos arrive 1.6 s
+    after they were stamped. Judged on their stamps alone, this node seems 1.6 s ahead of
+    most peers and fences its writes; crediting the time the Hellos may have been in
+    flight, it does not. A lead beyond that credit is still fenced."""
+    clock = ManualClock(T0)
+    s = _store("a", clock)
+    s.put("k", 1)
+    late = pack(T0 - 1600, 0)
+    for peer in ("b", "c"):
+        s.observe_clock(late, peer=peer, transit_ms=1600)
+    assert s.clock_judge.samples["b"].lead_ms == 0
+    assert s.clock_judge.samples["b"].transit_ms == 1600
+    s.put("k", 2)
+    for peer in ("b", "c"):
+        s.observe_clock(late, peer=peer, transit_ms=1000)  # 600 ms no transit explains
+    with pytest.raises(ClockSkewError, match="600 ms ahead of most of its peers"):
+        s.put("k", 3)
+    for peer in ("b", "c"):
+        s.observe_clock(late, peer=peer)  # no credit: today's verdict
+    with pytest.raises(ClockSkewError, match="1600 ms ahead"):
+        s.put("k", 4)
+    assert s.get("k") == 2
+    s.close()
+
+
+def test_transit_gives_no_credit_to_a_peer_ahead() -> None:
+    """A delay only makes a peer look less far ahead: the refusal of a peer ahead of
+    most others ignores the credit."""
+    _, hlc = clock_at(T0)
+    judge = ClockJudge(max_offset_ms=500)
+    judge.judge("a", pack(T0, 0), hlc)
+    judge.judge("b", pack(T0, 0), hlc)
+    why = judge.judge("rogue", pack(T0 + 2000, 0), hlc, transit_ms=10_000)
+    assert why is not None and "odd one out" in why
+    with pytest.raises(ValueError, match="'a'"):
+        judge.judge("a", pack(T0, 0), hlc, transit_ms=-1)
+
+
+@pytest.mark.parametrize(("arrival_s", "fenced"), [(2.0, False), (0.2, True)])
+def test_link_credits_a_hello_held_up_in_transit(arrival_s: float, fenced: bool) -> None:
+    """Through the link: connections open at 0; the peers' Hellos, stamped 1.6 s before
+    this node's newest stamp, arrive at ``arrival_s``. Held 2 s they may simply have been
+    in flight; arriving after 0.2 s they show clocks 1.4 s behind, and the node fences."""
+    clock = ManualClock(T0)
+    hellos = []
+    for peer in ("b", "c"):
+        other = _store(peer, clock)
+        session = Session(other, repair=False)
+        session.start()
+        hellos.append(session.data_to_send())
+        other.close()
+    clock.now = T0 + 1600
+    a = _store("a", clock)
+    a.put("k", 1)
+    for hello in hellos:
+        link = PeerLink(a, role="once", rng=random.Random(1), now=0.0)
+        link.connection_made(0.0)
+        link.receive_data(hello, arrival_s)
+        assert link.peer_id is not None and link.error is None
+    if fenced:
+        with pytest.raises(ClockSkewError, match="ahead of most of its peers"):
+            a.put("k", 2)
+    else:
+        a.put("k", 2)
+    a.close()

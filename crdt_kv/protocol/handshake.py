@@ -74,12 +74,15 @@ def fit_hello(h: Hello) -> Hello:
     return replace(h, gc=h.gc[:lo])
 
 
-def observe_peer_clock(replica: Replica, h: Hello, stats: SessionStats) -> None:
+def observe_peer_clock(
+    replica: Replica, h: Hello, stats: SessionStats, *, transit_ms: int = 0
+) -> None:
     """Merge the stamp of the peer's Hello into our clock, judged against our other peers
-    (:mod:`crdt_kv.skew`); a refused stamp is counted and raised as
-    :class:`ClockSkewError` naming the peer."""
+    (:mod:`crdt_kv.skew`) with ``transit_ms`` credited (the most the Hello can have been in
+    flight); a refused stamp is counted and raised as :class:`ClockSkewError` naming the
+    peer."""
     try:
-        replica.observe_clock(h.hlc, peer=h.peer_id)
+        replica.observe_clock(h.hlc, peer=h.peer_id, transit_ms=transit_ms)
     except ClockSkewError:
         stats.skew_rejected += 1
         raise

@@ -256,6 +256,8 @@ class PeerLink:
         if s is None:
             return
         frames = s.stats.frames_received
+        if s.remote is None:  # the Hello cannot have left before the connection began
+            s.hello_transit_ms = max(0, int((now - self._connected_at) * 1000))
         try:
             events = s.receive_data(data)
         except Exception as exc:  # the replica failed applying inline: ours, not the peer's

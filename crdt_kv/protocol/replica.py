@@ -100,10 +100,11 @@ class Replica(Protocol):
         """The 32-byte digest of every key's state (kept per commit: costs nothing)."""
         ...
 
-    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
+    def observe_clock(self, stamp: int, *, peer: str | None = None, transit_ms: int = 0) -> None:
         """Merge a peer's stamp into our HLC; raises ``ClockSkewError`` if too far ahead.
         With ``peer`` (its Hello's stamp) the skew is judged against the other peers too
-        (:mod:`crdt_kv.skew`)."""
+        (:mod:`crdt_kv.skew`), crediting ``transit_ms``, the most the Hello can have been in
+        flight (``Session.hello_transit_ms``); 0 credits nothing."""
         ...
 
     def cursor(self, peer: str, incarnation: bytes) -> int:

@@ -161,6 +161,11 @@ class Session(Sender):
         self.claimed_peer: str | None = None
         """The peer id the peer's Hello claimed (its authenticated one if it has one), set
         before the Hello is checked, so a refusal is attributed to the peer that caused it."""
+        self.hello_transit_ms = 0
+        """The most the peer's Hello can have been in flight, in ms: the time since our side
+        saw the connection begin (it cannot have been sent earlier). A driver that knows it
+        sets it before feeding bytes while :attr:`remote` is None (:class:`PeerLink` does);
+        the clock judge credits it (``spec/hlc.md`` section 5.1). 0: not known."""
         self.stats = SessionStats()
         self.error: CrdtKvError | None = None
         self._inbox = Inbox(max_frame_bytes)
@@ -465,7 +470,7 @@ class Session(Sender):
             return self._fail(RemoteProtocolError(mismatch), AbortCode.INCOMPATIBLE)
         if h.max_batch_entries < 1:
             raise RemoteProtocolError(f"peer {h.peer_id!r} accepts no entries per batch")
-        observe_peer_clock(self.replica, h, self.stats)
+        observe_peer_clock(self.replica, h, self.stats, transit_ms=self.hello_transit_ms)
         self.remote = h
         self._inbox.open_up()
         self.replica.membership.heard(h.peer_id, h.gc)

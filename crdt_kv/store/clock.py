@@ -19,16 +19,18 @@ class ClockApi:
         """A fresh HLC stamp (for a replication Hello), issued under the commit lock."""
         return self._w.clock_now()
 
-    def observe_clock(self, stamp: int, *, peer: str | None = None) -> None:
+    def observe_clock(self, stamp: int, *, peer: str | None = None, transit_ms: int = 0) -> None:
         """Merge a remote HLC stamp into the clock (the receive rule), under the commit lock.
 
         Raises :class:`~crdt_kv.errors.ClockSkewError` and leaves the clock unchanged when
         ``stamp`` is too far ahead of the local wall clock, as ``store.hlc.update`` does.
         With ``peer`` (the stamp of that peer's Hello) the store judges the skew against
         its peers first (:mod:`crdt_kv.skew`): a node behind most of its peers accepts the
-        stamp and fences its local writes instead of being cut off.
+        stamp and fences its local writes instead of being cut off. ``transit_ms`` bounds
+        how long that Hello was in flight (the time since the connection began; 0: not
+        known): a Hello that late is not taken for a peer clock that far behind ours.
         """
-        self._w.observe_clock(stamp, peer)
+        self._w.observe_clock(stamp, peer, transit_ms)
 
     @property
     def clock_judge(self) -> ClockJudge:

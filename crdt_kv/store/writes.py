@@ -334,12 +334,13 @@ class Writer:
         with self.lock:
             return self.hlc.now()
 
-    def observe_clock(self, stamp: int, peer: str | None = None) -> None:
+    def observe_clock(self, stamp: int, peer: str | None = None, transit_ms: int = 0) -> None:
         """The HLC receive rule for ``stamp``, under the lock (may raise ClockSkewError).
-        With ``peer`` (a Hello's stamp) the :attr:`judge` rules on it first."""
+        With ``peer`` (a Hello's stamp) the :attr:`judge` rules on it first, crediting
+        ``transit_ms`` (see :meth:`ClockJudge.judge`)."""
         with self.lock:
             if peer is not None:
-                why = self.judge.judge(peer, stamp, self.hlc)
+                why = self.judge.judge(peer, stamp, self.hlc, transit_ms=transit_ms)
                 if why is not None:
                     raise ClockSkewError(
                         f"peer {peer!r} refused: {why}",
