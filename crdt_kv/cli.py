@@ -3,8 +3,10 @@
 demo, and (from the sim and net packages) ``simulate``, ``serve`` and ``status``.
 
 Subcommands from other packages register themselves through a module-level
-``register(subparsers)`` function listed in ``_PLUGIN_MODULES``; the CLI stays one file
-while each feature keeps its own command code.
+``register(subparsers)`` function listed in ``_PLUGINS``; the CLI stays one file
+while each feature keeps its own command code. Only the plugin of the command being run is
+imported (trio, the simulator and the metrics client cost half a second to import); the
+others appear in ``--help`` by the one-line help kept next to their module name.
 """
 
 from __future__ import annotations
@@ -31,7 +33,16 @@ from crdt_kv.version import Entry
 
 __all__ = ["main"]
 
-_PLUGIN_MODULES = ("crdt_kv.sim.cli", "crdt_kv.net.cli", "crdt_kv.net.status")
+_PLUGINS: dict[str, tuple[str, str]] = {
+    "simulate": ("crdt_kv.sim.cli", "run the deterministic convergence simulation suite"),
+    "serve": ("crdt_kv.net.cli", "run a replication node (TCP listener, peers, live sync)"),
+    "status": (
+        "crdt_kv.net.status",
+        "show a running node's peers from its metrics endpoint (a health check)",
+    ),
+}
+"""Plugin command -> (the module whose ``register`` adds it and only it, its ``--help``
+line, which the module must register too: tests/test_cli.py checks they agree)."""
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
@@ -278,8 +289,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             return 0 if verdict else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, with every available subcommand registered."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with every available subcommand registered.
+
+    With ``argv``, only the plugin module of the command it names is imported; every other
+    plugin command is a placeholder with its help line (enough for ``crdt-kv --help``).
+    """
     parser = argparse.ArgumentParser(
         prog="crdt-kv",
         description="Inspect a crdt_kv store, run replicating nodes, and run the convergence "
@@ -378,15 +393,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=_count, default=2000)
     p.set_defaults(func=_cmd_demo)
 
-    for name in _PLUGIN_MODULES:
+    _add_plugins(sub, None if argv is None else _command(argv))
+    return parser
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The subcommand ``argv`` names ("" if none): its first word that is not an option
+    (the top level has no option taking a value)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def _add_plugins(sub: Any, command: str | None) -> None:
+    """Register the plugins' commands: every module when ``command`` is None, else only
+    the one of ``command`` and placeholders for the rest."""
+    for name, (module, help_line) in _PLUGINS.items():
+        if command is not None and name != command:
+            sub.add_parser(name, help=help_line)
+            continue
         try:
-            mod = importlib.import_module(name)
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
+            if exc.name is None or not module.startswith(exc.name):
                 raise
             continue
         mod.register(sub)
-    return parser
 
 
 def _one_line(text: str) -> str:
@@ -400,7 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     values each print one ``error: ...`` line on stderr and exit 2; anything else (a bug)
     exits 70 with its type and message, and ``CRDT_KV_TRACEBACK=1`` shows the traceback.
     """
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     started = time.monotonic()
     try:
         code: int = args.func(args)

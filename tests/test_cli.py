@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import crdt_kv
-from crdt_kv.cli import main
+from crdt_kv.cli import build_parser, main
 from crdt_kv.testing import ManualClock
 
 SCRIPT = str(Path(sys.executable).with_name("crdt-kv"))
@@ -147,6 +147,36 @@ def test_get_help_says_what_it_prints(capsys: pytest.CaptureFixture[str]) -> Non
     text = " ".join(capsys.readouterr().out.split())
     assert "one line per live sibling, in sibling order" in text
     assert "VALUE<TAB>hlc=STAMP peer=PEER" in text
+
+
+def test_plugin_placeholders_say_what_their_modules_register() -> None:
+    full = build_parser().format_help()  # every plugin module imported
+    for command in ("get", "simulate", "serve", "status", ""):
+        assert build_parser([command]).format_help() == full, command
+
+
+def test_top_level_help_imports_no_plugin() -> None:
+    code = (
+        "import sys\n"
+        "from crdt_kv.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('trio', 'crdt_kv.sim.runner', 'crdt_kv.net.status')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "simulate" in out and "status" in out
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_plugin_command_runs_after_lazy_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    assert "--conflicts" in capsys.readouterr().out
 
 
 def test_conflicts_lists_keys_with_siblings(

@@ -338,6 +338,7 @@ def test_dial_link_dials_at_once_syncs_and_schedules_the_next_round() -> None:
     assert a.state is LinkState.DIALING
     b = _link(rb, "once", live=False)
     wire = connect(a, b, 0.1)
+    assert not a.local_changed(0.1)  # a one-shot round does not push commits
     wire.pump(0.1)
     assert rb.state() == ra.state()
     ev_a = wire.events[0]
@@ -354,7 +355,9 @@ def test_dial_link_dials_at_once_syncs_and_schedules_the_next_round() -> None:
     timer = a.get_timer()
     assert timer is not None and 0.2 + 1.6 <= timer <= 0.2 + 2.0
     # A commit lets the next round start early, but not before the minimum interval.
-    a.local_changed(0.3)
+    assert a.local_changed(0.3)
+    assert a.get_timer() == pytest.approx(1.2)
+    assert not a.local_changed(0.4)  # already cut short: nothing changes
     assert a.get_timer() == pytest.approx(1.2)
 
 
@@ -454,7 +457,7 @@ def test_quiet_live_session_survives_on_keepalives(keepalive: bool) -> None:
     if keepalive:
         assert not closed and all(lk.tailing for lk in wire.links)
         ra.put("later", b"w")
-        wire.links[0].local_changed(now)
+        assert wire.links[0].local_changed(now)
         wire.pump(now)
         assert rb.state() == ra.state()
     else:
@@ -465,7 +468,8 @@ def test_live_push_waits_for_the_push_delay() -> None:
     wire, ra, rb = _live_pair(push_delay_s=0.05)
     a = wire.links[0]
     ra.put("new", b"1")
-    a.local_changed(1.0)
+    assert a.local_changed(1.0)
+    assert not a.local_changed(1.01)  # a push is already due at 1.05
     wire.pump(1.0)
     assert b"new" not in rb.data
     assert a.get_timer() == pytest.approx(1.05)

@@ -281,17 +281,26 @@ class PeerLink:
             return b""
         return s.data_to_send()
 
-    def local_changed(self, now: float) -> None:
+    def local_changed(self, now: float) -> bool:
         """Our store committed: push it to a live peer (after ``push_delay_s``), and let a
-        waiting round start early (but not before the minimum interval)."""
+        waiting round start early (but not before the minimum interval).
+
+        Returns False when the call changed nothing (a driver that serviced the link since
+        its last input may skip servicing it again: there are no new bytes, events, storage
+        requests or timers); True when it may have."""
         s = self._current()
         if s is not None and s.live:
             if self.config.push_delay_s <= 0:
                 self._feed(s, s.local_changed(), now)
-            elif self._push_at is None:
+                return True
+            if self._push_at is None:
                 self._push_at = now + self.config.push_delay_s
-        elif self.state is LinkState.WAITING and self._cuttable:
+                return True
+            return False
+        if self.state is LinkState.WAITING and self._cuttable and not self._commit_cut:
             self._commit_cut = True
+            return True
+        return False
 
     def connection_lost(self, now: float, error: BaseException | None = None) -> None:
         """The connection is gone: closed after :class:`CloseConnection`, or broken

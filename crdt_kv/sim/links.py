@@ -396,11 +396,12 @@ class LinkShell:
         node.links.clear()
 
     def local_changed(self, node: SimNode) -> None:
-        """The node's store committed: tell each of its links."""
+        """The node's store committed: tell each of its links (a link the news leaves
+        unchanged was serviced after its last input, so it needs no service now)."""
         now = self.sim.vt.now / US
         for sl in list(node.links):
-            sl.link.local_changed(now)
-            self.service(sl)
+            if sl.link.local_changed(now):
+                self.service(sl)
 
     def session_stats(self) -> list[Any]:
         """Stats of every session still open (their counters are not folded in yet)."""
