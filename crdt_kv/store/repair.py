@@ -109,6 +109,12 @@ class Repair:
         keys this replica lost and holds no state of (repair asks peers for them)."""
         return self._scrubber.quarantined(*check_range(lo, hi))
 
+    def wants_probe(self, peer: str) -> bool:
+        """Whether a quarantined key awaits ``peer``'s answer: a session with it then
+        repairs after its round even when the digests agree (``spec/protocol.md``
+        section 13)."""
+        return self._scrubber.wants_probe(peer)
+
     def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
         """``peer`` said in a repair that it holds no state of these quarantined encoded
         ``keys``. A key every active member other than us said this of (since it was

@@ -198,6 +198,12 @@ class Scrubber:
                 w.stats["released"] += len(free)
             return len(free)
 
+    def wants_probe(self, peer: str) -> bool:
+        """Whether a quarantined key awaits ``peer``'s word (see :meth:`not_held`)."""
+        with self._w.lock:
+            answers = self._answers
+            return any(peer not in answers.get(k, ()) for k in self._w.quarantined)
+
     def scrub_keys(self, keys: Iterable[bytes]) -> ScrubReport:
         """Scrub the buckets of ``keys`` now: a write or merge found their records lost."""
         return self.scrub(sorted({position(k) >> BUCKET_SHIFT for k in keys}))
