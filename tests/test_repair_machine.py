@@ -314,3 +314,33 @@ def test_a_peer_that_lost_the_key_but_holds_a_newer_write_sends_it() -> None:
     b.states[k] = lww("k5", b"newer", BASE + 10_000, "b")
     run_pair(a, b)
     assert a.quarantine == set() and a.states[k] == b.states[k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    held=st.lists(st.sampled_from(["ab", "a", "b", ""]), min_size=1, max_size=40),
+    lost=st.data(),
+    threshold=st.integers(1, 16),
+)
+def test_one_reconciliation_settles_every_quarantine(
+    held: list[str], lost: st.DataObject, threshold: int
+) -> None:
+    """Two members, random keys held by either, random keys lost (quarantined) on either
+    or both: after one reconciliation no key is quarantined, a lost key the other held is
+    back, and both hold the same states."""
+    a, b = DictSource("a"), DictSource("b")
+    a.members, b.members = {"b"}, {"a"}
+    for i, who in enumerate(held):
+        e = lww(f"k{i}", b"v", BASE + i, "w")
+        for src, name in ((a, "a"), (b, "b")):
+            if name in who:
+                src.states[e.key] = e
+    keys = [f"k{i}".encode() for i in range(len(held))]
+    for src in (a, b):
+        for k in lost.draw(st.lists(st.sampled_from(keys), unique=True), label=src.peer_id):
+            src.states.pop(k, None)
+            src.quarantine.add(k)
+    union = {**a.states, **b.states}
+    run_pair(a, b, item_threshold=threshold)
+    assert a.quarantine == b.quarantine == set()
+    assert a.states == b.states == union
