@@ -25,6 +25,7 @@ class Repair:
     _collector: Collector
     _scrubber: Scrubber
     _members: Members
+    _read_only: bool
 
     def _writable(self, op: str) -> None:
         raise NotImplementedError  # pragma: no cover - the Store's
@@ -121,6 +122,8 @@ class Repair:
         quarantined, and since this store opened: the answers are kept in memory) leaves
         quarantine, in one small write: no replica holds its state, so it is simply
         absent, and with the quarantine empty the gossip is no longer held back.
-        Returns how many keys were released."""
-        self._writable("not_held")
+        Returns how many keys were released (0 on a read-only store, which keeps its
+        quarantine: a repair that only reads it does not fail for that)."""
+        if self._read_only:
+            return 0
         return self._scrubber.not_held(peer, keys, self._members.active())
