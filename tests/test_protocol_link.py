@@ -194,6 +194,9 @@ class FakeReplica:
     def checkpoint(self) -> bool:
         return False
 
+    def wants_probe(self, peer: str) -> bool:
+        return False
+
     def state(self) -> dict[bytes, tuple[bytes, int, str]]:
         return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}
 

@@ -280,3 +280,28 @@ def test_random_pairs_end_equal_after_one_session(
     lk = sync(a, b)
     assert a.digest() == b.digest(), (lk.sent_a, lk.sent_b)
     assert state(a) == state(b)
+
+
+def test_a_quarantined_key_nobody_holds_is_probed_once_and_released() -> None:
+    """Equal digests: only the probe in the Verify makes the session repair; after it the
+    key is released and the next session neither probes nor repairs."""
+    a, b, _ = synced_pair()
+    b.delete("k004")
+    b.put("zz", 1)  # the newest entry (a cursor's proof) is not the one lost
+    sync(a, b, repair=False)
+    for s in (a, b):  # lost everywhere: each scrub quarantines it
+        s.backend.write([(b"d" + b"k004", None)])
+        assert s.scrub().quarantined == 1
+    assert a.digest() == b.digest()
+    assert a.wants_probe("b") and b.wants_probe("a")
+    lk = sync(a, b)
+    [va], [vb] = verifies(lk.sent_a), verifies(lk.sent_b)
+    assert va.probe and vb.probe
+    assert lk.a.stats.repairs == lk.b.stats.repairs == 1
+    assert lk.a.stats.divergences == 0
+    assert a.statistics().quarantined == b.statistics().quarantined == 0
+    assert not a.wants_probe("b")
+    a.put("more", 1)
+    lk = sync(a, b)
+    [va], [vb] = verifies(lk.sent_a), verifies(lk.sent_b)
+    assert not va.probe and not vb.probe and lk.a.stats.repairs == 0

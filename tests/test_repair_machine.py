@@ -251,3 +251,96 @@ def test_random_stores_reconcile_to_the_union(
         key = f"k{k}"
         assert a.get(key) == b.get(key) == ref.get(key)
         assert versions(a, key) == versions(b, key) == versions(ref, key)
+
+
+# --- quarantined keys nobody holds (spec/reconcile.md section 6, "Lost keys") -------------
+
+
+def lost_on(src: DictSource, key: str) -> bytes:
+    """``src`` loses its state of ``key`` and quarantines it."""
+    k = key.encode()
+    del src.states[k]
+    src.quarantine.add(k)
+    return k
+
+
+def test_equal_digests_with_a_quarantined_key_still_reconcile() -> None:
+    a, b = filled("a", 50), filled("b", 50)
+    del b.states[b"k7"]
+    lost_on(a, "k7")  # now both hold the same states; a's count is one higher
+    assert a.digest() == b.digest()
+    ra, rb = run_pair(a, b)
+    assert not ra.in_sync and not rb.in_sync
+    assert a.quarantine == set() and a.not_held_by == {}
+
+
+def test_a_key_is_released_only_when_every_member_said_it_holds_none() -> None:
+    a, b, c = filled("a", 40), filled("b", 40), filled("c", 40)
+    a.members = {"b", "c"}
+    k = lost_on(a, "k3")
+    del b.states[k], c.states[k]
+    run_pair(a, b)
+    assert a.quarantine == {k} and a.not_held_by == {k: {"b"}}
+    run_pair(a, c)
+    assert a.quarantine == set()
+
+
+def test_a_member_that_holds_the_key_sends_it_instead() -> None:
+    a, b = filled("a", 40), filled("b", 40)
+    a.members = {"b"}
+    k = lost_on(a, "k3")
+    ra, _ = run_pair(a, b)
+    assert a.quarantine == set() and a.states[k] == b.states[k] and ra.changed == 1
+
+
+@pytest.mark.parametrize("same_digest", [True, False])
+def test_two_replicas_that_lost_the_same_key_release_it(same_digest: bool) -> None:
+    """Both list the key with hash 0, so no count or sum differs: the probes still ask."""
+    a, b = filled("a", 40), filled("b", 40)
+    a.members, b.members = {"b"}, {"a"}
+    k = lost_on(a, "k5")
+    lost_on(b, "k5")
+    if not same_digest:
+        a.states[b"extra"] = lww("extra", b"x", BASE, "w")
+    run_pair(a, b)
+    assert a.quarantine == set() and b.quarantine == set()
+    assert k not in a.states and k not in b.states
+
+
+def test_a_peer_that_lost_the_key_but_holds_a_newer_write_sends_it() -> None:
+    a, b = filled("a", 40), filled("b", 40)
+    a.members = {"b"}
+    k = lost_on(a, "k5")
+    b.states[k] = lww("k5", b"newer", BASE + 10_000, "b")
+    run_pair(a, b)
+    assert a.quarantine == set() and a.states[k] == b.states[k]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    held=st.lists(st.sampled_from(["ab", "a", "b", ""]), min_size=1, max_size=40),
+    lost=st.data(),
+    threshold=st.integers(1, 16),
+)
+def test_one_reconciliation_settles_every_quarantine(
+    held: list[str], lost: st.DataObject, threshold: int
+) -> None:
+    """Two members, random keys held by either, random keys lost (quarantined) on either
+    or both: after one reconciliation no key is quarantined, a lost key the other held is
+    back, and both hold the same states."""
+    a, b = DictSource("a"), DictSource("b")
+    a.members, b.members = {"b"}, {"a"}
+    for i, who in enumerate(held):
+        e = lww(f"k{i}", b"v", BASE + i, "w")
+        for src, name in ((a, "a"), (b, "b")):
+            if name in who:
+                src.states[e.key] = e
+    keys = [f"k{i}".encode() for i in range(len(held))]
+    for src in (a, b):
+        for k in lost.draw(st.lists(st.sampled_from(keys), unique=True), label=src.peer_id):
+            src.states.pop(k, None)
+            src.quarantine.add(k)
+    union = {**a.states, **b.states}
+    run_pair(a, b, item_threshold=threshold)
+    assert a.quarantine == b.quarantine == set()
+    assert a.states == b.states == union

@@ -32,3 +32,17 @@ def test_without_the_scrub_the_scenario_fails(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(Store, "scrub", lambda self, *, buckets=None: ScrubReport())
     results = [run("bitrot", nodes=6, ops=1000, seed=s) for s in (1, 2)]
     assert not any(r.ok for r in results)
+
+
+@pytest.mark.parametrize("conflicts", ["lww", "siblings"])
+def test_a_key_no_replica_holds_must_be_released(
+    monkeypatch: pytest.MonkeyPatch, conflicts: str
+) -> None:
+    """The tombstone lost everywhere when the clients stop: without the members' "not
+    held" answers it stays quarantined, the horizon stays held back, and the check (and
+    the oracle, for the tombstone the horizon never covers) fails."""
+    r = run("bitrot", nodes=6, ops=1000, seed=1, conflicts=conflicts)
+    assert r.ok and r.checks["quarantine_released"]
+    monkeypatch.setattr(Store, "not_held", lambda self, peer, keys: 0)
+    r = run("bitrot", nodes=6, ops=1000, seed=1, conflicts=conflicts)
+    assert not r.ok and not r.checks["quarantine_released"]

@@ -92,7 +92,9 @@ def fields(m: Message) -> dict[str, Any]:
     if isinstance(m, Request):
         return {"since": m.since, "live": m.live, "repair": m.repair}
     if isinstance(m, Verify):
-        return {"digest_hex": m.digest.hex(), "clean": m.clean}
+        return {"digest_hex": m.digest.hex(), "clean": m.clean} | (
+            {"probe": True} if m.probe else {}
+        )
     if isinstance(m, Repair):
         return {"payload_hex": m.payload.hex()}
     if isinstance(m, Batch):
@@ -164,7 +166,7 @@ def from_fields(kind: str, f: dict[str, Any]) -> Message:
     if kind == "Ack":
         return Ack(**f)
     if kind == "Verify":
-        return Verify(bytes.fromhex(f["digest_hex"]), f["clean"])
+        return Verify(bytes.fromhex(f["digest_hex"]), f["clean"], f.get("probe", False))
     if kind == "Repair":
         return Repair(bytes.fromhex(f["payload_hex"]))
     assert kind == "Abort"

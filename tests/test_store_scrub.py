@@ -316,3 +316,71 @@ def test_siblings_lost_record_is_quarantined_when_a_write_or_merge_meets_it(how:
     assert quarantine(a) == set()
     b.apply_raw(a.raw_changes(0))
     assert sorted(str(e.value) for e in b.get_all("k")) == values
+
+
+# --- release of a key no replica holds (data-model.md section 20) --------------------------
+
+
+def lonely(peer: str = "a", **kw: Any) -> Store:
+    """A store that lost ``only``, a key no other replica ever received."""
+    s = filled(peer, **kw)
+    s.put("only", "mine")
+    lose(s, "only")
+    s.scrub()
+    assert quarantine(s) == {kb(s, "only")}
+    return s
+
+
+def test_release_waits_for_every_active_member() -> None:
+    s = lonely()
+    for p in ("b", "c"):
+        s.membership.heard(p, [])
+    k = kb(s, "only")
+    assert s.membership.hold() is not None
+    assert s.not_held("b", [k, kb(s, "k1")]) == 0 and quarantine(s) == {k}
+    assert s.not_held("b", [k]) == 0
+    assert s.not_held("c", [k]) == 1
+    assert quarantine(s) == set() and s.statistics().quarantined == 0
+    assert s.membership.hold() is None and s.stats["released"] == 1
+    assert s.get("only") is None
+    check_store(s)
+
+
+def test_answers_are_forgotten_on_reopen() -> None:
+    be = MemoryBackend()
+    s = open_mem(be, "a")
+    s.put("only", 1)
+    lose(s, "only")
+    s.scrub()
+    for p in ("b", "c"):
+        s.membership.heard(p, [])
+    k = kb(s, "only")
+    s.not_held("b", [k])
+    be.close = lambda: None  # type: ignore[method-assign]  # keep the memory backend open
+    s.close()
+    s2 = open_mem(be, "a")
+    assert s2.not_held("c", [k]) == 0 and quarantine(s2) == {k}
+    assert s2.not_held("b", [k]) == 1
+
+
+def test_an_expired_member_is_not_waited_for() -> None:
+    clock = ManualClock(T0)
+    s = lonely(clock=clock, member_expiry_s=1.0)
+    s.membership.heard("b", [])
+    clock.advance(2000)
+    s.membership.heard("c", [])
+    assert s.not_held("c", [kb(s, "only")]) == 1
+
+
+@pytest.mark.parametrize("conflicts", ["lww", "siblings"])
+def test_repair_releases_a_key_no_member_holds(conflicts: str) -> None:
+    a, b = lonely("a", conflicts=conflicts), filled("b", conflicts=conflicts)
+    b.apply_raw(a.raw_changes(0))
+    a.apply_raw(b.raw_changes(0))
+    a.membership.heard("b", [])
+    assert a.digest() == b.digest() and a.statistics().quarantined == 1
+    ra, rb = run_pair(a, b)
+    assert not ra.in_sync and rb.entries_sent == 0
+    assert a.statistics().quarantined == 0 and a.membership.hold() is None
+    assert a.digest() == b.digest() and a.get("only") is None and b.get("only") is None
+    check_store(a)

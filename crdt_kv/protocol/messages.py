@@ -177,6 +177,9 @@ class Verify:
 
     digest: bytes
     clean: bool
+    probe: bool = False
+    """The sender holds quarantined keys this peer has not answered for: both run a
+    repair, whatever the digests (on the wire only when true)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +211,8 @@ def encode_message(msg: Message) -> bytes:
             return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live])
         return cbor2.dumps([MsgType.REQUEST, msg.since, msg.live, proof])
     if isinstance(msg, Verify):
-        return cbor2.dumps([MsgType.VERIFY, msg.digest, msg.clean])
+        tail = [True] if msg.probe else []
+        return cbor2.dumps([MsgType.VERIFY, msg.digest, msg.clean, *tail])
     if isinstance(msg, Repair):
         return cbor2.dumps([MsgType.REPAIR, msg.payload])
     if isinstance(msg, Hello):
@@ -312,11 +316,13 @@ def _decode_request(msg: list[Any]) -> Request:
 
 def _decode_verify_or_repair(msg: list[Any]) -> Verify | Repair:
     if msg[0] == MsgType.VERIFY:
-        _array(msg, "verify", 3)
+        if len(msg) not in (3, 4):
+            raise _fail(f"field 'verify' must be an array of 3 or 4, got {len(msg)} elements")
         digest = msg[1]
         if type(digest) is not bytes or len(digest) != 32:
             raise _fail(f"field 'verify.digest' must be 32 bytes, got {short(digest)}")
-        return Verify(digest, _bool(msg[2], "verify.clean"))
+        probe = _bool(msg[3], "verify.probe") if len(msg) == 4 else False
+        return Verify(digest, _bool(msg[2], "verify.clean"), probe)
     _array(msg, "repair", 2)
     payload = msg[1]
     if type(payload) is not bytes or not 0 < len(payload) <= MAX_REPAIR_PAYLOAD:

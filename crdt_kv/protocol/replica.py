@@ -151,6 +151,11 @@ class Replica(Protocol):
         """Check these buckets' records, quarantine the rotten ones; may block."""
         ...
 
+    def wants_probe(self, peer: str) -> bool:
+        """Whether a key of our quarantine awaits ``peer``'s answer (``spec/reconcile.md``
+        section 6): the session then repairs after its round even with equal digests."""
+        ...
+
     def checkpoint(self) -> bool:
         """Save what the store keeps in memory between checkpoints (bucket fingerprints,
         new keys' index entries); True if it wrote. May block."""

@@ -16,6 +16,11 @@ messages and whose storage work goes through the session's storage requests
   session, its store changed only through this session's applies: every applied change
   takes exactly one log sequence, so ``last_seq == pin + changes``). Both clean with
   different digests is a divergence: counted, reported, and repaired at once.
+- **probing**: a side whose quarantine holds a key the peer has not answered for
+  (:meth:`~crdt_kv.protocol.replica.Replica.wants_probe`) sets ``probe`` in its Verify,
+  and both repair so that the peer says whether it holds the key. Once the peer answered
+  for every key (or sent its state) the side stops asking: at most one such repair per
+  session, and none once the quarantine is settled with that peer.
 
 Either case needs both Hellos to offer repair and both directions enabled, facts both
 sides know alike, so they always agree on what follows. A session repairs at most once.
@@ -126,7 +131,7 @@ class Checkup:
         before = replica.last_seq
         digest = replica.digest()
         clean = before == replica.last_seq == self.pin + changes
-        self.ours = Verify(digest, clean)
+        self.ours = Verify(digest, clean, replica.wants_probe(self.peer))
         self._send(self.ours)
         return True
 
@@ -146,6 +151,8 @@ class Checkup:
         if ours.clean and m.clean and ours.digest != m.digest:
             self.stats.divergences += 1
             self._emit(DivergenceFound(self.peer))
+            self._start(first_contact=False)
+        elif ours.probe or m.probe:
             self._start(first_contact=False)
 
     def progress(self) -> Literal["stream", "complete"] | None:

@@ -12,6 +12,12 @@ previous turn at once, and asks new ones:
 - ``missing`` / ``differing`` keys: we ship them, except a state the peer lacks whose stamp
   is below the peer's collection horizon: the peer collected it, so we drop ours.
 
+Our quarantined keys (lost here, hash 0 in our fingerprints) are *probed*: our first
+answer lists each in an :class:`Items` item of its single position. The peer's next turn
+ships its state (``differing``) or says it holds none (``missing``, or silence: it lost
+the key too), and the keys it holds no state of are reported to storage
+(:class:`~crdt_kv.repair.work.NotHeld`), which releases a key once every member said so.
+
 A turn without questions is the last one: both ends know it. The machine performs no I/O
 and reads no clock: bytes go in through :meth:`receive_data` and out through
 :meth:`data_to_send`, storage work comes out as :mod:`~crdt_kv.repair.work` requests and
@@ -42,7 +48,14 @@ from crdt_kv.repair.messages import (
     encode_frame,
 )
 from crdt_kv.repair.report import Event, Finished, HelloReceived, ReconcileReport, TurnDone
-from crdt_kv.repair.tree import FP_MASK, MAX_LEVEL, child_nodes, node_range, state_stamp
+from crdt_kv.repair.tree import (
+    FP_MASK,
+    MAX_LEVEL,
+    child_nodes,
+    node_range,
+    position,
+    state_stamp,
+)
 from crdt_kv.repair.work import (
     ApplyEntries,
     Describe,
@@ -50,6 +63,7 @@ from crdt_kv.repair.work import (
     DropKeys,
     Fingerprints,
     ListItems,
+    NotHeld,
     ReadEntries,
     Work,
 )
@@ -91,6 +105,10 @@ class _Answer:
     ask_differing: list[bytes]
     ship: dict[bytes, bool]
     """Keys whose states we send: True when the peer lacks the key (absence may win)."""
+    lost: frozenset[bytes] = frozenset()
+    """Our quarantined keys."""
+    not_held: set[bytes] | None = None
+    """Of ``lost``, those the peer's ranges show it holds no state of."""
 
 
 class Reconciler:
@@ -120,6 +138,11 @@ class Reconciler:
         self._error: CrdtKvError | None = None
         self.report: ReconcileReport | None = None
         self._peer: RepairHello | None = None
+        self._lost: frozenset[bytes] = frozenset()
+        self._probes: tuple[bytes, ...] | None = None
+        """Quarantined keys our last turn probed (None: not probed yet)."""
+        self._not_held: set[bytes] = set()
+        """Our quarantined keys the peer showed it holds no state of."""
         self._leader = self._in_sync = False
         self._flights = 0
         self._counts = dict.fromkeys(
@@ -227,7 +250,13 @@ class Reconciler:
         self._counts["bytes_sent"] += len(frame)
 
     def _run(self) -> Generator[Step, object, None]:
+        yield from self._session()
+        if self._not_held and self._peer is not None:
+            yield from _ask(NotHeld(self._peer.peer_id, tuple(sorted(self._not_held))))
+
+    def _session(self) -> Generator[Step, object, None]:
         me = yield from _ask(Describe())
+        self._lost = frozenset(me.lost)
         hello = self._hello(me)
         self._send(encode_frame(hello))
         msg = yield from self._next()
@@ -237,7 +266,10 @@ class Reconciler:
         self._peer = msg
         self._flights = 1
         self._leader = me.peer_id < msg.peer_id
-        self._in_sync = msg.digest == me.digest
+        # A quarantined key adds one to the count and nothing to the digest: equal digests
+        # and counts with keys in quarantine (then both ends hold some) still reconcile.
+        count = sum(c for _, c in me.top)
+        self._in_sync = msg.digest == me.digest and msg.count == count and not me.lost
         self._events.append(HelloReceived(msg.peer_id, self._leader, self._in_sync))
         if self._in_sync:
             return
@@ -245,6 +277,7 @@ class Reconciler:
             return
         while True:
             turn = yield from self._receive_turn()
+            self._heard(turn)
             if not turn.asks:
                 yield from self._apply(turn.entries)
                 self._turn_done(turn, 0, 0, answered=False)
@@ -318,6 +351,28 @@ class Reconciler:
         self._counts["refused"] += refused
         return changed, refused
 
+    def _heard(self, turn: _Turn) -> None:
+        """The peer's answer to our probes: a probed key it neither ships nor calls
+        ``differing`` is one it holds no state of (``missing``, or listed with hash 0)."""
+        if self._probes:
+            shipped = set(turn.differing) | {e.key for e in turn.entries}
+            self._not_held.update(k for k in self._probes if k not in shipped)
+            self._probes = ()
+
+    def _probe(self, ans: _Answer) -> Generator[Step, object, None]:
+        """Once per reconciliation: list each of our quarantined keys in the node of its
+        single position, so the peer answers for each whatever its fingerprints say."""
+        if self._probes is not None:
+            return
+        self._probes = tuple(self._lost)
+        if not self._lost:
+            return
+        nodes = sorted({position(k) for k in self._lost})
+        lists = yield from _ask(ListItems(tuple((p, p + 1) for p in nodes)))
+        for p, mine in zip(nodes, lists, strict=True):
+            keys = tuple(k for _, k, _ in mine)
+            ans.ranges.append(Items(MAX_LEVEL, p, keys, tuple(h & FP_MASK for _, _, h in mine)))
+
     def _turn_done(self, turn: _Turn, sent: int, dropped: int, *, answered: bool) -> None:
         c = self._counts
         self._events.append(
@@ -327,8 +382,9 @@ class Reconciler:
     def _answer(self, turn: _Turn) -> Generator[Step, object, bool]:
         """Apply the peer's entries, answer its questions in one turn; True if we asked."""
         yield from self._apply(turn.entries)
-        ans = _Answer([], [], [], {})
+        ans = _Answer([], [], [], {}, self._lost, self._not_held)
         yield from self._compare(turn, ans)
+        yield from self._probe(ans)
         for k in turn.missing:
             ans.ship.setdefault(k, True)
         for k in turn.differing:
@@ -391,6 +447,7 @@ class Reconciler:
         for mine in lists[len(theirs) + len(listed) :]:
             for _, k, _ in mine:
                 ans.ship.setdefault(k, True)
+                _lost_here(ans, k, None)
         if split:
             kids = [child for node in split for child in child_nodes(*node)]
             fps: Any = yield from _ask(Fingerprints(tuple(node_range(*n) for n in kids)))
@@ -405,9 +462,17 @@ def _diff(r: Items, mine: list[tuple[int, bytes, int]], ans: _Answer) -> None:
     theirs = dict(zip(r.keys, r.hashes, strict=True))
     for _, key, h in mine:
         th = theirs.pop(key, None)
+        _lost_here(ans, key, th)
         if th is None:
             ans.ship.setdefault(key, True)
         elif th != h & FP_MASK:
             ans.ship[key] = False
             ans.ask_differing.append(key)
     ans.ask_missing.extend(theirs)
+
+
+def _lost_here(ans: _Answer, key: bytes, theirs: int | None) -> None:
+    """The peer's complete list of a node (or its count 0 there) gives ``theirs`` for
+    ``key``: no item, or hash 0 (lost there too), means it holds no state of it."""
+    if key in ans.lost and not theirs and ans.not_held is not None:
+        ans.not_held.add(key)

@@ -15,8 +15,9 @@ class ReconcileReport:
     after them another) halved and rounded up: what the repair cost in latency. ``changed``
     counts received entries that changed our state, ``dropped`` our states removed
     because the peer collected them (absence wins), ``refused`` received states not
-    applied for the same reason on our side. ``in_sync``: the digests were equal at
-    the hellos, nothing else was exchanged.
+    applied for the same reason on our side. ``in_sync``: the digests and counts were
+    equal at the hellos and neither end held a quarantined key; nothing else was
+    exchanged.
     """
 
     peer_id: str
@@ -35,8 +36,8 @@ class ReconcileReport:
 @dataclass(frozen=True, slots=True)
 class HelloReceived:
     """The peer's hello passed the checks. ``leader``: our peer id is the smaller, so the
-    peer takes the first turn (answering our top fingerprints); ``in_sync``: equal digests,
-    the reconciliation is already over."""
+    peer takes the first turn (answering our top fingerprints); ``in_sync``: equal digests
+    and counts and no quarantined key, the reconciliation is already over."""
 
     peer_id: str
     leader: bool

@@ -77,3 +77,10 @@ class RangeSource(Protocol):
         """Remove locally (not replicated) those of ``keys`` whose state stamp is below
         ``below``: absence wins. Returns how many were removed."""
         ...
+
+    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
+        """``peer`` holds no state of these quarantined ``keys`` (it said so in a repair:
+        ``spec/reconcile.md`` section 6). A key every active member other than us said
+        this of leaves quarantine: no replica holds its state, so absence may win for it
+        again. Keys not quarantined are ignored. Returns how many keys left quarantine."""
+        ...

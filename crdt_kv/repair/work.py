@@ -24,6 +24,7 @@ __all__ = [
     "DropKeys",
     "Fingerprints",
     "ListItems",
+    "NotHeld",
     "ReadEntries",
     "Work",
 ]
@@ -78,6 +79,8 @@ class Described:
     gc_horizon: int
     digest: bytes
     top: tuple[tuple[int, int], ...]
+    lost: tuple[bytes, ...] = ()
+    """Our quarantined keys (lost here, state unknown), in ``(position, key)`` order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class Describe:
             source.gc_horizon,
             source.digest(),
             top,
+            tuple(k for _, k in source.range_quarantined(0, POSITION_SPACE)),
         )
 
 
@@ -164,3 +168,16 @@ class DropKeys:
     def perform(self, source: RangeSource) -> int:
         """Local removal, not replicated; returns how many were removed."""
         return source.drop_collected(self.keys, below=self.below)
+
+
+@dataclass(frozen=True, slots=True)
+class NotHeld:
+    """The peer ``peer`` told us it holds no state of ``keys`` (our quarantined keys): the
+    source records it, and releases a key once every member has said so."""
+
+    peer: str
+    keys: tuple[bytes, ...]
+
+    def perform(self, source: RangeSource) -> int:
+        """Returns how many keys left quarantine."""
+        return source.not_held(self.peer, self.keys)

@@ -7,6 +7,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from crdt_kv.errors import CorruptionError
+from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import LOGICAL_BITS
 from crdt_kv.layout import DATA, DATA_END, unpack_record
 from crdt_kv.sim.causal_oracle import CausalOracle
@@ -39,6 +41,7 @@ from crdt_kv.sim.network import Network
 from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
 from crdt_kv.sim.workload import Op
 from crdt_kv.store import Store
+from crdt_kv.version import RawEntry
 
 __all__ = ["FaultActions"]
 
@@ -245,6 +248,9 @@ class FaultActions:
         disk, store = node.backend, node.store
         if node.state != UP or store is None or not isinstance(disk, SimDisk):
             return
+        if a.everywhere:
+            self._rot_everywhere(store, disk)
+            return
         others = [n.store for n in self.nodes if n is not node and n.state == UP and n.store]
         mode, rng = store.conflict_mode, self.fault_rng
         keys = [k[1:] for k, _ in disk.iterate(DATA, DATA_END)]
@@ -267,6 +273,44 @@ class FaultActions:
                 self.causal.lose(a.node, k)
             self.c["rotten" if not garbage else "garbled"] += 1
             done += 1
+
+    def _rot_everywhere(self, store: Store, disk: SimDisk) -> None:
+        """Remove one old tombstone from every node that holds it (see :class:`Rot`)."""
+        if any(n.state != UP or n.store is None for n in self.nodes):
+            return
+        old = store.clock_now() - (300 << LOGICAL_BITS)
+        keys = [k[1:] for k, _ in disk.iterate(DATA, DATA_END)]
+        self.fault_rng.shuffle(keys)
+        for k in keys:
+            mine = _held(store, k)
+            if mine is None or not _deleted(mine):
+                continue
+            if state_stamp(mine) >= old:
+                continue
+            nodes = [(i, n) for i, n in enumerate(self.nodes) if n.store is not None]
+            states = [_held(n.store, k) for _, n in nodes if n.store is not None]
+            if not all(s is None or _deleted(s) for s in states):
+                continue  # a live version somewhere would come back as a resurrection
+            for (i, n), s in zip(nodes, states, strict=True):
+                if s is not None and isinstance(n.backend, SimDisk):
+                    n.backend.write([(DATA + k, None)])
+                    if self.causal is not None:
+                        self.causal.lose(i, k)
+            self.c["rotten_everywhere"] += 1
+            return
+
+
+def _deleted(r: RawEntry) -> bool:
+    return all(v.deleted for v in (r, *r.others))
+
+
+def _held(store: Store, k: bytes) -> RawEntry | None:
+    """``store``'s state of encoded key ``k`` (None: not held, or rotten there)."""
+    try:
+        found = store.raw_entries([k])
+    except CorruptionError:
+        return None
+    return found[0] if found else None
 
 
 _ACTIONS: dict[type, Callable[[FaultActions, Any], None]] = {

@@ -162,10 +162,16 @@ class Rot:
     """Bit rot on a node's disk: ``records`` of its records, picked by the fault generator
     among those whose state another up node also holds (or supersedes), each either
     vanishes or is overwritten with bytes that do not parse, behind the store's back (its
-    index and change-log entries stay). The scrub must find them and repair heal them."""
+    index and change-log entries stay). The scrub must find them and repair heal them.
+
+    ``everywhere``: instead, one key that every node holds deleted or not at all (all
+    nodes up; this node's tombstone stamped over 300 ms ago) vanishes from every one of
+    them: a key no replica holds any more, whose quarantine repair must release
+    (``data-model.md`` section 20)."""
 
     node: int
     records: int = 2
+    everywhere: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from crdt_kv.layout import unpack_u64
+from crdt_kv.layout_fingerprints import META_QUARANTINE_HOLD
 from crdt_kv.sim.causal_oracle import CausalOracle
 from crdt_kv.sim.clocks import VirtualTime
 from crdt_kv.sim.config import MAX_REPORTED_MISMATCHES, SimConfig, SimResult
@@ -153,6 +155,8 @@ class Reporting:
             checks["rogue_refused"] = self.c["skew_rejections"] > 0
         if self.screened:
             checks["resolver_screened"] = self.screen_error is None
+        if check and self.error is None and self._rotted():
+            checks["quarantine_released"] = self._quarantine_released()
         oracle_match = checks["oracle_match"]
         heal = self._heal_us if self._heal_us is not None else self.vt.now
         conv = None
@@ -215,6 +219,23 @@ class Reporting:
             error=self.error,
             repro_command=self.command,
         )
+
+    def _rotted(self) -> bool:
+        c = self.c
+        return bool(c["rotten"] + c["garbled"] + c["rotten_everywhere"])
+
+    def _quarantine_released(self) -> bool:
+        """After rot: no live node keeps a key in quarantine, and each node's horizon has
+        passed the hold its quarantine put on its gossip (else collection froze)."""
+        for n in self.live_nodes():
+            store = n.store
+            assert store is not None
+            if store.statistics().quarantined:
+                return False
+            held = store.backend.get(META_QUARANTINE_HOLD)
+            if held is not None and store.gc_horizon <= unpack_u64(held):
+                return False
+        return True
 
     def _vanished(self) -> int:
         """Acknowledged writes that never became durable anywhere and left no trace: the

@@ -203,6 +203,7 @@ class Simulation(Topology, Collection, Engine, Clients, FaultActions, Reporting)
                 "garbled",
                 "quarantined",
                 "rot_errors",
+                "rotten_everywhere",
             ),
             0,
         )

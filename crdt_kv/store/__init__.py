@@ -72,6 +72,7 @@ _STATS = (
     "pruned",
     "refused_below_horizon",
     "rotten",
+    "released",
     "scrubbed_buckets",
 )
 

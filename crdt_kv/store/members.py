@@ -105,6 +105,11 @@ class Members:
         with self._lock:
             return self.table.received_through(self._clock(), self._fresh_hlc())
 
+    def active(self) -> list[str]:
+        """The active members other than us now (whose word the horizon waits for)."""
+        with self._lock:
+            return self.table.members(self._clock())
+
     def rows(self) -> list[Member]:
         """Every known peer, sorted by id."""
         with self._lock:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from crdt_kv.fingerprint import Statistics
 from crdt_kv.store.collect import Collector
+from crdt_kv.store.members import Members
 from crdt_kv.store.ranges import Ranges, check_range
 from crdt_kv.store.scrub import Scrubber, ScrubReport
 from crdt_kv.version import RawEntry
@@ -23,6 +24,8 @@ class Repair:
     _ranges: Ranges
     _collector: Collector
     _scrubber: Scrubber
+    _members: Members
+    _read_only: bool
 
     def _writable(self, op: str) -> None:
         raise NotImplementedError  # pragma: no cover - the Store's
@@ -106,3 +109,21 @@ class Repair:
         """``(position, encoded key)`` of the quarantined keys in ``[lo, hi)``, sorted:
         keys this replica lost and holds no state of (repair asks peers for them)."""
         return self._scrubber.quarantined(*check_range(lo, hi))
+
+    def wants_probe(self, peer: str) -> bool:
+        """Whether a quarantined key awaits ``peer``'s answer: a session with it then
+        repairs after its round even when the digests agree (``spec/protocol.md``
+        section 13)."""
+        return self._scrubber.wants_probe(peer)
+
+    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
+        """``peer`` said in a repair that it holds no state of these quarantined encoded
+        ``keys``. A key every active member other than us said this of (since it was
+        quarantined, and since this store opened: the answers are kept in memory) leaves
+        quarantine, in one small write: no replica holds its state, so it is simply
+        absent, and with the quarantine empty the gossip is no longer held back.
+        Returns how many keys were released (0 on a read-only store, which keeps its
+        quarantine: a repair that only reads it does not fail for that)."""
+        if self._read_only:
+            return 0
+        return self._scrubber.not_held(peer, keys, self._members.active())

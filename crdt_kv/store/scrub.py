@@ -22,8 +22,8 @@ trusted, and only its bucket's fingerprint is corrected (``mismatched``).
 A quarantined key is one this replica lost and does not know the state of: absence never
 wins for it (an incoming state is taken whatever its stamp), repair announces it to peers
 so they send their state instead of dropping theirs, and committing any state of it takes
-it out of quarantine (:class:`~crdt_kv.store.writes.Writer`). A key nobody holds stays
-quarantined, harmlessly.
+it out of quarantine (:class:`~crdt_kv.store.writes.Writer`). A key no member holds is
+released once every active member said so in a repair (:meth:`Scrubber.not_held`).
 """
 
 from __future__ import annotations
@@ -160,13 +160,16 @@ class Scrubber:
     """The scrub of one store: works through its writer, under the commit lock. Loads
     the quarantine into the writer at open."""
 
-    __slots__ = ("_backend", "_hold", "_w")
+    __slots__ = ("_answers", "_backend", "_hold", "_w")
 
     def __init__(self, backend: Backend, writer: Writer) -> None:
         self._backend, self._w = backend, writer
         writer.quarantined.update(k[1:] for k, _ in backend.iterate(QUARANTINE, QUARANTINE_END))
         held = backend.get(META_QUARANTINE_HOLD)
         self._hold = 0 if held is None else unpack_u64(held)
+        self._answers: dict[bytes, set[str]] = {}
+        """Per quarantined key, the peers that said they hold no state of it (memory
+        only: after a reopen they are asked again)."""
 
     def hold(self) -> int | None:
         """While keys are quarantined, the most this replica may claim to hold of anyone's
@@ -182,6 +185,35 @@ class Scrubber:
         with self._w.lock:
             keys = list(self._w.quarantined)
         return sorted((p, k) for k in keys if lo <= (p := position(k)) < hi)
+
+    def not_held(self, peer: str, keys: Iterable[bytes], members: Iterable[str]) -> int:
+        """``peer`` holds no state of ``keys``; release the quarantined keys every one of
+        ``members`` (the active members other than us) said this of: no replica holds
+        their state (``spec/data-model.md`` section 20). Returns how many were released."""
+        w = self._w
+        with w.lock:
+            w.check()
+            q, answers = w.quarantined, self._answers
+            for k in [k for k in answers if k not in q]:
+                del answers[k]
+            for k in keys:
+                if k in q:
+                    answers.setdefault(k, set()).add(peer)
+            need = set(members)
+            free = sorted(k for k, said in answers.items() if need <= said)
+            if free:
+                self._backend.write([(QUARANTINE + k, None) for k in free])
+                q.difference_update(free)
+                for k in free:
+                    del answers[k]
+                w.stats["released"] += len(free)
+            return len(free)
+
+    def wants_probe(self, peer: str) -> bool:
+        """Whether a quarantined key awaits ``peer``'s word (see :meth:`not_held`)."""
+        with self._w.lock:
+            answers = self._answers
+            return any(peer not in answers.get(k, ()) for k in self._w.quarantined)
 
     def scrub_keys(self, keys: Iterable[bytes]) -> ScrubReport:
         """Scrub the buckets of ``keys`` now: a write or merge found their records lost."""
@@ -293,6 +325,8 @@ class Scrubber:
         log.digest, log.count = digest, live
         buckets.saved(fixes=fixes)
         w.quarantined.update(rotten)
+        for k in rotten:
+            self._answers.pop(k, None)
         if rotten:
             self._hold = hold
 

@@ -55,6 +55,10 @@ class DictSource:
         self.states: dict[bytes, RawEntry] = {}
         self.quarantine: set[bytes] = set()
         """Keys this replica lost (as a scrub quarantines them): absence never wins."""
+        self.members: set[str] = set()
+        """The peers whose word a quarantined key's release waits for."""
+        self.not_held_by: dict[bytes, set[str]] = {}
+        """Per quarantined key, the peers that said they hold no state of it."""
         self.calls = 0
         self._order = sibling_order(None, _no_decode)
 
@@ -81,6 +85,20 @@ class DictSource:
     def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
         """The quarantined keys in ``[lo, hi)``."""
         return sorted((p, k) for k in self.quarantine if lo <= (p := position(k)) < hi)
+
+    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
+        """Record ``peer``'s word; release the keys every member gave it for."""
+        released = 0
+        for k in keys:
+            if k not in self.quarantine:
+                continue
+            said = self.not_held_by.setdefault(k, set())
+            said.add(peer)
+            if self.members <= said:
+                self.quarantine.discard(k)
+                del self.not_held_by[k]
+                released += 1
+        return released
 
     def raw_entries(self, keys: Iterable[bytes]) -> list[RawEntry]:
         """States held, in the order asked."""
@@ -115,6 +133,7 @@ class DictSource:
                 continue
             changed += self.merge(e)
             self.quarantine.discard(e.key)
+            self.not_held_by.pop(e.key, None)
         return changed
 
     def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
