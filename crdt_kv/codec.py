@@ -276,19 +276,32 @@ def _enc_cbor(v: Any) -> bytes:
 
 
 _FAST_DECODE_BYTES = 1024
+_BREAK = 0xFF
+_OPEN_LIST = b"\x9f"
+_CLOSE_LIST = b"\xff"
 
 
 def _dec_cbor(b: bytes) -> Any:
-    if len(b) <= _FAST_DECODE_BYTES:
-        # Fast path for small values (every read decodes one): ``loads`` skips the file
-        # object, and a value that re-encodes to exactly ``b`` was a single item with no
-        # trailing bytes. Anything else, errors included, takes the checked path below.
-        try:
+    """Decode ``b`` as exactly one CBOR item: trailing bytes are an :class:`EncodingError`.
+
+    ``cbor2.loads`` ignores what follows the first item, so it cannot check that alone; but
+    every read decodes a value, so two fast paths come first. When ``b`` holds no ``0xff``
+    byte, it is decoded inside an indefinite-length array, ``9f b ff``: the only break byte
+    is then the closing one, so the array holds exactly one element iff ``b`` is exactly one
+    well-formed item, and that element is the item. Otherwise a small value that re-encodes
+    to exactly ``b`` was a single item with no trailing bytes. Anything else, errors
+    included, takes the checked path (a file object, and its position after the item).
+    """
+    try:
+        if _BREAK not in b:
+            (value,) = cbor2.loads(_OPEN_LIST + b + _CLOSE_LIST)
+            return value
+        if len(b) <= _FAST_DECODE_BYTES:
             value = cbor2.loads(b)
             if cbor2.dumps(value) == b:
                 return value
-        except Exception:  # the checked path below reports it
-            pass
+    except Exception:  # the checked path below reports it
+        pass
     try:
         fp = io.BytesIO(b)
         value = cbor2.CBORDecoder(fp).decode()

@@ -10,7 +10,7 @@ suite in ``tests/test_backends.py`` runs unchanged against every implementation.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from crdt_kv.errors import ClosedError, ReadOnlyError
 
@@ -57,6 +57,11 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._closed = False
+        self.point_get: Callable[[bytes], bytes | None] = self.get
+        """:meth:`get` as the cheapest callable the backend has, for the store's ``get``,
+        which looks it up on every read (so a backend may swap it): the RocksDB backend's
+        is the open database's own ``get``, with no Python frame. Once closed, it is
+        :meth:`get` (which raises :class:`ClosedError`)."""
 
     @property
     def closed(self) -> bool:

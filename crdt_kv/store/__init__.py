@@ -35,11 +35,21 @@ from typing import Any
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
-from crdt_kv.codec import key_codec, short_repr, value_codec
+from crdt_kv.codec import MAX_KEY_BYTES, key_codec, short_repr, value_codec
 from crdt_kv.errors import CorruptionError, EncodingError, ReadOnlyError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
-from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
+from crdt_kv.layout import (
+    DATA,
+    FLAG_DELETED,
+    FORMAT_VERSION,
+    MIN_RECORD,
+    RECORD_HEAD,
+    SEQ_SIZE,
+    digest_bytes,
+    live_value,
+    unpack_record,
+)
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.clock import ClockApi
@@ -61,6 +71,8 @@ from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 __all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Member", "Store", "supersedes"]
 
 DEFAULT_MAX_OFFSET_MS = 500
+_SHORT_KEY = MAX_KEY_BYTES // 4
+"""A str key this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
 APPLY_CHUNK = 5000
 _STATS = (
     "commits",
@@ -123,6 +135,7 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.key_encoding, self.value_encoding = m.key_encoding, m.value_encoding
         self._kenc, self._kdec = key_codec(m.key_encoding)
+        self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
@@ -234,14 +247,22 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         """The live value of ``key``, or ``default`` if absent or deleted."""
         if self._w.closed:
             self._w.check()
-        try:
-            k = self._kenc(key)
-        except EncodingError as exc:
-            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
-        blob = self._bget(DATA + k)
+        if type(key) is str and self._str_keys and len(key) <= _SHORT_KEY:
+            try:
+                k = key.encode()
+            except UnicodeEncodeError:
+                k = self._enc_key(key)
+        else:
+            k = self._enc_key(key)
+        blob = self._backend.point_get(DATA + k)
         if blob is None:
             return default
-        v = live_value(blob, key)
+        if blob[0] != FORMAT_VERSION or len(blob) < MIN_RECORD:
+            v = live_value(blob, key)
+        elif blob[1] & FLAG_DELETED:
+            v = None
+        else:  # live_value, inlined
+            v = blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -SEQ_SIZE]
         if v is None:
             return default
         try:
@@ -283,20 +304,7 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
     ) -> Iterator[tuple[Any, list[Entry]]]:
         """``(key, live siblings)`` for every key holding two or more live siblings, in key
         order over a half-open range (``limit`` counts such keys). Never any in ``lww``."""
-        n = 0
-        for r in self._reader.rows((gt, gte, lt, lte, reverse, None)):
-            if not r.others:
-                continue
-            live = [s for s in siblings(r) if not s.deleted]
-            if len(live) < 2:
-                continue
-            entries = [
-                self._to_entry(RawEntry(s.key, s.value, s.hlc, s.peer, False, r.seq)) for s in live
-            ]
-            yield entries[0].key, entries
-            n += 1
-            if limit is not None and n >= limit:
-                return
+        return self._reader.conflicts((gt, gte, lt, lte, reverse, limit))
 
     def history(self, key: Any, *, limit: int | None = None) -> list[Entry]:
         """Versions of ``key`` this replica held and later superseded, newest first.
