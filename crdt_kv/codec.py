@@ -42,6 +42,9 @@ from crdt_kv.layout import (  # re-exported: the layout's old home
 )
 
 __all__ = [
+    "CBOR_BREAK",
+    "CBOR_CLOSE_LIST",
+    "CBOR_OPEN_LIST",
     "DATA",
     "FORMAT_VERSION",
     "KEY_ENCODINGS",
@@ -51,6 +54,8 @@ __all__ = [
     "VALUE_ENCODINGS",
     "body_hash",
     "cursor_key",
+    "decode_cbor",
+    "decode_utf8",
     "key_codec",
     "log_key",
     "pack_log",
@@ -232,7 +237,7 @@ def _kenc_utf8(v: Any) -> bytes:
     return _key_size(_utf8(v))
 
 
-def _dec_utf8(b: bytes) -> str:
+def decode_utf8(b: bytes) -> str:
     try:
         return b.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,7 +272,7 @@ def _enc_cbor(v: Any) -> bytes:
         raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
     if tagged:
         try:
-            _dec_cbor(b)
+            decode_cbor(b)
         except EncodingError as exc:
             raise EncodingError(f"value holds a CBOR tag that does not decode: {exc}") from exc
     if len(b) > MAX_VALUE_BYTES:
@@ -276,12 +281,14 @@ def _enc_cbor(v: Any) -> bytes:
 
 
 _FAST_DECODE_BYTES = 1024
-_BREAK = 0xFF
-_OPEN_LIST = b"\x9f"
-_CLOSE_LIST = b"\xff"
+CBOR_BREAK = 0xFF
+CBOR_OPEN_LIST = b"\x9f"
+CBOR_CLOSE_LIST = b"\xff"
+"""The break byte, and the head and end of an indefinite-length array: see
+:func:`decode_cbor` (the store's range reads inline its first fast path)."""
 
 
-def _dec_cbor(b: bytes) -> Any:
+def decode_cbor(b: bytes) -> Any:
     """Decode ``b`` as exactly one CBOR item: trailing bytes are an :class:`EncodingError`.
 
     ``cbor2.loads`` ignores what follows the first item, so it cannot check that alone; but
@@ -293,8 +300,8 @@ def _dec_cbor(b: bytes) -> Any:
     included, takes the checked path (a file object, and its position after the item).
     """
     try:
-        if _BREAK not in b:
-            (value,) = cbor2.loads(_OPEN_LIST + b + _CLOSE_LIST)
+        if CBOR_BREAK not in b:
+            (value,) = cbor2.loads(CBOR_OPEN_LIST + b + CBOR_CLOSE_LIST)
             return value
         if len(b) <= _FAST_DECODE_BYTES:
             value = cbor2.loads(b)
@@ -318,12 +325,12 @@ def _identity(b: bytes) -> bytes:
 
 VALUE_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
     "binary": (_enc_binary, _identity),
-    "utf-8": (_enc_utf8, _dec_utf8),
+    "utf-8": (_enc_utf8, decode_utf8),
     "json": (_enc_json, _dec_json),
-    "cbor": (_enc_cbor, _dec_cbor),
+    "cbor": (_enc_cbor, decode_cbor),
 }
 KEY_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
-    "utf-8": (_kenc_utf8, _dec_utf8),
+    "utf-8": (_kenc_utf8, decode_utf8),
     "binary": (_kenc_binary, _identity),
 }
 

@@ -15,9 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cbor2 import loads
+
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import siblings
-from crdt_kv.codec import Decoder
+from crdt_kv.codec import (
+    CBOR_BREAK,
+    CBOR_CLOSE_LIST,
+    CBOR_OPEN_LIST,
+    Decoder,
+    decode_cbor,
+    decode_utf8,
+)
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.layout import (
     DATA,
@@ -134,43 +143,55 @@ class RangeReader:
         if limit == 0 or start >= stop:
             return
         kdec, vdec = self._kdec, self._vdec
+        utf8_keys, cbor = kdec is decode_utf8, vdec is decode_cbor
+        head, fmt, seq_size, deleted = RECORD_HEAD, FORMAT_VERSION, SEQ_SIZE, FLAG_DELETED
+        keys_only, pairs, skip = what == _KEYS, what == _ITEMS, DATA_SKIP
         peers: set[bytes] = set()
         n = 0
         k = b""
         try:
             for k, blob in self._backend.iterate(start, stop, reverse=reverse):
                 try:
-                    end = RECORD_HEAD + blob[RECORD_HEAD - 1]
+                    end = head + blob[head - 1]
                     sliced = (
-                        blob[0] == FORMAT_VERSION
-                        and len(blob) >= end + SEQ_SIZE
-                        and blob[RECORD_HEAD:end] in peers
+                        blob[0] == fmt and len(blob) >= end + seq_size and blob[head:end] in peers
                     )
                 except IndexError:  # shorter than a record head: the parse below says so
                     sliced = False
                 if sliced:
-                    if blob[1] & FLAG_DELETED:
+                    if blob[1] & deleted:
                         continue
-                    value = blob[end:-SEQ_SIZE]
+                    value = blob[end:-seq_size]
                 else:
                     r = unpack_record(k, blob, DATA_SKIP)
-                    if blob[0] == FORMAT_VERSION and len(peers) < _PEER_CACHE:
-                        peers.add(blob[RECORD_HEAD:end])  # it parsed: a valid peer id
+                    if blob[0] == fmt and len(peers) < _PEER_CACHE:
+                        peers.add(blob[head:end])  # it parsed: a valid peer id
                     if r.deleted:
                         continue
                     value = r.value
-                if what == _ITEMS:
-                    yield kdec(k[DATA_SKIP:]), vdec(value)
-                elif what == _KEYS:
-                    yield kdec(k[DATA_SKIP:])
+                if pairs or keys_only:
+                    key = k[skip:].decode() if utf8_keys else kdec(k[skip:])
+                    if keys_only:
+                        yield key
+                        n += 1
+                        if n == limit:
+                            return
+                        continue
+                if cbor and CBOR_BREAK not in value:  # decode_cbor's first path, inlined
+                    try:
+                        (v,) = loads(CBOR_OPEN_LIST + value + CBOR_CLOSE_LIST)
+                    except Exception:
+                        v = vdec(value)
                 else:
-                    yield vdec(value)
+                    v = vdec(value)
+                yield (key, v) if pairs else v
                 n += 1
                 if n == limit:
                     return
-        except EncodingError as exc:
+        except (EncodingError, UnicodeDecodeError) as exc:
+            why = f"bytes are not valid utf-8: {exc}" if type(exc) is UnicodeDecodeError else exc
             raise CorruptionError(
-                f"stored record of key {k[DATA_SKIP:]!r} does not decode: {exc}"
+                f"stored record of key {k[DATA_SKIP:]!r} does not decode: {why}"
             ) from exc
 
     def items(self, bounds: Bounds) -> Iterator[tuple[Any, Any]]:
