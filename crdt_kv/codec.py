@@ -51,6 +51,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_NESTING",
     "MAX_VALUE_BYTES",
+    "SHORT_KEY_CHARS",
     "VALUE_ENCODINGS",
     "body_hash",
     "cursor_key",
@@ -222,12 +223,12 @@ def _kenc_binary(v: Any) -> bytes:
     return _key_size(_binary(v))
 
 
-_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 """A str this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
 
 
 def _kenc_utf8(v: Any) -> bytes:
-    if type(v) is str and len(v) <= _SHORT_KEY_CHARS:
+    if type(v) is str and len(v) <= SHORT_KEY_CHARS:
         # Every put and get encodes a key: skip the helpers when no check can fail but
         # the encoding itself (lone surrogates), which the checked path reports.
         try:

@@ -35,21 +35,11 @@ from typing import Any
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
-from crdt_kv.codec import MAX_KEY_BYTES, key_codec, short_repr, value_codec
-from crdt_kv.errors import CorruptionError, EncodingError, ReadOnlyError
+from crdt_kv.codec import decode_cbor, key_codec, short_repr, value_codec
+from crdt_kv.errors import EncodingError, ReadOnlyError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
-from crdt_kv.layout import (
-    DATA,
-    FLAG_DELETED,
-    FORMAT_VERSION,
-    MIN_RECORD,
-    RECORD_HEAD,
-    SEQ_SIZE,
-    digest_bytes,
-    live_value,
-    unpack_record,
-)
+from crdt_kv.layout import DATA, digest_bytes, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.clock import ClockApi
@@ -60,6 +50,7 @@ from crdt_kv.store.hooks import Hooks
 from crdt_kv.store.members import Member, MemberApi, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
+from crdt_kv.store.points import PointReads
 from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.repair import Repair
@@ -71,8 +62,6 @@ from crdt_kv.version import Entry, RawEntry, Resolver, Version, supersedes
 __all__ = ["APPLY_CHUNK", "DEFAULT_MAX_OFFSET_MS", "Batch", "Member", "Store", "supersedes"]
 
 DEFAULT_MAX_OFFSET_MS = 500
-_SHORT_KEY = MAX_KEY_BYTES // 4
-"""A str key this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
 APPLY_CHUNK = 5000
 _STATS = (
     "commits",
@@ -88,7 +77,7 @@ _STATS = (
 )
 
 
-class Store(Repair, MemberApi, CursorChecks, ClockApi):
+class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -137,6 +126,7 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         self._kenc, self._kdec = key_codec(m.key_encoding)
         self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
+        self._cbor_values = self._vdec is decode_cbor
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
@@ -243,33 +233,6 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         blob = self._bget(DATA + k)
         return None if blob is None else unpack_record(k, blob)
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The live value of ``key``, or ``default`` if absent or deleted."""
-        if self._w.closed:
-            self._w.check()
-        if type(key) is str and self._str_keys and len(key) <= _SHORT_KEY:
-            try:
-                k = key.encode()
-            except UnicodeEncodeError:
-                k = self._enc_key(key)
-        else:
-            k = self._enc_key(key)
-        blob = self._backend.point_get(DATA + k)
-        if blob is None:
-            return default
-        if blob[0] != FORMAT_VERSION or len(blob) < MIN_RECORD:
-            v = live_value(blob, key)
-        elif blob[1] & FLAG_DELETED:
-            v = None
-        else:  # live_value, inlined
-            v = blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -SEQ_SIZE]
-        if v is None:
-            return default
-        try:
-            return self._vdec(v)
-        except EncodingError as exc:
-            raise CorruptionError(f"stored value of key {key!r} does not decode: {exc}") from exc
-
     def entry(self, key: Any) -> Entry | None:
         """The full register state of ``key`` (tombstones included), or None."""
         self._check()
@@ -327,12 +290,6 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         """``(key, Entry)`` for every kept revision in a key range (see :meth:`history`):
         keys in order, each key's revisions oldest first; ``reverse`` flips both."""
         return self._history.revisions((gt, gte, lt, lte, reverse, limit))
-
-    def __getitem__(self, key: Any) -> Any:
-        v = self.get(key, _MISSING)
-        if v is _MISSING:
-            raise KeyError(key)
-        return v
 
     def __contains__(self, key: object) -> bool:
         self._check()
@@ -591,6 +548,3 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         state = "closed" if self._w.closed else f"{self._log.count} keys, seq {self._log.seq}"
         mode = " siblings" if self._conflicts == "siblings" else ""
         return f"<Store peer={self._peer_id!r} backend={self._backend.name}{mode} {state}>"
-
-
-_MISSING = object()
