@@ -10,7 +10,7 @@ suite in ``tests/test_backends.py`` runs unchanged against every implementation.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from crdt_kv.errors import ClosedError, ReadOnlyError
 
@@ -57,11 +57,6 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._closed = False
-        self.point_get: Callable[[bytes], bytes | None] = self.get
-        """:meth:`get` as the cheapest callable the backend has, for the store's ``get``,
-        which looks it up on every read (so a backend may swap it): the RocksDB backend's
-        is the open database's own ``get``, with no Python frame. Once closed, it is
-        :meth:`get` (which raises :class:`ClosedError`)."""
 
     @property
     def closed(self) -> bool:
@@ -88,6 +83,12 @@ class Backend(abc.ABC):
         """Return the value stored under ``key`` or None."""
         self._check()
         return self._get(key)
+
+    point_get = get
+    """:meth:`get` as the cheapest callable the backend has, for the store's ``get``, which
+    looks it up on every read. A backend may bind a faster one on the instance while open:
+    the RocksDB backend's is the open database's own ``get``, with no Python frame (and it
+    drops it at close, so ``point_get`` raises :class:`ClosedError` as ``get`` does)."""
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Point-read several keys at once (backends may do it in one call)."""

@@ -93,7 +93,7 @@ class RocksDBBackend(Backend):
             self._db.set_write_options(self._wopt)
         self._dbwrite = self._db.write
         self._dbget = self._db.get
-        self.point_get = self._dbget
+        self.point_get = self._dbget  # type: ignore[method-assign]
 
     def get(self, key: bytes) -> bytes | None:
         """Point read in one call: the store's hot path skips the generic wrapper."""
@@ -208,7 +208,7 @@ class RocksDBBackend(Backend):
         """Never raises: a handle that failed a write refuses to close cleanly, and what
         it holds is already durable or already lost."""
         self._slow = True
-        self.point_get = self.get
+        vars(self).pop("point_get", None)  # back to get, which raises ClosedError
         try:
             self._db.close()
         except Exception as exc:
