@@ -22,7 +22,8 @@ whose iterators do not tolerate concurrent writes.
 
 The package splits the jobs: :mod:`.meta` (opening), :mod:`.commit` (the one commit
 builder), :mod:`.changelog` (log scans, cursors), :mod:`.merge` (pure merge decisions),
-:mod:`.reads` (range reads), :mod:`.hooks` (listeners), :mod:`.batch` (``Batch``).
+:mod:`.points` (``get``), :mod:`.reads` (range reads), :mod:`.hooks` (listeners),
+:mod:`.batch` (``Batch``).
 """
 
 from __future__ import annotations
