@@ -267,7 +267,7 @@ def test_iterate_many_keys_across_internal_pages(be: Backend) -> None:
     assert [k for k, _ in be.iterate(lo, hi)] == inside
     assert [k for k, _ in be.iterate(lo, hi, reverse=True)] == inside[::-1]
     assert all(v == k * 3 for k, v in be.iterate(lo, hi))
-    for n in (0, 1, 7, 8, 9, 24, 25, 1000, 1500):  # around the RocksDB backend's page sizes
+    for n in (0, 1, 7, 8, 9, 24, 25, 1000, 1500):  # stops in the middle, bounds at each key
         assert [k for k, _ in itertools.islice(be.iterate(), n)] == keys[:n]
         assert [k for k, _ in be.iterate(None, keys[n] if n < len(keys) else None)] == keys[:n]
 

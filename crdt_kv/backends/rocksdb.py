@@ -15,7 +15,6 @@ import errno
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
 from typing import cast
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
@@ -27,10 +26,6 @@ from crdt_kv.errors import ClosedError, ConfigError, StorageError
 __all__ = ["RocksDBBackend", "open_backend", "storage_error"]
 
 log = logging.getLogger(__name__)
-
-_PAGE_MIN = 8
-_PAGE_MAX = 1024
-"""Items a forward scan reads between two closed checks: at first, and at most."""
 
 _ERRNOS = (
     ("No space left on device", errno.ENOSPC),
@@ -167,29 +162,23 @@ class RocksDBBackend(Backend):
     ) -> Iterator[tuple[bytes, bytes]]:
         if reverse:
             return self._iterate_back(start, stop)
-        # RocksDB stops at ``stop`` itself (an upper bound in the read options), and items
-        # come in pages with the closed check between pages, so this layer costs no Python
-        # frame per item: range scans are the store's hot read path (issue 13).
+        return self._iterate_forward(start, stop)
+
+    def _iterate_forward(
+        self, start: bytes | None, stop: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """RocksDB stops at ``stop`` itself (an upper bound in the read options), so the
+        loop compares no keys: range scans are the store's hot read path (issue 13)."""
         if stop is None:
             items = self._db.items(from_key=start)
         else:
             bound = ReadOptions()
             bound.set_iterate_upper_bound(stop)
             items = self._db.items(from_key=start, read_opt=bound)
-        return chain.from_iterable(self._pages(cast(Iterator[tuple[bytes, bytes]], items)))
-
-    def _pages(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[list[tuple[bytes, bytes]]]:
-        """Lists of the next items, growing from a few (a scan with a small limit reads
-        little ahead) to :data:`_PAGE_MAX`; raises :class:`ClosedError` once closed."""
-        size = _PAGE_MIN
-        while True:
+        for item in cast(Iterator[tuple[bytes, bytes]], items):
             if self._closed:
                 raise ClosedError("rocksdb backend closed during iteration")
-            page = list(islice(items, size))
-            if not page:
-                return
-            yield page
-            size = min(2 * size, _PAGE_MAX)
+            yield item
 
     def _iterate_back(
         self, start: bytes | None, stop: bytes | None
