@@ -152,7 +152,8 @@ id's length. The hot read paths slice records with these names instead of callin
 :func:`live_value` (see it for the layout)."""
 _MIN_RECORD = RECORD_HEAD + _SEQ_SIZE
 MIN_RECORD = _MIN_RECORD
-"""Shortest well-formed record: a head and a seq (and, in fact, a peer id of one byte)."""
+"""Shortest record the read paths slice: a head and a seq (a well-formed one also has a
+peer id of at least one byte, which only the full parse checks)."""
 _MAX_SEQ = (1 << 64) - 1
 
 
