@@ -42,15 +42,21 @@ from crdt_kv.layout import (  # re-exported: the layout's old home
 )
 
 __all__ = [
+    "CBOR_BREAK",
+    "CBOR_CLOSE_LIST",
+    "CBOR_OPEN_LIST",
     "DATA",
     "FORMAT_VERSION",
     "KEY_ENCODINGS",
     "MAX_KEY_BYTES",
     "MAX_NESTING",
     "MAX_VALUE_BYTES",
+    "SHORT_KEY_CHARS",
     "VALUE_ENCODINGS",
     "body_hash",
     "cursor_key",
+    "decode_cbor",
+    "decode_utf8",
     "key_codec",
     "log_key",
     "pack_log",
@@ -217,12 +223,12 @@ def _kenc_binary(v: Any) -> bytes:
     return _key_size(_binary(v))
 
 
-_SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 """A str this short encodes within MAX_KEY_BYTES (utf-8 takes at most 4 bytes a char)."""
 
 
 def _kenc_utf8(v: Any) -> bytes:
-    if type(v) is str and len(v) <= _SHORT_KEY_CHARS:
+    if type(v) is str and len(v) <= SHORT_KEY_CHARS:
         # Every put and get encodes a key: skip the helpers when no check can fail but
         # the encoding itself (lone surrogates), which the checked path reports.
         try:
@@ -232,7 +238,7 @@ def _kenc_utf8(v: Any) -> bytes:
     return _key_size(_utf8(v))
 
 
-def _dec_utf8(b: bytes) -> str:
+def decode_utf8(b: bytes) -> str:
     try:
         return b.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -267,7 +273,7 @@ def _enc_cbor(v: Any) -> bytes:
         raise EncodingError(f"value is not CBOR-encodable: {exc}") from exc
     if tagged:
         try:
-            _dec_cbor(b)
+            decode_cbor(b)
         except EncodingError as exc:
             raise EncodingError(f"value holds a CBOR tag that does not decode: {exc}") from exc
     if len(b) > MAX_VALUE_BYTES:
@@ -276,19 +282,34 @@ def _enc_cbor(v: Any) -> bytes:
 
 
 _FAST_DECODE_BYTES = 1024
+CBOR_BREAK = 0xFF
+CBOR_OPEN_LIST = b"\x9f"
+CBOR_CLOSE_LIST = b"\xff"
+"""The break byte, and the head and end of an indefinite-length array: see
+:func:`decode_cbor` (the store's range reads inline its first fast path)."""
 
 
-def _dec_cbor(b: bytes) -> Any:
-    if len(b) <= _FAST_DECODE_BYTES:
-        # Fast path for small values (every read decodes one): ``loads`` skips the file
-        # object, and a value that re-encodes to exactly ``b`` was a single item with no
-        # trailing bytes. Anything else, errors included, takes the checked path below.
-        try:
+def decode_cbor(b: bytes) -> Any:
+    """Decode ``b`` as exactly one CBOR item: trailing bytes are an :class:`EncodingError`.
+
+    ``cbor2.loads`` ignores what follows the first item, so it cannot check that alone; but
+    every read decodes a value, so two fast paths come first. When ``b`` holds no ``0xff``
+    byte, it is decoded inside an indefinite-length array, ``9f b ff``: the only break byte
+    is then the closing one, so the array holds exactly one element iff ``b`` is exactly one
+    well-formed item, and that element is the item. Otherwise a small value that re-encodes
+    to exactly ``b`` was a single item with no trailing bytes. Anything else, errors
+    included, takes the checked path (a file object, and its position after the item).
+    """
+    try:
+        if CBOR_BREAK not in b:
+            (value,) = cbor2.loads(CBOR_OPEN_LIST + b + CBOR_CLOSE_LIST)
+            return value
+        if len(b) <= _FAST_DECODE_BYTES:
             value = cbor2.loads(b)
             if cbor2.dumps(value) == b:
                 return value
-        except Exception:  # the checked path below reports it
-            pass
+    except Exception:  # the checked path below reports it
+        pass
     try:
         fp = io.BytesIO(b)
         value = cbor2.CBORDecoder(fp).decode()
@@ -305,12 +326,12 @@ def _identity(b: bytes) -> bytes:
 
 VALUE_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
     "binary": (_enc_binary, _identity),
-    "utf-8": (_enc_utf8, _dec_utf8),
+    "utf-8": (_enc_utf8, decode_utf8),
     "json": (_enc_json, _dec_json),
-    "cbor": (_enc_cbor, _dec_cbor),
+    "cbor": (_enc_cbor, decode_cbor),
 }
 KEY_ENCODINGS: dict[str, tuple[Encoder, Decoder]] = {
-    "utf-8": (_kenc_utf8, _dec_utf8),
+    "utf-8": (_kenc_utf8, decode_utf8),
     "binary": (_kenc_binary, _identity),
 }
 

@@ -39,6 +39,9 @@ __all__ = [
     "DATA",
     "DATA_END",
     "DATA_SKIP",
+    "FLAG_DELETED",
+    "MIN_RECORD",
+    "SEQ_SIZE",
     "FORMAT_SIBLINGS",
     "MAX_SIBLINGS",
     "MAX_SIBLING_PEERS",
@@ -130,8 +133,12 @@ META_SOURCE_END = META + b"src;"
 
 _RECORD = struct.Struct(">BBQB")  # format, flags, hlc, len(peer); then peer, value, seq
 _FLAG_DELETED = 1
+FLAG_DELETED = _FLAG_DELETED
+"""Bit of a record's flags byte (``blob[1]``) marking a tombstone."""
 _SEQ = struct.Struct(">Q")
 _SEQ_SIZE = _SEQ.size
+SEQ_SIZE = _SEQ_SIZE
+"""Bytes of the local ``seq`` that ends every stored record."""
 _TRAILER = struct.Struct(">BQ32sQ")  # kind=1, live count, digest, hlc high-water mark
 _LOG_PLAIN = b"\x00"
 _LOG_HAS_TRAILER = 1
@@ -140,7 +147,13 @@ _SOURCE = struct.Struct(">I")
 _KEYLEN = struct.Struct(">I")
 _LOG_KEY_SIZE = len(LOG) + _SEQ_SIZE
 RECORD_HEAD = _RECORD.size
+"""Bytes of a format-1 record before its peer id; ``blob[RECORD_HEAD - 1]`` is the peer
+id's length. The hot read paths slice records with these names instead of calling
+:func:`live_value` (see it for the layout)."""
 _MIN_RECORD = RECORD_HEAD + _SEQ_SIZE
+MIN_RECORD = _MIN_RECORD
+"""Shortest record the read paths slice: a head and a seq (a well-formed one also has a
+peer id of at least one byte, which only the full parse checks)."""
 _MAX_SEQ = (1 << 64) - 1
 
 

@@ -168,6 +168,15 @@ def test_get_and_get_many(be: Backend) -> None:
     assert type(be.get(b"k")) is bytes
 
 
+def test_point_get_is_get_until_closed(be: Backend) -> None:
+    """The store's ``get`` reads through ``point_get``, looked up on every read."""
+    be.write([(b"k", b"v"), (b"k2", b"")])
+    assert [be.point_get(k) for k in (b"k", b"k2", b"k1")] == [b"v", b"", None]
+    be.close()
+    with pytest.raises(ClosedError):
+        be.point_get(b"k")
+
+
 def test_write_applies_ops_in_order(be: Backend) -> None:
     be.write([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
     be.write([(b"a", b"x"), (b"a", None), (b"b", None), (b"b", b"y"), (b"c", b"z"), (b"c", b"w")])
@@ -258,6 +267,9 @@ def test_iterate_many_keys_across_internal_pages(be: Backend) -> None:
     assert [k for k, _ in be.iterate(lo, hi)] == inside
     assert [k for k, _ in be.iterate(lo, hi, reverse=True)] == inside[::-1]
     assert all(v == k * 3 for k, v in be.iterate(lo, hi))
+    for n in (0, 1, 7, 8, 9, 24, 25, 1000, 1500):  # stops in the middle, bounds at each key
+        assert [k for k, _ in itertools.islice(be.iterate(), n)] == keys[:n]
+        assert [k for k, _ in be.iterate(None, keys[n] if n < len(keys) else None)] == keys[:n]
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -571,6 +583,7 @@ def test_rocksdb_write_failure_is_a_storage_error_and_the_next_write_reopens(
     be.write([(b"d", b"4")])  # reopens the handle first (RocksDB refuses after an error)
     assert be._db is not full
     assert list(be.iterate()) == [(b"a", b"1"), (b"d", b"4")]
+    assert be.point_get(b"d") == b"4"  # the reopened handle's
     be.close()
     be.close()
 

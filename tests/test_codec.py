@@ -9,6 +9,7 @@ CorruptionError, never a crash and never a silently wrong value.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import random
 from collections.abc import Callable
@@ -179,6 +180,45 @@ BAD_VALUE_BYTES: list[tuple[str, bytes]] = [
 def test_undecodable_value_bytes_are_encoding_errors(name: str, blob: bytes) -> None:
     with pytest.raises(EncodingError):
         codec.value_codec(name)[1](blob)
+
+
+def _checked_cbor(b: bytes) -> tuple[str, Any]:
+    """The reference: cbor2's decoder on a file object, then its position (no fast path)."""
+    fp = io.BytesIO(b)
+    try:
+        value = cbor2.CBORDecoder(fp).decode()
+    except Exception:
+        return "error", None
+    return ("ok", repr(value)) if fp.tell() == len(b) else ("error", None)
+
+
+def _fast_cbor(b: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", repr(codec.decode_cbor(b))
+    except EncodingError:
+        return "error", None
+
+
+_cbor_items = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+).map(cbor2.dumps)
+
+
+@given(st.binary(max_size=64))
+def test_the_cbor_decoder_agrees_with_the_checked_path_on_any_bytes(blob: bytes) -> None:
+    """Issue 13: the fast paths (an array wrapped around break-free bytes, or a value
+    re-encoding to its bytes) accept exactly what the checked decoder accepts."""
+    assert _fast_cbor(blob) == _checked_cbor(blob)
+
+
+@given(_cbor_items, st.binary(max_size=6), st.sampled_from([b"", b"\xff", b"\x9f", b"\x80"]))
+def test_the_cbor_decoder_agrees_with_the_checked_path_on_items_with_tails(
+    item: bytes, tail: bytes, joint: bytes
+) -> None:
+    for blob in (item, item + joint + tail, item[:-1], joint + item):
+        assert _fast_cbor(blob) == _checked_cbor(blob), blob
 
 
 def test_undecodable_keys() -> None:

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import cast
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.backends.rocksdb_view import SecondaryView
@@ -88,6 +88,7 @@ class RocksDBBackend(Backend):
             self._db.set_write_options(self._wopt)
         self._dbwrite = self._db.write
         self._dbget = self._db.get
+        self.point_get = self._dbget  # type: ignore[method-assign]
 
     def get(self, key: bytes) -> bytes | None:
         """Point read in one call: the store's hot path skips the generic wrapper."""
@@ -159,32 +160,44 @@ class RocksDBBackend(Backend):
     def _iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
-        items: Iterator[tuple[bytes, bytes]]
-        if not reverse:
-            items = cast(Iterator[tuple[bytes, bytes]], self._db.items(from_key=start))
-            for k, v in items:
-                if self._closed:
-                    raise ClosedError("rocksdb backend closed during iteration")
-                if stop is not None and k >= stop:
-                    return
-                yield k, v
+        if reverse:
+            return self._iterate_back(start, stop)
+        return self._iterate_forward(start, stop)
+
+    def _iterate_forward(
+        self, start: bytes | None, stop: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """RocksDB stops at ``stop`` itself (an upper bound in the read options), so the
+        loop compares no keys: range scans are the store's hot read path (issue 13)."""
+        if stop is None:
+            items = self._db.items(from_key=start)
         else:
-            items = cast(
-                Iterator[tuple[bytes, bytes]], self._db.items(backwards=True, from_key=stop)
-            )
-            for k, v in items:
-                if self._closed:
-                    raise ClosedError("rocksdb backend closed during iteration")
-                if stop is not None and k >= stop:
-                    continue
-                if start is not None and k < start:
-                    return
-                yield k, v
+            bound = ReadOptions()
+            bound.set_iterate_upper_bound(stop)
+            items = self._db.items(from_key=start, read_opt=bound)
+        for item in cast(Iterator[tuple[bytes, bytes]], items):
+            if self._closed:
+                raise ClosedError("rocksdb backend closed during iteration")
+            yield item
+
+    def _iterate_back(
+        self, start: bytes | None, stop: bytes | None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        items = cast(Iterator[tuple[bytes, bytes]], self._db.items(backwards=True, from_key=stop))
+        for k, v in items:
+            if self._closed:
+                raise ClosedError("rocksdb backend closed during iteration")
+            if stop is not None and k >= stop:
+                continue
+            if start is not None and k < start:
+                return
+            yield k, v
 
     def _close(self) -> None:
         """Never raises: a handle that failed a write refuses to close cleanly, and what
         it holds is already durable or already lost."""
         self._slow = True
+        vars(self).pop("point_get", None)  # back to get, which raises ClosedError
         try:
             self._db.close()
         except Exception as exc:

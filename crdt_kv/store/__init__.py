@@ -22,7 +22,8 @@ whose iterators do not tolerate concurrent writes.
 
 The package splits the jobs: :mod:`.meta` (opening), :mod:`.commit` (the one commit
 builder), :mod:`.changelog` (log scans, cursors), :mod:`.merge` (pure merge decisions),
-:mod:`.reads` (range reads), :mod:`.hooks` (listeners), :mod:`.batch` (``Batch``).
+:mod:`.points` (``get``), :mod:`.reads` (range reads), :mod:`.hooks` (listeners),
+:mod:`.batch` (``Batch``).
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ from typing import Any
 
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
-from crdt_kv.codec import key_codec, short_repr, value_codec
-from crdt_kv.errors import CorruptionError, EncodingError, ReadOnlyError
+from crdt_kv.codec import decode_cbor, key_codec, short_repr, value_codec
+from crdt_kv.errors import EncodingError, ReadOnlyError
 from crdt_kv.hlc import HLC
 from crdt_kv.horizon import DEFAULT_MEMBER_EXPIRY_MS
-from crdt_kv.layout import DATA, digest_bytes, live_value, unpack_record
+from crdt_kv.layout import DATA, digest_bytes, unpack_record
 from crdt_kv.store.batch import Batch
 from crdt_kv.store.changelog import ChangeLog
 from crdt_kv.store.clock import ClockApi
@@ -50,6 +51,7 @@ from crdt_kv.store.hooks import Hooks
 from crdt_kv.store.members import Member, MemberApi, Members
 from crdt_kv.store.merge import EntryChecker, raw_chunks
 from crdt_kv.store.meta import open_store
+from crdt_kv.store.points import PointReads
 from crdt_kv.store.ranges import Ranges
 from crdt_kv.store.reads import RangeReader, to_entry
 from crdt_kv.store.repair import Repair
@@ -77,7 +79,7 @@ _STATS = (
 )
 
 
-class Store(Repair, MemberApi, CursorChecks, ClockApi):
+class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
     """A replicated key-value store holding one LWW register per key.
 
     Build one with :func:`crdt_kv.open`; the constructor takes an already-open backend and
@@ -124,7 +126,9 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.key_encoding, self.value_encoding = m.key_encoding, m.value_encoding
         self._kenc, self._kdec = key_codec(m.key_encoding)
+        self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
+        self._cbor_values = self._vdec is decode_cbor
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
@@ -231,25 +235,6 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         blob = self._bget(DATA + k)
         return None if blob is None else unpack_record(k, blob)
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The live value of ``key``, or ``default`` if absent or deleted."""
-        if self._w.closed:
-            self._w.check()
-        try:
-            k = self._kenc(key)
-        except EncodingError as exc:
-            raise EncodingError(f"key {short_repr(key)}: {exc}") from None
-        blob = self._bget(DATA + k)
-        if blob is None:
-            return default
-        v = live_value(blob, key)
-        if v is None:
-            return default
-        try:
-            return self._vdec(v)
-        except EncodingError as exc:
-            raise CorruptionError(f"stored value of key {key!r} does not decode: {exc}") from exc
-
     def entry(self, key: Any) -> Entry | None:
         """The full register state of ``key`` (tombstones included), or None."""
         self._check()
@@ -284,20 +269,7 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
     ) -> Iterator[tuple[Any, list[Entry]]]:
         """``(key, live siblings)`` for every key holding two or more live siblings, in key
         order over a half-open range (``limit`` counts such keys). Never any in ``lww``."""
-        n = 0
-        for r in self._reader.rows((gt, gte, lt, lte, reverse, None)):
-            if not r.others:
-                continue
-            live = [s for s in siblings(r) if not s.deleted]
-            if len(live) < 2:
-                continue
-            entries = [
-                self._to_entry(RawEntry(s.key, s.value, s.hlc, s.peer, False, r.seq)) for s in live
-            ]
-            yield entries[0].key, entries
-            n += 1
-            if limit is not None and n >= limit:
-                return
+        return self._reader.conflicts((gt, gte, lt, lte, reverse, limit))
 
     def history(self, key: Any, *, limit: int | None = None) -> list[Entry]:
         """Versions of ``key`` this replica held and later superseded, newest first.
@@ -320,12 +292,6 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         """``(key, Entry)`` for every kept revision in a key range (see :meth:`history`):
         keys in order, each key's revisions oldest first; ``reverse`` flips both."""
         return self._history.revisions((gt, gte, lt, lte, reverse, limit))
-
-    def __getitem__(self, key: Any) -> Any:
-        v = self.get(key, _MISSING)
-        if v is _MISSING:
-            raise KeyError(key)
-        return v
 
     def __contains__(self, key: object) -> bool:
         self._check()
@@ -584,6 +550,3 @@ class Store(Repair, MemberApi, CursorChecks, ClockApi):
         state = "closed" if self._w.closed else f"{self._log.count} keys, seq {self._log.seq}"
         mode = " siblings" if self._conflicts == "siblings" else ""
         return f"<Store peer={self._peer_id!r} backend={self._backend.name}{mode} {state}>"
-
-
-_MISSING = object()

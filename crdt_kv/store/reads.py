@@ -2,6 +2,12 @@
 
 Every iterator here is lazy: bounds are checked, and the store's closed check runs, on the
 first ``next``. Reads take no lock; each backend read is atomic on its own.
+
+``items``, ``keys`` and ``values`` are one generator over the backend's iterator (issue 13):
+a well-formed ``lww`` record of a peer id already seen in the scan is sliced in place;
+anything else (a siblings record, a new peer id, a malformed record) goes through
+:func:`~crdt_kv.layout.unpack_record`, so what is yielded or raised is what a full parse of
+every record would give.
 """
 
 from __future__ import annotations
@@ -9,16 +15,39 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cbor2 import loads
+
 from crdt_kv.backends.base import Backend
-from crdt_kv.codec import Decoder
+from crdt_kv.causal import siblings
+from crdt_kv.codec import (
+    CBOR_BREAK,
+    CBOR_CLOSE_LIST,
+    CBOR_OPEN_LIST,
+    Decoder,
+    decode_cbor,
+    decode_utf8,
+)
 from crdt_kv.errors import CorruptionError, EncodingError
-from crdt_kv.layout import DATA, DATA_END, DATA_SKIP, unpack_record
+from crdt_kv.layout import (
+    DATA,
+    DATA_END,
+    DATA_SKIP,
+    FLAG_DELETED,
+    FORMAT_VERSION,
+    RECORD_HEAD,
+    SEQ_SIZE,
+    unpack_record,
+)
 from crdt_kv.version import Entry, RawEntry
 
 __all__ = ["RangeReader", "key_range", "stored_corruption", "to_entry"]
 
 Bounds = tuple[Any, Any, Any, Any, bool, int | None]
 """``(gt, gte, lt, lte, reverse, limit)`` as the public range methods take them."""
+_ITEMS, _KEYS, _VALUES = 0, 1, 2
+"""What :meth:`RangeReader._live` yields."""
+_PEER_CACHE = 256
+"""Peer ids a scan remembers as well-formed (records of others take the full parse)."""
 
 
 def stored_corruption(r: RawEntry, exc: EncodingError) -> CorruptionError:
@@ -72,12 +101,17 @@ class RangeReader:
         self._backend, self._check, self._enc_key = backend, check, enc_key
         self._kdec, self._vdec = kdec, vdec
 
-    def rows(self, bounds: Bounds) -> Iterator[RawEntry]:
-        """Live records within ``bounds``; raises ValueError for contradictory bounds."""
+    def _span(self, bounds: Bounds) -> tuple[bytes, bytes]:
+        """``(start, stop)`` storage keys of ``bounds``; runs the closed check first."""
         self._check()
         lo, lo_incl, hi, hi_incl = key_range(bounds, self._enc_key)
         start = DATA if lo is None else DATA + lo + (b"" if lo_incl else b"\x00")
         stop = DATA_END if hi is None else DATA + hi + (b"\x00" if hi_incl else b"")
+        return start, stop
+
+    def rows(self, bounds: Bounds) -> Iterator[RawEntry]:
+        """Live records within ``bounds``; raises ValueError for contradictory bounds."""
+        start, stop = self._span(bounds)
         return self._scan(start, stop, bounds[4], bounds[5])
 
     def _scan(
@@ -95,32 +129,100 @@ class RangeReader:
             if limit is not None and n >= limit:
                 return
 
+    def _live(self, bounds: Bounds, what: int) -> Iterator[Any]:
+        """Decoded items, keys or values (``what``) of the live records within ``bounds``.
+
+        The hot loop of every range read, kept flat: no per-record objects or calls but
+        the decoders'. A format-1 record is sliced when its peer id is one this scan has
+        seen parse (``peers``) and its length holds the peer id and seq; the rest are
+        parsed in full, which raises :class:`CorruptionError` for a malformed record (so
+        ``end`` is set whenever a format-1 record reaches ``peers.add``).
+        """
+        start, stop = self._span(bounds)
+        reverse, limit = bounds[4], bounds[5]
+        if limit == 0 or start >= stop:
+            return
+        kdec, vdec = self._kdec, self._vdec
+        utf8_keys, cbor = kdec is decode_utf8, vdec is decode_cbor
+        head, fmt, seq_size, deleted = RECORD_HEAD, FORMAT_VERSION, SEQ_SIZE, FLAG_DELETED
+        keys_only, pairs, skip = what == _KEYS, what == _ITEMS, DATA_SKIP
+        peers: set[bytes] = set()
+        n = 0
+        k = b""
+        try:
+            for k, blob in self._backend.iterate(start, stop, reverse=reverse):
+                try:
+                    end = head + blob[head - 1]
+                    sliced = (
+                        blob[0] == fmt and len(blob) >= end + seq_size and blob[head:end] in peers
+                    )
+                except IndexError:  # shorter than a record head: the parse below says so
+                    sliced = False
+                if sliced:
+                    if blob[1] & deleted:
+                        continue
+                    value = blob[end:-seq_size]
+                else:
+                    r = unpack_record(k, blob, DATA_SKIP)
+                    if blob[0] == fmt and len(peers) < _PEER_CACHE:
+                        peers.add(blob[head:end])  # it parsed: a valid peer id
+                    if r.deleted:
+                        continue
+                    value = r.value
+                if pairs or keys_only:
+                    key = k[skip:].decode() if utf8_keys else kdec(k[skip:])
+                    if keys_only:
+                        yield key
+                        n += 1
+                        if n == limit:
+                            return
+                        continue
+                if cbor and CBOR_BREAK not in value:  # decode_cbor's first path, inlined
+                    try:
+                        (v,) = loads(CBOR_OPEN_LIST + value + CBOR_CLOSE_LIST)
+                    except Exception:
+                        v = vdec(value)
+                else:
+                    v = vdec(value)
+                yield (key, v) if pairs else v
+                n += 1
+                if n == limit:
+                    return
+        except (EncodingError, UnicodeDecodeError) as exc:
+            why = f"bytes are not valid utf-8: {exc}" if type(exc) is UnicodeDecodeError else exc
+            raise CorruptionError(
+                f"stored record of key {k[DATA_SKIP:]!r} does not decode: {why}"
+            ) from exc
+
     def items(self, bounds: Bounds) -> Iterator[tuple[Any, Any]]:
         """Decoded ``(key, value)`` pairs."""
-        kdec, vdec = self._kdec, self._vdec
-        rows = self.rows(bounds)
-        try:
-            for r in rows:
-                yield kdec(r.key), vdec(r.value)
-        except EncodingError as exc:
-            raise stored_corruption(r, exc) from exc
+        return self._live(bounds, _ITEMS)
 
     def keys(self, bounds: Bounds) -> Iterator[Any]:
         """Decoded keys."""
-        kdec = self._kdec
-        rows = self.rows(bounds)
-        try:
-            for r in rows:
-                yield kdec(r.key)
-        except EncodingError as exc:
-            raise stored_corruption(r, exc) from exc
+        return self._live(bounds, _KEYS)
 
     def values(self, bounds: Bounds) -> Iterator[Any]:
         """Decoded values."""
-        vdec = self._vdec
-        rows = self.rows(bounds)
-        try:
-            for r in rows:
-                yield vdec(r.value)
-        except EncodingError as exc:
-            raise stored_corruption(r, exc) from exc
+        return self._live(bounds, _VALUES)
+
+    def conflicts(self, bounds: Bounds) -> Iterator[tuple[Any, list[Entry]]]:
+        """``(key, live siblings)`` of every key holding two or more live siblings
+        (``limit`` counts such keys); see :meth:`Store.conflicts`."""
+        gt, gte, lt, lte, reverse, limit = bounds
+        kdec, vdec = self._kdec, self._vdec
+        n = 0
+        for r in self.rows((gt, gte, lt, lte, reverse, None)):
+            if not r.others:
+                continue
+            live = [s for s in siblings(r) if not s.deleted]
+            if len(live) < 2:
+                continue
+            entries = [
+                to_entry(RawEntry(s.key, s.value, s.hlc, s.peer, False, r.seq), kdec, vdec)
+                for s in live
+            ]
+            yield entries[0].key, entries
+            n += 1
+            if limit is not None and n >= limit:
+                return
