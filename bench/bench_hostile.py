@@ -50,7 +50,8 @@ increase (peak VmRSS from the attack's start to the end of the run, minus VmRSS 
 before the attack) <= 256 MiB, live p99 during the attack <= 50 ms, no write lost.
 
 Run: ``.venv/bin/python bench/bench_hostile.py [--connections 256] [--seconds 60]
-[--kinds all] [--ids connection] [--sources spread] [--quick] [--json]``; ``--quick`` is a ~10 s smoke run.
+[--kinds all] [--ids connection] [--sources spread] [--quick] [--json]``; ``--quick`` is a
+~10 s smoke run.
 Figures and what bounds them: ``docs/performance.md``, "Hostile connections".
 """
 
