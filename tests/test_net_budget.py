@@ -3,7 +3,6 @@ is spent by connections pinning partial frames keeps syncing a real live peer.""
 
 from __future__ import annotations
 
-import functools
 import struct
 from typing import Any
 
@@ -122,30 +121,6 @@ async def test_newcomers_queue_behind_waiters_without_summing_every_holder() -> 
             other["held"] = 0
             budget.released()
     assert got == [1 << 16] * 6
-
-
-async def test_a_running_budget_sweeps_at_most_every_interval(autojump_clock: Any) -> None:
-    budget = ByteBudget(1 << 20, floor=64 << 10)
-    other = {"held": 1 << 20}
-    budget.register(lambda: other["held"])
-    got: list[int] = []
-
-    async def reader() -> None:
-        got.append(await budget.read_size(lambda: 128 << 10, 1 << 16))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(functools.partial(budget.run, interval_s=0.05))
-        nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
-        for _ in range(20):  # 20 ms of releases
-            budget.released()
-            await trio.sleep(0.001)
-        assert budget.sweeps == 1 and got == []
-        other["held"] = 0
-        budget.released()
-        await trio.sleep(0.1)
-        assert budget.sweeps == 2 and got == [1 << 16]
-        nursery.cancel_scope.cancel()
 
 
 def test_unregister_is_idempotent_and_a_limit_below_the_floor_is_refused() -> None:

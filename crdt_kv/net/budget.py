@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-__all__ = ["DEFAULT_MAX_BUFFERED_BYTES", "FLOOR_BYTES", "SWEEP_INTERVAL_S", "ByteBudget"]
+__all__ = ["DEFAULT_MAX_BUFFERED_BYTES", "FLOOR_BYTES", "ByteBudget"]
 
 DEFAULT_MAX_BUFFERED_BYTES = 64 << 20
 """The default budget: room for several full-size frames at once."""
 FLOOR_BYTES = 64 << 10
 """What a connection may always hold: its small frames never wait for the budget."""
-SWEEP_INTERVAL_S = 0.05
-"""With :meth:`ByteBudget.run` running, the least time between two sweeps of the waiters."""
 
 
 @dataclass(eq=False, slots=True)
@@ -52,9 +50,6 @@ class ByteBudget:
         self._next = 0
         self._waiters: dict[_Waiter, None] = {}  # oldest first
         self._sweep_due = False
-        self._kick: trio.Event | None = None
-        self.sweeps = 0
-        """Times the waiters were looked at (each sums every holder once)."""
         self.waits = 0
         """Times a connection stopped reading because the budget was spent."""
 
@@ -92,34 +87,12 @@ class ByteBudget:
         if not self._waiters or self._sweep_due:
             return
         self._sweep_due = True
-        if self._kick is not None:
-            self._kick.set()
-        else:
-            trio.lowlevel.current_trio_token().run_sync_soon(self._sweep)
-
-    async def run(self, *, interval_s: float = SWEEP_INTERVAL_S) -> None:
-        """Sweep on releases at most every ``interval_s`` until cancelled (a node runs
-        this): under attack a release comes with nearly every read and send of 256
-        connections, and a sweep sums them all, so sweeping at each took most of the
-        event loop a starved node had (bench_hostile). A waiter only ever holds a floor's
-        worth or more, so a little more waiting costs a large frame, not a live push.
-        Without it running, each scheduler pass sweeps once."""
-        self._kick = kick = trio.Event()
-        try:
-            while True:
-                await kick.wait()
-                kick = self._kick = trio.Event()
-                self._sweep()
-                await trio.sleep(interval_s)
-        finally:
-            self._kick = None
-            self._sweep_due = False  # the next release schedules a sweep
+        trio.lowlevel.current_trio_token().run_sync_soon(self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_due = False
         if not self._waiters:
             return
-        self.sweeps += 1
         total = self.held
         for waiter in list(self._waiters):
             grant = self._grant(waiter.held(), waiter.want, total)

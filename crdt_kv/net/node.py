@@ -409,7 +409,6 @@ class Node(Scorekeeper):
     ) -> None:
         self._nursery = nursery
         nursery.start_soon(self.worker.run)
-        nursery.start_soon(self.budget.run)
         await nursery.start(trio.serve_listeners, self._handle_inbound, listeners)
         unsubscribe = on_commit_anywhere(self.store, self._on_commit)
         nursery.start_soon(self._unsubscribe_on_exit, unsubscribe)
