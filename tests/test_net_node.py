@@ -337,6 +337,7 @@ async def test_silent_client_is_dropped_after_handshake_timeout(stores: Any) -> 
         await wait_until(lambda: len(errors) == 1)
         assert "said nothing" in str(errors[0].error)
         assert nb.stats()[UNIDENTIFIED]["errors"] == 1
+        assert sum(nb.penalties.offences.values()) == 0  # silence is no offence
 
 
 async def junk_client(address: tuple[str, int], source: str) -> list[Message]:

@@ -21,13 +21,13 @@ def test_blocks_after_grace_doubling_to_the_cap() -> None:
 def test_quiet_time_decays_and_a_good_session_forgives() -> None:
     p = Penalties(base_s=0.1, max_s=10.0, grace=0)
     for _ in range(4):
-        p.offend("h", "timeout", 0.0)
+        p.offend("h", "rejected", 0.0)
     assert p.blocked_for("h", 0.0) == pytest.approx(0.8)
     # 25 s of quiet lower the level by two: the next offence is the third, not the fifth.
-    assert p.offend("h", "timeout", 25.0) == pytest.approx(0.4)
+    assert p.offend("h", "rejected", 25.0) == pytest.approx(0.4)
     p.forgive("h")
     assert p.blocked_for("h", 25.0) == 0.0
-    assert p.offend("h", "timeout", 25.0) == pytest.approx(0.1)
+    assert p.offend("h", "rejected", 25.0) == pytest.approx(0.1)
 
 
 def test_table_is_bounded_least_recent_offender_dropped() -> None:

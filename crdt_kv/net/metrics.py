@@ -204,7 +204,7 @@ class NodeCollector:
         offences = CounterMetricFamily(
             "crdt_kv_node_source_offences_total",
             "Inbound sessions that counted against their source host, by reason: protocol, "
-            "rejected, timeout, identity.",
+            "rejected, identity.",
             labels=["reason"],
         )
         for reason, count in sorted(node.penalties.offences.items()):

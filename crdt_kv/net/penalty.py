@@ -3,10 +3,13 @@
 Every hostile frame is refused in milliseconds, so a hostile client simply comes back at
 once, and the node's one event loop spends its time accepting, handshaking, reading and
 refusing while live pushes wait. :class:`Penalties` remembers, per source host, offences
-(a protocol violation, an oversized or refused frame, a handshake or idle timeout, a
-refused identity) and blocks the host for an exponential time after the ``grace``-th offence
-in a row: ``base_s``, doubling, at most ``max_s``. While a host is blocked its new
-connections are closed as soon as they are accepted, without reading a byte.
+(a protocol violation, an oversized or refused frame, refused data, a refused identity)
+and blocks the host for an exponential time after the ``grace``-th offence in a row:
+``base_s``, doubling, at most ``max_s``. While a host is blocked its new connections are
+closed as soon as they are accepted, without reading a byte. Timeouts are no offence: a
+silent connection costs a slot, not the event loop, and cannot come back faster than its
+timeout, while partitions and congestion make honest peers (or a proxy in front of them)
+time out too.
 
 Keyed by the TCP source address, never by a claimed peer id: before TLS a peer id is
 whatever a Hello says, so penalising ids would let a forger lock a real peer out, while a

@@ -58,14 +58,13 @@ PENALTY_LOG_INTERVAL_S = 10.0
 """At most one log line about blocked sources per this many seconds (a flood logs little)."""
 
 
-def offence(session_error: BaseException | None, timed_out: bool) -> str | None:
+def offence(session_error: BaseException | None) -> str | None:
     """Why an inbound session counts against its source host, or None. ``session_error``
     is what the session itself refused (it sent the peer an Abort for it): a protocol
-    violation, an oversized or refused frame, a refused identity; ``timed_out``: silent
-    past a deadline. A peer that closed or reset the connection, aborted us, or met our
-    own failure did nothing to count (a health check's connect and close included)."""
-    if timed_out:
-        return "timeout"
+    violation, an oversized or refused frame, refused data, a refused identity. A peer
+    that closed or reset the connection, went silent (:mod:`crdt_kv.net.penalty` says why
+    that is not counted), aborted us, or met our own failure did nothing to count (a
+    health check's connect and close included)."""
     if isinstance(session_error, PeerIdentityError):
         return "identity"
     if isinstance(session_error, RejectedDataError):
@@ -224,7 +223,7 @@ class Scorekeeper:
         error = ev.error
         watch.result = error
         if not watch.outbound:
-            reason = offence(session.error, ev.timed_out)
+            reason = offence(session.error)
             if reason is not None:
                 self._offended(watch.source, reason)
             elif error is None and (ev.complete or ev.caught_up):
