@@ -36,12 +36,22 @@ Setup, all on loopback:
   are names, or ``all`` (default), ``framing`` (prehello, pin, slowread, rows, nested)
   or ``items`` (the other four: frames whose every few bytes decode to an object).
 
+  Source addresses (``--sources``): attackers are other hosts than the real peers, so by
+  default (``spread``) hostile slot ``i`` binds its sockets to 127.0.0.2 + ``i``
+  (127.0.0.2, 127.0.0.3, ..., 127.0.1.1 for 256 slots; Linux routes all of 127/8 to lo)
+  while P and Q connect from 127.0.0.1: the honest threat model, and the hardest case for
+  T's per-source penalties (:mod:`crdt_kv.net.penalty`), which must learn every attacker
+  separately. ``one`` binds every slot to 127.0.0.2 (one hostile host); ``shared`` leaves
+  them on 127.0.0.1 beside P and Q (T cannot tell them apart by address: what that costs
+  the real peers when their connections break).
+
 Prints a table (figure, measured, target, verdict) and exits 1 if a target is missed: RSS
 increase (peak VmRSS from the attack's start to the end of the run, minus VmRSS just
 before the attack) <= 256 MiB, live p99 during the attack <= 50 ms, no write lost.
 
 Run: ``.venv/bin/python bench/bench_hostile.py [--connections 256] [--seconds 60]
-[--kinds all] [--ids connection] [--quick] [--json]``; ``--quick`` is a ~10 s smoke run.
+[--kinds all] [--ids connection] [--sources spread] [--quick] [--json]``; ``--quick`` is a
+~10 s smoke run.
 Figures and what bounds them: ``docs/performance.md``, "Hostile connections".
 """
 
@@ -49,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -331,12 +342,17 @@ ATTACKS: dict[str, Attack] = {
 
 
 async def one_connection(
-    address: tuple[str, int], kind: str, peer: str, bodies: dict[str, Body], st: Counter[str]
+    address: tuple[str, int],
+    kind: str,
+    peer: str,
+    bodies: dict[str, Body],
+    st: Counter[str],
+    source: str | None = None,
 ) -> None:
     """Connect, attack, and count how it ended: ``refused`` (closed before T's Hello came)
     or ``dropped`` (T closed it after its Hello)."""
     try:
-        stream = await trio.open_tcp_stream(*address)
+        stream = await trio.open_tcp_stream(*address, local_address=source)
     except OSError:
         st["connect failed"] += 1
         return
@@ -361,11 +377,24 @@ async def one_connection(
         await trio.aclose_forcefully(stream)
 
 
+def source_address(sources: str, slot: int) -> str | None:
+    """The local address hostile ``slot`` binds to (see ``--sources`` in the doc)."""
+    if sources == "shared":
+        return None
+    return str(ipaddress.IPv4Address("127.0.0.2") + (slot if sources == "spread" else 0))
+
+
 async def hostile_main(
-    address: tuple[str, int], connections: int, seconds: float, kinds: list[str], ids: str
+    address: tuple[str, int],
+    connections: int,
+    seconds: float,
+    kinds: list[str],
+    ids: str,
+    sources: str = "spread",
 ) -> dict[str, dict[str, int]]:
     """Attack for ``seconds``; the counts per kind. ``ids``: ``connection`` (a new peer id
-    for every connection) or ``slot`` (one per slot, reused when it reconnects)."""
+    for every connection) or ``slot`` (one per slot, reused when it reconnects);
+    ``sources``: ``spread``, ``one`` or ``shared`` (the module doc)."""
     bodies = hostile_bodies(set(kinds))
     stats: dict[str, Counter[str]] = {k: Counter() for k in kinds}
     print("attacking", flush=True)
@@ -376,7 +405,8 @@ async def hostile_main(
         while True:
             gen += 1
             peer = f"hostile-{i}-{gen}" if ids == "connection" else f"hostile-{i}"
-            await one_connection(address, kind, peer, bodies, stats[kind])
+            src = source_address(sources, i)
+            await one_connection(address, kind, peer, bodies, stats[kind], src)
             await trio.sleep(0.05)
 
     with trio.move_on_after(seconds):
@@ -390,7 +420,13 @@ def run_hostile(args: argparse.Namespace) -> int:
     """``--hostile``: attack ``--target`` and print the per-kind counts as JSON."""
     host, _, port = args.target.rpartition(":")
     stats: dict[str, Any] = trio.run(
-        hostile_main, (host, int(port)), args.connections, args.seconds, args.kinds, args.ids
+        hostile_main,
+        (host, int(port)),
+        args.connections,
+        args.seconds,
+        args.kinds,
+        args.ids,
+        args.sources,
     )
     stats["cpu_seconds"] = time.process_time()
     print(json.dumps(stats), flush=True)
@@ -498,6 +534,8 @@ WATCHED = (
     "crdt_kv_node_budget_waits_total",
     "crdt_kv_node_connections_accepted_total",
     "crdt_kv_node_connections_refused_total",
+    'crdt_kv_node_peer_refusals_total{reason="penalised"}',
+    "crdt_kv_node_penalised_sources",
 )
 
 
@@ -595,7 +633,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
 def spawn_hostile(args: argparse.Namespace, address: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, os.path.abspath(__file__), "--hostile", "--target", address]
     cmd += ["--connections", str(args.connections), "--seconds", str(args.seconds)]
-    cmd += ["--kinds", ",".join(args.kinds), "--ids", args.ids]
+    cmd += ["--kinds", ",".join(args.kinds), "--ids", args.ids, "--sources", args.sources]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
@@ -710,6 +748,10 @@ def figures(
         "budget_waits": sampler.metric_max("crdt_kv_node_budget_waits_total"),
         "accepted": sampler.metric_max("crdt_kv_node_connections_accepted_total"),
         "refused_too_many": sampler.metric_max("crdt_kv_node_connections_refused_total"),
+        "refused_penalised": sampler.metric_max(
+            'crdt_kv_node_peer_refusals_total{reason="penalised"}'
+        ),
+        "penalised_sources": sampler.metric_max("crdt_kv_node_penalised_sources"),
         "scrapes": len(sampler.metrics),
         "scrape_failures": sampler.scrape_failures,
         "hostile": m["hostile"],
@@ -752,6 +794,10 @@ def report(f: dict[str, Any]) -> bool:
         (
             "T connections accepted / refused (full, dup.)",
             f"{f['accepted']:.0f} / {f['refused_too_many']:.0f}",
+        ),
+        (
+            "T connections closed unread (penalised)",
+            f"{f['refused_penalised']:.0f} ({f['penalised_sources']:.0f} sources)",
         ),
         ("metrics scrapes ok / failed (2 s timeout)", f"{f['scrapes']} / {f['scrape_failures']}"),
         ("load average (1, 5, 15 min) at the end", " ".join(f"{x:.1f}" for x in f["loadavg"])),
@@ -830,6 +876,13 @@ def main() -> int:
         choices=("connection", "slot"),
         default="connection",
         help="a new hostile peer id per connection (default) or one per connection slot",
+    )
+    ap.add_argument(
+        "--sources",
+        choices=("spread", "one", "shared"),
+        default="spread",
+        help="hostile source addresses: one per slot from 127.0.0.2 (default), all "
+        "127.0.0.2, or 127.0.0.1 like the real peers",
     )
     ap.add_argument("--quick", action="store_true", help="a ~10 s attack, 3 s before and after")
     ap.add_argument("--preload-keys", type=int, default=8000, help="T's 1 KiB values")

@@ -52,6 +52,7 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "client_allow_remote": bool,
         "live_idle_timeout_s": (int, float),
         "max_buffered_bytes": int,
+        "source_penalty_max_s": (int, float),
     },
     "tls": {
         "cert": str,
@@ -104,7 +105,9 @@ def _check_value(table: str, key: str, value: Any) -> None:
         "live_idle_timeout_s",
     ) and not (math.isfinite(value) and value > 0):
         bad = "must be a positive number of seconds"
-    elif key in ("gc_grace_s", "catch_up_timeout_s") and not (math.isfinite(value) and value >= 0):
+    elif key in ("gc_grace_s", "catch_up_timeout_s", "source_penalty_max_s") and not (
+        math.isfinite(value) and value >= 0
+    ):
         bad = "must be a non-negative number of seconds"
     elif key == "max_buffered_bytes" and value < _MIN_BUFFERED_BYTES:
         bad = f"must be at least {_MIN_BUFFERED_BYTES} bytes"

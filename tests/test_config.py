@@ -168,6 +168,7 @@ def test_an_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
         ("node", "catch_up", 1),
         ("node", "catch_up_timeout_s", "30"),
         ("node", "catch_up_timeout_s", False),
+        ("node", "source_penalty_max_s", "60"),
         ("tls", "cert", 3),
         ("tls", "ca", ["ca.pem"]),
         ("tls", "allowed_peers", "a"),
@@ -197,6 +198,8 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "catch_up_timeout_s", -1),
         ("node", "catch_up_timeout_s", float("nan")),
         ("node", "catch_up_timeout_s", float("inf")),
+        ("node", "source_penalty_max_s", -1),
+        ("node", "source_penalty_max_s", float("inf")),
         ("node", "metrics_listen", "localhost"),
         ("node", "metrics_listen", "127.0.0.1:"),
         ("node", "metrics_listen", "127.0.0.1:70000"),
@@ -224,6 +227,7 @@ def test_every_known_key_accepts_its_type() -> None:
                 "peers": [],
                 "catch_up": True,
                 "catch_up_timeout_s": 0,
+                "source_penalty_max_s": 0,
             },
         }
     )

@@ -82,13 +82,45 @@ async def test_a_release_wakes_only_waiters_it_has_room_for_oldest_first() -> No
             assert budget.waits == 3
             other["held"] = (1 << 20) - 50 * (128 << 10) - (1 << 18)  # room for one read
             calls["n"] = 0
-            budget.released()
-            assert calls["n"] <= 50 + 3  # one sum over the holders, one look per waiter
+            for _ in range(10):  # releases in one tick are coalesced into one sweep
+                budget.released()
             await trio.testing.wait_all_tasks_blocked()
+            assert calls["n"] <= 50 + 3  # one sum over the holders, one look per waiter
             assert got == [0]
             other["held"] = -(8 << 20)
             budget.released()
     assert got[0] == 0 and sorted(got) == [0, 1, 2] and budget.waits == 3
+
+
+async def test_newcomers_queue_behind_waiters_without_summing_every_holder() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    calls = {"n": 0}
+    other = {"held": 1 << 20}
+
+    def counted() -> int:
+        calls["n"] += 1
+        return other["held"]
+
+    budget.register(counted)
+    got: list[int] = []
+
+    async def reader() -> None:
+        got.append(await budget.read_size(lambda: 128 << 10, 1 << 16))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            calls["n"] = 0
+            for _ in range(5):
+                nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls["n"] <= 1 and budget.waits == 6 and got == []
+            # A small holder still reads up to its floor at once.
+            assert await budget.read_size(lambda: 10 << 10, 1 << 18) == 54 << 10
+            other["held"] = 0
+            budget.released()
+    assert got == [1 << 16] * 6
 
 
 def test_unregister_is_idempotent_and_a_limit_below_the_floor_is_refused() -> None:

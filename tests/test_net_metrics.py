@@ -27,6 +27,7 @@ from crdt_kv.net.metrics import (
     open_metrics_endpoint,
 )
 from crdt_kv.net.peers import PeerBook
+from crdt_kv.net.penalty import Penalties
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 
@@ -77,6 +78,9 @@ class FakeNode:
         self.budget = ByteBudget(1 << 20)
         self.budget.register(lambda: 12345)
         self.budget.waits = 6
+        self.penalties = Penalties(grace=0)
+        self.penalties.offend("10.0.0.9", "protocol", 0.0)
+        self.penalties.check("10.0.0.9", 0.0)
         self._stats = stats
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -127,6 +131,9 @@ def test_collector_turns_stats_and_store_counters_into_named_families() -> None:
     assert value(fams, "crdt_kv_peer_lag_entries", peer="b") == 4
     assert value(fams, "crdt_kv_node_buffered_bytes") == 12345
     assert value(fams, "crdt_kv_node_budget_waits_total") == 6
+    assert value(fams, "crdt_kv_node_peer_refusals_total", reason="penalised") == 1
+    assert value(fams, "crdt_kv_node_source_offences_total", reason="protocol") == 1
+    assert value(fams, "crdt_kv_node_penalised_sources") == 1
     assert value(fams, "crdt_kv_peer_lag_seconds", peer="b") == 2.5
     assert value(fams, "crdt_kv_peer_last_contact_timestamp_seconds", peer="b") == WALL - 1
     assert value(fams, "crdt_kv_peer_connected", peer="b") == 1

@@ -41,7 +41,7 @@ from crdt_kv.net import (
     ErrorEvent,
     parse_address,
 )
-from crdt_kv.protocol.messages import Abort, Hello, Request
+from crdt_kv.protocol.messages import Abort, Hello, Message, Request
 
 FAST: dict[str, Any] = {
     "backoff_base_s": 0.05,
@@ -337,6 +337,75 @@ async def test_silent_client_is_dropped_after_handshake_timeout(stores: Any) -> 
         await wait_until(lambda: len(errors) == 1)
         assert "said nothing" in str(errors[0].error)
         assert nb.stats()[UNIDENTIFIED]["errors"] == 1
+        assert sum(nb.penalties.offences.values()) == 0  # silence is no offence
+
+
+async def junk_client(address: tuple[str, int], source: str) -> list[Message]:
+    """Connect from ``source``, send bytes that are no frame, read until the node closes."""
+    stream = await trio.open_tcp_stream(*address, local_address=source)
+    try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return await RawPeer(stream).drain()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_misbehaving_source_is_blocked_unread_and_others_are_not(stores: Any) -> None:
+    b = stores("b")
+    async with crdt_kv.serve(b, **FAST) as nb:
+        # Connecting and closing (a health check) or going away is no offence.
+        for _ in range(4):
+            s = await trio.open_tcp_stream(*nb.address, local_address="127.0.0.2")
+            await s.aclose()
+        await wait_until(lambda: nb.admission.inbound == 0)
+        assert sum(nb.penalties.offences.values()) == 0
+        # Two offences are forgiven (grace), the third blocks the host.
+        for _ in range(3):
+            replies = await junk_client(nb.address, "127.0.0.2")
+            assert isinstance(replies[0], Hello) and isinstance(replies[-1], Abort)
+        await wait_until(lambda: nb.penalties.offences["protocol"] == 3)
+        accepted = nb.connections_accepted
+        assert await junk_client(nb.address, "127.0.0.2") == []  # not even our Hello
+        assert nb.penalties.blocked == 1 and nb.connections_accepted == accepted
+        # Another source host is served as usual.
+        replies = await junk_client(nb.address, "127.0.0.3")
+        assert isinstance(replies[0], Hello)
+
+
+async def test_live_pushes_keep_flowing_while_junk_clients_reconnect(stores: Any) -> None:
+    """Issue 12's acceptance test at small scale: 16 hosts reconnecting as fast as they are
+    refused must not stop a live peer's pushes, and only they are blocked."""
+    a, b = stores("a"), stores("b")
+    attempts = [0] * 16
+    errors: list[ErrorEvent] = []
+    with trio.fail_after(60):
+        async with chain([a, b], live=True, sync_interval_s=30) as (na, nb):
+            nb.on("error", errors.append)
+            await wait_until(lambda: na.stats().get("b", {}).get("live", False))
+
+            async def attacker(i: int) -> None:
+                while True:
+                    with contextlib.suppress(OSError, trio.TooSlowError):
+                        await junk_client(nb.address, f"127.0.0.{2 + i}")
+                    attempts[i] += 1
+                    await trio.sleep(0.01)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(16):
+                    nursery.start_soon(attacker, i)
+                await wait_until(lambda: min(attempts) >= 3, what="every attacker refused")
+                for k in range(40):
+                    a.put(f"live{k}", k)
+                    await wait_until(lambda k=k: b.get(f"live{k}") == k, what=f"push {k}")
+                await wait_until(lambda: nb.penalties.blocked >= 16, what="attackers blocked")
+                nursery.cancel_scope.cancel()
+            assert min(attempts) >= 4 and nb.penalties.offences["protocol"] >= 16 * 3
+            assert len(nb.penalties) == 16
+            assert nb.penalties.blocked_for("127.0.0.1", trio.current_time()) == 0
+            assert na.stats()["b"]["live"] and na.stats()["b"]["errors"] == 0
+            assert nb.stats()["a"]["errors"] == 0 and nb.stats()["a"]["live"]
+    assert all(e.peer_id is None for e in errors)
 
 
 # --- lifecycle -----------------------------------------------------------------------

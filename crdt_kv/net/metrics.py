@@ -193,12 +193,28 @@ class NodeCollector:
         refused = CounterMetricFamily(
             "crdt_kv_node_peer_refusals_total",
             "Peers refused for who they are (TLS on), by reason: tls_handshake, no_identity, "
-            "identity_mismatch, not_allowed.",
+            "identity_mismatch, not_allowed; and penalised: connections closed unread because "
+            "their source host was blocked for misbehaving.",
             labels=["reason"],
         )
         for reason, count in sorted(book.refusals.items()):
             refused.add_metric([reason], count)
+        refused.add_metric(["penalised"], node.penalties.blocked)
         yield refused
+        offences = CounterMetricFamily(
+            "crdt_kv_node_source_offences_total",
+            "Inbound sessions that counted against their source host, by reason: protocol, "
+            "rejected, identity.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(node.penalties.offences.items()):
+            offences.add_metric([reason], count)
+        yield offences
+        yield GaugeMetricFamily(
+            "crdt_kv_node_penalised_sources",
+            "Source hosts with offences on record (blocked now or recently).",
+            value=len(node.penalties),
+        )
 
     def _peer_metrics(self, stats: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         for field, name, doc in PEER_GAUGES:

@@ -49,8 +49,9 @@ from crdt_kv.net.events import (
     EventStream,
 )
 from crdt_kv.net.peers import UNIDENTIFIED, PeerBook
+from crdt_kv.net.penalty import Penalties
 from crdt_kv.net.scoring import Scorekeeper, Target, Watch
-from crdt_kv.net.sockets import peer_address, tune_socket
+from crdt_kv.net.sockets import peer_address, peer_host, tune_socket
 from crdt_kv.net.tls import TlsConfig, verified_identity
 from crdt_kv.protocol import (
     CatchUpReport,
@@ -107,8 +108,11 @@ class Node(Scorekeeper):
         gc: GcPolicy | None = None,
         tls: TlsConfig | None = None,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        penalties: Penalties | None = None,
     ) -> None:
         self.store = store
+        self.penalties = penalties if penalties is not None else Penalties()
+        """Source hosts blocked for misbehaving (:mod:`crdt_kv.net.penalty`)."""
         self.budget = ByteBudget(max_buffered_bytes)
         """Bytes all connections may hold of what peers sent (:mod:`crdt_kv.net.budget`)."""
         self.tls = tls
@@ -359,6 +363,10 @@ class Node(Scorekeeper):
         return await self._wrap(stream, outbound=True, address=target.address, host=target.host)
 
     async def _handle_inbound(self, stream: trio.SocketStream) -> None:
+        host = peer_host(stream)
+        if not self.penalties.check(host, trio.current_time()):
+            await trio.aclose_forcefully(stream)  # unread: the cheapest answer to a flood
+            return
         address = peer_address(stream)
         ticket = self.admission.admit()
         if isinstance(ticket, str):
@@ -373,10 +381,11 @@ class Node(Scorekeeper):
                 wrapped = await self._wrap(stream, outbound=False, address=address)
             except PeerIdentityError as exc:  # no session ever started: book it here
                 self._book.refused(exc)
+                self._offended(host, "identity")
                 log.warning("%s: refused %s: %s", self.peer_id, address, exc)
                 return self._emit(ErrorEvent(None, address, False, exc))
             link = self._link(LinkRole.ONCE, self.config, address)
-            watch = Watch(link, address, outbound=False, ticket=ticket)
+            watch = Watch(link, address, outbound=False, ticket=ticket, source=host)
             driver = LinkDriver(link, worker=self.worker, on_event=lambda e: self._see(watch, e))
             with trio.CancelScope() as scope:
                 ticket.cancel = scope.cancel  # evicted while still unidentified

@@ -12,6 +12,7 @@ are the records it works on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import trio
 
-from crdt_kv.errors import CrdtKvError, PeerIdentityError
+from crdt_kv.errors import CrdtKvError, PeerIdentityError, RejectedDataError, RemoteProtocolError
 from crdt_kv.net.admission import Admission, Ticket
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.driver import LinkDriver
@@ -33,6 +34,7 @@ from crdt_kv.net.events import (
     NodeEvent,
 )
 from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
+from crdt_kv.net.penalty import Penalties
 from crdt_kv.net.sockets import connect_failure
 from crdt_kv.protocol import (
     BatchApplied,
@@ -51,6 +53,25 @@ from crdt_kv.protocol import (
 __all__ = ["Scorekeeper", "Target", "Watch"]
 
 log = logging.getLogger("crdt_kv.net")
+
+PENALTY_LOG_INTERVAL_S = 10.0
+"""At most one log line about blocked sources per this many seconds (a flood logs little)."""
+
+
+def offence(session_error: BaseException | None) -> str | None:
+    """Why an inbound session counts against its source host, or None. ``session_error``
+    is what the session itself refused (it sent the peer an Abort for it): a protocol
+    violation, an oversized or refused frame, refused data, a refused identity. A peer
+    that closed or reset the connection, went silent (:mod:`crdt_kv.net.penalty` says why
+    that is not counted), aborted us, or met our own failure did nothing to count (a
+    health check's connect and close included)."""
+    if isinstance(session_error, PeerIdentityError):
+        return "identity"
+    if isinstance(session_error, RejectedDataError):
+        return "rejected"
+    if isinstance(session_error, RemoteProtocolError):
+        return "protocol"
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -89,6 +110,8 @@ class Watch:
     ticket: Ticket | None = None
     record: PeerRecord | None = None
     result: BaseException | None = None
+    source: str | None = None
+    """The TCP source host of an inbound connection (what penalties key on)."""
 
 
 class Scorekeeper:
@@ -96,6 +119,7 @@ class Scorekeeper:
 
     gc: GcPolicy | None
     admission: Admission
+    penalties: Penalties
     connections_refused: int
     callback_errors: int
     discovered_max_failures: int
@@ -105,6 +129,7 @@ class Scorekeeper:
     _callbacks: dict[str, list[Callable[[Any], object]]]
     _streams: set[EventStream]
     _catch_up: CatchUpWaiter | None
+    _penalty_log: tuple[float, int] = (-math.inf, 0)
 
     def _see(self, watch: Watch, ev: LinkEvent) -> None:
         """Keep score and emit node events for what a link reports."""
@@ -197,6 +222,12 @@ class Scorekeeper:
         assert session is not None
         error = ev.error
         watch.result = error
+        if not watch.outbound:
+            reason = offence(session.error)
+            if reason is not None:
+                self._offended(watch.source, reason)
+            elif error is None and (ev.complete or ev.caught_up):
+                self.penalties.forgive(watch.source)
         named = self._book.ended(watch.record, session, error).peer_id
         peer_id = None if named == UNIDENTIFIED else named
         watch.record = None
@@ -219,6 +250,28 @@ class Scorekeeper:
             self._emit(ErrorEvent(peer_id, watch.address, watch.outbound, error))
         text = None if error is None else str(error)
         self._emit(DisconnectEvent(peer_id, watch.address, watch.outbound, ev.complete, text))
+
+    def _offended(self, host: str | None, reason: str) -> None:
+        """Count an offence of ``host``; log blocks at most every few seconds."""
+        now = trio.current_time()
+        block = self.penalties.offend(host, reason, now)
+        if not block:
+            return
+        last, quiet = self._penalty_log
+        if now - last < PENALTY_LOG_INTERVAL_S:
+            self._penalty_log = (last, quiet + 1)
+            return
+        self._penalty_log = (now, 0)
+        log.warning(
+            "%s: blocking connections from %s for %.1f s (%s; %d more blocks unlogged since "
+            "the last such line; %d sources held)",
+            self.peer_id,
+            host,
+            block,
+            reason,
+            quiet,
+            len(self.penalties),
+        )
 
     def _emit(self, event: NodeEvent) -> None:
         for cb in list(self._callbacks[event.kind]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.client_api import check_client_listen, open_client_endpoint
 from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
+from crdt_kv.net.penalty import DEFAULT_PENALTY_MAX_S, Penalties
 from crdt_kv.net.tls import TlsConfig
 from crdt_kv.protocol import (
     DEFAULT_CATCH_UP_TIMEOUT_S,
@@ -68,6 +70,7 @@ async def serve(
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
     metrics_listen: str | None = None,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    source_penalty_max_s: float = DEFAULT_PENALTY_MAX_S,
     client_listen: str | None = None,
     client_allow_remote: bool = False,
 ) -> AsyncIterator[Node]:
@@ -122,6 +125,9 @@ async def serve(
     ``max_buffered_bytes`` (default 64 MiB) bounds what all connections together hold of
     what peers sent, buffered or decoded (:mod:`crdt_kv.net.budget`): while it is spent,
     connections holding 64 KiB or more stop reading and small frames still flow.
+    ``source_penalty_max_s`` (default 60 s; 0 turns it off) is the longest a source host
+    whose inbound sessions keep breaking the protocol is blocked (its connections closed
+    unread: :mod:`crdt_kv.net.penalty`).
     """
     the_rng = rng if rng is not None else random.Random()
     config = LinkConfig(
@@ -153,6 +159,7 @@ async def serve(
         wrap_stream=wrap_stream,
         tls=tls,
         max_buffered_bytes=_budget_limit(max_buffered_bytes),
+        penalties=Penalties(max_s=_penalty_max(source_penalty_max_s)),
     )
     make_discovery: Callable[[Node], Any] | None = None
     if discovery:
@@ -230,3 +237,11 @@ def _budget_limit(value: object) -> int:
             f"max_buffered_bytes must be an int of at least {FLOOR_BYTES}, got {value!r}"
         )
     return value
+
+
+def _penalty_max(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf:
+        return float(value)
+    raise ConfigError(
+        f"source_penalty_max_s must be a non-negative number of seconds, got {value!r}"
+    )

@@ -9,7 +9,7 @@ import trio
 
 from crdt_kv.net.addresses import format_address
 
-__all__ = ["connect_failure", "peer_address", "tune_socket"]
+__all__ = ["connect_failure", "peer_address", "peer_host", "tune_socket"]
 
 
 def tune_socket(stream: trio.abc.Stream) -> None:
@@ -41,3 +41,11 @@ def peer_address(stream: trio.abc.Stream) -> str:
             host, port = stream.socket.getpeername()[:2]
             return format_address(str(host), int(port))
     return "?"
+
+
+def peer_host(stream: trio.abc.Stream) -> str | None:
+    """The TCP source host of ``stream`` (None if it has none), what penalties key on."""
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            return str(stream.socket.getpeername()[0])
+    return None
