@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from crdt_kv.errors import RejectedDataError, RemoteProtocolError
 from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES, decode_batch_fields
-from crdt_kv.protocol.cbor_reader import Reader
+from crdt_kv.protocol.cbor_reader import MAX_STRING_CHUNKS, Reader
 from crdt_kv.protocol.messages import (
     MAX_CONTROL_FRAME_BYTES,
     Batch,
@@ -194,11 +194,29 @@ def test_an_lww_receiver_refuses_sibling_states_from_their_heads() -> None:
     assert (entry.key, entry.value, entry.others, entry.context) == (b"k", b"v", (), ())
 
 
-def test_a_key_of_a_million_chunks_costs_its_bytes_only() -> None:
+def test_a_key_of_a_million_chunks_is_refused_at_the_65th() -> None:
     chunks = MIB // 2
     payload = (
         batch_prefix(b"\x81") + b"\x85\x5f" + b"\x41a" * chunks + b"\xff" + b"\x00\x00\x00\xf6"
     )
-    [entry] = decode_message(payload).entries  # type: ignore[union-attr]
-    assert entry.key == b"a" * chunks
-    assert peak_bytes(lambda: decode_message(payload)) < 4 * chunks
+    assert len(payload) > SMALL_FRAME_BYTES
+    with pytest.raises(RemoteProtocolError, match=r"more than 64 chunks"):
+        decode_message(payload)
+    assert peak_bytes(lambda: _refused(payload)) < 64 * 1024
+
+
+def test_a_chunked_value_is_held_to_the_chunk_limit_too() -> None:
+    def frame(chunks: int) -> bytes:
+        value = b"\x5f" + b"\x41v" * chunks + b"\xff"
+        filler = b"\x85\x41f\x00\x00\x00" + cbor2.dumps(b"x" * SMALL_FRAME_BYTES)
+        return batch_prefix(b"\x82") + filler + b"\x85\x41k\x00\x00\x00" + value
+
+    _, entry = decode_message(frame(MAX_STRING_CHUNKS)).entries  # type: ignore[union-attr]
+    assert entry.value == b"v" * MAX_STRING_CHUNKS
+    with pytest.raises(RemoteProtocolError, match=r"more than 64 chunks"):
+        decode_message(frame(MAX_STRING_CHUNKS + 1))
+
+
+def _refused(payload: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_message(payload)

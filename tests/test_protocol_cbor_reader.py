@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdt_kv.errors import RemoteProtocolError
-from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
+from crdt_kv.protocol.cbor_reader import INDEFINITE, MAX_STRING_CHUNKS, Reader
 
 
 @given(st.integers(0, (1 << 64) - 1))
@@ -27,6 +27,11 @@ def test_uint_of_every_head_width(v: int) -> None:
 )
 def test_non_preferred_integer_heads_are_accepted(raw: bytes, value: int) -> None:
     assert Reader(raw).uint("f") == value
+
+
+def test_a_string_of_the_most_chunks_allowed_is_joined() -> None:
+    raw = b"\x5f" + b"\x41a" * MAX_STRING_CHUNKS + b"\xff"
+    assert Reader(raw).byte_string("k") == b"a" * MAX_STRING_CHUNKS
 
 
 def test_chunked_strings_and_indefinite_arrays() -> None:
@@ -49,7 +54,18 @@ def test_chunked_strings_and_indefinite_arrays() -> None:
         (b"\x80", "byte_string", "must be a byte string, got an array"),
         (b"\x5a\xff\xff\xff\xff", "byte_string", "more than 16"),
         (b"\x62\xff\xfe", "text", "not valid UTF-8"),
-        (b"\x5f\x5f\xff\xff", "byte_string", "not a valid chunked string"),
+        (b"\x5f\x5f\xff\xff", "byte_string", "nests a chunked string"),
+        (b"\x5f\x60\xff", "byte_string", "must be a byte string, got a text string"),
+        (
+            b"\x5f" + b"\x40" * (MAX_STRING_CHUNKS + 1) + b"\xff",
+            "byte_string",
+            "more than 64 chunks",
+        ),
+        (
+            b"\x5f" + b"\x48" + b"a" * 8 + b"\x49" + b"a" * 9 + b"\xff",
+            "byte_string",
+            "more than 16",
+        ),
         (b"\xf9\x00\x00", "uint", "got a simple value or float"),
     ],
 )

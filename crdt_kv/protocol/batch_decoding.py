@@ -28,6 +28,9 @@ _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
 _LWW_ROW, _BREAK = 0x85, 0xFF
 _NO_TAGS = NoTags("a batch row")
+_CHUNKED_BYTES = 0x5F
+_ROW_HEADS_MAX = 1 + 5 * 9
+"""The most bytes an LWW row's heads take in any encoding without chunked strings."""
 _CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError)
 
 MAX_BATCH_PEERS = 1 << 16
@@ -82,7 +85,9 @@ def _rows(  # noqa: PLR0917 - private, called once
     An LWW row in a definite 5-array (every row a conforming sender writes in mode ``lww``)
     is decoded by cbor2 in one call with nesting refused (``max_depth=1``): its five items
     are scalars, so it cannot decode to more than its size plus five objects. Any other
-    row goes through the checking :class:`Reader`."""
+    row, one whose key is chunked, and one that took more bytes than its key, value and
+    heads can (a chunked value) go through the checking :class:`Reader`, which refuses a
+    string of more than :data:`~crdt_kv.protocol.cbor_reader.MAX_STRING_CHUNKS` chunks."""
     buf = r.buffer
     fp = io.BytesIO(buf)
     dec = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=1)
@@ -95,7 +100,7 @@ def _rows(  # noqa: PLR0917 - private, called once
     while i < rows if rows != INDEFINITE else (pos >= end or buf[pos] != _BREAK):
         if i >= limit:
             _check_count(i + 1, sequences, max_entries)
-        if pos < end and buf[pos] == _LWW_ROW:
+        if pos + 1 < end and buf[pos] == _LWW_ROW and buf[pos + 1] != _CHUNKED_BYTES:
             fp.seek(pos)
             try:
                 row = dec.decode()
@@ -105,8 +110,14 @@ def _rows(  # noqa: PLR0917 - private, called once
                 r.pos = pos  # the reader names the field at fault
                 _row(r, i, base, peers, lww_only=lww_only)
                 raise bare(fail(f"batch.entries[{i}] is not valid CBOR: {exc}")) from None
-            pos = fp.tell()
-            append(_lww_row(row, i, base, peers))
+            entry = _lww_row(row, i, base, peers)
+            if fp.tell() - pos > len(entry.key) + len(entry.value) + _ROW_HEADS_MAX:
+                r.pos = pos  # a chunked value: the reader holds it to MAX_STRING_CHUNKS
+                entry = _row(r, i, base, peers, lww_only=lww_only)
+                pos = r.pos
+            else:
+                pos = fp.tell()
+            append(entry)
         else:
             r.pos = pos
             append(_row(r, i, base, peers, lww_only=lww_only))

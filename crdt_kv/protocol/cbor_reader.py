@@ -7,25 +7,26 @@ about 64 times its size before the first check fails. This reader checks each it
 refused having allocated nothing, and every object it builds is one the message needs.
 
 It accepts every well-formed encoding of a value (longer integer heads, indefinite
-lengths, chunked strings), refuses tags, floats, maps and simple values other than
-false/true/null, and counts the items it decoded (:attr:`Reader.items`) so callers can
-bound what a message costs in memory. Errors are :class:`RemoteProtocolError` naming the
-field.
+lengths, strings of up to :data:`MAX_STRING_CHUNKS` chunks), refuses tags, floats, maps and
+simple values other than false/true/null, and counts the items it decoded
+(:attr:`Reader.items`) so callers can bound what a message costs in memory. Errors are
+:class:`RemoteProtocolError` naming the field.
 """
 
 from __future__ import annotations
 
-import io
+from crdt_kv.protocol.fields import U64, fail
 
-import cbor2
-
-from crdt_kv.protocol.fields import U64, NoTags, fail
-
-__all__ = ["INDEFINITE", "Reader"]
+__all__ = ["INDEFINITE", "MAX_STRING_CHUNKS", "Reader"]
 
 INDEFINITE = -1
 """The length :meth:`Reader.array` returns for an indefinite-length array (read items
 until :meth:`Reader.at_break` is true)."""
+
+MAX_STRING_CHUNKS = 64
+"""The most chunks an indefinite-length string may have (``spec/protocol.md`` §3): senders
+never split strings, and a frame of millions of empty chunks costs a decoder seconds while
+staying a valid value."""
 
 _UINT, _NINT, _BYTES, _TEXT, _ARRAY, _MAP, _TAG, _SIMPLE = range(8)
 _NAMES = (
@@ -39,8 +40,6 @@ _NAMES = (
     "a simple value or float",
 )
 _FALSE, _TRUE, _NULL, _BREAK = 0xF4, 0xF5, 0xF6, 0xFF
-_NO_TAGS = NoTags("a message")
-_CBOR_ERRORS = (cbor2.CBORError, ValueError, TypeError, EOFError, RecursionError, OverflowError)
 
 
 class Reader:
@@ -137,26 +136,25 @@ class Reader:
             raise fail(f"field {where!r} is not valid UTF-8") from None
 
     def _string(self, where: str, major: int, max_len: int) -> bytes:
-        start = self.pos
         n = self._expect(where, major)
         self.items += 1
         if n != INDEFINITE:
             if n > max_len:
                 raise fail(f"field {where!r} is {n} bytes, more than {max_len}")
             return self._take(n, where)
-        # Chunked: cbor2 joins the chunks in C (a million 1-byte chunks would take seconds
-        # here); a string is a scalar, so it cannot nest.
-        fp = io.BytesIO(self._b)
-        fp.seek(start)
-        try:
-            v = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=0).decode()
-        except _CBOR_ERRORS as exc:
-            raise fail(f"field {where!r} is not a valid chunked string: {exc}") from None
-        raw = v.encode("utf-8") if isinstance(v, str) else v
-        if not isinstance(raw, bytes) or len(raw) > max_len:
-            raise fail(f"field {where!r} is more than {max_len} bytes")
-        self.pos = fp.tell()
-        return raw
+        chunks: list[bytes] = []
+        size = 0
+        while not self.at_break(where):
+            if len(chunks) == MAX_STRING_CHUNKS:
+                raise fail(f"field {where!r} is split into more than {MAX_STRING_CHUNKS} chunks")
+            c = self._expect(where, major)
+            if c == INDEFINITE:
+                raise fail(f"field {where!r} nests a chunked string in a chunked string")
+            size += c
+            if size > max_len:
+                raise fail(f"field {where!r} is more than {max_len} bytes")
+            chunks.append(self._take(c, where))
+        return b"".join(chunks)
 
     # --- arrays ---------------------------------------------------------------------------
 
