@@ -65,6 +65,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sync_headline
 import trio
 
 import crdt_kv
@@ -371,8 +372,11 @@ class YResult:
     state_vector_bytes: int = 0
 
 
-def pycrdt_bench(n: int, repeat: int, seed: int) -> YResult:
-    """Full sync of a Y.Map of ``n`` keys, then ``repeat`` rounds of 100 changed keys."""
+def pycrdt_bench(
+    n: int, repeat: int, seed: int, *, value: Callable[[int], Any] = value_of
+) -> YResult:
+    """Full sync of a Y.Map of ``n`` keys (values ``value(i)``), then ``repeat`` rounds of
+    100 changed keys."""
     from pycrdt import Doc, Map
 
     res = YResult()
@@ -380,7 +384,7 @@ def pycrdt_bench(n: int, repeat: int, seed: int) -> YResult:
     ymap = doc.get("m", type=Map)
     with doc.transaction():
         for i in range(n):
-            ymap[key_of(i)] = value_of(i)
+            ymap[key_of(i)] = value(i)
     other = Doc()
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -988,6 +992,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wd = Workdir()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
     try:
+        if not (args.no_headline or args.loop_only or args.siblings_only):
+            run_headline(args, out, log)
+            if args.headline_only:
+                return out
         if args.loop_only:
             run_loop_health(args, out, wd, log)
             return out
@@ -1148,6 +1156,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_headline(args: argparse.Namespace, out: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Issue 13's headline row (``sync_headline``): two processes, 100-byte values."""
+    n = args.headline_n or (args.big_n if args.big else 100_000)
+
+    def pycrdt_full(size: int, value: Callable[[int], Any]) -> float:
+        return med(pycrdt_bench(size, 1, args.seed, value=value).full_seconds)
+
+    log(f"headline: {n:,}-entry two-process full sync, {args.headline_repeat} paired run(s) ...")
+    out["headline"] = sync_headline.run_headline(
+        n, args.headline_repeat, pycrdt_full=pycrdt_full, profile=args.profile, log=log
+    )
+
+
 def run_loop_health(
     args: argparse.Namespace, out: dict[str, Any], wd: Workdir, log: Callable[[str], None]
 ) -> None:
@@ -1169,6 +1190,8 @@ def run_loop_health(
 def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Rows: (measure, crdt_kv, comparison, target, verdict)."""
     rows: list[tuple[str, str, str, str, str]] = []
+    if "headline" in res:
+        rows += sync_headline.headline_verdicts(res["headline"])
     if "full" in res:
         rows += sync_verdicts(res)
     if "siblings" in res:
@@ -1335,6 +1358,18 @@ def print_report(res: dict[str, Any]) -> None:
         style = {"MET": "green", "MISSED": "red"}.get(row[4], "")
         t.add_row(*row[:4], f"[{style}]{row[4]}[/]" if style else row[4])
     console.print(t)
+    if "profile" in res.get("headline", {}):
+        h = res["headline"]
+        ht = Table(
+            title=f"cProfile of one headline full sync ({h['n']:,} entries, "
+            f"{h['profile']['wall_seconds']:.2f} s wall under the profiler): CPU seconds "
+            "per process, all threads"
+        )
+        for col in ("where", "CPU s", "share of the side"):
+            ht.add_column(col)
+        for prow in sync_headline.profile_rows(h):
+            ht.add_row(*prow)
+        console.print(ht)
     if "delta" in res:
         d_first = {
             k: (round(v["first_round_ms"], 1), v["first_round_bytes"])
@@ -1424,10 +1459,21 @@ def main(argv: list[str] | None = None) -> int:
         default="replicate" if has_replicate else "raw",
         help="crdt_kv.replicate, or the raw Session pump in this file",
     )
+    ap.add_argument(
+        "--headline-n",
+        type=int,
+        default=None,
+        help="entries of the headline two-process sync (default 100,000; --big-n with --big)",
+    )
+    ap.add_argument("--headline-repeat", type=int, default=3, help="paired headline runs")
+    ap.add_argument("--headline-only", action="store_true", help="run only the headline row")
+    ap.add_argument("--no-headline", action="store_true", help="skip the headline row")
     ap.add_argument("--no-procs", action="store_true", help="skip the two-process full sync")
     ap.add_argument("--sweep", action="store_true", help="max_batch_entries x window sweep")
     ap.add_argument("--sweep-repeat", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="cProfile one full sync")
+    ap.add_argument(
+        "--profile", action="store_true", help="cProfile one full sync (and the headline)"
+    )
     ap.add_argument(
         "--stages", action="store_true", help="CPU seconds of each full-sync stage, no network"
     )
