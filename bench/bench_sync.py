@@ -1,6 +1,15 @@
 """Replication speed over loopback TCP between two RocksDB stores, against pycrdt (Yjs).
 
-Measures (issue 4, "Speed"):
+First, issue 13's headline row (``sync_headline.py``, read its docstring): a full sync of
+``--headline-n`` entries (100,000; ``--big-n`` with ``--big``) with 100-byte values from a
+``crdt-kv serve`` process into a receiver process, RocksDB both ends: entries/s, wire bytes
+per entry, both processes' peak RSS, with pycrdt and raw ``rocksdict`` (WriteBatch per 1,000)
+timed in the same run, paired run by run (``--headline-repeat``). Targets >= 170,000
+entries/s, <= 120 B/entry, peak RSS <= 200 MiB at 1,000,000 entries (only with ``--big``).
+``--profile`` also profiles both headline processes (all threads, CPU clock).
+``--headline-only`` runs just this; ``--no-headline`` skips it.
+
+Then (issue 4, "Speed"):
 
 1. full sync of ``--full`` entries (default 100,000) into an empty store: entries/s (wall
    clock, and the CPU-bound rate: entries per main-thread CPU second, which both sessions
@@ -37,9 +46,10 @@ alone; ``--profile`` prints where a full sync spends its time. Every run checks 
 stores converged (equal digests, all keys), so nothing is timed that did not happen.
 
 Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--stages] [--profile]
-[--json]``; the loop measurement alone: ``bench/bench_sync.py --loop-only [--loop-n N]
-[--loop-repeat R] [--loop-sync-writes both|true|false]``; siblings vs lww alone:
-``bench/bench_sync.py --siblings-only [--full N] [--repeat R]``.
+[--json]``; the headline alone: ``bench/bench_sync.py --headline-only [--headline-n N]
+[--headline-repeat R] [--profile]``; the loop measurement alone: ``bench/bench_sync.py
+--loop-only [--loop-n N] [--loop-repeat R] [--loop-sync-writes both|true|false]``; siblings
+vs lww alone: ``bench/bench_sync.py --siblings-only [--full N] [--repeat R]``.
 """
 
 from __future__ import annotations
