@@ -14,6 +14,10 @@ to the sender until both sides caught up.
 - **Peak RSS** is ``VmHWM`` from ``/proc/<pid>/status`` of each process: the receiver reads
   its own at the end, the parent reads the sender's after the last run (it serves every
   run, so its figure is the peak over all of them).
+- **CPU seconds** of each side per run (the sender's from ``/proc/<pid>/stat`` around the
+  run, the receiver's ``process_time`` around the sync): on a shared 2-core machine the wall
+  rate depends on the neighbours; ``n`` / the busier side's CPU is the rate the pair would
+  reach with a core each.
 - **Convergence**: the receiver reports ``len`` and ``digest`` of its store after the clock
   stopped; a run whose store does not equal the sender's raises.
 
@@ -76,6 +80,13 @@ def vm_field(pid: int | str, name: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` used so far (all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def med(xs: list[float]) -> float:
@@ -212,14 +223,15 @@ def _receiver_main(args: argparse.Namespace) -> int:
         }
 
     try:
+        cpu0 = time.process_time()
         with thread_profiles(args.profile):
             res = trio.run(main)
+        res["cpu_sync_s"] = time.process_time() - cpu0
         res.update(
             count=len(store),
             digest=store.digest().hex(),
             rss_before=rss_before,
             hwm=vm_field("self", "VmHWM"),
-            cpu_s=time.process_time(),
         )
     finally:
         store.close()
@@ -382,7 +394,16 @@ def run_headline(
         try:
             for r in range(repeat):
                 runs.append(
-                    one_round(r, work, address, digest, n, raw_keys, raw_values, pycrdt_full, log)
+                    one_round(
+                        r,
+                        work,
+                        (sender.pid, address),
+                        digest,
+                        n,
+                        (raw_keys, raw_values),
+                        pycrdt_full,
+                        log,
+                    )
                 )
             out["sender_hwm"] = vm_field(sender.pid, "VmHWM")
         finally:
@@ -400,11 +421,10 @@ def run_headline(
 def one_round(
     r: int,
     work: str,
-    address: str,
+    sender: tuple[int, str],
     digest: bytes,
     n: int,
-    raw_keys: list[bytes],
-    raw_values: list[bytes],
+    raw: tuple[list[bytes], list[bytes]],
     pycrdt_full: Callable[[int, Callable[[int], Any]], float],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -412,8 +432,12 @@ def one_round(
     res: dict[str, Any] = {"load_1m": os.getloadavg()[0]}
     timeout = max(120.0, n / 2_000)
 
+    pid, address = sender
+
     def crdt() -> None:
+        cpu0 = cpu_seconds(pid)
         rx = receive_once(os.path.join(work, f"rx{r}"), address, None, timeout)
+        rx["sender_cpu_s"] = cpu_seconds(pid) - cpu0
         if rx["count"] != n or rx["digest"] != digest.hex():
             raise RuntimeError(f"headline run {r}: receiver holds {rx['count']} of {n} keys")
         res["crdt_kv"] = rx
@@ -422,12 +446,12 @@ def one_round(
     def pycrdt() -> None:
         res["pycrdt_seconds"] = pycrdt_full(n, value100)
 
-    def raw() -> None:
+    def write_raw() -> None:
         path = os.path.join(work, f"raw{r}")
-        res["raw_seconds"] = raw_rocksdb_write(path, raw_keys, raw_values)
+        res["raw_seconds"] = raw_rocksdb_write(path, *raw)
         shutil.rmtree(path, ignore_errors=True)
 
-    subjects = [("crdt_kv", crdt), ("pycrdt", pycrdt), ("raw rocksdict", raw)]
+    subjects = [("crdt_kv", crdt), ("pycrdt", pycrdt), ("raw rocksdict", write_raw)]
     s = r % len(subjects)
     for name, fn in subjects[s:] + subjects[:s]:
         log(f"  run {r + 1}: {name} ...")
@@ -437,7 +461,8 @@ def one_round(
         f"    {n / rx['seconds']:,.0f} entries/s, "
         f"{(rx['bytes_sent'] + rx['bytes_received']) / n:.1f} B/entry; pycrdt "
         f"{n / res['pycrdt_seconds']:,.0f}/s, raw {n / res['raw_seconds']:,.0f}/s "
-        f"(load {res['load_1m']:.1f})"
+        f"(load {res['load_1m']:.1f}); CPU s sender {rx['sender_cpu_s']:.2f}, receiver "
+        f"{rx['cpu_sync_s']:.2f}"
     )
     return res
 
@@ -453,6 +478,8 @@ def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
         / med([x["crdt_kv"]["seconds_from_first_received"] for x in runs]),
         "bytes_per_entry": wire / n,
         "receiver_hwm": max(x["crdt_kv"]["hwm"] for x in runs),
+        "sender_cpu_s": med([x["crdt_kv"]["sender_cpu_s"] for x in runs]),
+        "receiver_cpu_s": med([x["crdt_kv"]["cpu_sync_s"] for x in runs]),
         "receiver_rss_before": max(x["crdt_kv"]["rss_before"] for x in runs),
         "pycrdt_entries_per_s": n / med([x["pycrdt_seconds"] for x in runs]),
         "raw_entries_per_s": n / med([x["raw_seconds"] for x in runs]),
@@ -509,6 +536,16 @@ def headline_verdicts(h: dict[str, Any]) -> list[tuple[str, str, str, str, str]]
             "MET" if h["bytes_per_entry"] <= TARGET_BYTES_PER_ENTRY else "MISSED",
         ),
     ]
+    busiest = max(h["sender_cpu_s"], h["receiver_cpu_s"])
+    rows.append(
+        (
+            "  CPU seconds per run: sender / receiver",
+            f"{h['sender_cpu_s']:.2f} / {h['receiver_cpu_s']:.2f} s (medians)",
+            f"{n / busiest:,.0f} entries/s if each process had a core to itself",
+            "-",
+            "-",
+        )
+    )
     peak = max(h["receiver_hwm"], h["sender_hwm"])
     rss_verdict = ("MET" if peak <= TARGET_RSS_BYTES else "MISSED") if n >= RSS_TARGET_N else "-"
     rows.append(
