@@ -87,4 +87,4 @@ def test_tiny_headline_run_through_bench_sync(bench: Any) -> None:
     assert "full" not in res  # --headline-only
     buckets = h["profile"]["receiver"]["buckets"]
     assert buckets["store apply_raw (all below)"] > 0
-    assert h["profile"]["sender"]["buckets"]["log scan + record reads"] > 0
+    assert h["profile"]["sender"]["buckets"]["    log scan + record reads"] > 0
