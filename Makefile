@@ -48,10 +48,21 @@ pytest: $(VENV)/.installed-test
 
 test: lint typecheck pytest
 
-# 10,000+ seeded schedules: every scenario, seeds 1-1250, 6 nodes x 1,000 operations, one
-# summary row per scenario and the wall time; then the soak-marked tests.
+# Issue 13's sweep: `crdt-kv simulate --seeds 1250` over every scenario (12 today, so 15,000
+# seeded schedules; 10,000 at the issue's 8) at 6 nodes x 1,000 operations, one summary row
+# per scenario; then the wall time, also scaled to 10,000 schedules (target: under 300 s on
+# 2 cores); then the soak-marked tests. simulate prints no wall time (only its progress bar,
+# on a terminal, shows the elapsed time).
+SOAK_SEEDS ?= 1250
 soak: $(VENV)/.installed-test
-	$(BIN)/crdt-kv simulate --nodes 6 --ops 1000 --seeds 1250 --summary
+	@scenarios=$$($(BIN)/python -c 'from crdt_kv.sim.scenarios import scenario_names as s; print(len(s()))'); \
+	runs=$$(( scenarios * $(SOAK_SEEDS) )); \
+	start=$$(date +%s); \
+	$(BIN)/crdt-kv simulate --nodes 6 --ops 1000 --seeds $(SOAK_SEEDS) --summary; status=$$?; \
+	wall=$$(( $$(date +%s) - start )); \
+	echo "soak sweep: $$runs schedules ($$scenarios scenarios x $(SOAK_SEEDS) seeds) in $$wall s wall;" \
+		"$$(( wall * 10000 / runs )) s per 10,000 (target < 300 s); load $$(cut -d' ' -f1 /proc/loadavg)"; \
+	exit $$status
 	$(BIN)/python -m pytest -m soak
 
 # Multi-process chaos (crdt_kv/testing/chaos): 5 crdt-kv serve nodes talking only through a

@@ -1,6 +1,15 @@
 """Replication speed over loopback TCP between two RocksDB stores, against pycrdt (Yjs).
 
-Measures (issue 4, "Speed"):
+First, issue 13's headline row (``sync_headline.py``, read its docstring): a full sync of
+``--headline-n`` entries (100,000; ``--big-n`` with ``--big``) with 100-byte values from a
+``crdt-kv serve`` process into a receiver process, RocksDB both ends: entries/s, wire bytes
+per entry, both processes' peak RSS, with pycrdt and raw ``rocksdict`` (WriteBatch per 1,000)
+timed in the same run, paired run by run (``--headline-repeat``). Targets >= 170,000
+entries/s, <= 120 B/entry, peak RSS <= 200 MiB at 1,000,000 entries (only with ``--big``).
+``--profile`` also profiles both headline processes (all threads, CPU clock).
+``--headline-only`` runs just this; ``--no-headline`` skips it.
+
+Then (issue 4, "Speed"):
 
 1. full sync of ``--full`` entries (default 100,000) into an empty store: entries/s (wall
    clock, and the CPU-bound rate: entries per main-thread CPU second, which both sessions
@@ -37,9 +46,10 @@ alone; ``--profile`` prints where a full sync spends its time. Every run checks 
 stores converged (equal digests, all keys), so nothing is timed that did not happen.
 
 Run: ``.venv/bin/python bench/bench_sync.py [--big] [--sweep] [--stages] [--profile]
-[--json]``; the loop measurement alone: ``bench/bench_sync.py --loop-only [--loop-n N]
-[--loop-repeat R] [--loop-sync-writes both|true|false]``; siblings vs lww alone:
-``bench/bench_sync.py --siblings-only [--full N] [--repeat R]``.
+[--json]``; the headline alone: ``bench/bench_sync.py --headline-only [--headline-n N]
+[--headline-repeat R] [--profile]``; the loop measurement alone: ``bench/bench_sync.py
+--loop-only [--loop-n N] [--loop-repeat R] [--loop-sync-writes both|true|false]``; siblings
+vs lww alone: ``bench/bench_sync.py --siblings-only [--full N] [--repeat R]``.
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import sync_headline
 import trio
 
 import crdt_kv
@@ -371,8 +382,11 @@ class YResult:
     state_vector_bytes: int = 0
 
 
-def pycrdt_bench(n: int, repeat: int, seed: int) -> YResult:
-    """Full sync of a Y.Map of ``n`` keys, then ``repeat`` rounds of 100 changed keys."""
+def pycrdt_bench(
+    n: int, repeat: int, seed: int, *, value: Callable[[int], Any] = value_of
+) -> YResult:
+    """Full sync of a Y.Map of ``n`` keys (values ``value(i)``), then ``repeat`` rounds of
+    100 changed keys."""
     from pycrdt import Doc, Map
 
     res = YResult()
@@ -380,7 +394,7 @@ def pycrdt_bench(n: int, repeat: int, seed: int) -> YResult:
     ymap = doc.get("m", type=Map)
     with doc.transaction():
         for i in range(n):
-            ymap[key_of(i)] = value_of(i)
+            ymap[key_of(i)] = value(i)
     other = Doc()
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -988,6 +1002,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wd = Workdir()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if not args.quiet else (lambda s: None)
     try:
+        if not (args.no_headline or args.loop_only or args.siblings_only):
+            run_headline(args, out, log)
+            if args.headline_only:
+                return out
         if args.loop_only:
             run_loop_health(args, out, wd, log)
             return out
@@ -1148,6 +1166,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_headline(args: argparse.Namespace, out: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Issue 13's headline row (``sync_headline``): two processes, 100-byte values."""
+    n = args.headline_n or (args.big_n if args.big else 100_000)
+
+    def pycrdt_full(size: int, value: Callable[[int], Any]) -> float:
+        return med(pycrdt_bench(size, 1, args.seed, value=value).full_seconds)
+
+    log(f"headline: {n:,}-entry two-process full sync, {args.headline_repeat} paired run(s) ...")
+    out["headline"] = sync_headline.run_headline(
+        n, args.headline_repeat, pycrdt_full=pycrdt_full, profile=args.profile, log=log
+    )
+
+
 def run_loop_health(
     args: argparse.Namespace, out: dict[str, Any], wd: Workdir, log: Callable[[str], None]
 ) -> None:
@@ -1169,6 +1200,8 @@ def run_loop_health(
 def verdicts(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """Rows: (measure, crdt_kv, comparison, target, verdict)."""
     rows: list[tuple[str, str, str, str, str]] = []
+    if "headline" in res:
+        rows += sync_headline.headline_verdicts(res["headline"])
     if "full" in res:
         rows += sync_verdicts(res)
     if "siblings" in res:
@@ -1335,6 +1368,18 @@ def print_report(res: dict[str, Any]) -> None:
         style = {"MET": "green", "MISSED": "red"}.get(row[4], "")
         t.add_row(*row[:4], f"[{style}]{row[4]}[/]" if style else row[4])
     console.print(t)
+    if "profile" in res.get("headline", {}):
+        h = res["headline"]
+        ht = Table(
+            title=f"cProfile of one headline full sync ({h['n']:,} entries, "
+            f"{h['profile']['wall_seconds']:.2f} s wall under the profiler): CPU seconds "
+            "per process, all threads"
+        )
+        for col in ("where", "CPU s", "share of the side"):
+            ht.add_column(col)
+        for prow in sync_headline.profile_rows(h):
+            ht.add_row(*prow)
+        console.print(ht)
     if "delta" in res:
         d_first = {
             k: (round(v["first_round_ms"], 1), v["first_round_bytes"])
@@ -1424,10 +1469,21 @@ def main(argv: list[str] | None = None) -> int:
         default="replicate" if has_replicate else "raw",
         help="crdt_kv.replicate, or the raw Session pump in this file",
     )
+    ap.add_argument(
+        "--headline-n",
+        type=int,
+        default=None,
+        help="entries of the headline two-process sync (default 100,000; --big-n with --big)",
+    )
+    ap.add_argument("--headline-repeat", type=int, default=3, help="paired headline runs")
+    ap.add_argument("--headline-only", action="store_true", help="run only the headline row")
+    ap.add_argument("--no-headline", action="store_true", help="skip the headline row")
     ap.add_argument("--no-procs", action="store_true", help="skip the two-process full sync")
     ap.add_argument("--sweep", action="store_true", help="max_batch_entries x window sweep")
     ap.add_argument("--sweep-repeat", type=int, default=3)
-    ap.add_argument("--profile", action="store_true", help="cProfile one full sync")
+    ap.add_argument(
+        "--profile", action="store_true", help="cProfile one full sync (and the headline)"
+    )
     ap.add_argument(
         "--stages", action="store_true", help="CPU seconds of each full-sync stage, no network"
     )
