@@ -51,8 +51,7 @@ test: lint typecheck pytest
 # Issue 13's sweep: `crdt-kv simulate --seeds 1250` over every scenario (12 today, so 15,000
 # seeded schedules; 10,000 at the issue's 8) at 6 nodes x 1,000 operations, one summary row
 # per scenario; then the wall time, also scaled to 10,000 schedules (target: under 300 s on
-# 2 cores); then the soak-marked tests. simulate prints no wall time (only its progress bar,
-# on a terminal, shows the elapsed time).
+# 2 cores); then the soak-marked tests.
 SOAK_SEEDS ?= 1250
 soak: $(VENV)/.installed-test
 	@scenarios=$$($(BIN)/python -c 'from crdt_kv.sim.scenarios import scenario_names as s; print(len(s()))'); \
