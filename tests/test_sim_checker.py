@@ -174,6 +174,24 @@ def test_oracle_flags_lost_and_resurrected(store_factory: Any) -> None:
     assert m.kind == "lost"
 
 
+def test_a_key_lost_everywhere_may_end_absent_or_older(store_factory: Any) -> None:
+    """Rot on every replica lost a tombstone: an older state still on the wire may win,
+    nothing newer than the lost one, and nothing no client wrote."""
+    a, c, empty, oracle = _stores(store_factory)
+    v1 = a.put("k", 1)
+    oracle.record("k", 1, False, v1.hlc, v1.peer)
+    c.apply(a.changes())
+    v2 = a.delete("k")
+    oracle.record("k", None, True, v2.hlc, v2.peer)
+    oracle.lose_everywhere("k", v2.hlc)
+    assert oracle.check("c", c) == []  # the older value came back: allowed
+    assert oracle.check("e", empty) == []  # absent: allowed
+    (m,) = oracle.check("c", c, exclude_peers=["a"])
+    assert m.kind == "phantom"  # a refused peer's state never stands
+    oracle.lose_everywhere("k", v1.hlc)  # a later loss never lowers the bound
+    assert oracle.lost["k"] == v2.hlc
+
+
 def test_oracle_flags_phantom_and_wrong_winner(store_factory: Any) -> None:
     a, c, _, oracle = _stores(store_factory)
     a.put("ghost", "never acknowledged")

@@ -38,3 +38,16 @@ def test_nodes_are_watched_separately_and_forget_starts_afresh() -> None:
     w.forget("n1")
     w.listener("n1")(_e("k", 2))
     assert w.count == 0
+
+
+def test_a_key_lost_everywhere_is_forgotten_on_every_node() -> None:
+    w = StampWatch()
+    w.listener("n1")(_e("k", 10))
+    w.listener("n2")(_e("k", 10))
+    w.listener("n2")(_e("j", 10))
+    w.forget_key(b"k")
+    w.listener("n1")(_e("k", 3))
+    w.listener("n2")(_e("k", 3))
+    assert w.count == 0
+    w.listener("n2")(_e("j", 3))
+    assert w.count == 1

@@ -39,6 +39,8 @@ from crdt_kv.sim.faults import (
 from crdt_kv.sim.links import LinkShell
 from crdt_kv.sim.network import Network
 from crdt_kv.sim.nodes import DOWN, PENDING, UP, SimNode
+from crdt_kv.sim.oracle import Oracle
+from crdt_kv.sim.stampwatch import StampWatch
 from crdt_kv.sim.workload import Op
 from crdt_kv.store import Store
 from crdt_kv.version import RawEntry
@@ -57,6 +59,8 @@ class FaultActions:
     sched_rng: random.Random
     fault_rng: random.Random
     causal: CausalOracle | None
+    oracle: Oracle
+    watch: StampWatch | None
     _up: list[int] | None
     vt: VirtualTime
 
@@ -296,6 +300,14 @@ class FaultActions:
                     n.backend.write([(DATA + k, None)])
                     if self.causal is not None:
                         self.causal.lose(i, k)
+            # An older state of k may still be on the wire: the oracles and the watch must
+            # let it stand, since no replica knows of the lost one any more.
+            top = max(state_stamp(s) for s in states if s is not None)
+            if self.causal is not None:
+                self.causal.lose_everywhere(k, top)
+            self.oracle.lose_everywhere(k.decode("utf-8", "replace"), top)
+            if self.watch is not None:
+                self.watch.forget_key(k)
             self.c["rotten_everywhere"] += 1
             return
 

@@ -198,6 +198,8 @@ class CausalOracle:
         self.resolver = resolver
         self.books: dict[bytes, _Book] = {}
         self.seen: list[dict[bytes, int]] = [{} for _ in range(nodes)]
+        self.lost: dict[bytes, int] = {}
+        """Keys whose state every replica lost (bit rot), with its largest stamp."""
         self.pending: dict[tuple[bytes, str, int, bool, bytes], tuple[_Book, int]] = {}
         """Acknowledged writes not yet durable anywhere (``sync_writes=False`` only)."""
         self.writes = 0
@@ -312,6 +314,13 @@ class CausalOracle:
         """``node``'s record of ``key`` rotted away: it has seen nothing of the key."""
         self.seen[node].pop(key, None)
 
+    def lose_everywhere(self, key: bytes, stamp: int) -> None:
+        """Every replica lost ``key``'s state (largest stamp ``stamp``) to rot: versions
+        still on the wire may arrive afterwards and stand, since nothing anywhere knows of
+        the lost state. The key may then hold any acknowledged versions older than
+        ``stamp`` (the replicas must still agree, order included)."""
+        self.lost[key] = max(stamp, self.lost.get(key, 0))
+
     def absorb(self, node: int, states: Iterable[RawEntry]) -> None:
         """``node`` merged these states outside a batch (repair): it has seen what they
         show."""
@@ -393,14 +402,17 @@ class CausalOracle:
         below = max(horizon, store.gc_horizon)
         states = {r.key: r for r in store.raw_changes(0)}
         for kb, book in self.books.items():
-            exp = self.expected(kb)
             got = store.get_all(book.key)
-            out.extend(self._live(node, book, exp, got, excluded))
             state = states.pop(kb, None)
-            if state is None and not exp.live and _collected(exp, below):
-                continue
-            dead = [v for v in _versions(state) if v[2]] if state is not None else []
-            out.extend(self._dead(node, book, exp, dead, excluded, below))
+            if kb in self.lost:
+                out.extend(self._after_loss(node, book, self.lost[kb], state, excluded))
+            else:
+                exp = self.expected(kb)
+                out.extend(self._live(node, book, exp, got, excluded))
+                if state is None and not exp.live and _collected(exp, below):
+                    continue
+                dead = [v for v in _versions(state) if v[2]] if state is not None else []
+                out.extend(self._dead(node, book, exp, dead, excluded, below))
             if orders is not None:
                 mine = [(e.peer, e.hlc) for e in got]
                 first = orders.setdefault(kb, (node, mine))
@@ -416,6 +428,20 @@ class CausalOracle:
                 Mismatch(node, kb.decode("utf-8", "replace"), "phantom", "never written", held)
             )
         return out
+
+    @staticmethod
+    def _after_loss(
+        node: str, book: _Book, top: int, state: RawEntry | None, excluded: set[str]
+    ) -> list[Mismatch]:
+        """A key lost everywhere (:meth:`lose_everywhere`; ``top``: the lost state's
+        stamp): each version held must be an acknowledged write older than the lost one."""
+        if state is None:
+            return []
+        return [
+            Mismatch(node, book.key, "phantom", f"older than {top}", _describe(v))
+            for v in _versions(state)
+            if v[0] in excluded or v[1] >= top or book.find(v) is None
+        ]
 
     def _live(
         self, node: str, book: _Book, exp: Expected, got: list[Entry], excluded: set[str]

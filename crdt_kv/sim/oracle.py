@@ -67,6 +67,8 @@ class Oracle:
         self.writes = 0
         self.ties = 0
         """How many times two different acknowledged writes of one key had equal HLCs."""
+        self.lost: dict[str, int] = {}
+        """Keys whose state every replica lost (bit rot), with that state's stamp."""
 
     def record(self, key: str, value: Any, deleted: bool, hlc: int, peer: str) -> None:
         """Record an acknowledged write (``value`` is ignored for a tombstone)."""
@@ -86,6 +88,13 @@ class Oracle:
         ):
             self.ties += 1
         return beats(a, b, self.resolver)
+
+    def lose_everywhere(self, key: str, stamp: int) -> None:
+        """Every replica lost ``key``'s state, stamped ``stamp``, to rot. A state of it that
+        was still on the wire (a batch read before the loss) may arrive afterwards and
+        win: nothing anywhere knows of the lost one. So the key may end absent or at any
+        acknowledged write older than ``stamp``; the replicas must still agree."""
+        self.lost[key] = max(stamp, self.lost.get(key, 0))
 
     def expected(self, key: str) -> Write | None:
         """The write every replica must hold for ``key`` (None: never written)."""
@@ -108,6 +117,9 @@ class Oracle:
         below = max(horizon, store.gc_horizon)
         for key, w in self.best.items():
             e = store.entry(key)
+            lost = self.lost.get(key)
+            if lost is not None and (e is None or (e.hlc < lost and e.peer not in excluded)):
+                continue
             if e is None:
                 if not (w.deleted and w.hlc < below):  # else: collected
                     out.append(Mismatch(node, key, "lost", w.describe(), "absent"))

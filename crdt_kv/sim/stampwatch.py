@@ -74,6 +74,11 @@ class StampWatch:
 
         return seen
 
+    def forget_key(self, key: bytes) -> None:
+        """Every node lost ``key`` (rot everywhere): an older state of it may come back."""
+        for top in self._top.values():
+            top.pop(key, None)
+
     def forget(self, node: str) -> None:
         """``node`` lost writes (power cut, restore): its older states are legitimate."""
         self._top.pop(node, None)
