@@ -9,6 +9,8 @@
  *   fold(notes, counts, sums, added, removed, prefix, shift)
  *                                  fold commit notes into bucket counts and sums mod 2**256
  *   sort_index(items)              sorted(items) for a list of bytes
+ *   bucket_ops(keys, counts, sums, touched)
+ *                                  the (key, record) pairs of the touched bucket fingerprints
  *
  * BLAKE2b is written from the RFC's description (section 3), not from its appendix code.
  */
@@ -120,34 +122,72 @@ static void blake2b_hash(const uint8_t *in, size_t len, uint8_t *out, size_t out
 
 /* ---- integers mod 2**256 as four little-endian uint64 limbs --------------------------- */
 
-static PyObject *MASK256; /* 2**256 - 1 */
+/* The digits of an int, least significant first, and its sign: the internal layout of
+ * CPython's ints (Include/cpython/longintrepr.h), which changed in 3.12. */
+static inline const digit *int_digits(PyObject *v, Py_ssize_t *n, int *negative) {
+    PyLongObject *x = (PyLongObject *)v;
+#if PY_VERSION_HEX >= 0x030C0000
+    uintptr_t tag = x->long_value.lv_tag;
+    *n = (Py_ssize_t)(tag >> _PyLong_NON_SIZE_BITS);
+    *negative = (tag & _PyLong_SIGN_MASK) == 2;
+    return x->long_value.ob_digit;
+#else
+    Py_ssize_t size = Py_SIZE(x);
+    *negative = size < 0;
+    *n = size < 0 ? -size : size;
+    return x->ob_digit;
+#endif
+}
+
+/* The low 256 bits of the magnitude of ``v`` (an int) into ``out``; its bit length. */
+static size_t magnitude_u256(PyObject *v, uint64_t out[4], int *negative) {
+    Py_ssize_t n;
+    const digit *d = int_digits(v, &n, negative);
+    memset(out, 0, 4 * sizeof(uint64_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        size_t off = (size_t)i * PyLong_SHIFT, limb = off / 64, sh = off % 64;
+        if (off >= 256) break;
+        uint64_t x = d[i];
+        out[limb] |= x << sh;
+        if (sh + PyLong_SHIFT > 64 && limb + 1 < 4) out[limb + 1] |= x >> (64 - sh);
+    }
+    if (n == 0) return 0;
+    size_t top = 0;
+    for (digit t = d[n - 1]; t; t >>= 1) top++;
+    return (size_t)(n - 1) * PyLong_SHIFT + top;
+}
 
 /* ``v`` mod 2**256 into ``out`` (any int, negative ones too); -1 with an exception set. */
 static int to_u256(PyObject *v, uint64_t out[4]) {
-    unsigned char buf[33];
+    int negative;
     if (!PyLong_Check(v)) {
         PyErr_Format(PyExc_TypeError, "expected an int, got %.100s", Py_TYPE(v)->tp_name);
         return -1;
     }
-#if PY_VERSION_HEX >= 0x030D0000
-    int ok = _PyLong_AsByteArray((PyLongObject *)v, buf, 33, 1, 1, 1);
-#else
-    int ok = _PyLong_AsByteArray((PyLongObject *)v, buf, 33, 1, 1);
-#endif
-    if (ok < 0) { /* beyond 264 bits: reduce first (Python's & treats negatives as 2s-complement) */
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
-        PyErr_Clear();
-        PyObject *low = PyNumber_And(v, MASK256);
-        if (low == NULL) return -1;
-#if PY_VERSION_HEX >= 0x030D0000
-        ok = _PyLong_AsByteArray((PyLongObject *)low, buf, 33, 1, 1, 1);
-#else
-        ok = _PyLong_AsByteArray((PyLongObject *)low, buf, 33, 1, 1);
-#endif
-        Py_DECREF(low);
-        if (ok < 0) return -1;
+    magnitude_u256(v, out, &negative);
+    if (negative) { /* 2**256 - magnitude: the two's complement */
+        uint64_t carry = 1;
+        for (int i = 0; i < 4; i++) {
+            out[i] = ~out[i] + carry;
+            carry = carry && out[i] == 0;
+        }
     }
-    for (int i = 0; i < 4; i++) out[i] = load_le64(buf + 8 * i);
+    return 0;
+}
+
+/* ``v`` into ``out`` if it is an int in [0, 2**256), else -1 with OverflowError (what
+ * ``int.to_bytes(32, "big")`` raises). */
+static int exact_u256(PyObject *v, uint64_t out[4]) {
+    int negative;
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "expected an int, got %.100s", Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    if (magnitude_u256(v, out, &negative) > 256 || negative) {
+        PyErr_SetString(PyExc_OverflowError,
+                        negative ? "can't convert negative int to unsigned" : "int too big to convert");
+        return -1;
+    }
     return 0;
 }
 
@@ -421,6 +461,81 @@ static PyObject *sort_index(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* ---- bucket_ops ------------------------------------------------------------------------ */
+
+static int cmp_ssize(const void *a, const void *b) {
+    Py_ssize_t x = *(const Py_ssize_t *)a, y = *(const Py_ssize_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The ``f`` value of a bucket: u64be(count) + the 32-byte big-endian sum (pack_bucket). */
+static PyObject *bucket_record(PyObject *count, PyObject *sum) {
+    unsigned long long c = PyLong_AsUnsignedLongLong(count);
+    uint64_t limbs[4];
+    if ((c == (unsigned long long)-1 && PyErr_Occurred()) || exact_u256(sum, limbs) < 0)
+        return NULL;
+    uint8_t buf[40];
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(c >> (56 - 8 * i));
+    for (int i = 0; i < 32; i++) buf[8 + i] = (uint8_t)(limbs[3 - i / 8] >> (56 - 8 * (i % 8)));
+    return PyBytes_FromStringAndSize((const char *)buf, 40);
+}
+
+/* One op: (keys[b], its record, or None if its count is 0). */
+static PyObject *bucket_op(PyObject *keys, PyObject *counts, PyObject *sums, Py_ssize_t b) {
+    PyObject *key = b < 0 || b >= PySequence_Fast_GET_SIZE(keys)
+                        ? NULL
+                        : PySequence_Fast_GET_ITEM(keys, b);
+    PyObject *count = b < 0 ? NULL : PyList_GetItem(counts, b);
+    PyObject *sum = b < 0 ? NULL : PyList_GetItem(sums, b);
+    if (key == NULL || count == NULL || sum == NULL) {
+        PyErr_Clear();
+        return PyErr_Format(PyExc_IndexError, "bucket %zd out of range", b);
+    }
+    int live = PyObject_IsTrue(count);
+    if (live < 0) return NULL;
+    if (!live) return PyTuple_Pack(2, key, Py_None);
+    PyObject *record = bucket_record(count, sum);
+    if (record == NULL) return NULL;
+    PyObject *op = PyTuple_Pack(2, key, record);
+    Py_DECREF(record);
+    return op;
+}
+
+static PyObject *bucket_ops(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4 || !PyList_Check(args[1]) || !PyList_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "bucket_ops(keys, counts: list, sums: list, touched)");
+        return NULL;
+    }
+    PyObject *keys = PySequence_Fast(args[0], "keys must be a sequence");
+    PyObject *touched = keys == NULL ? NULL : PySequence_Fast(args[3], "touched: iterable");
+    Py_ssize_t n = touched == NULL ? 0 : PySequence_Fast_GET_SIZE(touched);
+    Py_ssize_t *bs = touched == NULL ? NULL : PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
+    PyObject *out = bs == NULL ? NULL : PyList_New(n);
+    if (out == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bs[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(touched, i));
+        if (bs[i] == -1 && PyErr_Occurred()) goto fail;
+    }
+    qsort(bs, (size_t)n, sizeof(Py_ssize_t), cmp_ssize);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *op = bucket_op(keys, args[1], args[2], bs[i]);
+        if (op == NULL) goto fail;
+        PyList_SET_ITEM(out, i, op);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyMem_Free(bs);
+    Py_XDECREF(touched);
+    Py_XDECREF(keys);
+    return out;
+}
+
 /* ---- blake2b, position ---------------------------------------------------------------- */
 
 static PyObject *py_blake2b(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -461,6 +576,9 @@ static PyMethodDef methods[] = {
      "fold(notes, counts, sums, added, removed, prefix, shift) -> list[int]: see "
      "crdt_kv.accel.fold."},
     {"sort_index", sort_index, METH_O, "sort_index(items) -> list[bytes]: sorted(items)."},
+    {"bucket_ops", (PyCFunction)(void (*)(void))bucket_ops, METH_FASTCALL,
+     "bucket_ops(keys, counts, sums, touched) -> list[tuple[bytes, bytes | None]]: see "
+     "crdt_kv.accel.bucket_ops."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -470,13 +588,4 @@ static struct PyModuleDef module = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) {
-    PyObject *one = PyLong_FromLong(1), *bits = PyLong_FromLong(256);
-    PyObject *big = one && bits ? PyNumber_Lshift(one, bits) : NULL;
-    MASK256 = big ? PyNumber_Subtract(big, one) : NULL;
-    Py_XDECREF(one);
-    Py_XDECREF(bits);
-    Py_XDECREF(big);
-    if (MASK256 == NULL) return NULL;
-    return PyModule_Create(&module);
-}
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

@@ -15,3 +15,10 @@ def fold(
     /,
 ) -> list[int]: ...
 def sort_index(items: Sequence[bytes], /) -> list[bytes]: ...
+def bucket_ops(
+    keys: Sequence[bytes],
+    counts: list[int],
+    sums: list[int],
+    touched: Iterable[int],
+    /,
+) -> list[tuple[bytes, bytes | None]]: ...

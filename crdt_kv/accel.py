@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from crdt_kv.layout_fingerprints import pack_bucket
+
 __all__ = [
     "ACTIVE",
     "COMPILED",
@@ -33,6 +35,7 @@ __all__ = [
     "Note",
     "SpeedupsWarning",
     "blake2b",
+    "bucket_ops",
     "fold",
     "position",
     "sort_index",
@@ -91,6 +94,14 @@ def _fold(  # noqa: PLR0917 - positional, like its compiled twin
     return list(touched)
 
 
+def _bucket_ops(
+    keys: Sequence[bytes], counts: list[int], sums: list[int], touched: Iterable[int]
+) -> list[tuple[bytes, bytes | None]]:
+    return [
+        (keys[b], pack_bucket(counts[b], sums[b]) if counts[b] else None) for b in sorted(touched)
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Impl:
     """One implementation of every accelerated function (see the module-level names)."""
@@ -103,9 +114,12 @@ class Impl:
         list[int],
     ]
     sort_index: Callable[[Sequence[bytes]], list[bytes]]
+    bucket_ops: Callable[
+        [Sequence[bytes], list[int], list[int], Iterable[int]], list[tuple[bytes, bytes | None]]
+    ]
 
 
-PURE = Impl("python", _blake2b, _position, _fold, sorted)
+PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops)
 """The reference implementation."""
 
 
@@ -124,7 +138,7 @@ def _load() -> tuple[Impl | None, str]:
             stacklevel=2,
         )
         return None, "speedups off: crdt_kv._speedups is not built"
-    impl = Impl("c", ext.blake2b, ext.position, ext.fold, ext.sort_index)
+    impl = Impl("c", ext.blake2b, ext.position, ext.fold, ext.sort_index, ext.bucket_ops)
     return impl, "speedups: compiled"
 
 
@@ -149,3 +163,8 @@ once, in no particular order. ``counts`` and ``sums`` are changed in place."""
 sort_index = ACTIVE.sort_index
 """``sort_index(items) -> list[bytes]``: ``sorted(items)`` for bytes items (the compiled
 twin radix-sorts on the first 8 bytes: index keys start with a hashed position)."""
+bucket_ops = ACTIVE.bucket_ops
+"""``bucket_ops(keys, counts, sums, touched) -> ops``: for each touched bucket ``b`` in
+ascending order, ``(keys[b], pack_bucket(counts[b], sums[b]))``, or ``(keys[b], None)`` if
+``counts[b]`` is 0: the ``f`` entries of a checkpoint
+(:func:`crdt_kv.layout_fingerprints.pack_bucket`)."""

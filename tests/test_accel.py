@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 import crdt_kv
 from crdt_kv import accel
 from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKETS, position_bytes
-from crdt_kv.layout_fingerprints import INDEX
+from crdt_kv.layout_fingerprints import BUCKET_KEYS, INDEX
 from crdt_kv.store import buckets as buckets_mod
 from crdt_kv.store.buckets import Buckets
 
@@ -194,6 +195,45 @@ def test_sort_index_large_and_rejects_non_bytes() -> None:
         C.sort_index([b"a", "b"])  # type: ignore[list-item]
 
 
+# --- bucket_ops -------------------------------------------------------------------------------
+
+
+@needs_c
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.dictionaries(
+        st.integers(min_value=0, max_value=BUCKETS - 1),
+        st.tuples(
+            st.integers(min_value=0, max_value=(1 << 64) - 1),
+            st.integers(min_value=0, max_value=(1 << 256) - 1),
+        ),
+        max_size=50,
+    )
+)
+def test_bucket_ops_compiled_equals_pure(rows: dict[int, tuple[int, int]]) -> None:
+    assert C is not None
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    for b, (c, s) in rows.items():
+        counts[b], sums[b] = c, s
+    touched = set(rows) | {0, BUCKETS - 1}
+    want = accel.PURE.bucket_ops(BUCKET_KEYS, counts, sums, touched)
+    assert C.bucket_ops(BUCKET_KEYS, counts, sums, touched) == want
+    assert C.bucket_ops(BUCKET_KEYS, counts, sums, sorted(touched, reverse=True)) == want
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@pytest.mark.parametrize(("count", "total"), [(1, -1), (1, 1 << 256), (-1, 0), (1 << 64, 0)])
+def test_bucket_ops_refuses_what_pack_bucket_refuses(
+    impl: accel.Impl, count: int, total: int
+) -> None:
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    counts[3], sums[3] = count, total
+    with pytest.raises((OverflowError, struct.error)):
+        impl.bucket_ops(BUCKET_KEYS, counts, sums, [3])
+    with pytest.raises(IndexError):
+        impl.bucket_ops(BUCKET_KEYS, counts, sums, [BUCKETS])
+
+
 # --- the buckets on either path -------------------------------------------------------------
 
 
@@ -202,6 +242,7 @@ def buckets_ops(
 ) -> tuple[list[object], list[int], list[int], int]:
     monkeypatch.setattr(buckets_mod, "fold", impl.fold)
     monkeypatch.setattr(buckets_mod, "sort_index", impl.sort_index)
+    monkeypatch.setattr(buckets_mod, "bucket_ops", impl.bucket_ops)
     b = Buckets()
     b.notes.extend(ns)
     ops: list[object] = [*b.fresh_index(), *b.checkpoint_ops(7, more)]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import repeat
 
-from crdt_kv.accel import Note, fold, sort_index
+from crdt_kv.accel import Note, bucket_ops, fold, sort_index
 from crdt_kv.accel import position as position_bytes
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, BUCKETS
@@ -167,11 +167,7 @@ class Buckets:
         if added:
             xs = sort_index([*xs, *added])
         ops: list[Op] = list(zip(xs, repeat(b"")))
-        keys = BUCKET_KEYS
-        ops += [
-            (keys[b], pack_bucket(counts[b], sums[b]) if counts[b] else None)
-            for b in sorted(touched)
-        ]
+        ops += bucket_ops(BUCKET_KEYS, counts, sums, touched)
         ops.append((META_FINGERPRINTS, pack_u64(seq)))
         return ops
 
