@@ -89,4 +89,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_hostile.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis crdt_kv/_speedups*.so

@@ -5,7 +5,9 @@ A commit only notes, after the backend accepted its batch, each changed key with
 digest delta and whether the key is new (a list append: the position hash, the bucket sums
 and the new keys' index entries cost nothing on the commit path). The notes are folded into
 the buckets (:meth:`Buckets.settle`) before anything reads them (range fingerprints and
-items, statistics, collection, checkpoints), under the commit lock. Writing the touched
+items, statistics, collection, checkpoints), under the commit lock; the per-key work of
+folding and of building a checkpoint is in :mod:`crdt_kv.accel` (compiled when the
+extension is built, a pure-Python reference otherwise). Writing the touched
 ``f`` entries and a new key's ``x`` entry (a write at a random position) in every commit
 would cost a put about a third more time; they are saved at *checkpoints* instead, with
 ``mfingerprints`` = the last sequence they describe: when :data:`CHECKPOINT_KEYS` keys
