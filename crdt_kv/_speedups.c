@@ -234,15 +234,15 @@ static int key_view(PyObject *key, Py_buffer *view) {
 static int fold_one(PyObject *note, Slot *slots, Py_ssize_t *used, int32_t *slot_of,
                     Py_ssize_t nbuckets, int shift, PyObject *added, PyObject *removed,
                     const char *prefix, Py_ssize_t plen) {
-    PyObject *fast = PySequence_Fast(note, "a note must be (key, delta, count delta)");
+    PyObject *fast = PySequence_Tuple(note); /* a tuple note is itself: no copy */
     if (fast == NULL) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != 3) {
-        PyErr_Format(PyExc_ValueError, "a note must have 3 items, not %zd",
-                     PySequence_Fast_GET_SIZE(fast));
+    if (PyTuple_GET_SIZE(fast) != 3) {
+        PyErr_Format(PyExc_ValueError, "a note must be (key, delta, count delta), not %zd items",
+                     PyTuple_GET_SIZE(fast));
         Py_DECREF(fast);
         return -1;
     }
-    PyObject **it = PySequence_Fast_ITEMS(fast);
+    PyObject **it = &PyTuple_GET_ITEM(fast, 0);
     Py_buffer view;
     uint64_t delta[4];
     uint8_t pos[8];
@@ -300,8 +300,9 @@ static int apply_slot(const Slot *slot, PyObject *counts, PyObject *sums, PyObje
     if (slot->count) {
         PyObject *d = PyLong_FromLongLong(slot->count);
         if (d == NULL) return -1;
-        PyObject *old = PyList_GetItem(counts, b);
+        PyObject *old = Py_XNewRef(PyList_GetItem(counts, b));
         PyObject *c = old == NULL ? NULL : PyNumber_Add(old, d);
+        Py_XDECREF(old);
         Py_DECREF(d);
         if (c == NULL) return -1;
         if (PyList_SetItem(counts, b, c) < 0) return -1; /* steals c */
@@ -341,9 +342,10 @@ static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     Py_ssize_t nbuckets = PyList_GET_SIZE(counts);
     if (PyList_GET_SIZE(sums) < nbuckets) nbuckets = PyList_GET_SIZE(sums);
-    PyObject *notes = PySequence_Fast(args[0], "notes must be a sequence");
+    /* our own tuple: nothing a note's conversion runs can change what we iterate */
+    PyObject *notes = PySequence_Tuple(args[0]);
     if (notes == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(notes);
+    Py_ssize_t n = PyTuple_GET_SIZE(notes);
     PyObject *touched = PyList_New(0);
     Py_ssize_t cap = n < ((Py_ssize_t)1 << (64 - shift)) ? n : ((Py_ssize_t)1 << (64 - shift));
     Slot *slots = PyMem_Malloc(sizeof(Slot) * (size_t)(cap ? cap : 1));
@@ -357,7 +359,7 @@ static PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (failed && !PyErr_Occurred()) PyErr_NoMemory();
     const char *prefix = PyBytes_AS_STRING(args[5]);
     Py_ssize_t plen = PyBytes_GET_SIZE(args[5]);
-    PyObject **items = PySequence_Fast_ITEMS(notes);
+    PyObject **items = &PyTuple_GET_ITEM(notes, 0);
     for (Py_ssize_t i = 0; i < n && !failed; i++)
         failed = fold_one(items[i], slots, &used, slot_of, nbuckets, (int)shift, added,
                           removed, prefix, plen) < 0;
@@ -482,22 +484,24 @@ static PyObject *bucket_record(PyObject *count, PyObject *sum) {
 
 /* One op: (keys[b], its record, or None if its count is 0). */
 static PyObject *bucket_op(PyObject *keys, PyObject *counts, PyObject *sums, Py_ssize_t b) {
-    PyObject *key = b < 0 || b >= PySequence_Fast_GET_SIZE(keys)
-                        ? NULL
-                        : PySequence_Fast_GET_ITEM(keys, b);
+    PyObject *key = b < 0 || b >= PyTuple_GET_SIZE(keys) ? NULL : PyTuple_GET_ITEM(keys, b);
     PyObject *count = b < 0 ? NULL : PyList_GetItem(counts, b);
     PyObject *sum = b < 0 ? NULL : PyList_GetItem(sums, b);
     if (key == NULL || count == NULL || sum == NULL) {
         PyErr_Clear();
         return PyErr_Format(PyExc_IndexError, "bucket %zd out of range", b);
     }
+    Py_INCREF(count); /* the truth test may run code that changes the lists */
+    Py_INCREF(sum);
+    PyObject *op = NULL, *record = NULL;
     int live = PyObject_IsTrue(count);
-    if (live < 0) return NULL;
-    if (!live) return PyTuple_Pack(2, key, Py_None);
-    PyObject *record = bucket_record(count, sum);
-    if (record == NULL) return NULL;
-    PyObject *op = PyTuple_Pack(2, key, record);
-    Py_DECREF(record);
+    if (live == 0)
+        op = PyTuple_Pack(2, key, Py_None);
+    else if (live > 0 && (record = bucket_record(count, sum)) != NULL)
+        op = PyTuple_Pack(2, key, record);
+    Py_XDECREF(record);
+    Py_DECREF(count);
+    Py_DECREF(sum);
     return op;
 }
 
@@ -507,9 +511,9 @@ static PyObject *bucket_ops(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "bucket_ops(keys, counts: list, sums: list, touched)");
         return NULL;
     }
-    PyObject *keys = PySequence_Fast(args[0], "keys must be a sequence");
-    PyObject *touched = keys == NULL ? NULL : PySequence_Fast(args[3], "touched: iterable");
-    Py_ssize_t n = touched == NULL ? 0 : PySequence_Fast_GET_SIZE(touched);
+    PyObject *keys = PySequence_Tuple(args[0]); /* our own: see fold */
+    PyObject *touched = keys == NULL ? NULL : PySequence_Tuple(args[3]);
+    Py_ssize_t n = touched == NULL ? 0 : PyTuple_GET_SIZE(touched);
     Py_ssize_t *bs = touched == NULL ? NULL : PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(n + 1));
     PyObject *out = bs == NULL ? NULL : PyList_New(n);
     if (out == NULL) {
@@ -517,7 +521,7 @@ static PyObject *bucket_ops(PyObject *self, PyObject *const *args, Py_ssize_t na
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        bs[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(touched, i));
+        bs[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(touched, i));
         if (bs[i] == -1 && PyErr_Occurred()) goto fail;
     }
     qsort(bs, (size_t)n, sizeof(Py_ssize_t), cmp_ssize);

@@ -164,6 +164,15 @@ def test_fold_many_notes_in_one_bucket_and_errors() -> None:
     assert counts == [0] * BUCKETS and sums == [0] * BUCKETS  # nothing applied
 
 
+@needs_c
+def test_fold_takes_bytes_like_keys_and_list_notes_like_the_pure_path() -> None:
+    assert C is not None
+    ns = [[bytearray(b"ba"), 3, True], (memoryview(b"mv"), -4, 1), (b"b", True, -1)]
+    counts, sums = [1] * BUCKETS, [0] * BUCKETS
+    got = run_fold(C, ns, counts, sums, BUCKET_SHIFT)  # type: ignore[arg-type]
+    assert got == run_fold(accel.PURE, ns, counts, sums, BUCKET_SHIFT)  # type: ignore[arg-type]
+
+
 # --- sort_index -------------------------------------------------------------------------------
 
 
