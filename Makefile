@@ -2,6 +2,7 @@
 #   make run   - create .venv if missing, install, run the simulation suite in both conflict
 #                modes and print a verdict per mode
 #   make test  - create .venv if missing, install .[test], run ruff, mypy --strict, pytest
+#                (then the speedups' tests again on the pure-Python path)
 #   make fuzz  - install .[fuzz] (atheris) too, fuzz every target FUZZ_SECONDS (fuzz/README.md)
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS ?=
 
-.PHONY: run test lint typecheck pytest bench soak chaos fuzz clean
+.PHONY: run test lint typecheck pytest pytest-pure bench soak chaos fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +47,14 @@ typecheck: $(VENV)/.installed-test
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
-test: lint typecheck pytest
+# The pure-Python twin of the compiled speedups (crdt_kv/accel.py), on the tests that
+# exercise it: the full run above takes the compiled path when the extension is built.
+PURE_TESTS ?= tests/test_accel.py tests/test_fingerprint.py tests/test_store.py \
+	tests/test_store_gc.py tests/test_store_scrub.py tests/test_crash.py tests/test_repair.py
+pytest-pure: $(VENV)/.installed-test
+	CRDT_KV_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
+
+test: lint typecheck pytest pytest-pure
 
 # Issue 13's sweep: `crdt-kv simulate --seeds 1250` over every scenario (12 today, so 15,000
 # seeded schedules; 10,000 at the issue's 8) at 6 nodes x 1,000 operations, one summary row
@@ -91,4 +99,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_hostile.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis crdt_kv/_speedups*.so

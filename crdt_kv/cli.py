@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import crdt_kv
+from crdt_kv.accel import DESCRIPTION as SPEEDUPS
 from crdt_kv.backends import DEFAULT_BACKEND
 from crdt_kv.backends.files import detect
 from crdt_kv.config import load_config
@@ -300,7 +301,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Inspect a crdt_kv store, run replicating nodes, and run the convergence "
         "simulation suite.",
     )
-    parser.add_argument("--version", action="version", version=crdt_kv.__version__)
+    parser.add_argument(
+        "--version", action="version", version=f"{crdt_kv.__version__} ({SPEEDUPS})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

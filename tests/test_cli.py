@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import crdt_kv
+from crdt_kv import accel
 from crdt_kv.cli import build_parser, main
 from crdt_kv.testing import ManualClock
 
@@ -350,7 +351,8 @@ def test_the_console_script(tmp_path: Path) -> None:
     got = script("get", "greeting", "--path", db)
     assert (got.returncode, got.stdout, got.stderr) == (0, '"hello"\n', "")
     version = script("--version")
-    assert version.returncode == 0 and version.stdout.strip() == crdt_kv.__version__
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"{crdt_kv.__version__} ({accel.DESCRIPTION})"
     bad = script("get", "greeting", "--path", db, "--backend", "nope")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: ConfigError: unknown storage backend 'nope'")

@@ -5,7 +5,9 @@ A commit only notes, after the backend accepted its batch, each changed key with
 digest delta and whether the key is new (a list append: the position hash, the bucket sums
 and the new keys' index entries cost nothing on the commit path). The notes are folded into
 the buckets (:meth:`Buckets.settle`) before anything reads them (range fingerprints and
-items, statistics, collection, checkpoints), under the commit lock. Writing the touched
+items, statistics, collection, checkpoints), under the commit lock; the per-key work of
+folding and of building a checkpoint is in :mod:`crdt_kv.accel` (compiled when the
+extension is built, a pure-Python reference otherwise). Writing the touched
 ``f`` entries and a new key's ``x`` entry (a write at a random position) in every commit
 would cost a put about a third more time; they are saved at *checkpoints* instead, with
 ``mfingerprints`` = the last sequence they describe: when :data:`CHECKPOINT_KEYS` keys
@@ -25,11 +27,12 @@ close leaves nothing to recompute.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from hashlib import blake2b
 from itertools import repeat
 
+from crdt_kv.accel import Note, bucket_ops, fold, sort_index
+from crdt_kv.accel import position as position_bytes
 from crdt_kv.backends.base import Backend, Op
-from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, BUCKETS, position_bytes
+from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKET_WIDTH, BUCKETS
 from crdt_kv.layout import (
     DATA,
     DATA_END,
@@ -64,12 +67,6 @@ CHECKPOINT_KEYS = 1 << 14
 keys' index entries, the stall of one checkpoint (writing that many index entries at
 random positions takes ~50-100 ms on RocksDB) and the log a reopen after a crash reads."""
 _MOD = 1 << 256
-_POSITION = blake2b(digest_size=8)
-
-Note = tuple[bytes, int, int]
-"""One key's change as the buckets see it: ``(key, digest delta, count delta)``; the count
-delta is 1 for a new key (``True`` from the commit path), 0 for a replaced record, -1 for
-a removed one."""
 
 
 class Buckets:
@@ -107,38 +104,24 @@ class Buckets:
         """The length of :attr:`notes` at which the next commit takes a checkpoint."""
 
     def settle(self) -> None:
-        """Fold the :attr:`notes` into the buckets (memory only: they are committed)."""
+        """Fold the :attr:`notes` into the buckets (memory only: they are committed).
+
+        The per-key work (position hash, bucket sums, index keys) is
+        :func:`crdt_kv.accel.fold`, compiled when the extension is built."""
         notes = self.notes
         if not notes:
             return
-        counts, sums, fresh = self.counts, self.sums, self.fresh
-        touched: set[int] = set()
+        fresh = self.fresh
         gone: list[bytes] = []
-        copy, touch, grow = _POSITION.copy, touched.add, fresh.append
-        frombytes, shift, index = int.from_bytes, BUCKET_SHIFT, INDEX
         grown = len(fresh)
-        for k, delta, dc in notes:
-            h = copy()
-            h.update(k)
-            pb = h.digest()
-            b = frombytes(pb) >> shift  # big-endian: the default
-            sums[b] += delta
-            touch(b)
-            if dc:
-                counts[b] += dc
-                if dc > 0:
-                    grow(index + pb + k)
-                else:  # only a collection removes keys (and saves a checkpoint)
-                    gone.append(index + pb + k)
+        touched = fold(notes, self.counts, self.sums, fresh, gone, INDEX, BUCKET_SHIFT)
         added = len(fresh) - grown
         if gone or added:
             self._order = None
-        if gone:
+        if gone:  # only a collection removes keys (and saves a checkpoint)
             drop = set(gone)
             self.fresh = [x for x in fresh if x not in drop]
-        for b in touched:
-            sums[b] %= _MOD
-        self.dirty |= touched
+        self.dirty.update(touched)
         self.total += added - len(gone)
         self.pending += len(notes)
         self.room = CHECKPOINT_KEYS - self.pending
@@ -153,7 +136,7 @@ class Buckets:
     def fresh_index(self) -> list[bytes]:
         """The ``x`` entry keys of the :attr:`fresh` keys, sorted (after :meth:`settle`)."""
         if self._order is None:
-            self._order = sorted(self.fresh)
+            self._order = sort_index(self.fresh)
         return self._order
 
     def checkpoint_ops(
@@ -172,33 +155,21 @@ class Buckets:
         counts, sums = self.counts, self.sums
         touched = self.dirty
         added: list[bytes] = []
-        removed: set[bytes] = set()
+        removed: list[bytes] = []
         if fixes or notes:
             counts, sums, touched = counts.copy(), sums.copy(), set(touched)
             for b, (c, s) in (fixes or {}).items():
                 counts[b], sums[b] = c, s
                 touched.add(b)
-            for k, delta, dc in notes:
-                pb = position_bytes(k)
-                b = int.from_bytes(pb) >> BUCKET_SHIFT
-                counts[b] += dc
-                sums[b] = (sums[b] + delta) % _MOD
-                touched.add(b)
-                if dc > 0:
-                    added.append(INDEX + pb + k)
-                elif dc < 0:
-                    removed.add(INDEX + pb + k)
+            touched.update(fold(notes, counts, sums, added, removed, INDEX, BUCKET_SHIFT))
         xs = self.fresh_index()
         if removed:
-            xs = [x for x in xs if x not in removed]
+            drop = set(removed)
+            xs = [x for x in xs if x not in drop]
         if added:
-            xs = sorted([*xs, *added])  # one sorted run and a few more: ~len(xs) compares
+            xs = sort_index([*xs, *added])
         ops: list[Op] = list(zip(xs, repeat(b"")))
-        keys = BUCKET_KEYS
-        ops += [
-            (keys[b], pack_bucket(counts[b], sums[b]) if counts[b] else None)
-            for b in sorted(touched)
-        ]
+        ops += bucket_ops(BUCKET_KEYS, counts, sums, touched)
         ops.append((META_FINGERPRINTS, pack_u64(seq)))
         return ops
 

@@ -1,0 +1,24 @@
+"""Types of the compiled extension (crdt_kv/_speedups.c); import crdt_kv.accel instead."""
+
+from collections.abc import Iterable, Sequence
+
+def blake2b(data: bytes, digest_size: int = 64) -> bytes: ...
+def position(key: bytes) -> bytes: ...
+def fold(
+    notes: Iterable[tuple[bytes, int, int]],
+    counts: list[int],
+    sums: list[int],
+    added: list[bytes],
+    removed: list[bytes],
+    prefix: bytes,
+    shift: int,
+    /,
+) -> list[int]: ...
+def sort_index(items: Sequence[bytes], /) -> list[bytes]: ...
+def bucket_ops(
+    keys: Sequence[bytes],
+    counts: list[int],
+    sums: list[int],
+    touched: Iterable[int],
+    /,
+) -> list[tuple[bytes, bytes | None]]: ...

@@ -1,0 +1,329 @@
+"""crdt_kv.accel: the compiled twin returns exactly what the pure-Python reference returns,
+BLAKE2b matches hashlib, and the choice between them (environment, missing extension) works.
+
+The comparisons need the extension (``python setup.py build_ext --inplace`` or any
+``pip install``); without it they skip, and the rest runs on the pure path. ``make test``
+runs this file and the bucket tests once more with ``CRDT_KV_PURE_PYTHON=1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import crdt_kv
+from crdt_kv import accel
+from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKETS, position_bytes
+from crdt_kv.layout_fingerprints import BUCKET_KEYS, INDEX
+from crdt_kv.store import buckets as buckets_mod
+from crdt_kv.store.buckets import Buckets
+
+ROOT = Path(__file__).resolve().parent.parent
+C = accel.COMPILED
+needs_c = pytest.mark.skipif(C is None, reason=f"speedups: {accel.DESCRIPTION}")
+IMPLS = [accel.PURE] if C is None else [accel.PURE, C]
+
+keys = st.one_of(
+    st.binary(max_size=40),
+    st.binary(min_size=120, max_size=400),  # around and past one 128-byte block
+    st.sampled_from([b"", b"a", b"k" * 128, b"k" * 129, b"\x00" * 256]),
+)
+deltas = st.one_of(
+    st.integers(min_value=-(1 << 256) + 1, max_value=(1 << 256) - 1),
+    st.integers(min_value=-(1 << 300), max_value=1 << 300),  # beyond a digest delta
+    st.sampled_from([0, 1, -1, (1 << 256) - 1, -(1 << 256) + 1, 1 << 256, -(1 << 256)]),
+)
+count_deltas = st.sampled_from([True, False, 1, 0, -1, 2, -2])
+notes = st.lists(st.tuples(keys, deltas, count_deltas), max_size=60)
+additions = st.lists(st.tuples(keys, deltas, st.sampled_from([True, False, 1, 0])), max_size=60)
+
+
+def run_fold(
+    impl: accel.Impl,
+    ns: list[accel.Note],
+    counts: list[int],
+    sums: list[int],
+    shift: int,
+) -> tuple[list[int], list[int], list[int], list[bytes], list[bytes]]:
+    counts, sums = counts.copy(), sums.copy()
+    added: list[bytes] = []
+    removed: list[bytes] = []
+    touched = impl.fold(ns, counts, sums, added, removed, INDEX, shift)
+    assert len(set(touched)) == len(touched)
+    return sorted(touched), counts, sums, added, removed
+
+
+# --- BLAKE2b --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=700), size=st.integers(min_value=1, max_value=64))
+def test_blake2b_matches_hashlib(impl: accel.Impl, data: bytes, size: int) -> None:
+    assert impl.blake2b(data, size) == hashlib.blake2b(data, digest_size=size).digest()
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@pytest.mark.parametrize("n", [0, 1, 111, 112, 127, 128, 129, 255, 256, 257, 384, 4096])
+def test_blake2b_block_boundaries(impl: accel.Impl, n: int) -> None:
+    data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+    for size in (1, 8, 20, 32, 48, 64):
+        assert impl.blake2b(data, size) == hashlib.blake2b(data, digest_size=size).digest()
+    assert impl.position(data) == position_bytes(data)
+
+
+def test_blake2b_rfc7693_vector() -> None:
+    """Appendix A of RFC 7693: BLAKE2b-512 of "abc"."""
+    want = bytes.fromhex(
+        "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d1"
+        "7d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923"
+    )
+    for impl in IMPLS:
+        assert impl.blake2b(b"abc", 64) == want
+
+
+@needs_c
+def test_blake2b_rejects_bad_sizes_and_text() -> None:
+    assert C is not None
+    for size in (0, 65, -1):
+        with pytest.raises(ValueError, match="digest_size"):
+            C.blake2b(b"x", size)
+    with pytest.raises(TypeError):
+        C.position("text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        accel.PURE.position("text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@settings(max_examples=100, deadline=None)
+@given(key=keys)
+def test_position_is_the_fingerprint_position(impl: accel.Impl, key: bytes) -> None:
+    assert impl.position(key) == position_bytes(key)
+    assert impl.position(bytearray(key)) == position_bytes(key)  # type: ignore[arg-type]
+
+
+# --- fold -------------------------------------------------------------------------------------
+
+
+@needs_c
+@settings(max_examples=150, deadline=None)
+@given(
+    ns=notes,
+    shift=st.sampled_from([BUCKET_SHIFT, 63, 60]),  # 63: two buckets, many keys each
+    start=st.lists(st.integers(min_value=-(1 << 260), max_value=1 << 260), max_size=8),
+)
+def test_fold_compiled_equals_pure(ns: list[accel.Note], shift: int, start: list[int]) -> None:
+    assert C is not None
+    n = 1 << (64 - shift)
+    counts = [(i * 7) % 5 for i in range(n)]
+    sums = [start[i % len(start)] if start else 0 for i in range(n)]
+    assert run_fold(C, ns, counts, sums, shift) == run_fold(accel.PURE, ns, counts, sums, shift)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_fold_contract(impl: accel.Impl) -> None:
+    """What the docstring promises, checked against hashlib arithmetic by hand."""
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    ns: list[accel.Note] = [(b"a", 5, True), (b"a", -7, False), (b"b", 1 << 256, -1), (b"", 3, 0)]
+    added: list[bytes] = []
+    removed: list[bytes] = []
+    touched = impl.fold(ns, counts, sums, added, removed, INDEX, BUCKET_SHIFT)
+    pa, pb, pe = (hashlib.blake2b(k, digest_size=8).digest() for k in (b"a", b"b", b""))
+    want: dict[int, int] = {}
+    for p, d in ((pa, 5), (pa, -7), (pb, 1 << 256), (pe, 3)):
+        b = int.from_bytes(p, "big") >> BUCKET_SHIFT
+        want[b] = want.get(b, 0) + d
+    assert sorted(touched) == sorted(want)
+    assert all(sums[b] == v % (1 << 256) for b, v in want.items())
+    assert sum(counts) == 0 and counts[int.from_bytes(pa, "big") >> BUCKET_SHIFT] >= 1
+    assert added == [INDEX + pa + b"a"] and removed == [INDEX + pb + b"b"]
+
+
+@needs_c
+def test_fold_many_notes_in_one_bucket_and_errors() -> None:
+    assert C is not None
+    ns: list[accel.Note] = [(b"k%d" % i, (1 << 255) + i, True) for i in range(5000)]
+    assert run_fold(C, ns, [0, 0], [0, 0], 63) == run_fold(accel.PURE, ns, [0, 0], [0, 0], 63)
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    with pytest.raises(TypeError):
+        C.fold([("text", 1, 1)], counts, sums, [], [], INDEX, BUCKET_SHIFT)  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        C.fold([(b"k", 1.5, 1)], counts, sums, [], [], INDEX, BUCKET_SHIFT)  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        C.fold([(b"k", 1)], counts, sums, [], [], INDEX, BUCKET_SHIFT)  # type: ignore[list-item]
+    with pytest.raises(IndexError):
+        C.fold([(b"k", 1, 1)], [0], [0], [], [], INDEX, BUCKET_SHIFT)
+    assert counts == [0] * BUCKETS and sums == [0] * BUCKETS  # nothing applied
+
+
+@needs_c
+def test_fold_takes_bytes_like_keys_and_list_notes_like_the_pure_path() -> None:
+    assert C is not None
+    ns = [[bytearray(b"ba"), 3, True], (memoryview(b"mv"), -4, 1), (b"b", True, -1)]
+    counts, sums = [1] * BUCKETS, [0] * BUCKETS
+    got = run_fold(C, ns, counts, sums, BUCKET_SHIFT)  # type: ignore[arg-type]
+    assert got == run_fold(accel.PURE, ns, counts, sums, BUCKET_SHIFT)  # type: ignore[arg-type]
+
+
+# --- sort_index -------------------------------------------------------------------------------
+
+
+@needs_c
+@settings(max_examples=150, deadline=None)
+@given(
+    items=st.lists(
+        st.one_of(
+            st.binary(max_size=20),
+            st.builds(lambda k: INDEX + position_bytes(k) + k, st.binary(max_size=30)),
+            st.sampled_from([b"", b"\x00", b"ab", b"ab\x00", b"abcdefgh", b"abcdefgh\x00"]),
+        ),
+        max_size=300,
+    )
+)
+def test_sort_index_equals_sorted(items: list[bytes]) -> None:
+    assert C is not None
+    out = C.sort_index(items)
+    assert out == sorted(items)
+    assert all(a is b for a, b in zip(out, sorted(items), strict=True) if a != b"")
+
+
+@needs_c
+def test_sort_index_large_and_rejects_non_bytes() -> None:
+    assert C is not None
+    xs = [INDEX + position_bytes(b"%d" % i) + b"%d" % i for i in range(20_000)]
+    assert C.sort_index(xs) == sorted(xs)
+    with pytest.raises(TypeError, match="bytes"):
+        C.sort_index([b"a", "b"])  # type: ignore[list-item]
+
+
+# --- bucket_ops -------------------------------------------------------------------------------
+
+
+@needs_c
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.dictionaries(
+        st.integers(min_value=0, max_value=BUCKETS - 1),
+        st.tuples(
+            st.integers(min_value=0, max_value=(1 << 64) - 1),
+            st.integers(min_value=0, max_value=(1 << 256) - 1),
+        ),
+        max_size=50,
+    )
+)
+def test_bucket_ops_compiled_equals_pure(rows: dict[int, tuple[int, int]]) -> None:
+    assert C is not None
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    for b, (c, s) in rows.items():
+        counts[b], sums[b] = c, s
+    touched = set(rows) | {0, BUCKETS - 1}
+    want = accel.PURE.bucket_ops(BUCKET_KEYS, counts, sums, touched)
+    assert C.bucket_ops(BUCKET_KEYS, counts, sums, touched) == want
+    assert C.bucket_ops(BUCKET_KEYS, counts, sums, sorted(touched, reverse=True)) == want
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+@pytest.mark.parametrize(("count", "total"), [(1, -1), (1, 1 << 256), (-1, 0), (1 << 64, 0)])
+def test_bucket_ops_refuses_what_pack_bucket_refuses(
+    impl: accel.Impl, count: int, total: int
+) -> None:
+    counts, sums = [0] * BUCKETS, [0] * BUCKETS
+    counts[3], sums[3] = count, total
+    with pytest.raises((OverflowError, struct.error)):
+        impl.bucket_ops(BUCKET_KEYS, counts, sums, [3])
+    with pytest.raises(IndexError):
+        impl.bucket_ops(BUCKET_KEYS, counts, sums, [BUCKETS])
+
+
+# --- the buckets on either path -------------------------------------------------------------
+
+
+def buckets_ops(
+    monkeypatch: pytest.MonkeyPatch, impl: accel.Impl, ns: list[accel.Note], more: list[accel.Note]
+) -> tuple[list[object], list[int], list[int], int]:
+    monkeypatch.setattr(buckets_mod, "fold", impl.fold)
+    monkeypatch.setattr(buckets_mod, "sort_index", impl.sort_index)
+    monkeypatch.setattr(buckets_mod, "bucket_ops", impl.bucket_ops)
+    b = Buckets()
+    b.notes.extend(ns)
+    ops: list[object] = [*b.fresh_index(), *b.checkpoint_ops(7, more)]
+    b.saved(more)
+    return ops, b.counts, b.sums, b.total
+
+
+@needs_c
+@settings(max_examples=40, deadline=None)
+@given(ns=additions, more=additions)
+def test_checkpoint_ops_same_on_both_paths(ns: list[accel.Note], more: list[accel.Note]) -> None:
+    assert C is not None
+    with pytest.MonkeyPatch.context() as mp:
+        want = buckets_ops(mp, accel.PURE, ns, more)
+        assert buckets_ops(mp, C, ns, more) == want
+
+
+# --- the choice ---------------------------------------------------------------------------------
+
+PROBE = """
+import sys, warnings
+if {block}:
+    sys.modules["crdt_kv._speedups"] = None  # what a failed build leaves: no module
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import crdt_kv
+from crdt_kv import accel
+print(accel.ACTIVE.name, accel.COMPILED is None, [type(w.message).__name__ for w in caught])
+print(accel.DESCRIPTION)
+"""
+
+
+def probe(block: bool, pure: str | None) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CRDT_KV_PURE_PYTHON", None)
+    if pure is not None:
+        env["CRDT_KV_PURE_PYTHON"] = pure
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(block=block)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.splitlines()
+
+
+def test_pure_python_switch() -> None:
+    first, why = probe(block=False, pure="1")
+    assert first == "python True []" and "CRDT_KV_PURE_PYTHON" in why
+
+
+def test_missing_extension_falls_back_with_one_warning() -> None:
+    first, why = probe(block=True, pure=None)
+    assert first == "python True ['SpeedupsWarning']" and "not built" in why
+    first, _ = probe(block=True, pure="0")  # 0 does not ask for the pure path
+    assert first == "python True ['SpeedupsWarning']"
+
+
+@needs_c
+def test_compiled_is_chosen_when_built() -> None:
+    first, why = probe(block=False, pure=None)
+    assert first == "c False []" and "compiled" in why
+    assert probe(block=False, pure="0")[0] == "c False []"
+
+
+def test_cli_version_names_the_path() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "crdt_kv.cli", "--version"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"{crdt_kv.__version__} ({accel.DESCRIPTION})"
