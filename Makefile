@@ -11,21 +11,25 @@ BIN := $(VENV)/bin
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS ?=
 
+# An installed venv is refreshed when the build inputs change, so the compiled speedups are
+# rebuilt from their source (a stale extension would test old code).
+SPEEDUPS := setup.py crdt_kv/_speedups.c
+
 .PHONY: run test lint typecheck pytest pytest-pure bench soak chaos fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(SPEEDUPS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml $(SPEEDUPS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-fuzz: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-fuzz: pyproject.toml $(SPEEDUPS) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,fuzz]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
