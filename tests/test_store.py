@@ -573,10 +573,9 @@ def test_apply_raw_rejects_corrupt_entries_and_keeps_the_store(store_factory: Fa
 
 
 def test_apply_raw_checks_each_key_and_value_on_its_fast_path(store_factory: Factory) -> None:
-    """validate_all checks a batch's keys in one ASCII pass and decodes values through
-    decode_cbor's first path inlined: a non-ASCII key still gets its own utf-8 check, a
-    value of two items or a truncated one still fails, a valid non-ASCII key and a value
-    holding a 0xff byte (decode_cbor's other path) still pass."""
+    """validate_all checks a batch's keys in one ASCII pass: a non-ASCII key still gets
+    its own utf-8 check, and values are still decoded one by one (two items or a truncated
+    one fail); a valid non-ASCII key and a value holding a 0xff byte still pass."""
     db = store_factory(peer_id="b")
     now = pack(T0, 0)
     good = [
