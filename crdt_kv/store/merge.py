@@ -10,8 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
+import cbor2
+
 from crdt_kv.causal import Order, join, join_at
-from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, Decoder, Encoder, decode_utf8
+from crdt_kv.codec import (
+    CBOR_BREAK,
+    CBOR_CLOSE_LIST,
+    CBOR_OPEN_LIST,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Decoder,
+    Encoder,
+    decode_cbor,
+    decode_utf8,
+)
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.fingerprint import state_stamp
 from crdt_kv.hlc import MAX_STAMP
@@ -141,6 +153,7 @@ class EntryChecker:
         """
         kdec, vdec, peers = self._kdec, self._vdec, self.peer_bytes
         keys_checked = kdec is decode_utf8 and _ascii_keys(batch)
+        cbor, loads = vdec is decode_cbor, cbor2.loads
         top = 0
         for e in batch:
             try:
@@ -159,11 +172,18 @@ class EntryChecker:
                         kdec(e.key)
                     if e.deleted:
                         ok = not e.value
+                    elif cbor and CBOR_BREAK not in (v := e.value):
+                        try:  # decode_cbor's first path, inlined; it reports a failure
+                            (_,) = loads(CBOR_OPEN_LIST + v + CBOR_CLOSE_LIST)
+                        except Exception:
+                            vdec(v)
+                        ok = True
                     else:
                         vdec(e.value)
                         ok = True
                     if ok:
-                        top = max(top, hlc)
+                        if hlc > top:  # noqa: PLR1730 - max() costs a call per entry
+                            top = hlc
                         continue
             except EncodingError:
                 pass  # validate reports it with the key named
