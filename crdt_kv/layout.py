@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterable
 
 import cbor2
 
@@ -88,6 +89,7 @@ __all__ = [
     "source_key",
     "source_of_key",
     "stage_record",
+    "stage_records",
     "trailer_log",
     "unpack_log",
     "unpack_log_source",
@@ -223,6 +225,48 @@ def stage_record(
     if not old[1] & _FLAG_DELETED:
         live -= 1
     return LOG + old[-_SEQ_SIZE:], body + sb, LOG + sb, delta, live
+
+
+def stage_records(
+    items: Iterable[tuple[bytes, bytes, bytes | None]],
+    seq: int,
+    ops: list[tuple[bytes, bytes | None]],
+    logs: list[tuple[bytes, bytes]],
+    notes: list[tuple[bytes, int, int]],
+) -> tuple[int, int, int]:
+    """:func:`stage_record` of each ``(key, body, old)`` of ``items`` at ``seq + 1``,
+    ``seq + 2``, ... in one loop (a remote apply commits a thousand at a time): appends
+    to ``ops`` each key's old change-log delete (if any) then its record put, to ``logs``
+    its ``(change-log key, key)`` and to ``notes`` its ``(key, digest delta, new key)``.
+    Returns ``(last seq, digest delta sum, live-count delta sum)``. Raises
+    :class:`CorruptionError` for a malformed ``old`` as :func:`stage_record` does."""
+    add, add_log, note = ops.append, logs.append, notes.append
+    pack, klen, blake, from_bytes = _SEQ.pack, _KEYLEN.pack, _BLAKE2B_256.copy, int.from_bytes
+    digest = count = 0
+    for key, body, old in items:
+        seq += 1
+        sb = pack(seq)
+        h = blake()
+        h.update(klen(len(key)) + key + body)
+        delta = from_bytes(h.digest(), "big")
+        live = 0 if body[1] & _FLAG_DELETED else 1
+        if old is None:
+            note((key, delta, True))
+        else:
+            if not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS or len(old) < _MIN_RECORD:
+                raise CorruptionError(f"record of key {key!r} is malformed")
+            h = blake()
+            h.update(klen(len(key)) + key + old[:-_SEQ_SIZE])
+            delta -= from_bytes(h.digest(), "big")
+            if not old[1] & _FLAG_DELETED:
+                live -= 1
+            note((key, delta, False))
+            add((LOG + old[-_SEQ_SIZE:], None))
+        digest += delta
+        count += live
+        add((DATA + key, body + sb))
+        add_log((LOG + sb, key))
+    return seq, digest, count
 
 
 def record_is_deleted(blob: bytes) -> bool:

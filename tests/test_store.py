@@ -572,6 +572,31 @@ def test_apply_raw_rejects_corrupt_entries_and_keeps_the_store(store_factory: Fa
     assert snapshot(db) == before
 
 
+def test_apply_raw_checks_each_key_and_value_on_its_fast_path(store_factory: Factory) -> None:
+    """validate_all checks a batch's keys in one ASCII pass: a non-ASCII key still gets
+    its own utf-8 check, and values are still decoded one by one (two items or a truncated
+    one fail); a valid non-ASCII key and a value holding a 0xff byte still pass."""
+    db = store_factory(peer_id="b")
+    now = pack(T0, 0)
+    good = [
+        RawEntry(b"a", cbor2.dumps(1), now, "a", False),
+        RawEntry("\u00e9".encode(), cbor2.dumps(2), now, "a", False),
+        RawEntry(b"c", cbor2.dumps(255), now, "a", False),
+    ]
+    assert db.apply_raw(good) == 3
+    assert (db.get("\u00e9"), db.get("c")) == (2, 255)
+    before = snapshot(db)
+    bad_cases = [
+        RawEntry(b"\xc3", cbor2.dumps(1), now, "a", False),  # not utf-8
+        RawEntry(b"k", cbor2.dumps(1) + cbor2.dumps(2), now, "a", False),  # two items
+        RawEntry(b"k", b"\x18", now, "a", False),  # truncated
+    ]
+    for bad in bad_cases:
+        with pytest.raises(EncodingError, match="corrupt"):
+            db.apply_raw([good[0], bad])
+        assert snapshot(db) == before, bad
+
+
 def test_apply_of_an_entry_with_an_unencodable_value(store_factory: Factory) -> None:
     db = store_factory()
     with pytest.raises(EncodingError, match="'k'"):

@@ -90,7 +90,8 @@ def _rows(  # noqa: PLR0917 - private, called once
     string of more than :data:`~crdt_kv.protocol.cbor_reader.MAX_STRING_CHUNKS` chunks."""
     buf = r.buffer
     fp = io.BytesIO(buf)
-    dec = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=1)
+    seek, tell = fp.seek, fp.tell
+    decode = cbor2.CBORDecoder(fp, semantic_decoders=_NO_TAGS, max_depth=1).decode
     entries: list[RawEntry] = []
     append = entries.append
     limit = sequences if max_entries is None else min(sequences, max_entries)
@@ -101,9 +102,9 @@ def _rows(  # noqa: PLR0917 - private, called once
         if i >= limit:
             _check_count(i + 1, sequences, max_entries)
         if pos + 1 < end and buf[pos] == _LWW_ROW and buf[pos + 1] != _CHUNKED_BYTES:
-            fp.seek(pos)
+            seek(pos)
             try:
-                row = dec.decode()
+                row = decode()
             except RemoteProtocolError:
                 raise
             except _CBOR_ERRORS as exc:
@@ -111,12 +112,12 @@ def _rows(  # noqa: PLR0917 - private, called once
                 _row(r, i, base, peers, lww_only=lww_only)
                 raise bare(fail(f"batch.entries[{i}] is not valid CBOR: {exc}")) from None
             entry = _lww_row(row, i, base, peers)
-            if fp.tell() - pos > len(entry.key) + len(entry.value) + _ROW_HEADS_MAX:
+            if tell() - pos > len(entry.key) + len(entry.value) + _ROW_HEADS_MAX:
                 r.pos = pos  # a chunked value: the reader holds it to MAX_STRING_CHUNKS
                 entry = _row(r, i, base, peers, lww_only=lww_only)
                 pos = r.pos
             else:
-                pos = fp.tell()
+                pos = tell()
             append(entry)
         else:
             r.pos = pos

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from crdt_kv.backends.base import Op
-from crdt_kv.layout import DATA, log_prefix, stage_record, trailer_log
+from crdt_kv.layout import DATA, log_prefix, stage_record, stage_records, trailer_log
 from crdt_kv.store.buckets import Buckets, Note
 from crdt_kv.store.hooks import Hooks
 
@@ -89,17 +89,21 @@ class Committer:
         add = ops.append
         logs: list[tuple[bytes, bytes]] = []
         notes: list[Note] = []
-        for k, body, old in items:
-            seq += 1
-            old_log, record, lk, digest_delta, count_delta = stage_record(k, body, old, seq)
-            notes.append((k, digest_delta, old_log is None))
-            if old_log is not None:
-                add((old_log, None))
+        if self.history is None:
+            seq, digest_delta, count_delta = stage_records(items, seq, ops, logs, notes)
             digest += digest_delta
             count += count_delta
-            add((DATA + k, record))
-            logs.append((lk, k))
-            if self.history is not None:
+        else:
+            for k, body, old in items:
+                seq += 1
+                old_log, record, lk, digest_delta, count_delta = stage_record(k, body, old, seq)
+                notes.append((k, digest_delta, old_log is None))
+                if old_log is not None:
+                    add((old_log, None))
+                digest += digest_delta
+                count += count_delta
+                add((DATA + k, record))
+                logs.append((lk, k))
                 ops.extend(self.history(k, body, old))
         digest %= _MOD
         last_lk, last_k = logs.pop()
