@@ -297,8 +297,8 @@ PROFILE_BUCKETS: dict[str, list[tuple[str, str, str]]] = {
     "sender": [
         ("log read requests (all below)", "protocol/storage.py", "perform"),
         ("  change-log read (scan, max_bytes sums)", "store/changelog.py", "read"),
-        ("    log scan + record reads", "store/changelog.py", "scan"),
-        ("  fit the receiver's frame size (row_bound)", "protocol/storage.py", "fit_frame"),
+        ("    log scan + record reads", "store/changelog.py", "_chunks"),
+        ("  fit the receiver's frame size (row_bound)", "protocol/storage.py", "fit_frame_sized"),
         ("batch encode (CBOR frames)", "protocol/messages.py", "encode_frame"),
         ("socket send", "~", "<method 'send' of '_socket.socket' objects>"),
         ("socket recv", "~", "<method 'recv' of '_socket.socket' objects>"),

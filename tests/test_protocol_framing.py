@@ -31,7 +31,13 @@ from crdt_kv.protocol import (
 )
 from crdt_kv.protocol.framing import short
 from crdt_kv.protocol.handshake import fit_hello
-from crdt_kv.protocol.storage import BATCH_OVERHEAD, fit_frame, row_bound
+from crdt_kv.protocol.storage import (
+    BATCH_OVERHEAD,
+    entry_size,
+    fit_frame,
+    fit_frame_sized,
+    row_bound,
+)
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
@@ -220,6 +226,7 @@ def test_fitted_batches_never_exceed_the_limit(
             for i, r in enumerate(rows)]  # fmt: skip
     kept = fit_frame(rows, limit)
     assert kept == rows[: len(kept)] and kept
+    assert fit_frame_sized(rows, limit) == (kept, sum(map(entry_size, kept)))
     size = len(encode_message(Batch(0, len(kept), False, tuple(kept))))
     assert size <= limit or len(kept) == 1
     if len(kept) < len(rows):  # cut only where one more row could overflow the frame

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any
 
 import cbor2
@@ -24,6 +25,7 @@ from crdt_kv.protocol.batch_decoding import (
     decode_batch_fields,
     decode_small_batch,
 )
+from crdt_kv.protocol.batch_encoding import lww_rows
 from crdt_kv.protocol.cbor_reader import Reader
 from crdt_kv.protocol.fields import NoTags, load
 from crdt_kv.protocol.fields import array as _array
@@ -253,7 +255,26 @@ def _lowest_stamp(entries: tuple[RawEntry, ...]) -> int:
     return low
 
 
+_versions = attrgetter("others")
+_contexts = attrgetter("context")
+_hlcs = attrgetter("hlc")
+_peers = attrgetter("peer")
+
+
 def _encode_batch(b: Batch) -> bytes:
+    """The Batch payload (``spec/protocol.md``); batches of single versions only (``lww``
+    mode, or no concurrent writes) have their rows encoded by :func:`lww_rows`."""
+    entries = b.entries
+    if not entries or any(map(_versions, entries)) or any(map(_contexts, entries)):
+        return _encode_batch_any(b)
+    base = min(map(_hlcs, entries)) >> 16
+    peers = {p: i for i, p in enumerate(dict.fromkeys(map(_peers, entries)))}
+    head = cbor2.dumps([MsgType.BATCH, b.from_seq, b.to_seq, b.done, base, list(peers), []])
+    return head[:-1] + lww_rows(entries, base, peers)  # [:-1]: the empty array's head
+
+
+def _encode_batch_any(b: Batch) -> bytes:
+    """:func:`_encode_batch` for any rows, siblings and causal contexts included."""
     entries = b.entries
     base = _lowest_stamp(entries) >> 16 if entries else 0
     peers: dict[str, int] = {}

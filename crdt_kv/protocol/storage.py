@@ -24,6 +24,7 @@ from crdt_kv.version import RawEntry
 
 __all__ = [
     "LIGHT_ENTRIES",
+    "VERSION_BYTES",
     "ApplyBatch",
     "LogSlice",
     "ReadLog",
@@ -31,6 +32,7 @@ __all__ = [
     "StorageRequest",
     "entry_size",
     "fit_frame",
+    "fit_frame_sized",
     "oversized_entry",
     "oversized_frame",
     "peer_fault",
@@ -40,17 +42,23 @@ LIGHT_ENTRIES = 16
 """Applies of at most this many entries count as :attr:`ApplyBatch.light`."""
 
 
+VERSION_BYTES = 24
+"""What :func:`entry_size` counts per version besides its value."""
+
+
 def entry_size(e: RawEntry) -> int:
     """The size an entry counts for towards ``max_batch_bytes`` (spec section 7): 24 per
     version plus its value, the key once, 16 per causal-context entry."""
-    size = len(e.key) + len(e.value) + 24
+    size = len(e.key) + len(e.value) + VERSION_BYTES
     if e.others or e.context:
-        size += sum(len(o.value) + 24 for o in e.others) + 16 * len(e.context)
+        size += sum(len(o.value) + VERSION_BYTES for o in e.others) + 16 * len(e.context)
     return size
 
 
 BATCH_OVERHEAD = 64
 """Bytes of a Batch frame outside its rows: prefix, type, sequences, flags, array heads."""
+_ROW_OVER_ENTRY = 4
+""":func:`row_bound` of a single version beyond its :func:`entry_size` and peer id."""
 
 
 def _text_bound(peer: str) -> int:
@@ -60,7 +68,7 @@ def _text_bound(peer: str) -> int:
 def row_bound(e: RawEntry) -> int:
     """At least the bytes ``e`` adds to an encoded Batch: its row with the longest integer
     heads, and its writers' peer ids as if each were new to the batch."""
-    size = len(e.key) + len(e.value) + 28 + _text_bound(e.peer)
+    size = len(e.key) + len(e.value) + VERSION_BYTES + _ROW_OVER_ENTRY + _text_bound(e.peer)
     if e.others or e.context:
         size += 10 + sum(18 + _text_bound(p) for p, _ in e.context)
         size += sum(23 + len(o.value) + _text_bound(o.peer) for o in e.others)
@@ -71,12 +79,29 @@ def fit_frame(rows: list[RawEntry], frame_bytes: int) -> list[RawEntry]:
     """The longest prefix of ``rows`` whose Batch frame payload fits ``frame_bytes`` (the
     receiver's ``max_frame_bytes``); at least one row, which alone may not fit (the session
     then refuses to send it, naming its key)."""
+    return fit_frame_sized(rows, frame_bytes)[0]
+
+
+def fit_frame_sized(rows: list[RawEntry], frame_bytes: int) -> tuple[list[RawEntry], int]:
+    """:func:`fit_frame` and the sum of :func:`entry_size` over the rows it keeps, in one
+    pass over the rows that sizes a single-version row once (a log read's hot path)."""
     total = BATCH_OVERHEAD
+    size = 0
+    peers: dict[str, int] = {}
     for i, e in enumerate(rows):
-        total += row_bound(e)
+        if e.others or e.context:
+            es, bound = entry_size(e), row_bound(e)
+        else:
+            es = len(e.key) + len(e.value) + VERSION_BYTES
+            peer = peers.get(e.peer)
+            if peer is None:
+                peer = peers[e.peer] = _ROW_OVER_ENTRY + _text_bound(e.peer)
+            bound = es + peer
+        total += bound
         if total > frame_bytes:
-            return rows[: max(i, 1)]
-    return rows
+            return (rows[:i], size) if i else (rows[:1], es)
+        size += es
+    return rows, size
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +147,11 @@ class ReadLog:
         )
         cut = False
         if self.frame_bytes is not None and rows:
-            fitted = fit_frame(rows, self.frame_bytes)
+            fitted, size = fit_frame_sized(rows, self.frame_bytes)
             cut, rows = len(fitted) < len(rows), fitted
-        if rows and (
-            cut or len(rows) >= self.limit or sum(map(entry_size, rows)) >= self.max_bytes
-        ):
+        else:
+            size = sum(map(entry_size, rows))
+        if rows and (cut or len(rows) >= self.limit or size >= self.max_bytes):
             covered = rows[-1].seq
         else:
             covered = head

@@ -8,26 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from itertools import islice
 
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.errors import CorruptionError
 from crdt_kv.layout import (
     CURSOR,
     CURSOR_END,
-    DATA,
+    DATA_SKIP,
     cursor_key,
     log_key,
-    log_key_and_source,
     log_stop,
     pack_cursor,
     pack_source,
     parse_cursor_key,
-    seq_of_log_key,
     source_key,
     unpack_cursor,
     unpack_record_at,
 )
-from crdt_kv.protocol.storage import entry_size
+from crdt_kv.layout_scan import REWRITTEN, log_chunk, records_at
+from crdt_kv.protocol.storage import VERSION_BYTES, entry_size
 from crdt_kv.version import RawEntry
 
 __all__ = ["ChangeLog", "Source", "cursor_ops"]
@@ -67,31 +67,48 @@ class ChangeLog:
         applied from ``exclude`` are left out. Reads the log in chunks, and their records
         with one ``get_many`` per chunk.
         """
+        n = 0
+        for rows, keys, blobs, seqs in self._chunks(since, exclude, stop_at):
+            for i, got in enumerate(rows):
+                if isinstance(got, RawEntry):
+                    yield got
+                else:
+                    r = None if got == REWRITTEN else self._slow(keys[i], blobs[i], seqs[i])
+                    if r is None:
+                        continue  # rewritten since; it appears again later in the log
+                    yield r
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+
+    def _chunks(
+        self, since: int, exclude: Source | None, stop_at: int | None
+    ) -> Iterator[tuple[list[RawEntry | int], list[bytes], list[bytes | None], list[int]]]:
+        """Per chunk of the log: :func:`records_at` of its entries, with what
+        :meth:`_slow` needs for the slots it left (data keys, records, sequences)."""
         self._check()
         if not isinstance(since, int) or since < 0:
             raise ValueError(f"since must be a non-negative int, got {since!r}")
         skip = self._sources.get(exclude, -1) if exclude is not None else -1
         backend, peer_names = self._backend, self._peer_names
-        n = 0
         it = backend.iterate(log_key(since + 1), log_stop(stop_at))
         while True:
-            pending, scanned = _chunk(it, skip)
-            if not scanned:
+            items = list(islice(it, _CHUNK))
+            if not items:
                 return
-            if pending:
-                blobs = backend.get_many([DATA + k for _, k in pending])
-                for (seq, k), blob in zip(pending, blobs, strict=True):
-                    if blob is None:
-                        raise CorruptionError(f"change log names key {k!r} but it has no record")
-                    r = unpack_record_at(k, blob, seq, peer_names, PEER_NAME_CACHE)
-                    if r is None:
-                        continue  # rewritten since; it appears again later in the log
-                    yield r
-                    n += 1
-                    if limit is not None and n >= limit:
-                        return
-            if scanned < _CHUNK:
+            seqs, keys = log_chunk(items, skip)
+            if keys:
+                blobs = backend.get_many(keys)
+                yield records_at(keys, blobs, seqs, peer_names), keys, blobs, seqs
+            if len(items) < _CHUNK:
                 return
+
+    def _slow(self, dkey: bytes, blob: bytes | None, seq: int) -> RawEntry | None:
+        """A record :func:`records_at` left alone: decoded (or refused) by the full parse."""
+        k = dkey[DATA_SKIP:]
+        if blob is None:
+            raise CorruptionError(f"change log names key {k!r} but it has no record")
+        return unpack_record_at(k, blob, seq, self._peer_names, PEER_NAME_CACHE)
 
     def read(
         self,
@@ -103,25 +120,39 @@ class ChangeLog:
     ) -> list[RawEntry]:
         """Up to ``limit`` entries of :meth:`scan`, materialized under the commit lock,
         ending with the entry that brings ``sum(len(key) + len(value) + 24)`` to
-        ``max_bytes`` (so a batch of huge values is not read whole to send a part)."""
+        ``max_bytes`` (so a batch of huge values is not read whole to send a part).
+
+        Walks :meth:`_chunks` itself rather than :meth:`scan`: no generator step per entry.
+        """
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise ValueError(f"limit must be a non-negative int, got {limit!r}")
         if stop_at is not None and (not isinstance(stop_at, int) or stop_at < 0):
             raise ValueError(f"stop_at must be a non-negative int or None, got {stop_at!r}")
         if not limit:
             return []
+        out: list[RawEntry] = []
+        add = out.append
+        size = 0
         with self._lock:
-            rows = self.scan(since, limit, exclude, stop_at)
-            if max_bytes is None:
-                return list(rows)
-            out: list[RawEntry] = []
-            size = 0
-            for e in rows:
-                out.append(e)
-                size += entry_size(e)
-                if size >= max_bytes:
-                    break
-            return out
+            for rows, keys, blobs, seqs in self._chunks(since, exclude, stop_at):
+                for i, got in enumerate(rows):
+                    if isinstance(got, RawEntry):
+                        e: RawEntry | None = got
+                    else:
+                        e = None if got == REWRITTEN else self._slow(keys[i], blobs[i], seqs[i])
+                    if e is None:
+                        continue  # rewritten since; it appears again later in the log
+                    add(e)
+                    if max_bytes is not None:
+                        if e.others or e.context:
+                            size += entry_size(e)
+                        else:
+                            size += len(e.key) + len(e.value) + VERSION_BYTES  # entry_size
+                        if size >= max_bytes:
+                            return out
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def cursor(self, peer: str, incarnation: bytes) -> int:
         """The stored cursor of one remote peer incarnation; 0 if none."""
@@ -141,20 +172,6 @@ class ChangeLog:
         self._check()
         it = self._backend.iterate(CURSOR, CURSOR_END)
         return {parse_cursor_key(k): unpack_cursor(v)[0] for k, v in it}
-
-
-def _chunk(it: Iterator[tuple[bytes, bytes]], skip: int) -> tuple[list[tuple[int, bytes]], int]:
-    """Up to one chunk of ``(seq, key)`` from the log iterator, and how many were read."""
-    pending: list[tuple[int, bytes]] = []
-    scanned = 0
-    for lk, lv in it:
-        scanned += 1
-        k, source = log_key_and_source(lv)
-        if source != skip:
-            pending.append((seq_of_log_key(lk), k))
-        if scanned >= _CHUNK:
-            break
-    return pending, scanned
 
 
 def cursor_ops(
