@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from procstat import cpu_seconds, proc_status
 
 import crdt_kv
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, FRAME_LIMIT, HELLO_MAX_FRAME_BYTES
@@ -495,18 +496,6 @@ def stop_process(proc: subprocess.Popen[str] | None) -> None:
         proc.wait()
 
 
-def proc_status(pid: int, field_name: str) -> int:
-    """A ``/proc/<pid>/status`` field in bytes (0 once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def runqueue_wait_seconds(pid: int) -> float:
     """Seconds the process's threads spent runnable but waiting for a CPU (schedstat)."""
     total = 0
@@ -517,16 +506,6 @@ def runqueue_wait_seconds(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         return math.nan
     return total / 1e9
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process used so far."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 WATCHED = (

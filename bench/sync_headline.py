@@ -51,6 +51,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from procstat import cpu_seconds, proc_status
+
 TARGET_RATE = 170_000
 TARGET_BYTES_PER_ENTRY = 120.0
 TARGET_RSS_BYTES = 200 * 1024 * 1024
@@ -68,25 +70,6 @@ def key_of(i: int) -> str:
 def value100(i: int) -> str:
     """A 100-byte value (100 ASCII characters), distinct per key."""
     return f"value-{i:07d}-".ljust(100, "x")
-
-
-def vm_field(pid: int | str, name: str) -> int:
-    """A ``/proc/<pid>/status`` size field (``VmHWM``, ``VmRSS``) in bytes; 0 if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(name + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` used so far (all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def med(xs: list[float]) -> float:
@@ -207,7 +190,7 @@ def _receiver_main(args: argparse.Namespace) -> int:
     host, _, port = args.address.rpartition(":")
     replicate = crdt_kv.replicate  # lazy: imported here, before the clock starts
     store = crdt_kv.open(args.path, peer_id=RECEIVER_PEER, backend="rocksdb")
-    rss_before = vm_field("self", "VmRSS")
+    rss_before = proc_status("self", "VmRSS")
 
     async def main() -> dict[str, Any]:
         t_connect = time.perf_counter()
@@ -231,7 +214,7 @@ def _receiver_main(args: argparse.Namespace) -> int:
             count=len(store),
             digest=store.digest().hex(),
             rss_before=rss_before,
-            hwm=vm_field("self", "VmHWM"),
+            hwm=proc_status("self", "VmHWM"),
         )
     finally:
         store.close()
@@ -392,7 +375,7 @@ def run_headline(
         raw_keys = [key_of(i).encode() for i in range(n)]
         raw_values = [value100(i).encode() for i in range(n)]
         sender, address = start_sender(src, os.path.join(work, "sender.log"), None)
-        out["sender_rss_idle"] = vm_field(sender.pid, "VmRSS")
+        out["sender_rss_idle"] = proc_status(sender.pid, "VmRSS")
         runs: list[dict[str, Any]] = []
         try:
             for r in range(repeat):
@@ -408,7 +391,7 @@ def run_headline(
                         log,
                     )
                 )
-            out["sender_hwm"] = vm_field(sender.pid, "VmHWM")
+            out["sender_hwm"] = proc_status(sender.pid, "VmHWM")
         finally:
             stop_sender(sender)
         out["runs"] = runs

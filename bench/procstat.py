@@ -1,0 +1,32 @@
+"""What ``/proc`` says about a process, for the benches that watch a child (Linux only)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+__all__ = ["cpu_seconds", "proc_status"]
+
+
+def proc_status(pid: int | str, field_name: str) -> int:
+    """A ``/proc/<pid>/status`` size field (``VmRSS``, ``VmHWM``) in bytes; 0 once the
+    process is gone. ``pid`` may be ``"self"``."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` used so far (all threads); NaN once it
+    is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
