@@ -120,12 +120,18 @@ class PeerIdentityError(RemoteProtocolError):
 
     REASONS = ("tls_handshake", "no_identity", "identity_mismatch", "not_allowed")
 
-    def __init__(self, message: str, *, reason: str, peer_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str, peer_id: str | None = None, fault: bool = True
+    ) -> None:
         super().__init__(message)
         if reason not in self.REASONS:
             raise ValueError(f"unknown refusal reason {reason!r}")
         self.reason = reason
         self.peer_id = peer_id
+        self.fault = fault
+        """False when the refusal proves nothing against the peer (a TLS handshake that
+        timed out or was cut short: a slow node or a health check looks the same), so it
+        is no offence to penalise its host for."""
 
 
 class LocalProtocolError(ProtocolError):

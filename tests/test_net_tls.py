@@ -288,10 +288,28 @@ async def test_plaintext_client_on_a_tls_port_is_refused(pki: Pki, mem: Any) -> 
             await wait_until(lambda: nb.peer_book.refusals["tls_handshake"] == 1)
             [err] = refusals(seen, "tls_handshake")
             assert "TLS handshake with 127.0.0.1:" in str(err)
+            assert isinstance(err, PeerIdentityError) and err.fault  # an offence
             assert seen[0].peer_id is None and not seen[0].outbound
             assert nb.stats()[UNIDENTIFIED]["errors"] == 1 and "plain" not in nb.stats()
             text = generate_latest(metrics_registry(nb)).decode()
             assert 'crdt_kv_node_peer_refusals_total{reason="tls_handshake"} 1.0' in text
+
+
+async def test_a_connection_closed_mid_handshake_is_refused_but_no_offence(
+    pki: Pki, mem: Any
+) -> None:
+    """A health check connects and hangs up; a slow node's handshake times out: neither
+    proves anything against the host, so neither counts toward its penalty."""
+    b = mem("b")
+    with trio.fail_after(20):
+        async with node(b, pki.tls("b")) as nb:
+            seen = errors_of(nb)
+            for _ in range(4):
+                plain = await trio.open_tcp_stream(*nb.address)
+                await plain.aclose()
+            await wait_until(lambda: nb.peer_book.refusals["tls_handshake"] == 4)
+            assert all(not e.fault for e in refusals(seen, "tls_handshake"))
+            assert len(nb.penalties) == 0  # no host has an offence on record
 
 
 async def test_tls_node_refuses_to_dial_a_plaintext_node(pki: Pki, mem: Any) -> None:

@@ -346,6 +346,26 @@ def test_release_waits_for_every_active_member() -> None:
     check_store(s)
 
 
+def test_a_store_with_no_active_member_keeps_its_quarantine() -> None:
+    """Nobody is there to vouch that no replica holds the key: one peer's word (a peer
+    the membership does not count) must not release it."""
+    s = lonely()
+    k = kb(s, "only")
+    assert s.not_held("b", [k]) == 0
+    assert quarantine(s) == {k} and s.stats["released"] == 0
+    s.membership.heard("b", [])
+    assert s.not_held("b", [k]) == 1
+
+
+def test_a_malformed_index_key_does_not_stop_the_scrub() -> None:
+    s = filled("a")
+    s.checkpoint()
+    s.backend.write([(b"x\x80", b"")])  # inside bucket 2048's scan; names bucket 0
+    s.scrub(buckets=[2047, 2048])  # the run's sums have no bucket 0: this raised KeyError
+    s.scrub()
+    assert s.get("k1") is not None and s.statistics().keys == 30
+
+
 def test_answers_are_forgotten_on_reopen() -> None:
     be = MemoryBackend()
     s = open_mem(be, "a")

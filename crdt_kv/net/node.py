@@ -381,7 +381,8 @@ class Node(Scorekeeper):
                 wrapped = await self._wrap(stream, outbound=False, address=address)
             except PeerIdentityError as exc:  # no session ever started: book it here
                 self._book.refused(exc)
-                self._offended(host, "identity")
+                if exc.fault:
+                    self._offended(host, "identity")
                 log.warning("%s: refused %s: %s", self.peer_id, address, exc)
                 return self._emit(ErrorEvent(None, address, False, exc))
             link = self._link(LinkRole.ONCE, self.config, address)

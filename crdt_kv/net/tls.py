@@ -33,6 +33,8 @@ PEER_URI_PREFIX = "crdt-kv://peer/"
 """A URI subject alternative name starting with this names the certificate's peer id."""
 
 _FILES = ("cert", "key", "ca")
+_HUNG_UP = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""A handshake the peer hung up on (a health check, a reset): no proof of a bad peer."""
 
 
 def certificate_identity(cert: Mapping[str, Any]) -> str | None:
@@ -173,12 +175,14 @@ class TlsConfig:
                 await tls.do_handshake()
         except trio.TooSlowError:
             raise PeerIdentityError(
-                f"TLS handshake with {address} timed out", reason="tls_handshake"
+                f"TLS handshake with {address} timed out", reason="tls_handshake", fault=False
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             why = exc.__cause__ if exc.__cause__ is not None else exc
             raise PeerIdentityError(
-                f"TLS handshake with {address} failed: {why}", reason="tls_handshake"
+                f"TLS handshake with {address} failed: {why}",
+                reason="tls_handshake",
+                fault=isinstance(why, ssl.SSLError) and not isinstance(why, _HUNG_UP),
             ) from None
         if not verified_identity(tls):
             raise PeerIdentityError(

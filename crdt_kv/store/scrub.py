@@ -200,6 +200,8 @@ class Scrubber:
                 if k in q:
                     answers.setdefault(k, set()).add(peer)
             need = set(members)
+            if not need:  # nobody to vouch for it: keep it (absence must not win for it)
+                return 0
             free = sorted(k for k, said in answers.items() if need <= said)
             if free:
                 self._backend.write([(QUARANTINE + k, None) for k in free])
@@ -267,12 +269,12 @@ class Scrubber:
         sums = {b: [0, 0] for b in run}
         for (b, k), blob in zip(entries, blobs, strict=True):
             found.indexed.add(k)
-            if blob is None:
+            cs = sums.get(b)
+            if blob is None or cs is None:  # cs None: an index key too short to name one
                 found.missing.append(k)
             elif not _parses(k, blob):
                 found.corrupt.append(k)
             else:
-                cs = sums[b]
                 cs[0] += 1
                 cs[1] += body_hash(k, blob[:-8])
         found.records += len(entries)
