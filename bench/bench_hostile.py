@@ -64,7 +64,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -79,7 +78,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from procstat import cpu_seconds, proc_status
+from procstat import cpu_seconds, proc_status, stop_process
 
 import crdt_kv
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, FRAME_LIMIT, HELLO_MAX_FRAME_BYTES
@@ -482,18 +481,6 @@ def start_target(workdir: str, preload_keys: int, profile: str | None = None) ->
         elif line.startswith("metrics on "):
             url = line.split()[-1]
     return Target(proc, address, url, log_path)
-
-
-def stop_process(proc: subprocess.Popen[str] | None) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def runqueue_wait_seconds(pid: int) -> float:

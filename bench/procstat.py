@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
 
-__all__ = ["cpu_seconds", "proc_status"]
+__all__ = ["cpu_seconds", "proc_status", "stop_process"]
 
 
 def proc_status(pid: int | str, field_name: str) -> int:
@@ -30,3 +32,16 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return math.nan
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen[str] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM (a node stops cleanly), then SIGKILL if it has not exited within
+    ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -42,7 +42,6 @@ import json
 import os
 import pstats
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from procstat import cpu_seconds, proc_status
+from procstat import cpu_seconds, proc_status, stop_process
 
 TARGET_RATE = 170_000
 TARGET_BYTES_PER_ENTRY = 120.0
@@ -121,13 +120,7 @@ def start_sender(
 
 def stop_sender(proc: subprocess.Popen[str]) -> None:
     """SIGTERM (the node stops cleanly, a profile is written), SIGKILL after 30 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc, grace_s=30.0)
     if proc.stdout is not None:
         proc.stdout.close()
 
