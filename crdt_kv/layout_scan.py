@@ -9,8 +9,7 @@ not the common well-formed case is left to :func:`~crdt_kv.layout.unpack_record_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from crdt_kv.layout import (
     DATA,
@@ -23,7 +22,7 @@ from crdt_kv.layout import (
     log_key_and_source,
     seq_of_log_key,
 )
-from crdt_kv.version import RawEntry
+from crdt_kv.version import RAW_SETTERS, RawEntry
 
 __all__ = ["REWRITTEN", "SLOW", "log_chunk", "records_at"]
 
@@ -35,13 +34,6 @@ missing, siblings, malformed or unknown-peer record (which may raise, when reach
 
 _PLAIN = b"\x00"
 _LOG_KEY_SIZE = 1 + SEQ_SIZE
-_FIELDS = ("key", "value", "hlc", "peer", "deleted", "seq", "context", "others")
-_SETTERS: tuple[Callable[[RawEntry, Any], None], ...] = tuple(
-    getattr(RawEntry, f).__set__ for f in _FIELDS
-)
-"""The slot setters of :class:`RawEntry`: setting its eight slots directly costs about half
-of its frozen dataclass ``__init__`` (one ``object.__setattr__`` per field); the entry made
-is the same."""
 
 
 def log_chunk(items: Sequence[tuple[bytes, bytes]], skip: int) -> tuple[list[int], list[bytes]]:
@@ -78,7 +70,7 @@ def records_at(
     scan's cache, filled by :func:`~crdt_kv.layout.unpack_record_at`) are decoded here;
     this never raises on stored bytes, so the caller decides when a bad record is reached.
     """
-    sk, sv, sh, sp, sd, ss, sc, so = _SETTERS
+    sk, sv, sh, sp, sd, ss, sc, so = RAW_SETTERS
     new, cls, frombytes, peer_of = object.__new__, RawEntry, int.from_bytes, peer_names.get
     out: list[RawEntry | int] = []
     append = out.append
