@@ -1,6 +1,7 @@
 """Types of the compiled extension (crdt_kv/_speedups.c); import crdt_kv.accel instead."""
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 def blake2b(data: bytes, digest_size: int = 64) -> bytes: ...
 def position(key: bytes) -> bytes: ...
@@ -22,3 +23,13 @@ def bucket_ops(
     touched: Iterable[int],
     /,
 ) -> list[tuple[bytes, bytes | None]]: ...
+def lww_run(
+    buf: bytes,
+    pos: int,
+    count: int,
+    base: int,
+    peers: list[str],
+    cls: type,
+    slots: tuple[object, ...],
+    /,
+) -> tuple[list[Any], int]: ...

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from crdt_kv.layout_fingerprints import pack_bucket
+from crdt_kv.version import RAW_SETTERS, RawEntry
 
 __all__ = [
     "ACTIVE",
@@ -37,6 +38,7 @@ __all__ = [
     "blake2b",
     "bucket_ops",
     "fold",
+    "lww_run",
     "position",
     "sort_index",
 ]
@@ -47,6 +49,15 @@ delta is 1 for a new key (``True`` from the commit path), 0 for a replaced recor
 a removed one."""
 
 _MOD = 1 << 256
+_WALL_MAX = (1 << 48) - 1
+_LOGICAL_MAX = 0xFFFF
+_LWW_ROW, _NULL = 0x85, 0xF6
+_ARG_BYTES = (0,) * 24 + (1, 2, 4, 8)
+"""Bytes after an initial byte of additional information 0-27: its argument's."""
+_RAW_SLOTS = tuple(
+    getattr(RawEntry, f)
+    for f in ("key", "value", "hlc", "peer", "deleted", "seq", "context", "others")
+)
 _POSITION = hashlib.blake2b(digest_size=8)
 
 
@@ -102,6 +113,97 @@ def _bucket_ops(
     ]
 
 
+def _lww_run(
+    buf: bytes, pos: int, count: int, base: int, peers: list[str]
+) -> tuple[list[RawEntry], int]:
+    """Up to ``count`` consecutive LWW rows of ``buf`` from ``pos``, parsed straight from
+    the bytes, and the offset after the last one taken.
+
+    A row is taken only if it is exactly a definite 5-array of a definite byte string,
+    three unsigned integers (any head width) and null or a definite byte string, all
+    inside ``buf``, with a timestamp in range (``base`` plus its wall offset) and a peer
+    index into ``peers``: then it decodes to what the checked path of
+    :mod:`crdt_kv.protocol.batch_decoding` makes of it. The run stops before the first
+    row that is anything else (a sibling row, a tag, an indefinite length, a truncated or
+    out-of-range row): the caller decodes that one through the checking path, which
+    raises the precise error. Never raises on any bytes (``pos < 0`` or a ``base`` out of
+    range: no rows)."""
+    if pos < 0 or not 0 <= base <= _WALL_MAX:
+        return [], pos
+    sk, sv, sh, sp, sd, ss, sc, so = RAW_SETTERS
+    new, cls, frombytes, arg = object.__new__, RawEntry, int.from_bytes, _ARG_BYTES
+    npeers, end = len(peers), len(buf)
+    out: list[RawEntry] = []
+    append = out.append
+    try:
+        while count > 0 and buf[pos] == _LWW_ROW:
+            b = buf[pos + 1]  # the key's head
+            if not 0x40 <= b < 0x5C:
+                break
+            p = pos + 2 + arg[b & 31]
+            n = b & 31 if b < 0x58 else frombytes(buf[pos + 2 : p])
+            key = buf[p : p + n]
+            p += n
+            b = buf[p]  # the wall offset's head, then the logical part's and the peer's
+            if b < 24:
+                wall = b
+                p += 1
+            elif b < 28:
+                q = p + 1 + arg[b]
+                wall, p = frombytes(buf[p + 1 : q]), q
+            else:
+                break
+            b = buf[p]
+            if b < 24:
+                logical = b
+                p += 1
+            elif b < 28:
+                q = p + 1 + arg[b]
+                logical, p = frombytes(buf[p + 1 : q]), q
+            else:
+                break
+            b = buf[p]
+            if b < 24:
+                pidx = b
+                p += 1
+            elif b < 28:
+                q = p + 1 + arg[b]
+                pidx, p = frombytes(buf[p + 1 : q]), q
+            else:
+                break
+            wall += base
+            if wall > _WALL_MAX or logical > _LOGICAL_MAX or pidx >= npeers:
+                break
+            b = buf[p]  # the value's head
+            if b == _NULL:
+                value, deleted = b"", True
+                p += 1
+            elif 0x40 <= b < 0x5C:
+                q = p + 1 + arg[b & 31]
+                n = b & 31 if b < 0x58 else frombytes(buf[p + 1 : q])
+                p = q + n
+                if p > end:
+                    break
+                value, deleted = buf[q:p], False
+            else:
+                break
+            e = new(cls)
+            sk(e, key)
+            sv(e, value)
+            sh(e, (wall << 16) | logical)
+            sp(e, peers[pidx])
+            sd(e, deleted)
+            ss(e, 0)
+            sc(e, ())
+            so(e, ())
+            append(e)
+            pos = p
+            count -= 1
+    except IndexError:  # a truncated row: the checking path says so
+        pass
+    return out, pos
+
+
 @dataclass(frozen=True, slots=True)
 class Impl:
     """One implementation of every accelerated function (see the module-level names)."""
@@ -117,9 +219,10 @@ class Impl:
     bucket_ops: Callable[
         [Sequence[bytes], list[int], list[int], Iterable[int]], list[tuple[bytes, bytes | None]]
     ]
+    lww_run: Callable[[bytes, int, int, int, list[str]], tuple[list[RawEntry], int]]
 
 
-PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops)
+PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops, _lww_run)
 """The reference implementation."""
 
 
@@ -138,7 +241,15 @@ def _load() -> tuple[Impl | None, str]:
             stacklevel=2,
         )
         return None, "speedups off: crdt_kv._speedups is not built"
-    impl = Impl("c", ext.blake2b, ext.position, ext.fold, ext.sort_index, ext.bucket_ops)
+    run: Callable[..., tuple[list[RawEntry], int]] = ext.lww_run
+
+    def lww_run(
+        buf: bytes, pos: int, count: int, base: int, peers: list[str]
+    ) -> tuple[list[RawEntry], int]:
+        """The C function, given the class to build and its slots (read once here)."""
+        return run(buf, pos, count, base, peers, RawEntry, _RAW_SLOTS)
+
+    impl = Impl("c", ext.blake2b, ext.position, ext.fold, ext.sort_index, ext.bucket_ops, lww_run)
     return impl, "speedups: compiled"
 
 
@@ -168,3 +279,9 @@ bucket_ops = ACTIVE.bucket_ops
 ascending order, ``(keys[b], pack_bucket(counts[b], sums[b]))``, or ``(keys[b], None)`` if
 ``counts[b]`` is 0: the ``f`` entries of a checkpoint
 (:func:`crdt_kv.layout_fingerprints.pack_bucket`)."""
+lww_run = ACTIVE.lww_run
+"""``lww_run(buf, pos, count, base, peers) -> (entries, end)``: up to ``count`` plain LWW
+rows of a batch frame ``buf`` (bytes) from offset ``pos``, as :class:`RawEntry` objects,
+and the offset after the last one taken; it stops, without raising, before the first row
+that is not plain (the caller's checking decoder takes that one). ``0 <= base < 2**48``
+is the batch's base wall time and ``peers`` its peer ids."""

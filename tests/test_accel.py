@@ -9,12 +9,16 @@ runs this file and the bucket tests once more with ``CRDT_KV_PURE_PYTHON=1``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import struct
 import subprocess
 import sys
+from dataclasses import astuple, fields
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +29,7 @@ from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKETS, position_bytes
 from crdt_kv.layout_fingerprints import BUCKET_KEYS, INDEX
 from crdt_kv.store import buckets as buckets_mod
 from crdt_kv.store.buckets import Buckets
+from crdt_kv.version import RawEntry
 
 ROOT = Path(__file__).resolve().parent.parent
 C = accel.COMPILED
@@ -327,3 +332,110 @@ def test_cli_version_names_the_path() -> None:
         check=True,
     )
     assert out.stdout.strip() == f"{crdt_kv.__version__} ({accel.DESCRIPTION})"
+
+
+# --- lww_run ----------------------------------------------------------------------------------
+
+_UINTS = st.one_of(
+    st.integers(min_value=0, max_value=30),
+    st.integers(min_value=0, max_value=70_000),
+    st.integers(min_value=0, max_value=(1 << 64) - 1),
+    st.sampled_from([0xFFFF, 0x10000, (1 << 48) - 1, 1 << 48, 1 << 64, -1]),
+)
+_VALUES = st.one_of(st.none(), st.binary(max_size=300), st.sampled_from(["t", 1, [], b""]))
+
+
+@st.composite
+def row_bytes(draw: st.DrawFn) -> bytes:
+    """A batch row, mostly plain (``[key, dwall, logical, peer, value]``), sometimes not."""
+    key = draw(st.one_of(st.binary(max_size=40), st.sampled_from([b"k" * 300, b"", "k", 0])))
+    small = st.integers(min_value=0, max_value=3)
+    ints = [draw(st.one_of(small, _UINTS)) for _ in range(3)]
+    row: list[object] = [key, *ints, draw(_VALUES)]
+    if draw(st.integers(0, 9)) == 0:
+        row.extend([[], []])
+    return cbor2.dumps(row)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> bytes:
+    """Rows, then some bytes overwritten, cut or inserted: what a peer might send."""
+    buf = bytearray(b"".join(draw(st.lists(row_bytes(), max_size=6))))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 3]))):
+        kind, at, byte = (
+            draw(st.integers(0, 2)),
+            draw(st.integers(0, 400)),
+            draw(st.integers(0, 255)),
+        )
+        if kind == 0 and buf:
+            buf[at % len(buf)] = byte
+        elif kind == 1:
+            del buf[at:]
+        else:
+            buf[at:at] = bytes([byte])
+    return bytes(buf)
+
+
+def run_lww(impl: accel.Impl, *args: Any) -> tuple[list[tuple[object, ...]], int]:
+    entries, end = impl.lww_run(*args)
+    return [(type(e.key), type(e.value), *astuple(e)) for e in entries], end
+
+
+@needs_c
+@settings(max_examples=400, deadline=None)
+@given(
+    buf=st.one_of(frames(), st.binary(max_size=200)),
+    pos=st.one_of(st.just(0), st.integers(min_value=-2, max_value=60)),
+    count=st.one_of(st.just(8), st.integers(min_value=-1, max_value=8)),
+    base=st.one_of(
+        st.just(1_700_000_000_000),
+        st.integers(min_value=0, max_value=(1 << 48) - 1),
+        st.sampled_from([-1, 1 << 48, 1 << 70, -(1 << 70)]),
+    ),
+    npeers=st.one_of(st.just(3), st.integers(min_value=0, max_value=3)),
+)
+def test_lww_run_compiled_equals_pure(
+    buf: bytes, pos: int, count: int, base: int, npeers: int
+) -> None:
+    assert C is not None
+    peers = ["a", "b", "c"][:npeers]
+    want = run_lww(accel.PURE, buf, pos, count, base, peers)
+    assert run_lww(C, buf, pos, count, base, peers) == want
+    assert all(row[0] is bytes and row[1] is bytes for row in want[0])
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_lww_run_contract(impl: accel.Impl) -> None:
+    rows = [
+        [b"k", 5, 1, 0, b"\x01"],
+        [b"", 0x100, 0xFFFF, 1, None],
+        [b"x" * 30, (1 << 32) + 3, 0, 0, b"y" * 70_000],
+    ]
+    buf = b"\x00" + b"".join(cbor2.dumps(r) for r in rows) + cbor2.dumps([b"k", 0, 0, 2, None])
+    entries, end = impl.lww_run(buf, 1, 10, 7, ["a", "b"])
+    assert entries == [
+        RawEntry(b"k", b"\x01", (12 << 16) | 1, "a", False),
+        RawEntry(b"", b"", ((7 + 0x100) << 16) | 0xFFFF, "b", True),
+        RawEntry(b"x" * 30, b"y" * 70_000, (7 + (1 << 32) + 3) << 16, "a", False),
+    ]
+    sizes = [len(cbor2.dumps(r)) for r in rows]
+    assert end == 1 + sum(sizes)  # stopped before the row naming peer index 2
+    assert impl.lww_run(buf, 1, 2, 7, ["a", "b"])[1] == 1 + sizes[0] + sizes[1]
+    assert impl.lww_run(buf, 1, 3, (1 << 48) - 5, ["a", "b"]) == ([], 1)  # wall too high
+    cut = buf[: 1 + sum(sizes) - 1]  # the last value one byte short
+    assert impl.lww_run(cut, 1, 3, 7, ["a", "b"]) == (entries[:2], 1 + sizes[0] + sizes[1])
+
+
+@needs_c
+def test_lww_run_compiled_refuses_what_it_cannot_fill() -> None:
+    ext = importlib.import_module("crdt_kv._speedups")
+    slots = tuple(getattr(RawEntry, f.name) for f in fields(RawEntry))
+    with pytest.raises(TypeError, match="member descriptors"):
+        ext.lww_run(b"", 0, 1, 0, [], RawEntry, (*slots[:7], accel.Impl.name))
+    with pytest.raises(TypeError, match="member descriptors"):
+        ext.lww_run(b"", 0, 1, 0, [], accel.Impl, slots)
+    with pytest.raises(TypeError, match="bytes"):
+        ext.lww_run(bytearray(), 0, 1, 0, [], RawEntry, slots)
+    with pytest.raises(TypeError, match="bytes"):
+        ext.lww_run(b"", 0, 1, 0, ("a",), RawEntry, slots)
+    assert ext.lww_run(b"", 0, 1, 0, [], RawEntry, slots) == ([], 0)

@@ -9,10 +9,12 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_kv import accel
 from crdt_kv.errors import RejectedDataError, RemoteProtocolError
+from crdt_kv.protocol import batch_decoding
 from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES, decode_batch_fields
 from crdt_kv.protocol.cbor_reader import MAX_STRING_CHUNKS, Reader
 from crdt_kv.protocol.messages import (
@@ -220,3 +222,81 @@ def test_a_chunked_value_is_held_to_the_chunk_limit_too() -> None:
 def _refused(payload: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         decode_message(payload)
+
+
+# --- the fast path of plain rows (crdt_kv.accel.lww_run) ------------------------------------
+
+RUNS = [accel.PURE.lww_run] if accel.COMPILED is None else [accel.PURE.lww_run, accel.lww_run]
+wide_stamps = st.one_of(stamps, st.integers(0, (1 << 64) - 1))
+
+
+def no_fast_path(buf: bytes, pos: int, count: int, base: int, peers: list[str]) -> Any:
+    return [], pos
+
+
+def outcome(payload: bytes, run: Any, limit: int | None, lww_only: bool) -> object:
+    """What the row-by-row path makes of ``payload`` with ``run`` as its fast path: the
+    batch and the items counted, or the error's type and message."""
+    saved = batch_decoding.lww_run
+    batch_decoding.lww_run = run
+    try:
+        r = Reader(payload)
+        n = r.array("message")
+        r.uint("type")
+        batch = Batch(*decode_batch_fields(r, n, limit, lww_only=lww_only))
+        r.finish()
+    except Exception as exc:
+        return type(exc), str(exc)
+    finally:
+        batch_decoding.lww_run = saved
+    for e in batch.entries:
+        assert type(e.key) is bytes and type(e.value) is bytes
+    return batch, r.items
+
+
+@st.composite
+def plain_entries(draw: st.DrawFn) -> RawEntry:
+    deleted = draw(st.booleans())
+    value = b"" if deleted else draw(st.binary(max_size=300))
+    key = draw(st.binary(max_size=30))
+    return RawEntry(key, value, draw(wide_stamps), draw(peers), deleted)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.one_of(plain_entries(), plain_entries(), entries()), max_size=8),
+    extra=st.integers(0, 2),
+    limit=st.one_of(st.none(), st.integers(0, 9)),
+    lww_only=st.booleans(),
+    flags=st.lists(st.booleans(), max_size=8),
+    edits=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 4000), st.integers(0, 255)), max_size=3
+    ),
+)
+def test_the_fast_path_decodes_and_fails_like_the_checking_path(
+    rows: list[RawEntry],
+    extra: int,
+    limit: int | None,
+    lww_only: bool,
+    flags: list[bool],
+    edits: list[tuple[int, int, int]],
+) -> None:
+    batch = Batch(3, 3 + max(0, len(rows) - 1 + extra), True, tuple(rows))  # extra 0: too many
+    payload = encode_message(batch)
+    if flags:
+        payload = indefinite(cbor2.loads(payload), list(flags))
+    buf = bytearray(payload)
+    for kind, at, byte in edits:  # overwrite, cut, insert
+        if kind == 0 and buf:
+            buf[at % len(buf)] = byte
+        elif kind == 1:
+            del buf[at % (len(buf) + 1) :]
+        else:
+            buf[at:at] = bytes([byte])
+    payload = bytes(buf)
+    want = outcome(payload, no_fast_path, limit, lww_only)
+    for run in RUNS:
+        assert outcome(payload, run, limit, lww_only) == want
+    if not edits and not flags and limit is None and extra and not lww_only:
+        assert isinstance(want, tuple)
+        assert want[0] == batch

@@ -16,13 +16,19 @@ from typing import Any
 
 import cbor2
 
+from crdt_kv.accel import lww_run
 from crdt_kv.errors import RejectedDataError, RemoteProtocolError
 from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
 from crdt_kv.protocol.fields import NoTags, array, boolean, fail, text, uint
 from crdt_kv.protocol.framing import bare, short
 from crdt_kv.version import RawEntry
 
-__all__ = ["MAX_BATCH_PEERS", "SMALL_FRAME_BYTES", "decode_batch_fields", "decode_small_batch"]
+__all__ = [
+    "MAX_BATCH_PEERS",
+    "SMALL_FRAME_BYTES",
+    "decode_batch_fields",
+    "decode_small_batch",
+]
 
 _WALL_MAX = (1 << 48) - 1
 _LOGICAL_MAX = 0xFFFF
@@ -82,12 +88,15 @@ def _rows(  # noqa: PLR0917 - private, called once
 ) -> tuple[RawEntry, ...]:
     """The rows of ``batch.entries`` (``rows`` of them, or up to the break).
 
-    An LWW row in a definite 5-array (every row a conforming sender writes in mode ``lww``)
-    is decoded by cbor2 in one call with nesting refused (``max_depth=1``): its five items
-    are scalars, so it cannot decode to more than its size plus five objects. Any other
-    row, one whose key is chunked, and one that took more bytes than its key, value and
-    heads can (a chunked value) go through the checking :class:`Reader`, which refuses a
-    string of more than :data:`~crdt_kv.protocol.cbor_reader.MAX_STRING_CHUNKS` chunks."""
+    Runs of plain LWW rows (every row a conforming sender writes in mode ``lww``) are
+    parsed straight from the bytes by :func:`crdt_kv.accel.lww_run`. A row it stops at is
+    decoded as before that fast path, so every error and limit check is unchanged: an LWW
+    row in a definite 5-array by cbor2 in one call with nesting refused (``max_depth=1``:
+    its five items are scalars, so it cannot decode to more than its size plus five
+    objects); any other row, one whose key is chunked, and one that took more bytes than
+    its key, value and heads can (a chunked value) by the checking :class:`Reader`, which
+    refuses a string of more than
+    :data:`~crdt_kv.protocol.cbor_reader.MAX_STRING_CHUNKS` chunks."""
     buf = r.buffer
     fp = io.BytesIO(buf)
     seek, tell = fp.seek, fp.tell
@@ -95,10 +104,19 @@ def _rows(  # noqa: PLR0917 - private, called once
     entries: list[RawEntry] = []
     append = entries.append
     limit = sequences if max_entries is None else min(sequences, max_entries)
+    fast = limit if type(buf) is bytes else 0  # a bytearray's slices are not bytes
     pos = r.pos
     end = len(buf)
     i = 0
-    while i < rows if rows != INDEFINITE else (pos >= end or buf[pos] != _BREAK):
+    while True:
+        run, pos = lww_run(
+            buf, pos, (fast if rows == INDEFINITE else min(rows, fast)) - i, base, peers
+        )
+        if run:
+            entries.extend(run)
+            i += len(run)
+        if not (i < rows if rows != INDEFINITE else (pos >= end or buf[pos] != _BREAK)):
+            break
         if i >= limit:
             _check_count(i + 1, sequences, max_entries)
         if pos + 1 < end and buf[pos] == _LWW_ROW and buf[pos + 1] != _CHUNKED_BYTES:
