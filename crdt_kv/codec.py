@@ -54,6 +54,7 @@ __all__ = [
     "SHORT_KEY_CHARS",
     "VALUE_ENCODINGS",
     "body_hash",
+    "plain_string",
     "cursor_key",
     "decode_cbor",
     "decode_utf8",
@@ -287,6 +288,26 @@ CBOR_OPEN_LIST = b"\x9f"
 CBOR_CLOSE_LIST = b"\xff"
 """The break byte, and the head and end of an indefinite-length array: see
 :func:`decode_cbor` (the store's range reads inline its first fast path)."""
+
+
+def plain_string(b: bytes) -> bool:
+    """Whether ``b`` is exactly one definite-length CBOR byte string, or text string of
+    ASCII characters, with a head of one or two bytes (up to 255 bytes long).
+
+    :func:`decode_cbor` accepts every such ``b`` (ASCII is valid UTF-8), so a caller that
+    only needs to know that ``b`` decodes may skip decoding it; a remote apply checks a
+    batch's values this way (most values are short strings). False says nothing: decode
+    ``b`` to find out."""
+    if not b:
+        return False
+    h = b[0]
+    if 0x40 <= h < 0x58 or 0x60 <= h < 0x78:
+        size = 1 + (h & 31)
+    elif (h in {0x58, 0x78}) and len(b) > 1:
+        size = 2 + b[1]
+    else:
+        return False
+    return len(b) == size and (h < 0x60 or b.isascii())
 
 
 def decode_cbor(b: bytes) -> Any:

@@ -487,3 +487,30 @@ def test_a_well_formed_cbor_tag_round_trips() -> None:
         s.put("t", {"x": tag})
         got = s.get("t")["x"]
         assert got.tag == 4000 and list(got.value) == [1, "two"]
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300).map(cbor2.dumps),
+        st.text(max_size=300).map(cbor2.dumps),
+        st.binary(max_size=300),
+        st.binary(max_size=23).map(lambda c: bytes([0x60 + len(c)]) + c),  # maybe not UTF-8
+        st.tuples(
+            st.sampled_from([0x58, 0x78, 0x57, 0x77, 0x40, 0x60]), st.binary(max_size=40)
+        ).map(lambda t: bytes([t[0]]) + t[1]),
+    )
+)
+def test_plain_string_only_for_values_decode_cbor_accepts(b: bytes) -> None:
+    if codec.plain_string(b):  # then decoding it cannot fail
+        assert type(codec.decode_cbor(b)) is (bytes if b[0] < 0x60 else str)
+
+
+def test_plain_string_takes_the_common_values() -> None:
+    assert codec.plain_string(cbor2.dumps("v" * 100))
+    assert codec.plain_string(cbor2.dumps(b"\xff" * 255))
+    assert codec.plain_string(b"\x58\x01a")  # a longer head than needed: still one item
+    assert not codec.plain_string(cbor2.dumps("é"))  # decoded instead (not ASCII)
+    assert not codec.plain_string(cbor2.dumps("v" * 100) + b"\x00")
+    assert not codec.plain_string(cbor2.dumps("v" * 100)[:-1])
+    assert not codec.plain_string(b"")
+    assert not codec.plain_string(cbor2.dumps(1))

@@ -23,6 +23,7 @@ from crdt_kv.codec import (
     Encoder,
     decode_cbor,
     decode_utf8,
+    plain_string,
 )
 from crdt_kv.errors import ConfigError, EncodingError
 from crdt_kv.fingerprint import state_stamp
@@ -153,7 +154,7 @@ class EntryChecker:
         """
         kdec, vdec, peers = self._kdec, self._vdec, self.peer_bytes
         keys_checked = kdec is decode_utf8 and _ascii_keys(batch)
-        cbor, loads = vdec is decode_cbor, cbor2.loads
+        cbor, loads, plain = vdec is decode_cbor, cbor2.loads, plain_string
         top = 0
         for e in batch:
             try:
@@ -172,7 +173,9 @@ class EntryChecker:
                         kdec(e.key)
                     if e.deleted:
                         ok = not e.value
-                    elif cbor and CBOR_BREAK not in (v := e.value):
+                    elif cbor and plain(v := e.value):
+                        ok = True
+                    elif cbor and CBOR_BREAK not in v:
                         try:  # decode_cbor's first path, inlined; it reports a failure
                             (_,) = loads(CBOR_OPEN_LIST + v + CBOR_CLOSE_LIST)
                         except Exception:
