@@ -35,7 +35,7 @@ from crdt_kv import (
     Version,
 )
 from crdt_kv.backends.memory import MemoryBackend
-from crdt_kv.codec import MAX_KEY_BYTES, short_repr
+from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES, short_repr
 from crdt_kv.hlc import pack, unpack
 from crdt_kv.testing import ManualClock
 
@@ -595,6 +595,22 @@ def test_apply_raw_checks_each_key_and_value_on_its_fast_path(store_factory: Fac
         with pytest.raises(EncodingError, match="corrupt"):
             db.apply_raw([good[0], bad])
         assert snapshot(db) == before, bad
+
+
+def test_apply_raw_limits_keys_and_values_from_a_peer_it_knows(store_factory: Factory) -> None:
+    """The quick path of validate_all (taken once a batch's peer is known) refuses a key
+    over MAX_KEY_BYTES and a value over MAX_VALUE_BYTES like validate does: it once
+    stored both from any peer it had applied from before."""
+    db = store_factory(peer_id="b")
+    now = pack(T0, 0)
+    assert db.apply_raw([RawEntry(b"a", cbor2.dumps(1), now, "a", False)]) == 1
+    before = snapshot(db)
+    huge_key = RawEntry(b"k" * (MAX_KEY_BYTES + 1), cbor2.dumps(1), now, "a", False)
+    huge_value = RawEntry(b"v", cbor2.dumps(b"x" * (MAX_VALUE_BYTES + 1)), now, "a", False)
+    for bad, what in ((huge_key, "entry key"), (huge_value, "value of key")):
+        with pytest.raises(EncodingError, match=f"{what} .* bytes; the limit is"):
+            db.apply_raw([bad])
+        assert snapshot(db) == before
 
 
 def test_apply_of_an_entry_with_an_unencodable_value(store_factory: Factory) -> None:

@@ -162,6 +162,8 @@ class EntryChecker:
                     type(e) is RawEntry
                     and type(e.key) is bytes
                     and type(e.value) is bytes
+                    and len(e.key) <= MAX_KEY_BYTES
+                    and len(e.value) <= MAX_VALUE_BYTES
                     and type(hlc := e.hlc) is int
                     and 0 <= hlc <= MAX_STAMP
                     and type(e.peer) is str
