@@ -113,6 +113,20 @@ def _bucket_ops(
     ]
 
 
+def _uint_at(buf: bytes, p: int) -> tuple[int, int]:
+    """The unsigned integer whose CBOR head is at ``buf[p]`` and the offset after it;
+    ``(-1, p)`` if the head is of another type or indefinite (IndexError past the end)."""
+    b = buf[p]
+    if b < 24:
+        return b, p + 1
+    if b < 28:
+        q = p + 1 + _ARG_BYTES[b]
+        if q > len(buf):
+            raise IndexError("truncated head")
+        return int.from_bytes(buf[p + 1 : q]), q
+    return -1, p
+
+
 def _lww_run(
     buf: bytes, pos: int, count: int, base: int, peers: list[str]
 ) -> tuple[list[RawEntry], int]:
@@ -144,32 +158,10 @@ def _lww_run(
             n = b & 31 if b < 0x58 else frombytes(buf[pos + 2 : p])
             key = buf[p : p + n]
             p += n
-            b = buf[p]  # the wall offset's head, then the logical part's and the peer's
-            if b < 24:
-                wall = b
-                p += 1
-            elif b < 28:
-                q = p + 1 + arg[b]
-                wall, p = frombytes(buf[p + 1 : q]), q
-            else:
-                break
-            b = buf[p]
-            if b < 24:
-                logical = b
-                p += 1
-            elif b < 28:
-                q = p + 1 + arg[b]
-                logical, p = frombytes(buf[p + 1 : q]), q
-            else:
-                break
-            b = buf[p]
-            if b < 24:
-                pidx = b
-                p += 1
-            elif b < 28:
-                q = p + 1 + arg[b]
-                pidx, p = frombytes(buf[p + 1 : q]), q
-            else:
+            wall, p = _uint_at(buf, p)  # the wall offset, the logical part, the peer index
+            logical, p = _uint_at(buf, p)
+            pidx, p = _uint_at(buf, p)
+            if wall < 0 or logical < 0 or pidx < 0:
                 break
             wall += base
             if wall > _WALL_MAX or logical > _LOGICAL_MAX or pidx >= npeers:
