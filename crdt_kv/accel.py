@@ -24,6 +24,18 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from crdt_kv.errors import CorruptionError
+from crdt_kv.layout import (
+    DATA,
+    FLAG_DELETED,
+    FORMAT_SIBLINGS,
+    FORMAT_VERSION,
+    KEYLEN_SIZE,
+    LOG,
+    MIN_RECORD,
+    SEQ_SIZE,
+)
+from crdt_kv.layout import stage_records as _stage_records
 from crdt_kv.layout_fingerprints import pack_bucket
 from crdt_kv.version import RAW_SETTERS, RawEntry
 
@@ -41,6 +53,7 @@ __all__ = [
     "lww_run",
     "position",
     "sort_index",
+    "stage_records",
 ]
 
 Note = tuple[bytes, int, int]
@@ -59,6 +72,31 @@ _RAW_SLOTS = tuple(
     for f in ("key", "value", "hlc", "peer", "deleted", "seq", "context", "others")
 )
 _POSITION = hashlib.blake2b(digest_size=8)
+STAGE_LAYOUT = (
+    DATA,
+    LOG,
+    FLAG_DELETED,
+    FORMAT_VERSION,
+    FORMAT_SIBLINGS,
+    MIN_RECORD,
+    SEQ_SIZE,
+    KEYLEN_SIZE,
+    CorruptionError,
+)
+"""What the compiled ``stage_records`` knows of the layout, all read from
+:mod:`crdt_kv.layout`: the data and log prefixes, the deleted flag, the record formats it
+accepts, the shortest record, the seq and key-length sizes (it refuses any but 8 and 4),
+and the error a malformed record raises."""
+StageRecords = Callable[
+    [
+        Iterable[tuple[bytes, bytes, bytes | None]],
+        int,
+        list[tuple[bytes, bytes | None]],
+        list[tuple[bytes, bytes]],
+        list[Note],
+    ],
+    tuple[int, int, int],
+]
 
 
 class SpeedupsWarning(RuntimeWarning):
@@ -212,9 +250,10 @@ class Impl:
         [Sequence[bytes], list[int], list[int], Iterable[int]], list[tuple[bytes, bytes | None]]
     ]
     lww_run: Callable[[bytes, int, int, int, list[str]], tuple[list[RawEntry], int]]
+    stage_records: StageRecords
 
 
-PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops, _lww_run)
+PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops, _lww_run, _stage_records)
 """The reference implementation."""
 
 
@@ -241,7 +280,28 @@ def _load() -> tuple[Impl | None, str]:
         """The C function, given the class to build and its slots (read once here)."""
         return run(buf, pos, count, base, peers, RawEntry, _RAW_SLOTS)
 
-    impl = Impl("c", ext.blake2b, ext.position, ext.fold, ext.sort_index, ext.bucket_ops, lww_run)
+    stage: Callable[..., tuple[int, int, int]] = ext.stage_records
+
+    def stage_records(
+        items: Iterable[tuple[bytes, bytes, bytes | None]],
+        seq: int,
+        ops: list[tuple[bytes, bytes | None]],
+        logs: list[tuple[bytes, bytes]],
+        notes: list[Note],
+    ) -> tuple[int, int, int]:
+        """The C function, given the layout constants (:data:`STAGE_LAYOUT`)."""
+        return stage(items, seq, ops, logs, notes, STAGE_LAYOUT)
+
+    impl = Impl(
+        "c",
+        ext.blake2b,
+        ext.position,
+        ext.fold,
+        ext.sort_index,
+        ext.bucket_ops,
+        lww_run,
+        stage_records,
+    )
     return impl, "speedups: compiled"
 
 
@@ -277,3 +337,11 @@ rows of a batch frame ``buf`` (bytes) from offset ``pos``, as :class:`RawEntry` 
 and the offset after the last one taken; it stops, without raising, before the first row
 that is not plain (the caller's checking decoder takes that one). ``0 <= base < 2**48``
 is the batch's base wall time and ``peers`` its peer ids."""
+stage_records = ACTIVE.stage_records
+"""``stage_records(items, seq, ops, logs, notes) -> (last seq, digest delta sum, live-count
+delta sum)``: :func:`crdt_kv.layout.stage_records` (the reference: a commit's records,
+change-log keys, digest deltas and bucket notes, appended to the three lists). The twin
+accepts only ``(key, body, old)`` tuples of bytes (``old`` may be None) and a ``seq`` in
+``[0, 2**64)``, raising TypeError or OverflowError where the pure loop raises something
+else for such inputs; a malformed ``old`` raises the same :class:`CorruptionError`, after
+the same items were appended."""

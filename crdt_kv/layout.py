@@ -47,6 +47,7 @@ __all__ = [
     "MAX_SIBLINGS",
     "MAX_SIBLING_PEERS",
     "HISTORY",
+    "KEYLEN_SIZE",
     "HISTORY_END",
     "MEMBERS",
     "MEMBERS_END",
@@ -147,6 +148,7 @@ _LOG_HAS_TRAILER = 1
 _LOG_HAS_SOURCE = 2
 _SOURCE = struct.Struct(">I")
 _KEYLEN = struct.Struct(">I")
+KEYLEN_SIZE = _KEYLEN.size  # the key length before the key in every digested record
 _LOG_KEY_SIZE = len(LOG) + _SEQ_SIZE
 RECORD_HEAD = _RECORD.size
 """Bytes of a format-1 record before its peer id; ``blob[RECORD_HEAD - 1]`` is the peer
@@ -217,7 +219,7 @@ def stage_record(
     live = 0 if body[1] & _FLAG_DELETED else 1
     if old is None:
         return None, body + sb, LOG + sb, delta, live
-    if not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS or len(old) < _MIN_RECORD:
+    if len(old) < _MIN_RECORD or not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS:
         raise CorruptionError(f"record of key {key!r} is malformed")
     h = _BLAKE2B_256.copy()
     h.update(_KEYLEN.pack(len(key)) + key + old[:-_SEQ_SIZE])
@@ -253,7 +255,7 @@ def stage_records(
         if old is None:
             note((key, delta, True))
         else:
-            if not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS or len(old) < _MIN_RECORD:
+            if len(old) < _MIN_RECORD or not FORMAT_VERSION <= old[0] <= FORMAT_SIBLINGS:
                 raise CorruptionError(f"record of key {key!r} is malformed")
             h = blake()
             h.update(klen(len(key)) + key + old[:-_SEQ_SIZE])

@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crdt_kv
-from crdt_kv import accel
+from crdt_kv import accel, layout
+from crdt_kv.errors import CorruptionError
 from crdt_kv.fingerprint import BUCKET_SHIFT, BUCKETS, position_bytes
 from crdt_kv.layout_fingerprints import BUCKET_KEYS, INDEX
 from crdt_kv.store import buckets as buckets_mod
@@ -439,3 +440,123 @@ def test_lww_run_compiled_refuses_what_it_cannot_fill() -> None:
     with pytest.raises(TypeError, match="bytes"):
         ext.lww_run(b"", 0, 1, 0, ("a",), RawEntry, slots)
     assert ext.lww_run(b"", 0, 1, 0, [], RawEntry, slots) == ([], 0)
+
+
+# --- stage_records ---------------------------------------------------------------------
+
+records = st.builds(
+    lambda fmt, flags, hlc, peer, value, seq: (
+        bytes([fmt, flags]) + hlc.to_bytes(8, "big") + bytes([len(peer)]) + peer + value + seq
+    ),
+    st.sampled_from([layout.FORMAT_VERSION, layout.FORMAT_SIBLINGS]),
+    st.integers(min_value=0, max_value=255),
+    st.integers(min_value=0, max_value=(1 << 64) - 1),
+    st.binary(min_size=1, max_size=8),
+    st.binary(max_size=300),
+    st.binary(min_size=8, max_size=8),
+)
+olds = st.one_of(
+    st.none(),
+    records,
+    st.binary(max_size=30),  # short, or of any format byte: mostly malformed
+    records.map(lambda r: bytes([r[0] ^ 0x0C]) + r[1:]),  # an unknown format
+)
+stage_items = st.lists(
+    st.tuples(keys, st.one_of(records.map(lambda r: r[:-8]), st.binary(max_size=3)), olds),
+    max_size=30,
+)
+
+
+def run_stage(impl: accel.Impl, items: list[Any], seq: int) -> tuple[object, ...]:
+    """What ``impl.stage_records`` returns or raises, and what it appended, with types."""
+    ops: list[tuple[bytes, bytes | None]] = []
+    logs: list[tuple[bytes, bytes]] = []
+    ns: list[accel.Note] = []
+    try:
+        out: object = impl.stage_records(items, seq, ops, logs, ns)
+    except (CorruptionError, IndexError) as exc:
+        out = (type(exc), str(exc))
+    typed = [tuple((type(x), x) for x in row) for row in [*ops, *logs, *ns]]
+    return out, ops, logs, ns, typed
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(items=stage_items, seq=st.integers(min_value=0, max_value=(1 << 64) - 40))
+def test_stage_records_compiled_equals_pure(items: list[Any], seq: int) -> None:
+    """Same ops, logs, notes and sums object for object, and the same error (type and
+    message) for a malformed old record or body, after the same appends."""
+    assert C is not None
+    assert run_stage(C, items, seq) == run_stage(accel.PURE, items, seq)
+
+
+@needs_c
+def test_stage_records_compiled_sums_thousands() -> None:
+    """The digest sum of many items crosses 2**256 both ways (the C keeps 320 bits)."""
+    assert C is not None
+    body = layout.record_body(9 << 16, b"q", False, b"v")
+    many = [(b"%05d" % i, body, None) for i in range(3000)]
+    big = [
+        (b"k" * (i % 50), body, layout.pack_record(i, 1, b"p", i % 3 == 0, b"w" * i))
+        for i in range(3000)
+    ]
+    for items in (many, big, many + big):
+        got, want = run_stage(C, items, 7), run_stage(accel.PURE, items, 7)
+        assert got == want
+        assert isinstance(want[0], tuple) and want[0][0] == 7 + len(items)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_stage_records_contract(impl: accel.Impl) -> None:
+    old = layout.pack_record(5 << 16, 3, b"p", False, b"\x01")
+    body = layout.record_body(9 << 16, b"q", True, b"")
+    ops: list[tuple[bytes, bytes | None]] = []
+    logs: list[tuple[bytes, bytes]] = []
+    ns: list[accel.Note] = []
+    assert impl.stage_records([(b"k", body, old)], 10, ops, logs, ns) == (
+        11,
+        layout.body_hash(b"k", body) - layout.body_hash(b"k", old[:-8]),
+        -1,
+    )
+    assert ops == [(b"l" + (3).to_bytes(8, "big"), None), (b"dk", body + (11).to_bytes(8, "big"))]
+    assert logs == [(b"l" + (11).to_bytes(8, "big"), b"k")]
+    assert ns == [(b"k", layout.body_hash(b"k", body) - layout.body_hash(b"k", old[:-8]), False)]
+    for bad in (b"", b"\x01" * (layout.MIN_RECORD - 1), b"\x00" + old[1:], b"\x03" + old[1:]):
+        with pytest.raises(CorruptionError, match=r"^record of key b'\\x00k' is malformed$"):
+            impl.stage_records([(b"x", body, None), (b"\x00k", body, bad)], 1, ops, logs, ns)
+        assert logs[-1] == (b"l" + (2).to_bytes(8, "big"), b"x")  # the item before was staged
+
+
+@needs_c
+def test_stage_records_layout_is_the_layout_module() -> None:
+    """The C reads every constant from STAGE_LAYOUT (taken from crdt_kv.layout), packs a
+    seq as 8 big-endian bytes and a key length as 4, and refuses a layout of other sizes."""
+    assert (
+        layout.DATA,
+        layout.LOG,
+        layout.FLAG_DELETED,
+        layout.FORMAT_VERSION,
+        layout.FORMAT_SIBLINGS,
+        layout.MIN_RECORD,
+        layout.SEQ_SIZE,
+        layout.KEYLEN_SIZE,
+        CorruptionError,
+    ) == accel.STAGE_LAYOUT
+    assert layout.pack_u64(1) == (1).to_bytes(8, "big") and layout.KEYLEN_SIZE == 4
+    ext = importlib.import_module("crdt_kv._speedups")
+    body = layout.record_body(1, b"p", False, b"")
+    ops: list[Any] = []
+    other = (b"D", b"L", 4, 7, 9, 12, 8, 4, KeyError)
+    assert ext.stage_records([(b"k", body, b"\x07\x04" + b"\x00" * 10)], 0, ops, [], [], other)
+    assert ops == [(b"L" + b"\x00" * 8, None), (b"Dk", body + (1).to_bytes(8, "big"))]
+    with pytest.raises(KeyError, match="record of key b'k' is malformed"):
+        ext.stage_records([(b"k", body, b"\x0a" * 12)], 0, [], [], [], other)
+    for wrong in ((*other[:6], 4, 4, KeyError), (*other[:7], 2, KeyError), other[:8]):
+        with pytest.raises((ValueError, TypeError), match="layout"):
+            ext.stage_records([], 0, [], [], [], wrong)
+    with pytest.raises(TypeError, match="tuples"):
+        ext.stage_records([[b"k", body, None]], 0, [], [], [], accel.STAGE_LAYOUT)
+    with pytest.raises(TypeError, match="bytes"):
+        ext.stage_records([(b"k", bytearray(body), None)], 0, [], [], [], accel.STAGE_LAYOUT)
+    with pytest.raises(OverflowError):
+        ext.stage_records([(b"k", body, None)], (1 << 64) - 1, [], [], [], accel.STAGE_LAYOUT)

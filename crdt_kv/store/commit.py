@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from crdt_kv.accel import stage_records
 from crdt_kv.backends.base import Op
-from crdt_kv.layout import DATA, log_prefix, stage_record, stage_records, trailer_log
+from crdt_kv.layout import DATA, log_prefix, stage_record, trailer_log
 from crdt_kv.store.buckets import Buckets, Note
 from crdt_kv.store.hooks import Hooks
 
