@@ -15,6 +15,7 @@
  *                                  the plain LWW rows of a batch frame as RawEntry objects
  *   stage_records(items, seq, ops, logs, notes, layout)
  *                                  a commit's records, change-log keys, digest deltas
+ *   fill_batch(ops, put, delete)   put(k, v) or delete(k) for each (k, v) of ops, in order
  *
  * BLAKE2b is written from the RFC's description (section 3), not from its appendix code.
  */
@@ -797,7 +798,8 @@ static PyObject *concat(const char *a, Py_ssize_t an, const char *b, Py_ssize_t 
     return r;
 }
 
-/* Append a new 2-tuple (references stolen, even on failure) to ``list``. */
+/* Append a new 2-tuple of atomic objects (references stolen, even on failure) to ``list``,
+ * untracked by the collector as CPython untracks such tuples at their first collection. */
 static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
     if (a == NULL || b == NULL) {
         Py_XDECREF(a);
@@ -812,6 +814,7 @@ static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
     }
     PyTuple_SET_ITEM(t, 0, a);
     PyTuple_SET_ITEM(t, 1, b);
+    PyObject_GC_UnTrack(t); /* bytes and None only: never in a cycle, nothing to traverse */
     int r = PyList_Append(list, t);
     Py_DECREF(t);
     return r;
@@ -896,6 +899,7 @@ static int stage_one(const Layout *l, Scratch *s, PyObject *item, uint64_t seq, 
     Py_DECREF(key);
     Py_DECREF(delta);
     if (note == NULL) return -1;
+    PyObject_GC_UnTrack(note); /* bytes, int, bool */
     int r = PyList_Append(notes, note);
     Py_DECREF(note);
     if (r < 0) return -1;
@@ -954,6 +958,40 @@ static PyObject *stage_records(PyObject *self, PyObject *const *args, Py_ssize_t
     return Py_BuildValue("(KNn)", seq, digest, count);
 }
 
+/* ---- fill_batch ----------------------------------------------------------------------- */
+
+static PyObject *fill_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "fill_batch(ops, put, delete)");
+        return NULL;
+    }
+    PyObject *ops = PySequence_Fast(args[0], "ops must be iterable");
+    if (ops == NULL) return NULL;
+    PyObject *put = args[1], *delete = args[2];
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(ops); i++) {
+        PyObject *op = PySequence_Fast_GET_ITEM(ops, i);
+        Py_INCREF(op); /* a call below could drop it from a list */
+        PyObject *pair = PySequence_Fast(op, "ops must be (key, value) pairs");
+        Py_DECREF(op);
+        if (pair == NULL) break;
+        PyObject *r = NULL;
+        if (PySequence_Fast_GET_SIZE(pair) != 2)
+            PyErr_Format(PyExc_ValueError, "an op must be a (key, value) pair, not %zd items",
+                         PySequence_Fast_GET_SIZE(pair));
+        else if (PySequence_Fast_GET_ITEM(pair, 1) == Py_None)
+            r = PyObject_CallOneArg(delete, PySequence_Fast_GET_ITEM(pair, 0));
+        else
+            r = PyObject_Vectorcall(put, PySequence_Fast_ITEMS(pair), 2, NULL);
+        Py_DECREF(pair);
+        if (r == NULL) break;
+        Py_DECREF(r);
+    }
+    Py_DECREF(ops);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- module ----------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -973,6 +1011,8 @@ static PyMethodDef methods[] = {
     {"stage_records", (PyCFunction)(void (*)(void))stage_records, METH_FASTCALL,
      "stage_records(items, seq, ops, logs, notes, layout) -> (int, int, int): see "
      "crdt_kv.accel.stage_records."},
+    {"fill_batch", (PyCFunction)(void (*)(void))fill_batch, METH_FASTCALL,
+     "fill_batch(ops, put, delete) -> None: see crdt_kv.accel.fill_batch."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -49,6 +49,7 @@ __all__ = [
     "SpeedupsWarning",
     "blake2b",
     "bucket_ops",
+    "fill_batch",
     "fold",
     "lww_run",
     "position",
@@ -141,6 +142,18 @@ def _fold(  # noqa: PLR0917 - positional, like its compiled twin
     for b in touched:
         sums[b] %= _MOD
     return list(touched)
+
+
+def _fill_batch(
+    ops: Iterable[tuple[bytes, bytes | None]],
+    put: Callable[[bytes, bytes], object],
+    delete: Callable[[bytes], object],
+) -> None:
+    for k, v in ops:
+        if v is None:
+            delete(k)
+        else:
+            put(k, v)
 
 
 def _bucket_ops(
@@ -251,9 +264,27 @@ class Impl:
     ]
     lww_run: Callable[[bytes, int, int, int, list[str]], tuple[list[RawEntry], int]]
     stage_records: StageRecords
+    fill_batch: Callable[
+        [
+            Iterable[tuple[bytes, bytes | None]],
+            Callable[[bytes, bytes], object],
+            Callable[[bytes], object],
+        ],
+        None,
+    ]
 
 
-PURE = Impl("python", _blake2b, _position, _fold, sorted, _bucket_ops, _lww_run, _stage_records)
+PURE = Impl(
+    "python",
+    _blake2b,
+    _position,
+    _fold,
+    sorted,
+    _bucket_ops,
+    _lww_run,
+    _stage_records,
+    _fill_batch,
+)
 """The reference implementation."""
 
 
@@ -301,6 +332,7 @@ def _load() -> tuple[Impl | None, str]:
         ext.bucket_ops,
         lww_run,
         stage_records,
+        ext.fill_batch,
     )
     return impl, "speedups: compiled"
 
@@ -345,3 +377,9 @@ accepts only ``(key, body, old)`` tuples of bytes (``old`` may be None) and a ``
 ``[0, 2**64)``, raising TypeError or OverflowError where the pure loop raises something
 else for such inputs; a malformed ``old`` raises the same :class:`CorruptionError`, after
 the same items were appended."""
+fill_batch = ACTIVE.fill_batch
+"""``fill_batch(ops, put, delete)``: ``delete(k)`` for each ``(k, None)`` of ``ops`` and
+``put(k, v)`` for each other ``(k, v)``, in order (a backend's write batch; the compiled
+twin makes the calls without a Python loop). An exception from a call stops it there.
+The twin reads all of ``ops`` before the first call and refuses an op that is not a
+pair with ValueError or TypeError, as unpacking it does."""

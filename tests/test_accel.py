@@ -560,3 +560,46 @@ def test_stage_records_layout_is_the_layout_module() -> None:
         ext.stage_records([(b"k", bytearray(body), None)], 0, [], [], [], accel.STAGE_LAYOUT)
     with pytest.raises(OverflowError):
         ext.stage_records([(b"k", body, None)], (1 << 64) - 1, [], [], [], accel.STAGE_LAYOUT)
+
+
+# --- fill_batch ------------------------------------------------------------------------
+
+
+def run_fill(impl: accel.Impl, ops: Any, fail_on: bytes | None = None) -> tuple[object, ...]:
+    """The calls ``impl.fill_batch`` makes, and what it raised (a put of ``fail_on``
+    raises KeyError, as rocksdict's does for a value it refuses)."""
+    calls: list[tuple[bytes, ...]] = []
+
+    def put(k: bytes, v: bytes) -> None:
+        if k == fail_on:
+            raise KeyError(k)
+        calls.append((k, v))
+
+    def delete(k: bytes) -> None:
+        calls.append((k,))
+
+    try:
+        out: object = impl.fill_batch(ops, put, delete)
+    except (KeyError, ValueError, TypeError) as exc:
+        out = type(exc)
+    return out, calls
+
+
+@needs_c
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(keys, st.one_of(st.none(), keys)), max_size=40), cut=keys)
+def test_fill_batch_compiled_equals_pure(ops: list[tuple[bytes, bytes | None]], cut: bytes) -> None:
+    """The same puts and deletes in the same order; a failing put stops both there."""
+    assert C is not None
+    assert run_fill(C, ops) == run_fill(accel.PURE, ops)
+    assert run_fill(C, ops, cut) == run_fill(accel.PURE, ops, cut)
+    assert run_fill(C, ops)[1] == [(k,) if v is None else (k, v) for k, v in ops]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_fill_batch_refuses_what_unpacking_refuses(impl: accel.Impl) -> None:
+    assert run_fill(impl, [(b"a", b"1"), [b"b", None]]) == (None, [(b"a", b"1"), (b"b",)])
+    assert run_fill(impl, [(b"a", b"1", b"2")])[0] is ValueError
+    assert run_fill(impl, [(b"a",)])[0] is ValueError
+    assert run_fill(impl, [7])[0] is TypeError
+    assert run_fill(impl, 7)[0] is TypeError

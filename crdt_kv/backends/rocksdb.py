@@ -19,6 +19,7 @@ from typing import cast
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
+from crdt_kv.accel import fill_batch
 from crdt_kv.backends.base import Backend, Op
 from crdt_kv.backends.rocksdb_view import SecondaryView
 from crdt_kv.errors import ClosedError, ConfigError, StorageError
@@ -126,13 +127,8 @@ class RocksDBBackend(Backend):
         if self._slow:
             self._prepare_write()
         wb = WriteBatch(raw_mode=True)
-        put, delete = wb.put, wb.delete
         try:
-            for k, v in ops:
-                if v is None:
-                    delete(k)
-                else:
-                    put(k, v)
+            fill_batch(ops, wb.put, wb.delete)
         except (ValueError, KeyError) as exc:  # rocksdict's errors for non-bytes keys/values
             raise TypeError(f"ops must be (bytes, bytes | None) pairs: {exc!r}") from exc
         try:
