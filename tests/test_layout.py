@@ -50,3 +50,8 @@ def test_stage_records_stages_each_record_as_stage_record_does() -> None:
     assert live == 1  # one new live key, one killed, one revived
     with pytest.raises(CorruptionError, match="'bad'"):
         stage_records([(b"bad", items[0][1], b"\x09" + old[1:])], 1, [], [], [])
+    for short in (b"", b"\x01"):  # too short to read a format byte from: corrupt, not IndexError
+        with pytest.raises(CorruptionError, match="'bad'"):
+            stage_records([(b"bad", items[0][1], short)], 1, [], [], [])
+        with pytest.raises(CorruptionError, match="'bad'"):
+            stage_record(b"bad", items[0][1], short, 1)
