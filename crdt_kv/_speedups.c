@@ -820,10 +820,19 @@ static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
     return r;
 }
 
+/* _PyLong_FromByteArray, but 0 without it: on 3.11 it reads an unset digit of a zero
+ * (harmlessly, as 0 times it, but memcheck reports every later use of the result). */
+static PyObject *int_from(const uint8_t *buf, size_t n, int little_endian, int is_signed) {
+    size_t i = 0;
+    while (i < n && buf[i] == 0) i++;
+    if (i == n) return PyLong_FromLong(0);
+    return _PyLong_FromByteArray(buf, n, little_endian, is_signed);
+}
+
 /* The int ``new - old`` of two big-endian 256-bit digests (``old`` NULL: ``new``). */
 static PyObject *digest_delta(const uint8_t new[32], const uint8_t *old) {
     uint8_t d[33];
-    if (old == NULL) return _PyLong_FromByteArray(new, 32, 0, 0);
+    if (old == NULL) return int_from(new, 32, 0, 0);
     unsigned borrow = 0;
     for (int i = 31; i >= 0; i--) {
         unsigned x = (unsigned)new[i] - old[i] - borrow;
@@ -831,7 +840,7 @@ static PyObject *digest_delta(const uint8_t new[32], const uint8_t *old) {
         borrow = (x >> 8) & 1;
     }
     d[0] = borrow ? 0xFF : 0x00; /* a 264-bit two's complement */
-    return _PyLong_FromByteArray(d, 33, 0, 1);
+    return int_from(d, 33, 0, 1);
 }
 
 /* ``acc += digest`` for a 320-bit little-endian accumulator and a big-endian digest. */
@@ -848,7 +857,7 @@ static void add_digest(uint64_t acc[5], const uint8_t d[32]) {
 static PyObject *from_u320(const uint64_t x[5]) {
     unsigned char buf[40];
     for (int i = 0; i < 40; i++) buf[i] = (unsigned char)(x[i / 8] >> (8 * (i % 8)));
-    return _PyLong_FromByteArray(buf, 40, 1, 0);
+    return int_from(buf, 40, 1, 0);
 }
 
 /* One (key, body, old) item: appends to ops, logs and notes as the pure loop does. */
