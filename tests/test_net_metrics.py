@@ -152,6 +152,7 @@ def test_collector_turns_stats_and_store_counters_into_named_families() -> None:
     assert value(fams, "crdt_kv_peer_last_contact_timestamp_seconds", peer="10.0.0.9:7000") is None
     assert value(fams, "crdt_kv_store_live_keys") == 4
     assert value(fams, "crdt_kv_store_tombstones") == 1
+    assert value(fams, "crdt_kv_store_quarantined_keys") == 0
     assert value(fams, "crdt_kv_store_commits_total") == 6
     assert value(fams, "crdt_kv_store_log_sequence") == 6
     assert value(fams, "crdt_kv_store_collection_horizon_age_seconds") is None

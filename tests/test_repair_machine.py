@@ -271,7 +271,7 @@ def test_equal_digests_with_a_quarantined_key_still_reconcile() -> None:
     assert a.digest() == b.digest()
     ra, rb = run_pair(a, b)
     assert not ra.in_sync and not rb.in_sync
-    assert a.quarantine == set() and a.not_held_by == {}
+    assert a.quarantine == set() and a.answered_by == {}
 
 
 def test_a_key_is_released_only_when_every_member_said_it_holds_none() -> None:
@@ -280,7 +280,7 @@ def test_a_key_is_released_only_when_every_member_said_it_holds_none() -> None:
     k = lost_on(a, "k3")
     del b.states[k], c.states[k]
     run_pair(a, b)
-    assert a.quarantine == {k} and a.not_held_by == {k: {"b"}}
+    assert a.quarantine == {k} and a.answered_by == {k: {"b"}}
     run_pair(a, c)
     assert a.quarantine == set()
 
@@ -291,6 +291,21 @@ def test_a_member_that_holds_the_key_sends_it_instead() -> None:
     k = lost_on(a, "k3")
     ra, _ = run_pair(a, b)
     assert a.quarantine == set() and a.states[k] == b.states[k] and ra.changed == 1
+
+
+def test_a_shipped_state_is_one_member_s_answer_not_a_release() -> None:
+    """One member's state may lack a version another member holds: the key stays
+    quarantined until every member answered (here ``b`` ships an older state, ``c`` the
+    newest), and the state each shipped is merged."""
+    a, b, c = filled("a", 40), filled("b", 40), filled("c", 40)
+    a.members = {"b", "c"}
+    k = lost_on(a, "k3")
+    b.states[k] = lww("k3", b"older", BASE + 5_000, "b")
+    c.states[k] = lww("k3", b"newest", BASE + 9_000, "c")
+    run_pair(a, b)
+    assert a.quarantine == {k} and a.answered_by == {k: {"b"}} and a.states[k] == b.states[k]
+    run_pair(a, c)
+    assert a.quarantine == set() and a.states[k] == c.states[k]
 
 
 @pytest.mark.parametrize("same_digest", [True, False])

@@ -138,7 +138,7 @@ def test_quarantine_and_counters_survive_reopen() -> None:
     check_store(s2)
 
 
-def test_a_quarantined_key_is_accepted_below_the_horizon_and_released() -> None:
+def test_a_quarantined_key_is_accepted_below_the_horizon_and_stays_quarantined() -> None:
     s = filled("a")
     old = s.entry("k3")
     assert old is not None
@@ -149,26 +149,80 @@ def test_a_quarantined_key_is_accepted_below_the_horizon_and_released() -> None:
     stranger = RawEntry(kb(s, "never"), s._venc(1), old.hlc, "b", False)
     assert s.apply_raw([e, stranger]) == 1  # the stranger is refused: absence wins
     assert s.get("k3") == 3 and s.statistics().refused_below_horizon == 1
+    assert quarantine(s) == {kb(s, "k3")} and s.statistics().quarantined == 1
+    s.membership.heard("b", [])
+    assert s.answered("b", [kb(s, "k3")]) == 1
     assert quarantine(s) == set() and s.statistics().quarantined == 0
     check_store(s)
 
 
-def test_a_local_write_keeps_a_key_quarantined_a_peer_state_releases_it() -> None:
-    """The lost record may have held versions a local write knows nothing of: only a
-    peer's state of the key (applied, or already held) ends the quarantine."""
+def test_neither_a_local_write_nor_a_merged_state_ends_a_quarantine() -> None:
+    """The lost record may have held versions a local write knows nothing of, and one
+    peer's state may lack a version another member still holds (sweep, bitrot siblings
+    seed 4000): only every active member's answer in a repair ends the quarantine."""
     s, peer = filled("a"), filled("b")
+    for p in ("b", "c"):
+        s.membership.heard(p, [])
     garble(s, "k3")
     lose(s, "k4")
     s.scrub()
     s.put("k3", "new")
     with s.batch() as b:
         b.delete("k4")
-    assert quarantine(s) == {kb(s, "k3"), kb(s, "k4")} and s.get("k3") == "new"
+    lost = {kb(s, "k3"), kb(s, "k4")}
+    assert quarantine(s) == lost and s.get("k3") == "new"
     s.apply_raw([e for e in peer.raw_changes(0) if e.key == kb(s, "k4")])
-    assert quarantine(s) == {kb(s, "k3")}
     s.apply_raw([e for e in s.raw_changes(0) if e.key == kb(s, "k3")])  # equal: no change
-    assert quarantine(s) == set() and s.get("k3") == "new"
+    assert quarantine(s) == lost and s.get("k3") == "new"
+    assert s.answered("b", sorted(lost)) == 0 and quarantine(s) == lost
+    assert s.answered("c", [kb(s, "k4")]) == 1 and quarantine(s) == {kb(s, "k3")}
     check_store(s)
+
+
+def test_siblings_one_peer_state_does_not_let_the_horizon_drop_a_lost_version() -> None:
+    """The sweep's seed 4000 (bitrot, siblings) in three stores: ``c``'s version of
+    ``k`` reached only ``a``, which then lost the record; ``b``'s concurrent state arrived
+    and (under the old rule) ended the quarantine, the horizon passed ``c``'s stamp, and
+    ``c``'s state was then joined as if ``a`` had collected that version: its dot went
+    into the context, which deletes it everywhere. Still quarantined, ``a`` keeps it."""
+    clock = ManualClock(T0)
+    a, b, c = (open_mem(MemoryBackend(), p, conflicts="siblings", clock=clock) for p in "abc")
+    c.put("k", "from c")
+    a.apply_raw(c.raw_changes(0))
+    b.put("k", "from b")
+    a.checkpoint()
+    lose(a, "k")
+    a.scrub()
+    for p in ("b", "c"):
+        a.membership.heard(p, [])
+    a.apply_raw(b.raw_changes(0))
+    assert quarantine(a) == {kb(a, "k")}
+    clock.now += 10_000
+    theirs = c.entry("k")
+    assert theirs is not None and a.raise_gc_horizon(a.clock_now()) > theirs.hlc
+    a.apply_raw(c.raw_changes(0))
+    assert sorted(str(e.value) for e in a.get_all("k")) == ["from b", "from c"]
+    b.apply_raw(a.raw_changes(0))
+    assert sorted(str(e.value) for e in b.get_all("k")) == ["from b", "from c"]
+
+
+def test_an_answer_counts_only_for_the_quarantine_it_was_asked_for() -> None:
+    """A repair reads the quarantine epoch with its probes: an answer it reports after
+    the key was released and lost again says nothing of what the second loss took."""
+    s = filled("a")
+    s.membership.heard("b", [])
+    lose(s, "k3")
+    s.scrub()
+    before = s.quarantine_epoch
+    assert s.answered("b", [kb(s, "k3")], epoch=before) == 1
+    s.put("k3", "again")
+    lose(s, "k3")
+    s.scrub()
+    assert s.quarantine_epoch > before
+    assert s.answered("b", [kb(s, "k3")], epoch=before) == 0
+    assert quarantine(s) == {kb(s, "k3")}
+    assert s.answered("b", [kb(s, "k3")], epoch=s.quarantine_epoch) == 1
+    assert quarantine(s) == set()
 
 
 def test_siblings_quarantined_key_takes_back_versions_below_the_horizon() -> None:
@@ -188,7 +242,7 @@ def test_siblings_quarantined_key_takes_back_versions_below_the_horizon() -> Non
     a.put("k", "mine")  # concurrent with b's version, which a no longer holds
     a.apply_raw(b.raw_changes(0))
     assert sorted(e.value for e in a.get_all("k")) == ["mine", "theirs"]
-    assert quarantine(a) == set()
+    assert quarantine(a) == {kb(a, "k")}
 
 
 @pytest.mark.parametrize("conflicts", ["lww", "siblings"])
@@ -203,6 +257,7 @@ def test_repair_heals_a_rotten_replica_below_the_horizon(conflicts: str) -> None
         lose(a, key)
     garble(a, "k9")
     a.scrub()
+    a.membership.heard("b", [])  # the member whose answer releases the keys
     ra, rb = run_pair(a, b)
     assert ra.dropped == rb.dropped == 0
     assert a.digest() == b.digest() and a.statistics().quarantined == 0
@@ -267,6 +322,7 @@ def test_rot_scrub_and_repair_restore_equality(
     r = a.scrub()
     check_store(a)
     assert r.quarantined == len({i for i, how in rots if how != "unindex"})
+    a.membership.heard("b", [])  # b's answers release the quarantine
     ra, rb = run_pair(a, b)
     assert a.digest() == b.digest() == want
     assert ra.dropped == rb.dropped == 0
@@ -313,7 +369,7 @@ def test_siblings_lost_record_is_quarantined_when_a_write_or_merge_meets_it(how:
     a.apply_raw(b.raw_changes(0))
     values = sorted(str(e.value) for e in a.get_all("k"))
     assert values == (["mine", "theirs"] if how == "write" else ["theirs"])
-    assert quarantine(a) == set()
+    assert quarantine(a) == {kb(a, "k")}
     b.apply_raw(a.raw_changes(0))
     assert sorted(str(e.value) for e in b.get_all("k")) == values
 

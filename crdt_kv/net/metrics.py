@@ -244,6 +244,11 @@ class NodeCollector:
         yield gauge("crdt_kv_store_live_keys", "Keys holding a live value.", st.live)
         yield gauge("crdt_kv_store_tombstones", "Deleted keys not collected yet.", st.tombstones)
         yield gauge(
+            "crdt_kv_store_quarantined_keys",
+            "Keys lost to storage rot, waiting for every member's answer in a repair.",
+            st.quarantined,
+        )
+        yield gauge(
             "crdt_kv_store_log_sequence", "Newest local change-log sequence.", store.last_seq
         )
         yield counter("crdt_kv_store_commits_total", "Commits since open.", store.stats["commits"])

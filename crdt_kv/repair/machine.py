@@ -15,8 +15,9 @@ previous turn at once, and asks new ones:
 Our quarantined keys (lost here, hash 0 in our fingerprints) are *probed*: our first
 answer lists each in an :class:`Items` item of its single position. The peer's next turn
 ships its state (``differing``) or says it holds none (``missing``, or silence: it lost
-the key too), and the keys it holds no state of are reported to storage
-(:class:`~crdt_kv.repair.work.NotHeld`), which releases a key once every member said so.
+the key too). The keys it answered for either way are reported to storage
+(:class:`~crdt_kv.repair.work.Answered`) once its states are merged, which releases a
+key once every member has answered for it.
 
 A turn without questions is the last one: both ends know it. The machine performs no I/O
 and reads no clock: bytes go in through :meth:`receive_data` and out through
@@ -57,13 +58,13 @@ from crdt_kv.repair.tree import (
     state_stamp,
 )
 from crdt_kv.repair.work import (
+    Answered,
     ApplyEntries,
     Describe,
     Described,
     DropKeys,
     Fingerprints,
     ListItems,
-    NotHeld,
     ReadEntries,
     Work,
 )
@@ -107,8 +108,8 @@ class _Answer:
     """Keys whose states we send: True when the peer lacks the key (absence may win)."""
     lost: frozenset[bytes] = frozenset()
     """Our quarantined keys."""
-    not_held: set[bytes] | None = None
-    """Of ``lost``, those the peer's ranges show it holds no state of."""
+    answered: set[bytes] | None = None
+    """Of ``lost``, those the peer answered for (here: its ranges show it holds none)."""
 
 
 class Reconciler:
@@ -141,8 +142,10 @@ class Reconciler:
         self._lost: frozenset[bytes] = frozenset()
         self._probes: tuple[bytes, ...] | None = None
         """Quarantined keys our last turn probed (None: not probed yet)."""
-        self._not_held: set[bytes] = set()
-        """Our quarantined keys the peer showed it holds no state of."""
+        self._epoch = 0
+        """Our quarantine epoch when ``_lost`` was read."""
+        self._answered: set[bytes] = set()
+        """Our quarantined keys the peer answered for: shipped (merged) or not held."""
         self._leader = self._in_sync = False
         self._flights = 0
         self._counts = dict.fromkeys(
@@ -251,12 +254,13 @@ class Reconciler:
 
     def _run(self) -> Generator[Step, object, None]:
         yield from self._session()
-        if self._not_held and self._peer is not None:
-            yield from _ask(NotHeld(self._peer.peer_id, tuple(sorted(self._not_held))))
+        if self._answered and self._peer is not None:
+            keys = tuple(sorted(self._answered))
+            yield from _ask(Answered(self._peer.peer_id, keys, self._epoch))
 
     def _session(self) -> Generator[Step, object, None]:
         me = yield from _ask(Describe())
-        self._lost = frozenset(me.lost)
+        self._lost, self._epoch = frozenset(me.lost), me.epoch
         hello = self._hello(me)
         self._send(encode_frame(hello))
         msg = yield from self._next()
@@ -349,14 +353,17 @@ class Reconciler:
         self._counts["entries_received"] += len(entries)
         self._counts["changed"] += changed
         self._counts["refused"] += refused
+        if self._lost:
+            self._answered.update(e.key for e in entries if e.key in self._lost)
         return changed, refused
 
     def _heard(self, turn: _Turn) -> None:
         """The peer's answer to our probes: a probed key it neither ships nor calls
-        ``differing`` is one it holds no state of (``missing``, or listed with hash 0)."""
+        ``differing`` is one it holds no state of (``missing``, or listed with hash 0).
+        A shipped one counts as answered once merged (:meth:`_apply`)."""
         if self._probes:
             shipped = set(turn.differing) | {e.key for e in turn.entries}
-            self._not_held.update(k for k in self._probes if k not in shipped)
+            self._answered.update(k for k in self._probes if k not in shipped)
             self._probes = ()
 
     def _probe(self, ans: _Answer) -> Generator[Step, object, None]:
@@ -382,7 +389,7 @@ class Reconciler:
     def _answer(self, turn: _Turn) -> Generator[Step, object, bool]:
         """Apply the peer's entries, answer its questions in one turn; True if we asked."""
         yield from self._apply(turn.entries)
-        ans = _Answer([], [], [], {}, self._lost, self._not_held)
+        ans = _Answer([], [], [], {}, self._lost, self._answered)
         yield from self._compare(turn, ans)
         yield from self._probe(ans)
         for k in turn.missing:
@@ -474,5 +481,5 @@ def _diff(r: Items, mine: list[tuple[int, bytes, int]], ans: _Answer) -> None:
 def _lost_here(ans: _Answer, key: bytes, theirs: int | None) -> None:
     """The peer's complete list of a node (or its count 0 there) gives ``theirs`` for
     ``key``: no item, or hash 0 (lost there too), means it holds no state of it."""
-    if key in ans.lost and not theirs and ans.not_held is not None:
-        ans.not_held.add(key)
+    if key in ans.lost and not theirs and ans.answered is not None:
+        ans.answered.add(key)

@@ -78,9 +78,17 @@ class RangeSource(Protocol):
         ``below``: absence wins. Returns how many were removed."""
         ...
 
-    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
-        """``peer`` holds no state of these quarantined ``keys`` (it said so in a repair:
-        ``spec/reconcile.md`` section 6). A key every active member other than us said
-        this of leaves quarantine: no replica holds its state, so absence may win for it
-        again. Keys not quarantined are ignored. Returns how many keys left quarantine."""
+    @property
+    def quarantine_epoch(self) -> int:
+        """A counter that grows whenever keys enter quarantine (0 for a source that never
+        quarantines): the repair reads it with the keys it probes."""
+        ...
+
+    def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int) -> int:
+        """``peer`` answered in a repair for these quarantined ``keys``
+        (``spec/reconcile.md`` section 6): it shipped its state, already merged here, or it
+        holds none. Keys quarantined after ``epoch`` (see :attr:`quarantine_epoch`) and
+        keys not quarantined are ignored. A key every active member other than us answered
+        for leaves quarantine: this replica holds at least what each of them held, so
+        absence may win for it again. Returns how many keys left quarantine."""
         ...

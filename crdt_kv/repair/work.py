@@ -18,13 +18,13 @@ from crdt_kv.repair.tree import FANOUT, child_nodes, node_range, state_stamp
 from crdt_kv.version import RawEntry
 
 __all__ = [
+    "Answered",
     "ApplyEntries",
     "Describe",
     "Described",
     "DropKeys",
     "Fingerprints",
     "ListItems",
-    "NotHeld",
     "ReadEntries",
     "Work",
 ]
@@ -81,6 +81,8 @@ class Described:
     top: tuple[tuple[int, int], ...]
     lost: tuple[bytes, ...] = ()
     """Our quarantined keys (lost here, state unknown), in ``(position, key)`` order."""
+    epoch: int = 0
+    """The source's quarantine epoch when ``lost`` was read (answers count for those)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class Describe:
             source.digest(),
             top,
             tuple(k for _, k in source.range_quarantined(0, POSITION_SPACE)),
+            source.quarantine_epoch,
         )
 
 
@@ -171,13 +174,15 @@ class DropKeys:
 
 
 @dataclass(frozen=True, slots=True)
-class NotHeld:
-    """The peer ``peer`` told us it holds no state of ``keys`` (our quarantined keys): the
-    source records it, and releases a key once every member has said so."""
+class Answered:
+    """The peer ``peer`` answered for ``keys`` (our quarantined keys, as of ``epoch``): it
+    shipped its state, merged here, or showed it holds none. The source records it, and
+    releases a key once every member has answered for it."""
 
     peer: str
     keys: tuple[bytes, ...]
+    epoch: int
 
     def perform(self, source: RangeSource) -> int:
         """Returns how many keys left quarantine."""
-        return source.not_held(self.peer, self.keys)
+        return source.answered(self.peer, self.keys, epoch=self.epoch)

@@ -116,14 +116,28 @@ class Repair:
         section 13)."""
         return self._scrubber.wants_probe(peer)
 
-    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
-        """``peer`` said in a repair that it holds no state of these quarantined encoded
-        ``keys``. A key every active member other than us said this of (since it was
-        quarantined, and since this store opened: the answers are kept in memory) leaves
-        quarantine, in one small write: no replica holds its state, so it is simply
-        absent, and with the quarantine empty the gossip is no longer held back.
-        Returns how many keys were released (0 on a read-only store, which keeps its
-        quarantine: a repair that only reads it does not fail for that)."""
+    @property
+    def quarantine_epoch(self) -> int:
+        """Grows whenever keys enter quarantine; a repair passes the value it read with
+        its probes to :meth:`answered`."""
+        return self._scrubber.epoch
+
+    def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int | None = None) -> int:
+        """``peer`` answered in a repair for these quarantined encoded ``keys``: it shipped
+        its state (already merged here) or holds none. A key every active member other
+        than us answered for (since it was quarantined, and since this store opened: the
+        answers are kept in memory) leaves quarantine, in one small write: this replica
+        then holds at least what each member held, and with the quarantine empty the
+        gossip is no longer held back. ``epoch`` (:attr:`quarantine_epoch` when the repair
+        listed its probes; None: now) excludes keys quarantined after it. Returns how many
+        keys were released (0 on a read-only store, which keeps its quarantine: a repair
+        that only reads it does not fail for that)."""
         if self._read_only:
             return 0
-        return self._scrubber.not_held(peer, keys, self._members.active())
+        e = self._scrubber.epoch if epoch is None else epoch
+        return self._scrubber.answered(peer, keys, self._members.active(), epoch=e)
+
+    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
+        """``peer`` said in a repair that it holds no state of these quarantined encoded
+        ``keys``: :meth:`answered` now."""
+        return self.answered(peer, keys)

@@ -20,10 +20,14 @@ parses cannot be told from a write (records carry no checksum of their own): it 
 trusted, and only its bucket's fingerprint is corrected (``mismatched``).
 
 A quarantined key is one this replica lost and does not know the state of: absence never
-wins for it (an incoming state is taken whatever its stamp), repair announces it to peers
-so they send their state instead of dropping theirs, and committing any state of it takes
-it out of quarantine (:class:`~crdt_kv.store.writes.Writer`). A key no member holds is
-released once every active member said so in a repair (:meth:`Scrubber.not_held`).
+wins for it (an incoming state is taken whatever its stamp) and repair announces it to
+peers so they send their state instead of dropping theirs. It is released once every
+active member has *answered* for it in a repair since it was quarantined: shipped its
+state (merged here) or said it holds none (:meth:`Scrubber.answered`). One peer's state
+is not enough: it may lack a version only the lost record held, which another member
+still holds, and once the quarantine no longer caps the gossip the horizon would pass
+that version and the join (siblings) or the repair (a collected tombstone) would take it
+for collected.
 """
 
 from __future__ import annotations
@@ -160,7 +164,7 @@ class Scrubber:
     """The scrub of one store: works through its writer, under the commit lock. Loads
     the quarantine into the writer at open."""
 
-    __slots__ = ("_answers", "_backend", "_hold", "_w")
+    __slots__ = ("_answers", "_backend", "_epoch", "_hold", "_since", "_w")
 
     def __init__(self, backend: Backend, writer: Writer) -> None:
         self._backend, self._w = backend, writer
@@ -168,8 +172,19 @@ class Scrubber:
         held = backend.get(META_QUARANTINE_HOLD)
         self._hold = 0 if held is None else unpack_u64(held)
         self._answers: dict[bytes, set[str]] = {}
-        """Per quarantined key, the peers that said they hold no state of it (memory
-        only: after a reopen they are asked again)."""
+        """Per quarantined key, the peers that answered for it (memory only: after a
+        reopen they are asked again)."""
+        self._epoch = 0
+        """Counts scrubs that quarantined keys since open (see :attr:`epoch`)."""
+        self._since: dict[bytes, int] = {}
+        """The epoch in which a key entered quarantine since open (absent: before open)."""
+
+    @property
+    def epoch(self) -> int:
+        """Grows whenever keys enter quarantine. A repair notes it when it lists the keys
+        it probes; its answers then count only for keys quarantined no later than that
+        (an answer given before a key's second loss says nothing of what it lost then)."""
+        return self._epoch
 
     def hold(self) -> int | None:
         """While keys are quarantined, the most this replica may claim to hold of anyone's
@@ -186,18 +201,23 @@ class Scrubber:
             keys = list(self._w.quarantined)
         return sorted((p, k) for k in keys if lo <= (p := position(k)) < hi)
 
-    def not_held(self, peer: str, keys: Iterable[bytes], members: Iterable[str]) -> int:
-        """``peer`` holds no state of ``keys``; release the quarantined keys every one of
-        ``members`` (the active members other than us) said this of: no replica holds
-        their state (``spec/data-model.md`` section 20). Returns how many were released."""
+    def answered(
+        self, peer: str, keys: Iterable[bytes], members: Iterable[str], *, epoch: int
+    ) -> int:
+        """``peer`` answered in a repair for ``keys`` (keys quarantined no later than
+        ``epoch``; others are ignored): it shipped its state, merged here, or holds none.
+        Release the quarantined keys every one of ``members`` (the active members other
+        than us) answered for: this replica then holds at least what each of them held
+        when it answered (``spec/data-model.md`` section 20). Returns how many were
+        released."""
         w = self._w
         with w.lock:
             w.check()
-            q, answers = w.quarantined, self._answers
+            q, answers, since = w.quarantined, self._answers, self._since
             for k in [k for k in answers if k not in q]:
                 del answers[k]
             for k in keys:
-                if k in q:
+                if k in q and since.get(k, 0) <= epoch:
                     answers.setdefault(k, set()).add(peer)
             need = set(members)
             if not need:  # nobody to vouch for it: keep it (absence must not win for it)
@@ -208,11 +228,12 @@ class Scrubber:
                 q.difference_update(free)
                 for k in free:
                     del answers[k]
+                    since.pop(k, None)
                 w.stats["released"] += len(free)
             return len(free)
 
     def wants_probe(self, peer: str) -> bool:
-        """Whether a quarantined key awaits ``peer``'s word (see :meth:`not_held`)."""
+        """Whether a quarantined key awaits ``peer``'s answer (see :meth:`answered`)."""
         with self._w.lock:
             answers = self._answers
             return any(peer not in answers.get(k, ()) for k in self._w.quarantined)
@@ -327,10 +348,12 @@ class Scrubber:
         log.digest, log.count = digest, live
         buckets.saved(fixes=fixes)
         w.quarantined.update(rotten)
+        if rotten:
+            self._epoch += 1
+            self._hold = hold
         for k in rotten:
             self._answers.pop(k, None)
-        if rotten:
-            self._hold = hold
+            self._since[k] = self._epoch
 
     def _log_pass(self, wrong: set[int], found: _Pass) -> list[Op]:
         """Deletions of the change-log entries of rotten keys (a lost record no longer

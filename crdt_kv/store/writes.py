@@ -28,7 +28,7 @@ from crdt_kv.layout import (
     unpack_cursor,
     unpack_record,
 )
-from crdt_kv.layout_fingerprints import INDEX, QUARANTINE
+from crdt_kv.layout_fingerprints import INDEX
 from crdt_kv.skew import ClockJudge
 from crdt_kv.store.batch import BatchOp
 from crdt_kv.store.changelog import cursor_ops
@@ -83,8 +83,9 @@ class Writer:
         """Set by the store: scrub the buckets of these keys now (see :meth:`_lost`)."""
         self.quarantined: set[bytes] = set()
         """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
-        never wins for them, whole or version by version, until a peer's state of the key
-        arrives (local writes keep them quarantined)."""
+        never wins for them, whole or version by version, until every active member has
+        answered for the key in a repair (:meth:`~crdt_kv.store.scrub.Scrubber.answered`).
+        Neither a local write nor a state merged outside a repair ends the quarantine."""
 
     def _body(  # noqa: PLR0917 - private; one write's inputs
         self,
@@ -182,15 +183,9 @@ class Writer:
         source: int = 0,
         extra: Sequence[Op] = (),
         mixed: frozenset[bytes] = frozenset(),
-        *,
-        freed: Sequence[bytes] = (),
     ) -> None:
-        """:meth:`Committer.commit`, taking the ``freed`` keys out of quarantine in the
-        same batch."""
-        if freed:
-            extra = [*extra, *((QUARANTINE + k, None) for k in freed)]
+        """:meth:`Committer.commit`."""
         self.log.commit(items, hlc, source, extra, mixed)
-        self.quarantined.difference_update(freed)
 
     def _lost(self, keys: list[bytes]) -> None:
         """``siblings`` mode with a horizon: of ``keys`` (no record here), those the position
@@ -215,12 +210,10 @@ class Writer:
         if lost:
             self.on_lost(lost)
 
-    def _free(self, extra: list[Op], freed: Sequence[bytes]) -> None:
-        """Write ``extra`` (a cursor) and take ``freed`` out of quarantine, with no commit."""
-        ops = [*extra, *((QUARANTINE + k, None) for k in freed)]
-        if ops:
-            self._backend.write(ops)
-            self.quarantined.difference_update(freed)
+    def _write_cursor(self, extra: list[Op]) -> None:
+        """Write ``extra`` (a cursor, or nothing) with no commit: a batch that changed nothing."""
+        if extra:
+            self._backend.write(extra)
 
     def reject(self) -> None:
         """Count one rejected apply."""
@@ -275,11 +268,8 @@ class Writer:
             keys = list({e.key: None for e in batch})
             blobs = self._backend.get_many([DATA + k for k in keys])
             self._lost([k for k, b in zip(keys, blobs, strict=True) if b is None])
-        q = self.quarantined
-        # A peer's state of a quarantined key ends its quarantine, applied or not: joined
-        # with it, this replica holds at least what that member holds. A local write does
-        # not: the lost record may have held versions the write knows nothing of.
-        freed = sorted({e.key for e in batch if e.key in q}) if q else []
+        # A state merged here does not end a key's quarantine, even a peer's: that state
+        # may be older than versions the lost record held (spec/data-model.md section 20).
         if cursor is not None:
             peer, incarnation, seq = cursor
             extra, source = cursor_ops(
@@ -297,24 +287,24 @@ class Writer:
             if not batch:
                 self.hlc.update(top)
         if not batch:
-            self._free(extra[:1], freed)
+            self._write_cursor(extra[:1])
             return 0
         self.hlc.update(top)
         mixed: frozenset[bytes] = frozenset()
         if self.order is not None:
             items, mixed = sibling_changes(
-                batch, self._backend.get_many, self.order, self.gc_horizon, q
+                batch, self._backend.get_many, self.order, self.gc_horizon, self.quarantined
             )
         else:
             best = winners(batch, prefer, resolver, to_entry)
             olds = self._backend.get_many([DATA + k for k in best])
             items = changes(best, olds, prefer, resolver, to_entry, self._checker.peer_bytes)
         if items:
-            self.commit(items, self.hlc.last, source, extra, mixed, freed=freed)
+            self.commit(items, self.hlc.last, source, extra, mixed)
             if source:
                 self.sources[(peer, incarnation)] = source
         else:
-            self._free(extra[:1], freed)
+            self._write_cursor(extra[:1])
         self.stats["applied"] += len(items)
         return len(items)
 

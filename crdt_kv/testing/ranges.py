@@ -57,8 +57,10 @@ class DictSource:
         """Keys this replica lost (as a scrub quarantines them): absence never wins."""
         self.members: set[str] = set()
         """The peers whose word a quarantined key's release waits for."""
-        self.not_held_by: dict[bytes, set[str]] = {}
-        """Per quarantined key, the peers that said they hold no state of it."""
+        self.answered_by: dict[bytes, set[str]] = {}
+        """Per quarantined key, the peers that answered for it (shipped or holds none)."""
+        self.quarantine_epoch = 0
+        """Never moves: tests quarantine keys by hand (:attr:`quarantine`)."""
         self.calls = 0
         self._order = sibling_order(None, _no_decode)
 
@@ -86,17 +88,17 @@ class DictSource:
         """The quarantined keys in ``[lo, hi)``."""
         return sorted((p, k) for k in self.quarantine if lo <= (p := position(k)) < hi)
 
-    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
-        """Record ``peer``'s word; release the keys every member gave it for."""
+    def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int) -> int:
+        """Record ``peer``'s answer; release the keys every member answered for."""
         released = 0
         for k in keys:
             if k not in self.quarantine:
                 continue
-            said = self.not_held_by.setdefault(k, set())
+            said = self.answered_by.setdefault(k, set())
             said.add(peer)
             if self.members <= said:
                 self.quarantine.discard(k)
-                del self.not_held_by[k]
+                del self.answered_by[k]
                 released += 1
         return released
 
@@ -132,8 +134,6 @@ class DictSource:
             if e.key not in self.states and state_stamp(e) < self.gc_horizon and not lost:
                 continue
             changed += self.merge(e)
-            self.quarantine.discard(e.key)
-            self.not_held_by.pop(e.key, None)
         return changed
 
     def drop_collected(self, keys: Iterable[bytes], *, below: int) -> int:
