@@ -85,7 +85,7 @@ class Writer:
         """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
         never wins for them, whole or version by version, until every active member has
         answered for the key in a repair (:meth:`~crdt_kv.store.scrub.Scrubber.answered`).
-        Neither a local write nor a state merged outside a repair ends the quarantine."""
+        A local write or a merged state does not end it by itself."""
 
     def _body(  # noqa: PLR0917 - private; one write's inputs
         self,
