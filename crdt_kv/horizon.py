@@ -8,7 +8,10 @@ Pure (no clock, no storage): wall times arrive as ``now_ms`` arguments, HLC stam
 - ``seen_ms``: the last direct contact with X anyone reported (wall ms);
 - ``reported_d``: X's own received-through D, as reported at that latest contact (a D
   can drop when X learns of a new member, so the freshest report wins, not the largest);
-- ``forgotten_ms``: when X was forgotten here (0: never).
+- ``forgotten_ms``: when X was forgotten here (0: never);
+- ``partner``: 1 once X had a session with this replica (its Hello reached us): only a
+  partner can have handed us a state or taken one from us, so only partners' answers
+  end a quarantine (:mod:`crdt_kv.store.scrub`).
 
 ``v`` only grows when a pull from a member completes (:meth:`Membership.pulled`): the
 member's Hello carried a fresh stamp T (every write it originated with stamp <= T was in
@@ -70,10 +73,11 @@ class MemberRow:
     seen_ms: int = 0
     reported_d: int = 0
     forgotten_ms: int = 0
+    partner: int = 0
 
     def as_list(self) -> list[int]:
-        """The persisted form ``[v, seen_ms, reported_d, forgotten_ms]``."""
-        return [self.v, self.seen_ms, self.reported_d, self.forgotten_ms]
+        """The persisted form ``[v, seen_ms, reported_d, forgotten_ms, partner]``."""
+        return [self.v, self.seen_ms, self.reported_d, self.forgotten_ms, self.partner]
 
 
 class Membership:
@@ -106,8 +110,9 @@ class Membership:
         changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=False)
         if peer != self.self_id:
             row = self._row(peer)
-            if now_ms > row.seen_ms:
-                row.seen_ms = now_ms
+            if now_ms > row.seen_ms or not row.partner:
+                row.seen_ms = max(row.seen_ms, now_ms)
+                row.partner = 1
                 changed.add(peer)
         return changed
 
@@ -126,9 +131,10 @@ class Membership:
         changed = self._merge(self._direct(peer, table, now_ms), now_ms, with_v=True)
         if peer != self.self_id:
             row = self._row(peer)
-            if hello_hlc > row.v or now_ms > row.seen_ms:
+            if hello_hlc > row.v or now_ms > row.seen_ms or not row.partner:
                 row.v = max(row.v, hello_hlc)
                 row.seen_ms = max(row.seen_ms, now_ms)
+                row.partner = 1
                 changed.add(peer)
         return changed
 
@@ -161,6 +167,10 @@ class Membership:
     def members(self, now_ms: int) -> list[str]:
         """Active members other than ourselves, sorted."""
         return sorted(p for p in self.rows if self.active(p, now_ms))
+
+    def partners(self, now_ms: int) -> list[str]:
+        """Active members that ever had a session with us, sorted."""
+        return [p for p in self.members(now_ms) if self.rows[p].partner]
 
     def received_through(self, now_ms: int, own_hlc: int) -> int:
         """D: every active member's writes up to this stamp are held here.

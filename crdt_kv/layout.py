@@ -576,20 +576,21 @@ def unpack_history(k: bytes, blob: bytes) -> RawEntry:
 
 
 def pack_member(row: list[int]) -> bytes:
-    """A membership row ``[v, seen_ms, reported_d, forgotten_ms]`` as stored under ``g``."""
+    """A membership row ``[v, seen_ms, reported_d, forgotten_ms, partner]`` (under ``g``)."""
     return cbor2.dumps(row)
 
 
 def unpack_member(peer: str, blob: bytes) -> list[int]:
-    """The row stored for ``peer``; :class:`CorruptionError` if it is not four u64s."""
+    """The row stored for ``peer``, five u64s (a four-u64 row of an older store gets
+    ``partner`` 1: unknown, so assumed); :class:`CorruptionError` if malformed."""
     try:
         row = cbor2.loads(blob)
     except (cbor2.CBORError, ValueError, TypeError, EOFError) as exc:
         raise CorruptionError(f"membership row of peer {peer!r} is not CBOR: {exc}") from None
     if (
         type(row) is not list
-        or len(row) != 4
+        or len(row) not in (4, 5)
         or not all(type(x) is int and 0 <= x <= _MAX_SEQ for x in row)
     ):
         raise CorruptionError(f"membership row of peer {peer!r} is malformed: {row!r:.80}")
-    return row
+    return row if len(row) == 5 else [*row, 1]

@@ -193,9 +193,11 @@ def test_merges_are_monotone_and_idempotent(ops: list, table: list, peer: str, h
     m.pulled(peer, hlc, table, now)
     m.heard(peer, table, now)
     after = {p: r.as_list() for p, r in m.rows.items()}
-    for p, (v, seen, d, forgotten) in before.items():
-        v2, seen2, d2, forgotten2 = after[p]
+    for p, (v, seen, d, forgotten, partner) in before.items():
+        v2, seen2, d2, forgotten2, partner2 = after[p]
         assert v2 >= v and forgotten2 >= forgotten and (seen2, d2) >= (seen, d)
+        assert partner2 >= partner
+    assert after[peer][4] == 1  # a Hello or a pull is a session with us
     again = Membership("me", expiry_ms=2 * DAY)
     again.rows = {p: type(r)(*r.as_list()) for p, r in m.rows.items()}
     assert again.pulled(peer, hlc, table, now) == set()
@@ -262,3 +264,16 @@ def test_corrupt_member_row_is_named() -> None:
     backend.write([(b"gx", b"\x01")])
     with pytest.raises(CorruptionError, match="'x'"):
         crdt_kv.open(backend=backend, peer_id="me", clock=ManualClock(T0), rng=random.Random(1))
+
+
+def test_partners_are_the_active_members_that_had_a_session_with_us() -> None:
+    """Gossip makes a member; only its own Hello (a session with us) makes it a partner,
+    whose answer a quarantine waits for (``crdt_kv.store.scrub``)."""
+    m = Membership("me", expiry_ms=DAY)
+    m.heard("a", [GossipRow("a", 5, T0, 5), GossipRow("b", 5, T0, 5)], T0)
+    m.pulled("c", 7, [], T0)
+    assert m.members(T0) == ["a", "b", "c"] and m.partners(T0) == ["a", "c"]
+    m.forget("a", T0 + 1)
+    assert m.partners(T0 + 1) == ["c"]
+    m.heard("b", [], T0 + 2)
+    assert m.partners(T0 + 2) == ["b", "c"]

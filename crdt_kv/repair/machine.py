@@ -106,10 +106,6 @@ class _Answer:
     ask_differing: list[bytes]
     ship: dict[bytes, bool]
     """Keys whose states we send: True when the peer lacks the key (absence may win)."""
-    lost: frozenset[bytes] = frozenset()
-    """Our quarantined keys."""
-    answered: set[bytes] | None = None
-    """Of ``lost``, those the peer answered for (here: its ranges show it holds none)."""
 
 
 class Reconciler:
@@ -389,7 +385,7 @@ class Reconciler:
     def _answer(self, turn: _Turn) -> Generator[Step, object, bool]:
         """Apply the peer's entries, answer its questions in one turn; True if we asked."""
         yield from self._apply(turn.entries)
-        ans = _Answer([], [], [], {}, self._lost, self._answered)
+        ans = _Answer([], [], [], {})
         yield from self._compare(turn, ans)
         yield from self._probe(ans)
         for k in turn.missing:
@@ -454,7 +450,6 @@ class Reconciler:
         for mine in lists[len(theirs) + len(listed) :]:
             for _, k, _ in mine:
                 ans.ship.setdefault(k, True)
-                _lost_here(ans, k, None)
         if split:
             kids = [child for node in split for child in child_nodes(*node)]
             fps: Any = yield from _ask(Fingerprints(tuple(node_range(*n) for n in kids)))
@@ -469,17 +464,9 @@ def _diff(r: Items, mine: list[tuple[int, bytes, int]], ans: _Answer) -> None:
     theirs = dict(zip(r.keys, r.hashes, strict=True))
     for _, key, h in mine:
         th = theirs.pop(key, None)
-        _lost_here(ans, key, th)
         if th is None:
             ans.ship.setdefault(key, True)
         elif th != h & FP_MASK:
             ans.ship[key] = False
             ans.ask_differing.append(key)
     ans.ask_missing.extend(theirs)
-
-
-def _lost_here(ans: _Answer, key: bytes, theirs: int | None) -> None:
-    """The peer's complete list of a node (or its count 0 there) gives ``theirs`` for
-    ``key``: no item, or hash 0 (lost there too), means it holds no state of it."""
-    if key in ans.lost and not theirs and ans.answered is not None:
-        ans.answered.add(key)

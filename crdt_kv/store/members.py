@@ -25,7 +25,8 @@ class Member:
 
     ``received_through``: every write ``peer`` originated with a stamp up to this is held
     here; ``seen_ms``: last direct contact anyone reported (wall ms); ``reported_d``: the
-    peer's own received-through as last heard; ``active``: it holds the horizon back.
+    peer's own received-through as last heard; ``active``: it holds the horizon back;
+    ``partner``: it had a session with this store (a quarantine waits for its answer).
     """
 
     peer: str
@@ -34,6 +35,7 @@ class Member:
     reported_d: int
     active: bool
     forgotten_ms: int = 0
+    partner: bool = False
 
 
 class Members:
@@ -110,12 +112,26 @@ class Members:
         with self._lock:
             return self.table.members(self._clock())
 
+    def partners(self) -> list[str]:
+        """The active members that ever had a session with us (whose answers end a
+        quarantine)."""
+        with self._lock:
+            return self.table.partners(self._clock())
+
     def rows(self) -> list[Member]:
         """Every known peer, sorted by id."""
         with self._lock:
             now, table = self._clock(), self.table
             return [
-                Member(p, r.v, r.seen_ms, r.reported_d, table.active(p, now), r.forgotten_ms)
+                Member(
+                    p,
+                    r.v,
+                    r.seen_ms,
+                    r.reported_d,
+                    table.active(p, now),
+                    r.forgotten_ms,
+                    bool(r.partner),
+                )
                 for p, r in sorted(table.rows.items())
             ]
 

@@ -101,9 +101,13 @@ class Repair:
         entries and its key quarantined; each bucket's fingerprint, the digest and the live
         count are set to what the records say. Atomic per step of 64 buckets; local, never
         replicated. Repair then fetches the quarantined keys' states from peers
-        (:mod:`crdt_kv.store.scrub`). A record altered so that it still parses is trusted."""
+        (:mod:`crdt_kv.store.scrub`). A record altered so that it still parses is trusted.
+        Then quarantined keys every partner has answered for are released (a partner may
+        have expired or been forgotten since its last answer)."""
         self._writable("scrub")
-        return self._scrubber.scrub(buckets)
+        report = self._scrubber.scrub(buckets)
+        self._scrubber.release(self._members.partners())  # a partner may have expired
+        return report
 
     def range_quarantined(self, lo: int, hi: int) -> list[tuple[int, bytes]]:
         """``(position, encoded key)`` of the quarantined keys in ``[lo, hi)``, sorted:
@@ -122,22 +126,16 @@ class Repair:
         its probes to :meth:`answered`."""
         return self._scrubber.epoch
 
-    def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int | None = None) -> int:
+    def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int) -> int:
         """``peer`` answered in a repair for these quarantined encoded ``keys``: it shipped
-        its state (already merged here) or holds none. A key every active member other
-        than us answered for (since it was quarantined, and since this store opened: the
-        answers are kept in memory) leaves quarantine, in one small write: this replica
-        then holds at least what each member held, and with the quarantine empty the
-        gossip is no longer held back. ``epoch`` (:attr:`quarantine_epoch` when the repair
-        listed its probes; None: now) excludes keys quarantined after it. Returns how many
-        keys were released (0 on a read-only store, which keeps its quarantine: a repair
-        that only reads it does not fail for that)."""
+        its state (already merged here) or holds none. ``epoch`` is the
+        :attr:`quarantine_epoch` read when the repair began: keys quarantined after it are
+        ignored. A key every partner (an active member that ever had a session with us)
+        answered for since it was quarantined leaves quarantine, in one small write: this
+        replica then holds at least what each of them held, and with the quarantine empty
+        the gossip is no longer held back. The answers are kept in memory only. Returns
+        how many keys were released (0 on a read-only store, which keeps its quarantine:
+        a repair that only reads it does not fail for that)."""
         if self._read_only:
             return 0
-        e = self._scrubber.epoch if epoch is None else epoch
-        return self._scrubber.answered(peer, keys, self._members.active(), epoch=e)
-
-    def not_held(self, peer: str, keys: Iterable[bytes]) -> int:
-        """``peer`` said in a repair that it holds no state of these quarantined encoded
-        ``keys``: :meth:`answered` now."""
-        return self.answered(peer, keys)
+        return self._scrubber.answered(peer, keys, self._members.partners(), epoch=epoch)

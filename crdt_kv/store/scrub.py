@@ -202,33 +202,46 @@ class Scrubber:
         return sorted((p, k) for k in keys if lo <= (p := position(k)) < hi)
 
     def answered(
-        self, peer: str, keys: Iterable[bytes], members: Iterable[str], *, epoch: int
+        self, peer: str, keys: Iterable[bytes], partners: Iterable[str], *, epoch: int
     ) -> int:
         """``peer`` answered in a repair for ``keys`` (keys quarantined no later than
         ``epoch``; others are ignored): it shipped its state, merged here, or holds none.
-        Release the quarantined keys every one of ``members`` (the active members other
-        than us) answered for: this replica then holds at least what each of them held
-        when it answered (``spec/data-model.md`` section 20). Returns how many were
-        released."""
+        Then :meth:`release` what ``partners`` have all answered for."""
         w = self._w
         with w.lock:
             w.check()
             q, answers, since = w.quarantined, self._answers, self._since
-            for k in [k for k in answers if k not in q]:
-                del answers[k]
             for k in keys:
                 if k in q and since.get(k, 0) <= epoch:
                     answers.setdefault(k, set()).add(peer)
-            need = set(members)
+            return self.release(partners)
+
+    def release(self, partners: Iterable[str]) -> int:
+        """Release the quarantined keys every one of ``partners`` (the active members that
+        ever had a session with us) answered for: this replica then holds at least what
+        each of them held when it answered (``spec/data-model.md`` section 20). Their
+        buckets are scrubbed first, so a key whose merged record rotted again stays. Run
+        again when the members change (a partner expired or was forgotten). Returns how
+        many keys were released."""
+        w = self._w
+        with w.lock:
+            w.check()
+            q, answers = w.quarantined, self._answers
+            for k in [k for k in answers if k not in q]:
+                del answers[k]
+            need = set(partners)
             if not need:  # nobody to vouch for it: keep it (absence must not win for it)
                 return 0
-            free = sorted(k for k, said in answers.items() if need <= said)
+            free = [k for k, said in answers.items() if need <= said]
+            if free:
+                self.scrub_keys(free)  # a key found rotten again loses its answers
+                free = sorted(k for k in free if k in answers and k in q)
             if free:
                 self._backend.write([(QUARANTINE + k, None) for k in free])
                 q.difference_update(free)
                 for k in free:
                     del answers[k]
-                    since.pop(k, None)
+                    self._since.pop(k, None)
                 w.stats["released"] += len(free)
             return len(free)
 

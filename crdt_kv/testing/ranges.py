@@ -89,14 +89,15 @@ class DictSource:
         return sorted((p, k) for k in self.quarantine if lo <= (p := position(k)) < hi)
 
     def answered(self, peer: str, keys: Iterable[bytes], *, epoch: int) -> int:
-        """Record ``peer``'s answer; release the keys every member answered for."""
+        """Record ``peer``'s answer; release the keys every member answered for (none
+        while there is no member: nobody vouches, as in the store)."""
         released = 0
         for k in keys:
             if k not in self.quarantine:
                 continue
             said = self.answered_by.setdefault(k, set())
             said.add(peer)
-            if self.members <= said:
+            if self.members and self.members <= said:
                 self.quarantine.discard(k)
                 del self.answered_by[k]
                 released += 1
