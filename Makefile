@@ -13,7 +13,7 @@ FUZZ_TARGETS ?=
 
 # An installed venv is refreshed when the build inputs change, so the compiled speedups are
 # rebuilt from their source (a stale extension would test old code).
-SPEEDUPS := setup.py crdt_kv/_speedups.c
+SPEEDUPS := setup.py $(wildcard crdt_kv/_speedups_c/*.c crdt_kv/_speedups_c/*.h)
 
 .PHONY: run test lint typecheck pytest pytest-pure bench soak chaos fuzz clean
 

@@ -1,4 +1,4 @@
-"""Types of the compiled extension (crdt_kv/_speedups.c); import crdt_kv.accel instead."""
+"""Types of the compiled extension (built from crdt_kv/_speedups_c/); import crdt_kv.accel."""
 
 from collections.abc import Iterable, Sequence
 from typing import Any

@@ -2,7 +2,7 @@
 
 Each function here exists twice: in pure Python below (the reference: what the spec and
 the on-disk format are defined by) and in C, in the optional extension
-``crdt_kv._speedups`` (``crdt_kv/_speedups.c``), which must return exactly the same
+``crdt_kv._speedups`` (``crdt_kv/_speedups_c/``), which must return exactly the same
 results (``tests/test_accel.py`` compares them on random inputs). This is the only module
 that imports the extension. At import it picks:
 

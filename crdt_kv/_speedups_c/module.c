@@ -1,0 +1,56 @@
+/* crdt_kv._speedups: the compiled twins of the pure-Python hot paths in crdt_kv/accel.py.
+ *
+ * Only crdt_kv/accel.py imports this module; the pure-Python functions there are the
+ * reference, and every function here returns exactly what its twin returns (the tests
+ * compare them on random inputs). This file is the module itself; the functions, by file:
+ *
+ * blake2b.c (BLAKE2b itself, with its inline one-shot hash in blake2b.h):
+ *   blake2b(data, digest_size=64)  BLAKE2b without key, salt or personalisation (RFC 7693)
+ *   position(key)                  the 8-byte BLAKE2b of a key: its position, big-endian
+ * buckets.c (with the mod 2**256 helpers of u256.h):
+ *   fold(notes, counts, sums, added, removed, prefix, shift)
+ *                                  fold commit notes into bucket counts and sums mod 2**256
+ *   sort_index(items)              sorted(items) for a list of bytes
+ *   bucket_ops(keys, counts, sums, touched)
+ *                                  the (key, record) pairs of the touched bucket fingerprints
+ * rows.c:
+ *   lww_run(buf, pos, count, base, peers, cls, slots)
+ *                                  the plain LWW rows of a batch frame as RawEntry objects
+ * stage.c:
+ *   stage_records(items, seq, ops, logs, notes, layout)
+ *                                  a commit's records, change-log keys, digest deltas
+ *   fill_batch(ops, put, delete)   put(k, v) or delete(k) for each (k, v) of ops, in order
+ *
+ * speedups.h declares what each file exports to the method table below.
+ */
+#include "speedups.h"
+
+static PyMethodDef methods[] = {
+    {"blake2b", (PyCFunction)(void (*)(void))py_blake2b, METH_VARARGS | METH_KEYWORDS,
+     "blake2b(data, digest_size=64) -> bytes: BLAKE2b, no key/salt/person (RFC 7693)."},
+    {"position", position, METH_O, "position(key) -> bytes: the 8-byte BLAKE2b of key."},
+    {"fold", (PyCFunction)(void (*)(void))fold, METH_FASTCALL,
+     "fold(notes, counts, sums, added, removed, prefix, shift) -> list[int]: see "
+     "crdt_kv.accel.fold."},
+    {"sort_index", sort_index, METH_O, "sort_index(items) -> list[bytes]: sorted(items)."},
+    {"bucket_ops", (PyCFunction)(void (*)(void))bucket_ops, METH_FASTCALL,
+     "bucket_ops(keys, counts, sums, touched) -> list[tuple[bytes, bytes | None]]: see "
+     "crdt_kv.accel.bucket_ops."},
+    {"lww_run", (PyCFunction)(void (*)(void))lww_run, METH_FASTCALL,
+     "lww_run(buf, pos, count, base, peers, cls, slots) -> (list, int): see "
+     "crdt_kv.accel.lww_run."},
+    {"stage_records", (PyCFunction)(void (*)(void))stage_records, METH_FASTCALL,
+     "stage_records(items, seq, ops, logs, notes, layout) -> (int, int, int): see "
+     "crdt_kv.accel.stage_records."},
+    {"fill_batch", (PyCFunction)(void (*)(void))fill_batch, METH_FASTCALL,
+     "fill_batch(ops, put, delete) -> None: see crdt_kv.accel.fill_batch."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "crdt_kv._speedups",
+    "Compiled twins of crdt_kv.accel's pure-Python hot paths (import crdt_kv.accel instead).",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
