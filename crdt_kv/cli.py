@@ -252,9 +252,10 @@ def _cmd_members(args: argparse.Namespace) -> int:
                 print(json.dumps(dataclasses.asdict(m), sort_keys=True))
             else:
                 state = "active" if m.active else "inactive"
+                known = "partner" if m.partner else "gossip"
                 print(
                     f"{m.peer}\treceived_through={m.received_through}\tseen_ms={m.seen_ms}"
-                    f"\treported_d={m.reported_d}\t{state}"
+                    f"\treported_d={m.reported_d}\t{state}\t{known}"
                 )
     return 0
 

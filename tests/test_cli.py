@@ -393,11 +393,12 @@ def test_members_and_forget_peer(tmp_path: Path, capsys: pytest.CaptureFixture[s
     # a's own row claims only 7: a pull takes the smaller of it and the Hello's stamp.
     assert rows["a"]["received_through"] == 7 << 16 and rows["a"]["reported_d"] == 5 << 16
     assert rows["b"]["received_through"] == 3 and rows["a"]["active"] is True
+    assert rows["a"]["partner"] is True and rows["b"]["partner"] is False  # b: by gossip
     code, out, err = run(capsys, "forget-peer", "--path", db, "a")
     assert (code, out, err) == (0, "ok forgot a\n", "")
     code, out, _ = run(capsys, "members", "--path", db)
     lines = dict(line.split("\t", 1) for line in out.splitlines())
-    assert lines["a"].endswith("\tinactive") and lines["b"].endswith("\tactive")
+    assert lines["a"].endswith("\tinactive\tpartner") and lines["b"].endswith("\tactive\tgossip")
     assert f"received_through={7 << 16}" in lines["a"]
     code, out, err = run(capsys, "forget-peer", "--path", db, "zz")
     assert code == 0 and "'zz' was not a known member" in err
