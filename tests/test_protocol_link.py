@@ -194,8 +194,11 @@ class FakeReplica:
     def checkpoint(self) -> bool:
         return False
 
+    probe = False
+    """What :meth:`wants_probe` answers (a quarantined key awaiting any peer's answer)."""
+
     def wants_probe(self, peer: str) -> bool:
-        return False
+        return self.probe
 
     def state(self) -> dict[bytes, tuple[bytes, int, str]]:
         return {k: (e.value, e.hlc, e.peer) for k, e in self.data.items()}
@@ -604,3 +607,51 @@ def test_a_late_storage_result_of_a_lost_connection_is_dropped() -> None:
     assert a.state is LinkState.CONNECTED and a.session is not None
     assert a.session.state.value == "hello-sent"
     assert rb.state() == ra.state()  # the late apply itself was committed, with its cursor
+
+
+# --- live links verify now and then (a live session never completes) ---------------------
+
+
+def _run_until_close(wire: Wire, until: float) -> float:
+    """Drive both links' timers until one asks to close (or ``until``); returns the time."""
+    now = 0.0
+    while now < until:
+        timers = [t for t in (lk.get_timer() for lk in wire.links) if t is not None]
+        now = min(timers)
+        for lk in wire.links:
+            lk.handle_timer(now)
+        wire.pump(now)
+        if any(isinstance(e, CloseConnection) for e in wire.events[0]):
+            break
+    return now
+
+
+@pytest.mark.parametrize("why", ["interval", "probe"])
+def test_a_live_dial_link_ends_its_session_for_a_verifying_round(why: str) -> None:
+    """Every ``verify_interval_s``, or as soon as the peer owes an answer for a key of our
+    quarantine, the dialing side ends its settled live session gracefully and its next
+    session is a one-shot round (which verifies); the one after that is live again."""
+    cfg: dict[str, Any] = {"repair": True, "verify_interval_s": 20.0 if why == "interval" else None}
+    wire, ra, _ = _live_pair(**cfg)
+    ra.probe = why == "probe"
+    now = _run_until_close(wire, 60.0)
+    a, b = wire.links
+    closes = [e for e in wire.events[0] if isinstance(e, CloseConnection)]
+    assert closes and closes[0].graceful and closes[0].flush
+    assert now >= 20.0 if why == "interval" else now < 20.0
+    a.connection_lost(now)
+    b.connection_lost(now)
+    assert not any(isinstance(e, LinkFailed) for e in a.events() + b.events())
+    due = a.get_timer()
+    assert due is not None and due - now < 1.0  # redials at once, not after a round interval
+    a.handle_timer(due)
+    a.connection_made(due)
+    assert a.session is not None and not a.session.live
+
+
+def test_an_accepting_link_never_ends_a_live_session_to_verify() -> None:
+    """Only the dialing side restarts a session: it is the one that can dial again."""
+    wire, _, rb = _live_pair(repair=True, verify_interval_s=5.0)
+    rb.probe = True
+    _run_until_close(wire, 4.0)
+    assert not any(isinstance(e, CloseConnection) for e in wire.events[1])

@@ -18,7 +18,10 @@ The link's lifecycle is one table (:data:`LINK_TABLE`); its roles:
 
 - ``dial``: keep the relationship forever (a configured or discovered peer). Live links
   hold one live session and redial with backoff when it breaks; a peer that does not tail
-  us (its session completes) is synced in rounds instead.
+  us (its session completes) is synced in rounds instead. A live session never verifies
+  digests (that needs both directions to end), so every ``verify_interval_s``, or at once
+  while the peer owes an answer for a key of our quarantine, the link ends its settled
+  live session and syncs one verifying round before going live again.
 - ``once``: one session, no retry (``replicate``, ``sync_now``, an accepted connection).
 """
 
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from enum import Enum
 
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.protocol.events import (
@@ -44,81 +46,24 @@ from crdt_kv.protocol.events import (
     SyncComplete,
 )
 from crdt_kv.protocol.linkconfig import LinkConfig
+from crdt_kv.protocol.linktable import (
+    _AFTER,
+    LINK_TABLE,
+    LinkRole,
+    LinkState,
+    _DialFailed,
+    _DialTimer,
+    _Lost,
+    _Made,
+    _SessionOver,
+    _Stop,
+)
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.protocol.session import Session
 from crdt_kv.protocol.states import ConnState
 from crdt_kv.protocol.storage import StorageRequest
 
 __all__ = ["LINK_TABLE", "LinkRole", "LinkState", "PeerLink"]
-
-
-# --- the state table ----------------------------------------------------------------------
-
-
-class LinkRole(Enum):
-    """What the link is for (see the module doc)."""
-
-    DIAL = "dial"
-    ONCE = "once"
-
-
-class LinkState(Enum):
-    """Where the link is in its connection lifecycle."""
-
-    WAITING = "waiting"  # for the next dial time
-    DIALING = "dialing"  # DialDue emitted, no answer yet
-    CONNECTED = "connected"
-    CLOSING = "closing"  # CloseConnection emitted, waiting for connection_lost
-    CLOSED = "closed"  # final
-
-
-class _Made:
-    pass
-
-
-class _DialFailed:
-    pass
-
-
-class _DialTimer:
-    pass
-
-
-class _SessionOver:
-    pass
-
-
-class _Lost:
-    pass
-
-
-class _Stop:
-    pass
-
-
-_W, _D, _C, _X, _Z = (
-    LinkState.WAITING,
-    LinkState.DIALING,
-    LinkState.CONNECTED,
-    LinkState.CLOSING,
-    LinkState.CLOSED,
-)
-_AFTER = None
-"""Marks "the end of a connection": WAITING for a ``dial`` link, CLOSED for ``once``."""
-
-LINK_TABLE: dict[tuple[LinkState, type], LinkState | None] = {
-    (_W, _DialTimer): _D,
-    (_W, _Made): _C,
-    (_D, _Made): _C,
-    (_D, _DialFailed): _AFTER,
-    (_C, _SessionOver): _X,
-    (_C, _Lost): _AFTER,
-    (_X, _Lost): _AFTER,
-    (_W, _Stop): _Z,
-    (_D, _Stop): _Z,
-    (_C, _Stop): _X,
-    (_X, _Stop): _X,
-}
 
 
 # --- the link -----------------------------------------------------------------------------
@@ -173,6 +118,13 @@ class PeerLink:
         self._announced = False
         self._went_silent = False
         self._stopping = False
+        self._verify_next = False
+        """The next session is a one-shot round that verifies (see the module doc)."""
+        self._verifying = False
+        """The current (or last) session is such a round."""
+        self._verify_check = 0.0
+        """When a live session is next looked at for a verifying round (its own timer:
+        the keep-alive timer is pushed back by any traffic, a push leaves it unsettled)."""
         self._requests: dict[int, tuple[StorageRequest, Session]] = {}
 
     # --- introspection ----------------------------------------------------------------
@@ -225,10 +177,11 @@ class PeerLink:
         caller built one, else a new one from the config). ``peer_identity``: the peer id
         the connection authenticated (a TLS certificate's); the Hello must claim it."""
         self._step(_Made)
+        self._verifying, self._verify_next = self._verify_next, False
         if session is None:
             session = self.config.session(
                 self.replica,
-                live=self.config.live,
+                live=self.config.live and not self._verifying,
                 defer_storage=self.defer_storage,
                 peer_identity=peer_identity,
             )
@@ -237,6 +190,7 @@ class PeerLink:
         self._went_silent = False
         self._announced = False
         self._connected_at = self._last_rx = self._last_tx = now
+        self._verify_check = now + self.config.keepalive / 2
         self._push_at = None
         self._next_dial = None
         self.sessions += 1
@@ -418,6 +372,8 @@ class PeerLink:
             times.append(self._push_at)
         if s.live and s.remote is not None:
             times.append(self._last_tx + cfg.keepalive)
+            if self._can_verify(s):
+                times.append(self._verify_check)
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -488,12 +444,40 @@ class PeerLink:
         if self._push_at is not None and now >= self._push_at:
             self._push_at = None
             self._feed(s, s.local_changed(), now)
+        if now >= self._verify_check and self._verify_due(s, now):
+            self._verify_next = True
+            s.close("a verifying round follows")
+            self._session_over(now, flush=True, graceful=True)
+            return None
         if s.live and s.remote is not None and now >= self._last_tx + cfg.keepalive:
             s.send_keepalive()
             self._last_tx = now
         if s.has_output:
             self._last_tx = now
         return None
+
+    def _can_verify(self, s: Session) -> bool:
+        """Whether ``s`` is a live session this link may end for a verifying round."""
+        r = s.remote
+        return (
+            self.role is LinkRole.DIAL
+            and self.config.repair
+            and s.live
+            and r is not None
+            and r.live
+            and not self._stopping
+        )
+
+    def _verify_due(self, s: Session, now: float) -> bool:
+        """A settled live session that is due for a verifying round: it lasted
+        ``verify_interval_s``, or the peer owes an answer for a key of our quarantine."""
+        self._verify_check = now + self.config.keepalive / 2
+        if not self._can_verify(s) or not s.settled or self.peer_id is None:
+            return False
+        every = self.config.verify_interval_s
+        if every is not None and now >= self._connected_at + every:
+            return True
+        return self.replica.wants_probe(self.peer_id)
 
     def _idle_limit(self, s: Session) -> float | None:
         """The idle timeout of ``s``: ``live_idle_timeout_s`` once both sides asked for
@@ -565,7 +549,7 @@ class PeerLink:
         if ok:
             self.failures = 0
         self._commit_cut = self._cuttable = False
-        if live or not ok:
+        if live or not ok or self._verify_next or (self._verifying and self.config.live):
             # A live link redials after a backoff, reset only by a session that worked for
             # a while: one that breaks right after every handshake (resending batches each
             # time), or a peer that does not tail us (its session completes at once), must

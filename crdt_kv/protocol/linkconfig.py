@@ -54,6 +54,11 @@ class LinkConfig:
     repair: bool = True
     """Sessions verify digests after a round and repair divergences and first contacts
     (:mod:`crdt_kv.protocol.verify`); needs a replica that is a range source."""
+    verify_interval_s: float | None = 600.0
+    """A live session never completes, so it never verifies: a ``dial`` link whose live
+    session has lasted this long, or whose peer owes an answer for a key of our
+    quarantine (``Replica.wants_probe``), ends it once settled and syncs one round
+    (which verifies and repairs), then goes live again. None: only rounds verify."""
     allowed_peers: frozenset[str] | None = None
     """Peer ids admitted (None: any); others are refused at the handshake (code 7). Only
     meaningful when the transport authenticates peer ids (TLS, ``crdt_kv.net.tls``)."""
@@ -72,7 +77,13 @@ class LinkConfig:
                 "need 0 < min_sync_interval_s <= sync_interval_s, got "
                 f"{self.min_sync_interval_s!r} and {self.sync_interval_s!r}"
             )
-        for name in ("handshake_timeout_s", "idle_timeout_s", "live_idle_timeout_s", "keepalive_s"):
+        for name in (
+            "handshake_timeout_s",
+            "idle_timeout_s",
+            "live_idle_timeout_s",
+            "keepalive_s",
+            "verify_interval_s",
+        ):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0 or None, got {value!r}")

@@ -60,6 +60,9 @@ class SimConfig:
     backoff_base_ms: float = 100.0
     backoff_max_ms: float = 1000.0
     idle_timeout_ms: float = 2000.0
+    verify_interval_ms: float = 5_000.0
+    """A live link's verifying round every this long (``LinkConfig.verify_interval_s``,
+    10 minutes in production, scaled down like the other times so runs exercise it)."""
     max_offset_ms: int = 500
     sync_writes: bool = True
     flush_ms: float = 200.0
@@ -119,6 +122,7 @@ class SimConfig:
             "backoff_base_ms",
             "backoff_max_ms",
             "gc_interval_ms",
+            "verify_interval_ms",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -42,6 +42,7 @@ class Topology:
             handshake_timeout_s=cfg.idle_timeout_ms / 1000,
             idle_timeout_s=cfg.idle_timeout_ms / 1000,
             live_idle_timeout_s=cfg.idle_timeout_ms / 1000,
+            verify_interval_s=cfg.verify_interval_ms / 1000,
             sync_interval_s=period / 1000,
             min_sync_interval_s=period / 2000,
             backoff_base_s=cfg.backoff_base_ms / 1000,
