@@ -246,7 +246,11 @@ class Scrubber:
             return len(free)
 
     def wants_probe(self, peer: str) -> bool:
-        """Whether a quarantined key awaits ``peer``'s answer (see :meth:`answered`)."""
+        """Whether a quarantined key awaits ``peer``'s answer (see :meth:`answered`). Asked
+        on a node's event loop (a live link's timer): with nothing quarantined, the usual
+        case, it answers without waiting for the commit lock a storage thread may hold."""
+        if not self._w.quarantined:
+            return False
         with self._w.lock:
             answers = self._answers
             return any(peer not in answers.get(k, ()) for k in self._w.quarantined)
