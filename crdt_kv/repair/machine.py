@@ -17,7 +17,7 @@ answer lists each in an :class:`Items` item of its single position. The peer's n
 ships its state (``differing``) or says it holds none (``missing``, or silence: it lost
 the key too). The keys it answered for either way are reported to storage
 (:class:`~crdt_kv.repair.work.Answered`) once its states are merged, which releases a
-key once every member has answered for it.
+key once every active partner has answered for it.
 
 A turn without questions is the last one: both ends know it. The machine performs no I/O
 and reads no clock: bytes go in through :meth:`receive_data` and out through

@@ -177,7 +177,7 @@ class DropKeys:
 class Answered:
     """The peer ``peer`` answered for ``keys`` (our quarantined keys, as of ``epoch``): it
     shipped its state, merged here, or showed it holds none. The source records it, and
-    releases a key once every member has answered for it."""
+    releases a key once every active partner has answered for it."""
 
     peer: str
     keys: tuple[bytes, ...]

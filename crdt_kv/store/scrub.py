@@ -22,7 +22,7 @@ trusted, and only its bucket's fingerprint is corrected (``mismatched``).
 A quarantined key is one this replica lost and does not know the state of: absence never
 wins for it (an incoming state is taken whatever its stamp) and repair announces it to
 peers so they send their state instead of dropping theirs. It is released once every
-active member has *answered* for it in a repair since it was quarantined: shipped its
+active partner has *answered* for it in a repair since it was quarantined: shipped its
 state (merged here) or said it holds none (:meth:`Scrubber.answered`). One peer's state
 is not enough: it may lack a version only the lost record held, which another member
 still holds, and once the quarantine no longer caps the gossip the horizon would pass

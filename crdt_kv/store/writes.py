@@ -83,7 +83,7 @@ class Writer:
         """Set by the store: scrub the buckets of these keys now (see :meth:`_lost`)."""
         self.quarantined: set[bytes] = set()
         """Keys the scrub found rotten and removed (:mod:`crdt_kv.store.scrub`): absence
-        never wins for them, whole or version by version, until every active member has
+        never wins for them, whole or version by version, until every active partner has
         answered for the key in a repair (:meth:`~crdt_kv.store.scrub.Scrubber.answered`).
         A local write or a merged state does not end it by itself."""
 
