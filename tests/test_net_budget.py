@@ -202,3 +202,71 @@ async def test_a_peer_that_stops_reading_holds_what_the_budget_allows_and_is_dro
         # One batch (1 MiB) over the budget at most, and the 4 batches of the window never.
         assert most <= limit + (1 << 20) + FLOOR_BYTES, most
         await peer.stream.aclose()
+
+
+async def test_report_keeps_the_total_without_summing_and_wakes_waiters_on_a_release() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    calls = {"n": 0}
+    sizes = {"a": 1 << 20, "b": 0}
+
+    def held_a() -> int:
+        calls["n"] += 1
+        return sizes["a"]
+
+    a = budget.register(held_a)
+    budget.register(lambda: sizes["b"])
+    for i in range(100):  # the other holders are never asked again
+        sizes["b"] = i
+        budget.register(lambda: 0)
+    calls["n"] = 0
+    assert budget.held == (1 << 20) + 0
+    got: list[int] = []
+
+    async def reader() -> None:
+        got.append(await budget.read_size(lambda: 128 << 10, 1 << 16))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and budget.waits == 1 and calls["n"] == 0
+            sizes["a"] = 1 << 19
+            budget.report(a)  # one holder asked, the total moves by its difference
+            assert calls["n"] == 1 and budget.held == 1 << 19
+    assert got == [1 << 16]
+    budget.unregister(a)
+    budget.report(a)  # unregistered: ignored
+    assert budget.held == 0 and calls["n"] == 1
+
+
+async def test_a_sweep_stops_at_the_oldest_waiter_there_is_no_room_for() -> None:
+    budget = ByteBudget(1 << 20, floor=64 << 10)
+    other = {"held": 1 << 20}
+    token = budget.register(lambda: other["held"])
+    looks = {"n": 0}
+
+    def pinned() -> int:
+        looks["n"] += 1
+        return 128 << 10
+
+    got: list[str] = []
+
+    async def reader(name: str, want: int) -> None:
+        await budget.read_size(pinned, want)
+        got.append(name)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader, "big", 1 << 18)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(20):
+                nursery.start_soon(reader, f"small{i}", 1 << 10)
+            await trio.testing.wait_all_tasks_blocked()
+            looks["n"] = 0
+            other["held"] = (1 << 20) - (1 << 16)  # room for the small ones, not the big
+            budget.report(token)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and looks["n"] == 1  # strictly oldest first: one look
+            other["held"] = 0
+            budget.report(token)
+    assert sorted(got) == sorted(["big", *(f"small{i}" for i in range(20))])

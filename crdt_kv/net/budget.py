@@ -11,6 +11,11 @@ A connection that pins a partial frame without completing it is closed by its id
 timeout, which counts only complete frames (:meth:`PeerLink.receive_data`), also while it
 waits for the budget: a budget spent for that long by pinned frames is freed by dropping
 them, and a real peer dropped so reconnects and resumes from its cursor.
+
+The total is kept, not summed: each holder's last reported size is cached, and a
+connection reports its own (:meth:`ByteBudget.report`, O(1)) whenever the bytes it holds
+may have changed. Summing 256 holders on every read of every connection was, under attack,
+the largest single cost of the event loop (bench_hostile).
 """
 
 from __future__ import annotations
@@ -47,27 +52,57 @@ class ByteBudget:
         self.limit = limit
         self.floor = floor
         self._holders: dict[int, Callable[[], int]] = {}
+        self._sizes: dict[int, int] = {}
+        self._total = 0
         self._next = 0
         self._waiters: dict[_Waiter, None] = {}  # oldest first
         self._sweep_due = False
+        self._recount_due = False
         self.waits = 0
         """Times a connection stopped reading because the budget was spent."""
 
     def register(self, held: Callable[[], int]) -> int:
-        """Count ``held()`` from now on; returns the token for :meth:`unregister`."""
+        """Count ``held()`` from now on (as last reported: see :meth:`report`); returns the
+        token for :meth:`report` and :meth:`unregister`."""
         self._next += 1
         self._holders[self._next] = held
+        size = self._sizes[self._next] = held()
+        self._total += size
         return self._next
+
+    def report(self, token: int) -> None:
+        """The holder of ``token`` may hold another amount now: take its ``held()`` (O(1));
+        if it holds less, wake the waiters there is now room for."""
+        held = self._holders.get(token)
+        if held is None:
+            return
+        size = held()
+        before = self._sizes[token]
+        if size != before:
+            self._sizes[token] = size
+            self._total += size - before
+            if size < before:
+                self._wake_soon()
 
     def unregister(self, token: int) -> None:
         """Stop counting a holder (idempotent); its bytes are released."""
         if self._holders.pop(token, None) is not None:
-            self.released()
+            self._total -= self._sizes.pop(token)
+            self._wake_soon()
 
     @property
     def held(self) -> int:
-        """Bytes held now by every registered connection."""
-        return sum(held() for held in self._holders.values())
+        """Bytes held by every registered connection, as last reported."""
+        return self._total
+
+    def recount(self) -> int:
+        """Take every holder's ``held()`` again (O(holders)); returns the total."""
+        total = 0
+        for token, held in self._holders.items():
+            size = self._sizes[token] = held()
+            total += size
+        self._total = total
+        return total
 
     def _grant(self, mine: int, want: int, total: int) -> int:
         """What a connection holding ``mine`` may read of ``want`` with ``total`` held in
@@ -77,13 +112,25 @@ class ByteBudget:
         return max(0, self.floor - mine)
 
     def released(self) -> None:
-        """Some holder may hold less now: wake, soon, the waiting connections that may read.
+        """Some holders, not saying which, may hold less now: take every holder's size
+        again (:meth:`recount`) and wake, soon, the waiting connections that may read.
+        A connection that knows its own token calls :meth:`report` instead."""
+        if not self._waiters:
+            self.recount()
+            return
+        self._recount_due = True  # once, in the sweep, however many releases come first
+        self._wake_soon()
 
-        Releases are coalesced: one sweep runs after the tasks running now (trio's
+    def _wake_soon(self) -> None:
+        """Wake, soon, the waiting connections there is room for.
+
+        Wake-ups are coalesced: one sweep runs after the tasks running now (trio's
         ``run_sync_soon``), however many connections released meanwhile; with 256
         connections each release summing all holders was an eighth of the event loop under
-        attack (bench_hostile). The sweep sums the total once and adds each grant to it,
-        oldest waiter first: a waiter left without room is not woken."""
+        attack (bench_hostile). The sweep takes the kept total and adds each grant to it,
+        strictly oldest waiter first: it stops at the first waiter there is no room for
+        (that one and those after it are not woken), so a sweep under a spent budget
+        costs one look, not one per waiting connection."""
         if not self._waiters or self._sweep_due:
             return
         self._sweep_due = True
@@ -93,14 +140,18 @@ class ByteBudget:
         self._sweep_due = False
         if not self._waiters:
             return
-        total = self.held
+        if self._recount_due:
+            self._recount_due = False
+            self.recount()
+        total = self._total
         for waiter in list(self._waiters):
             grant = self._grant(waiter.held(), waiter.want, total)
-            if grant:
-                total += grant
-                waiter.grant = grant
-                del self._waiters[waiter]
-                waiter.woken.set()
+            if not grant:
+                return
+            total += grant
+            waiter.grant = grant
+            del self._waiters[waiter]
+            waiter.woken.set()
 
     async def read_size(self, held: Callable[[], int], want: int) -> int:
         """How many bytes the connection holding ``held()`` may read now (at most ``want``),
@@ -112,9 +163,9 @@ class ByteBudget:
             return want
         if self._waiters:
             grant = max(0, self.floor - mine)
-            self.released()  # a sweep will find whether there is room for the queue
+            self._wake_soon()  # a sweep will find whether there is room for the queue
         else:
-            grant = self._grant(mine, want, self.held)
+            grant = self._grant(mine, want, self._total)
         if grant:
             return grant
         self.waits += 1

@@ -195,6 +195,7 @@ class LinkDriver:
         self._nursery: trio.Nursery | None = None
         self._storage_busy = False
         self._callback_error: BaseException | None = None
+        self._token: int | None = None
 
     def wake(self) -> None:
         """Something changed for the link (call after feeding it from outside)."""
@@ -212,7 +213,7 @@ class LinkDriver:
         once (with ``session``, if the caller built one)."""
         link = self.link
         budget = self.budget
-        token = budget.register(self._held) if budget is not None else None
+        token = self._token = budget.register(self._held) if budget is not None else None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -226,6 +227,7 @@ class LinkDriver:
         finally:
             if budget is not None and token is not None:
                 budget.unregister(token)
+            self._token = None
             await self._shutdown()
         if self._callback_error is not None:
             raise self._callback_error
@@ -277,6 +279,7 @@ class LinkDriver:
             conn.wake.set()
         if conn is not None and not link.input_paused:
             conn.resume.set()
+        self._report()
 
     def _take_events(self) -> None:
         link = self.link
@@ -319,7 +322,6 @@ class LinkDriver:
 
     def _stored(self, request: StorageRequest, result: object, error: BaseException | None) -> None:
         self._storage_busy = False
-        held = self.link.held_bytes
         now = trio.current_time()
         if error is None:
             self.link.storage_done(request, result, now)
@@ -327,7 +329,6 @@ class LinkDriver:
             self.link.storage_failed(request, error, now)
         self._act()
         self._wake.set()
-        self._released(held)
 
     def _held(self) -> int:
         """What this link holds for the budget: the session's received, decoded and queued
@@ -360,12 +361,10 @@ class LinkDriver:
             request, functools.partial(self._stored, request), urgent=self.urgent(request)
         )
 
-    def _released(self, before: int) -> None:
-        """Tell the budget if this link now holds less than ``before``: a release sums
-        what every connection holds, and nothing was freed when a read only added to what
-        the link holds (a trickle into a pinned frame)."""
-        if self.budget is not None and self.link.held_bytes < before:
-            self.budget.released()
+    def _report(self) -> None:
+        """Tell the budget what this link holds now (O(1); it wakes waiters if less)."""
+        if self.budget is not None and self._token is not None:
+            self.budget.report(self._token)
 
     async def _dial(self) -> None:
         assert self.connect is not None
@@ -424,11 +423,9 @@ class LinkDriver:
             conn.recv_scope = None
             if scope.cancelled_caught:
                 return
-            held = link.held_bytes + len(data)
             link.receive_data(bytes(data), trio.current_time())
             self._act()
             self._wake.set()
-            self._released(held)
             if not data:
                 return
 
@@ -440,6 +437,7 @@ class LinkDriver:
                 if out:
                     conn.send_interrupted = True
                     conn.unsent = len(out)
+                    self._report()
                     with trio.move_on_after(self._send_timeout()) as stall:
                         await conn.stream.send_all(out)
                     conn.unsent = 0
@@ -448,8 +446,7 @@ class LinkDriver:
                             f"peer read nothing of our data for {self._send_timeout():g} s"
                         )
                     conn.send_interrupted = False
-                    if self.budget is not None:
-                        self.budget.released()
+                    self._report()
                     continue
                 if conn.closing is not None:
                     return
@@ -499,8 +496,7 @@ class LinkDriver:
         error = conn.broken if closing is None else None
         self.link.connection_lost(trio.current_time(), error)
         self._wake.set()
-        if self.budget is not None:
-            self.budget.released()
+        self._report()
 
     async def _shutdown(self) -> None:
         """Cancelled or done: close the link and, best effort, tell the peer why."""
