@@ -165,8 +165,20 @@ class Membership:
         return any(now_ms - r.seen_ms <= self.expiry_ms for r in self.rows.values())
 
     def members(self, now_ms: int) -> list[str]:
-        """Active members other than ourselves, sorted."""
-        return sorted(p for p in self.rows if self.active(p, now_ms))
+        """Active members other than ourselves, sorted (:meth:`active` of each row, with
+        the fresh-news test done at most once, not once per expired row)."""
+        out: list[str] = []
+        connected: bool | None = None
+        for p, row in self.rows.items():
+            if row.forgotten_ms and row.seen_ms <= row.forgotten_ms:
+                continue
+            if now_ms - row.seen_ms > self.expiry_ms:
+                if connected is None:
+                    connected = self._connected(now_ms)
+                if connected:
+                    continue
+            out.append(p)
+        return sorted(out)
 
     def partners(self, now_ms: int) -> list[str]:
         """Active members that ever had a session with us, sorted."""
@@ -178,8 +190,10 @@ class Membership:
         0 for a replica that never had a member: it has received nothing yet, and a
         horizon of its own would make it refuse the history of the cluster it joins. Our
         own HLC when every member was forgotten (the operator says we are alone)."""
-        vs = [self.rows[p].v for p in self.members(now_ms)]
-        return min(vs, default=own_hlc if self.rows else 0)
+        return self._received_through(self.members(now_ms), own_hlc)
+
+    def _received_through(self, members: list[str], own_hlc: int) -> int:
+        return min((self.rows[p].v for p in members), default=own_hlc if self.rows else 0)
 
     def horizon(self, now_ms: int, own_hlc: int, grace_ms: int) -> int:
         """H: the stamp below which every active member has received everything, minus
@@ -198,13 +212,14 @@ class Membership:
         member had reached when they were lost): every ``v`` and ``d`` is capped at it,
         and the horizon cannot pass a state only the lost records carried."""
         cap = (1 << 64) if hold is None else hold
+        members = self.members(now_ms)
         own = GossipRow(
             self.self_id,
             min(own_hlc, cap),
             now_ms,
-            min(self.received_through(now_ms, own_hlc), cap),
+            min(self._received_through(members, own_hlc), cap),
         )
-        active = sorted(self.members(now_ms), key=lambda p: (-self.rows[p].seen_ms, p))
+        active = sorted(members, key=lambda p: (-self.rows[p].seen_ms, p))
         out = [own]
         for p in active[: MAX_GOSSIP_ROWS - 1]:
             r = self.rows[p]

@@ -277,3 +277,25 @@ def test_partners_are_the_active_members_that_had_a_session_with_us() -> None:
     assert m.partners(T0 + 1) == ["c"]
     m.heard("b", [], T0 + 2)
     assert m.partners(T0 + 2) == ["b", "c"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+        st.tuples(st.integers(0, 100), st.integers(0, 100)),  # seen_ms, forgotten_ms
+        max_size=6,
+    ),
+    now=st.integers(0, 200),
+    expiry=st.integers(1, 60),
+)
+def test_members_are_exactly_the_active_rows(
+    rows: dict[str, tuple[int, int]], now: int, expiry: int
+) -> None:
+    m = Membership("self", expiry_ms=expiry)
+    for peer, (seen, forgotten) in rows.items():
+        row = m._row(peer)
+        row.seen_ms, row.forgotten_ms, row.v = seen, forgotten, seen + 1
+    assert m.members(now) == sorted(p for p in m.rows if m.active(p, now))
+    own = m.gossip(now, 10_000)[0]
+    assert own.d == min((m.rows[p].v for p in m.members(now)), default=10_000 if rows else 0)

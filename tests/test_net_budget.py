@@ -140,15 +140,23 @@ async def test_serve_refuses_a_budget_below_the_floor(stores: Any) -> None:
             pass
 
 
+def _batch_start(announced: int) -> bytes:
+    """The first bytes of a batch frame of ``announced`` bytes whose one row's value fills
+    it: valid as far as it goes, so the node cannot refuse it before it is complete."""
+    head = b"\x87\x02\x00\x01\xf4\x00\x81\x61a\x81\x85\x41k\x00\x00\x00\x5a"
+    return struct.pack(">I", announced) + head + struct.pack(">I", announced - len(head) - 4)
+
+
 async def _pin(address: tuple[str, int], name: str, hlc: int, announced: int, sent: int) -> RawPeer:
     """A raw peer that says a valid Hello, then starts a frame of ``announced`` bytes and
     sends ``sent`` of them, pinning them in the node's buffer."""
     peer = RawPeer(await trio.open_tcp_stream(*address))
     await peer.send(hello_for(name, hlc=hlc, send=False, live=True))
     assert isinstance(await peer.receive(), Hello)
-    await peer.send_bytes(struct.pack(">I", announced))
+    start = _batch_start(announced)
+    await peer.send_bytes(start)
     with trio.move_on_after(0.5):  # the node stops reading once its budget is spent
-        await peer.send_bytes(b"\x00" * sent)
+        await peer.send_bytes(b"\x00" * (sent - len(start)))
     return peer
 
 

@@ -31,7 +31,7 @@ class Work:
         return self.name
 
 
-async def test_urgent_requests_jump_the_queue_and_take_turns_with_the_others() -> None:
+async def test_urgent_requests_have_their_own_lane_and_never_wait_behind_the_others() -> None:
     worker = StorageWorker(None)  # type: ignore[arg-type]
     done: list[str] = []
     results: list[object] = []
@@ -44,12 +44,14 @@ async def test_urgent_requests_jump_the_queue_and_take_turns_with_the_others() -
             for name, light in (("o1", False), ("o2", False), ("u1", True), ("u2", True)):
                 worker.submit(Work(name, light, done), lambda r, e: results.append(r))
             worker.submit(Work("o3", True, done), lambda r, e: results.append(r), urgent=False)
+            while done != ["u1", "u2"]:  # performed while "busy" still holds the other lane
+                await trio.sleep(0.01)
             assert not worker.idle
             gate.set()
             while not worker.idle:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
-    assert done == ["busy", "u1", "o1", "u2", "o2", "o3"]
+    assert done == ["u1", "u2", "busy", "o1", "o2", "o3"]
     assert results == done and worker.performed == 6
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
@@ -30,7 +30,8 @@ from crdt_kv.protocol import (
     encode_frame,
     encode_message,
 )
-from crdt_kv.protocol.messages import MAX_REPAIR_PAYLOAD
+from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES
+from crdt_kv.protocol.messages import MAX_REPAIR_PAYLOAD, check_frame_prefix
 from crdt_kv.version import RawEntry
 
 T0 = 1_700_000_000_000
@@ -411,3 +412,73 @@ def test_random_chunking(cuts: list[int]) -> None:
 def test_zero_length_frame_is_a_frame() -> None:
     dec = FrameDecoder()
     assert dec.feed(b"\x00\x00\x00\x00" + encode_frame(Ack(1))) == [b"", encode_message(Ack(1))]
+
+
+# --- a large frame refused from its first bytes ----------------------------------------
+
+
+def _outcome(fn: Any) -> tuple[type, str] | None:
+    try:
+        fn()
+    except Exception as exc:
+        return type(exc), str(exc)
+    return None
+
+
+@st.composite
+def big_rows(draw: st.DrawFn) -> tuple[RawEntry, ...]:
+    n = draw(st.integers(1, 40))
+    size = draw(st.integers(SMALL_FRAME_BYTES // n + 1, 2 * SMALL_FRAME_BYTES // n + 64))
+    sibling = RawEntry(b"k", b"s", (T0 << 16) + 1, "b", False)
+    rows = []
+    for i in range(n):
+        entry = RawEntry(b"k%d" % i, b"v" * size, (T0 << 16) + i, "a", False)
+        if draw(st.booleans()) and draw(st.booleans()):
+            entry = RawEntry(entry.key, entry.value, entry.hlc, "a", False, 0, (), (sibling,))
+        rows.append(entry)
+    return tuple(rows)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=big_rows(),
+    edits=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 70_000), st.integers(0, 255)), max_size=3
+    ),
+    cut=st.integers(0, 3 * SMALL_FRAME_BYTES),
+    lww_only=st.booleans(),
+    limit=st.one_of(st.none(), st.integers(0, 50)),
+)
+def test_a_prefix_refuses_only_with_the_whole_frames_own_error(
+    rows: tuple[RawEntry, ...],
+    edits: list[tuple[int, int, int]],
+    cut: int,
+    lww_only: bool,
+    limit: int | None,
+) -> None:
+    buf = bytearray(encode_message(Batch(0, len(rows), True, rows)))
+    for kind, at, byte in edits:  # overwrite, cut, insert
+        if kind == 0:
+            buf[at % len(buf)] = byte
+        elif kind == 1:
+            del buf[at % (len(buf) + 1) :]
+        else:
+            buf[at:at] = bytes([byte])
+    payload = bytes(buf)
+    whole = _outcome(lambda: decode_message(payload, max_batch_entries=limit, lww_only=lww_only))
+    prefix = payload[:cut]
+    early = _outcome(
+        lambda: check_frame_prefix(
+            prefix, len(payload), max_batch_entries=limit, lww_only=lww_only
+        )
+    )
+    assert early is None or early == whole
+    if whole is None:
+        assert early is None
+
+
+def test_a_large_frame_that_is_not_a_batch_is_refused_from_its_first_byte() -> None:
+    with pytest.raises(RemoteProtocolError, match="a frame of 8388608 bytes that is not a batch"):
+        check_frame_prefix(b"\x00" * 100, 8 << 20)
+    check_frame_prefix(b"\x00" * 100, SMALL_FRAME_BYTES)  # small frames: decoded whole later
+    check_frame_prefix(b"", 8 << 20)  # nothing to judge yet

@@ -1110,3 +1110,42 @@ def test_one_siblings_sync_round_converges_when_applies_rewrite_unsent_keys(
     assert lk.a.complete and lk.b.complete
     assert a.digest() == b.digest()
     assert all(len(a.get_all(f"k{i:02d}")) == 2 for i in range(12))
+
+
+def test_a_large_junk_frame_is_refused_from_its_first_bytes(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    _, b, _ = pair
+    sess = Session(b)
+    assert _fake_peer(sess)[-1] == Request(0, False)
+    # An 8 MiB batch whose first row's key is an array: refused once 64 KiB of it are
+    # here, with the error decoding the whole frame would give, the rest never buffered.
+    junk = b"\x87\x02\x00\x0a\xf4" + cbor2.dumps(T0) + b"\x81\x64evil\x81\x85\x9a"
+    junk += b"\x00\x10\x00\x00" + b"\x80" * (64 << 10)
+    header = struct.pack(">I", DEFAULT_MAX_FRAME_BYTES)
+    assert not failed(sess.receive_data(header + junk[: 32 << 10]))
+    [f] = failed(sess.receive_data(junk[32 << 10 :]))
+    assert "batch.entries[0].key" in str(f.error) and sess.state is ConnState.FAILED
+    [abort] = frames(sess.data_to_send())
+    assert isinstance(abort, Abort) and abort.code == AbortCode.PROTOCOL
+    with pytest.raises(RemoteProtocolError, match=r"batch.entries\[0\].key") as whole:
+        decode_message(junk + bytes(DEFAULT_MAX_FRAME_BYTES - len(junk)))
+    assert str(whole.value) == str(f.error)
+
+
+def test_a_large_valid_frame_is_not_refused_by_its_prefix(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    _, b, _ = pair
+    sess = Session(b)
+    _fake_peer(sess)
+    rows = tuple(
+        RawEntry(f"k{i:04}".encode(), cbor2.dumps("v" * 200), (T0 << 16) + i, "evil", False)
+        for i in range(900)
+    )
+    frame = encode_frame(Batch(0, 900, True, rows))
+    assert len(frame) > 2 * (64 << 10)
+    events: list[Event] = []
+    for at in range(0, len(frame), 10_000):  # in pieces: the prefix is looked at midway
+        events += sess.receive_data(frame[at : at + 10_000])
+    assert not failed(events) and len(b) == 900

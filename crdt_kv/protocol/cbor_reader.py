@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from crdt_kv.protocol.fields import U64, fail
 
-__all__ = ["INDEFINITE", "MAX_STRING_CHUNKS", "Reader"]
+__all__ = ["INDEFINITE", "MAX_STRING_CHUNKS", "Reader", "Truncated"]
 
 INDEFINITE = -1
 """The length :meth:`Reader.array` returns for an indefinite-length array (read items
@@ -42,14 +42,24 @@ _NAMES = (
 _FALSE, _TRUE, _NULL, _BREAK = 0xF4, 0xF5, 0xF6, 0xFF
 
 
+class Truncated(Exception):  # noqa: N818 - a signal, not an error
+    """A ``partial`` reader reached the end of the bytes it has: the frame may still be
+    fine (its rest has not arrived)."""
+
+
 class Reader:
-    """Reads CBOR items one at a time from ``payload``, checking each head first."""
+    """Reads CBOR items one at a time from ``payload``, checking each head first.
 
-    __slots__ = ("_b", "_end", "items", "pos")
+    ``partial``: ``payload`` is only the start of a frame; reading past its end raises
+    :class:`Truncated` instead of an error (see :func:`crdt_kv.protocol.messages
+    .check_frame_prefix`)."""
 
-    def __init__(self, payload: bytes) -> None:
+    __slots__ = ("_b", "_end", "items", "partial", "pos")
+
+    def __init__(self, payload: bytes, *, partial: bool = False) -> None:
         self._b = payload
         self._end = len(payload)
+        self.partial = partial
         self.pos = 0
         """Offset of the next unread byte."""
         self.items = 0
@@ -65,6 +75,8 @@ class Reader:
     def _take(self, n: int, where: str) -> bytes:
         pos = self.pos
         if pos + n > self._end:
+            if self.partial:
+                raise Truncated
             raise fail(f"{where}: the frame ends inside a CBOR item")
         self.pos = pos + n
         return self._b[pos : pos + n]
@@ -74,6 +86,8 @@ class Reader:
         additional information 31."""
         pos = self.pos
         if pos >= self._end:
+            if self.partial:
+                raise Truncated
             raise fail(f"{where}: the frame ends before this field")
         ib = self._b[pos]
         self.pos = pos + 1
@@ -192,5 +206,7 @@ class Reader:
 
     def _peek_byte(self, where: str) -> int:
         if self.pos >= self._end:
+            if self.partial:
+                raise Truncated
             raise fail(f"{where}: the frame ends before this field")
         return self._b[self.pos]

@@ -119,6 +119,17 @@ class FrameDecoder:
         del buf[: 4 + length]
         return payload
 
+    def pending(self, most: int) -> tuple[bytes, int] | None:
+        """A copy of the first ``most`` payload bytes of the incomplete frame being
+        received, and its length; None unless such a frame has that many bytes here."""
+        buf = self._buf
+        if len(buf) < 4 + most:
+            return None
+        (length,) = _LEN.unpack_from(buf)
+        if len(buf) - 4 >= length or length > self.max_frame_bytes:
+            return None
+        return bytes(buf[4 : 4 + most]), length
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete payload now available."""
         self._buf += data
@@ -166,6 +177,10 @@ class Inbox:
     def open_up(self) -> None:
         """The peer's Hello was accepted: frames up to ``max_frame_bytes`` from now on."""
         self._decoder.max_frame_bytes = self._limit
+
+    def pending(self, most: int) -> tuple[bytes, int] | None:
+        """:meth:`FrameDecoder.pending` of the frame under way (None after an error)."""
+        return None if self.error is not None else self._decoder.pending(most)
 
     def next(self) -> bytes | None:
         """The next payload, or None (then see :attr:`error` and :attr:`eof`)."""

@@ -26,7 +26,7 @@ from crdt_kv.protocol.batch_decoding import (
     decode_small_batch,
 )
 from crdt_kv.protocol.batch_encoding import lww_rows
-from crdt_kv.protocol.cbor_reader import Reader
+from crdt_kv.protocol.cbor_reader import Reader, Truncated
 from crdt_kv.protocol.fields import NoTags, load
 from crdt_kv.protocol.fields import array as _array
 from crdt_kv.protocol.fields import boolean as _bool
@@ -61,6 +61,7 @@ __all__ = [
     "Repair",
     "Request",
     "Verify",
+    "check_frame_prefix",
     "decode_message",
     "encode_frame",
     "encode_message",
@@ -358,10 +359,10 @@ largest such message in preferred serialisation (a :class:`Repair` of
 decoded incrementally; this bounds what decoding any other message can allocate."""
 
 
-def _head(payload: bytes) -> tuple[Reader, int, int] | None:
+def _head(payload: bytes, *, partial: bool = False) -> tuple[Reader, int, int] | None:
     """A reader past a message's array head and type, the array's length and the type;
     None if the payload does not start so (then decoding it fails anyway)."""
-    r = Reader(payload)
+    r = Reader(payload, partial=partial)
     try:
         n = r.array("message")
         if n != 0:
@@ -379,12 +380,40 @@ def message_type(payload: bytes) -> int | None:
     return None if head is None else head[2]
 
 
-def _batch_head(payload: bytes) -> tuple[Reader, int] | None:
+def _batch_head(payload: bytes, *, partial: bool = False) -> tuple[Reader, int] | None:
     """A reader past ``[2, `` and the array's length if ``payload`` is a batch."""
-    head = _head(payload)
+    head = _head(payload, partial=partial)
     if head is None or head[2] != MsgType.BATCH:
         return None
     return head[0], head[1]
+
+
+def check_frame_prefix(
+    prefix: bytes, length: int, *, max_batch_entries: int | None = None, lww_only: bool = False
+) -> None:
+    """Refuse a frame of ``length`` bytes from its first bytes ``prefix`` when they already
+    show it invalid: raises what :func:`decode_message` of the whole frame would raise
+    (that decoding reads in order, so an error in the prefix is the frame's first error);
+    returns quietly if the prefix is fine so far. Only frames over
+    :data:`SMALL_FRAME_BYTES` are checked (those are read field by field).
+
+    Why: a hostile peer's 8 MiB batch of junk otherwise costs its receiver 8 MiB read,
+    buffered and copied before the first byte is looked at (bench_hostile)."""
+    if length <= SMALL_FRAME_BYTES:
+        return
+    try:
+        head = _batch_head(prefix, partial=True)
+        if head is None:
+            if length > MAX_CONTROL_FRAME_BYTES:
+                raise _fail(
+                    f"a frame of {length} bytes that is not a batch: only batches may "
+                    f"exceed {MAX_CONTROL_FRAME_BYTES} bytes"
+                )
+            return
+        r, n = head
+        decode_batch_fields(r, n, max_batch_entries, lww_only=lww_only)
+    except Truncated:
+        return
 
 
 def decode_message(

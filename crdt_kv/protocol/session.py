@@ -34,6 +34,7 @@ from crdt_kv.errors import (
     RejectedDataError,
     RemoteProtocolError,
 )
+from crdt_kv.protocol.batch_decoding import SMALL_FRAME_BYTES
 from crdt_kv.protocol.events import (
     BatchApplied,
     Connected,
@@ -61,6 +62,7 @@ from crdt_kv.protocol.messages import (
     Repair,
     Request,
     Verify,
+    check_frame_prefix,
     decode_message,
     encode_frame,
     message_type,
@@ -176,6 +178,8 @@ class Session(Sender):
         self._reading: ReadLog | None = None
         self._applying: tuple[ApplyBatch, Batch] | None = None
         self._frame_bytes = 0
+        self._vetted = -1  # frames_received when the frame under way was prefix-checked
+        self._vouched = False  # the peer sent a valid batch: no more prefix checks
         self._applying_bytes = 0
         self._out_pos = 0
         self._unacked: deque[int] = deque()
@@ -417,6 +421,8 @@ class Session(Sender):
                 elif inbox.eof:
                     self.state = step(CONN_TABLE, self.state, EndOfStream(), "the connection")
                     self._events.append(ConnectionClosed(self._complete))
+                elif not self._vouched and self.remote is not None:
+                    self._vet(inbox)
                 return
             self.stats.frames_received += 1
             self._frame_bytes = len(payload)
@@ -431,6 +437,7 @@ class Session(Sender):
                 msg = decode_message(
                     payload, max_batch_entries=self.max_batch_entries, lww_only=lww
                 )
+                self._vouched = self._vouched or isinstance(msg, Batch)
                 self._handle(msg)
             except ClockSkewError as exc:
                 self._fail(bare(exc), AbortCode.CLOCK_SKEW)
@@ -438,6 +445,22 @@ class Session(Sender):
                 self._fail(bare(exc), AbortCode.REJECTED_DATA)
             except ProtocolError as exc:
                 self._fail(bare(exc), AbortCode.PROTOCOL)
+
+    def _vet(self, inbox: Inbox) -> None:
+        """Until the peer sent one valid batch, refuse a large frame under way from its
+        first :data:`SMALL_FRAME_BYTES` when they already show it invalid (the error its
+        decoding would raise), rather than read, buffer and copy the rest of it."""
+        frame = self.stats.frames_received
+        pending = None if self._vetted == frame else inbox.pending(SMALL_FRAME_BYTES)
+        if pending is None:
+            return
+        self._vetted, lww = frame, self.replica.conflict_mode == "lww"
+        try:
+            check_frame_prefix(*pending, max_batch_entries=self.max_batch_entries, lww_only=lww)
+        except RejectedDataError as exc:
+            self._fail(bare(exc), AbortCode.REJECTED_DATA)
+        except ProtocolError as exc:
+            self._fail(bare(exc), AbortCode.PROTOCOL)
 
     def _handle(self, msg: Message) -> None:
         self.state = step(CONN_TABLE, self.state, msg, "the connection")
