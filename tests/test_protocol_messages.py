@@ -468,9 +468,7 @@ def test_a_prefix_refuses_only_with_the_whole_frames_own_error(
     whole = _outcome(lambda: decode_message(payload, max_batch_entries=limit, lww_only=lww_only))
     prefix = payload[:cut]
     early = _outcome(
-        lambda: check_frame_prefix(
-            prefix, len(payload), max_batch_entries=limit, lww_only=lww_only
-        )
+        lambda: check_frame_prefix(prefix, len(payload), max_batch_entries=limit, lww_only=lww_only)
     )
     assert early is None or early == whole
     if whole is None:
