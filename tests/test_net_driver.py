@@ -1,5 +1,5 @@
-"""The trio driver's storage worker (crdt_kv/net/driver.py): live replication's requests
-go before queued catch-up work and take turns with it."""
+"""The trio driver (crdt_kv/net/driver.py): live replication's storage requests have a
+lane of their own, and light ones run inline when the store's commit lock is free."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+import crdt_kv
 from crdt_kv.net.driver import LinkDriver, StorageWorker
 from crdt_kv.protocol import ApplyBatch, InState, ReadLog
 from crdt_kv.version import RawEntry
@@ -74,3 +75,34 @@ def test_live_applies_and_tail_reads_are_urgent_catch_up_work_is_not() -> None:
     assert not live.urgent(catch_up)
     assert not catching_up.urgent(big) and not catching_up.urgent(catch_up)
     assert catching_up.urgent(small) and catching_up.urgent(tail)
+
+
+def test_a_light_request_runs_inline_only_when_the_commit_lock_is_free(tmp_path: Any) -> None:
+    store = crdt_kv.open(str(tmp_path / "s"), backend="memory")
+    link: Any = SimpleNamespace(replica=store)
+    driver = LinkDriver(link, worker=StorageWorker(store))
+    ran: list[str] = []
+    driver._perform_inline = lambda r: ran.append(r.name)  # type: ignore[method-assign, assignment, union-attr]
+    request = Work("light", True, [])
+    assert driver._inline(request)  # type: ignore[arg-type]
+    assert ran == ["light"]
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:  # another thread in the middle of a commit or a read
+        with store._commit_lock():
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    try:
+        assert not driver._inline(request)  # type: ignore[arg-type]
+        assert ran == ["light"]
+    finally:
+        release.set()
+        t.join()
+    assert driver._inline(request)  # type: ignore[arg-type]
+    assert ran == ["light", "light"]
+    store.close()

@@ -282,10 +282,7 @@ class LinkDriver:
                 if request is None:
                     break
                 self._storage_busy = True
-                if request.light and self.worker.idle:
-                    # A live push (a few entries): two thread hops would cost more than the
-                    # work; with the worker idle the loop cannot wait on the store lock.
-                    self._perform_inline(request)
+                if request.light and self._inline(request):
                     inline = True
                 elif self._must_wait(request):
                     assert self._nursery is not None
@@ -330,6 +327,27 @@ class LinkDriver:
             return True
         s = self.link.session
         return isinstance(request, ApplyBatch) and s is not None and s.in_state is InState.LIVE
+
+    def _inline(self, request: StorageRequest) -> bool:
+        """Perform a light request (a live push or tail read: a few entries) on the loop
+        if that cannot block it: two thread hops cost more than the work, and under load
+        each costs a pass of a busy event loop. A store's commit lock is tried, never
+        waited for (another thread's catch-up read or commit may hold it); a replica
+        without one is performed inline only while the storage worker is idle."""
+        replica = self.link.replica
+        try_lock = getattr(replica, "try_commit_lock", None)
+        if try_lock is None:
+            if not self.worker.idle:
+                return False
+            self._perform_inline(request)
+            return True
+        if not try_lock():
+            return False
+        try:
+            self._perform_inline(request)
+        finally:
+            replica.release_commit_lock()  # type: ignore[attr-defined]
+        return True
 
     def _perform_inline(self, request: StorageRequest) -> None:
         try:

@@ -209,8 +209,11 @@ class PeerBook:
         """The per-peer table of :meth:`Node.stats` (see there for the fields)."""
         self.prune()
         out: dict[str, dict[str, Any]] = {}
+        # One scan of the cursors, not a read per peer: with hundreds of peers (a flood of
+        # made-up ids) the reads were most of a metrics scrape's time on the event loop.
+        cursors = {} if self.store.closed else self.store.cursors()
         for rec in self.records.values():
-            out[rec.peer_id] = self.snapshot(rec, now)
+            out[rec.peer_id] = self.snapshot(rec, now, cursors)
         for t in targets:
             entry = out.get(t.peer_id) if t.peer_id is not None else None
             if entry is None:
@@ -225,8 +228,11 @@ class PeerBook:
                 entry["last_error"] = t.last_error
         return out
 
-    def snapshot(self, rec: PeerRecord, now: float) -> dict[str, Any]:
-        """One peer's row: totals plus what its open sessions have done so far."""
+    def snapshot(
+        self, rec: PeerRecord, now: float, cursors: dict[tuple[str, bytes], int] | None = None
+    ) -> dict[str, Any]:
+        """One peer's row: totals plus what its open sessions have done so far
+        (``cursors``: :meth:`Store.cursors`, read once for many rows)."""
         totals = dict(rec.totals)
         remote_seq = rec.remote_last_seq
         tailing = False
@@ -241,7 +247,9 @@ class PeerBook:
                 if session.in_state is InState.LIVE and session.lag == 0:
                     tailing = True
         cursor = 0
-        if rec.incarnation is not None and not self.store.closed:
+        if rec.incarnation is not None and cursors is not None:
+            cursor = cursors.get((rec.peer_id, rec.incarnation), 0)
+        elif rec.incarnation is not None and not self.store.closed:
             cursor = self.store.cursor(rec.peer_id, rec.incarnation)
         lag_s: float | None
         if tailing:

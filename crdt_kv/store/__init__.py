@@ -231,6 +231,16 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
     def _commit_lock(self) -> threading.RLock:
         return self._w.lock
 
+    def try_commit_lock(self) -> bool:
+        """Take the commit lock if it is free, never waiting; True if taken (then call
+        :meth:`release_commit_lock`). An event loop performs a small storage request
+        inline only when this says it cannot block on another thread's commit or read."""
+        return self._w.lock.acquire(blocking=False)
+
+    def release_commit_lock(self) -> None:
+        """Release the lock :meth:`try_commit_lock` took."""
+        self._w.lock.release()
+
     def _record(self, k: bytes) -> RawEntry | None:
         blob = self._bget(DATA + k)
         return None if blob is None else unpack_record(k, blob)
