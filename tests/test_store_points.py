@@ -1,6 +1,7 @@
-"""``Store.get`` (``crdt_kv/store/points.py``) inlines the utf-8 key encoding, the slice of
-a format-1 record and the CBOR decoder's first fast path (issue 13); each must give what
-the function it inlines gives, errors included."""
+"""``Store.get`` (``crdt_kv/store/points.py``) takes shortcuts (issue 13): the utf-8 key
+encoding inlined, and ``accel.point_value`` / ``accel.lww_value`` (compiled, or their
+references in ``crdt_kv/layout_reads.py``); each must give what the store's encoder and
+decoder give, errors included. Run on both paths (``CRDT_KV_PURE_PYTHON=1``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Range reads (``crdt_kv/store/reads.py``): the flat scan loop slices records of peer ids
-it has seen parse, and must yield and raise exactly what a full parse of every record
-would (issue 13). Each test writes damaged records straight through the backend, after
-good ones, so the damaged record meets a warm peer cache."""
+"""Range reads (``crdt_kv/store/reads.py``): the flat scan loop (one compiled
+``accel.scan_item`` call per record, or, on the pure path, slices of records of peer ids it
+has seen parse) must yield and raise exactly what a full parse of every record would
+(issue 13). Each test writes damaged records straight through the backend, after good
+ones, so the damaged record meets a warm peer cache. Run on both paths
+(``CRDT_KV_PURE_PYTHON=1``)."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from crdt_kv.accel import COMPILED
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import decode_cbor, key_codec, short_repr, value_codec
@@ -129,6 +130,7 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
         self._cbor_values = self._vdec is decode_cbor
+        self._one_call_get = self._str_keys and self._cbor_values and COMPILED is not None
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
