@@ -3,10 +3,12 @@
 A base class of the store (so the store module stays small). With utf-8 keys, ``cbor``
 values and the compiled speedups built, a ``get`` of a plain str key is one call,
 :func:`crdt_kv.accel.point_value`: the key's encoding, the backend read and the decoding
-in C. Otherwise ``get`` is kept flat: the utf-8 key encoding is inlined (falling back to
-the store's encoder) and a record of a ``cbor`` store is decoded by
-:func:`crdt_kv.accel.lww_value`. The references of both are in
-:mod:`crdt_kv.layout_reads`, and the compiled twins call them for every case they leave,
+in C, which hands every record it does not take to its reference
+(:func:`crdt_kv.layout_reads.point_value`). Otherwise (and on the pure path) ``get`` is
+kept flat, with no call per read but the backend's and cbor2's: the utf-8 key encoding,
+the slice of a format-1 record (:func:`~crdt_kv.layout.live_value`) and the first fast
+path of :func:`~crdt_kv.codec.decode_cbor` are inlined (as in
+:func:`crdt_kv.layout_reads.lww_value`), and each falls back to the function it inlines,
 so results and errors are the functions' own.
 """
 
@@ -14,11 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from crdt_kv.accel import lww_value, point_value
+from cbor2 import loads
+
+from crdt_kv.accel import point_value
 from crdt_kv.backends.base import Backend
-from crdt_kv.codec import SHORT_KEY_CHARS, Decoder
+from crdt_kv.codec import CBOR_BREAK, CBOR_CLOSE_LIST, CBOR_OPEN_LIST, SHORT_KEY_CHARS, Decoder
 from crdt_kv.errors import CorruptionError, EncodingError
-from crdt_kv.layout import DATA, live_value
+from crdt_kv.layout import (
+    DATA,
+    FLAG_DELETED,
+    FORMAT_VERSION,
+    MIN_RECORD,
+    RECORD_HEAD,
+    SEQ_SIZE,
+    live_value,
+)
 from crdt_kv.layout_reads import UNHANDLED
 from crdt_kv.store.writes import Writer
 
@@ -37,7 +49,7 @@ class PointReads:
     """The value decoder is :func:`~crdt_kv.codec.decode_cbor`."""
     _one_call_get: bool
     """``get`` starts with :func:`~crdt_kv.accel.point_value` (utf-8 keys, ``cbor``
-    values, the compiled twin: the pure one would only add a call)."""
+    values, the compiled twin: the pure one would only add calls to the inlined path)."""
 
     def _enc_key(self, key: Any) -> bytes:
         raise NotImplementedError
@@ -60,11 +72,20 @@ class PointReads:
         blob = self._backend.point_get(DATA + k)
         if blob is None:
             return default
-        if self._cbor_values:
-            return lww_value(blob, key, default)
-        v = live_value(blob, key)
+        if blob[0] != FORMAT_VERSION or len(blob) < MIN_RECORD:
+            v = live_value(blob, key)
+        elif blob[1] & FLAG_DELETED:
+            v = None
+        else:
+            v = blob[RECORD_HEAD + blob[RECORD_HEAD - 1] : -SEQ_SIZE]
         if v is None:
             return default
+        if self._cbor_values and CBOR_BREAK not in v:
+            try:
+                (value,) = loads(CBOR_OPEN_LIST + v + CBOR_CLOSE_LIST)
+                return value
+            except Exception:  # decode_cbor's other paths decide
+                pass
         try:
             return self._vdec(v)
         except EncodingError as exc:
