@@ -11,9 +11,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from crdt_kv import Store
+from crdt_kv import Store, accel
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.layout import DATA, record_body
+from crdt_kv.store import points
 
 Factory = Callable[..., Any]
 
@@ -75,3 +76,28 @@ def test_keys_the_inlined_encoding_does_not_take(store_factory: Factory) -> None
     assert b.get(b"\x00k") == {"a": [1]} and b.get(b"k") is None
     with pytest.raises(EncodingError):
         b.get("str")
+
+
+@pytest.mark.parametrize(
+    ("options", "compiled"),
+    [({}, True), ({"conflicts": "siblings"}, False), ({"value_encoding": "json"}, False)],
+    ids=["lww-cbor", "siblings", "json"],
+)
+def test_get_takes_the_compiled_path_where_it_applies(
+    store_factory: Factory, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], compiled: bool
+) -> None:
+    """An lww store with utf-8 keys and cbor values reads a str key in one compiled call
+    when the speedups are built; a siblings store (no format-1 records) and other
+    encodings never call it; every store reads the same either way."""
+    calls: list[object] = []
+    real = points.point_value
+
+    def spy(get: Any, key: object, default: Any) -> Any:
+        calls.append(key)
+        return real(get, key, default)
+
+    monkeypatch.setattr(points, "point_value", spy)
+    s: Store = store_factory("rocksdb", **options)
+    s.put("k", {"a": [1]})
+    assert s.get("k") == {"a": [1]} and s.get("nope", 3) == 3
+    assert calls == (["k", "nope"] if compiled and accel.COMPILED is not None else [])

@@ -130,7 +130,9 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
         self._cbor_values = self._vdec is decode_cbor
-        self._one_call_get = self._str_keys and self._cbor_values and COMPILED is not None
+        # The compiled reads take format-1 records only: a siblings store has none.
+        compiled_reads = COMPILED is not None and m.conflicts != "siblings"
+        self._one_call_get = compiled_reads and self._str_keys and self._cbor_values
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
@@ -145,7 +147,9 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         self._history = History(backend, self._check, self._enc_key, self._to_entry)
         if keep_history:
             self._log.history = self._history.ops
-        self._reader = RangeReader(backend, self._check, self._enc_key, self._kdec, self._vdec)
+        self._reader = RangeReader(
+            backend, self._check, self._enc_key, self._kdec, self._vdec, compiled=compiled_reads
+        )
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
         self._w.gc_horizon = state.gc_horizon
         self._collector = Collector(backend, self._w)

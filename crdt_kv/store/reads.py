@@ -92,7 +92,7 @@ def key_range(
 class RangeReader:
     """Key-ordered scans of live records for :meth:`Store.items` and friends."""
 
-    __slots__ = ("_backend", "_check", "_enc_key", "_kdec", "_vdec")
+    __slots__ = ("_backend", "_check", "_compiled", "_enc_key", "_kdec", "_vdec")
 
     def __init__(
         self,
@@ -101,9 +101,14 @@ class RangeReader:
         enc_key: Callable[[Any], bytes],
         kdec: Decoder,
         vdec: Decoder,
+        *,
+        compiled: bool = False,
     ) -> None:
+        """``compiled``: range reads may use the compiled :func:`~crdt_kv.accel.scan_item`
+        (the store says so when it is built and the records are format 1)."""
         self._backend, self._check, self._enc_key = backend, check, enc_key
         self._kdec, self._vdec = kdec, vdec
+        self._compiled = compiled and COMPILED is not None
 
     def _span(self, bounds: Bounds) -> tuple[bytes, bytes]:
         """``(start, stop)`` storage keys of ``bounds``; runs the closed check first."""
@@ -139,7 +144,7 @@ class RangeReader:
         :func:`~crdt_kv.accel.scan_item` can decode them, else :meth:`_scan_decoded`."""
         utf8 = self._kdec is decode_utf8
         if (
-            COMPILED is not None
+            self._compiled
             and (what == KEYS or self._vdec is decode_cbor)
             and (utf8 or self._kdec is _BINARY_KEYS)
         ):
