@@ -382,10 +382,10 @@ scan_keys = st.one_of(
 @given(
     k=scan_keys,
     blob=st.one_of(records(), st.binary(max_size=30)),
-    what=st.sampled_from([ITEMS, KEYS, VALUES, 3, -1]),
-    utf8=st.booleans(),
+    what=st.sampled_from([ITEMS, KEYS, VALUES, 3, -1, 1 << 70, True, "x"]),
+    utf8=st.sampled_from([True, False, 1, 0, None, "x"]),
 )
-def test_scan_item_compiled_equals_pure(k: bytes, blob: bytes, what: int, utf8: bool) -> None:
+def test_scan_item_compiled_equals_pure(k: bytes, blob: bytes, what: Any, utf8: Any) -> None:
     assert C is not None
     assert outcome(C.scan_item, k, blob, what, utf8) == outcome(PURE.scan_item, k, blob, what, utf8)
 

@@ -313,12 +313,12 @@ PyObject *scan_item(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     if (!configured()) return NULL;
     PyObject *k = args[0], *blob = args[1];
-    long what = PyLong_AsLong(args[2]);
-    if (what == -1 && PyErr_Occurred()) return NULL;
-    int utf8 = PyObject_IsTrue(args[3]);
-    if (utf8 < 0) return NULL;
+    /* anything but an exact int `what` and a bool `utf8_keys` goes to the reference */
+    long what = PyLong_CheckExact(args[2]) ? PyLong_AsLong(args[2]) : -1;
+    if (what == -1 && PyErr_Occurred()) PyErr_Clear(); /* past a long: not 0-2 */
+    int utf8 = args[3] == Py_True;
     if (PyBytes_CheckExact(k) && PyBytes_GET_SIZE(k) >= DATA_SKIP && PyBytes_CheckExact(blob) &&
-        what >= WHAT_ITEMS && what <= WHAT_VALUES) {
+        what >= WHAT_ITEMS && what <= WHAT_VALUES && PyBool_Check(args[3])) {
         const uint8_t *b = (const uint8_t *)PyBytes_AS_STRING(blob);
         Py_ssize_t n = PyBytes_GET_SIZE(blob);
         if (plain_record(b, n)) {
