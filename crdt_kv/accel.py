@@ -55,6 +55,7 @@ __all__ = [
     "Impl",
     "Note",
     "SpeedupsWarning",
+    "bind_get",
     "blake2b",
     "bucket_ops",
     "cbor_item_end",
@@ -176,6 +177,11 @@ def _bucket_ops(
     ]
 
 
+def _bind_get(writer: object, backend: object, fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """The reference of the compiled getter is the method it stands for."""
+    return fallback
+
+
 def _uint_at(buf: bytes, p: int) -> tuple[int, int]:
     """The unsigned integer whose CBOR head is at ``buf[p]`` and the offset after it;
     ``(-1, p)`` if the head is of another type or indefinite (IndexError past the end)."""
@@ -288,6 +294,7 @@ class Impl:
     lww_value: Callable[[bytes, object, Any], Any]
     point_value: Callable[[Callable[[bytes], bytes | None], object, Any], Any]
     scan_item: Callable[[bytes, bytes, int, bool], Any]
+    bind_get: Callable[[object, object, Callable[..., Any]], Callable[..., Any]]
 
 
 PURE = Impl(
@@ -304,6 +311,7 @@ PURE = Impl(
     _lww_value,
     _point_value,
     _scan_item,
+    _bind_get,
 )
 """The reference implementation."""
 
@@ -360,6 +368,7 @@ def _load() -> tuple[Impl | None, str]:
         ext.lww_value,
         ext.point_value,
         ext.scan_item,
+        ext.bind_get,
     )
     return impl, "speedups: compiled"
 
@@ -430,3 +439,10 @@ scan_item = ACTIVE.scan_item
 (:func:`crdt_kv.layout_reads.scan_item`, which the twin calls for every record but a
 well-formed format-1 one with an ASCII peer id, a key that decodes and, unless ``what``
 is KEYS, a value that is exactly one item ``cbor2.loads`` takes)."""
+bind_get = ACTIVE.bind_get
+"""``bind_get(writer, backend, fallback) -> get``: a store's ``get``, where ``fallback``
+is the store's own (bound) Python ``get``. The compiled twin reads ``get(key)`` and
+``get(key, default)`` of a plain str key itself while ``writer.closed`` is false, as
+:func:`point_value` through ``backend.point_get`` (looked up per call), with no Python
+frame, and hands every other call, and every key :func:`point_value` leaves, to
+``fallback`` with the caller's own arguments; the pure one is ``fallback``."""

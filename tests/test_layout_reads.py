@@ -13,7 +13,9 @@ import contextlib
 import gc
 import importlib
 import sys
+import weakref
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import cbor2
@@ -442,8 +444,9 @@ def test_the_compiled_reads_know_the_layout_and_refuse_another() -> None:
 @needs_c
 @pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="CPython reference counts")
 def test_the_compiled_reads_keep_reference_counts() -> None:
-    """Every path (decoded, tombstone, handed to the reference, raising) leaves the
-    arguments' reference counts as it found them, and returns one reference."""
+    """Every path (decoded, tombstone, handed to the reference, raising; called plainly
+    or through a bound getter) leaves the arguments' reference counts as it found them,
+    and returns one reference."""
     assert C is not None
     default, key = object(), "k-" + str(id(object()))
     blobs = [
@@ -456,6 +459,8 @@ def test_the_compiled_reads_keep_reference_counts() -> None:
     ]
     reads = _Reads({})
     k = DATA + key.encode()
+    backend = SimpleNamespace(point_get=reads)
+    get = C.bind_get(SimpleNamespace(closed=False), backend, lambda *a, **kw: None)
 
     def every_path() -> None:
         for blob in blobs:
@@ -466,15 +471,19 @@ def test_the_compiled_reads_keep_reference_counts() -> None:
             for call in (C.lww_value, C.point_value):
                 with contextlib.suppress(CorruptionError):
                     call(reads if call is C.point_value else blob, key, default)
+            for args, kw in (((key,), {}), ((key, default), {}), ((key,), {"default": default})):
+                with contextlib.suppress(CorruptionError):
+                    get(*args, **kw)
+            get(b"bytes", default)
         reads.data.clear()
 
     every_path()  # anything cached on a first call is cached before counting
     gc.collect()  # an error's traceback and the frame holding it form a cycle
-    before = [sys.getrefcount(x) for x in (default, key, *blobs)]
+    before = [sys.getrefcount(x) for x in (default, key, reads, *blobs)]
     for _ in range(50):
         every_path()
     gc.collect()
-    assert [sys.getrefcount(x) for x in (default, key, *blobs)] == before
+    assert [sys.getrefcount(x) for x in (default, key, reads, *blobs)] == before
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
@@ -489,3 +498,66 @@ def test_a_value_past_what_loads_takes_gets_the_reference_error(impl: accel.Impl
             PURE.lww_value(blob, "k", None)
         assert str(got.value) == str(want.value)
         assert isinstance(got.value.__cause__, EncodingError)
+
+
+# --- bind_get -------------------------------------------------------------------------------------
+
+
+class _Fallback:
+    """The store's Python ``get`` as the getter sees it: records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        self.calls.append((args, kw))
+        return "fallback"
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_bind_get_reads_plain_keys_and_hands_over_the_rest(impl: accel.Impl) -> None:
+    writer = SimpleNamespace(closed=False)
+    reads = _Reads({DATA + b"k": _record(1, 0, b"p", b"\x61v")})
+    backend = SimpleNamespace(point_get=reads)
+    fallback = _Fallback()
+    get = impl.bind_get(writer, backend, fallback)
+    compiled = impl is not PURE
+    assert get("k") == ("v" if compiled else "fallback")
+    assert get("nope", 5) == (5 if compiled else "fallback")
+    assert get("nope", default=6) == (6 if compiled else "fallback")
+    plain = 0 if compiled else 3
+    assert len(fallback.calls) == plain
+    odd: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((b"k",), {}),  # a key point_value leaves
+        (("\udc80", 1), {}),
+        ((), {}),
+        (("k", 1, 2), {}),
+        (("k",), {"dflt": 1}),
+        ((), {"key": "k"}),
+        (("k", 1), {"default": 2}),
+    ]
+    for args, kw in odd:
+        assert get(*args, **kw) == "fallback"
+    assert fallback.calls[plain:] == odd
+    writer.closed = True
+    assert get("k") == "fallback" and fallback.calls[-1] == (("k",), {})
+    writer.closed = False
+    backend.point_get = _Reads({})  # a backend rebinds point_get (reopened, closed)
+    assert get("k") == (None if compiled else "fallback")
+    if compiled:
+        assert reads.asked == [DATA + b"k", DATA + b"nope", DATA + b"nope"]
+        assert backend.point_get.asked == [DATA + b"k"]
+
+
+@needs_c
+def test_a_store_and_its_compiled_get_are_collected() -> None:
+    import crdt_kv
+
+    s = crdt_kv.open(backend="memory")
+    assert type(s.get).__name__ == "Getter"
+    s.put("k", 1)
+    gone = weakref.ref(s)
+    s.close()
+    del s
+    gc.collect()
+    assert gone() is None

@@ -18,6 +18,8 @@
  *   lww_value(blob, key, default)  Store.get's decoded value of a stored record
  *   point_value(get, key, default) Store.get of a str key: its storage key, the read, then
  *                                  lww_value
+ *   bind_get(writer, backend, fallback)
+ *                                  a store's get: point_value while open, else fallback
  *   scan_item(k, blob, what, utf8_keys)
  *                                  a range read's item of one (storage key, record)
  *   reads_setup(layout, loads, lww_slow, scan_slow, skip, unhandled)
@@ -52,6 +54,8 @@ static PyMethodDef methods[] = {
      "lww_value(blob, key, default): see crdt_kv.layout_reads.lww_value."},
     {"point_value", (PyCFunction)(void (*)(void))point_value, METH_FASTCALL,
      "point_value(get, key, default): see crdt_kv.layout_reads.point_value."},
+    {"bind_get", (PyCFunction)(void (*)(void))bind_get, METH_FASTCALL,
+     "bind_get(writer, backend, fallback): see crdt_kv.accel.bind_get."},
     {"scan_item", (PyCFunction)(void (*)(void))scan_item, METH_FASTCALL,
      "scan_item(k, blob, what, utf8_keys): see crdt_kv.layout_reads.scan_item."},
     {"reads_setup", (PyCFunction)(void (*)(void))reads_setup, METH_FASTCALL,
@@ -74,4 +78,7 @@ static struct PyModuleDef module = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (reads_ready() < 0) return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,15 +1,20 @@
 /* The per-record work of the store's reads (issue 13): cbor_item_end (where the first
  * CBOR item of a buffer ends, from its structure alone), lww_value (what Store.get makes of
- * a stored record) and scan_item (what a range read makes of one (storage key, record)).
+ * a stored record), point_value (Store.get of a plain str key, the read included), the
+ * Getter type bind_get makes (a store's get with no Python frame) and scan_item (what a
+ * range read makes of one (storage key, record)).
  *
- * The pure-Python references are in crdt_kv/layout_reads.py. lww_value and scan_item
- * handle only the common case here: a well-formed format-1 record whose value is exactly
- * one CBOR item that cbor2's loads decodes. Anything else (a siblings or malformed record,
- * a non-ASCII peer id, a key that is not UTF-8, a value with trailing bytes, nested
- * deeper than SCAN_DEPTH, or that loads refuses) is handed to the reference itself, so
- * results and errors are the reference's by construction.
+ * The pure-Python references are in crdt_kv/layout_reads.py. The functions here handle
+ * only the common case: a well-formed format-1 record whose value is exactly one CBOR item
+ * that cbor2's loads decodes. Anything else (a siblings or malformed record, a non-ASCII
+ * peer id, a key that is not UTF-8, a value with trailing bytes, nested deeper than
+ * SCAN_DEPTH, or that loads refuses) is handed to the reference itself, so results and
+ * errors are the reference's by construction.
  */
 #include "speedups.h"
+
+#include <stddef.h>
+#include <structmember.h>
 
 /* The record layout (crdt_kv.layout) and the longest str key encoded without the store's
  * encoder (crdt_kv.codec.SHORT_KEY_CHARS); reads_setup checks they match. */
@@ -231,27 +236,143 @@ static PyObject *storage_key(PyObject *key) {
     return k;
 }
 
+/* point_value(get, key, default) once configured: a new reference (to cfg_unhandled for
+ * a key it leaves to the store's encoder), or NULL with an error set. */
+static PyObject *point_read(PyObject *get, PyObject *key, PyObject *deflt) {
+    PyObject *k = storage_key(key);
+    if (k == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(cfg_unhandled);
+    PyObject *blob = PyObject_CallOneArg(get, k);
+    Py_DECREF(k);
+    if (blob == NULL) return NULL;
+    PyObject *out;
+    if (blob == Py_None) {
+        out = Py_NewRef(deflt);
+    } else {
+        PyObject *record[3] = {blob, key, deflt};
+        out = record_value(record);
+    }
+    Py_DECREF(blob);
+    return out;
+}
+
 PyObject *point_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "point_value(get, key, default)");
         return NULL;
     }
-    if (!configured()) return NULL;
-    PyObject *k = storage_key(args[1]);
-    if (k == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(cfg_unhandled);
-    PyObject *blob = PyObject_CallOneArg(args[0], k);
-    Py_DECREF(k);
-    if (blob == NULL) return NULL;
-    PyObject *out;
-    if (blob == Py_None) {
-        out = Py_NewRef(args[2]);
-    } else {
-        PyObject *record[3] = {blob, args[1], args[2]};
-        out = record_value(record);
+    return configured() ? point_read(args[0], args[1], args[2]) : NULL;
+}
+
+/* ---- a store's get, bound --------------------------------------------------------------- */
+
+/* bind_get(writer, backend, fallback): a callable that is fallback (the store's Python get,
+ * bound) but reads a plain str key itself: get(key) or get(key, default), default
+ * positional or by name, while writer.closed is false, through backend.point_get (looked
+ * up per call: a backend rebinds it). Every other call, and every key point_read leaves,
+ * goes to fallback with the caller's own arguments, so results and errors are its own.
+ * A store holds its getter and the getter holds the store (through fallback): the GC
+ * collects the pair (a store is in cycles of its own already). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *writer, *backend, *fallback;
+} Getter;
+
+static PyObject *str_closed, *str_point_get, *str_default;
+
+static PyObject *getter_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames) {
+    Getter *g = (Getter *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int plain = nkw == 0 ? nargs == 1 || nargs == 2
+                         : nargs == 1 && nkw == 1 &&
+                               PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), str_default) == 0;
+    if (PyErr_Occurred()) return NULL;
+    if (plain) {
+        PyObject *closed = PyObject_GetAttr(g->writer, str_closed);
+        if (closed == NULL) return NULL;
+        int is_closed = PyObject_IsTrue(closed);
+        Py_DECREF(closed);
+        if (is_closed < 0) return NULL;
+        if (!is_closed) {
+            PyObject *get = PyObject_GetAttr(g->backend, str_point_get);
+            if (get == NULL) return NULL;
+            PyObject *out = point_read(get, args[0], nargs + nkw == 2 ? args[1] : Py_None);
+            Py_DECREF(get);
+            if (out != cfg_unhandled) return out;
+            Py_DECREF(out);
+        }
     }
-    Py_DECREF(blob);
-    return out;
+    return PyObject_Vectorcall(g->fallback, args, nargsf, kwnames);
+}
+
+static int getter_traverse(PyObject *self, visitproc visit, void *arg) {
+    Getter *g = (Getter *)self;
+    Py_VISIT(g->writer);
+    Py_VISIT(g->backend);
+    Py_VISIT(g->fallback);
+    return 0;
+}
+
+static int getter_clear(PyObject *self) {
+    Getter *g = (Getter *)self;
+    Py_CLEAR(g->writer);
+    Py_CLEAR(g->backend);
+    Py_CLEAR(g->fallback);
+    return 0;
+}
+
+static void getter_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    getter_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyMemberDef getter_members[] = {
+    {"__wrapped__", T_OBJECT, offsetof(Getter, fallback), READONLY,
+     "the store's Python get, which this getter is (inspect.signature follows it)"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject GetterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "crdt_kv._speedups.Getter",
+    .tp_basicsize = sizeof(Getter),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Store.get of a store with utf-8 keys and cbor values (see crdt_kv.accel.bind_get).",
+    .tp_vectorcall_offset = offsetof(Getter, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = getter_traverse,
+    .tp_clear = getter_clear,
+    .tp_dealloc = getter_dealloc,
+    .tp_members = getter_members,
+};
+
+int reads_ready(void) {
+    str_closed = PyUnicode_InternFromString("closed");
+    str_point_get = PyUnicode_InternFromString("point_get");
+    str_default = PyUnicode_InternFromString("default");
+    if (str_closed == NULL || str_point_get == NULL || str_default == NULL) return -1;
+    return PyType_Ready(&GetterType);
+}
+
+PyObject *bind_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "bind_get(writer, backend, fallback: callable)");
+        return NULL;
+    }
+    if (!configured()) return NULL;
+    Getter *g = PyObject_GC_New(Getter, &GetterType);
+    if (g == NULL) return NULL;
+    g->vectorcall = getter_call;
+    g->writer = Py_NewRef(args[0]);
+    g->backend = Py_NewRef(args[1]);
+    g->fallback = Py_NewRef(args[2]);
+    PyObject_GC_Track((PyObject *)g);
+    return (PyObject *)g;
 }
 
 /* Whether a format-1 record of n bytes at b is whole, with a non-empty peer id that is

@@ -33,6 +33,8 @@ SPEEDUPS_HIDDEN PyObject *cbor_item_end(PyObject *self, PyObject *data);
 SPEEDUPS_HIDDEN PyObject *lww_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 SPEEDUPS_HIDDEN PyObject *point_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 SPEEDUPS_HIDDEN PyObject *scan_item(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN PyObject *bind_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN int reads_ready(void); /* the Getter type bind_get returns: at import */
 SPEEDUPS_HIDDEN PyObject *reads_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* rows.c */

@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from crdt_kv.accel import COMPILED
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import context_of, sibling_order, siblings
 from crdt_kv.codec import decode_cbor, key_codec, short_repr, value_codec
@@ -130,9 +129,6 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         self._str_keys = m.key_encoding == "utf-8"
         self._venc, self._vdec = value_codec(m.value_encoding)
         self._cbor_values = self._vdec is decode_cbor
-        # The compiled reads take format-1 records only: a siblings store has none.
-        compiled_reads = COMPILED is not None and m.conflicts != "siblings"
-        self._one_call_get = compiled_reads and self._str_keys and self._cbor_values
         self._peer_id, self._incarnation = m.peer_id, m.incarnation
         self._hooks = Hooks(self.stats, self._to_entry)
         self._log = Committer(
@@ -142,13 +138,19 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
         self._w = Writer(backend, self._log, self._hlc, self._hooks, self.stats, m, checker)
         self._w.read_only = read_only
+        self._bind_get(m.conflicts != "siblings")  # the compiled reads take format 1 only
         if m.conflicts == "siblings":
             self._w.order = sibling_order(resolver, self._to_entry)
         self._history = History(backend, self._check, self._enc_key, self._to_entry)
         if keep_history:
             self._log.history = self._history.ops
         self._reader = RangeReader(
-            backend, self._check, self._enc_key, self._kdec, self._vdec, compiled=compiled_reads
+            backend,
+            self._check,
+            self._enc_key,
+            self._kdec,
+            self._vdec,
+            compiled=m.conflicts != "siblings",
         )
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
         self._w.gc_horizon = state.gc_horizon

@@ -1,24 +1,25 @@
 """The point read of :class:`~crdt_kv.store.Store`: ``get``, its hottest read (issue 13).
 
-A base class of the store (so the store module stays small). With utf-8 keys, ``cbor``
-values and the compiled speedups built, a ``get`` of a plain str key is one call,
-:func:`crdt_kv.accel.point_value`: the key's encoding, the backend read and the decoding
-in C, which hands every record it does not take to its reference
-(:func:`crdt_kv.layout_reads.point_value`). Otherwise (and on the pure path) ``get`` is
-kept flat, with no call per read but the backend's and cbor2's: the utf-8 key encoding,
-the slice of a format-1 record (:func:`~crdt_kv.layout.live_value`) and the first fast
-path of :func:`~crdt_kv.codec.decode_cbor` are inlined (as in
-:func:`crdt_kv.layout_reads.lww_value`), and each falls back to the function it inlines,
-so results and errors are the functions' own.
+A base class of the store (so the store module stays small). ``get`` is kept flat, with
+no call per read but the backend's and cbor2's: the utf-8 key encoding, the slice of a
+format-1 record (:func:`~crdt_kv.layout.live_value`) and the first fast path of
+:func:`~crdt_kv.codec.decode_cbor` are inlined, and each falls back to the function it
+inlines, so results and errors are the functions' own.
+
+With the compiled speedups built, an ``lww`` store with utf-8 keys and ``cbor`` values
+replaces ``get`` on the instance by its compiled twin (:func:`crdt_kv.accel.bind_get`):
+a plain str key is read in one C call, with no Python frame; anything else is handed to
+the method below.
 """
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Any
 
 from cbor2 import loads
 
-from crdt_kv.accel import point_value
+from crdt_kv.accel import COMPILED, bind_get
 from crdt_kv.backends.base import Backend
 from crdt_kv.codec import CBOR_BREAK, CBOR_CLOSE_LIST, CBOR_OPEN_LIST, SHORT_KEY_CHARS, Decoder
 from crdt_kv.errors import CorruptionError, EncodingError
@@ -31,7 +32,6 @@ from crdt_kv.layout import (
     SEQ_SIZE,
     live_value,
 )
-from crdt_kv.layout_reads import UNHANDLED
 from crdt_kv.store.writes import Writer
 
 __all__ = ["PointReads"]
@@ -47,21 +47,25 @@ class PointReads:
     """The key encoding is ``utf-8``."""
     _cbor_values: bool
     """The value decoder is :func:`~crdt_kv.codec.decode_cbor`."""
-    _one_call_get: bool
-    """``get`` starts with :func:`~crdt_kv.accel.point_value` (utf-8 keys, ``cbor``
-    values, the compiled twin: the pure one would only add calls to the inlined path)."""
 
     def _enc_key(self, key: Any) -> bytes:
         raise NotImplementedError
+
+    def _bind_get(self, lww: bool) -> None:
+        """Give this instance the compiled ``get`` (:func:`crdt_kv.accel.bind_get` of the
+        method below) when the speedups are built, the store is ``lww`` (the C reads
+        format-1 records only), keys are utf-8 and values ``cbor``; never when a subclass
+        overrides ``get``. Call once, with ``_w`` and ``_backend`` set."""
+        if COMPILED is None or not (lww and self._str_keys and self._cbor_values):
+            return
+        if type(self).get is PointReads.get:
+            fallback = MethodType(PointReads.get, self)
+            self.get = bind_get(self._w, self._backend, fallback)  # type: ignore[method-assign]
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The live value of ``key``, or ``default`` if absent or deleted."""
         if self._w.closed:
             self._w.check()
-        if self._one_call_get:
-            v = point_value(self._backend.point_get, key, default)
-            if v is not UNHANDLED:
-                return v
         if type(key) is str and self._str_keys and len(key) <= SHORT_KEY_CHARS:
             try:
                 k = key.encode()
