@@ -54,6 +54,7 @@ pytest: $(VENV)/.installed-test
 # The pure-Python twin of the compiled speedups (crdt_kv/accel.py), on the tests that
 # exercise it: the full run above takes the compiled path when the extension is built.
 PURE_TESTS ?= tests/test_accel.py tests/test_fingerprint.py tests/test_store.py \
+	tests/test_layout_reads.py tests/test_store_points.py tests/test_store_reads.py \
 	tests/test_store_gc.py tests/test_store_scrub.py tests/test_crash.py tests/test_repair.py \
 	tests/test_protocol_batch_decoding.py
 pytest-pure: $(VENV)/.installed-test

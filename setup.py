@@ -13,7 +13,7 @@ would import as an empty namespace package where the extension is not built, and
 from setuptools import Extension, setup
 
 SRC = "crdt_kv/_speedups_c"
-SOURCES = ("module", "blake2b", "buckets", "rows", "stage")
+SOURCES = ("module", "blake2b", "buckets", "reads", "rows", "stage")
 HEADERS = ("speedups", "blake2b", "u256")
 
 setup(

@@ -23,6 +23,9 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import cbor2
 
 from crdt_kv.errors import CorruptionError
 from crdt_kv.layout import (
@@ -37,6 +40,11 @@ from crdt_kv.layout import (
 )
 from crdt_kv.layout import stage_records as _stage_records
 from crdt_kv.layout_fingerprints import pack_bucket
+from crdt_kv.layout_reads import READS_LAYOUT, SKIP, UNHANDLED
+from crdt_kv.layout_reads import cbor_item_end as _cbor_item_end
+from crdt_kv.layout_reads import lww_value as _lww_value
+from crdt_kv.layout_reads import point_value as _point_value
+from crdt_kv.layout_reads import scan_item as _scan_item
 from crdt_kv.version import RAW_SETTERS, RawEntry
 
 __all__ = [
@@ -47,12 +55,17 @@ __all__ = [
     "Impl",
     "Note",
     "SpeedupsWarning",
+    "bind_get",
     "blake2b",
     "bucket_ops",
+    "cbor_item_end",
     "fill_batch",
     "fold",
     "lww_run",
+    "lww_value",
+    "point_value",
     "position",
+    "scan_item",
     "sort_index",
     "stage_records",
 ]
@@ -164,6 +177,11 @@ def _bucket_ops(
     ]
 
 
+def _bind_get(writer: object, backend: object, fallback: Callable[..., Any]) -> Callable[..., Any]:
+    """The reference of the compiled getter is the method it stands for."""
+    return fallback
+
+
 def _uint_at(buf: bytes, p: int) -> tuple[int, int]:
     """The unsigned integer whose CBOR head is at ``buf[p]`` and the offset after it;
     ``(-1, p)`` if the head is of another type or indefinite (IndexError past the end)."""
@@ -272,6 +290,11 @@ class Impl:
         ],
         None,
     ]
+    cbor_item_end: Callable[[bytes], int]
+    lww_value: Callable[[bytes, object, Any], Any]
+    point_value: Callable[[Callable[[bytes], bytes | None], object, Any], Any]
+    scan_item: Callable[[bytes, bytes, int, bool], Any]
+    bind_get: Callable[[object, object, Callable[..., Any]], Callable[..., Any]]
 
 
 PURE = Impl(
@@ -284,6 +307,11 @@ PURE = Impl(
     _lww_run,
     _stage_records,
     _fill_batch,
+    _cbor_item_end,
+    _lww_value,
+    _point_value,
+    _scan_item,
+    _bind_get,
 )
 """The reference implementation."""
 
@@ -323,6 +351,9 @@ def _load() -> tuple[Impl | None, str]:
         """The C function, given the layout constants (:data:`STAGE_LAYOUT`)."""
         return stage(items, seq, ops, logs, notes, STAGE_LAYOUT)
 
+    # The per-record reads call the C directly (no wrapper: one call per get); it calls
+    # back the references for every case it leaves to them.
+    ext.reads_setup(READS_LAYOUT, cbor2.loads, _lww_value, _scan_item, SKIP, UNHANDLED)
     impl = Impl(
         "c",
         ext.blake2b,
@@ -333,6 +364,11 @@ def _load() -> tuple[Impl | None, str]:
         lww_run,
         stage_records,
         ext.fill_batch,
+        ext.cbor_item_end,
+        ext.lww_value,
+        ext.point_value,
+        ext.scan_item,
+        ext.bind_get,
     )
     return impl, "speedups: compiled"
 
@@ -383,3 +419,30 @@ fill_batch = ACTIVE.fill_batch
 twin makes the calls without a Python loop). An exception from a call stops it there.
 The twin reads all of ``ops`` before the first call and refuses an op that is not a
 pair with ValueError or TypeError, as unpacking it does."""
+cbor_item_end = ACTIVE.cbor_item_end
+"""``cbor_item_end(data) -> int``: the offset just past the first CBOR item of ``data``
+(bytes), or -1 if it does not start with one well-formed item nested at most
+:data:`~crdt_kv.layout_reads.SCAN_DEPTH` deep
+(:func:`crdt_kv.layout_reads.cbor_item_end`)."""
+lww_value = ACTIVE.lww_value
+"""``lww_value(blob, key, default)``: ``Store.get``'s value of a stored record, values in
+``cbor`` (:func:`crdt_kv.layout_reads.lww_value`, which the twin calls for every record
+but a well-formed format-1 one whose value is exactly one item that ``cbor2.loads``
+takes)."""
+point_value = ACTIVE.point_value
+"""``point_value(get, key, default)``: ``Store.get`` of a plain str key in a store with
+utf-8 keys and ``cbor`` values, the read through ``get`` included, or
+:data:`~crdt_kv.layout_reads.UNHANDLED` for any other key
+(:func:`crdt_kv.layout_reads.point_value`)."""
+scan_item = ACTIVE.scan_item
+"""``scan_item(k, blob, what, utf8_keys)``: a range read's item of one record
+(:func:`crdt_kv.layout_reads.scan_item`, which the twin calls for every record but a
+well-formed format-1 one with an ASCII peer id, a key that decodes and, unless ``what``
+is KEYS, a value that is exactly one item ``cbor2.loads`` takes)."""
+bind_get = ACTIVE.bind_get
+"""``bind_get(writer, backend, fallback) -> get``: a store's ``get``, where ``fallback``
+is the store's own (bound) Python ``get``. The compiled twin reads ``get(key)`` and
+``get(key, default)`` of a plain str key itself while ``writer.closed`` is false, as
+:func:`point_value` through ``backend.point_get`` (looked up per call), with no Python
+frame, and hands every other call, and every key :func:`point_value` leaves, to
+``fallback`` with the caller's own arguments; the pure one is ``fallback``."""

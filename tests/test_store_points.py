@@ -1,18 +1,23 @@
-"""``Store.get`` (``crdt_kv/store/points.py``) inlines the utf-8 key encoding, the slice of
-a format-1 record and the CBOR decoder's first fast path (issue 13); each must give what
-the function it inlines gives, errors included."""
+"""``Store.get`` (``crdt_kv/store/points.py``) takes shortcuts (issue 13): the utf-8 key
+encoding and the record's decoding inlined, and, with the speedups built, a compiled
+``get`` on the instance (``accel.bind_get``); each must give what the store's encoder and
+decoder give, errors included. Run on both paths (``CRDT_KV_PURE_PYTHON=1``)."""
 
 from __future__ import annotations
 
+import inspect
+import random
 from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 import cbor2
 import pytest
 
-from crdt_kv import Store
+from crdt_kv import Store, accel
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.layout import DATA, record_body
+from crdt_kv.store.points import PointReads
 
 Factory = Callable[..., Any]
 
@@ -74,3 +79,75 @@ def test_keys_the_inlined_encoding_does_not_take(store_factory: Factory) -> None
     assert b.get(b"\x00k") == {"a": [1]} and b.get(b"k") is None
     with pytest.raises(EncodingError):
         b.get("str")
+
+
+@pytest.mark.parametrize(
+    ("options", "compiled"),
+    [
+        ({}, True),
+        ({"conflicts": "siblings"}, False),
+        ({"value_encoding": "json"}, False),
+        ({"key_encoding": "binary"}, False),
+    ],
+    ids=["lww-cbor", "siblings", "json", "binary-keys"],
+)
+def test_get_is_compiled_where_it_applies(
+    store_factory: Factory, options: dict[str, Any], compiled: bool
+) -> None:
+    """An lww store with utf-8 keys and cbor values gets the compiled ``get`` when the
+    speedups are built; a siblings store (no format-1 records) and other encodings keep
+    the method."""
+    s: Store = store_factory("rocksdb", **options)
+    if compiled and accel.COMPILED is not None:
+        assert type(s.get).__name__ == "Getter"
+        assert inspect.signature(s.get) == inspect.signature(MethodType(PointReads.get, s))
+    else:
+        assert s.get.__func__ is PointReads.get  # type: ignore[attr-defined]
+
+
+class _Sub(Store):
+    def get(self, key: Any, default: Any = None) -> Any:
+        return ("sub", super().get(key, default))
+
+
+def test_a_subclass_that_overrides_get_keeps_its_get(store_factory: Factory) -> None:
+    s: Store = store_factory("memory")
+    sub = _Sub(s.backend, clock=lambda: 1, rng=random.Random(1))
+    sub.put("k", 1)
+    assert sub.get("k") == ("sub", 1) and sub["k"] == ("sub", 1)
+
+
+def _outcome(get: Any, *args: Any, **kw: Any) -> tuple[str, str]:
+    try:
+        got = get(*args, **kw)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return type(got).__name__, repr(got)
+
+
+@pytest.mark.parametrize("backend", ["memory", "rocksdb"])
+def test_the_compiled_get_is_the_method(store_factory: Factory, backend: str) -> None:
+    """Whatever the call (keys of any kind, defaults by position or name, wrong
+    arguments, damaged records, a closed store), the store's ``get`` gives what the method
+    gives (on the pure path it is the method)."""
+    s: Store = store_factory(backend)
+    method = MethodType(PointReads.get, s)
+    for i, v in enumerate(VALUES):
+        s.put(f"k{i}", v)
+    s.put("é", [1])
+    s.delete("k0")
+    bad = record_body(5, b"p", False, b"\x01\x02") + bytes(8)
+    s.backend.write([(DATA + b"bad", bad), (DATA + b"sib", b"\x02\x00"), (DATA + b"e", b"")])
+    keys: list[Any] = [f"k{i}" for i in range(len(VALUES))]
+    keys += ["é", "nope", "bad", "sib", "e", "\udc80", "x" * 20_000, b"k1", 1, None]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    for k in keys:
+        calls += [((k,), {}), ((k, 7), {}), ((k,), {"default": 7})]
+    calls += [((), {}), (("k1", 1, 2), {}), (("k1",), {"dflt": 1}), ((), {"key": "k1"})]
+    calls += [(("k1",), {"default": 1, "key": 2})]
+    for args, kw in calls:
+        assert _outcome(s.get, *args, **kw) == _outcome(method, *args, **kw), (args, kw)
+    s.close()
+    for args, kw in calls[:6]:
+        assert _outcome(s.get, *args, **kw) == _outcome(method, *args, **kw)
+        assert _outcome(s.get, *args, **kw)[0] == "ClosedError"

@@ -1,7 +1,9 @@
-"""Range reads (``crdt_kv/store/reads.py``): the flat scan loop slices records of peer ids
-it has seen parse, and must yield and raise exactly what a full parse of every record
-would (issue 13). Each test writes damaged records straight through the backend, after
-good ones, so the damaged record meets a warm peer cache."""
+"""Range reads (``crdt_kv/store/reads.py``): the flat scan loop (one compiled
+``accel.scan_item`` call per record, or, on the pure path, slices of records of peer ids it
+has seen parse) must yield and raise exactly what a full parse of every record would
+(issue 13). Each test writes damaged records straight through the backend, after good
+ones, so the damaged record meets a warm peer cache. Run on both paths
+(``CRDT_KV_PURE_PYTHON=1``)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from crdt_kv import Store
+from crdt_kv import Store, accel
 from crdt_kv.errors import CorruptionError
 from crdt_kv.layout import DATA, record_body
+from crdt_kv.store import reads
 
 Factory = Callable[..., Any]
 
@@ -104,3 +107,38 @@ def test_scans_match_point_reads_across_bounds_limits_and_tombstones(
             assert list(s.values(gte=lo, lt=hi, limit=limit)) == [live[k] for k in want][:limit]
             back = list(s.keys(gte=lo, lt=hi, reverse=True, limit=limit))
             assert back == want[::-1][:limit]
+
+
+@pytest.mark.parametrize(
+    ("options", "compiled"),
+    [
+        ({}, True),
+        ({"key_encoding": "binary"}, True),
+        ({"conflicts": "siblings"}, False),
+        ({"value_encoding": "json"}, False),
+    ],
+    ids=["lww-cbor", "binary-keys", "siblings", "json"],
+)
+def test_scans_take_the_compiled_path_where_it_applies(
+    store_factory: Factory, monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], compiled: bool
+) -> None:
+    """An lww store with cbor values decodes each scanned record in one compiled call
+    when the speedups are built (keys only: whatever the value encoding); a siblings
+    store never does; all read the same either way."""
+    calls: list[bytes] = []
+    real = reads.scan_item
+
+    def spy(k: bytes, blob: bytes, what: int, utf8: bool) -> Any:
+        calls.append(k)
+        return real(k, blob, what, utf8)
+
+    monkeypatch.setattr(reads, "scan_item", spy)
+    s: Store = store_factory("rocksdb", **options)
+    key: Any = b"k" if options.get("key_encoding") == "binary" else "k"
+    s.put(key, [1])
+    assert list(s.items()) == [(key, [1])] and list(s.values()) == [[1]]
+    built = accel.COMPILED is not None
+    assert len(calls) == (2 if compiled and built else 0)
+    calls.clear()
+    assert list(s.keys()) == [key]
+    assert len(calls) == (1 if built and options.get("conflicts") != "siblings" else 0)

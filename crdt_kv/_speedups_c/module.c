@@ -13,6 +13,18 @@
  *   sort_index(items)              sorted(items) for a list of bytes
  *   bucket_ops(keys, counts, sums, touched)
  *                                  the (key, record) pairs of the touched bucket fingerprints
+ * reads.c (the per-record work of Store.get and the range reads):
+ *   cbor_item_end(data)            where the first CBOR item of data ends (structure only)
+ *   lww_value(blob, key, default)  Store.get's decoded value of a stored record
+ *   point_value(get, key, default) Store.get of a str key: its storage key, the read, then
+ *                                  lww_value
+ *   bind_get(writer, backend, fallback)
+ *                                  a store's get: point_value while open, else fallback
+ *   scan_item(k, blob, what, utf8_keys)
+ *                                  a range read's item of one (storage key, record)
+ *   reads_setup(layout, loads, lww_slow, scan_slow, skip, unhandled)
+ *                                  the layout and what the three above call or return:
+ *                                  cbor2's loads, the references, the sentinels
  * rows.c:
  *   lww_run(buf, pos, count, base, peers, cls, slots)
  *                                  the plain LWW rows of a batch frame as RawEntry objects
@@ -36,6 +48,19 @@ static PyMethodDef methods[] = {
     {"bucket_ops", (PyCFunction)(void (*)(void))bucket_ops, METH_FASTCALL,
      "bucket_ops(keys, counts, sums, touched) -> list[tuple[bytes, bytes | None]]: see "
      "crdt_kv.accel.bucket_ops."},
+    {"cbor_item_end", cbor_item_end, METH_O,
+     "cbor_item_end(data) -> int: see crdt_kv.layout_reads.cbor_item_end."},
+    {"lww_value", (PyCFunction)(void (*)(void))lww_value, METH_FASTCALL,
+     "lww_value(blob, key, default): see crdt_kv.layout_reads.lww_value."},
+    {"point_value", (PyCFunction)(void (*)(void))point_value, METH_FASTCALL,
+     "point_value(get, key, default): see crdt_kv.layout_reads.point_value."},
+    {"bind_get", (PyCFunction)(void (*)(void))bind_get, METH_FASTCALL,
+     "bind_get(writer, backend, fallback): see crdt_kv.accel.bind_get."},
+    {"scan_item", (PyCFunction)(void (*)(void))scan_item, METH_FASTCALL,
+     "scan_item(k, blob, what, utf8_keys): see crdt_kv.layout_reads.scan_item."},
+    {"reads_setup", (PyCFunction)(void (*)(void))reads_setup, METH_FASTCALL,
+     "reads_setup(layout, loads, lww_slow, scan_slow, skip, unhandled) -> None: configure "
+     "the reads above (crdt_kv.accel calls it once)."},
     {"lww_run", (PyCFunction)(void (*)(void))lww_run, METH_FASTCALL,
      "lww_run(buf, pos, count, base, peers, cls, slots) -> (list, int): see "
      "crdt_kv.accel.lww_run."},
@@ -53,4 +78,7 @@ static struct PyModuleDef module = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (reads_ready() < 0) return NULL;
+    return PyModule_Create(&module);
+}

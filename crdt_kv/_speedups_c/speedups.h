@@ -28,6 +28,15 @@ SPEEDUPS_HIDDEN PyObject *fold(PyObject *self, PyObject *const *args, Py_ssize_t
 SPEEDUPS_HIDDEN PyObject *sort_index(PyObject *self, PyObject *arg);
 SPEEDUPS_HIDDEN PyObject *bucket_ops(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
+/* reads.c */
+SPEEDUPS_HIDDEN PyObject *cbor_item_end(PyObject *self, PyObject *data);
+SPEEDUPS_HIDDEN PyObject *lww_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN PyObject *point_value(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN PyObject *scan_item(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN PyObject *bind_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+SPEEDUPS_HIDDEN int reads_ready(void); /* the Getter type bind_get returns: at import */
+SPEEDUPS_HIDDEN PyObject *reads_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 /* rows.c */
 SPEEDUPS_HIDDEN PyObject *lww_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 

@@ -138,12 +138,20 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         checker = EntryChecker(self._kdec, self._vdec, siblings=m.conflicts == "siblings")
         self._w = Writer(backend, self._log, self._hlc, self._hooks, self.stats, m, checker)
         self._w.read_only = read_only
+        self._bind_get(m.conflicts != "siblings")  # the compiled reads take format 1 only
         if m.conflicts == "siblings":
             self._w.order = sibling_order(resolver, self._to_entry)
         self._history = History(backend, self._check, self._enc_key, self._to_entry)
         if keep_history:
             self._log.history = self._history.ops
-        self._reader = RangeReader(backend, self._check, self._enc_key, self._kdec, self._vdec)
+        self._reader = RangeReader(
+            backend,
+            self._check,
+            self._enc_key,
+            self._kdec,
+            self._vdec,
+            compiled=m.conflicts != "siblings",
+        )
         self._changelog = ChangeLog(backend, self._check, self._w.lock, m.sources)
         self._w.gc_horizon = state.gc_horizon
         self._collector = Collector(backend, self._w)

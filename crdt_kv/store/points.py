@@ -5,14 +5,21 @@ no call per read but the backend's and cbor2's: the utf-8 key encoding, the slic
 format-1 record (:func:`~crdt_kv.layout.live_value`) and the first fast path of
 :func:`~crdt_kv.codec.decode_cbor` are inlined, and each falls back to the function it
 inlines, so results and errors are the functions' own.
+
+With the compiled speedups built, an ``lww`` store with utf-8 keys and ``cbor`` values
+replaces ``get`` on the instance by its compiled twin (:func:`crdt_kv.accel.bind_get`):
+a plain str key is read in one C call, with no Python frame; anything else is handed to
+the method below.
 """
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Any
 
 from cbor2 import loads
 
+from crdt_kv.accel import COMPILED, bind_get
 from crdt_kv.backends.base import Backend
 from crdt_kv.codec import CBOR_BREAK, CBOR_CLOSE_LIST, CBOR_OPEN_LIST, SHORT_KEY_CHARS, Decoder
 from crdt_kv.errors import CorruptionError, EncodingError
@@ -43,6 +50,17 @@ class PointReads:
 
     def _enc_key(self, key: Any) -> bytes:
         raise NotImplementedError
+
+    def _bind_get(self, lww: bool) -> None:
+        """Give this instance the compiled ``get`` (:func:`crdt_kv.accel.bind_get` of the
+        method below) when the speedups are built, the store is ``lww`` (the C reads
+        format-1 records only), keys are utf-8 and values ``cbor``; never when a subclass
+        overrides ``get``. Call once, with ``_w`` and ``_backend`` set."""
+        if COMPILED is None or not (lww and self._str_keys and self._cbor_values):
+            return
+        if type(self).get is PointReads.get:
+            fallback = MethodType(PointReads.get, self)
+            self.get = bind_get(self._w, self._backend, fallback)  # type: ignore[method-assign]
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The live value of ``key``, or ``default`` if absent or deleted."""

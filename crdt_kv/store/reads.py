@@ -3,11 +3,13 @@
 Every iterator here is lazy: bounds are checked, and the store's closed check runs, on the
 first ``next``. Reads take no lock; each backend read is atomic on its own.
 
-``items``, ``keys`` and ``values`` are one generator over the backend's iterator (issue 13):
-a well-formed ``lww`` record of a peer id already seen in the scan is sliced in place;
-anything else (a siblings record, a new peer id, a malformed record) goes through
-:func:`~crdt_kv.layout.unpack_record`, so what is yielded or raised is what a full parse of
-every record would give.
+``items``, ``keys`` and ``values`` are one flat generator over the backend's iterator
+(issue 13). With the compiled speedups built (and ``cbor`` values, or keys only), each
+record is one call to :func:`crdt_kv.accel.scan_item`, whose reference is
+:func:`crdt_kv.layout_reads.scan_item`. Otherwise a well-formed ``lww`` record of a peer id
+already seen in the scan is sliced in place, and anything else (a siblings record, a new
+peer id, a malformed record) goes through :func:`~crdt_kv.layout.unpack_record`. Either
+way, what is yielded or raised is what a full parse of every record would give.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from cbor2 import loads
 
+from crdt_kv.accel import COMPILED, scan_item
 from crdt_kv.backends.base import Backend
 from crdt_kv.causal import siblings
 from crdt_kv.codec import (
@@ -26,6 +29,7 @@ from crdt_kv.codec import (
     Decoder,
     decode_cbor,
     decode_utf8,
+    key_codec,
 )
 from crdt_kv.errors import CorruptionError, EncodingError
 from crdt_kv.layout import (
@@ -38,14 +42,14 @@ from crdt_kv.layout import (
     SEQ_SIZE,
     unpack_record,
 )
+from crdt_kv.layout_reads import ITEMS, KEYS, SKIP, VALUES
 from crdt_kv.version import Entry, RawEntry
 
 __all__ = ["RangeReader", "key_range", "stored_corruption", "to_entry"]
 
 Bounds = tuple[Any, Any, Any, Any, bool, int | None]
 """``(gt, gte, lt, lte, reverse, limit)`` as the public range methods take them."""
-_ITEMS, _KEYS, _VALUES = 0, 1, 2
-"""What :meth:`RangeReader._live` yields."""
+_BINARY_KEYS = key_codec("binary")[1]
 _PEER_CACHE = 256
 """Peer ids a scan remembers as well-formed (records of others take the full parse)."""
 
@@ -88,7 +92,7 @@ def key_range(
 class RangeReader:
     """Key-ordered scans of live records for :meth:`Store.items` and friends."""
 
-    __slots__ = ("_backend", "_check", "_enc_key", "_kdec", "_vdec")
+    __slots__ = ("_backend", "_check", "_compiled", "_enc_key", "_kdec", "_vdec")
 
     def __init__(
         self,
@@ -97,9 +101,14 @@ class RangeReader:
         enc_key: Callable[[Any], bytes],
         kdec: Decoder,
         vdec: Decoder,
+        *,
+        compiled: bool = False,
     ) -> None:
+        """``compiled``: range reads may use the compiled :func:`~crdt_kv.accel.scan_item`
+        (the store says so when it is built and the records are format 1)."""
         self._backend, self._check, self._enc_key = backend, check, enc_key
         self._kdec, self._vdec = kdec, vdec
+        self._compiled = compiled and COMPILED is not None
 
     def _span(self, bounds: Bounds) -> tuple[bytes, bytes]:
         """``(start, stop)`` storage keys of ``bounds``; runs the closed check first."""
@@ -130,7 +139,36 @@ class RangeReader:
                 return
 
     def _live(self, bounds: Bounds, what: int) -> Iterator[Any]:
-        """Decoded items, keys or values (``what``) of the live records within ``bounds``.
+        """Decoded items, keys or values (``what``: ITEMS, KEYS or VALUES) of the live
+        records within ``bounds``: :meth:`_scan_items` where the compiled twin of
+        :func:`~crdt_kv.accel.scan_item` can decode them, else :meth:`_scan_decoded`."""
+        utf8 = self._kdec is decode_utf8
+        if (
+            self._compiled
+            and (what == KEYS or self._vdec is decode_cbor)
+            and (utf8 or self._kdec is _BINARY_KEYS)
+        ):
+            return self._scan_items(bounds, what, utf8)
+        return self._scan_decoded(bounds, what)
+
+    def _scan_items(self, bounds: Bounds, what: int, utf8: bool) -> Iterator[Any]:
+        """:meth:`_live` as one :func:`~crdt_kv.accel.scan_item` call per record."""
+        start, stop = self._span(bounds)
+        reverse, limit = bounds[4], bounds[5]
+        if limit == 0 or start >= stop:
+            return
+        n = 0
+        for k, blob in self._backend.iterate(start, stop, reverse=reverse):
+            item = scan_item(k, blob, what, utf8)
+            if item is SKIP:
+                continue
+            yield item
+            n += 1
+            if n == limit:
+                return
+
+    def _scan_decoded(self, bounds: Bounds, what: int) -> Iterator[Any]:
+        """:meth:`_live` with any decoders, in Python.
 
         The hot loop of every range read, kept flat: no per-record objects or calls but
         the decoders'. A format-1 record is sliced when its peer id is one this scan has
@@ -145,7 +183,7 @@ class RangeReader:
         kdec, vdec = self._kdec, self._vdec
         utf8_keys, cbor = kdec is decode_utf8, vdec is decode_cbor
         head, fmt, seq_size, deleted = RECORD_HEAD, FORMAT_VERSION, SEQ_SIZE, FLAG_DELETED
-        keys_only, pairs, skip = what == _KEYS, what == _ITEMS, DATA_SKIP
+        keys_only, pairs, skip = what == KEYS, what == ITEMS, DATA_SKIP
         peers: set[bytes] = set()
         n = 0
         k = b""
@@ -196,15 +234,15 @@ class RangeReader:
 
     def items(self, bounds: Bounds) -> Iterator[tuple[Any, Any]]:
         """Decoded ``(key, value)`` pairs."""
-        return self._live(bounds, _ITEMS)
+        return self._live(bounds, ITEMS)
 
     def keys(self, bounds: Bounds) -> Iterator[Any]:
         """Decoded keys."""
-        return self._live(bounds, _KEYS)
+        return self._live(bounds, KEYS)
 
     def values(self, bounds: Bounds) -> Iterator[Any]:
         """Decoded values."""
-        return self._live(bounds, _VALUES)
+        return self._live(bounds, VALUES)
 
     def conflicts(self, bounds: Bounds) -> Iterator[tuple[Any, list[Entry]]]:
         """``(key, live siblings)`` of every key holding two or more live siblings
