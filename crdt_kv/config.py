@@ -48,6 +48,7 @@ KNOWN: dict[str, dict[str, type | tuple[type, ...]]] = {
         "catch_up": bool,
         "catch_up_timeout_s": (int, float),
         "metrics_listen": str,
+        "metrics_max_peers": int,
         "client_listen": str,
         "client_allow_remote": bool,
         "live_idle_timeout_s": (int, float),
@@ -109,6 +110,8 @@ def _check_value(table: str, key: str, value: Any) -> None:
         math.isfinite(value) and value >= 0
     ):
         bad = "must be a non-negative number of seconds"
+    elif key == "metrics_max_peers" and value < 0:
+        bad = "must not be negative"
     elif key == "max_buffered_bytes" and value < _MIN_BUFFERED_BYTES:
         bad = f"must be at least {_MIN_BUFFERED_BYTES} bytes"
     elif key in ("metrics_listen", "client_listen") and not _is_host_port(value):

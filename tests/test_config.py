@@ -200,6 +200,8 @@ def test_wrong_types_are_config_errors(table: str, key: str, value: Any) -> None
         ("node", "catch_up_timeout_s", float("inf")),
         ("node", "source_penalty_max_s", -1),
         ("node", "source_penalty_max_s", float("inf")),
+        ("node", "metrics_max_peers", -1),
+        ("node", "metrics_max_peers", "128"),
         ("node", "metrics_listen", "localhost"),
         ("node", "metrics_listen", "127.0.0.1:"),
         ("node", "metrics_listen", "127.0.0.1:70000"),
@@ -228,10 +230,11 @@ def test_every_known_key_accepts_its_type() -> None:
                 "catch_up": True,
                 "catch_up_timeout_s": 0,
                 "source_penalty_max_s": 0,
+                "metrics_max_peers": 0,
             },
         }
     )
-    assert loaded["node"]["sync_interval_s"] == 2
+    assert loaded["node"]["sync_interval_s"] == 2 and loaded["node"]["metrics_max_peers"] == 0
     assert loaded["node"]["catch_up"] is True and loaded["node"]["catch_up_timeout_s"] == 0
     assert set(KNOWN) == {"storage", "node", "tls"}
     for listen in ("127.0.0.1:0", "[::1]:9100", ":9100"):

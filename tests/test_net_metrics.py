@@ -163,6 +163,22 @@ def test_collector_turns_stats_and_store_counters_into_named_families() -> None:
     store.close()
 
 
+def test_per_peer_series_are_capped_dialed_then_connected_then_latest_first() -> None:
+    store = crdt_kv.open(backend="memory", peer_id="a")
+    stats = {f"made-up-{i:03}": peer_row(last_contact=WALL - 100 + i) for i in range(50)}
+    stats["dialed"] = peer_row(dialed=True)
+    stats["open"] = peer_row(connected=True, last_contact=WALL - 500)
+    registry = CollectorRegistry()
+    node: Any = FakeNode(store, stats)
+    registry.register(NodeCollector(node, wall=lambda: WALL, max_peers=5))
+    fams = families(generate_latest(registry).decode())
+    shown = {s.labels["peer"] for s in fams["crdt_kv_peer_up"].samples}
+    assert shown == {"dialed", "open", "made-up-049", "made-up-048", "made-up-047"}
+    assert value(fams, "crdt_kv_peer_series_omitted") == len(stats) - 5
+    assert value(scrape_fake(FakeNode(store, stats)), "crdt_kv_peer_series_omitted") == 0
+    store.close()
+
+
 def test_horizon_age_and_clock_lead_are_measured_against_the_wall_clock() -> None:
     clock = ManualClock(int(WALL * 1000))
     store = crdt_kv.open(backend="memory", peer_id="a", clock=clock)

@@ -151,6 +151,7 @@ def node_options(node_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str
         "gc_interval_s",
         "live_idle_timeout_s",
         "max_buffered_bytes",
+        "metrics_max_peers",
         "source_penalty_max_s",
         "client_allow_remote",
     ):

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_METRICS_CONNECTIONS",
+    "MAX_PEER_SERIES",
     "MAX_REQUEST_BYTES",
     "PEER_COUNTERS",
     "PEER_GAUGES",
@@ -62,6 +63,12 @@ REQUEST_TIMEOUT_S = 5.0
 """Deadline for one whole exchange (read the request, write the answer)."""
 MAX_METRICS_CONNECTIONS = 16
 """Connections served at once; more are closed at once."""
+MAX_PEER_SERIES = 128
+"""Peers given per-peer series by default (``serve(metrics_max_peers=...)``): dialed
+peers first, then connected ones, then the most recently heard from. Every peer id a
+Hello ever claimed has a record until ``member_expiry``; without TLS anyone can claim new
+ones, and a series per made-up id would flood the monitoring system and make each scrape
+cost the event loop tens of milliseconds."""
 
 PEER_GAUGES: tuple[tuple[str, str, str], ...] = (
     (
@@ -142,15 +149,29 @@ class NodeCollector:
     the node's trio thread, as :meth:`Node.stats` must.
     """
 
-    def __init__(self, node: Node, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        wall: Callable[[], float] = time.time,
+        max_peers: int = MAX_PEER_SERIES,
+    ) -> None:
         self.node = node
         self.wall = wall
+        self.max_peers = max_peers
         self.version = _version()
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, freshly computed."""
         yield from self._node_metrics()
-        yield from self._peer_metrics(self.node.stats())
+        stats = self.node.stats()
+        chosen = _chosen(stats, self.max_peers)
+        yield GaugeMetricFamily(
+            "crdt_kv_peer_series_omitted",
+            "Peers with a record but no per-peer series (over metrics_max_peers).",
+            value=len(stats) - len(chosen),
+        )
+        yield from self._peer_metrics(chosen)
         if not self.node.store.closed:
             yield from self._store_metrics()
 
@@ -275,10 +296,26 @@ class NodeCollector:
         yield horizon
 
 
-def metrics_registry(node: Node, *, wall: Callable[[], float] = time.time) -> CollectorRegistry:
+def _chosen(stats: dict[str, dict[str, Any]], most: int) -> dict[str, dict[str, Any]]:
+    """At most ``most`` rows of ``stats``: dialed peers, then connected ones, then the most
+    recently heard from (ties by name)."""
+    if len(stats) <= most:
+        return stats
+
+    def rank(item: tuple[str, dict[str, Any]]) -> tuple[bool, bool, float, str]:
+        peer, row = item
+        heard = row.get("last_contact") or 0
+        return (not row.get("dialed"), not row.get("connected"), -heard, peer)
+
+    return dict(sorted(stats.items(), key=rank)[:most])
+
+
+def metrics_registry(
+    node: Node, *, wall: Callable[[], float] = time.time, max_peers: int = MAX_PEER_SERIES
+) -> CollectorRegistry:
     """A registry of its own holding one :class:`NodeCollector` for ``node``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, wall=wall))
+    registry.register(NodeCollector(node, wall=wall, max_peers=max_peers))
     return registry
 
 

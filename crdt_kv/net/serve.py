@@ -21,7 +21,7 @@ from crdt_kv.net.addresses import parse_address
 from crdt_kv.net.budget import DEFAULT_MAX_BUFFERED_BYTES, FLOOR_BYTES
 from crdt_kv.net.catchup import CatchUpWaiter
 from crdt_kv.net.client_api import check_client_listen, open_client_endpoint
-from crdt_kv.net.metrics import metrics_registry, open_metrics_endpoint
+from crdt_kv.net.metrics import MAX_PEER_SERIES, metrics_registry, open_metrics_endpoint
 from crdt_kv.net.node import DEFAULT_SYNC_INTERVAL_S, Node, StreamWrapper
 from crdt_kv.net.penalty import DEFAULT_PENALTY_MAX_S, Penalties
 from crdt_kv.net.tls import TlsConfig
@@ -69,6 +69,7 @@ async def serve(
     catch_up: bool = False,
     catch_up_timeout_s: float = DEFAULT_CATCH_UP_TIMEOUT_S,
     metrics_listen: str | None = None,
+    metrics_max_peers: int = MAX_PEER_SERIES,
     max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     source_penalty_max_s: float = DEFAULT_PENALTY_MAX_S,
     client_listen: str | None = None,
@@ -117,8 +118,10 @@ async def serve(
     (:class:`~crdt_kv.protocol.CatchUpReport`) says which peers were caught up from, which
     failed and why, and which were still pending; with no peers it returns at once.
     ``metrics_listen="HOST:PORT"`` serves Prometheus metrics at ``/metrics`` there (port 0
-    picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`.
-    ``client_listen="HOST:PORT"`` serves the client endpoint there, once any catch-up is
+    picks one; ``node.metrics_address`` tells which): :mod:`crdt_kv.net.metrics`, with
+    per-peer series for at most ``metrics_max_peers`` peers (default 128: dialed, then
+    connected, then most recently heard from; ``crdt_kv_peer_series_omitted`` counts the
+    rest). ``client_listen="HOST:PORT"`` serves the client endpoint there, once any catch-up is
     done (``node.client_address`` tells where; :mod:`crdt_kv.net.client_api`): a loopback
     address, unless ``client_allow_remote``.
 
@@ -191,7 +194,9 @@ async def serve(
     metrics = clients = None
     try:
         if metrics_listen is not None:
-            metrics = await open_metrics_endpoint(metrics_registry(node), metrics_listen)
+            metrics = await open_metrics_endpoint(
+                metrics_registry(node, max_peers=metrics_max_peers), metrics_listen
+            )
             node.metrics_address = metrics.address
         if client_listen is not None:
             clients = await open_client_endpoint(
