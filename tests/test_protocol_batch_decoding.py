@@ -9,6 +9,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from byte_edits import edited
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -285,15 +286,7 @@ def test_the_fast_path_decodes_and_fails_like_the_checking_path(
     payload = encode_message(batch)
     if flags:
         payload = indefinite(cbor2.loads(payload), list(flags))
-    buf = bytearray(payload)
-    for kind, at, byte in edits:  # overwrite, cut, insert
-        if kind == 0 and buf:
-            buf[at % len(buf)] = byte
-        elif kind == 1:
-            del buf[at % (len(buf) + 1) :]
-        else:
-            buf[at:at] = bytes([byte])
-    payload = bytes(buf)
+    payload = edited(payload, edits)
     want = outcome(payload, no_fast_path, limit, lww_only)
     for run in RUNS:
         assert outcome(payload, run, limit, lww_only) == want

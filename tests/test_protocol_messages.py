@@ -8,6 +8,7 @@ from typing import Any
 
 import cbor2
 import pytest
+from byte_edits import EDITS, edited
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -442,9 +443,7 @@ def big_rows(draw: st.DrawFn) -> tuple[RawEntry, ...]:
 @settings(max_examples=150, deadline=None)
 @given(
     rows=big_rows(),
-    edits=st.lists(
-        st.tuples(st.integers(0, 2), st.integers(0, 70_000), st.integers(0, 255)), max_size=3
-    ),
+    edits=EDITS,
     cut=st.integers(0, 3 * SMALL_FRAME_BYTES),
     lww_only=st.booleans(),
     limit=st.one_of(st.none(), st.integers(0, 50)),
@@ -456,15 +455,7 @@ def test_a_prefix_refuses_only_with_the_whole_frames_own_error(
     lww_only: bool,
     limit: int | None,
 ) -> None:
-    buf = bytearray(encode_message(Batch(0, len(rows), True, rows)))
-    for kind, at, byte in edits:  # overwrite, cut, insert
-        if kind == 0:
-            buf[at % len(buf)] = byte
-        elif kind == 1:
-            del buf[at % (len(buf) + 1) :]
-        else:
-            buf[at:at] = bytes([byte])
-    payload = bytes(buf)
+    payload = edited(encode_message(Batch(0, len(rows), True, rows)), edits)
     whole = _outcome(lambda: decode_message(payload, max_batch_entries=limit, lww_only=lww_only))
     prefix = payload[:cut]
     early = _outcome(
