@@ -51,14 +51,22 @@ Fields = tuple[int, int, bool, tuple[RawEntry, ...]]
 
 
 def decode_batch_fields(
-    r: Reader, n: int, max_entries: int | None, *, lww_only: bool = False
+    r: Reader,
+    n: int,
+    max_entries: int | None,
+    *,
+    lww_only: bool = False,
+    large: bool = False,
 ) -> Fields:
     """The fields after the type of a batch array whose head said ``n`` items:
     ``(from_seq, to_seq, done, entries)``; raises :class:`RemoteProtocolError`.
 
     ``lww_only`` (a receiver in mode ``lww``): a sibling-state row with a context entry or
     another sibling raises :class:`RejectedDataError` (abort code 4) from its heads, before
-    any of them is decoded."""
+    any of them is decoded. ``large`` (a frame over :data:`SMALL_FRAME_BYTES`): an
+    indefinite-length peer table is refused from its head (spec section 3: no conforming
+    sender writes one, and reading up to 65,536 ids one at a time to count them took a
+    hostile frame 60-90 ms of the event loop)."""
     if n not in (7, INDEFINITE):
         raise fail(f"field 'batch' must be an array of 7, got {n} items")
     from_seq = r.uint("batch.from_seq")
@@ -67,7 +75,7 @@ def decode_batch_fields(
         raise fail(f"batch.to_seq {to_seq} is below batch.from_seq {from_seq}")
     done = r.boolean("batch.done")
     base = r.uint("batch.base_wall", _WALL_MAX)
-    peers = _peers(r)
+    peers = _peers(r, large=large)
     rows = r.array("batch.entries")
     if rows != INDEFINITE:
         _check_count(rows, to_seq - from_seq, max_entries)
@@ -172,10 +180,12 @@ def _check_count(rows: int, sequences: int, max_entries: int | None) -> None:
         raise fail(f"batch carries {rows} entries for only {sequences} sequences")
 
 
-def _peers(r: Reader) -> list[str]:
+def _peers(r: Reader, *, large: bool = False) -> list[str]:
     """``batch.peers``: at most :data:`MAX_BATCH_PEERS` ids, checked from the array's head,
     each decoded by cbor2 with nesting refused (an id is a scalar) and then checked."""
     n = r.array("batch.peers")
+    if large and n == INDEFINITE:
+        raise fail("batch.peers is an indefinite-length array in a frame over 64 KiB")
     if n > MAX_BATCH_PEERS:
         raise fail(f"batch.peers has {n} entries, more than {MAX_BATCH_PEERS}")
     fp = io.BytesIO(r.buffer)

@@ -411,7 +411,7 @@ def check_frame_prefix(
                 )
             return
         r, n = head
-        decode_batch_fields(r, n, max_batch_entries, lww_only=lww_only)
+        decode_batch_fields(r, n, max_batch_entries, lww_only=lww_only, large=True)
     except Truncated:
         return
 
@@ -430,7 +430,7 @@ def decode_message(
         if head is not None:
             r, n = head
             from_seq, to_seq, done, entries = decode_batch_fields(
-                r, n, max_batch_entries, lww_only=lww_only
+                r, n, max_batch_entries, lww_only=lww_only, large=True
             )
             r.finish()
             return Batch(from_seq, to_seq, done, entries)
