@@ -96,7 +96,7 @@ def test_hostile_batches_are_refused_having_allocated_little(name: str) -> None:
 
 def test_an_open_ended_peer_table_is_refused_from_its_head_in_a_large_frame() -> None:
     payload = HOSTILE["many peers, indefinite"]
-    with pytest.raises(RemoteProtocolError, match="batch.peers is an indefinite-length array"):
+    with pytest.raises(RemoteProtocolError, match=r"batch\.peers is an indefinite-length array"):
         decode_message(payload, max_batch_entries=1000)
     # The row-by-row reader itself still accepts the encoding (a small frame's batch is
     # decoded whole by cbor2, which accepts it too).
