@@ -259,6 +259,15 @@ async def test_two_syncing_nodes_report_bytes_lag_and_store_over_http() -> None:
     b.close()
 
 
+async def test_metrics_max_peers_is_checked() -> None:
+    store = crdt_kv.open(backend="memory", peer_id="a")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="metrics_max_peers"):
+            async with crdt_kv.serve(store, metrics_max_peers=bad):  # type: ignore[arg-type]
+                pass
+    store.close()
+
+
 async def test_metrics_listen_is_checked_and_a_taken_port_fails_serve() -> None:
     store = crdt_kv.open(backend="memory", peer_id="a")
     with pytest.raises(ConfigError, match="metrics listen address"):

@@ -471,3 +471,40 @@ def test_a_large_frame_that_is_not_a_batch_is_refused_from_its_first_byte() -> N
         check_frame_prefix(b"\x00" * 100, 8 << 20)
     check_frame_prefix(b"\x00" * 100, SMALL_FRAME_BYTES)  # small frames: decoded whole later
     check_frame_prefix(b"", 8 << 20)  # nothing to judge yet
+
+
+def _open_rows_batch(n: int, pad: int) -> bytes:
+    """A valid batch of ``n`` rows in an indefinite-length array, the first key padded."""
+    head = b"\x87\x02\x00" + cbor2.dumps(n) + b"\xf5" + cbor2.dumps(T0) + cbor2.dumps(["p"])
+    rows = [
+        cbor2.dumps([b"k%03d" % i + b"x" * (pad if i == 0 else 0), 0, i, 0, b"v" * 600])
+        for i in range(n)
+    ]
+    return head + b"\x9f" + b"".join(rows) + b"\xff"
+
+
+def test_a_prefix_cut_right_after_the_last_row_is_not_refused() -> None:
+    n = next(n for n in range(50, 200) if len(_open_rows_batch(n, 0)) > SMALL_FRAME_BYTES) - 1
+    pad = next(p for p in range(1000) if len(_open_rows_batch(n, p)) == SMALL_FRAME_BYTES + 1)
+    payload = _open_rows_batch(n, pad)
+    assert len(decode_message(payload).entries) == n  # type: ignore[union-attr]
+    check_frame_prefix(payload[:SMALL_FRAME_BYTES], len(payload))  # all but the break
+
+
+def test_an_item_cut_by_the_prefix_is_judged_whole_not_by_the_stricter_reader() -> None:
+    # A peer id "a" in 301 chunks (300 empty): cbor2 (which decodes peer ids) accepts it,
+    # while the checking reader refuses more than 64 chunks; cut inside it, the prefix
+    # is fine.
+    chunked = b"\x7f\x61a" + b"\x60" * 300 + b"\xff"
+    row = cbor2.dumps([b"k", 0, 0, 0, b"v" * 70_000])
+    payload = b"\x87\x02\x00\x01\xf5" + cbor2.dumps(T0) + b"\x81" + chunked + b"\x81" + row
+    assert isinstance(decode_message(payload), Batch)  # accepted whole
+    for cut in (100, 200, 300):
+        check_frame_prefix(payload[:cut], len(payload))
+    # A row whose logical clock is out of range, cut inside it: the whole frame's error
+    # comes from the row as a whole, so the prefix says nothing.
+    bad = cbor2.dumps([b"k" * 40, 0, 70_000, 0, b"v" * 70_000])
+    payload = b"\x87\x02\x00\x01\xf5" + cbor2.dumps(T0) + b"\x81\x61p\x81" + bad
+    with pytest.raises(RemoteProtocolError, match="out-of-range timestamp"):
+        decode_message(payload)
+    check_frame_prefix(payload[:60], len(payload))

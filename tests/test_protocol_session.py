@@ -1118,15 +1118,18 @@ def test_a_large_junk_frame_is_refused_from_its_first_bytes(
     _, b, _ = pair
     sess = Session(b)
     assert _fake_peer(sess)[-1] == Request(0, False)
+    # A small valid batch first does not turn the check off.
+    small = RawEntry(b"ok", cbor2.dumps(1), T0 << 16, "evil", False)
+    assert not failed(sess.receive_data(encode_frame(Batch(0, 1, False, (small,)))))
     # An 8 MiB batch whose first row's key is an array: refused once 64 KiB of it are
     # here, with the error decoding the whole frame would give, the rest never buffered.
-    junk = b"\x87\x02\x00\x0a\xf4" + cbor2.dumps(T0) + b"\x81\x64evil\x81\x85\x9a"
+    junk = b"\x87\x02\x01\x0a\xf4" + cbor2.dumps(T0) + b"\x81\x64evil\x81\x85\x9a"
     junk += b"\x00\x10\x00\x00" + b"\x80" * (64 << 10)
     header = struct.pack(">I", DEFAULT_MAX_FRAME_BYTES)
     assert not failed(sess.receive_data(header + junk[: 32 << 10]))
     [f] = failed(sess.receive_data(junk[32 << 10 :]))
     assert "batch.entries[0].key" in str(f.error) and sess.state is ConnState.FAILED
-    [abort] = frames(sess.data_to_send())
+    *_, abort = frames(sess.data_to_send())  # after the small batch's Ack
     assert isinstance(abort, Abort) and abort.code == AbortCode.PROTOCOL
     with pytest.raises(RemoteProtocolError, match=r"batch.entries\[0\].key") as whole:
         decode_message(junk + bytes(DEFAULT_MAX_FRAME_BYTES - len(junk)))

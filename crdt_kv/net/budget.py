@@ -128,9 +128,10 @@ class ByteBudget:
         ``run_sync_soon``), however many connections released meanwhile; with 256
         connections each release summing all holders was an eighth of the event loop under
         attack (bench_hostile). The sweep takes the kept total and adds each grant to it,
-        strictly oldest waiter first: it stops at the first waiter there is no room for
-        (that one and those after it are not woken), so a sweep under a spent budget
-        costs one look, not one per waiting connection."""
+        oldest waiter first; from the first waiter there is no room for on, a waiter is
+        woken only if it now holds less than the floor (its frame was applied meanwhile),
+        with what reaches the floor, as a newcomer would get at once: the budget is not
+        handed past an older waiter, and small frames never wait behind one."""
         if not self._waiters or self._sweep_due:
             return
         self._sweep_due = True
@@ -144,14 +145,19 @@ class ByteBudget:
             self._recount_due = False
             self.recount()
         total = self._total
+        stuck = False
         for waiter in list(self._waiters):
-            grant = self._grant(waiter.held(), waiter.want, total)
-            if not grant:
-                return
-            total += grant
-            waiter.grant = grant
-            del self._waiters[waiter]
-            waiter.woken.set()
+            mine = waiter.held()
+            if stuck:  # behind one there is no room for: only its floor, if it has room
+                grant = max(0, self.floor - mine)
+            else:
+                grant = self._grant(mine, waiter.want, total)
+                stuck = not grant
+            if grant:
+                total += grant
+                waiter.grant = grant
+                del self._waiters[waiter]
+                waiter.woken.set()
 
     async def read_size(self, held: Callable[[], int], want: int) -> int:
         """How many bytes the connection holding ``held()`` may read now (at most ``want``),

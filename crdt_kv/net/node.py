@@ -461,7 +461,8 @@ class Node(Scorekeeper):
 
     async def _run_gc(self, policy: GcPolicy) -> None:
         """Honour the collection policy: sleep until its timer, run its requests on the
-        storage worker (ordered with every other storage request)."""
+        storage worker's thread for catch-up work (in order with the other requests there;
+        the store's commit lock serializes it with every commit)."""
         while True:
             wake = self._gc_wake = trio.Event()
             timer = policy.get_timer()

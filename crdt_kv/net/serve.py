@@ -186,6 +186,10 @@ async def serve(
     # With discovery, listen for two announcements before deciding nobody is there.
     listen_s = 2 * announce_interval_s if discovery else 0.0
     waiter = CatchUpWaiter(timeout_s=catch_up_timeout_s, listen_s=listen_s) if catch_up else None
+    if isinstance(metrics_max_peers, bool) or not isinstance(metrics_max_peers, int):
+        raise ConfigError(f"metrics_max_peers must be an int, got {metrics_max_peers!r}")
+    if metrics_max_peers < 0:
+        raise ConfigError(f"metrics_max_peers must not be negative, got {metrics_max_peers}")
     if metrics_listen is not None:
         parse_address(metrics_listen, what="metrics listen address")
     if client_listen is not None:

@@ -18,7 +18,7 @@ import cbor2
 
 from crdt_kv.accel import lww_run
 from crdt_kv.errors import RejectedDataError, RemoteProtocolError
-from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader
+from crdt_kv.protocol.cbor_reader import INDEFINITE, Reader, Truncated
 from crdt_kv.protocol.fields import NoTags, array, boolean, fail, text, uint
 from crdt_kv.protocol.framing import bare, short
 from crdt_kv.version import RawEntry
@@ -125,6 +125,8 @@ def _rows(  # noqa: PLR0917 - private, called once
             i += len(run)
         if not (i < rows if rows != INDEFINITE else (pos >= end or buf[pos] != _BREAK)):
             break
+        if pos >= end and r.partial:
+            raise Truncated
         if i >= limit:
             _check_count(i + 1, sequences, max_entries)
         if pos + 1 < end and buf[pos] == _LWW_ROW and buf[pos + 1] != _CHUNKED_BYTES:
@@ -134,6 +136,8 @@ def _rows(  # noqa: PLR0917 - private, called once
             except RemoteProtocolError:
                 raise
             except _CBOR_ERRORS as exc:
+                if r.partial and isinstance(exc, cbor2.CBORDecodeEOF):
+                    raise Truncated from None
                 r.pos = pos  # the reader names the field at fault
                 _row(r, i, base, peers, lww_only=lww_only)
                 raise bare(fail(f"batch.entries[{i}] is not valid CBOR: {exc}")) from None
@@ -199,7 +203,9 @@ def _peers(r: Reader, *, large: bool = False) -> list[str]:
         fp.seek(r.pos)
         try:
             p = dec.decode()
-        except _CBOR_ERRORS:
+        except _CBOR_ERRORS as exc:
+            if r.partial and isinstance(exc, cbor2.CBORDecodeEOF):
+                raise Truncated from None
             p = r.text(where, 255)  # names what is wrong with it
         else:
             r.pos = fp.tell()

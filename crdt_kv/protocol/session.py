@@ -179,7 +179,7 @@ class Session(Sender):
         self._applying: tuple[ApplyBatch, Batch] | None = None
         self._frame_bytes = 0
         self._vetted = -1  # frames_received when the frame under way was prefix-checked
-        self._vouched = False  # the peer sent a valid batch: no more prefix checks
+        self._vouched = False  # the peer sent a valid large batch: no more prefix checks
         self._applying_bytes = 0
         self._out_pos = 0
         self._unacked: deque[int] = deque()
@@ -437,7 +437,8 @@ class Session(Sender):
                 msg = decode_message(
                     payload, max_batch_entries=self.max_batch_entries, lww_only=lww
                 )
-                self._vouched = self._vouched or isinstance(msg, Batch)
+                if self._frame_bytes > SMALL_FRAME_BYTES and isinstance(msg, Batch):
+                    self._vouched = True
                 self._handle(msg)
             except ClockSkewError as exc:
                 self._fail(bare(exc), AbortCode.CLOCK_SKEW)
@@ -447,7 +448,7 @@ class Session(Sender):
                 self._fail(bare(exc), AbortCode.PROTOCOL)
 
     def _vet(self, inbox: Inbox) -> None:
-        """Until the peer sent one valid batch, refuse a large frame under way from its
+        """Until the peer sent one valid large batch, refuse a large frame under way from its
         first :data:`SMALL_FRAME_BYTES` when they already show it invalid (the error its
         decoding would raise), rather than read, buffer and copy the rest of it."""
         frame = self.stats.frames_received
