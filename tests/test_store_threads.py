@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -201,3 +202,42 @@ def test_hooks_run_on_the_committing_thread() -> None:
     db.put("yy", 2)
     main = threading.current_thread().name
     assert seen == [("worker", 1), ("worker", -1), (main, 2), (main, -2)]
+
+
+def test_a_long_read_lets_commits_in_between_its_chunks() -> None:
+    """A catch-up read holds the commit lock for one chunk of the log at a time: a live
+    apply waits for a chunk, never for a whole batch."""
+    clock = ManualClock()
+    db = mem("a", clock)
+    for i in range(2000):
+        db.put(f"k{i:05}", i)
+    backend = db.backend
+    real = backend._get_many  # type: ignore[attr-defined]
+    first_chunk, events = threading.Event(), []
+
+    def slow_get_many(keys: Any) -> list[bytes | None]:
+        first_chunk.set()
+        time.sleep(0.01)
+        return real(keys)  # type: ignore[no-any-return]
+
+    backend._get_many = slow_get_many  # type: ignore[attr-defined]
+    head = db.last_seq
+
+    def reader() -> None:
+        got = db.read_changes(0, limit=10_000, stop_at=head)
+        events.append(("read", [e.key for e in got]))
+
+    def writer() -> None:
+        assert first_chunk.wait(10)
+        db.put("k00000", "new")  # rewrites a key the read already passed
+        db.put("k01999", "new")  # and one it has not reached yet
+        events.append(("put", None))
+
+    _run(reader, writer)
+    assert [name for name, _ in events] == ["put", "read"]
+    keys = events[1][1]
+    assert keys is not None
+    assert keys[0] == b"k00000" and b"k01999" not in keys  # rewritten past ``head``
+    assert len(keys) == len(set(keys)) == 1999
+    backend._get_many = real  # type: ignore[attr-defined]
+    assert [e.key for e in db.read_changes(head, limit=10)] == [b"k00000", b"k01999"]

@@ -400,10 +400,12 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
         stop_at: int | None = None,
         max_bytes: int | None = None,
     ) -> list[RawEntry]:
-        """Up to ``limit`` entries of :meth:`raw_changes`, read under the commit lock.
+        """Up to ``limit`` entries of :meth:`raw_changes`, read in chunks of a few hundred
+        log entries, each under the commit lock.
 
-        Materialized in one go so a thread may read while another commits, on any
-        backend. ``stop_at`` ends the read before entries with ``seq > stop_at`` (the log
+        Materialized so a thread may read while another commits, on any backend; a commit
+        waits for one chunk at most, and each chunk sees the log as a separate read would
+        (a key rewritten meanwhile is left out and appears later, after ``since``). ``stop_at`` ends the read before entries with ``seq > stop_at`` (the log
         as it was at that sequence; keys rewritten since are left out); ``max_bytes``
         ends it with the entry that brings the sum of
         :func:`~crdt_kv.protocol.storage.entry_size` to it.

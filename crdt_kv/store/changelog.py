@@ -6,6 +6,7 @@ reads a log entry, then the key's record, and skips records rewritten since.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from itertools import islice
@@ -43,7 +44,7 @@ class ChangeLog:
     """Reads of the change log and the cursors for one store.
 
     ``sources`` is the store's live map of source ids (shared, updated by applies);
-    ``lock`` the store's commit lock, which :meth:`read` holds while it reads.
+    ``lock`` the store's commit lock, which :meth:`read` holds while it reads a chunk.
     """
 
     __slots__ = ("_backend", "_check", "_lock", "_peer_names", "_sources")
@@ -82,23 +83,38 @@ class ChangeLog:
                     return
 
     def _chunks(
-        self, since: int, exclude: Source | None, stop_at: int | None
+        self, since: int, exclude: Source | None, stop_at: int | None, locked: bool = False
     ) -> Iterator[tuple[list[RawEntry | int], list[bytes], list[bytes | None], list[int]]]:
         """Per chunk of the log: :func:`records_at` of its entries, with what
-        :meth:`_slow` needs for the slots it left (data keys, records, sequences)."""
+        :meth:`_slow` needs for the slots it left (data keys, records, sequences).
+
+        ``locked``: each chunk's log entries and records are read under the commit lock,
+        from an iterator of their own, and the lock is let go between chunks. Each chunk
+        is then as two consecutive reads would see it (a key rewritten meanwhile is left
+        out here and appears later in the log), and a commit waits for one chunk, not for
+        a whole batch of a catch-up read.
+        """
         self._check()
         if not isinstance(since, int) or since < 0:
             raise ValueError(f"since must be a non-negative int, got {since!r}")
         skip = self._sources.get(exclude, -1) if exclude is not None else -1
         backend, peer_names = self._backend, self._peer_names
-        it = backend.iterate(log_key(since + 1), log_stop(stop_at))
+        start, stop = log_key(since + 1), log_stop(stop_at)
+        it = None if locked else backend.iterate(start, stop)
         while True:
-            items = list(islice(it, _CHUNK))
-            if not items:
-                return
-            seqs, keys = log_chunk(items, skip)
+            if it is not None:
+                items = list(islice(it, _CHUNK))
+                seqs, keys = log_chunk(items, skip)
+                blobs = backend.get_many(keys) if keys else []
+            else:
+                with self._lock:
+                    items = list(islice(backend.iterate(start, stop), _CHUNK))
+                    seqs, keys = log_chunk(items, skip)
+                    blobs = backend.get_many(keys) if keys else []
+                if len(items) == _CHUNK:
+                    start = items[-1][0] + b"\x00"
+                    time.sleep(0)  # a thread waiting for the lock takes it now
             if keys:
-                blobs = backend.get_many(keys)
                 yield records_at(keys, blobs, seqs, peer_names), keys, blobs, seqs
             if len(items) < _CHUNK:
                 return
@@ -118,9 +134,10 @@ class ChangeLog:
         stop_at: int | None,
         max_bytes: int | None = None,
     ) -> list[RawEntry]:
-        """Up to ``limit`` entries of :meth:`scan`, materialized under the commit lock,
-        ending with the entry that brings ``sum(len(key) + len(value) + 24)`` to
-        ``max_bytes`` (so a batch of huge values is not read whole to send a part).
+        """Up to ``limit`` entries of :meth:`scan`, read chunk by chunk under the commit
+        lock (:meth:`_chunks`, ``locked``), ending with the entry that brings
+        ``sum(len(key) + len(value) + 24)`` to ``max_bytes`` (so a batch of huge values is
+        not read whole to send a part).
 
         Walks :meth:`_chunks` itself rather than :meth:`scan`: no generator step per entry.
         """
@@ -133,25 +150,24 @@ class ChangeLog:
         out: list[RawEntry] = []
         add = out.append
         size = 0
-        with self._lock:
-            for rows, keys, blobs, seqs in self._chunks(since, exclude, stop_at):
-                for i, got in enumerate(rows):
-                    if isinstance(got, RawEntry):
-                        e: RawEntry | None = got
+        for rows, keys, blobs, seqs in self._chunks(since, exclude, stop_at, locked=True):
+            for i, got in enumerate(rows):
+                if isinstance(got, RawEntry):
+                    e: RawEntry | None = got
+                else:
+                    e = None if got == REWRITTEN else self._slow(keys[i], blobs[i], seqs[i])
+                if e is None:
+                    continue  # rewritten since; it appears again later in the log
+                add(e)
+                if max_bytes is not None:
+                    if e.others or e.context:
+                        size += entry_size(e)
                     else:
-                        e = None if got == REWRITTEN else self._slow(keys[i], blobs[i], seqs[i])
-                    if e is None:
-                        continue  # rewritten since; it appears again later in the log
-                    add(e)
-                    if max_bytes is not None:
-                        if e.others or e.context:
-                            size += entry_size(e)
-                        else:
-                            size += len(e.key) + len(e.value) + VERSION_BYTES  # entry_size
-                        if size >= max_bytes:
-                            return out
-                    if len(out) >= limit:
+                        size += len(e.key) + len(e.value) + VERSION_BYTES  # entry_size
+                    if size >= max_bytes:
                         return out
+                if len(out) >= limit:
+                    return out
         return out
 
     def cursor(self, peer: str, incarnation: bytes) -> int:
