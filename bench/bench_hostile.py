@@ -497,6 +497,14 @@ def runqueue_wait_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def machine_busy() -> tuple[int, int]:
+    """``(busy, total)`` jiffies of every core so far (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
 WATCHED = (
     "crdt_kv_node_buffered_bytes",
     "crdt_kv_node_budget_waits_total",
@@ -516,6 +524,7 @@ class Sampler:
     metrics_url: str
     rss: list[tuple[float, int]] = field(default_factory=list)
     metrics: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    cpu: list[tuple[float, float, tuple[int, int]]] = field(default_factory=list)
     scrape_failures: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -533,7 +542,17 @@ class Sampler:
 
     def _sample_rss(self) -> None:
         while not self._stop.wait(0.1):
-            self.rss.append((time.perf_counter(), proc_status(self.pid, "VmRSS")))
+            now = time.perf_counter()
+            self.rss.append((now, proc_status(self.pid, "VmRSS")))
+            self.cpu.append((now, cpu_seconds(self.pid), machine_busy()))
+
+    def cpu_between(self, t0: float, t1: float) -> tuple[float, float]:
+        """T's CPU seconds and the machine's busy fraction (all cores) in ``[t0, t1]``."""
+        inside = [c for c in self.cpu if t0 <= c[0] <= t1]
+        if len(inside) < 2:
+            return math.nan, math.nan
+        (_, c0, (b0, n0)), (_, c1, (b1, n1)) = inside[0], inside[-1]
+        return c1 - c0, (b1 - b0) / (n1 - n0) if n1 > n0 else math.nan
 
     def _scrape(self) -> None:
         while not self._stop.wait(2.0):
@@ -718,9 +737,12 @@ def figures(
                 "p99": pct(v, 0.99),
                 "max": max(v, default=math.nan),
                 "over_target": sum(1 for x in v if x * 1000 > P99_TARGET_MS),
+                "target_cpu": cpu[0],
+                "machine_busy": cpu[1],
             }
             for a in range(0, math.ceil(t1 - t0), SLICE_S)
             for v in [lat.between(t0 + a, min(t0 + a + SLICE_S, t1))]
+            for cpu in [sampler.cpu_between(t0 + a, min(t0 + a + SLICE_S, t1))]
             if v
         },
         "buffered_bytes_max": sampler.metric_max("crdt_kv_node_buffered_bytes"),
@@ -788,14 +810,12 @@ def report(f: dict[str, Any]) -> bool:
     for phase, ph in f["latency"].items():
         cells = (ph["writes"], ph["lost"], ms(ph["p50"]), ms(ph["p99"]), ms(ph["max"]))
         print(f"{phase:<26} " + " ".join(f"{c:>10}" for c in cells))
-    print(
-        f"\n{'the attack, by slice':<26} "
-        + " ".join(f"{h:>10}" for h in ("writes", "p99", "max"))
-        + f"  > {P99_TARGET_MS:g} ms"
-    )
+    heads = ("writes", "p99", "max", f"> {P99_TARGET_MS:g} ms", "T CPU s", "all busy")
+    print(f"\n{'the attack, by slice':<26} " + " ".join(f"{h:>10}" for h in heads))
     for name, sl in f["attack_slices"].items():
-        cells = (sl["writes"], ms(sl["p99"]), ms(sl["max"]))
-        print(f"{name:<26} " + " ".join(f"{c:>10}" for c in cells) + f"  {sl['over_target']:>7}")
+        cells = (sl["writes"], ms(sl["p99"]), ms(sl["max"]), sl["over_target"])
+        cells += (f"{sl['target_cpu']:.1f}", f"{sl['machine_busy']:.0%}")
+        print(f"{name:<26} " + " ".join(f"{c:>10}" for c in cells))
     cols = ("connections", "dropped", "refused", "connect failed")
     print(f"\n{'hostile kind':<12} " + " ".join(f"{c:>14}" for c in cols) + "  other")
     for kind, st in f["hostile"].items():

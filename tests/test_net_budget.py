@@ -304,3 +304,39 @@ async def test_a_queued_waiter_whose_bytes_were_applied_gets_its_floor_behind_a_
             pinned["c"] = 0
             budget.report(tokens["c"])
     assert got == {"a": 64 * k, "b": 64 * k}
+
+
+async def test_a_waiter_with_a_token_is_swept_by_its_reported_size_without_calling_it() -> None:
+    k = 1 << 10
+    budget = ByteBudget(256 * k, floor=64 * k)
+    pinned = {"a": 100 * k, "b": 100 * k, "c": 200 * k, "d": 10 * k}
+    tokens = {n: budget.register(lambda n=n: pinned[n]) for n in pinned}
+    calls = {"a": 0, "b": 0}
+    got: dict[str, int] = {}
+
+    async def read(name: str) -> None:
+        def held() -> int:
+            calls[name] += 1
+            return pinned[name]
+
+        got[name] = await budget.read_size(held, 64 * k, token=tokens[name])
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(read, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == {"a": 1, "b": 1}  # once each, on asking
+            pinned["b"] = 0  # applied, but not reported yet: the sweep does not know
+            pinned["d"] = 5 * k
+            budget.report(tokens["d"])  # a sweep runs, and finds no room
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == {}
+            budget.report(tokens["b"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == {"b": 64 * k}
+            pinned["c"] = 0
+            budget.report(tokens["c"])
+    assert got == {"a": 64 * k, "b": 64 * k}
+    assert calls == {"a": 1, "b": 1}  # sweeps took the reported sizes

@@ -395,7 +395,7 @@ class LinkDriver:
     async def _submit_when_room(self, request: StorageRequest) -> None:
         assert self.budget is not None
         if isinstance(request, ReadLog):
-            await self.budget.read_size(self._held, request.max_bytes)
+            await self.budget.read_size(self._held, request.max_bytes, token=self._token)
         self.worker.submit(
             request, functools.partial(self._stored, request), urgent=self.urgent(request)
         )
@@ -454,7 +454,9 @@ class LinkDriver:
                     scope.deadline = trio.current_time() + ABORT_GRACE_S
                 try:
                     if self.budget is not None:
-                        size = await self.budget.read_size(lambda: link.held_bytes, size)
+                        size = await self.budget.read_size(
+                            lambda: link.held_bytes, size, token=self._token
+                        )
                     data = await conn.stream.receive_some(size)
                 except TRANSPORT_ERRORS as exc:
                     conn.broken = conn.broken or exc
