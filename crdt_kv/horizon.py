@@ -219,10 +219,12 @@ class Membership:
             now_ms,
             min(self._received_through(members, own_hlc), cap),
         )
-        active = sorted(members, key=lambda p: (-self.rows[p].seen_ms, p))
+        rows = self.rows
+        # ``members`` is sorted by id and the sort is stable: ties stay in id order.
+        active = sorted(members, key=lambda p: rows[p].seen_ms, reverse=True)
         out = [own]
         for p in active[: MAX_GOSSIP_ROWS - 1]:
-            r = self.rows[p]
+            r = rows[p]
             out.append(GossipRow(p, min(r.v, cap), r.seen_ms, min(r.reported_d, cap)))
         return tuple(out)
 

@@ -4,6 +4,7 @@ decode kept alive."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
@@ -30,7 +31,7 @@ from crdt_kv.protocol import (
     encode_message,
 )
 from crdt_kv.protocol.framing import short
-from crdt_kv.protocol.handshake import fit_hello
+from crdt_kv.protocol.handshake import fit_hello, gossip_row_size
 from crdt_kv.protocol.storage import (
     BATCH_OVERHEAD,
     entry_size,
@@ -231,3 +232,52 @@ def test_fitted_batches_never_exceed_the_limit(
     assert size <= limit or len(kept) == 1
     if len(kept) < len(rows):  # cut only where one more row could overflow the frame
         assert BATCH_OVERHEAD + sum(map(row_bound, rows[: len(kept) + 1])) > limit
+
+
+def _fit_by_search(h: Hello) -> Hello:
+    """The reference: encode the Hello with each candidate number of rows."""
+    if len(encode_message(h)) <= HELLO_MAX_FRAME_BYTES:
+        return h
+    lo, hi = 1, len(h.gc) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encode_message(dataclasses.replace(h, gc=h.gc[:mid]))) <= HELLO_MAX_FRAME_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return dataclasses.replace(h, gc=h.gc[:lo])
+
+
+_uints = st.one_of(st.integers(0, 30), st.integers(0, 1 << 17), st.integers(0, (1 << 64) - 1))
+_rows = st.lists(
+    st.builds(GossipRow, st.text(min_size=1, max_size=300), _uints, _uints, _uints),
+    min_size=1,
+    max_size=MAX_GOSSIP_ROWS,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_rows, name=st.text(min_size=1, max_size=255))
+def test_fit_hello_keeps_the_most_rows_that_fit_as_encoding_each_candidate_would(
+    rows: list[GossipRow], name: str
+) -> None:
+    h = hello(name, gc=tuple(rows))
+    fitted = fit_hello(h)
+    assert fitted == _fit_by_search(h)
+    for g in rows[:5]:
+        assert gossip_row_size(g) == len(cbor2.dumps([g.peer, g.v, g.seen_ms, g.d]))
+
+
+def test_fit_hello_at_every_byte_of_room_matches_encoding_each_candidate() -> None:
+    rows = tuple(
+        GossipRow(f"peer-{i:04}" + "x" * (i % 37), i * 7919, (i * 104729) % (1 << 40), i)
+        for i in range(1200)
+    )
+    trimmed = 0
+    for pad in range(60):  # each byte of padding moves the room by one byte
+        h = hello("a" + "b" * pad, gc=rows[:MAX_GOSSIP_ROWS])
+        fitted = fit_hello(h)
+        assert fitted == _fit_by_search(h)
+        assert len(encode_message(fitted)) <= HELLO_MAX_FRAME_BYTES
+        trimmed += len(fitted.gc) < MAX_GOSSIP_ROWS
+    assert trimmed == 60

@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
+import cbor2
+
 from crdt_kv.errors import ClockSkewError, PeerIdentityError, RolledBackError
+from crdt_kv.horizon import GossipRow
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, HELLO_MAX_FRAME_BYTES
 from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request, encode_message
 from crdt_kv.protocol.options import SessionStats
@@ -15,6 +18,7 @@ from crdt_kv.protocol.replica import Replica
 __all__ = [
     "check_rollback",
     "fit_hello",
+    "gossip_row_size",
     "hello_mismatch",
     "observe_peer_clock",
     "our_hello",
@@ -61,17 +65,49 @@ def fit_hello(h: Hello) -> Hello:
     :data:`HELLO_MAX_FRAME_BYTES` (the peer refuses a longer first frame), dropping the
     least recently seen members first; the sender's own row always fits (the other fields
     take at most about 1 KiB). A member left out is simply not reported by this Hello, as
-    one past ``MAX_GOSSIP_ROWS`` is not."""
-    if len(encode_message(h)) <= HELLO_MAX_FRAME_BYTES:
+    one past ``MAX_GOSSIP_ROWS`` is not.
+
+    The rows' encoded sizes are added up (:func:`gossip_row_size`), not the Hello
+    encoded once per step of a search: with a thousand members, every connection's Hello
+    cost milliseconds of the event loop (bench_hostile)."""
+    if len(h.gc) <= 1:
         return h
-    lo, hi = 1, len(h.gc) - 1  # rows kept: lo fits, hi + 1 does not
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if len(encode_message(replace(h, gc=h.gc[:mid]))) <= HELLO_MAX_FRAME_BYTES:
-            lo = mid
-        else:
-            hi = mid - 1
-    return replace(h, gc=h.gc[:lo])
+    # What the other fields leave for the gc array (its head and rows): an empty array
+    # is its head alone, one byte.
+    room = HELLO_MAX_FRAME_BYTES - (len(encode_message(replace(h, gc=()))) - 1)
+    used = kept = 0
+    for g in h.gc:
+        used += gossip_row_size(g)
+        if _head_size(kept + 1) + used > room:
+            return replace(h, gc=h.gc[: max(kept, 1)])
+        kept += 1
+    return h
+
+
+def gossip_row_size(g: GossipRow) -> int:
+    """The CBOR size of one gossip row as a Hello carries it: ``[peer, v, seen_ms, d]``
+    (RFC 8949 preferred serialization: every length and integer in its shortest form)."""
+    peer = len(g.peer.encode("utf-8"))
+    return 1 + _head_size(peer) + peer + _uint_size(g.v) + _uint_size(g.seen_ms) + _uint_size(g.d)
+
+
+def _head_size(n: int) -> int:
+    """Bytes of a CBOR head carrying argument ``n`` (a length, or an unsigned integer)."""
+    if n < 24:
+        return 1
+    if n < 1 << 8:
+        return 2
+    if n < 1 << 16:
+        return 3
+    if n < 1 << 32:
+        return 5
+    return 9
+
+
+def _uint_size(n: int) -> int:
+    """Bytes of integer ``n`` in CBOR (gossip values are stamps and times: never past
+    64 bits, but any other is sized as it is encoded)."""
+    return _head_size(n) if 0 <= n < 1 << 64 else len(cbor2.dumps(n))
 
 
 def observe_peer_clock(
