@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import crdt_kv
 from crdt_kv.backends.memory import MemoryBackend
 from crdt_kv.errors import ConfigError, CorruptionError
-from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow, Membership
+from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow, MemberRow, Membership
 from crdt_kv.testing import ManualClock
 
 DAY = 24 * 3600 * 1000
@@ -299,3 +299,20 @@ def test_members_are_exactly_the_active_rows(
     assert m.members(now) == sorted(p for p in m.rows if m.active(p, now))
     own = m.gossip(now, 10_000)[0]
     assert own.d == min((m.rows[p].v for p in m.members(now)), default=10_000 if rows else 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops_st, st.lists(st.one_of(st.none(), st.integers(0, 1 << 40)), min_size=1, max_size=4))
+def test_gossip_rows_reused_across_calls_are_what_a_fresh_table_gossips(
+    ops: list, holds: list[int | None]
+) -> None:
+    """The table keeps each member's last gossip row while its row is unchanged: after any
+    heard, pulled or forget, its gossip equals that of a table built from its rows alone."""
+    m = Membership("me", expiry_ms=2 * DAY)
+    now = T0
+    for i, op in enumerate(ops):
+        now = _run(m, [op]) - T0 + now
+        hold = holds[i % len(holds)]
+        rows = {p: MemberRow(*r.as_list()) for p, r in m.rows.items()}
+        fresh = Membership("me", expiry_ms=2 * DAY, rows=rows)
+        assert m.gossip(now, stamp(now), hold) == fresh.gossip(now, stamp(now), hold)

@@ -75,12 +75,11 @@ def fit_hello(h: Hello) -> Hello:
     # What the other fields leave for the gc array (its head and rows): an empty array
     # is its head alone, one byte.
     room = HELLO_MAX_FRAME_BYTES - (len(encode_message(replace(h, gc=()))) - 1)
-    used = kept = 0
-    for g in h.gc:
+    used = 0
+    for kept, g in enumerate(h.gc):
         used += gossip_row_size(g)
         if _head_size(kept + 1) + used > room:
             return replace(h, gc=h.gc[: max(kept, 1)])
-        kept += 1
     return h
 
 

@@ -200,6 +200,9 @@ MAX_REPAIR_PAYLOAD = 1 << 16
 """The largest :class:`Repair` payload a side sends (and accepts)."""
 
 
+_GOSSIP_FIELDS = attrgetter("peer", "v", "seen_ms", "d")
+
+
 def encode_message(msg: Message) -> bytes:
     """CBOR-encode one message (without the length prefix)."""
     if isinstance(msg, Batch):
@@ -238,7 +241,7 @@ def encode_message(msg: Message) -> bytes:
             msg.value_encoding,
             msg.max_batch_entries,
             msg.conflicts,
-            [[g.peer, g.v, g.seen_ms, g.d] for g in msg.gc],
+            list(map(_GOSSIP_FIELDS, msg.gc)),  # tuples encode as arrays
         ]
         if msg.max_frame_bytes != DEFAULT_MAX_FRAME_BYTES:
             fields.append(msg.max_frame_bytes)

@@ -405,10 +405,10 @@ class Store(PointReads, Repair, MemberApi, CursorChecks, ClockApi):
 
         Materialized so a thread may read while another commits, on any backend; a commit
         waits for one chunk at most, and each chunk sees the log as a separate read would
-        (a key rewritten meanwhile is left out and appears later, after ``since``). ``stop_at`` ends the read before entries with ``seq > stop_at`` (the log
-        as it was at that sequence; keys rewritten since are left out); ``max_bytes``
-        ends it with the entry that brings the sum of
-        :func:`~crdt_kv.protocol.storage.entry_size` to it.
+        (a key rewritten meanwhile is left out and appears later, after ``since``).
+        ``stop_at`` ends the read before entries with ``seq > stop_at`` (the log as it was
+        at that sequence; keys rewritten since are left out); ``max_bytes`` ends it with the
+        entry that brings the sum of :func:`~crdt_kv.protocol.storage.entry_size` to it.
         """
         return self._changelog.read(since, limit, exclude_source, stop_at, max_bytes)
 
