@@ -9,7 +9,7 @@ import trio
 from net_helpers import wait_until
 
 import crdt_kv
-from crdt_kv.net.peers import UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
+from crdt_kv.net.peers import PRUNE_EVERY_S, UNIDENTIFIED, PeerBook, PeerRecord, TargetInfo
 from crdt_kv.protocol import InState, SessionStats
 from crdt_kv.store import Store
 
@@ -129,3 +129,25 @@ async def test_a_node_forgets_a_peer_that_dialed_in_once_after_the_member_expiry
         assert nb.peer_book.pruned == 1 and not nb.peer_book.records
     a.close()
     b.close()
+
+
+def test_sessions_prune_the_book_at_most_once_a_second_unless_it_is_over_the_cap() -> None:
+    book, clock, store = book_for(60, max_records=100)
+    calls = {"n": 0}
+    real = book.prune
+
+    def counted() -> int:
+        calls["n"] += 1
+        return real()
+
+    book.prune = counted  # type: ignore[method-assign]
+    for i in range(50):
+        book.connected(FakeSession(), f"p{i}", b"i" * 16, 0, "127.0.0.1:1")  # type: ignore[arg-type]
+    assert calls["n"] == 1
+    clock.now += PRUNE_EVERY_S
+    book.connected(FakeSession(), "late", b"i" * 16, 0, "127.0.0.1:1")  # type: ignore[arg-type]
+    assert calls["n"] == 2
+    book.max_records = 10  # over the cap: every session prunes
+    book.connected(FakeSession(), "over", b"i" * 16, 0, "127.0.0.1:1")  # type: ignore[arg-type]
+    assert calls["n"] == 3
+    store.close()

@@ -13,6 +13,7 @@ table without bound. A peer with an open session or one the node dials is never 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
@@ -51,6 +52,10 @@ COUNTERS = (
 
 MAX_PEER_RECORDS = 4096
 """Per-peer records kept at most (see :class:`PeerBook`)."""
+PRUNE_EVERY_S = 1.0
+"""A new session prunes the book at most this often, unless it is over ``max_records``:
+pruning scans every record, and under a flood of new peer ids (bench_hostile) it ran on
+every accepted Hello."""
 
 
 @dataclass(slots=True)
@@ -114,6 +119,7 @@ class PeerBook:
         """``clock``: seconds for expiry; ``wall``: Unix time; ``keep``: peer ids the
         node dials (never pruned)."""
         self.max_records = max_records
+        self._next_prune = -math.inf
         self.pruned = 0
         """Records pruned since the book was made."""
         self.refusals: Counter[str] = Counter()
@@ -138,6 +144,7 @@ class PeerBook:
         oldest beyond ``max_records``; never one with an open session or one in
         ``keep()``. Returns how many were dropped."""
         now = self.clock()
+        self._next_prune = now + PRUNE_EVERY_S
         expiry_s = self.store.membership.table.expiry_ms / 1000
         keep = set(self.keep())
         idle = [r for r in self.records.values() if not r.active and r.peer_id not in keep]
@@ -166,7 +173,8 @@ class PeerBook:
             rec.remote_last_seq = 0
         if session.in_state is not InState.DISABLED:
             rec.remote_last_seq = max(rec.remote_last_seq, remote_last_seq)
-        self.prune()
+        if len(self.records) > self.max_records or self.clock() >= self._next_prune:
+            self.prune()
         return rec
 
     def count_refusal(self, error: BaseException | None) -> None:
