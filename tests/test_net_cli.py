@@ -53,6 +53,7 @@ class Server:
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
         self.address = ""
+        self._err = b""
 
     async def read_listening(self) -> str:
         assert self.proc.stdout is not None
@@ -68,11 +69,21 @@ class Server:
         return self.address
 
     async def stderr_text(self) -> str:
+        """Everything the server wrote to stderr (read to its end: call once it exits)."""
         assert self.proc.stderr is not None
-        out = b""
+        out = self._err
         while chunk := await self.proc.stderr.receive_some(1 << 16):
             out += chunk
         return out.decode()
+
+    async def wait_stderr(self, needle: str, timeout: float = 15) -> None:
+        """Read stderr until it holds ``needle``: the server logs on its own schedule."""
+        assert self.proc.stderr is not None
+        with trio.fail_after(timeout):
+            while needle.encode() not in self._err:
+                chunk = await self.proc.stderr.receive_some(1 << 16)
+                assert chunk, f"server closed stderr without logging {needle!r}"
+                self._err += chunk
 
 
 async def start_server(config: Path, *extra: str) -> Server:
@@ -389,6 +400,7 @@ async def test_cli_server_over_tls_syncs_with_certified_peers_only(tmp_path: Pat
                 assert not nb.peer_book.refusals
             with pytest.raises(crdt_kv.CrdtKvError):  # plaintext: the server hangs up
                 await pull_copy(address)
+            await server.wait_stderr("refused")  # logged at WARNING, the default level
     finally:
         server.proc.send_signal(signal.SIGINT)
         with trio.fail_after(15):
@@ -415,3 +427,30 @@ def test_serve_tls_flags_are_checked(tmp_path: Path, flags: list[str], said: str
     )
     assert r.returncode == 2, r.stderr
     assert said in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_tune_python_gc_freezes_start_up_objects_and_collects_less_often() -> None:
+    import gc
+
+    from crdt_kv.net.cli import GC_THRESHOLDS, tune_python_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_python_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_serve_python_gc_flag_takes_only_its_choices(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "g.toml", "g", "127.0.0.1:0", [])
+    r = subprocess.run(
+        [str(CRDT_KV), "serve", "--config", str(cfg), "--python-gc", "off"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 2 and "--python-gc" in r.stderr and "tuned" in r.stderr
