@@ -12,7 +12,7 @@ import trio
 
 import crdt_kv
 from crdt_kv.net.driver import LinkDriver, StorageWorker
-from crdt_kv.protocol import ApplyBatch, InState, ReadLog
+from crdt_kv.protocol import ApplyBatch, InState, LinkState, OutState, ReadLog
 from crdt_kv.version import RawEntry
 
 
@@ -106,3 +106,34 @@ def test_a_light_request_runs_inline_only_when_the_commit_lock_is_free(tmp_path:
     assert driver._inline(request)  # type: ignore[arg-type]
     assert ran == ["light", "light"]
     store.close()
+
+
+def test_a_commit_reaches_only_links_it_can_give_work() -> None:
+    """A live session whose peer does not tail us yet is not told of a commit at all; one
+    that tails us is told and its task woken; a link between sessions is told (a waiting
+    round may start early) but its task is woken only if that changed something."""
+    told: list[float] = []
+
+    def link_for(out_state: OutState, state: LinkState, changed: bool = True) -> Any:
+        def local_changed(now: float) -> bool:
+            told.append(now)
+            return changed
+
+        session = SimpleNamespace(live=True, out_state=out_state)
+        config = SimpleNamespace(push_delay_s=0.0)
+        return SimpleNamespace(
+            session=session, state=state, config=config, local_changed=local_changed
+        )
+
+    async def main() -> None:
+        quiet = LinkDriver(link_for(OutState.WAITING, LinkState.CONNECTED), worker=None)  # type: ignore[arg-type]
+        quiet.local_changed()
+        assert told == [] and not quiet._wake.is_set()
+        tailing = LinkDriver(link_for(OutState.LIVE, LinkState.CONNECTED), worker=None)  # type: ignore[arg-type]
+        tailing.local_changed()
+        assert len(told) == 1 and tailing._wake.is_set()
+        waiting = LinkDriver(link_for(OutState.WAITING, LinkState.WAITING, False), worker=None)  # type: ignore[arg-type]
+        waiting.local_changed()
+        assert len(told) == 2 and not waiting._wake.is_set()
+
+    trio.run(main)
