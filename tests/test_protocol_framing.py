@@ -18,6 +18,7 @@ from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import ConfigError, RemoteProtocolError
 from crdt_kv.horizon import MAX_GOSSIP_ROWS, GossipRow
 from crdt_kv.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     HELLO_MAX_FRAME_BYTES,
     MIN_MAX_FRAME_BYTES,
     Batch,
@@ -281,3 +282,43 @@ def test_fit_hello_at_every_byte_of_room_matches_encoding_each_candidate() -> No
         assert len(encode_message(fitted)) <= HELLO_MAX_FRAME_BYTES
         trimmed += len(fitted.gc) < MAX_GOSSIP_ROWS
     assert trimmed == 60
+
+
+def _hello_by_dumps(h: Hello) -> bytes:
+    """The reference: the Hello's array written by cbor2 in one call."""
+    flags = (1 if h.send else 0) | (2 if h.receive else 0) | (4 if h.live else 0)
+    flags |= 8 if h.repair else 0
+    fields: list[Any] = [
+        0, h.version, h.cluster_id, h.peer_id, h.incarnation, h.hlc, h.last_seq, flags,
+        h.key_encoding, h.value_encoding, h.max_batch_entries, h.conflicts,
+        [[g.peer, g.v, g.seen_ms, g.d] for g in h.gc],
+    ]  # fmt: skip
+    if h.max_frame_bytes != DEFAULT_MAX_FRAME_BYTES:
+        fields.append(h.max_frame_bytes)
+    return cbor2.dumps(fields)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.builds(GossipRow, st.text(min_size=1, max_size=40), _uints, _uints, _uints),
+        max_size=300,
+    ),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    frame=st.sampled_from([DEFAULT_MAX_FRAME_BYTES, MIN_MAX_FRAME_BYTES, 1 << 30]),
+)
+def test_a_hello_is_encoded_as_cbor2_writes_its_array_with_rows_kept_per_object(
+    rows: list[GossipRow], flags: tuple[bool, bool, bool, bool], frame: int
+) -> None:
+    send, receive, live, repair = flags
+    h = hello(
+        "p", gc=tuple(rows), send=send, receive=receive, live=live, repair=repair,
+        max_frame_bytes=frame,
+    )  # fmt: skip
+    assert encode_message(h) == _hello_by_dumps(h)
+    assert encode_message(h) == _hello_by_dumps(h)  # again, from the kept row encodings
+    for n in (0, 23, 24, 255, 256, 1024):
+        more = tuple(rows[:1]) * n
+        assert encode_message(dataclasses.replace(h, gc=more)) == _hello_by_dumps(
+            dataclasses.replace(h, gc=more)
+        )

@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
-import cbor2
-
 from crdt_kv.errors import ClockSkewError, PeerIdentityError, RolledBackError
 from crdt_kv.horizon import GossipRow
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, HELLO_MAX_FRAME_BYTES
-from crdt_kv.protocol.messages import PROTOCOL_VERSION, Hello, Request, encode_message
+from crdt_kv.protocol.messages import (
+    PROTOCOL_VERSION,
+    Hello,
+    Request,
+    cbor_array_head,
+    encode_message,
+    gossip_row_wire,
+)
 from crdt_kv.protocol.options import SessionStats
 from crdt_kv.protocol.replica import Replica
 
@@ -67,7 +72,8 @@ def fit_hello(h: Hello) -> Hello:
     take at most about 1 KiB). A member left out is simply not reported by this Hello, as
     one past ``MAX_GOSSIP_ROWS`` is not.
 
-    The rows' encoded sizes are added up (:func:`gossip_row_size`), not the Hello
+    The rows' encoded sizes are added up (:func:`gossip_row_size`, from the row
+    encodings :func:`~crdt_kv.protocol.messages.gossip_row_wire` keeps), not the Hello
     encoded once per step of a search: with a thousand members, every connection's Hello
     cost milliseconds of the event loop (bench_hostile)."""
     if len(h.gc) <= 1:
@@ -78,35 +84,14 @@ def fit_hello(h: Hello) -> Hello:
     used = 0
     for kept, g in enumerate(h.gc):
         used += gossip_row_size(g)
-        if _head_size(kept + 1) + used > room:
+        if len(cbor_array_head(kept + 1)) + used > room:
             return replace(h, gc=h.gc[: max(kept, 1)])
     return h
 
 
 def gossip_row_size(g: GossipRow) -> int:
-    """The CBOR size of one gossip row as a Hello carries it: ``[peer, v, seen_ms, d]``
-    (RFC 8949 preferred serialization: every length and integer in its shortest form)."""
-    peer = len(g.peer.encode("utf-8"))
-    return 1 + _head_size(peer) + peer + _uint_size(g.v) + _uint_size(g.seen_ms) + _uint_size(g.d)
-
-
-def _head_size(n: int) -> int:
-    """Bytes of a CBOR head carrying argument ``n`` (a length, or an unsigned integer)."""
-    if n < 24:
-        return 1
-    if n < 1 << 8:
-        return 2
-    if n < 1 << 16:
-        return 3
-    if n < 1 << 32:
-        return 5
-    return 9
-
-
-def _uint_size(n: int) -> int:
-    """Bytes of integer ``n`` in CBOR (gossip values are stamps and times: never past
-    64 bits, but any other is sized as it is encoded)."""
-    return _head_size(n) if 0 <= n < 1 << 64 else len(cbor2.dumps(n))
+    """The CBOR size of one gossip row as a Hello carries it: ``[peer, v, seen_ms, d]``."""
+    return len(gossip_row_wire(g))
 
 
 def observe_peer_clock(

@@ -61,10 +61,12 @@ __all__ = [
     "Repair",
     "Request",
     "Verify",
+    "cbor_array_head",
     "check_frame_prefix",
     "decode_message",
     "encode_frame",
     "encode_message",
+    "gossip_row_wire",
     "message_type",
 ]
 
@@ -200,7 +202,79 @@ MAX_REPAIR_PAYLOAD = 1 << 16
 """The largest :class:`Repair` payload a side sends (and accepts)."""
 
 
-_GOSSIP_FIELDS = attrgetter("peer", "v", "seen_ms", "d")
+_ROW_WIRE: dict[int, tuple[GossipRow, bytes]] = {}
+_ROW_WIRE_MAX = 8192
+
+
+def gossip_row_wire(g: GossipRow) -> bytes:
+    """The CBOR of one gossip row as a Hello carries it, ``[peer, v, seen_ms, d]``.
+
+    Kept per row object (the entry holds the object, so its id cannot be reused while
+    kept): a membership table hands out the same row objects while its rows are
+    unchanged, so a Hello to each new connection encodes only the rows that changed.
+    With a thousand members, encoding every row for every connection was a large share
+    of the event loop under bench_hostile's attack."""
+    hit = _ROW_WIRE.get(id(g))
+    if hit is not None and hit[0] is g:
+        return hit[1]
+    wire = cbor2.dumps((g.peer, g.v, g.seen_ms, g.d))
+    if len(_ROW_WIRE) >= _ROW_WIRE_MAX:
+        _ROW_WIRE.clear()
+    _ROW_WIRE[id(g)] = (g, wire)
+    return wire
+
+
+def cbor_array_head(n: int) -> bytes:
+    """The CBOR head of a definite-length array of ``n`` items (shortest form)."""
+    if n < 24:
+        return bytes((0x80 | n,))
+    if n < 1 << 8:
+        return bytes((0x98, n))
+    if n < 1 << 16:
+        return b"\x99" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\x9a" + n.to_bytes(4, "big")
+    return b"\x9b" + n.to_bytes(8, "big")
+
+
+def _encode_hello(msg: Hello) -> bytes:
+    """The Hello as ``cbor2.dumps`` would write its array, with the gossip rows spliced
+    in from :func:`gossip_row_wire`."""
+    flags = (
+        (_FLAG_SEND if msg.send else 0)
+        | (_FLAG_RECEIVE if msg.receive else 0)
+        | (_FLAG_LIVE if msg.live else 0)
+        | (_FLAG_REPAIR if msg.repair else 0)
+    )
+    first = cbor2.dumps(
+        [
+            MsgType.HELLO,
+            msg.version,
+            msg.cluster_id,
+            msg.peer_id,
+            msg.incarnation,
+            msg.hlc,
+            msg.last_seq,
+            flags,
+            msg.key_encoding,
+            msg.value_encoding,
+            msg.max_batch_entries,
+            msg.conflicts,
+        ]
+    )
+    tail = b""
+    if msg.max_frame_bytes != DEFAULT_MAX_FRAME_BYTES:
+        tail = cbor2.dumps(msg.max_frame_bytes)
+    rows = b"".join(map(gossip_row_wire, msg.gc))
+    return b"".join(
+        (
+            cbor_array_head(14 if tail else 13),
+            first[1:],  # past the head of those 12 items
+            cbor_array_head(len(msg.gc)),
+            rows,
+            tail,
+        )
+    )
 
 
 def encode_message(msg: Message) -> bytes:
@@ -222,30 +296,7 @@ def encode_message(msg: Message) -> bytes:
     if isinstance(msg, Repair):
         return cbor2.dumps([MsgType.REPAIR, msg.payload])
     if isinstance(msg, Hello):
-        flags = (
-            (_FLAG_SEND if msg.send else 0)
-            | (_FLAG_RECEIVE if msg.receive else 0)
-            | (_FLAG_LIVE if msg.live else 0)
-            | (_FLAG_REPAIR if msg.repair else 0)
-        )
-        fields: list[Any] = [
-            MsgType.HELLO,
-            msg.version,
-            msg.cluster_id,
-            msg.peer_id,
-            msg.incarnation,
-            msg.hlc,
-            msg.last_seq,
-            flags,
-            msg.key_encoding,
-            msg.value_encoding,
-            msg.max_batch_entries,
-            msg.conflicts,
-            list(map(_GOSSIP_FIELDS, msg.gc)),  # tuples encode as arrays
-        ]
-        if msg.max_frame_bytes != DEFAULT_MAX_FRAME_BYTES:
-            fields.append(msg.max_frame_bytes)
-        return cbor2.dumps(fields)
+        return _encode_hello(msg)
     if isinstance(msg, Abort):
         return cbor2.dumps([MsgType.ABORT, msg.code, msg.reason])
     raise LocalProtocolError(f"cannot encode {type(msg).__name__}")
