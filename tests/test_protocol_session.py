@@ -1152,3 +1152,43 @@ def test_a_large_valid_frame_is_not_refused_by_its_prefix(
     for at in range(0, len(frame), 10_000):  # in pieces: the prefix is looked at midway
         events += sess.receive_data(frame[at : at + 10_000])
     assert not failed(events) and len(b) == 900
+
+
+def test_a_log_read_encodes_its_batch_and_the_session_sends_those_bytes(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    """A read performed off the event loop encodes the batch there; the session sends
+    that frame as is when it starts at the session's position, and encodes it again
+    when it does not."""
+    from crdt_kv.protocol import LogSlice, ReadLog
+
+    a, b, _ = pair
+    for i in range(5):
+        a.put(f"k{i}", i)
+    lk = link(a, b, a_defer_storage=True, a_mode="push", b_mode="pull")
+    request = _first_read(lk)
+    assert isinstance(request, ReadLog) and request.pos == 0
+    got = request.perform(a)
+    assert got.frame == encode_frame(Batch(0, got.to_seq, got.done, got.entries))
+    assert got.from_seq == 0
+    lk.a.storage_done(request, got)
+    assert lk.a.data_to_send() == got.frame
+    wrong = LogSlice(got.entries, got.to_seq, got.done, b"\0" * 9, 7)
+    assert wrong == got  # the kept frame is not part of the slice's value
+    lk2 = link(a, b, a_defer_storage=True, a_mode="push", b_mode="pull")
+    request2 = _first_read(lk2)
+    assert isinstance(request2, ReadLog)
+    lk2.a.storage_done(request2, wrong)
+    assert lk2.a.data_to_send() == got.frame  # encoded again: from_seq did not match
+
+
+def _first_read(lk: Link) -> Any:
+    """Exchange Hellos and the Request until a's sending side asks to read its log."""
+    for _ in range(10):
+        lk.b_to_a()
+        request = lk.a.storage_request()
+        if request is not None:
+            lk.a.data_to_send()  # a's Hello, sent before
+            return request
+        lk.a_to_b()
+    raise AssertionError("a never asked to read its log")
