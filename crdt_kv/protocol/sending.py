@@ -110,8 +110,7 @@ class Sender(StorageQueue):
         if s.done and self._stop_at is not None and s.to_seq < self._stop_at:
             s = LogSlice(s.entries, s.to_seq, False)  # the pinned head moved meanwhile
         batch = Batch(self._out_pos, s.to_seq, s.done, s.entries)
-        frame = s.frame if s.frame and s.from_seq == self._out_pos else encode_frame(batch)
-        remote = self.remote
+        frame, remote = encode_frame(batch), self.remote
         assert remote is not None
         too_big = oversized_frame(len(frame) - 4, s.entries, remote.peer_id, remote.max_frame_bytes)
         if too_big is not None:

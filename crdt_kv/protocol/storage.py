@@ -12,13 +12,13 @@ ordered.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crdt_kv.codec import MAX_KEY_BYTES, MAX_VALUE_BYTES
 from crdt_kv.errors import ClockSkewError, CrdtKvError, EncodingError, RemoteProtocolError
 from crdt_kv.protocol.framing import short
-from crdt_kv.protocol.messages import AbortCode, Batch, encode_frame
+from crdt_kv.protocol.messages import AbortCode
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.version import RawEntry
 
@@ -111,10 +111,6 @@ class LogSlice:
     entries: tuple[RawEntry, ...]
     to_seq: int
     done: bool
-    frame: bytes = field(default=b"", compare=False, repr=False)
-    """The batch already encoded as a frame starting at ``from_seq`` (b"": not encoded):
-    a read performed on a worker thread encodes it there, off the event loop."""
-    from_seq: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +163,7 @@ class ReadLog:
                 # (never sent back), so its cursor need not lag behind our head for nothing.
                 nxt = replica.read_changes(covered, limit=1, exclude_source=self.exclude_source)
                 covered = last if not nxt else max(covered, nxt[0].seq - 1)
-        entries = tuple(rows)
-        frame = encode_frame(Batch(self.pos, covered, done, entries))
-        return LogSlice(entries, covered, done, frame, self.pos)
+        return LogSlice(tuple(rows), covered, done)
 
 
 @dataclass(frozen=True, slots=True)
