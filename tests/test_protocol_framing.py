@@ -269,19 +269,24 @@ def test_fit_hello_keeps_the_most_rows_that_fit_as_encoding_each_candidate_would
         assert gossip_row_size(g) == len(cbor2.dumps([g.peer, g.v, g.seen_ms, g.d]))
 
 
-def test_fit_hello_at_every_byte_of_room_matches_encoding_each_candidate() -> None:
+@pytest.mark.parametrize("long_ids", [False, True])
+def test_fit_hello_at_every_byte_of_room_matches_encoding_each_candidate(long_ids: bool) -> None:
+    """Short ids keep about 500 rows (the array head is 3 bytes either way); long ones
+    keep fewer than 256 of 1,024 (a 2-byte head where all rows would take 3)."""
+    extra = 60 if long_ids else 0
     rows = tuple(
-        GossipRow(f"peer-{i:04}" + "x" * (i % 37), i * 7919, (i * 104729) % (1 << 40), i)
+        GossipRow(f"peer-{i:04}" + "x" * (i % 37 + extra), i * 7919, (i * 104729) % (1 << 40), i)
         for i in range(1200)
     )
     trimmed = 0
-    for pad in range(60):  # each byte of padding moves the room by one byte
+    for pad in range(80):  # each byte of padding moves the room by one byte
         h = hello("a" + "b" * pad, gc=rows[:MAX_GOSSIP_ROWS])
         fitted = fit_hello(h)
         assert fitted == _fit_by_search(h)
         assert len(encode_message(fitted)) <= HELLO_MAX_FRAME_BYTES
+        assert (len(fitted.gc) < 256) is long_ids
         trimmed += len(fitted.gc) < MAX_GOSSIP_ROWS
-    assert trimmed == 60
+    assert trimmed == 80
 
 
 def _hello_by_dumps(h: Hello) -> bytes:

@@ -3,8 +3,10 @@ of the cursor a peer's Request proves (spec section 9, rollback detection)."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Collection
 from dataclasses import replace
+from itertools import accumulate
 
 from crdt_kv.errors import ClockSkewError, PeerIdentityError, RolledBackError
 from crdt_kv.horizon import GossipRow
@@ -81,12 +83,15 @@ def fit_hello(h: Hello) -> Hello:
     # What the other fields leave for the gc array (its head and rows): an empty array
     # is its head alone, one byte.
     room = HELLO_MAX_FRAME_BYTES - (len(encode_message(replace(h, gc=()))) - 1)
-    used = 0
-    for kept, g in enumerate(h.gc):
-        used += gossip_row_size(g)
-        if len(cbor_array_head(kept + 1)) + used > room:
-            return replace(h, gc=h.gc[: max(kept, 1)])
-    return h
+    ends = list(accumulate(map(len, map(gossip_row_wire, h.gc))))  # ends[k-1]: k rows
+    if len(cbor_array_head(len(ends))) + ends[-1] <= room:
+        return h
+    # The array's head takes 1-3 bytes here (at most 1,024 rows are sent, 65,535 fit in 3):
+    # start from what surely fits and add rows while the exact size allows.
+    kept = bisect_right(ends, room - len(cbor_array_head(len(ends))))
+    while kept < len(ends) and len(cbor_array_head(kept + 1)) + ends[kept] <= room:
+        kept += 1
+    return replace(h, gc=h.gc[: max(kept, 1)])
 
 
 def gossip_row_size(g: GossipRow) -> int:
