@@ -1,7 +1,7 @@
 """The storage-request queue of a session: how its storage work is handed out and its
 results come back (:mod:`crdt_kv.protocol.storage`), a base class of
-:class:`~crdt_kv.protocol.session.Session` (through
-:class:`~crdt_kv.protocol.sending.Sender`) so that module stays small.
+:class:`~crdt_kv.protocol.session.Session` (through :class:`SessionPart`, the base of its
+sending and receiving sides) so that module stays small.
 
 With ``defer_storage=False`` a request is performed at once, inline; otherwise it waits in
 the queue until the driver takes it (:meth:`StorageQueue.storage_request`), performs it
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from crdt_kv.errors import LocalProtocolError
+from crdt_kv.errors import CrdtKvError, LocalProtocolError
 from crdt_kv.protocol.events import Event
+from crdt_kv.protocol.messages import AbortCode, Message
 from crdt_kv.protocol.replica import Replica
 from crdt_kv.protocol.storage import StorageRequest
 
-__all__ = ["StorageQueue"]
+__all__ = ["SessionPart", "StorageQueue"]
 
 
 class StorageQueue:
@@ -88,4 +89,19 @@ class StorageQueue:
         raise NotImplementedError
 
     def _take_events(self) -> list[Event]:
+        raise NotImplementedError
+
+
+class SessionPart(StorageQueue):
+    """The base of each side of a session (:class:`~crdt_kv.protocol.sending.Sender`,
+    :class:`~crdt_kv.protocol.receiving.Receiver`): the plumbing both get from the
+    session, which owns the state."""
+
+    def _send(self, msg: Message, frame: bytes = b"") -> None:
+        raise NotImplementedError
+
+    def _fail(self, error: CrdtKvError, code: AbortCode) -> None:
+        raise NotImplementedError
+
+    def _check_complete(self) -> None:
         raise NotImplementedError

@@ -8,11 +8,11 @@ is for the sending side; the session owns the state and supplies the plumbing.
 
 from __future__ import annotations
 
-from crdt_kv.errors import CrdtKvError, RemoteProtocolError
+from crdt_kv.errors import RemoteProtocolError
 from crdt_kv.protocol.events import BatchApplied, Event
-from crdt_kv.protocol.messages import AbortCode, Ack, Batch, Hello, Message
+from crdt_kv.protocol.messages import AbortCode, Ack, Batch, Hello
 from crdt_kv.protocol.options import SessionStats
-from crdt_kv.protocol.queue import StorageQueue
+from crdt_kv.protocol.queue import SessionPart
 from crdt_kv.protocol.states import IN_TABLE, FinalBatch, InState, OutState, TailBatch, step
 from crdt_kv.protocol.storage import ApplyBatch, oversized_entry
 from crdt_kv.protocol.verify import Checkup
@@ -25,7 +25,7 @@ ROW_OBJECT_BYTES = 200
 :attr:`~crdt_kv.protocol.session.Session.held_bytes`)."""
 
 
-class Receiver(StorageQueue):
+class Receiver(SessionPart):
     """The receiving-side handlers of a session; the state lives on the session."""
 
     live: bool
@@ -101,14 +101,3 @@ class Receiver(StorageQueue):
             self.in_state = step(IN_TABLE, self.in_state, event, "our receiving side")
         self._events.append(BatchApplied(len(b.entries), changed, b.from_seq, b.to_seq, b.done))
         self._check_complete()
-
-    # --- supplied by the session ----------------------------------------------------------
-
-    def _send(self, msg: Message, frame: bytes = b"") -> None:
-        raise NotImplementedError
-
-    def _fail(self, error: CrdtKvError, code: AbortCode) -> None:
-        raise NotImplementedError
-
-    def _check_complete(self) -> None:
-        raise NotImplementedError

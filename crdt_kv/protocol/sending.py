@@ -13,19 +13,18 @@ from __future__ import annotations
 
 from collections import deque
 
-from crdt_kv.errors import CrdtKvError, LocalProtocolError, RemoteProtocolError
+from crdt_kv.errors import LocalProtocolError, RemoteProtocolError
 from crdt_kv.protocol.handshake import check_rollback
 from crdt_kv.protocol.messages import (
     AbortCode,
     Ack,
     Batch,
     Hello,
-    Message,
     Request,
     encode_frame,
 )
 from crdt_kv.protocol.options import SessionStats
-from crdt_kv.protocol.queue import StorageQueue
+from crdt_kv.protocol.queue import SessionPart
 from crdt_kv.protocol.states import (
     OUT_TABLE,
     AllAcked,
@@ -42,7 +41,7 @@ __all__ = ["Sender"]
 _O = OutState
 
 
-class Sender(StorageQueue):
+class Sender(SessionPart):
     """The sending-side handlers of a session; the state lives on the session."""
 
     live: bool
@@ -141,15 +140,6 @@ class Sender(StorageQueue):
 
     @property
     def closed(self) -> bool:
-        raise NotImplementedError
-
-    def _send(self, msg: Message, frame: bytes = b"") -> None:
-        raise NotImplementedError
-
-    def _fail(self, error: CrdtKvError, code: AbortCode) -> None:
-        raise NotImplementedError
-
-    def _check_complete(self) -> None:
         raise NotImplementedError
 
     def _repair_progress(self) -> None:
