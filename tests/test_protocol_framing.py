@@ -32,7 +32,8 @@ from crdt_kv.protocol import (
     encode_message,
 )
 from crdt_kv.protocol.framing import short
-from crdt_kv.protocol.handshake import fit_hello, gossip_row_size
+from crdt_kv.protocol.handshake import fit_hello
+from crdt_kv.protocol.messages import gossip_row_wire
 from crdt_kv.protocol.storage import (
     BATCH_OVERHEAD,
     entry_size,
@@ -266,7 +267,7 @@ def test_fit_hello_keeps_the_most_rows_that_fit_as_encoding_each_candidate_would
     fitted = fit_hello(h)
     assert fitted == _fit_by_search(h)
     for g in rows[:5]:
-        assert gossip_row_size(g) == len(cbor2.dumps([g.peer, g.v, g.seen_ms, g.d]))
+        assert gossip_row_wire(g) == cbor2.dumps([g.peer, g.v, g.seen_ms, g.d])
 
 
 @pytest.mark.parametrize("long_ids", [False, True])

@@ -9,7 +9,6 @@ from dataclasses import replace
 from itertools import accumulate
 
 from crdt_kv.errors import ClockSkewError, PeerIdentityError, RolledBackError
-from crdt_kv.horizon import GossipRow
 from crdt_kv.protocol.framing import DEFAULT_MAX_FRAME_BYTES, HELLO_MAX_FRAME_BYTES
 from crdt_kv.protocol.messages import (
     PROTOCOL_VERSION,
@@ -25,7 +24,6 @@ from crdt_kv.protocol.replica import Replica
 __all__ = [
     "check_rollback",
     "fit_hello",
-    "gossip_row_size",
     "hello_mismatch",
     "observe_peer_clock",
     "our_hello",
@@ -74,8 +72,8 @@ def fit_hello(h: Hello) -> Hello:
     take at most about 1 KiB). A member left out is simply not reported by this Hello, as
     one past ``MAX_GOSSIP_ROWS`` is not.
 
-    The rows' encoded sizes are added up (:func:`gossip_row_size`, from the row
-    encodings :func:`~crdt_kv.protocol.messages.gossip_row_wire` keeps), not the Hello
+    The rows' encoded sizes are added up (from the row encodings
+    :func:`~crdt_kv.protocol.messages.gossip_row_wire` keeps), not the Hello
     encoded once per step of a search: with a thousand members, every connection's Hello
     cost milliseconds of the event loop (bench_hostile)."""
     if len(h.gc) <= 1:
@@ -92,11 +90,6 @@ def fit_hello(h: Hello) -> Hello:
     while kept < len(ends) and len(cbor_array_head(kept + 1)) + ends[kept] <= room:
         kept += 1
     return replace(h, gc=h.gc[: max(kept, 1)])
-
-
-def gossip_row_size(g: GossipRow) -> int:
-    """The CBOR size of one gossip row as a Hello carries it: ``[peer, v, seen_ms, d]``."""
-    return len(gossip_row_wire(g))
 
 
 def observe_peer_clock(
