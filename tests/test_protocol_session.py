@@ -46,6 +46,7 @@ from crdt_kv.protocol import (
     decode_message,
     encode_frame,
 )
+from crdt_kv.protocol.sending import FIRST_BATCH_BYTES
 from crdt_kv.store import Store
 from crdt_kv.testing import ManualClock
 from crdt_kv.version import RawEntry
@@ -576,6 +577,48 @@ def test_window_bounds_unacked_batches(pair: tuple[Store, Store, ManualClock]) -
     assert len(batches(lk.sent_a)) == 10 and b.digest() == a.digest()
     acks = [m.seq for m in lk.sent_b if isinstance(m, Ack)]
     assert acks == [x.to_seq for x in batches(lk.sent_a)]
+
+
+def _batch_bytes(x: Batch) -> int:
+    return sum(len(e.key) + len(e.value) + 24 for e in x.entries)
+
+
+def test_first_batches_are_cut_small_and_the_cut_doubles_with_each_ack(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    """A peer that asks for our whole log and never acknowledges gets ``window`` batches
+    of about 64 KiB, not of ``max_batch_bytes``; one that acks gets full-size batches
+    after a few round trips."""
+    a, b, _ = pair
+    value = "v" * 1100
+    for i in range(3000):
+        a.put(f"k{i:04}", value)
+    one = _batch_bytes(Batch(0, 1, False, tuple(a.read_changes(0, limit=1))))
+    lk = link(a, b, max_batch_entries=1000, window=4, b_mode="pull")
+    lk.a_to_b()
+    lk.b_to_a()  # b's hello + request
+    lk.a_to_b()
+    first = batches(lk.sent_a)
+    assert len(first) == 4 and lk.a.data_to_send() == b""
+    assert all(FIRST_BATCH_BYTES <= _batch_bytes(x) < FIRST_BATCH_BYTES + one for x in first)
+    lk.run()
+    sent = batches(lk.sent_a)
+    cuts = [_batch_bytes(x) for x in sent[:-1]]
+    # the fifth batch went out on the first ack (cut 128 KiB), and so on up to 1 MiB
+    assert cuts[4] >= 2 * FIRST_BATCH_BYTES and max(cuts) >= (1 << 20)
+    assert all(x < (1 << 20) + one for x in cuts)
+    assert sum(len(x.entries) for x in sent) == 3000 and b.digest() == a.digest()
+
+
+def test_a_small_max_batch_bytes_is_the_cut_from_the_first_batch(
+    pair: tuple[Store, Store, ManualClock],
+) -> None:
+    a, b, _ = pair
+    for i in range(200):
+        a.put(f"k{i:03}", "x" * 100)
+    lk = sync(a, b, max_batch_bytes=2000, b_mode="pull")
+    cuts = [_batch_bytes(x) for x in batches(lk.sent_a)[:-1]]
+    assert cuts and all(2000 <= c < 2200 for c in cuts)
 
 
 def test_excluded_entries_still_advance_the_cursor(

@@ -36,9 +36,16 @@ from crdt_kv.protocol.states import (
 from crdt_kv.protocol.storage import LogSlice, ReadLog, oversized_frame
 from crdt_kv.protocol.verify import Checkup
 
-__all__ = ["Sender"]
+__all__ = ["FIRST_BATCH_BYTES", "Sender"]
 
 _O = OutState
+
+FIRST_BATCH_BYTES = 1 << 16
+"""Where our first batches of a session are cut (``max_batch_bytes`` if smaller); the cut
+doubles with every Ack up to ``max_batch_bytes``. A peer that asks for our whole log and
+never acknowledges (a slow or hostile reader) then costs a log read, an encode and outbox
+memory of ``window`` x 64 KiB, not ``window`` x 1 MiB; a real peer acks within a round trip,
+so a catch-up reaches full-size batches after about five of them."""
 
 
 class Sender(SessionPart):
@@ -48,6 +55,7 @@ class Sender(SessionPart):
     window: int
     max_batch_entries: int
     max_batch_bytes: int
+    _batch_bytes: int
     out_state: OutState
     remote: Hello | None
     stats: SessionStats
@@ -97,7 +105,7 @@ class Sender(SessionPart):
             self._reading = ReadLog(
                 pos=self._out_pos,
                 limit=min(self.max_batch_entries, remote.max_batch_entries),
-                max_bytes=self.max_batch_bytes,
+                max_bytes=self._batch_bytes,
                 stop_at=self._stop_at,
                 exclude_source=self._echo,
                 tail=self.out_state is _O.LIVE,
@@ -129,6 +137,7 @@ class Sender(SessionPart):
             want = self._unacked[0] if self._unacked else None
             raise RemoteProtocolError(f"ack for {a.seq} does not match the oldest batch ({want})")
         self._unacked.popleft()
+        self._batch_bytes = min(2 * self._batch_bytes, self.max_batch_bytes)
         if self.out_state is _O.DRAINING:
             if not self._unacked:
                 self.out_state = step(OUT_TABLE, self.out_state, AllAcked(), "our sending side")

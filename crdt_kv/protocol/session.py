@@ -69,7 +69,7 @@ from crdt_kv.protocol.messages import (
 from crdt_kv.protocol.options import MODES, Mode, SessionStats, check_options, clip_reason
 from crdt_kv.protocol.receiving import Receiver
 from crdt_kv.protocol.replica import Replica
-from crdt_kv.protocol.sending import Sender
+from crdt_kv.protocol.sending import FIRST_BATCH_BYTES, Sender
 from crdt_kv.protocol.states import (
     CONN_TABLE,
     ConnState,
@@ -106,13 +106,15 @@ class Session(Receiver, Sender):
     flows from A to B only if A may send and B wants to receive. ``live``: after catching
     up, keep the session open and receive new commits as they happen.
     ``max_batch_entries`` caps what we accept (and send) per batch; batches we send are
-    also cut at about ``max_batch_bytes``; at most ``window`` batches are in flight
-    unacknowledged, so a huge catch-up holds bounded memory on both sides and commits in
-    bounded chunks. ``defer_storage``: see the module doc. ``repair``: offer verification
-    and repair (:mod:`crdt_kv.protocol.verify`); the replica must then also be a
-    :class:`~crdt_kv.repair.source.RangeSource`. ``peer_identity``: the peer id the transport
-    authenticated (a TLS certificate's); a Hello claiming another, or one not in
-    ``allowed_peers`` (if given), is refused with code 7 (``PeerIdentityError``).
+    also cut at about ``max_batch_bytes`` (the first ones at 64 KiB, the cut doubling with
+    every Ack: :data:`~crdt_kv.protocol.sending.FIRST_BATCH_BYTES`); at most ``window``
+    batches are in flight unacknowledged, so a huge catch-up holds bounded memory on both
+    sides and commits in bounded chunks. ``defer_storage``: see the module doc.
+    ``repair``: offer verification and repair (:mod:`crdt_kv.protocol.verify`); the
+    replica must then also be a :class:`~crdt_kv.repair.source.RangeSource`.
+    ``peer_identity``: the peer id the transport authenticated (a TLS certificate's); a
+    Hello claiming another, or one not in ``allowed_peers`` (if given), is refused with
+    code 7 (``PeerIdentityError``).
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class Session(Receiver, Sender):
         self._applying_bytes = 0
         self._out_pos = 0
         self._unacked: deque[int] = deque()
+        self._batch_bytes = min(FIRST_BATCH_BYTES, max_batch_bytes)
         self._in_pos = 0
         self._remote_head = 0
         self._remote_live = False
