@@ -15,6 +15,7 @@ from crdt_kv import ConfigError
 from crdt_kv.net.budget import FLOOR_BYTES, ByteBudget
 from crdt_kv.net.driver import RECEIVE_SIZE
 from crdt_kv.protocol.messages import Hello, Request
+from crdt_kv.protocol.sending import FIRST_BATCH_BYTES
 
 
 async def test_read_size_under_the_limit_is_what_was_asked() -> None:
@@ -210,6 +211,41 @@ async def test_a_peer_that_stops_reading_holds_what_the_budget_allows_and_is_dro
         # One batch (1 MiB) over the budget at most, and the 4 batches of the window never.
         assert most <= limit + (1 << 20) + FLOOR_BYTES, most
         await peer.stream.aclose()
+
+
+async def test_readers_that_never_ack_hold_a_first_window_each_not_the_budget(
+    stores: Any,
+) -> None:
+    """Eight peers ask for the whole log (12 MB) and never read or ack: each gets a window
+    of first batches (4 x 64 KiB), so together they hold about 2 MiB of an 8 MiB budget
+    (with 1 MiB batches, 32 MiB: the budget spent, and every connection holding 64 KiB
+    or more stopped reading)."""
+    b = stores("b")
+    with b.batch() as w:
+        for i in range(6000):
+            w.put(f"k{i:05d}", "x" * 2000)
+    limit = 8 << 20
+    async with crdt_kv.serve(b, max_buffered_bytes=limit) as nb:
+        peers = []
+        for i in range(8):
+            sock = trio.socket.socket()
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+            await sock.connect(nb.address)
+            peer = RawPeer(trio.SocketStream(sock))
+            await peer.send(hello_for(f"mute{i}", hlc=b.hlc.now(), send=False))
+            assert isinstance(await peer.receive(), Hello)
+            await peer.send(Request(0, False))
+            peers.append(peer)
+        most = 0
+        with trio.move_on_after(1.5):
+            while True:
+                most = max(most, nb.budget.held)
+                await trio.sleep(0.01)
+        window = 4 * (FIRST_BATCH_BYTES + 2100)
+        assert 0 < most <= 8 * window + FLOOR_BYTES, most
+        assert nb.budget.waits == 0
+        for p in peers:
+            await p.stream.aclose()
 
 
 async def test_report_keeps_the_total_without_summing_and_wakes_waiters_on_a_release() -> None:
