@@ -518,3 +518,22 @@ def test_repair_releases_a_key_no_member_holds(conflicts: str) -> None:
     assert a.statistics().quarantined == 0 and a.membership.hold() is None
     assert a.digest() == b.digest() and a.get("only") is None and b.get("only") is None
     check_store(a)
+
+
+def test_a_read_only_store_does_not_ask_peers_about_its_quarantine() -> None:
+    """It cannot merge what they ship nor release a key, so a probe would make every
+    session with every peer repair (and a live link restart to verify) for nothing."""
+    be = MemoryBackend()
+    s = open_mem(be, "a")
+    for i in range(10):
+        s.put(f"k{i}", i)
+    s.membership.heard("b", [])
+    lose(s, "k3")
+    s.scrub()
+    assert s.wants_probe("b")
+    be.close = lambda: None  # type: ignore[method-assign]  # reopen the same memory
+    s.close()
+    ro = open_mem(be, "a", read_only=True)
+    assert ro.statistics().quarantined == 1 and quarantine(ro) == {kb(ro, "k3")}
+    assert not ro.wants_probe("b")
+    assert answer(ro, "b", [kb(ro, "k3")]) == 0 and ro.statistics().quarantined == 1

@@ -117,7 +117,10 @@ class Repair:
     def wants_probe(self, peer: str) -> bool:
         """Whether a quarantined key awaits ``peer``'s answer: a session with it then
         repairs after its round even when the digests agree (``spec/protocol.md``
-        section 13)."""
+        section 13). Never on a read-only store: it can neither merge what a peer ships
+        nor release a key, so asking would make every session repair for nothing."""
+        if self._read_only:
+            return False
         return self._scrubber.wants_probe(peer)
 
     @property
