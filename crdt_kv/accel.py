@@ -23,7 +23,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 
@@ -113,6 +113,20 @@ StageRecords = Callable[
 ]
 
 
+class FillBatch(Protocol):
+    """The signature of :data:`fill_batch`."""
+
+    def __call__(
+        self,
+        ops: Iterable[tuple[bytes, bytes | None]],
+        put: Callable[..., object],
+        delete: Callable[..., object],
+        family: object = ...,
+        prefix: int | None = ...,
+        /,
+    ) -> None: ...
+
+
 class SpeedupsWarning(RuntimeWarning):
     """The compiled extension is missing: everything works, more slowly."""
 
@@ -159,12 +173,26 @@ def _fold(  # noqa: PLR0917 - positional, like its compiled twin
 
 def _fill_batch(
     ops: Iterable[tuple[bytes, bytes | None]],
-    put: Callable[[bytes, bytes], object],
-    delete: Callable[[bytes], object],
+    put: Callable[..., object],
+    delete: Callable[..., object],
+    family: object = None,
+    prefix: int | None = None,
 ) -> None:
+    if prefix is None:
+        for k, v in ops:
+            if v is None:
+                delete(k)
+            else:
+                put(k, v)
+        return
+    if not 0 <= prefix <= 255:
+        raise ValueError(f"prefix {prefix} is not a byte")
     for k, v in ops:
+        routed = isinstance(k, bytes) and k[:1] == bytes((prefix,))
         if v is None:
-            delete(k)
+            delete(k, family) if routed else delete(k)
+        elif routed:
+            put(k, v, family)
         else:
             put(k, v)
 
@@ -282,14 +310,7 @@ class Impl:
     ]
     lww_run: Callable[[bytes, int, int, int, list[str]], tuple[list[RawEntry], int]]
     stage_records: StageRecords
-    fill_batch: Callable[
-        [
-            Iterable[tuple[bytes, bytes | None]],
-            Callable[[bytes, bytes], object],
-            Callable[[bytes], object],
-        ],
-        None,
-    ]
+    fill_batch: FillBatch
     cbor_item_end: Callable[[bytes], int]
     lww_value: Callable[[bytes, object, Any], Any]
     point_value: Callable[[Callable[[bytes], bytes | None], object, Any], Any]
@@ -414,9 +435,12 @@ accepts only ``(key, body, old)`` tuples of bytes (``old`` may be None) and a ``
 else for such inputs; a malformed ``old`` raises the same :class:`CorruptionError`, after
 the same items were appended."""
 fill_batch = ACTIVE.fill_batch
-"""``fill_batch(ops, put, delete)``: ``delete(k)`` for each ``(k, None)`` of ``ops`` and
-``put(k, v)`` for each other ``(k, v)``, in order (a backend's write batch; the compiled
-twin makes the calls without a Python loop). An exception from a call stops it there.
+"""``fill_batch(ops, put, delete[, family, prefix])``: ``delete(k)`` for each ``(k, None)``
+of ``ops`` and ``put(k, v)`` for each other ``(k, v)``, in order (a backend's write batch;
+the compiled twin makes the calls without a Python loop); with ``prefix`` (a byte value),
+a bytes key starting with that byte gets ``put(k, v, family)`` or ``delete(k, family)``
+instead (the RocksDB backend's records, in a column family of their own). An exception
+from a call stops it there.
 The twin reads all of ``ops`` before the first call and refuses an op that is not a
 pair with ValueError or TypeError, as unpacking it does."""
 cbor_item_end = ACTIVE.cbor_item_end

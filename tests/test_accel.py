@@ -565,21 +565,27 @@ def test_stage_records_layout_is_the_layout_module() -> None:
 # --- fill_batch ------------------------------------------------------------------------
 
 
-def run_fill(impl: accel.Impl, ops: Any, fail_on: bytes | None = None) -> tuple[object, ...]:
+def run_fill(
+    impl: accel.Impl, ops: Any, fail_on: bytes | None = None, prefix: int | None = None
+) -> tuple[object, ...]:
     """The calls ``impl.fill_batch`` makes, and what it raised (a put of ``fail_on``
-    raises KeyError, as rocksdict's does for a value it refuses)."""
-    calls: list[tuple[bytes, ...]] = []
+    raises KeyError, as rocksdict's does for a value it refuses); with ``prefix``, keys
+    starting with that byte are routed to the family ``"F"``."""
+    calls: list[tuple[object, ...]] = []
 
-    def put(k: bytes, v: bytes) -> None:
+    def put(k: bytes, v: bytes, *family: str) -> None:
         if k == fail_on:
             raise KeyError(k)
-        calls.append((k, v))
+        calls.append((k, v, *family))
 
-    def delete(k: bytes) -> None:
-        calls.append((k,))
+    def delete(k: bytes, *family: str) -> None:
+        calls.append((k, *family))
 
     try:
-        out: object = impl.fill_batch(ops, put, delete)
+        if prefix is None:
+            out: object = impl.fill_batch(ops, put, delete)
+        else:
+            out = impl.fill_batch(ops, put, delete, "F", prefix)
     except (KeyError, ValueError, TypeError) as exc:
         out = type(exc)
     return out, calls
@@ -594,6 +600,32 @@ def test_fill_batch_compiled_equals_pure(ops: list[tuple[bytes, bytes | None]], 
     assert run_fill(C, ops) == run_fill(accel.PURE, ops)
     assert run_fill(C, ops, cut) == run_fill(accel.PURE, ops, cut)
     assert run_fill(C, ops)[1] == [(k,) if v is None else (k, v) for k, v in ops]
+
+
+@needs_c
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(keys, st.one_of(st.none(), keys)), max_size=40), cut=keys)
+def test_fill_batch_routes_a_prefix_to_the_family_alike(
+    ops: list[tuple[bytes, bytes | None]], cut: bytes
+) -> None:
+    assert C is not None
+    prefix = ops[0][0][0] if ops and ops[0][0] else ord("d")
+    got = run_fill(C, ops, prefix=prefix)
+    assert got == run_fill(accel.PURE, ops, prefix=prefix)
+    assert run_fill(C, ops, cut, prefix) == run_fill(accel.PURE, ops, cut, prefix)
+    fam = [("F",) if k[:1] == bytes((prefix,)) else () for k, _ in ops]
+    want = [(k, *f) if v is None else (k, v, *f) for (k, v), f in zip(ops, fam, strict=True)]
+    assert got[1] == want
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)
+def test_fill_batch_routing_checks_its_prefix(impl: accel.Impl) -> None:
+    assert run_fill(impl, [(b"d1", b"v"), (b"x", None), (b"d2", None)], prefix=ord("d")) == (
+        None,
+        [(b"d1", b"v", "F"), (b"x",), (b"d2", "F")],
+    )
+    assert run_fill(impl, [(b"d", b"v")], prefix=256)[0] is ValueError
+    assert run_fill(impl, [(b"d", b"v")], prefix=-1)[0] is ValueError
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda i: i.name)

@@ -31,7 +31,9 @@
  * stage.c:
  *   stage_records(items, seq, ops, logs, notes, layout)
  *                                  a commit's records, change-log keys, digest deltas
- *   fill_batch(ops, put, delete)   put(k, v) or delete(k) for each (k, v) of ops, in order
+ *   fill_batch(ops, put, delete[, family, prefix])   put(k, v) or delete(k) for each (k, v)
+ *                                  of ops, in order (k starting with byte prefix: put(k, v,
+ *                                  family), delete(k, family))
  *
  * speedups.h declares what each file exports to the method table below.
  */
@@ -68,7 +70,7 @@ static PyMethodDef methods[] = {
      "stage_records(items, seq, ops, logs, notes, layout) -> (int, int, int): see "
      "crdt_kv.accel.stage_records."},
     {"fill_batch", (PyCFunction)(void (*)(void))fill_batch, METH_FASTCALL,
-     "fill_batch(ops, put, delete) -> None: see crdt_kv.accel.fill_batch."},
+     "fill_batch(ops, put, delete[, family, prefix]) -> None: see crdt_kv.accel.fill_batch."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -254,11 +254,29 @@ PyObject *stage_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- fill_batch ----------------------------------------------------------------------- */
 
+/* Is ``key`` (a bytes object, or anything else: never) one whose first byte is ``prefix``? */
+static int routed(PyObject *key, int prefix) {
+    return prefix >= 0 && PyBytes_Check(key) && PyBytes_GET_SIZE(key) > 0 &&
+           (unsigned char)PyBytes_AS_STRING(key)[0] == prefix;
+}
+
 PyObject *fill_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "fill_batch(ops, put, delete)");
+    if (nargs != 3 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "fill_batch(ops, put, delete[, family, prefix])");
         return NULL;
+    }
+    PyObject *family = NULL;
+    int prefix = -1;
+    if (nargs == 5) {
+        long p = PyLong_AsLong(args[4]);
+        if (p == -1 && PyErr_Occurred()) return NULL;
+        if (p < 0 || p > 255) {
+            PyErr_Format(PyExc_ValueError, "prefix %ld is not a byte", p);
+            return NULL;
+        }
+        family = args[3];
+        prefix = (int)p;
     }
     PyObject *ops = PySequence_Fast(args[0], "ops must be iterable");
     if (ops == NULL) return NULL;
@@ -270,13 +288,26 @@ PyObject *fill_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         Py_DECREF(op);
         if (pair == NULL) break;
         PyObject *r = NULL;
-        if (PySequence_Fast_GET_SIZE(pair) != 2)
+        if (PySequence_Fast_GET_SIZE(pair) != 2) {
             PyErr_Format(PyExc_ValueError, "an op must be a (key, value) pair, not %zd items",
                          PySequence_Fast_GET_SIZE(pair));
-        else if (PySequence_Fast_GET_ITEM(pair, 1) == Py_None)
-            r = PyObject_CallOneArg(delete, PySequence_Fast_GET_ITEM(pair, 0));
-        else
-            r = PyObject_Vectorcall(put, PySequence_Fast_ITEMS(pair), 2, NULL);
+        } else {
+            PyObject *k = PySequence_Fast_GET_ITEM(pair, 0);
+            PyObject *v = PySequence_Fast_GET_ITEM(pair, 1);
+            if (routed(k, prefix)) {
+                PyObject *call[3] = {k, v, family};
+                if (v == Py_None) {
+                    call[1] = family;
+                    r = PyObject_Vectorcall(delete, call, 2, NULL);
+                } else {
+                    r = PyObject_Vectorcall(put, call, 3, NULL);
+                }
+            } else if (v == Py_None) {
+                r = PyObject_CallOneArg(delete, k);
+            } else {
+                r = PyObject_Vectorcall(put, PySequence_Fast_ITEMS(pair), 2, NULL);
+            }
+        }
         Py_DECREF(pair);
         if (r == NULL) break;
         Py_DECREF(r);

@@ -85,10 +85,12 @@ class Backend(abc.ABC):
         return self._get(key)
 
     point_get = get
-    """:meth:`get` as the cheapest callable the backend has, for the store's ``get``, which
-    looks it up on every read. A backend may bind a faster one on the instance while open:
-    the RocksDB backend's is the open database's own ``get``, with no Python frame (and it
-    drops it at close, so ``point_get`` raises :class:`ClosedError` as ``get`` does)."""
+    """:meth:`get` of a record key (one starting with ``b"d"``, the store's record prefix)
+    as the cheapest callable the backend has, for the store's ``get``, which looks it up on
+    every read. A backend may bind a faster one on the instance while open, valid for
+    record keys only: the RocksDB backend's is its records' column family's own ``get``,
+    with no Python frame (dropped at close, so ``point_get`` raises :class:`ClosedError` as
+    ``get`` does)."""
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """Point-read several keys at once (backends may do it in one call)."""

@@ -2,7 +2,8 @@
 
 Every batch goes through RocksDB's write-ahead log, so a write that returned survives the
 process being killed; with ``sync_writes=True`` each batch is also fsynced, surviving power
-loss. Iterators read a consistent snapshot.
+loss. Iterators read a consistent snapshot. The records live in a column family of their own
+(:mod:`.rocksdb_family`).
 
 A failed write (a full disk) raises :class:`StorageError` and leaves RocksDB refusing every
 later write until the database is reopened; the backend reopens its handle before the next
@@ -12,15 +13,24 @@ write, so the store works again once space is freed. Read-only opens: :mod:`.roc
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from crdt_kv.accel import fill_batch
 from crdt_kv.backends.base import Backend, Op
+from crdt_kv.backends.rocksdb_family import (
+    FAMILY,
+    RECORDS,
+    families,
+    move_records,
+    pieces,
+    stray_records,
+)
 from crdt_kv.backends.rocksdb_view import SecondaryView
 from crdt_kv.errors import ClosedError, ConfigError, StorageError
 
@@ -56,9 +66,18 @@ class RocksDBBackend(Backend):
         self.read_only = read_only
         self._view: SecondaryView | None = None
         self._failed = False
+        self._family: Any = None
+        self._handle: Any = None
         if read_only:
             self._view = SecondaryView(path)
             self._db = self._view.db
+            if self._view.families and stray_records(self._db):
+                self._view.db.close()
+                self._view.remove()
+                raise ConfigError(
+                    f"the rocksdb store at {path!r} was interrupted while moving its records "
+                    f"into the {FAMILY!r} column family: open it writable once to finish"
+                )
         else:
             os.makedirs(path, exist_ok=True)
             self._db = self._open()
@@ -73,7 +92,11 @@ class RocksDBBackend(Backend):
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         try:
-            return Rdict(self.path, opts)
+            if FAMILY in families(self.path, opts):
+                db = Rdict(self.path, opts, column_families={FAMILY: opts})
+            else:
+                db = Rdict(self.path, opts)
+                db.create_column_family(FAMILY, opts)
         except Exception as exc:  # rocksdict raises plain Exception (e.g. the LOCK is held)
             if "LOCK" in str(exc):
                 raise ConfigError(
@@ -82,6 +105,9 @@ class RocksDBBackend(Backend):
                     f"read-only open ({exc})"
                 ) from exc
             raise ConfigError(f"cannot open RocksDB store at {self.path!r}: {exc}") from exc
+        if stray_records(db):  # a store from before the family: move its records once
+            move_records(db, db.get_column_family(FAMILY))
+        return db
 
     def _bind(self) -> None:
         if not self.read_only:
@@ -89,13 +115,19 @@ class RocksDBBackend(Backend):
             self._db.set_write_options(self._wopt)
         self._dbwrite = self._db.write
         self._dbget = self._db.get
-        self.point_get = self._dbget  # type: ignore[method-assign]
+        if self.read_only and not (self._view is not None and self._view.families):
+            self._family, self._handle = self._db, None  # an older store, read where it is
+        else:
+            self._family = self._db.get_column_family(FAMILY)
+            self._handle = self._db.get_column_family_handle(FAMILY)
+        self._fget = self._family.get
+        self.point_get = self._fget  # type: ignore[method-assign]
 
     def get(self, key: bytes) -> bytes | None:
         """Point read in one call: the store's hot path skips the generic wrapper."""
         if self._closed:
             self._check()
-        v: bytes | None = self._dbget(key)
+        v: bytes | None = (self._fget if key[:1] == RECORDS else self._dbget)(key)
         return v
 
     _get = get
@@ -105,6 +137,7 @@ class RocksDBBackend(Backend):
         write, reopen the handle (RocksDB refuses writes after a write error until then)."""
         self._check_write()
         if self._failed:
+            self._drop_families()
             try:
                 self._db.close()
             except Exception as exc:
@@ -128,7 +161,7 @@ class RocksDBBackend(Backend):
             self._prepare_write()
         wb = WriteBatch(raw_mode=True)
         try:
-            fill_batch(ops, wb.put, wb.delete)
+            fill_batch(ops, wb.put, wb.delete, self._handle, RECORDS[0])
         except (ValueError, KeyError) as exc:  # rocksdict's errors for non-bytes keys/values
             raise TypeError(f"ops must be (bytes, bytes | None) pairs: {exc!r}") from exc
         try:
@@ -149,37 +182,49 @@ class RocksDBBackend(Backend):
     def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return cast(list[bytes | None], self._db.get(list(keys)))
+        ks: list[Any] = list(keys)
+        ours = [k[:1] == RECORDS for k in ks]
+        if all(ours):
+            return cast(list[bytes | None], self._family.get(ks))
+        if not any(ours):
+            return cast(list[bytes | None], self._db.get(ks))
+        mine: Any = self._family.get([k for k, o in zip(ks, ours, strict=True) if o])
+        rest: Any = self._db.get([k for k, o in zip(ks, ours, strict=True) if not o])
+        found, other = iter(mine), iter(rest)
+        return [next(found) if o else next(other) for o in ours]
 
     _write = write
 
     def _iterate(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, bytes]]:
+        parts = [(self._family if fam else self._db, a, z) for fam, a, z in pieces(start, stop)]
         if reverse:
-            return self._iterate_back(start, stop)
-        return self._iterate_forward(start, stop)
+            return itertools.chain.from_iterable(
+                self._iterate_back(db, a, z) for db, a, z in reversed(parts)
+            )
+        return itertools.chain.from_iterable(self._iterate_forward(db, a, z) for db, a, z in parts)
 
     def _iterate_forward(
-        self, start: bytes | None, stop: bytes | None
+        self, db: Rdict, start: bytes | None, stop: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
         """RocksDB stops at ``stop`` itself (an upper bound in the read options), so the
         loop compares no keys: range scans are the store's hot read path (issue 13)."""
         if stop is None:
-            items = self._db.items(from_key=start)
+            items = db.items(from_key=start)
         else:
             bound = ReadOptions()
             bound.set_iterate_upper_bound(stop)
-            items = self._db.items(from_key=start, read_opt=bound)
+            items = db.items(from_key=start, read_opt=bound)
         for item in cast(Iterator[tuple[bytes, bytes]], items):
             if self._closed:
                 raise ClosedError("rocksdb backend closed during iteration")
             yield item
 
     def _iterate_back(
-        self, start: bytes | None, stop: bytes | None
+        self, db: Rdict, start: bytes | None, stop: bytes | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        items = cast(Iterator[tuple[bytes, bytes]], self._db.items(backwards=True, from_key=stop))
+        items = cast(Iterator[tuple[bytes, bytes]], db.items(backwards=True, from_key=stop))
         for k, v in items:
             if self._closed:
                 raise ClosedError("rocksdb backend closed during iteration")
@@ -189,11 +234,17 @@ class RocksDBBackend(Backend):
                 return
             yield k, v
 
+    def _drop_families(self) -> None:
+        """Let go of the family's handles: while one is alive the database stays open (its
+        lock held), whatever ``close`` was called on."""
+        vars(self).pop("point_get", None)  # back to get, which raises ClosedError
+        self._family = self._handle = self._fget = None
+
     def _close(self) -> None:
         """Never raises: a handle that failed a write refuses to close cleanly, and what
         it holds is already durable or already lost."""
         self._slow = True
-        vars(self).pop("point_get", None)  # back to get, which raises ClosedError
+        self._drop_families()
         try:
             self._db.close()
         except Exception as exc:

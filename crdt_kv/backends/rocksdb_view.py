@@ -18,6 +18,7 @@ import tempfile
 
 from rocksdict import AccessType, Options, Rdict
 
+from crdt_kv.backends.rocksdb_family import FAMILY, families
 from crdt_kv.errors import ConfigError
 
 __all__ = ["SecondaryView"]
@@ -34,6 +35,9 @@ class SecondaryView:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.families = False
+        """Whether the store keeps its records in their column family (a store written
+        before it existed holds them in the default one)."""
         self.tmp = tempfile.mkdtemp(prefix="crdt_kv-readonly-")
         last: Exception | None = None
         try:
@@ -63,7 +67,11 @@ class SecondaryView:
         opts = Options(raw_mode=True)
         opts.set_max_open_files(-1)  # every table file open now: the primary may delete it
         secondary = os.path.join(self.tmp, f"secondary{attempt}")
-        return Rdict(view, opts, access_type=AccessType.secondary(secondary))
+        access = AccessType.secondary(secondary)
+        self.families = FAMILY in families(view, opts)
+        if self.families:
+            return Rdict(view, opts, column_families={FAMILY: opts}, access_type=access)
+        return Rdict(view, opts, access_type=access)
 
     def remove(self) -> None:
         """Delete the private directory (the store's files are untouched)."""
