@@ -56,7 +56,7 @@ pytest: $(VENV)/.installed-test
 PURE_TESTS ?= tests/test_accel.py tests/test_fingerprint.py tests/test_store.py \
 	tests/test_layout_reads.py tests/test_store_points.py tests/test_store_reads.py \
 	tests/test_store_gc.py tests/test_store_scrub.py tests/test_crash.py tests/test_repair.py \
-	tests/test_protocol_batch_decoding.py
+	tests/test_protocol_batch_decoding.py tests/test_backends.py tests/test_backends_rocksdb_family.py
 pytest-pure: $(VENV)/.installed-test
 	CRDT_KV_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
