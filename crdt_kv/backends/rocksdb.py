@@ -2,8 +2,9 @@
 
 Every batch goes through RocksDB's write-ahead log, so a write that returned survives the
 process being killed; with ``sync_writes=True`` each batch is also fsynced, surviving power
-loss. Iterators read a consistent snapshot. The records live in a column family of their own
-(:mod:`.rocksdb_family`).
+loss. The records live in a column family of their own (:mod:`.rocksdb_family`). An
+iterator over one family's keys (every range the store reads) sees a consistent snapshot; a
+range that spans families is read piece by piece, each piece as of when it starts.
 
 A failed write (a full disk) raises :class:`StorageError` and leaves RocksDB refusing every
 later write until the database is reopened; the backend reopens its handle before the next
