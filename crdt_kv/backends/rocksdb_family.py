@@ -68,16 +68,18 @@ def move_records(db: Rdict, family: Rdict) -> int:
     time, each chunk in one atomic batch (put there, delete here). Returns how many."""
     handle = db.get_column_family_handle(FAMILY)
     moved = 0
+    start = RECORDS  # past the chunks moved: not over their deletion markers again
     while True:
         bound = ReadOptions()
         bound.set_iterate_upper_bound(RECORDS_END)
         chunk = []
-        for item in db.items(from_key=RECORDS, read_opt=bound):
+        for item in db.items(from_key=start, read_opt=bound):
             chunk.append(item)
             if len(chunk) >= MOVE_CHUNK:
                 break
         if not chunk:
             break
+        start = chunk[-1][0] + b"\x00"
         wb = WriteBatch(raw_mode=True)
         for k, v in chunk:
             wb.put(k, v, handle)
