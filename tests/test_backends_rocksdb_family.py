@@ -154,3 +154,50 @@ def test_pieces_cut_a_range_where_the_records_begin_and_end() -> None:
     assert pieces(b"a", b"d1") == [(False, b"a", b"d"), (True, b"d", b"d1")]
     assert pieces(b"e", None) == [(False, b"e", None)]
     assert pieces(b"x", b"y") == [(False, b"x", b"y")]
+
+
+def mbackend(path: Path) -> bytes | None:
+    """The store's ``mbackend`` (in the default family), read with rocksdict."""
+    opts = Options(raw_mode=True)
+    cfs = {FAMILY: opts} if FAMILY in Rdict.list_cf(str(path), opts) else None
+    db = Rdict(str(path), opts, column_families=cfs)
+    value = db.get(b"mbackend")
+    db.close()
+    return value
+
+
+def set_mbackend(path: Path, value: bytes) -> None:
+    opts = Options(raw_mode=True)
+    cfs = {FAMILY: opts} if FAMILY in Rdict.list_cf(str(path), opts) else None
+    db = Rdict(str(path), opts, column_families=cfs)
+    db[b"mbackend"] = value
+    db.close()
+
+
+def test_the_layout_is_recorded_so_an_older_release_refuses_the_store(tmp_path: Path) -> None:
+    """A release before the family compares ``mbackend`` with its backend's name,
+    ``rocksdb``: it refuses ``rocksdb/2`` instead of opening a store whose records it
+    would not see."""
+    filled(tmp_path / "s")
+    assert mbackend(tmp_path / "s") == b"rocksdb/2"
+
+
+def test_opening_an_older_store_upgrades_its_recorded_layout(tmp_path: Path) -> None:
+    state, _ = filled(tmp_path / "s")
+    to_old_layout(tmp_path / "s")
+    set_mbackend(tmp_path / "s", b"rocksdb")
+    ro = crdt_kv.open(str(tmp_path / "s"), read_only=True)
+    assert dict(ro.items()) == state
+    ro.close()
+    assert mbackend(tmp_path / "s") == b"rocksdb"  # a read-only open changes nothing
+    s = crdt_kv.open(str(tmp_path / "s"))
+    s.close()
+    assert mbackend(tmp_path / "s") == b"rocksdb/2"
+
+
+def test_a_layout_newer_than_this_release_is_refused_by_name(tmp_path: Path) -> None:
+    filled(tmp_path / "s")
+    set_mbackend(tmp_path / "s", b"rocksdb/3")
+    for read_only in (False, True):
+        with pytest.raises(ConfigError, match=r"rocksdb/3 layout .* upgrade crdt_kv"):
+            crdt_kv.open(str(tmp_path / "s"), read_only=read_only)

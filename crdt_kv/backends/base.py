@@ -47,6 +47,14 @@ class Backend(abc.ABC):
     """Abstract ordered bytes map. Subclasses implement the ``_``-prefixed methods."""
 
     name: str = "abstract"
+    layout: str = ""
+    """What a new store's ``mbackend`` records (``spec/data-model.md``): :attr:`name`, and
+    after a ``/`` the version of the backend's physical layout once it has had more than
+    one (``rocksdb/2``), so that a release that does not know that layout refuses the store
+    instead of misreading it. Empty: :attr:`name`."""
+    older_layouts: frozenset[str] = frozenset()
+    """Earlier layouts of this backend that opening upgrades (``mbackend`` is rewritten by a
+    writable open) and a read-only open reads as they are."""
     power_safe: bool = False
     """True when a batch whose ``write`` returned survives power loss (fsync per batch, or
     nothing to lose). The store rotates its incarnation after an unclean shutdown of a
@@ -169,6 +177,8 @@ class ReadOnlyView(Backend):
         super().__init__()
         self._inner = backend
         self.name = backend.name
+        self.layout = backend.layout
+        self.older_layouts = backend.older_layouts
         self.power_safe = backend.power_safe
         self.path = getattr(backend, "path", None)
 

@@ -59,6 +59,10 @@ class RocksDBBackend(Backend):
     """An ordered bytes map in a RocksDB directory."""
 
     name = "rocksdb"
+    layout = "rocksdb/2"
+    """The records in their own column family (:mod:`.rocksdb_family`)."""
+    older_layouts = frozenset({"rocksdb"})
+    """One keyspace (a writable open moves the records into their family first)."""
 
     def __init__(self, path: str, *, sync_writes: bool = False, read_only: bool = False) -> None:
         super().__init__()

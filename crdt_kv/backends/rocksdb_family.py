@@ -20,6 +20,8 @@ records where they are, and refuses a store whose move was interrupted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import cast
 
 from rocksdict import Options, Rdict, ReadOptions, WriteBatch
 
@@ -72,8 +74,8 @@ def move_records(db: Rdict, family: Rdict) -> int:
     while True:
         bound = ReadOptions()
         bound.set_iterate_upper_bound(RECORDS_END)
-        chunk = []
-        for item in db.items(from_key=start, read_opt=bound):
+        chunk: list[tuple[bytes, bytes]] = []
+        for item in cast(Iterator[tuple[bytes, bytes]], db.items(from_key=start, read_opt=bound)):
             chunk.append(item)
             if len(chunk) >= MOVE_CHUNK:
                 break

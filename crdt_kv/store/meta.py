@@ -208,7 +208,10 @@ def open_meta(
     key_codec(kname)
     value_codec(vname)
     if not read_only:
-        backend.write([(META_OPEN, boot_id)])
+        ops: list[tuple[bytes, bytes | None]] = [(META_OPEN, boot_id)]
+        if backend.get(META_BACKEND) != _layout(backend):  # an older layout, now upgraded
+            ops.append((META_BACKEND, _layout(backend)))
+        backend.write(ops)
     if not read_only and not backend.power_safe:
         # Durable before any commit: if a power cut lost the marker (with the writes
         # after it), the next open would trust a log whose tail peers already hold
@@ -230,7 +233,7 @@ def _create(  # noqa: PLR0917 - private; the settled options of a new store
     backend.write(
         [
             (META_FORMAT, pack_u64(FORMAT_SIBLINGS if mode == "siblings" else FORMAT_VERSION)),
-            (META_BACKEND, backend.name.encode("utf-8")),
+            (META_BACKEND, _layout(backend)),
             (META_PEER, peer.encode("utf-8")),
             (META_INCARNATION, incarnation),
             (META_KEY_ENCODING, kname.encode()),
@@ -239,6 +242,11 @@ def _create(  # noqa: PLR0917 - private; the settled options of a new store
         ]
     )
     return peer, incarnation, kname, vname
+
+
+def _layout(backend: Backend) -> bytes:
+    """What ``mbackend`` records for ``backend``'s stores (:attr:`Backend.layout`)."""
+    return (backend.layout or backend.name).encode("utf-8")
 
 
 def _check_existing(
@@ -255,11 +263,18 @@ def _check_existing(
             f"{FORMAT_VERSION} and {FORMAT_SIBLINGS})"
         )
     made_by = backend.get(META_BACKEND)
-    if made_by is not None and made_by != backend.name.encode("utf-8"):
+    known = {_layout(backend), *(o.encode("utf-8") for o in backend.older_layouts)}
+    if made_by is not None and made_by not in known:
         used = made_by.decode("utf-8", "replace")
+        name = used.split("/")[0]
+        if name == backend.name:
+            raise ConfigError(
+                f"the store {backend.where} has the {used} layout of the {name} backend, which "
+                "this release does not know (written by a newer one); upgrade crdt_kv to open it"
+            )
         raise ConfigError(
-            f"the store {backend.where} uses the {used} backend, not {backend.name}; "
-            f"open it with backend {used!r}"
+            f"the store {backend.where} uses the {name} backend, not {backend.name}; "
+            f"open it with backend {name!r}"
         )
     mode = "siblings" if version == FORMAT_SIBLINGS else "lww"
     if (backend.get(META_CONFLICTS) == b"siblings") != (mode == "siblings"):
