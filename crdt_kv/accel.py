@@ -187,8 +187,9 @@ def _fill_batch(
         return
     if not 0 <= prefix <= 255:
         raise ValueError(f"prefix {prefix} is not a byte")
+    first = bytes((prefix,))
     for k, v in ops:
-        routed = isinstance(k, bytes) and k[:1] == bytes((prefix,))
+        routed = isinstance(k, bytes) and k[:1] == first
         if v is None:
             delete(k, family) if routed else delete(k)
         elif routed:
